@@ -1,0 +1,106 @@
+//! The one error type of the format crate.
+
+use thiserror::Error;
+
+/// Everything that can go wrong while encoding, decoding or verifying ferry objects.
+///
+/// Messages name the object and the problem; they are for people, not for matching.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum FormatError {
+    /// The bytes do not start with the magic number of the expected object kind.
+    #[error("not a ferry {kind}: bad magic number")]
+    BadMagic { kind: &'static str },
+    /// The object was written in a format version this build does not read.
+    #[error(
+        "{kind} uses format version {found}, this ferry reads up to version {supported}: upgrade ferry"
+    )]
+    UnsupportedFormat {
+        kind: &'static str,
+        found: u16,
+        supported: u16,
+    },
+    /// The repository requires a newer client than this one.
+    #[error(
+        "channel requires client format {required}, this ferry supports {supported}: upgrade ferry"
+    )]
+    ClientTooOld { required: u16, supported: u16 },
+    /// Structurally broken or truncated bytes.
+    #[error("malformed {kind}: {reason}")]
+    Malformed { kind: &'static str, reason: String },
+    /// A field exceeds a limit of FORMAT.md.
+    #[error("{kind} too large: {what} is {found}, the limit is {limit}")]
+    TooLarge {
+        kind: &'static str,
+        what: &'static str,
+        found: u64,
+        limit: u64,
+    },
+    /// A path in a manifest is not a clean relative UTF-8 path inside the tree.
+    #[error("unsafe path {path:?} in manifest: {reason}")]
+    UnsafePath { path: String, reason: &'static str },
+    /// A version string does not follow the version grammar.
+    #[error("invalid version {0:?}: expected dot-separated numbers, optionally -prerelease")]
+    BadVersion(String),
+    /// A channel name does not follow the channel grammar.
+    #[error("invalid channel name {0:?}: use 1-64 of [A-Za-z0-9._-], not starting with '.'")]
+    BadChannel(String),
+    /// A duration string such as `7d` could not be parsed.
+    #[error("invalid duration {0:?}: expected a number and a unit (s, m, h, d), like 90s or 7d")]
+    BadDuration(String),
+    /// A key file could not be parsed.
+    #[error("invalid {kind} key: {reason}")]
+    BadKey { kind: &'static str, reason: String },
+    /// No trusted key produced a valid signature over the object.
+    #[error("signature check failed for {kind}: {reason}")]
+    BadSignature { kind: &'static str, reason: String },
+    /// The bytes do not hash to the name the signed metadata gives them.
+    #[error("{kind} hash mismatch: expected {expected}, got {actual}")]
+    HashMismatch {
+        kind: &'static str,
+        expected: String,
+        actual: String,
+    },
+    /// The object's size differs from the size the signed metadata gives it.
+    #[error("{kind} size mismatch: expected {expected} bytes, got {actual}")]
+    SizeMismatch {
+        kind: &'static str,
+        expected: u64,
+        actual: u64,
+    },
+    /// A signed object belongs to another channel than the one asked for.
+    #[error("{kind} is for channel {found:?}, expected channel {expected:?}")]
+    WrongChannel {
+        kind: &'static str,
+        expected: String,
+        found: String,
+    },
+    /// A manifest is for another release than the head names.
+    #[error("manifest is for version {found}, the channel head names version {expected}")]
+    WrongVersion { expected: String, found: String },
+    /// The channel head's lifetime is over: the repository may be frozen by an attacker.
+    #[error(
+        "channel head for {channel:?} expired at {expires_at} (unix time), it is now {now}: the publisher must refresh it"
+    )]
+    Expired {
+        channel: String,
+        expires_at: u64,
+        now: u64,
+    },
+    /// A channel head older than one already seen: a replay or rollback attack.
+    #[error(
+        "channel head sequence {found} is lower than {seen}, already seen: refusing a replayed or rolled-back head"
+    )]
+    ReplayedHead { found: u64, seen: u64 },
+    /// A chunk failed to decompress or does not match its id.
+    #[error("chunk {id} is corrupt: {reason}")]
+    CorruptChunk { id: String, reason: String },
+    /// Chunking failed (an I/O error from the reader).
+    #[error("chunking failed: {0}")]
+    Chunking(String),
+    /// Compression failed.
+    #[error("compression failed: {0}")]
+    Compression(String),
+}
+
+pub type Result<T, E = FormatError> = std::result::Result<T, E>;

@@ -1,0 +1,106 @@
+//! The channel head (FORMAT.md §5): the one mutable object of a repository.
+//!
+//! Small, signed, sequenced and expiring. It names the channel's retained releases,
+//! oldest first; the last one is the current release.
+
+use serde::{Deserialize, Serialize};
+
+use crate::codec;
+use crate::envelope::{Envelope, FORMAT_VERSION, ObjectKind};
+use crate::error::{FormatError, Result};
+use crate::id::ObjectRef;
+use crate::keys::SecretKey;
+use crate::version::{Version, check_channel};
+
+/// Most releases a head may list.
+pub const MAX_RELEASES: usize = 1024;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelHead {
+    pub channel: String,
+    /// Strictly increases with every head the publisher signs for this channel.
+    pub sequence: u64,
+    /// Unix seconds.
+    pub issued_at: u64,
+    /// Unix seconds; clients refuse the head from this instant on.
+    pub expires_at: u64,
+    /// Lowest client format version able to install this channel's releases.
+    pub min_client_format: u16,
+    /// Retained releases, strictly ascending by version; the last is current.
+    pub releases: Vec<ReleaseRef>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseRef {
+    pub version: String,
+    pub manifest: ObjectRef,
+}
+
+fn malformed(reason: String) -> FormatError {
+    FormatError::Malformed {
+        kind: "channel head",
+        reason,
+    }
+}
+
+impl ChannelHead {
+    /// The current release.
+    pub fn current(&self) -> &ReleaseRef {
+        // validate() guarantees at least one release; heads are only handed out validated.
+        self.releases.last().expect("validated head has a release")
+    }
+
+    /// The retained release with this version, if listed.
+    pub fn release(&self, version: &Version) -> Option<&ReleaseRef> {
+        self.releases
+            .iter()
+            .find(|r| Version::parse(&r.version).is_ok_and(|v| v == *version))
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        check_channel(&self.channel)?;
+        if self.releases.is_empty() {
+            return Err(malformed("no release".into()));
+        }
+        if self.releases.len() > MAX_RELEASES {
+            return Err(FormatError::TooLarge {
+                kind: "channel head",
+                what: "release count",
+                found: self.releases.len() as u64,
+                limit: MAX_RELEASES as u64,
+            });
+        }
+        if self.expires_at <= self.issued_at {
+            return Err(malformed("expires before it is issued".into()));
+        }
+        if self.min_client_format == 0 {
+            return Err(malformed("min client format 0".into()));
+        }
+        let mut prev: Option<Version> = None;
+        for r in &self.releases {
+            let v = Version::parse(&r.version)?;
+            if prev.as_ref().is_some_and(|p| *p >= v) {
+                return Err(malformed(format!("releases not ascending at {v}")));
+            }
+            prev = Some(v);
+        }
+        Ok(())
+    }
+
+    pub fn sign(&self, keys: &[&SecretKey]) -> Result<Vec<u8>> {
+        self.validate()?;
+        Ok(Envelope::sign(ObjectKind::ChannelHead, codec::encode(self), keys).encode())
+    }
+
+    pub(crate) fn decode_body(body: &[u8]) -> Result<Self> {
+        let h: ChannelHead = codec::decode("channel head", body)?;
+        h.validate()?;
+        if h.min_client_format > FORMAT_VERSION {
+            return Err(FormatError::ClientTooOld {
+                required: h.min_client_format,
+                supported: FORMAT_VERSION,
+            });
+        }
+        Ok(h)
+    }
+}
