@@ -1,1 +1,12 @@
-//! e2e
+//! End-to-end tests: one binary driving the real `ferry-server`, nginx and `ferry`
+//! over loopback. Build the binaries first: `cargo build --workspace --bins`.
+
+mod it {
+    pub mod fixtures;
+    pub mod http_semantics;
+    pub mod pipeline;
+    pub mod resume;
+    pub mod rollback;
+    pub mod static_host;
+    pub mod tamper;
+}

@@ -1,0 +1,1 @@
+//! Benchmarks of ferry's hot paths; the criterion targets are declared in Cargo.toml.

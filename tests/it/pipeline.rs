@@ -1,0 +1,149 @@
+//! Publish → serve → update on the embedded server: single files, trees, successive
+//! and skipped releases, and the number of HTTP requests each update takes.
+
+use std::os::unix::fs::PermissionsExt;
+
+use ferry_tests::process::LoggedRequest;
+use ferry_tests::tree::{noise, put};
+use ferry_tests::{Agent, Publisher};
+
+use super::fixtures::{Sources, tree_eq, v};
+
+#[test]
+fn single_file_release_installs_and_updates_by_delta() {
+    let publisher = Publisher::new("stable");
+    let src = tempfile::tempdir().unwrap();
+    let file = src.path().join("tool");
+    let mut data = noise(9, 700_000);
+    put(src.path(), "tool", &data, 0o755);
+    publisher.publish("1.0.0", &file);
+    let server = publisher.serve();
+    let agent = Agent::init(&server.url, "stable", &publisher.public_key(), &[]);
+
+    let first = agent.update();
+    assert_eq!(first["from"], serde_json::Value::Null);
+    assert_eq!(first["to"], "1.0.0");
+    let installed = agent.current().join("tool");
+    assert_eq!(std::fs::read(&installed).unwrap(), data);
+    assert_eq!(
+        std::fs::metadata(&installed).unwrap().permissions().mode() & 0o777,
+        0o755
+    );
+
+    data[350_000..350_100].copy_from_slice(&[7; 100]);
+    put(src.path(), "tool", &data, 0o755);
+    publisher.publish("1.1.0", &file);
+    let second = agent.update();
+    assert_eq!(second["from"], "1.0.0");
+    assert_eq!(second["to"], "1.1.0");
+    assert_eq!(std::fs::read(&installed).unwrap(), data);
+    let downloaded = second["bytes_downloaded"].as_u64().unwrap();
+    assert!(
+        downloaded < 300_000,
+        "a 100-byte change in a 700 KB file downloaded {downloaded} bytes"
+    );
+    assert!(second["bytes_reused"].as_u64().unwrap() > 300_000);
+}
+
+#[test]
+fn directory_tree_three_successive_releases() {
+    let publisher = Publisher::new("stable");
+    let sources = Sources::app(3);
+    publisher.publish(&v(1), &sources.release(1));
+    let server = publisher.serve();
+    let agent = Agent::init(&server.url, "stable", &publisher.public_key(), &[]);
+
+    let r1 = agent.update();
+    assert_eq!(r1["to"], v(1));
+    tree_eq(&agent.current(), &sources.release(1));
+    let full = r1["bytes_downloaded"].as_u64().unwrap();
+
+    for k in 2..=3 {
+        publisher.publish(&v(k), &sources.release(k));
+        let r = agent.update();
+        assert_eq!(r["from"], v(k - 1));
+        assert_eq!(r["to"], v(k));
+        tree_eq(&agent.current(), &sources.release(k));
+        let delta = r["bytes_downloaded"].as_u64().unwrap();
+        assert!(
+            delta * 3 < full,
+            "update {k} downloaded {delta} bytes, the full release took {full}"
+        );
+    }
+    let status = agent.status();
+    assert_eq!(status["active"], v(3));
+    let retained: Vec<&str> = status["retained"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_str().unwrap())
+        .collect();
+    assert_eq!(retained, ["1.0.0", "2.0.0", "3.0.0"]);
+    let verify = agent.ferry("verify", &[]);
+    ferry_tests::assert_ok(&verify, "verify");
+
+    // A second update with nothing new costs one request: the head.
+    let again = agent.update();
+    assert_eq!(again["requests"], 1);
+    assert_eq!(agent.active().as_deref(), Some("3.0.0"));
+}
+
+#[test]
+fn update_skipping_a_release() {
+    let publisher = Publisher::new("stable");
+    let sources = Sources::app(3);
+    publisher.publish(&v(1), &sources.release(1));
+    let server = publisher.serve();
+    let agent = Agent::init(&server.url, "stable", &publisher.public_key(), &[]);
+    agent.update();
+    publisher.publish(&v(2), &sources.release(2));
+    publisher.publish(&v(3), &sources.release(3));
+    let r = agent.update();
+    assert_eq!((r["from"].as_str(), r["to"].as_str()), (Some("1.0.0"), Some("3.0.0")));
+    tree_eq(&agent.current(), &sources.release(3));
+}
+
+fn requests_since(all: &[LoggedRequest], before: usize) -> Vec<LoggedRequest> {
+    all[before..].to_vec()
+}
+
+/// Asserts an update was exactly: head, manifest, one ranged archive request.
+pub fn assert_three_requests(reqs: &[LoggedRequest], head_path: &str) {
+    let paths: Vec<&str> = reqs.iter().map(|r| r.path.as_str()).collect();
+    assert_eq!(reqs.len(), 3, "expected head, manifest, one range; got {paths:?}");
+    assert_eq!(reqs[0].path, head_path);
+    assert!(reqs[1].path.starts_with("/objects/") && reqs[1].range.is_none());
+    assert!(reqs[2].path.starts_with("/objects/"));
+    assert_eq!(reqs[2].status, 206, "archive fetched with a Range request");
+    assert!(reqs[2].range.as_deref().is_some_and(|r| r.starts_with("bytes=")));
+}
+
+#[test]
+fn one_archive_range_for_next_and_for_two_releases_back() {
+    let publisher = Publisher::new("stable");
+    let sources = Sources::app(4);
+    publisher.publish(&v(1), &sources.release(1));
+    let server = publisher.serve();
+    let agent = Agent::init(&server.url, "stable", &publisher.public_key(), &[]);
+    agent.update();
+    publisher.publish(&v(2), &sources.release(2));
+
+    // N -> N+1
+    let before = server.requests().len();
+    let r = agent.update();
+    let reqs = requests_since(&server.requests(), before);
+    assert_three_requests(&reqs, "/channels/stable/head");
+    assert_eq!(r["requests"], 3);
+    let logged: u64 = reqs.iter().map(|r| r.bytes).sum();
+    assert_eq!(r["bytes_downloaded"].as_u64().unwrap(), logged);
+
+    // N-2 -> N
+    publisher.publish(&v(3), &sources.release(3));
+    publisher.publish(&v(4), &sources.release(4));
+    let before = server.requests().len();
+    let r = agent.update();
+    assert_eq!(r["to"], v(4));
+    let reqs = requests_since(&server.requests(), before);
+    assert_three_requests(&reqs, "/channels/stable/head");
+    tree_eq(&agent.current(), &sources.release(4));
+}

@@ -1,0 +1,59 @@
+//! The repository is plain static files: the same updates against real nginx, with
+//! requests counted in nginx's own access log.
+
+use ferry_tests::nginx::Nginx;
+use ferry_tests::{Agent, Publisher};
+
+use super::fixtures::{Sources, tree_eq, v};
+use super::pipeline::assert_three_requests;
+
+#[test]
+fn updates_and_rollback_against_nginx() {
+    let publisher = Publisher::new("stable");
+    let sources = Sources::app(4);
+    publisher.publish(&v(1), &sources.release(1));
+    let nginx = Nginx::start(&publisher.repo());
+    let agent = Agent::init(&nginx.url, "stable", &publisher.public_key(), &[]);
+    assert_eq!(agent.update()["to"], v(1));
+    tree_eq(&agent.current(), &sources.release(1));
+
+    publisher.publish(&v(2), &sources.release(2));
+    let before = nginx.requests().len();
+    let r = agent.update();
+    assert_eq!(r["to"], v(2));
+    let reqs = nginx.requests()[before..].to_vec();
+    assert_three_requests(&reqs, "/channels/stable/head");
+    let logged: u64 = reqs.iter().map(|r| r.bytes).sum();
+    assert_eq!(r["bytes_downloaded"].as_u64().unwrap(), logged);
+    tree_eq(&agent.current(), &sources.release(2));
+
+    publisher.publish(&v(3), &sources.release(3));
+    publisher.publish(&v(4), &sources.release(4));
+    let before = nginx.requests().len();
+    assert_eq!(agent.update()["to"], v(4));
+    assert_three_requests(&nginx.requests()[before..], "/channels/stable/head");
+    tree_eq(&agent.current(), &sources.release(4));
+
+    let r = agent.rollback(&["--steps", "2"]);
+    assert_eq!(r["to"], v(1));
+    tree_eq(&agent.current(), &sources.release(1));
+}
+
+#[test]
+fn corrupt_object_from_a_static_host_is_refused() {
+    let publisher = Publisher::new("stable");
+    let sources = Sources::app(2);
+    publisher.publish(&v(1), &sources.release(1));
+    let nginx = Nginx::start(&publisher.repo());
+    let agent = Agent::init(&nginx.url, "stable", &publisher.public_key(), &[]);
+    agent.update();
+    let second = publisher.publish(&v(2), &sources.release(2));
+    let archive = publisher.object_file(second["archive"].as_str().unwrap());
+    let mut data = std::fs::read(&archive).unwrap();
+    let n = data.len();
+    data[n - 10] ^= 1;
+    std::fs::write(&archive, data).unwrap();
+    let err = agent.update_fails();
+    assert!(err.contains("corrupt"), "{err}");
+    tree_eq(&agent.current(), &sources.release(1));
+}

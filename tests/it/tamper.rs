@@ -1,0 +1,149 @@
+//! Attacks and corruption: each is refused with a clear error, a non-zero exit, and
+//! the active release intact.
+
+use ferry_format::envelope::TrustedKeys;
+use ferry_format::head::ChannelHead;
+use ferry_format::keys::SecretKey;
+use ferry_format::verified::verify_own_head;
+use ferry_tests::{Agent, Publisher};
+
+use super::fixtures::{Sources, tree_eq, v};
+
+/// Release 1 installed, release 2 published but not yet installed.
+struct Scene {
+    publisher: Publisher,
+    sources: Sources,
+    server: ferry_tests::Server,
+    agent: Agent,
+    second: serde_json::Value,
+}
+
+fn scene() -> Scene {
+    let publisher = Publisher::new("stable");
+    let sources = Sources::app(2);
+    publisher.publish(&v(1), &sources.release(1));
+    let server = publisher.serve();
+    let agent = Agent::init(&server.url, "stable", &publisher.public_key(), &[]);
+    agent.update();
+    let second = publisher.publish(&v(2), &sources.release(2));
+    Scene {
+        publisher,
+        sources,
+        server,
+        agent,
+        second,
+    }
+}
+
+impl Scene {
+    fn assert_refused(&self, expect: &str) {
+        let err = self.agent.update_fails();
+        assert!(
+            err.to_lowercase().contains(&expect.to_lowercase()),
+            "error should mention {expect:?}: {err}"
+        );
+        assert_eq!(self.agent.active().as_deref(), Some("1.0.0"));
+        tree_eq(&self.agent.current(), &self.sources.release(1));
+        let last = &self.agent.history()[0];
+        assert!(
+            last["result"].as_str().unwrap().starts_with("error"),
+            "failed update recorded in history: {last}"
+        );
+    }
+
+    /// Re-signs the repository's head after `edit`, with the publisher's real key.
+    fn rewrite_head(&self, edit: impl FnOnce(&mut ChannelHead)) {
+        let key = SecretKey::from_text(&std::fs::read_to_string(self.publisher.key()).unwrap())
+            .unwrap();
+        let bytes = std::fs::read(self.publisher.head_file()).unwrap();
+        let mut head = (*verify_own_head(&bytes, &TrustedKeys::single(key.public())).unwrap()).clone();
+        edit(&mut head);
+        std::fs::write(self.publisher.head_file(), head.sign(&[&key]).unwrap()).unwrap();
+    }
+}
+
+fn flip_byte(path: &std::path::Path, from_end: usize) {
+    let mut data = std::fs::read(path).unwrap();
+    let i = data.len() - from_end;
+    data[i] ^= 0x55;
+    std::fs::write(path, data).unwrap();
+}
+
+#[test]
+fn tampered_archive_byte_is_refused() {
+    let s = scene();
+    let archive = s.publisher.object_file(s.second["archive"].as_str().unwrap());
+    // The tail holds release 2's new chunks: exactly what the agent downloads.
+    flip_byte(&archive, 100);
+    s.assert_refused("corrupt");
+    assert!(!s.agent.root().join("versions/2.0.0").exists());
+}
+
+#[test]
+fn tampered_manifest_is_refused() {
+    let s = scene();
+    let manifest = s.publisher.object_file(s.second["manifest"].as_str().unwrap());
+    flip_byte(&manifest, 200);
+    s.assert_refused("hash mismatch");
+}
+
+#[test]
+fn head_signed_by_another_key_is_refused() {
+    let s = scene();
+    let intruder = Publisher::new("stable");
+    let sources = Sources::app(1);
+    // A fully valid repository of another publisher served at the same place.
+    intruder.publish("9.0.0", &sources.release(1));
+    std::fs::copy(intruder.head_file(), s.publisher.head_file()).unwrap();
+    s.assert_refused("signature");
+    drop(s.server);
+}
+
+#[test]
+fn agent_with_the_wrong_public_key_installs_nothing() {
+    let s = scene();
+    let other = Publisher::new("stable");
+    let agent = Agent::init(&s.server.url, "stable", &other.public_key(), &[]);
+    let err = agent.update_fails();
+    assert!(err.contains("not signed by a trusted key"), "{err}");
+    assert!(agent.active().is_none());
+}
+
+#[test]
+fn expired_head_is_refused() {
+    let s = scene();
+    s.rewrite_head(|h| {
+        h.sequence += 1;
+        h.issued_at = 1_000;
+        h.expires_at = 2_000;
+    });
+    s.assert_refused("expired");
+}
+
+#[test]
+fn head_for_another_channel_is_refused() {
+    let s = scene();
+    s.rewrite_head(|h| {
+        h.sequence += 1;
+        h.channel = "beta".into();
+    });
+    s.assert_refused("channel");
+}
+
+#[test]
+fn replayed_older_head_is_refused() {
+    let s = scene();
+    // The agent has seen sequence 1; keep that head, let the agent see sequence 2.
+    let old_head = std::fs::read(s.publisher.head_file()).unwrap();
+    let sources3 = Sources::app(3);
+    s.publisher.publish(&v(3), &sources3.release(3));
+    let old_head_still = old_head.clone();
+    // Agent moves to 3 (sequence 3), then a mirror replays sequence 2's head.
+    let r = s.agent.update();
+    assert_eq!(r["to"], v(3));
+    std::fs::write(s.publisher.head_file(), &old_head_still).unwrap();
+    let err = s.agent.update_fails();
+    assert!(err.contains("replayed"), "{err}");
+    assert_eq!(s.agent.active().as_deref(), Some("3.0.0"));
+    tree_eq(&s.agent.current(), &sources3.release(3));
+}
