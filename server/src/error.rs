@@ -1,0 +1,78 @@
+//! The one error type of the server library.
+//!
+//! Messages name the path, channel or version involved; the underlying cause is kept as
+//! the error's `source`, so `main` prints the whole chain once with `{:#}`.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use ferry_format::FormatError;
+use thiserror::Error;
+
+/// Everything keygen, publish, ls and serve can fail with.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A filesystem operation failed; `action` says which ("read", "create", ...).
+    #[error("cannot {action} {}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// A format rule refused a value (bad version, channel, key text, manifest...).
+    #[error(transparent)]
+    Format(#[from] FormatError),
+    /// A format rule refused a value; `context` says which one.
+    #[error("{context}")]
+    FormatContext {
+        context: String,
+        #[source]
+        source: FormatError,
+    },
+    /// `keygen` would overwrite an existing secret key.
+    #[error("{} already exists: refusing to overwrite a secret key (move it away first)", path.display())]
+    KeyExists { path: PathBuf },
+    /// The channel head in the repository is not signed by the key given to publish.
+    #[error(
+        "the key does not match the repository's channel {channel:?}: its head does not verify with key {key_id}"
+    )]
+    KeyMismatch {
+        channel: String,
+        key_id: String,
+        #[source]
+        source: FormatError,
+    },
+    /// Publish was asked for a version that does not sort after the current release.
+    #[error("version {new} is not greater than current {current} of channel {channel:?}")]
+    VersionNotGreater {
+        channel: String,
+        new: String,
+        current: String,
+    },
+    /// The source tree holds something a release cannot carry.
+    #[error("{}: {reason}", path.display())]
+    Unsupported { path: PathBuf, reason: String },
+    /// The server could not listen on its address.
+    #[error("cannot listen on {addr}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+    /// The repository is inconsistent (a head names a missing or altered object...).
+    #[error("repository {}: {reason}", repo.display())]
+    BrokenRepo { repo: PathBuf, reason: String },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A closure turning an `io::Error` into [`Error::Io`] for `path`.
+pub fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Error + 'a {
+    move |source| Error::Io {
+        action,
+        path: path.to_path_buf(),
+        source,
+    }
+}

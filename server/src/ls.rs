@@ -1,0 +1,136 @@
+//! `ferry-server ls`: what a repository's channels currently offer.
+//!
+//! Heads are signed objects and `ferry_format` only decodes them through signature
+//! verification, so listing releases needs the channel's key (`--key`, public or
+//! secret key file). Without it only the channel names are listed.
+
+use std::fmt::Write as _;
+use std::fs;
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use ferry_format::envelope::TrustedKeys;
+use ferry_format::keys::{PublicKey, SecretKey};
+use ferry_format::verified::{verify_manifest, verify_own_head};
+use ferry_format::version::check_channel;
+
+use crate::error::{Error, Result, io_err};
+use crate::fsutil;
+use crate::repo::Repo;
+
+/// Reads a public key file, or derives the public key from a secret key file.
+pub fn read_public(path: &Path) -> Result<PublicKey> {
+    let bytes = fsutil::read_small(path, 4096)?;
+    let text = String::from_utf8_lossy(&bytes);
+    PublicKey::from_text(&text)
+        .or_else(|_| SecretKey::from_text(&text).map(|k| k.public()))
+        .map_err(|source| Error::FormatContext {
+            context: format!("{} is not a ferry key file", path.display()),
+            source,
+        })
+}
+
+/// The channel names of a repository, sorted.
+pub fn channels(repo: &Repo) -> Result<Vec<String>> {
+    let dir = repo.channels_dir();
+    let items = match fs::read_dir(&dir) {
+        Ok(items) => items,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_err("list", &dir)(e)),
+    };
+    let mut out = Vec::new();
+    for item in items {
+        let item = item.map_err(io_err("list", &dir))?;
+        if let Some(name) = item.file_name().to_str()
+            && check_channel(name).is_ok()
+            && item.path().join("head").is_file()
+        {
+            out.push(name.to_string());
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// The listing text for `channel` (or every channel).
+pub fn ls(repo: &Repo, channel: Option<&str>, key: Option<&PublicKey>) -> Result<String> {
+    let names = match channel {
+        Some(c) => {
+            check_channel(c)?;
+            vec![c.to_string()]
+        }
+        None => channels(repo)?,
+    };
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut out = String::new();
+    if names.is_empty() {
+        out.push_str("no channels\n");
+    }
+    for name in names {
+        let Some(bytes) = repo.read_head(&name)? else {
+            return Err(repo.broken(format!("channel {name:?} has no head")));
+        };
+        let Some(key) = key else {
+            let _ = writeln!(
+                out,
+                "channel {name}  (head {} bytes; pass --key to list releases)",
+                bytes.len()
+            );
+            continue;
+        };
+        let trusted = TrustedKeys::single(*key);
+        let head = verify_own_head(&bytes, &trusted).map_err(|source| Error::KeyMismatch {
+            channel: name.clone(),
+            key_id: key.id().to_hex(),
+            source,
+        })?;
+        let expiry = if head.expires_at <= now {
+            "EXPIRED".to_string()
+        } else {
+            format!("in {}", human_secs(head.expires_at - now))
+        };
+        let _ = writeln!(
+            out,
+            "channel {name}  sequence {}  issued {}  expires {} ({expiry})",
+            head.sequence, head.issued_at, head.expires_at
+        );
+        let current = head.current().version.clone();
+        for r in &head.releases {
+            // A release whose manifest is gone or damaged is listed, not fatal: ls is
+            // the tool one uses to find out what is wrong.
+            let detail = match repo
+                .read_object(&r.manifest, "manifest")
+                .and_then(|b| Ok(verify_manifest(&b, r, &name, &trusted)?))
+            {
+                Ok(m) => format!(
+                    "{} bytes in {} entries, archive {} bytes",
+                    m.total_file_bytes(),
+                    m.entries.len(),
+                    m.archive.size
+                ),
+                Err(e) => format!("UNREADABLE: {e}"),
+            };
+            let mark = if r.version == current {
+                "  (current)"
+            } else {
+                ""
+            };
+            let _ = writeln!(
+                out,
+                "  {:<16} manifest {} ({} bytes)  {detail}{mark}",
+                r.version, r.manifest.hash, r.manifest.size
+            );
+        }
+    }
+    Ok(out)
+}
+
+fn human_secs(s: u64) -> String {
+    match s {
+        s if s >= 86_400 => format!("{}d{}h", s / 86_400, s % 86_400 / 3600),
+        s if s >= 3600 => format!("{}h{}m", s / 3600, s % 3600 / 60),
+        s => format!("{}m{}s", s / 60, s % 60),
+    }
+}

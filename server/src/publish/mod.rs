@@ -1,0 +1,313 @@
+//! `ferry-server publish`: a source tree becomes a signed release of a channel.
+//!
+//! The steps, in the order their effects reach the repository:
+//!
+//! 1. Read and verify the channel's current head and current manifest with the
+//!    publisher's key ([`previous`]); the new version must sort after the current one.
+//! 2. Walk the source ([`walk`]), chunk every file, split the chunks into carried and
+//!    new ([`table`]).
+//! 3. Write the archive ([`archive`]), then the signed manifest, as immutable objects.
+//! 4. Sign and atomically replace the channel head, last: a reader can never see a
+//!    head that names an object not yet written.
+//!
+//! A crash at any point leaves the previous head in force and at worst some
+//! unreferenced objects or `.tmp-` files.
+
+pub mod archive;
+pub mod table;
+pub mod walk;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use ferry_format::chunking::{ChunkParams, chunk_reader};
+use ferry_format::envelope::{FORMAT_VERSION, TrustedKeys};
+use ferry_format::head::{ChannelHead, ReleaseRef};
+use ferry_format::id::Digest;
+use ferry_format::keys::SecretKey;
+use ferry_format::manifest::{Entry, EntryKind, Manifest};
+use ferry_format::verified::{verify_manifest, verify_own_head};
+use ferry_format::version::{Version, check_channel};
+use serde::Serialize;
+
+use crate::error::{Error, Result, io_err};
+use crate::fsutil;
+use crate::repo::Repo;
+use table::{ChunkRef, TableBuilder};
+use walk::SourceKind;
+
+/// Default lifetime of a head: clients refuse it afterwards, so a publisher must
+/// re-publish (or refresh) at least this often.
+pub const DEFAULT_EXPIRES_IN: Duration = Duration::from_secs(7 * 86_400);
+/// Default number of releases a head keeps listing (rollback targets).
+pub const DEFAULT_RETAIN: usize = 10;
+/// Default zstd level: publishing happens once, downloads many times.
+pub const DEFAULT_ZSTD_LEVEL: i32 = 19;
+
+/// What to publish, where.
+pub struct PublishOptions<'a> {
+    pub repo: PathBuf,
+    pub key: &'a SecretKey,
+    pub channel: String,
+    pub version: String,
+    pub expires_in: Duration,
+    pub retain: usize,
+    pub zstd_level: i32,
+    /// A regular file or a directory.
+    pub source: PathBuf,
+}
+
+/// What a publish did. Serialises to the `--json` output.
+#[derive(Clone, Debug, Serialize)]
+pub struct PublishReport {
+    pub channel: String,
+    pub version: String,
+    pub sequence: u64,
+    pub manifest: String,
+    pub manifest_size: u64,
+    pub archive: String,
+    pub archive_size: u64,
+    pub chunks_new: usize,
+    pub chunks_carried: usize,
+    pub bytes_total: u64,
+    #[serde(skip)]
+    pub files: usize,
+    #[serde(skip)]
+    pub generation: u64,
+    #[serde(skip)]
+    pub elapsed: Duration,
+}
+
+/// The channel as it is before this publish.
+pub struct Previous {
+    pub head: ChannelHead,
+    pub manifest: Manifest,
+}
+
+/// Step 1: reads the channel's current head and manifest, verified with `key`.
+pub fn previous(repo: &Repo, channel: &str, key: &SecretKey) -> Result<Option<Previous>> {
+    let Some(bytes) = repo.read_head(channel)? else {
+        return Ok(None);
+    };
+    let trusted = TrustedKeys::single(key.public());
+    let head = verify_own_head(&bytes, &trusted).map_err(|source| Error::KeyMismatch {
+        channel: channel.to_string(),
+        key_id: key.public().id().to_hex(),
+        source,
+    })?;
+    if head.channel != channel {
+        return Err(repo.broken(format!(
+            "the head at {} is for channel {:?}",
+            repo.head_file(channel).display(),
+            head.channel
+        )));
+    }
+    let current = head.current().clone();
+    let manifest_bytes = repo.read_object(&current.manifest, "manifest")?;
+    let manifest =
+        verify_manifest(&manifest_bytes, &current, channel, &trusted).map_err(|source| {
+            Error::FormatContext {
+                context: format!(
+                    "current manifest {} of channel {channel:?} does not verify",
+                    current.manifest.hash
+                ),
+                source,
+            }
+        })?;
+    Ok(Some(Previous {
+        head: (*head).clone(),
+        manifest: (*manifest).clone(),
+    }))
+}
+
+/// Publishes `opts.source` as release `opts.version` of `opts.channel`.
+pub fn publish(opts: &PublishOptions<'_>) -> Result<PublishReport> {
+    let started = Instant::now();
+    check_channel(&opts.channel)?;
+    let version = Version::parse(&opts.version)?;
+    if opts.retain == 0 {
+        return Err(Error::Unsupported {
+            path: opts.repo.clone(),
+            reason: "--retain must keep at least the new release".into(),
+        });
+    }
+    let repo = Repo::new(&opts.repo);
+    repo.create()?;
+
+    let prev = previous(&repo, &opts.channel, opts.key)?;
+    if let Some(p) = &prev {
+        let current = &p.head.current().version;
+        // A head only lists versions that parse; validate() checked them.
+        if Version::parse(current).is_ok_and(|c| version <= c) {
+            return Err(Error::VersionNotGreater {
+                channel: opts.channel.clone(),
+                new: opts.version.clone(),
+                current: current.clone(),
+            });
+        }
+    }
+    let prev_manifest = prev.as_ref().map(|p| &p.manifest);
+    let generation = prev_manifest.map_or(0, |m| m.generation) + 1;
+
+    // Step 2: walk and chunk.
+    let sources = walk::walk(&opts.source)?;
+    let params = ChunkParams::default();
+    let mut builder = TableBuilder::new(prev_manifest, opts.zstd_level, repo.object_temp()?);
+    let mut pending: Vec<(String, Pending)> = Vec::with_capacity(sources.len());
+    let mut files = 0;
+    for s in sources {
+        let kind = match s.kind {
+            SourceKind::Dir { mode } => Pending::Dir { mode },
+            SourceKind::Symlink { target } => Pending::Symlink { target },
+            SourceKind::File { mode } => {
+                files += 1;
+                let file = fsutil::open(&s.abs)?;
+                let mut hasher = blake3::Hasher::new();
+                let mut size = 0u64;
+                let mut chunks = Vec::new();
+                for chunk in chunk_reader(std::io::BufReader::new(file), params)? {
+                    let chunk = chunk.map_err(|source| Error::FormatContext {
+                        context: format!("cannot read {}", s.abs.display()),
+                        source,
+                    })?;
+                    hasher.update(&chunk.data);
+                    size += chunk.data.len() as u64;
+                    chunks.push(builder.add(chunk)?);
+                }
+                Pending::File {
+                    mode,
+                    size,
+                    hash: Digest::from(hasher.finalize()),
+                    chunks,
+                }
+            }
+        };
+        pending.push((s.rel, kind));
+    }
+    let mut table = builder.finish()?;
+
+    // Step 3: objects.
+    let archive = archive::write_archive(&repo, prev_manifest, &mut table)?;
+    let entries = pending
+        .into_iter()
+        .map(|(path, kind)| Entry {
+            path,
+            kind: match kind {
+                Pending::Dir { mode } => EntryKind::Dir { mode },
+                Pending::Symlink { target } => EntryKind::Symlink { target },
+                Pending::File {
+                    mode,
+                    size,
+                    hash,
+                    chunks,
+                } => EntryKind::File {
+                    mode,
+                    size,
+                    hash,
+                    chunks: chunks.into_iter().map(|c| table.index(c)).collect(),
+                },
+            },
+        })
+        .collect();
+    let manifest = Manifest {
+        channel: opts.channel.clone(),
+        version: opts.version.clone(),
+        generation,
+        chunking: params,
+        archive,
+        chunks: std::mem::take(&mut table.records),
+        entries,
+    };
+    let manifest_bytes = manifest.sign(&[opts.key])?;
+    let manifest_ref = repo.write_object(&manifest_bytes)?;
+
+    // Step 4: the head, last.
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_err(|_| {
+            io_err("read", std::path::Path::new("the system clock"))(std::io::Error::other(
+                "clock is before 1970",
+            ))
+        })?
+        .as_secs();
+    let mut releases = prev
+        .as_ref()
+        .map(|p| p.head.releases.clone())
+        .unwrap_or_default();
+    releases.push(ReleaseRef {
+        version: opts.version.clone(),
+        manifest: manifest_ref,
+    });
+    let keep_from = releases.len().saturating_sub(opts.retain);
+    releases.drain(..keep_from);
+    let head = ChannelHead {
+        channel: opts.channel.clone(),
+        sequence: prev.as_ref().map_or(0, |p| p.head.sequence) + 1,
+        issued_at: now,
+        expires_at: now.saturating_add(opts.expires_in.as_secs()),
+        min_client_format: FORMAT_VERSION,
+        releases,
+    };
+    let head_bytes = head.sign(&[opts.key])?;
+    repo.write_head(&opts.channel, &head_bytes)?;
+
+    let chunks_carried = table.carried.len();
+    Ok(PublishReport {
+        channel: opts.channel.clone(),
+        version: opts.version.clone(),
+        sequence: head.sequence,
+        manifest: manifest_ref.hash.to_hex(),
+        manifest_size: manifest_ref.size,
+        archive: archive.hash.to_hex(),
+        archive_size: archive.size,
+        chunks_new: manifest.chunks.len() - chunks_carried,
+        chunks_carried,
+        bytes_total: manifest.total_file_bytes(),
+        files,
+        generation,
+        elapsed: started.elapsed(),
+    })
+}
+
+/// An entry whose chunk indexes are not final yet.
+enum Pending {
+    Dir {
+        mode: u32,
+    },
+    File {
+        mode: u32,
+        size: u64,
+        hash: Digest,
+        chunks: Vec<ChunkRef>,
+    },
+    Symlink {
+        target: String,
+    },
+}
+
+impl PublishReport {
+    /// The human summary printed without `--json`.
+    pub fn summary(&self) -> String {
+        format!(
+            "published {channel} {version} (sequence {seq}, generation {generation})\n\
+             files:    {files}, {bytes} bytes\n\
+             chunks:   {new} new, {carried} carried\n\
+             archive:  {archive} ({archive_size} bytes)\n\
+             manifest: {manifest} ({manifest_size} bytes)\n\
+             time:     {secs:.2}s\n",
+            channel = self.channel,
+            version = self.version,
+            seq = self.sequence,
+            generation = self.generation,
+            files = self.files,
+            bytes = self.bytes_total,
+            new = self.chunks_new,
+            carried = self.chunks_carried,
+            archive = self.archive,
+            archive_size = self.archive_size,
+            manifest = self.manifest,
+            manifest_size = self.manifest_size,
+            secs = self.elapsed.as_secs_f64(),
+        )
+    }
+}

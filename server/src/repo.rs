@@ -1,0 +1,115 @@
+//! A repository on the local disk: the layout paths of `ferry_format::layout` mapped
+//! to files under one root, with the reads publish and ls need and the writes publish
+//! makes (objects first, head last).
+
+use std::path::{Path, PathBuf};
+
+use ferry_format::envelope::ObjectKind;
+use ferry_format::id::{Digest, ObjectRef};
+use ferry_format::layout::{head_path, object_path};
+use tempfile::NamedTempFile;
+
+use crate::error::{Error, Result};
+use crate::fsutil::{self, DIR_MODE, FILE_MODE, Place};
+
+/// A repository root directory.
+#[derive(Clone, Debug)]
+pub struct Repo {
+    root: PathBuf,
+}
+
+impl Repo {
+    /// A view of `root`; nothing is created or checked yet.
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Repo { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The file holding object `hash`.
+    pub fn object_file(&self, hash: &Digest) -> PathBuf {
+        self.root.join(object_path(hash))
+    }
+
+    /// The file holding the head of `channel` (a checked channel name).
+    pub fn head_file(&self, channel: &str) -> PathBuf {
+        self.root.join(head_path(channel))
+    }
+
+    /// The directory listing one folder per channel.
+    pub fn channels_dir(&self) -> PathBuf {
+        self.root.join("channels")
+    }
+
+    /// The raw head of `channel`, if the channel exists.
+    pub fn read_head(&self, channel: &str) -> Result<Option<Vec<u8>>> {
+        fsutil::read_limited(&self.head_file(channel), ObjectKind::ChannelHead.max_size())
+    }
+
+    /// Reads the object `r` names and checks it is exactly those bytes. Only for small
+    /// objects (manifests); archives are streamed.
+    pub fn read_object(&self, r: &ObjectRef, kind: &'static str) -> Result<Vec<u8>> {
+        let path = self.object_file(&r.hash);
+        let bytes = fsutil::read_limited(&path, r.size)?.ok_or_else(|| {
+            self.broken(format!(
+                "{kind} {} is missing ({} does not exist)",
+                r.hash,
+                path.display()
+            ))
+        })?;
+        r.check(kind, &bytes)
+            .map_err(|source| Error::FormatContext {
+                context: format!("repository object {} is damaged", path.display()),
+                source,
+            })?;
+        Ok(bytes)
+    }
+
+    /// A temp file next to the objects, to stream a large object into.
+    pub fn object_temp(&self) -> Result<NamedTempFile> {
+        fsutil::temp_in(&self.root.join("objects"))
+    }
+
+    /// Moves a finished temp file to the object name `hash`. An existing object of
+    /// that name is left alone: it has the same bytes.
+    pub fn place_object(&self, tmp: NamedTempFile, hash: &Digest) -> Result<()> {
+        let dest = self.object_file(hash);
+        if let Some(dir) = dest.parent() {
+            fsutil::ensure_dir(dir, DIR_MODE)?;
+        }
+        fsutil::persist(tmp, &dest, FILE_MODE, Place::KeepExisting)?;
+        Ok(())
+    }
+
+    /// Stores `bytes` as an object and returns its reference.
+    pub fn write_object(&self, bytes: &[u8]) -> Result<ObjectRef> {
+        let r = ObjectRef::of(bytes);
+        fsutil::write_atomic(
+            &self.object_file(&r.hash),
+            bytes,
+            FILE_MODE,
+            Place::KeepExisting,
+        )?;
+        Ok(r)
+    }
+
+    /// Atomically replaces the head of `channel`.
+    pub fn write_head(&self, channel: &str, bytes: &[u8]) -> Result<()> {
+        fsutil::write_atomic(&self.head_file(channel), bytes, FILE_MODE, Place::Replace)?;
+        Ok(())
+    }
+
+    /// Creates the root (0755) if it does not exist.
+    pub fn create(&self) -> Result<()> {
+        fsutil::ensure_dir(&self.root, DIR_MODE)
+    }
+
+    pub fn broken(&self, reason: String) -> Error {
+        Error::BrokenRepo {
+            repo: self.root.clone(),
+            reason,
+        }
+    }
+}

@@ -1,0 +1,242 @@
+//! `ferry-server serve`: the repository as static files over HTTP/1.1 and h2c.
+//!
+//! The server adds nothing a plain static web server could not: any server that maps
+//! the repository's files to URLs, with Range support, is an equivalent mirror. This
+//! one adds the guard rails: only layout paths are served ([`routes`]), ETags and cache
+//! lifetimes fit immutable objects and short-lived heads, connections are capped, and
+//! shutdown is graceful.
+//!
+//! Connection cap: a semaphore permit is taken *before* `accept()`, so past the cap
+//! new connections wait in the kernel's backlog instead of being accepted and starved.
+//! The permit moves into the connection task and is released when it ends, which also
+//! gives shutdown its "all connections done" signal: holding every permit.
+
+pub mod access_log;
+pub mod range;
+pub mod routes;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::{CONTENT_LENGTH, RANGE};
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+
+use crate::error::{Error, Result, io_err};
+use access_log::{AccessLog, LogLine, Metrics};
+use routes::Body;
+
+/// How long in-flight connections get to finish after a shutdown signal.
+pub const GRACE: Duration = Duration::from_secs(10);
+/// A client must send its request headers within this time (slowloris guard: an idle
+/// socket would otherwise hold a connection permit forever).
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What to serve, where.
+#[derive(Clone, Debug)]
+pub struct ServeOptions {
+    pub repo: PathBuf,
+    pub listen: SocketAddr,
+    pub max_connections: u32,
+    pub access_log: Option<PathBuf>,
+}
+
+/// Shared by every connection.
+pub struct State {
+    pub repo: PathBuf,
+    pub log: Option<AccessLog>,
+    pub metrics: Metrics,
+}
+
+/// A bound, not yet running server.
+pub struct Server {
+    listener: TcpListener,
+    state: Arc<State>,
+    max_connections: u32,
+}
+
+impl Server {
+    /// Checks the repository and binds the listening socket.
+    pub async fn bind(opts: &ServeOptions) -> Result<Server> {
+        if !opts.repo.is_dir() {
+            return Err(io_err("serve", &opts.repo)(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "not a directory",
+            )));
+        }
+        let log = opts
+            .access_log
+            .as_deref()
+            .map(AccessLog::open)
+            .transpose()?;
+        let listener = TcpListener::bind(opts.listen)
+            .await
+            .map_err(|source| Error::Listen {
+                addr: opts.listen,
+                source,
+            })?;
+        Ok(Server {
+            listener,
+            state: Arc::new(State {
+                repo: opts.repo.clone(),
+                log,
+                metrics: Metrics::default(),
+            }),
+            max_connections: opts.max_connections.max(1),
+        })
+    }
+
+    /// The bound address (the real port when port 0 was asked for).
+    pub fn local_addr(&self) -> Result<SocketAddr> {
+        self.listener.local_addr().map_err(io_err(
+            "read the address of",
+            std::path::Path::new("the listener"),
+        ))
+    }
+
+    /// Serves until `shutdown` completes, then drains connections for up to [`GRACE`].
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<()> {
+        let permits = Arc::new(Semaphore::new(self.max_connections as usize));
+        let (stop_tx, stop_rx) = watch::channel(false);
+        tokio::pin!(shutdown);
+        loop {
+            let permit = tokio::select! {
+                p = permits.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => break, // never closed; kept total
+                },
+                () = &mut shutdown => break,
+            };
+            let (stream, peer) = tokio::select! {
+                r = self.listener.accept() => match r {
+                    Ok(c) => c,
+                    Err(e) => {
+                        // Usually EMFILE or a connection reset before accept: back off
+                        // briefly instead of spinning, and keep serving.
+                        tracing::warn!("accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                () = &mut shutdown => break,
+            };
+            self.state.metrics.connection();
+            tracing::debug!(%peer, "connection");
+            let state = self.state.clone();
+            let mut stop = stop_rx.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                let service = service_fn(move |req| {
+                    let state = state.clone();
+                    async move { Ok::<_, Infallible>(answer(&state, req).await) }
+                });
+                let mut builder = auto::Builder::new(TokioExecutor::new());
+                builder
+                    .http1()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(HEADER_TIMEOUT);
+                let conn = builder.serve_connection(TokioIo::new(stream), service);
+                tokio::pin!(conn);
+                let result = tokio::select! {
+                    r = conn.as_mut() => r,
+                    _ = async { stop.wait_for(|s| *s).await.map(|_| ()) } => {
+                        conn.as_mut().graceful_shutdown();
+                        conn.await
+                    }
+                };
+                if let Err(e) = result {
+                    tracing::debug!(%peer, "connection ended: {e}");
+                }
+            });
+        }
+
+        tracing::info!("shutting down: draining connections");
+        drop(self.listener);
+        let _ = stop_tx.send(true);
+        match tokio::time::timeout(GRACE, permits.acquire_many(self.max_connections)).await {
+            Ok(_) => tracing::info!("all connections closed"),
+            Err(_) => tracing::warn!(
+                "connections still open after {}s; exiting anyway",
+                GRACE.as_secs()
+            ),
+        }
+        Ok(())
+    }
+}
+
+/// Routes a request, then logs and counts the response.
+async fn answer(state: &State, req: Request<Incoming>) -> Response<Body> {
+    // GET and HEAD bodies are ignored; dropping it keeps the request `Sync`.
+    let req = Request::from_parts(req.into_parts().0, ());
+    let resp = routes::handle(state, &req).await;
+    let status = resp.status();
+    let bytes = if req.method() == Method::HEAD || status == StatusCode::NOT_MODIFIED {
+        0
+    } else {
+        resp.headers()
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+            .unwrap_or(0)
+    };
+    state.metrics.record(status.as_u16(), bytes);
+    let range = req.headers().get(RANGE).and_then(|v| v.to_str().ok());
+    tracing::debug!(method = %req.method(), path = req.uri().path(), status = status.as_u16(), bytes, "request");
+    if let Some(log) = &state.log {
+        log.record(&LogLine {
+            method: req.method().as_str(),
+            path: req.uri().path(),
+            status: status.as_u16(),
+            bytes,
+            range,
+        });
+    }
+    resp
+}
+
+/// The `serve` command: binds, prints `listening on http://ADDR`, serves until SIGTERM
+/// or Ctrl-C.
+pub fn run_cli(opts: &ServeOptions) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(io_err("start", std::path::Path::new("the async runtime")))?;
+    rt.block_on(async {
+        // Signal handlers are installed before the address is announced, so a test
+        // that signals right after reading the line cannot kill the process unhandled.
+        let shutdown = shutdown_signal()?;
+        let server = Server::bind(opts).await?;
+        let addr = server.local_addr()?;
+        let mut stdout = std::io::stdout().lock();
+        writeln!(stdout, "listening on http://{addr}")
+            .and_then(|()| stdout.flush())
+            .map_err(io_err("write", std::path::Path::new("stdout")))?;
+        drop(stdout);
+        tracing::info!(%addr, repo = %opts.repo.display(), "serving");
+        server.run(shutdown).await
+    })
+}
+
+/// A future completing on the first SIGTERM or SIGINT.
+fn shutdown_signal() -> Result<impl Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let err = io_err("install", std::path::Path::new("signal handlers"));
+    let mut term = signal(SignalKind::terminate()).map_err(err)?;
+    let mut int = signal(SignalKind::interrupt())
+        .map_err(io_err("install", std::path::Path::new("signal handlers")))?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+        }
+    })
+}

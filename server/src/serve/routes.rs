@@ -1,0 +1,238 @@
+//! Request routing: `/healthz`, `/metrics` and the two repository path shapes of
+//! FORMAT.md §7. Nothing else maps to a file.
+//!
+//! The request path is handed, still percent-encoded, to
+//! `ferry_format::layout::parse_repo_path`, which accepts only
+//! `objects/<2 hex>/<64 hex>` and `channels/<channel>/head`; the file read is then
+//! rebuilt from the parsed value, never from the request text. So `..`, encoded
+//! slashes or any other trick is simply a 404.
+
+use std::io;
+
+use bytes::Bytes;
+use ferry_format::envelope::ObjectKind;
+use ferry_format::id::Digest;
+use ferry_format::layout::{RepoPath, head_path, object_path, parse_repo_path};
+use futures_util::TryStreamExt;
+use http::header::{
+    ACCEPT_RANGES, ALLOW, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, ETAG,
+    IF_NONE_MATCH, IF_RANGE, RANGE,
+};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Empty, Full, StreamBody, combinators::BoxBody};
+use hyper::body::Frame;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio_util::io::ReaderStream;
+
+use super::State;
+use super::range::{RangeDecision, decide, if_range_holds, none_match};
+
+/// Every response body: streamed from a file or in memory.
+pub type Body = BoxBody<Bytes, io::Error>;
+
+/// Objects never change: any cache may keep them forever.
+const OBJECT_CACHE: &str = "public, max-age=31536000, immutable";
+/// Heads change with every publish; a short lifetime bounds how stale a cache can be.
+const HEAD_CACHE: &str = "public, max-age=10";
+/// Read size for file bodies.
+const STREAM_CHUNK: usize = 64 << 10;
+
+/// Answers one request.
+pub async fn handle<B>(state: &State, req: &Request<B>) -> Response<Body> {
+    let head_only = match *req.method() {
+        Method::GET => false,
+        Method::HEAD => true,
+        _ => {
+            let mut r = text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed\n",
+                false,
+            );
+            r.headers_mut()
+                .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+            return r;
+        }
+    };
+    let path = req.uri().path();
+    match path {
+        "/healthz" => return text(StatusCode::OK, "ok", head_only),
+        "/metrics" => {
+            let mut r = text(StatusCode::OK, state.metrics.render(), head_only);
+            r.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
+            return r;
+        }
+        _ => {}
+    }
+    let result = match parse_repo_path(path) {
+        Some(RepoPath::Object(hash)) => object(state, req, &hash, head_only).await,
+        Some(RepoPath::Head(channel)) => head(state, req, &channel, head_only).await,
+        None => return not_found(head_only),
+    };
+    match result {
+        Ok(r) => r,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => not_found(head_only),
+        Err(e) => {
+            tracing::error!("cannot serve {path}: {e}");
+            text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal error\n",
+                head_only,
+            )
+        }
+    }
+}
+
+/// Where a body's bytes come from.
+enum Source {
+    File(tokio::fs::File),
+    Memory(Bytes),
+}
+
+async fn object<B>(
+    state: &State,
+    req: &Request<B>,
+    hash: &Digest,
+    head_only: bool,
+) -> io::Result<Response<Body>> {
+    let path = state.repo.join(object_path(hash));
+    let file = tokio::fs::File::open(&path).await?;
+    let meta = file.metadata().await?;
+    if !meta.is_file() {
+        return Err(io::ErrorKind::NotFound.into());
+    }
+    let etag = format!("\"{}\"", hash.to_hex());
+    respond(
+        req,
+        Source::File(file),
+        meta.len(),
+        &etag,
+        OBJECT_CACHE,
+        head_only,
+    )
+    .await
+}
+
+async fn head<B>(
+    state: &State,
+    req: &Request<B>,
+    channel: &str,
+    head_only: bool,
+) -> io::Result<Response<Body>> {
+    let path = state.repo.join(head_path(channel));
+    let meta = tokio::fs::metadata(&path).await?;
+    if !meta.is_file() {
+        return Err(io::ErrorKind::NotFound.into());
+    }
+    if meta.len() > ObjectKind::ChannelHead.max_size() {
+        return Err(io::Error::other(format!(
+            "{} is larger than any channel head",
+            path.display()
+        )));
+    }
+    // Heads are replaced by rename, so one read sees exactly one version; hashing that
+    // same buffer keeps the ETag and the body consistent.
+    let bytes = Bytes::from(tokio::fs::read(&path).await?);
+    let etag = format!("\"{}\"", Digest::of(&bytes).to_hex());
+    let len = bytes.len() as u64;
+    respond(
+        req,
+        Source::Memory(bytes),
+        len,
+        &etag,
+        HEAD_CACHE,
+        head_only,
+    )
+    .await
+}
+
+/// The common 200/206/304/416 logic of repository files.
+async fn respond<B>(
+    req: &Request<B>,
+    source: Source,
+    len: u64,
+    etag: &str,
+    cache: &'static str,
+    head_only: bool,
+) -> io::Result<Response<Body>> {
+    let header = |name| req.headers().get(name).and_then(|v| v.to_str().ok());
+    let mut builder = Response::builder()
+        .header(ETAG, etag)
+        .header(CACHE_CONTROL, cache)
+        .header(ACCEPT_RANGES, "bytes");
+    if header(IF_NONE_MATCH).is_some_and(|h| none_match(h, etag)) {
+        return Ok(build(builder.status(StatusCode::NOT_MODIFIED), empty()));
+    }
+    builder = builder.header(CONTENT_TYPE, "application/octet-stream");
+    let range = if header(IF_RANGE).is_none_or(|h| if_range_holds(h, etag)) {
+        decide(header(RANGE), len)
+    } else {
+        RangeDecision::Full
+    };
+    let (status, start, count) = match range {
+        RangeDecision::Full => (StatusCode::OK, 0, len),
+        RangeDecision::Partial { start, end } => {
+            builder = builder.header(CONTENT_RANGE, format!("bytes {start}-{end}/{len}"));
+            (StatusCode::PARTIAL_CONTENT, start, end - start + 1)
+        }
+        RangeDecision::Unsatisfiable => {
+            let b = builder
+                .status(StatusCode::RANGE_NOT_SATISFIABLE)
+                .header(CONTENT_RANGE, format!("bytes */{len}"))
+                .header(CONTENT_LENGTH, 0);
+            return Ok(build(b, empty()));
+        }
+    };
+    builder = builder.status(status).header(CONTENT_LENGTH, count);
+    if head_only {
+        return Ok(build(builder, empty()));
+    }
+    let body = match source {
+        Source::Memory(bytes) => {
+            // start + count <= len = bytes.len(), so the slice is in bounds.
+            let part = bytes.slice(start as usize..(start + count) as usize);
+            Full::new(part).map_err(|never| match never {}).boxed()
+        }
+        Source::File(mut file) => {
+            if start > 0 {
+                file.seek(io::SeekFrom::Start(start)).await?;
+            }
+            let stream = ReaderStream::with_capacity(file.take(count), STREAM_CHUNK);
+            StreamBody::new(stream.map_ok(Frame::data)).boxed()
+        }
+    };
+    Ok(build(builder, body))
+}
+
+fn build(builder: http::response::Builder, body: Body) -> Response<Body> {
+    // Every header above is built from ASCII we control, so the builder cannot fail;
+    // should it ever, a bare 500 is still a valid answer.
+    builder.body(body).unwrap_or_else(|_| {
+        let mut r = Response::new(empty());
+        *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+        r
+    })
+}
+
+fn empty() -> Body {
+    Empty::new().map_err(|never| match never {}).boxed()
+}
+
+fn not_found(head_only: bool) -> Response<Body> {
+    text(StatusCode::NOT_FOUND, "not found\n", head_only)
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>, head_only: bool) -> Response<Body> {
+    let body: Bytes = body.into();
+    let b = Response::builder()
+        .status(status)
+        .header(CONTENT_TYPE, "text/plain; charset=utf-8")
+        .header(CONTENT_LENGTH, body.len());
+    if head_only {
+        build(b, empty())
+    } else {
+        build(b, Full::new(body).map_err(|never| match never {}).boxed())
+    }
+}
