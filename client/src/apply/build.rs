@@ -1,0 +1,167 @@
+//! Writing a release tree into staging, one chunk at a time.
+//!
+//! The tree is built under `ROOT/.ferry/staging/tree-<version>/` and only renamed into
+//! `ROOT/versions/` once complete and synced, so a crash leaves at worst a stale
+//! staging tree (deleted by the next run). Files are created with `O_EXCL|O_NOFOLLOW`
+//! and nothing is ever opened through a symlink. Memory stays bounded by one chunk.
+
+use std::cell::RefCell;
+use std::fs::{self, DirBuilder, File};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, FileExt};
+use std::path::{Path, PathBuf};
+
+use ferry_format::chunking::decompress_chunk;
+use ferry_format::id::Digest;
+use ferry_format::manifest::{EntryKind, Manifest};
+use ferry_format::plan::FetchRange;
+use ferry_format::verified::Verified;
+
+use super::ApplyError;
+use super::source::LocalChunks;
+use crate::fetch::ranges::range_file;
+use crate::fsutil::{self, ctx};
+
+/// The downloaded archive ranges of one update, on disk, not yet trusted.
+pub struct Downloaded {
+    dir: PathBuf,
+    archive: Digest,
+    ranges: Vec<FetchRange>,
+    offsets: Vec<u64>,
+    open: RefCell<Option<(usize, File)>>,
+}
+
+impl Downloaded {
+    pub fn new(dir: &Path, manifest: &Manifest, ranges: &[FetchRange]) -> Self {
+        Downloaded {
+            dir: dir.to_path_buf(),
+            archive: manifest.archive.hash,
+            ranges: ranges.to_vec(),
+            offsets: manifest.chunk_offsets(),
+            open: RefCell::new(None),
+        }
+    }
+
+    fn range_of(&self, chunk: usize) -> Option<usize> {
+        let i = self.ranges.partition_point(|r| r.last_chunk <= chunk);
+        self.ranges
+            .get(i)
+            .filter(|r| r.first_chunk <= chunk && chunk < r.last_chunk)
+            .map(|_| i)
+    }
+
+    /// Reads, decompresses and checks chunk `chunk` of the manifest's table.
+    pub fn chunk(&self, manifest: &Manifest, chunk: usize) -> Result<Vec<u8>, ApplyError> {
+        let rec = manifest.chunks[chunk];
+        let ri = self
+            .range_of(chunk)
+            .ok_or_else(|| ApplyError::MissingChunk {
+                id: rec.id.to_hex(),
+            })?;
+        let r = &self.ranges[ri];
+        let path = range_file(&self.dir, &self.archive, r);
+        let mut open = self.open.borrow_mut();
+        if open.as_ref().is_none_or(|(i, _)| *i != ri) {
+            *open = Some((ri, ctx("opening", &path, fsutil::open_nofollow(&path))?));
+        }
+        let Some((_, file)) = open.as_ref() else {
+            unreachable!("just opened")
+        };
+        let mut stored = vec![0u8; rec.stored_size as usize];
+        ctx(
+            "reading",
+            &path,
+            file.read_exact_at(&mut stored, self.offsets[chunk] - r.start),
+        )?;
+        decompress_chunk(&rec.id, rec.size, &stored).map_err(|source| {
+            drop(open.take());
+            let _ = fs::remove_file(&path);
+            ApplyError::CorruptDownload { source, file: path }
+        })
+    }
+
+    /// Checks every chunk of every downloaded range before anything is built, deleting
+    /// the range file of the first corrupt chunk.
+    pub fn verify_all(&self, manifest: &Manifest) -> Result<(), ApplyError> {
+        for r in &self.ranges {
+            for i in r.first_chunk..r.last_chunk {
+                self.chunk(manifest, i)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Builds the tree of `manifest` at `dest` (which must not exist).
+pub fn build_tree(
+    manifest: &Verified<Manifest>,
+    dest: &Path,
+    local: &mut LocalChunks,
+    downloaded: &Downloaded,
+) -> Result<(), ApplyError> {
+    let mut dirs = vec![(dest.to_path_buf(), 0o755)];
+    // Directories stay owner-writable while being filled; final modes are set last.
+    ctx(
+        "creating directory",
+        dest,
+        DirBuilder::new().mode(0o700).create(dest),
+    )?;
+    for e in &manifest.entries {
+        let path = dest.join(&e.path);
+        match &e.kind {
+            EntryKind::Dir { mode } => {
+                ctx(
+                    "creating directory",
+                    &path,
+                    DirBuilder::new().mode(0o700).create(&path),
+                )?;
+                dirs.push((path, *mode));
+            }
+            EntryKind::File {
+                mode, hash, chunks, ..
+            } => {
+                let mut f = fsutil::create_new_file(&path)?;
+                let mut hasher = blake3::Hasher::new();
+                for &ix in chunks {
+                    let ix = ix as usize;
+                    let id = manifest.chunks[ix].id;
+                    let written = if local.has(&id) {
+                        local.with_chunk(&id, |b| {
+                            hasher.update(b);
+                            f.write_all(b)
+                        })?
+                    } else {
+                        let b = downloaded.chunk(manifest, ix)?;
+                        hasher.update(&b);
+                        f.write_all(&b)
+                    };
+                    ctx("writing", &path, written)?;
+                }
+                let actual = Digest::from(hasher.finalize());
+                if actual != *hash {
+                    return Err(ApplyError::FileMismatch {
+                        path: e.path.clone(),
+                        expected: hash.to_hex(),
+                        actual: actual.to_hex(),
+                    });
+                }
+                fsutil::set_mode(&path, *mode)?;
+                ctx("syncing", &path, f.sync_all())?;
+            }
+            EntryKind::Symlink { target } => {
+                ctx(
+                    "creating symlink",
+                    &path,
+                    std::os::unix::fs::symlink(target, &path),
+                )?;
+            }
+        }
+    }
+    // Deepest first, so a read-only parent never blocks its children; each directory
+    // is synced while still owner-accessible (0700), then given its final mode.
+    for (dir, mode) in dirs.iter().rev() {
+        fsutil::fsync_dir(dir)?;
+        fsutil::set_mode(dir, *mode)?;
+    }
+    Ok(())
+}

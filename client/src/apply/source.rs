@@ -1,0 +1,156 @@
+//! The local chunk index: which chunks of a new release already exist, byte for byte,
+//! inside the trees of retained releases.
+//!
+//! The index is built from the retained releases' verified manifests: a file's chunks
+//! sit at the cumulative sizes of the chunks before them. A location only counts once
+//! its bytes, read through a memory map, hash to the chunk id: the files could have
+//! been edited by someone since install, and the plan must be exact. Good locations
+//! are cached, and re-hashed once more when they are copied.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use ferry_format::id::ChunkId;
+use ferry_format::manifest::{EntryKind, Manifest};
+use ferry_format::verified::Verified;
+use memmap2::Mmap;
+
+use super::ApplyError;
+use crate::fsutil;
+
+/// A retained release usable as a chunk source.
+pub struct LocalRelease {
+    pub version: String,
+    pub tree: PathBuf,
+    pub manifest: Verified<Manifest>,
+}
+
+#[derive(Clone, Debug)]
+struct Location {
+    file: PathBuf,
+    offset: u64,
+    size: u32,
+}
+
+/// Chunk id -> where the chunk can be found on disk.
+pub struct LocalChunks {
+    candidates: HashMap<ChunkId, Vec<Location>>,
+    good: HashMap<ChunkId, Location>,
+    /// The last mapped file: consecutive chunks of a new file usually come from the
+    /// same old file, so one entry avoids most re-mapping.
+    mapped: Option<(PathBuf, Option<Mmap>)>,
+}
+
+impl LocalChunks {
+    /// Indexes every file chunk of `releases`.
+    pub fn index(releases: &[LocalRelease]) -> Self {
+        let mut candidates: HashMap<ChunkId, Vec<Location>> = HashMap::new();
+        for rel in releases {
+            let m = &rel.manifest;
+            for e in &m.entries {
+                let EntryKind::File { chunks, .. } = &e.kind else {
+                    continue;
+                };
+                let file = rel.tree.join(&e.path);
+                let mut offset = 0u64;
+                for &ix in chunks {
+                    // Verified manifests only name chunks inside their table.
+                    let Some(c) = m.chunks.get(ix as usize) else {
+                        break;
+                    };
+                    candidates.entry(c.id).or_default().push(Location {
+                        file: file.clone(),
+                        offset,
+                        size: c.size,
+                    });
+                    offset += u64::from(c.size);
+                }
+            }
+        }
+        LocalChunks {
+            candidates,
+            good: HashMap::new(),
+            mapped: None,
+        }
+    }
+
+    /// Hashes the local copies of every chunk `wanted` uses and remembers one good
+    /// copy per chunk. Returns how many chunks are available locally.
+    pub fn verify_wanted(&mut self, wanted: &Manifest) -> usize {
+        let mut work: Vec<(ChunkId, Location)> = wanted
+            .chunks
+            .iter()
+            .filter(|c| !self.good.contains_key(&c.id))
+            .filter_map(|c| self.candidates.get(&c.id).map(|l| (c.id, l)))
+            .flat_map(|(id, locs)| locs.iter().map(move |l| (id, l.clone())))
+            .collect();
+        work.sort_by(|a, b| (&a.1.file, a.1.offset).cmp(&(&b.1.file, b.1.offset)));
+        for (id, loc) in work {
+            if self.good.contains_key(&id) {
+                continue;
+            }
+            if self.slice(&loc).is_some_and(|b| ChunkId::of(b) == id) {
+                self.good.insert(id, loc);
+            }
+        }
+        self.mapped = None;
+        wanted
+            .chunks
+            .iter()
+            .filter(|c| self.good.contains_key(&c.id))
+            .count()
+    }
+
+    /// Whether a verified local copy of `id` is known.
+    pub fn has(&self, id: &ChunkId) -> bool {
+        self.good.contains_key(id)
+    }
+
+    /// Re-hashes the local copy of `id` and hands its bytes to `f`.
+    pub fn with_chunk<T>(
+        &mut self,
+        id: &ChunkId,
+        f: impl FnOnce(&[u8]) -> T,
+    ) -> Result<T, ApplyError> {
+        let loc = self
+            .good
+            .get(id)
+            .cloned()
+            .ok_or_else(|| ApplyError::MissingChunk { id: id.to_hex() })?;
+        match self.slice(&loc) {
+            Some(bytes) if ChunkId::of(bytes) == *id => Ok(f(bytes)),
+            _ => Err(ApplyError::LocalChanged {
+                id: id.to_hex(),
+                file: loc.file,
+            }),
+        }
+    }
+
+    fn slice(&mut self, loc: &Location) -> Option<&[u8]> {
+        if self.mapped.as_ref().is_none_or(|(p, _)| *p != loc.file) {
+            self.mapped = Some((loc.file.clone(), map_file(&loc.file)));
+        }
+        let map = self.mapped.as_ref()?.1.as_ref()?;
+        let start = usize::try_from(loc.offset).ok()?;
+        let end = start.checked_add(loc.size as usize)?;
+        map.get(start..end)
+    }
+}
+
+/// Maps a regular file of a retained release read-only; `None` if it is missing, not a
+/// regular file (a symlink is never followed) or empty.
+#[allow(unsafe_code)]
+fn map_file(path: &Path) -> Option<Mmap> {
+    let file = fsutil::open_nofollow(path).ok()?;
+    let meta = file.metadata().ok()?;
+    if !meta.is_file() || meta.len() == 0 {
+        return None;
+    }
+    // SAFETY: the mapped files belong to retained releases under ROOT/versions/, which
+    // ferry never writes after renaming them into place, and the root lock keeps other
+    // ferry commands out. A modification by someone else cannot make us trust wrong
+    // bytes, because every slice is hashed against its chunk id before use; the
+    // remaining hazard (truncation while mapped, SIGBUS) needs an outside actor
+    // truncating installed release files during an update.
+    unsafe { Mmap::map(&file) }.ok()
+}

@@ -1,0 +1,296 @@
+//! The path a release takes from the repository to `ROOT/current`, shared by
+//! `update` and `rollback --to`: fetch and verify the head, fetch and verify the
+//! manifest, plan against local chunks, download ranges, build in staging, rename
+//! into `versions/`, switch `current`, record, clean up, prune.
+//!
+//! Crash safety: until [`activate`] renames the new `current` link into place, the
+//! previous release stays active, and every intermediate product (range files, the
+//! staging tree, a tree already renamed into `versions/`) is either reused or
+//! deleted by the next run.
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use ferry_format::envelope::{ObjectKind, TrustedKeys};
+use ferry_format::head::{ChannelHead, ReleaseRef};
+use ferry_format::layout::{head_path, object_path};
+use ferry_format::manifest::Manifest;
+use ferry_format::plan::{DEFAULT_MAX_GAP, FetchRange, plan_archive};
+use ferry_format::verified::{HeadPolicy, Verified, verify_head, verify_manifest};
+use ferry_format::version::Version;
+
+use super::report::{self, Out};
+use super::root::Root;
+use crate::apply::build::{Downloaded, build_tree};
+use crate::apply::check::{Depth, check_tree};
+use crate::apply::source::LocalChunks;
+use crate::fetch::{self, Counters, Transport};
+use crate::fsutil;
+use crate::install::activate::{current_version, switch_current};
+use crate::install::retain::prune_selection;
+use crate::install::state::ReleaseRecord;
+
+/// A connected repository plus the runtime its transport runs on. Everything else
+/// in ferry is synchronous; only fetching is async.
+pub struct Remote {
+    rt: tokio::runtime::Runtime,
+    transport: Box<dyn Transport>,
+    counters: Arc<Counters>,
+}
+
+impl Remote {
+    pub fn connect(server: &str) -> Result<Remote> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .context("starting the async runtime")?;
+        let transport = {
+            let _guard = rt.enter();
+            fetch::connect(server)?
+        };
+        let counters = transport.counters();
+        Ok(Remote {
+            rt,
+            transport,
+            counters,
+        })
+    }
+
+    /// (HTTP requests made, body bytes received) so far.
+    pub fn counts(&self) -> (u64, u64) {
+        (self.counters.requests(), self.counters.bytes())
+    }
+
+    fn get_all(&self, path: &str, max_len: u64, what: &'static str) -> Result<Vec<u8>> {
+        let t = &*self.transport;
+        self.rt
+            .block_on(async { fetch::read_all(t.get(path, None, max_len, what).await?).await })
+            .with_context(|| format!("fetching {what} from {}", t.url(path)))
+    }
+
+    /// Fetches and verifies the channel head, then persists its sequence before
+    /// anything else happens (spec: update step 1).
+    pub fn fetch_head(
+        &self,
+        root: &mut Root,
+        trusted: &TrustedKeys,
+    ) -> Result<Verified<ChannelHead>> {
+        let channel = root.config.channel.clone();
+        let path = head_path(&channel);
+        let bytes = self.get_all(&path, ObjectKind::ChannelHead.max_size(), "channel head")?;
+        let now = report::unix_now();
+        let policy = HeadPolicy {
+            channel: &channel,
+            now,
+            max_skew: 0,
+            last_sequence: root.state.last_sequence,
+        };
+        let head = verify_head(&bytes, trusted, &policy).with_context(|| {
+            format!("verifying channel head from {}", self.transport.url(&path))
+        })?;
+        let hash = head.object_hash().to_hex();
+        if root.state.last_sequence == Some(head.sequence)
+            && root
+                .state
+                .last_head_hash
+                .as_deref()
+                .is_some_and(|h| h != hash)
+        {
+            bail!(
+                "channel head sequence {} was already seen with different content: the repository is equivocating (two heads signed with one sequence number)",
+                head.sequence
+            );
+        }
+        root.state.last_sequence = Some(head.sequence);
+        root.state.last_head_hash = Some(hash);
+        root.state.last_check = Some(now);
+        root.save_state()?;
+        Ok(head)
+    }
+
+    /// Fetches (at most the signed size) and verifies a release's manifest.
+    pub fn fetch_manifest(
+        &self,
+        release: &ReleaseRef,
+        channel: &str,
+        trusted: &TrustedKeys,
+    ) -> Result<(Vec<u8>, Verified<Manifest>)> {
+        let path = object_path(&release.manifest.hash);
+        let bytes = self.get_all(&path, release.manifest.size, "manifest")?;
+        let manifest = verify_manifest(&bytes, release, channel, trusted).with_context(|| {
+            format!(
+                "verifying manifest of {} from {}",
+                release.version,
+                self.transport.url(&path)
+            )
+        })?;
+        Ok((bytes, manifest))
+    }
+
+    fn download(
+        &self,
+        manifest: &Manifest,
+        ranges: &[FetchRange],
+        dir: &std::path::Path,
+    ) -> Result<()> {
+        let t = &*self.transport;
+        let archive = manifest.archive.hash;
+        self.rt
+            .block_on(fetch::ranges::download(t, &archive, ranges, dir))
+            .with_context(|| {
+                format!(
+                    "downloading archive {}",
+                    t.url(&object_path(&manifest.archive.hash))
+                )
+            })
+    }
+}
+
+/// What building a release cost.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct BuildStats {
+    pub bytes_reused: u64,
+}
+
+/// Puts the release of `manifest` into `ROOT/versions/<version>` (building it unless
+/// an intact copy is already there) and stores its manifest. Does not activate it.
+pub fn install_release(
+    root: &Root,
+    remote: &Remote,
+    trusted: &TrustedKeys,
+    manifest_bytes: &[u8],
+    manifest: &Verified<Manifest>,
+    from: Option<&str>,
+    out: Out,
+) -> Result<BuildStats> {
+    let layout = &root.layout;
+    let version = manifest.version.clone();
+    let final_dir = layout.version_dir(&version);
+    let exists = std::fs::symlink_metadata(&final_dir).is_ok();
+    fsutil::create_dir_all(&layout.manifests())?;
+    if exists && check_tree(manifest, &final_dir, Depth::Content).is_empty() {
+        // Left by a run interrupted after the rename: finish its job.
+        fsutil::write_atomic(&layout.manifest(&version), manifest_bytes)?;
+        out.info(&format!(
+            "plan: {} -> {version}: release already on disk and intact, nothing to download",
+            from.unwrap_or("none")
+        ));
+        return Ok(BuildStats {
+            bytes_reused: manifest.total_file_bytes(),
+        });
+    }
+
+    let mut local = LocalChunks::index(&root.local_releases(trusted));
+    local.verify_wanted(manifest);
+    let plan = plan_archive(manifest, |id| local.has(id), DEFAULT_MAX_GAP);
+    out.info(&format!(
+        "plan: {} -> {version}: reuse {} chunks ({}) from local releases, download {} chunks ({}) in {} request(s)",
+        from.unwrap_or("none"),
+        plan.reuse_chunks,
+        report::bytes(plan.reuse_bytes),
+        plan.fetch_chunks,
+        report::bytes(plan.download_bytes),
+        plan.ranges.len(),
+    ));
+
+    let downloads = layout.downloads();
+    fsutil::create_dir_all(&downloads)?;
+    if !plan.ranges.is_empty() {
+        remote.download(manifest, &plan.ranges, &downloads)?;
+    }
+    let downloaded = Downloaded::new(&downloads, manifest, &plan.ranges);
+    downloaded
+        .verify_all(manifest)
+        .with_context(|| format!("checking downloaded chunks of {version}"))?;
+
+    let staging = layout.staging_tree(&version);
+    fsutil::remove_tree(&staging)?;
+    build_tree(manifest, &staging, &mut local, &downloaded)
+        .with_context(|| format!("building {version} in {}", staging.display()))?;
+
+    fsutil::write_atomic(&layout.manifest(&version), manifest_bytes)?;
+    fsutil::create_dir_all(&layout.versions())?;
+    if exists {
+        // A damaged tree from an earlier run: replace it with the fresh build.
+        tracing::warn!("replacing damaged {}", final_dir.display());
+        fsutil::remove_tree(&final_dir)?;
+    }
+    fsutil::ctx(
+        "renaming into place",
+        &final_dir,
+        std::fs::rename(&staging, &final_dir),
+    )?;
+    fsutil::fsync_dir(&layout.versions())?;
+    Ok(BuildStats {
+        bytes_reused: plan.reuse_bytes,
+    })
+}
+
+/// Switches `current` to `version` and records it as installed and active.
+pub fn activate(root: &mut Root, manifest: &Verified<Manifest>, manifest_size: u64) -> Result<()> {
+    let version = manifest.version.clone();
+    switch_current(&root.layout, &version)?;
+    let now = report::unix_now();
+    let installed_at = root.state.release(&version).map_or(now, |r| r.installed_at);
+    root.state.record_release(ReleaseRecord {
+        version: version.clone(),
+        manifest_hash: manifest.object_hash().to_hex(),
+        manifest_size,
+        installed_at,
+    });
+    root.state.active = Some(version);
+    Ok(())
+}
+
+/// Removes staging and releases beyond `keep` (never the active one or whatever
+/// `current` points to), plus orphans of interrupted runs. Failures only warn: the
+/// release is installed, so cleanup must not turn success into an error.
+pub fn cleanup_and_prune(root: &mut Root) -> Result<()> {
+    if let Err(e) = fsutil::remove_tree(&root.layout.staging()) {
+        tracing::warn!("cleaning staging: {e}");
+    }
+    let retained = root.state.retained();
+    let active = root
+        .state
+        .active
+        .as_deref()
+        .and_then(|v| Version::parse(v).ok());
+    let linked = current_version(&root.layout).and_then(|v| Version::parse(&v).ok());
+    let protect: Vec<&Version> = active.iter().chain(linked.iter()).collect();
+    let doomed = prune_selection(&retained, root.config.keep, &protect);
+    root.state
+        .releases
+        .retain(|r| !doomed.iter().any(|d| d.as_str() == r.version));
+    // State first: a crash now leaves orphan folders (removed below next time), never
+    // a state naming a release that is gone.
+    root.save_state()?;
+    let keep: Vec<String> = root
+        .state
+        .releases
+        .iter()
+        .map(|r| r.version.clone())
+        .chain(current_version(&root.layout))
+        .collect();
+    for (dir, is_tree) in [
+        (root.layout.versions(), true),
+        (root.layout.manifests(), false),
+    ] {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if keep.contains(&name) || name.starts_with('.') {
+                continue;
+            }
+            if is_tree {
+                tracing::info!("pruning release {name}");
+            }
+            if let Err(e) = fsutil::remove_tree(&entry.path()) {
+                tracing::warn!("pruning {name}: {e}");
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,130 @@
+//! The command line: argument definitions and one module per command. Commands use
+//! `anyhow` and add context; the library modules below them return typed errors.
+
+mod deliver;
+mod history;
+mod init;
+mod report;
+mod rollback;
+mod root;
+mod status;
+mod update;
+mod verify;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// ferry: delta updates from a signed repository into an install root.
+#[derive(Debug, Parser)]
+#[command(name = "ferry", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Configure an install root (writes ROOT/.ferry/config.json; no network).
+    Init(InitArgs),
+    /// Install the channel's current release, reusing local chunks.
+    Update(UpdateArgs),
+    /// Switch back to an older release and pin it.
+    Rollback(RollbackArgs),
+    /// Show what updates and rollbacks happened, newest first.
+    History(HistoryArgs),
+    /// Show the root's channel, active release, retained releases and pin.
+    Status(StatusArgs),
+    /// Check the active release on disk against its signed manifest.
+    Verify(VerifyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Install root (created if missing).
+    #[arg(long)]
+    pub root: PathBuf,
+    /// Repository base URL: http://, https:// or file://.
+    #[arg(long)]
+    pub server: String,
+    /// Channel to follow.
+    #[arg(long)]
+    pub channel: String,
+    /// Public key file (`ferry-public-key:v1:...`) trusted to sign the channel.
+    #[arg(long)]
+    pub public_key: PathBuf,
+    /// Releases to keep installed (for instant rollback).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
+    pub keep: u64,
+    /// Overwrite an existing configuration (state and releases are kept).
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct UpdateArgs {
+    /// Install root.
+    #[arg(long)]
+    pub root: PathBuf,
+    /// Print one JSON object on stdout instead of the summary.
+    #[arg(long)]
+    pub json: bool,
+    /// Update even if a rollback pinned this root.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    /// Install root.
+    #[arg(long)]
+    pub root: PathBuf,
+    /// How many retained releases to go down.
+    #[arg(long, conflicts_with = "to")]
+    pub steps: Option<usize>,
+    /// Exact version to switch to (fetched from the channel if not retained).
+    #[arg(long)]
+    pub to: Option<String>,
+    /// Print JSON on stdout instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    /// Install root.
+    #[arg(long)]
+    pub root: PathBuf,
+    /// Print JSON on stdout instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Install root.
+    #[arg(long)]
+    pub root: PathBuf,
+    /// Print JSON on stdout instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Install root.
+    #[arg(long)]
+    pub root: PathBuf,
+}
+
+/// Runs one parsed command.
+pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Init(a) => init::run(&a),
+        Command::Update(a) => update::run(&a),
+        Command::Rollback(a) => rollback::run(&a),
+        Command::History(a) => history::run(&a),
+        Command::Status(a) => status::run(&a),
+        Command::Verify(a) => verify::run(&a),
+    }
+}

@@ -1,0 +1,169 @@
+//! `ferry rollback`: switch to an older release and pin the root there.
+//!
+//! A retained release is an instant local switch. `--to` a release no longer on disk
+//! fetches it like an update does (delta from local chunks), but without the "never
+//! older" rule: a rollback is the operator's decision, not the repository's.
+
+use std::time::Instant;
+
+use anyhow::{Context, Result, anyhow, bail};
+use ferry_format::version::Version;
+use serde_json::json;
+
+use super::RollbackArgs;
+use super::deliver::{self, Remote};
+use super::report::{self, Out};
+use super::root::Root;
+use crate::apply::check::{Depth, check_tree};
+use crate::install::activate::switch_current;
+use crate::install::history::{self, Event};
+use crate::install::lock::LockMode;
+use crate::install::retain::{RuleError, list, pin_after_rollback, rollback_target};
+
+struct Outcome {
+    to: String,
+    bytes_reused: u64,
+}
+
+pub fn run(args: &RollbackArgs) -> Result<()> {
+    let mut root = Root::open(&args.root, LockMode::Exclusive)?;
+    let started = Instant::now();
+    let out = Out { json: args.json };
+    let from = root.state.active.clone();
+    let mut remote: Option<Remote> = None;
+    let mut target: Option<String> = None;
+    let result = rollback(&mut root, args, out, &mut remote, &mut target);
+    let (requests, bytes) = remote.as_ref().map_or((0, 0), Remote::counts);
+    let mut event = Event::new("rollback", report::unix_now(), &root.key_id());
+    event.from = from.clone();
+    event.to = target;
+    event.requests = requests;
+    event.bytes_downloaded = bytes;
+    match result {
+        Err(e) => {
+            // Refusals decided locally before anything happened are not events.
+            if e.downcast_ref::<RuleError>().is_none() {
+                event.result = format!("error: {e:#}");
+                if let Err(h) = history::append(&root.layout.history(), &event) {
+                    tracing::warn!("recording the failure in history: {h}");
+                }
+            }
+            Err(e)
+        }
+        Ok(o) => {
+            let seconds = started.elapsed().as_secs_f64();
+            if from.as_deref() != Some(o.to.as_str()) {
+                history::append(&root.layout.history(), &event).context("recording history")?;
+            }
+            if args.json {
+                let v = json!({
+                    "from": from,
+                    "to": o.to,
+                    "bytes_downloaded": bytes,
+                    "requests": requests,
+                    "bytes_reused": o.bytes_reused,
+                    "seconds": seconds,
+                });
+                println!("{v}");
+            } else if from.as_deref() == Some(o.to.as_str()) {
+                println!("{} is already active", o.to);
+            } else {
+                println!(
+                    "rolled back {} -> {}: downloaded {} in {requests} requests, {seconds:.1} s; pinned (ferry update --force to leave)",
+                    from.as_deref().unwrap_or("none"),
+                    o.to,
+                    report::bytes(bytes),
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+fn rollback(
+    root: &mut Root,
+    args: &RollbackArgs,
+    out: Out,
+    remote_slot: &mut Option<Remote>,
+    target_slot: &mut Option<String>,
+) -> Result<Outcome> {
+    let active = root
+        .state
+        .active
+        .clone()
+        .ok_or(RuleError::NothingInstalled)?;
+    let active_v = Version::parse(&active)?;
+    let retained = root.state.retained();
+    let target = match &args.to {
+        Some(to) => Version::parse(to)?,
+        None => rollback_target(&retained, Some(&active_v), args.steps.unwrap_or(1))?,
+    };
+    let version = target.to_string();
+    *target_slot = Some(version.clone());
+    if target == active_v {
+        return Ok(Outcome {
+            to: active,
+            bytes_reused: 0,
+        });
+    }
+
+    let bytes_reused = if let Some(record) = root.state.release(&version).cloned() {
+        // Retained: an instant local switch, after a quick shape check of the tree
+        // (`ferry verify` does the full content check).
+        let trusted = root.trusted()?;
+        let manifest = root.load_manifest(&record, &trusted)?;
+        let problems = check_tree(&manifest, &root.layout.version_dir(&version), Depth::Shape);
+        if let Some(first) = problems.first() {
+            bail!(
+                "retained release {version} is damaged on disk ({} problem(s), first: {first}); nothing changed",
+                problems.len()
+            );
+        }
+        switch_current(&root.layout, &version)?;
+        root.state.active = Some(version.clone());
+        manifest.total_file_bytes()
+    } else if args.to.is_some() {
+        let remote = remote_slot.insert(Remote::connect(&root.config.server)?);
+        let trusted = root.trusted()?;
+        let head = remote.fetch_head(root, &trusted)?;
+        let release = head.release(&target).cloned().ok_or_else(|| {
+            let offered: Vec<&str> = head.releases.iter().map(|r| r.version.as_str()).collect();
+            anyhow!(
+                "version {version} is neither retained locally ({}) nor offered by channel {} ({})",
+                list(&retained),
+                root.config.channel,
+                offered.join(", ")
+            )
+        })?;
+        let channel = root.config.channel.clone();
+        let (bytes, manifest) = remote.fetch_manifest(&release, &channel, &trusted)?;
+        let stats = deliver::install_release(
+            root,
+            remote,
+            &trusted,
+            &bytes,
+            &manifest,
+            Some(&active),
+            out,
+        )?;
+        deliver::activate(root, &manifest, bytes.len() as u64)?;
+        stats.bytes_reused
+    } else {
+        bail!(
+            "release {version} is not retained (retained: {})",
+            list(&retained)
+        )
+    };
+    root.state.pin = Some(pin_after_rollback(
+        root.state.pin.as_ref(),
+        &version,
+        &active,
+    ));
+    root.state.raise_highest(&target);
+    root.save_state()?;
+    deliver::cleanup_and_prune(root)?;
+    Ok(Outcome {
+        to: version,
+        bytes_reused,
+    })
+}

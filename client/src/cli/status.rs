@@ -1,0 +1,54 @@
+//! `ferry status`: what the root follows and has installed.
+
+use anyhow::Result;
+use serde_json::json;
+
+use super::StatusArgs;
+use super::report;
+use super::root::Root;
+use crate::install::lock::LockMode;
+
+pub fn run(args: &StatusArgs) -> Result<()> {
+    let root = Root::open(&args.root, LockMode::Shared)?;
+    let s = &root.state;
+    let retained: Vec<String> = s.retained().iter().map(ToString::to_string).collect();
+    if args.json {
+        let v = json!({
+            "channel": root.config.channel,
+            "server": root.config.server,
+            "active": s.active,
+            "retained": retained,
+            "pinned": s.pin,
+            "last_check": s.last_check,
+            "last_sequence": s.last_sequence,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let or_none = |o: Option<String>| o.unwrap_or_else(|| "none".into());
+    println!("channel:       {}", root.config.channel);
+    println!("server:        {}", root.config.server);
+    println!("active:        {}", or_none(s.active.clone()));
+    println!(
+        "retained:      {}",
+        if retained.is_empty() {
+            "none".into()
+        } else {
+            retained.join(", ")
+        }
+    );
+    println!(
+        "pinned:        {}",
+        or_none(
+            s.pin
+                .as_ref()
+                .map(|p| format!("{} (rolled back from {})", p.version, p.rolled_back_from))
+        )
+    );
+    println!("last check:    {}", or_none(s.last_check.map(report::utc)));
+    println!(
+        "last sequence: {}",
+        or_none(s.last_sequence.map(|n| n.to_string()))
+    );
+    Ok(())
+}

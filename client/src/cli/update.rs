@@ -1,0 +1,179 @@
+//! `ferry update`: move the root to the channel's current release.
+
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use ferry_format::version::Version;
+use serde_json::json;
+
+use super::UpdateArgs;
+use super::deliver::{self, Remote};
+use super::report::{self, Out};
+use super::root::Root;
+use crate::apply::check::{Depth, check_tree};
+use crate::install::activate::current_version;
+use crate::install::history::{self, Event};
+use crate::install::lock::LockMode;
+use crate::install::retain::{UpdateDecision, decide_update};
+
+/// What one update did, for the summary and `--json`.
+struct Outcome {
+    from: Option<String>,
+    to: String,
+    bytes_reused: u64,
+    installed: bool,
+}
+
+pub fn run(args: &UpdateArgs) -> Result<()> {
+    let mut root = Root::open(&args.root, LockMode::Exclusive)?;
+    let started = Instant::now();
+    let out = Out { json: args.json };
+    let from = root.state.active.clone();
+    let mut target: Option<String> = None;
+    let remote = Remote::connect(&root.config.server);
+    let result = match &remote {
+        Ok(r) => update(&mut root, r, args, out, &mut target),
+        Err(e) => Err(anyhow::anyhow!("{e:#}")),
+    };
+    let (requests, bytes) = remote.as_ref().map_or((0, 0), Remote::counts);
+    let kind = if from.is_none() { "install" } else { "update" };
+    let mut event = Event::new(kind, report::unix_now(), &root.key_id());
+    event.from = from;
+    event.requests = requests;
+    event.bytes_downloaded = bytes;
+    match result {
+        Err(e) => {
+            event.to = target;
+            event.result = format!("error: {e:#}");
+            if let Err(h) = history::append(&root.layout.history(), &event) {
+                tracing::warn!("recording the failure in history: {h}");
+            }
+            Err(e)
+        }
+        Ok(o) => {
+            let seconds = started.elapsed().as_secs_f64();
+            if o.installed {
+                event.to = Some(o.to.clone());
+                history::append(&root.layout.history(), &event).context("recording history")?;
+            }
+            if args.json {
+                let v = json!({
+                    "from": o.from,
+                    "to": o.to,
+                    "bytes_downloaded": bytes,
+                    "requests": requests,
+                    "bytes_reused": o.bytes_reused,
+                    "seconds": seconds,
+                });
+                println!("{v}");
+            } else if o.installed {
+                println!(
+                    "updated {} -> {}: downloaded {} in {requests} requests, reused {}, {seconds:.1} s",
+                    o.from.as_deref().unwrap_or("none"),
+                    o.to,
+                    report::bytes(bytes),
+                    report::bytes(o.bytes_reused),
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+fn update(
+    root: &mut Root,
+    remote: &Remote,
+    args: &UpdateArgs,
+    out: Out,
+    target_slot: &mut Option<String>,
+) -> Result<Outcome> {
+    let trusted = root.trusted()?;
+    let head = remote.fetch_head(root, &trusted)?;
+    let release = head.current().clone();
+    *target_slot = Some(release.version.clone());
+    let target = Version::parse(&release.version)?;
+    let active = root.state.active.clone();
+    let active_v = active.as_deref().and_then(|v| Version::parse(v).ok());
+    let highest = root
+        .state
+        .highest_version
+        .as_deref()
+        .and_then(|v| Version::parse(v).ok());
+    let mut decision = decide_update(
+        &target,
+        active_v.as_ref(),
+        highest.as_ref(),
+        root.state.pin.as_ref(),
+        args.force,
+    )?;
+    if decision == UpdateDecision::UpToDate && !active_intact(root, &trusted, &release.version) {
+        out.info(&format!(
+            "{} is active but damaged on disk: reinstalling",
+            release.version
+        ));
+        decision = UpdateDecision::Install;
+    }
+    // Seen as current and accepted: later heads may never go below it.
+    root.state.raise_highest(&target);
+    root.save_state()?;
+    let unchanged = |installed| Outcome {
+        from: active.clone(),
+        to: active.clone().unwrap_or_else(|| release.version.clone()),
+        bytes_reused: 0,
+        installed,
+    };
+    match decision {
+        UpdateDecision::UpToDate => {
+            out.info(&format!("already up to date ({})", release.version));
+            return Ok(unchanged(false));
+        }
+        UpdateDecision::Pinned(pin) => {
+            out.info(&format!(
+                "pinned to {} (rolled back from {}); newest is {}; use --force",
+                pin.version, pin.rolled_back_from, release.version
+            ));
+            return Ok(unchanged(false));
+        }
+        UpdateDecision::Install => {}
+    }
+
+    let channel = root.config.channel.clone();
+    let (bytes, manifest) = remote.fetch_manifest(&release, &channel, &trusted)?;
+    let stats = deliver::install_release(
+        root,
+        remote,
+        &trusted,
+        &bytes,
+        &manifest,
+        active.as_deref(),
+        out,
+    )?;
+    deliver::activate(root, &manifest, bytes.len() as u64)?;
+    root.state.pin = None;
+    root.save_state()?;
+    deliver::cleanup_and_prune(root)?;
+    Ok(Outcome {
+        from: active,
+        to: release.version,
+        bytes_reused: stats.bytes_reused,
+        installed: true,
+    })
+}
+
+/// `current` points at `versions/<version>` and the tree has the manifest's shape.
+fn active_intact(
+    root: &Root,
+    trusted: &ferry_format::envelope::TrustedKeys,
+    version: &str,
+) -> bool {
+    if current_version(&root.layout).as_deref() != Some(version) {
+        return false;
+    }
+    let Some(record) = root.state.release(version) else {
+        return false;
+    };
+    match root.load_manifest(record, trusted) {
+        Ok(m) => check_tree(&m, &root.layout.version_dir(version), Depth::Shape).is_empty(),
+        Err(_) => false,
+    }
+}

@@ -1,0 +1,303 @@
+//! Getting repository objects: a [`Transport`] trait and its two implementations,
+//! [`http::HttpTransport`] (reqwest) and [`file::FileTransport`] (a repository folder,
+//! for offline use and tests), plus resumable archive-range downloads in [`ranges`].
+//!
+//! Nothing here parses or trusts what it fetches: bytes go to the format crate's
+//! verifiers or, for archive ranges, to disk where every chunk is checked by
+//! `decompress_chunk` before use. The transports count requests and body bytes so
+//! commands can report exactly what an update cost.
+
+pub mod file;
+pub mod http;
+pub mod ranges;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use futures_util::future::BoxFuture;
+use futures_util::stream::{BoxStream, StreamExt};
+
+/// A response body: the bytes asked for, in pieces, already cut to the request.
+pub type Body = BoxStream<'static, Result<Vec<u8>, FetchError>>;
+
+/// A fetch failed. Messages name the URL.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FetchError {
+    /// The server could not be reached or the transfer broke off.
+    #[error("{url}: {reason}")]
+    Request { url: String, reason: String },
+    /// The server answered with an HTTP error status.
+    #[error("{url}: server answered HTTP {status}")]
+    Status { url: String, status: u16 },
+    /// The object does not exist (file repositories).
+    #[error("{url}: not found")]
+    NotFound { url: String },
+    /// More bytes arrived than the object may have.
+    #[error("{what} larger than {limit} bytes at {url}")]
+    TooLarge {
+        what: &'static str,
+        url: String,
+        limit: u64,
+    },
+    /// The body ended before the requested bytes arrived.
+    #[error("{url}: body ended after {got} of {expected} bytes")]
+    Truncated {
+        url: String,
+        expected: u64,
+        got: u64,
+    },
+    /// The server answered a range request with a different range.
+    #[error("{url}: unexpected range in response: {reason}")]
+    BadRange { url: String, reason: String },
+    /// The base URL is not usable.
+    #[error("unsupported server URL {url:?}: {reason}")]
+    BadUrl { url: String, reason: String },
+    /// Writing a download to disk failed.
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Requests made and body bytes received, shared by a transport and its bodies.
+#[derive(Debug, Default)]
+pub struct Counters {
+    requests: AtomicU64,
+    bytes: AtomicU64,
+}
+
+impl Counters {
+    pub fn add_request(&self) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn add_bytes(&self, n: u64) {
+        self.bytes.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+}
+
+/// A source of repository objects addressed by layout paths (`objects/..`, `channels/..`).
+pub trait Transport: Send + Sync {
+    /// Fetches `path`. With `range = Some((start, end))` the body yields exactly
+    /// `end - start` bytes starting at `start`, or fails. Without a range it yields the
+    /// whole object and fails with [`FetchError::TooLarge`] (naming `what`) as soon as
+    /// more than `max_len` bytes arrive.
+    fn get<'a>(
+        &'a self,
+        path: &'a str,
+        range: Option<(u64, u64)>,
+        max_len: u64,
+        what: &'static str,
+    ) -> BoxFuture<'a, Result<Body, FetchError>>;
+
+    /// The counters of everything fetched through this transport.
+    fn counters(&self) -> Arc<Counters>;
+
+    /// The full URL of `path`, for messages.
+    fn url(&self, path: &str) -> String;
+}
+
+/// Opens the transport for a configured server URL.
+pub fn connect(base: &str) -> Result<Box<dyn Transport>, FetchError> {
+    if base.starts_with("http://") || base.starts_with("https://") {
+        Ok(Box::new(http::HttpTransport::new(base)?))
+    } else if base.starts_with("file://") {
+        Ok(Box::new(file::FileTransport::new(base)?))
+    } else {
+        Err(FetchError::BadUrl {
+            url: base.to_string(),
+            reason: "expected http://, https:// or file://".into(),
+        })
+    }
+}
+
+/// `base` + `/` + `path`, whatever slashes either has.
+pub fn join_url(base: &str, path: &str) -> String {
+    format!(
+        "{}/{}",
+        base.trim_end_matches('/'),
+        path.trim_start_matches('/')
+    )
+}
+
+/// Reads a whole body into memory (bodies are bounded by their request).
+pub async fn read_all(mut body: Body) -> Result<Vec<u8>, FetchError> {
+    let mut out = Vec::new();
+    while let Some(piece) = body.next().await {
+        out.extend_from_slice(&piece?);
+    }
+    Ok(out)
+}
+
+/// How [`shape`] treats the bytes it keeps.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Want {
+    /// Exactly this many bytes; stop reading once they arrived.
+    Exact(u64),
+    /// At most this many bytes; more is an error.
+    AtMost(u64, &'static str),
+}
+
+/// Cuts a raw body to what was asked for: drops `skip` leading bytes (a server that
+/// ignored `Range` sent the whole object), then keeps [`Want`] bytes. Reading stops as
+/// soon as the wanted bytes are in, so an unexpected full body is never read to its end.
+pub(crate) fn shape(raw: Body, skip: u64, want: Want, url: String) -> Body {
+    struct S {
+        raw: Body,
+        skip: u64,
+        got: u64,
+        want: Want,
+        url: String,
+        done: bool,
+    }
+    let s = S {
+        raw,
+        skip,
+        got: 0,
+        want,
+        url,
+        done: false,
+    };
+    futures_util::stream::unfold(s, |mut s| async move {
+        loop {
+            if s.done {
+                return None;
+            }
+            if let Want::Exact(n) = s.want
+                && s.got == n
+            {
+                return None;
+            }
+            let item = match s.raw.next().await {
+                None => {
+                    s.done = true;
+                    match s.want {
+                        Want::Exact(n) => Err(FetchError::Truncated {
+                            url: s.url.clone(),
+                            expected: n,
+                            got: s.got,
+                        }),
+                        Want::AtMost(..) => return None,
+                    }
+                }
+                Some(Err(e)) => {
+                    s.done = true;
+                    Err(e)
+                }
+                Some(Ok(mut buf)) => {
+                    let drop = s.skip.min(buf.len() as u64) as usize;
+                    s.skip -= drop as u64;
+                    if drop > 0 {
+                        buf.drain(..drop);
+                    }
+                    if buf.is_empty() {
+                        continue;
+                    }
+                    match s.want {
+                        Want::Exact(n) => {
+                            let room = (n - s.got).min(buf.len() as u64) as usize;
+                            buf.truncate(room);
+                        }
+                        Want::AtMost(max, what) => {
+                            if s.got + buf.len() as u64 > max {
+                                s.done = true;
+                                return Some((
+                                    Err(FetchError::TooLarge {
+                                        what,
+                                        url: s.url.clone(),
+                                        limit: max,
+                                    }),
+                                    s,
+                                ));
+                            }
+                        }
+                    }
+                    s.got += buf.len() as u64;
+                    Ok(buf)
+                }
+            };
+            return Some((item, s));
+        }
+    })
+    .boxed()
+}
+
+/// An error and its sources on one line (reqwest hides the cause in `source()`).
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let t = c.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        cur = c.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(pieces: &[&[u8]]) -> Body {
+        let v: Vec<Result<Vec<u8>, FetchError>> = pieces.iter().map(|p| Ok(p.to_vec())).collect();
+        futures_util::stream::iter(v).boxed()
+    }
+
+    fn run<T>(f: impl std::future::Future<Output = T>) -> T {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    #[test]
+    fn shape_skips_cuts_and_limits() {
+        let got = run(read_all(shape(
+            body(&[b"abc", b"defg", b"hij"]),
+            2,
+            Want::Exact(4),
+            "u".into(),
+        )))
+        .unwrap();
+        assert_eq!(got, b"cdef");
+        let e = run(read_all(shape(
+            body(&[b"ab"]),
+            0,
+            Want::Exact(4),
+            "u".into(),
+        )))
+        .unwrap_err();
+        assert!(matches!(e, FetchError::Truncated { got: 2, .. }), "{e}");
+        let e = run(read_all(shape(
+            body(&[b"abc", b"def"]),
+            0,
+            Want::AtMost(5, "channel head"),
+            "u".into(),
+        )))
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("channel head larger than 5 bytes"),
+            "{e}"
+        );
+        assert_eq!(
+            join_url("http://h/p/", "/objects/x"),
+            "http://h/p/objects/x"
+        );
+    }
+}

@@ -1,0 +1,176 @@
+//! Filesystem effects that must survive a crash: atomic replacement, fsync of files
+//! and directories, no-follow opens and tree removal.
+//!
+//! Everything that makes durable changes to an install root goes through here, so the
+//! crash-safety argument ("a kill -9 at any instant leaves the previous release active")
+//! only has to be made once: a file is either the old one or the complete new one,
+//! because new content is written to a temporary name, fsynced, renamed over the old
+//! name, and the directory holding both names is fsynced.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// Error type of this module: the failing operation and path travel with the cause.
+#[derive(Debug, thiserror::Error)]
+#[error("{op} {path}: {source}")]
+pub struct FsError {
+    pub op: &'static str,
+    pub path: PathBuf,
+    #[source]
+    pub source: io::Error,
+}
+
+/// Attaches an operation name and a path to an `io::Error`.
+pub fn ctx<T>(op: &'static str, path: &Path, r: io::Result<T>) -> Result<T, FsError> {
+    r.map_err(|source| FsError {
+        op,
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Replaces `path` with `bytes` so that readers and crashes see either the old or the
+/// new content, never a mix.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), FsError> {
+    let dir = parent_of(path);
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        name.unwrap_or_default(),
+        std::process::id()
+    ));
+    let _ = fs::remove_file(&tmp);
+    let mut f = ctx(
+        "creating",
+        &tmp,
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&tmp),
+    )?;
+    ctx("writing", &tmp, f.write_all(bytes))?;
+    ctx("syncing", &tmp, f.sync_all())?;
+    drop(f);
+    ctx("renaming", path, fs::rename(&tmp, path))?;
+    fsync_dir(dir)
+}
+
+/// Appends one line and syncs it: used for the append-only history log.
+pub fn append_line(path: &Path, line: &str) -> Result<(), FsError> {
+    let mut f = ctx(
+        "opening",
+        path,
+        OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o644)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path),
+    )?;
+    let mut buf = line.as_bytes().to_vec();
+    buf.push(b'\n');
+    // One write call: O_APPEND makes it land as a unit after any earlier line.
+    ctx("appending to", path, f.write_all(&buf))?;
+    ctx("syncing", path, f.sync_data())
+}
+
+/// Makes a directory's entries (new names, renames, removals) durable.
+pub fn fsync_dir(dir: &Path) -> Result<(), FsError> {
+    let f = ctx("opening directory", dir, File::open(dir))?;
+    ctx("syncing directory", dir, f.sync_all())
+}
+
+/// Creates a new regular file, failing if anything (including a symlink) has the name.
+pub fn create_new_file(path: &Path) -> Result<File, FsError> {
+    ctx(
+        "creating",
+        path,
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path),
+    )
+}
+
+/// Opens an existing regular file for reading without following a final symlink.
+pub fn open_nofollow(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+}
+
+/// Sets the permission bits of `path`.
+pub fn set_mode(path: &Path, mode: u32) -> Result<(), FsError> {
+    ctx(
+        "setting mode of",
+        path,
+        fs::set_permissions(path, fs::Permissions::from_mode(mode)),
+    )
+}
+
+/// Removes a tree that may contain read-only directories (a release may ship a
+/// `0555` directory, whose entries cannot be unlinked until it is writable again).
+/// Symlinks are removed, never followed. A missing path is not an error.
+pub fn remove_tree(path: &Path) -> Result<(), FsError> {
+    let meta = match fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return ctx("inspecting", path, Err(e)),
+    };
+    if !meta.is_dir() {
+        return ctx("removing", path, fs::remove_file(path));
+    }
+    if meta.permissions().mode() & 0o700 != 0o700 {
+        set_mode(path, 0o700)?;
+    }
+    for entry in ctx("listing", path, fs::read_dir(path))? {
+        let entry = ctx("listing", path, entry)?;
+        remove_tree(&entry.path())?;
+    }
+    ctx("removing", path, fs::remove_dir(path))
+}
+
+/// Creates `dir` and its parents if missing.
+pub fn create_dir_all(dir: &Path) -> Result<(), FsError> {
+    ctx("creating directory", dir, fs::create_dir_all(dir))
+}
+
+fn parent_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_write_replaces_and_remove_tree_handles_readonly_dirs() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("state.json");
+        write_atomic(&p, b"one").unwrap();
+        write_atomic(&p, b"two").unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"two");
+        assert_eq!(fs::read_dir(t.path()).unwrap().count(), 1, "no temp left");
+
+        let tree = t.path().join("tree");
+        fs::create_dir_all(tree.join("ro/sub")).unwrap();
+        fs::write(tree.join("ro/sub/f"), b"x").unwrap();
+        std::os::unix::fs::symlink("/etc", tree.join("ro/link")).unwrap();
+        set_mode(&tree.join("ro/sub"), 0o555).unwrap();
+        set_mode(&tree.join("ro"), 0o555).unwrap();
+        remove_tree(&tree).unwrap();
+        assert!(!tree.exists());
+        assert!(Path::new("/etc").exists(), "symlink not followed");
+        remove_tree(&tree).unwrap();
+    }
+}

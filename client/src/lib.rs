@@ -1,0 +1,50 @@
+//! # ferry-client
+//!
+//! `ferry`, the agent: it keeps an install root on the current release of a channel
+//! published by `ferry-server`, downloading only the chunks it does not already have,
+//! and can roll back instantly to a retained release.
+//!
+//! The modules follow the path of an update:
+//!
+//! - [`fetch`]: the [`fetch::Transport`] trait (HTTP via reqwest, or a `file://`
+//!   repository folder), counted requests and bytes, resumable archive ranges.
+//! - [`apply`]: the local chunk index over retained releases ([`apply::source`]),
+//!   building a release tree in staging ([`apply::build`]), checking a tree against
+//!   its manifest ([`apply::check`]).
+//! - [`install`]: the root's layout, lock, config, state, history, the atomic
+//!   `current` switch, and the pure keep/rollback/pin rules ([`install::retain`]).
+//! - [`fsutil`]: atomic writes and fsync, the one place durable changes are made.
+//! - [`cli`]: one module per command; `cli::deliver` strings the steps together.
+//!
+//! Trust: every byte from the repository goes through `ferry_format::verified`
+//! (heads, manifests) or `decompress_chunk` (chunks) before it is used, and only
+//! `Verified<Manifest>` values reach the planner and the tree builder. A `kill -9` at
+//! any moment leaves `ROOT/current` on an intact release; the next run resumes.
+//!
+//! ```no_run
+//! use clap::Parser;
+//! let cli = ferry_client::cli::Cli::parse_from(["ferry", "status", "--root", "/opt/app"]);
+//! ferry_client::run(cli).unwrap();
+//! ```
+
+pub mod apply;
+pub mod cli;
+pub mod fetch;
+pub mod fsutil;
+pub mod install;
+
+/// Runs a parsed command line.
+pub fn run(cli: cli::Cli) -> anyhow::Result<()> {
+    // reqwest is built without a default crypto provider; installing ring twice (as
+    // tests do) is harmless, so the result is ignored.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .without_time()
+        .try_init();
+    cli::dispatch(cli)
+}
