@@ -46,7 +46,10 @@ impl ChunkParams {
             reason,
         };
         if self.algorithm != FASTCDC_2020 {
-            return Err(bad(format!("unknown chunking algorithm {}", self.algorithm)));
+            return Err(bad(format!(
+                "unknown chunking algorithm {}",
+                self.algorithm
+            )));
         }
         if self.normalization > 3 {
             return Err(bad(format!("normalization {} > 3", self.normalization)));
@@ -191,13 +194,19 @@ mod tests {
         let id = ChunkId::of(&data);
         let stored = compress_chunk(&data, 3).unwrap();
         assert!(stored.len() as u64 <= max_stored_size(data.len() as u32));
-        assert_eq!(decompress_chunk(&id, data.len() as u32, &stored).unwrap(), data);
+        assert_eq!(
+            decompress_chunk(&id, data.len() as u32, &stored).unwrap(),
+            data
+        );
         let mut bad = stored.clone();
         let mid = bad.len() / 2;
         bad[mid] ^= 0x40;
         let e = decompress_chunk(&id, data.len() as u32, &bad).unwrap_err();
         assert!(e.to_string().contains("is corrupt"), "{e}");
-        assert!(decompress_chunk(&id, 10, &stored).is_err(), "size bound enforced");
+        assert!(
+            decompress_chunk(&id, 10, &stored).is_err(),
+            "size bound enforced"
+        );
     }
 
     #[test]

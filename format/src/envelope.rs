@@ -278,7 +278,9 @@ mod tests {
         let k = SecretKey::from_seed([1; 32]);
         let other = SecretKey::from_seed([2; 32]);
         let env = Envelope::sign(ObjectKind::ChannelHead, b"abc".to_vec(), &[&k]);
-        let e = env.verify(&TrustedKeys::single(other.public())).unwrap_err();
+        let e = env
+            .verify(&TrustedKeys::single(other.public()))
+            .unwrap_err();
         assert!(e.to_string().contains("not signed by a trusted key"), "{e}");
         let mut t = env.clone();
         t.body[0] ^= 1;

@@ -84,10 +84,12 @@ impl PublicKey {
 
 fn parse_line(text: &str, prefix: &str, kind: &'static str) -> Result<[u8; 32]> {
     let text = text.trim();
-    let hexpart = text.strip_prefix(prefix).ok_or_else(|| FormatError::BadKey {
-        kind,
-        reason: format!("expected a line starting with {prefix:?}"),
-    })?;
+    let hexpart = text
+        .strip_prefix(prefix)
+        .ok_or_else(|| FormatError::BadKey {
+            kind,
+            reason: format!("expected a line starting with {prefix:?}"),
+        })?;
     let mut out = [0u8; 32];
     hex::decode_to_slice(hexpart, &mut out).map_err(|e| FormatError::BadKey {
         kind,
@@ -107,7 +109,10 @@ mod tests {
         assert_eq!(k.public(), k2.public());
         let p = PublicKey::from_text(&format!("  {}  ", k.public().to_text())).unwrap();
         assert_eq!(p.id(), k.public().id());
-        assert!(PublicKey::from_text(&k.to_text()).is_err(), "secret is not public");
+        assert!(
+            PublicKey::from_text(&k.to_text()).is_err(),
+            "secret is not public"
+        );
         assert!(SecretKey::from_text("ferry-secret-key:v1:abcd").is_err());
     }
 }

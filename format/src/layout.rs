@@ -64,7 +64,11 @@ mod tests {
             "/objects/zz/00",
             "/objects/../../etc/passwd",
             &format!("/objects/00/{}", d.to_hex()),
-            &format!("/objects/{}/{}", &d.to_hex()[..2], d.to_hex().to_uppercase()),
+            &format!(
+                "/objects/{}/{}",
+                &d.to_hex()[..2],
+                d.to_hex().to_uppercase()
+            ),
         ] {
             assert_eq!(parse_repo_path(bad), None, "{bad}");
         }

@@ -147,7 +147,10 @@ impl Manifest {
                 return Err(malformed(format!("chunk {i} has size {}", c.size)));
             }
             if c.stored_size == 0 || u64::from(c.stored_size) > max_stored_size(c.size) {
-                return Err(malformed(format!("chunk {i} has stored size {}", c.stored_size)));
+                return Err(malformed(format!(
+                    "chunk {i} has stored size {}",
+                    c.stored_size
+                )));
             }
             if c.generation < last_gen || c.generation > self.generation || c.generation == 0 {
                 return Err(malformed(format!(

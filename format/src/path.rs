@@ -56,7 +56,10 @@ pub fn check_symlink_target(link_path: &str, target: &str) -> Result<()> {
         return Err(unsafe_path(link_path, "empty symlink target"));
     }
     if target.len() > MAX_PATH_LEN {
-        return Err(unsafe_path(link_path, "symlink target longer than 4096 bytes"));
+        return Err(unsafe_path(
+            link_path,
+            "symlink target longer than 4096 bytes",
+        ));
     }
     if target.starts_with('/') {
         return Err(unsafe_path(link_path, "symlink target is absolute"));
@@ -66,11 +69,17 @@ pub fn check_symlink_target(link_path: &str, target: &str) -> Result<()> {
     for c in target.split('/') {
         if c == ".." {
             if down {
-                return Err(unsafe_path(link_path, "symlink target has '..' after a name"));
+                return Err(unsafe_path(
+                    link_path,
+                    "symlink target has '..' after a name",
+                ));
             }
             ups += 1;
             if ups > depth {
-                return Err(unsafe_path(link_path, "symlink target points outside the tree"));
+                return Err(unsafe_path(
+                    link_path,
+                    "symlink target points outside the tree",
+                ));
             }
         } else {
             check_component(link_path, c)
@@ -90,7 +99,9 @@ mod tests {
         for ok in ["a", "a/b", "a b/c.d", "ünï/cödé"] {
             check_path(ok).unwrap();
         }
-        for bad in ["", "/a", "a/", "a//b", "./a", "a/../b", "..", "a\\b", "a\0b"] {
+        for bad in [
+            "", "/a", "a/", "a//b", "./a", "a/../b", "..", "a\\b", "a\0b",
+        ] {
             assert!(check_path(bad).is_err(), "{bad:?}");
         }
     }
@@ -109,7 +120,10 @@ mod tests {
             ("a", "."),
             ("a", ""),
         ] {
-            assert!(check_symlink_target(link, target).is_err(), "{link} -> {target}");
+            assert!(
+                check_symlink_target(link, target).is_err(),
+                "{link} -> {target}"
+            );
         }
     }
 }

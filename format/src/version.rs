@@ -186,7 +186,9 @@ mod tests {
 
     #[test]
     fn rejects_bad_versions() {
-        for s in ["", "a", "1..2", ".1", "1.", "1-", "1-a..b", "../1", "1/2", "1 2", "1-ü"] {
+        for s in [
+            "", "a", "1..2", ".1", "1.", "1-", "1-a..b", "../1", "1/2", "1 2", "1-ü",
+        ] {
             assert!(Version::parse(s).is_err(), "{s:?} must be rejected");
         }
         assert!(Version::parse(&"1".repeat(65)).is_err());

@@ -42,30 +42,36 @@ fn arb_head() -> impl Strategy<Value = ChannelHead> {
         prop::collection::btree_set(0u32..10_000, 1..20),
         any::<[u8; 32]>(),
     )
-        .prop_map(|(channel, sequence, issued_at, life, versions, h)| ChannelHead {
-            channel,
-            sequence,
-            issued_at,
-            expires_at: issued_at + life,
-            min_client_format: 1,
-            releases: versions
-                .into_iter()
-                .map(|v| ReleaseRef {
-                    version: format!("1.{v}"),
-                    manifest: ObjectRef {
-                        hash: Digest(h),
-                        size: u64::from(v),
-                    },
-                })
-                .collect(),
-        })
+        .prop_map(
+            |(channel, sequence, issued_at, life, versions, h)| ChannelHead {
+                channel,
+                sequence,
+                issued_at,
+                expires_at: issued_at + life,
+                min_client_format: 1,
+                releases: versions
+                    .into_iter()
+                    .map(|v| ReleaseRef {
+                        version: format!("1.{v}"),
+                        manifest: ObjectRef {
+                            hash: Digest(h),
+                            size: u64::from(v),
+                        },
+                    })
+                    .collect(),
+            },
+        )
 }
 
 /// A manifest whose files are made of real chunks of generated content.
 fn arb_manifest() -> impl Strategy<Value = Manifest> {
     (
         arb_version(),
-        prop::collection::btree_map("[a-z]{1,8}", prop::collection::vec(any::<u8>(), 0..300), 0..8),
+        prop::collection::btree_map(
+            "[a-z]{1,8}",
+            prop::collection::vec(any::<u8>(), 0..300),
+            0..8,
+        ),
         1u64..5,
     )
         .prop_map(|(version, files, generation)| {

@@ -83,7 +83,8 @@ impl Publisher {
 
     /// Path of the channel head file inside the repository.
     pub fn head_file(&self) -> PathBuf {
-        self.repo().join(ferry_format::layout::head_path(&self.channel))
+        self.repo()
+            .join(ferry_format::layout::head_path(&self.channel))
     }
 
     /// Path of the object named by a hex digest.

@@ -84,7 +84,10 @@ http {{
             if let Ok(Some(status)) = n.child.try_wait() {
                 panic!("nginx exited at start: {status}");
             }
-            assert!(Instant::now() < deadline, "nginx did not listen within 20 s");
+            assert!(
+                Instant::now() < deadline,
+                "nginx did not listen within 20 s"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         n

@@ -39,10 +39,20 @@ pub fn app_release(root: &Path, n: u64) {
     put(root, "bin/app", &bin, 0o755);
     put(root, "lib/libcore.so", &noise(2, 400_000), 0o644);
     put(root, "lib/libplugin.so", &noise(3 + 10 * n, 150_000), 0o644);
-    put(root, "share/doc/README", format!("app release {n}\n").as_bytes(), 0o644);
+    put(
+        root,
+        "share/doc/README",
+        format!("app release {n}\n").as_bytes(),
+        0o644,
+    );
     put(root, "share/empty.txt", b"", 0o600);
     for k in 2..=n {
-        put(root, &format!("share/notes-{k}.txt"), &noise(200 + k, 3000), 0o644);
+        put(
+            root,
+            &format!("share/notes-{k}.txt"),
+            &noise(200 + k, 3000),
+            0o644,
+        );
     }
     std::fs::create_dir_all(root.join("var/cache")).expect("empty dir");
     let link = root.join("bin/app-latest");
@@ -80,10 +90,7 @@ fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
             walk(root, &path, out);
         } else {
             let data = std::fs::read(&path).expect("read");
-            out.insert(
-                rel,
-                format!("file {mode:o} {}", blake3_hex(&data)),
-            );
+            out.insert(rel, format!("file {mode:o} {}", blake3_hex(&data)));
         }
     }
 }

@@ -40,7 +40,14 @@ fn request(url: &str, method: &str, path: &str, extra: &[(&str, &str)]) -> Respo
     let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
     let head = String::from_utf8_lossy(&raw[..split]).into_owned();
     let mut lines = head.split("\r\n");
-    let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
     let headers = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
@@ -80,7 +87,12 @@ fn serve_speaks_http_caches_understand() {
     );
     let suffix = request(&url, "GET", &path, &[("Range", "bytes=-5")]);
     assert_eq!(suffix.body, &archive[archive.len() - 5..]);
-    let beyond = request(&url, "GET", &path, &[("Range", &format!("bytes={}-", archive.len() + 5))]);
+    let beyond = request(
+        &url,
+        "GET",
+        &path,
+        &[("Range", &format!("bytes={}-", archive.len() + 5))],
+    );
     assert_eq!(beyond.status, 416);
 
     let cached = request(&url, "GET", &path, &[("If-None-Match", &etag)]);
@@ -89,7 +101,10 @@ fn serve_speaks_http_caches_understand() {
 
     let head = request(&url, "HEAD", &path, &[]);
     assert_eq!(head.status, 200);
-    assert_eq!(head.header("content-length").unwrap(), archive.len().to_string());
+    assert_eq!(
+        head.header("content-length").unwrap(),
+        archive.len().to_string()
+    );
     assert!(head.body.is_empty());
 
     let ch = request(&url, "GET", "/channels/stable/head", &[]);

@@ -99,7 +99,10 @@ fn update_skipping_a_release() {
     publisher.publish(&v(2), &sources.release(2));
     publisher.publish(&v(3), &sources.release(3));
     let r = agent.update();
-    assert_eq!((r["from"].as_str(), r["to"].as_str()), (Some("1.0.0"), Some("3.0.0")));
+    assert_eq!(
+        (r["from"].as_str(), r["to"].as_str()),
+        (Some("1.0.0"), Some("3.0.0"))
+    );
     tree_eq(&agent.current(), &sources.release(3));
 }
 
@@ -110,12 +113,21 @@ fn requests_since(all: &[LoggedRequest], before: usize) -> Vec<LoggedRequest> {
 /// Asserts an update was exactly: head, manifest, one ranged archive request.
 pub fn assert_three_requests(reqs: &[LoggedRequest], head_path: &str) {
     let paths: Vec<&str> = reqs.iter().map(|r| r.path.as_str()).collect();
-    assert_eq!(reqs.len(), 3, "expected head, manifest, one range; got {paths:?}");
+    assert_eq!(
+        reqs.len(),
+        3,
+        "expected head, manifest, one range; got {paths:?}"
+    );
     assert_eq!(reqs[0].path, head_path);
     assert!(reqs[1].path.starts_with("/objects/") && reqs[1].range.is_none());
     assert!(reqs[2].path.starts_with("/objects/"));
     assert_eq!(reqs[2].status, 206, "archive fetched with a Range request");
-    assert!(reqs[2].range.as_deref().is_some_and(|r| r.starts_with("bytes=")));
+    assert!(
+        reqs[2]
+            .range
+            .as_deref()
+            .is_some_and(|r| r.starts_with("bytes="))
+    );
 }
 
 #[test]

@@ -26,7 +26,10 @@ fn rollback_by_one_and_two_steps_is_local_and_pins() {
     let before = server.requests().len();
 
     let r = agent.rollback(&[]);
-    assert_eq!((r["from"].as_str(), r["to"].as_str()), (Some("3.0.0"), Some("2.0.0")));
+    assert_eq!(
+        (r["from"].as_str(), r["to"].as_str()),
+        (Some("3.0.0"), Some("2.0.0"))
+    );
     assert_eq!(r["bytes_downloaded"], 0);
     tree_eq(&agent.current(), &sources.release(2));
 
@@ -40,13 +43,19 @@ fn rollback_by_one_and_two_steps_is_local_and_pins() {
     tree_eq(&agent.current(), &sources.release(1));
     // Rollbacks never touched the network; the pinned update only fetched the head.
     let reqs = &server.requests()[before..];
-    assert!(reqs.iter().all(|r| r.path == "/channels/stable/head"), "{reqs:?}");
+    assert!(
+        reqs.iter().all(|r| r.path == "/channels/stable/head"),
+        "{reqs:?}"
+    );
 
     // From 3 down two levels in one command.
     agent.ferry("update", &["--force"]);
     assert_eq!(agent.active().as_deref(), Some("3.0.0"));
     let r = agent.rollback(&["--steps", "2"]);
-    assert_eq!((r["from"].as_str(), r["to"].as_str()), (Some("3.0.0"), Some("1.0.0")));
+    assert_eq!(
+        (r["from"].as_str(), r["to"].as_str()),
+        (Some("3.0.0"), Some("1.0.0"))
+    );
     tree_eq(&agent.current(), &sources.release(1));
 
     // A release published after the one rolled back from is taken again.
@@ -58,9 +67,19 @@ fn rollback_by_one_and_two_steps_is_local_and_pins() {
     let events: Vec<String> = agent
         .history()
         .iter()
-        .map(|e| format!("{} {}", e["event"].as_str().unwrap(), e["to"].as_str().unwrap_or("-")))
+        .map(|e| {
+            format!(
+                "{} {}",
+                e["event"].as_str().unwrap(),
+                e["to"].as_str().unwrap_or("-")
+            )
+        })
         .collect();
-    assert_eq!(events.first().map(String::as_str), Some("update 4.0.0"), "{events:?}");
+    assert_eq!(
+        events.first().map(String::as_str),
+        Some("update 4.0.0"),
+        "{events:?}"
+    );
     assert!(events.contains(&"rollback 1.0.0".to_string()), "{events:?}");
     assert!(events.contains(&"rollback 2.0.0".to_string()), "{events:?}");
 }
@@ -80,7 +99,10 @@ fn rollback_to_a_release_no_longer_retained_is_fetched_as_a_delta() {
     let (_publisher, sources, server, agent) = agent_through_three(&["--keep", "2"]);
     let status = agent.status();
     assert_eq!(status["retained"], serde_json::json!(["2.0.0", "3.0.0"]));
-    assert!(!agent.root().join("versions/1.0.0").exists(), "pruned beyond --keep");
+    assert!(
+        !agent.root().join("versions/1.0.0").exists(),
+        "pruned beyond --keep"
+    );
 
     let before = server.requests().len();
     let r = agent.rollback(&["--to", "1.0.0"]);
@@ -108,6 +130,9 @@ fn rollback_past_the_oldest_retained_release_is_refused() {
     let out = agent.ferry("rollback", &["--steps", "5"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("1.0.0"), "error should list retained versions: {err}");
+    assert!(
+        err.contains("1.0.0"),
+        "error should list retained versions: {err}"
+    );
     tree_eq(&agent.current(), &sources.release(3));
 }

@@ -53,10 +53,11 @@ impl Scene {
 
     /// Re-signs the repository's head after `edit`, with the publisher's real key.
     fn rewrite_head(&self, edit: impl FnOnce(&mut ChannelHead)) {
-        let key = SecretKey::from_text(&std::fs::read_to_string(self.publisher.key()).unwrap())
-            .unwrap();
+        let key =
+            SecretKey::from_text(&std::fs::read_to_string(self.publisher.key()).unwrap()).unwrap();
         let bytes = std::fs::read(self.publisher.head_file()).unwrap();
-        let mut head = (*verify_own_head(&bytes, &TrustedKeys::single(key.public())).unwrap()).clone();
+        let mut head =
+            (*verify_own_head(&bytes, &TrustedKeys::single(key.public())).unwrap()).clone();
         edit(&mut head);
         std::fs::write(self.publisher.head_file(), head.sign(&[&key]).unwrap()).unwrap();
     }
@@ -72,7 +73,9 @@ fn flip_byte(path: &std::path::Path, from_end: usize) {
 #[test]
 fn tampered_archive_byte_is_refused() {
     let s = scene();
-    let archive = s.publisher.object_file(s.second["archive"].as_str().unwrap());
+    let archive = s
+        .publisher
+        .object_file(s.second["archive"].as_str().unwrap());
     // The tail holds release 2's new chunks: exactly what the agent downloads.
     flip_byte(&archive, 100);
     s.assert_refused("corrupt");
@@ -82,7 +85,9 @@ fn tampered_archive_byte_is_refused() {
 #[test]
 fn tampered_manifest_is_refused() {
     let s = scene();
-    let manifest = s.publisher.object_file(s.second["manifest"].as_str().unwrap());
+    let manifest = s
+        .publisher
+        .object_file(s.second["manifest"].as_str().unwrap());
     flip_byte(&manifest, 200);
     s.assert_refused("hash mismatch");
 }
