@@ -20,7 +20,11 @@ root = sys.argv[1]
 def put(rel, data, mode=0o644):
     p = os.path.join(root, rel); os.makedirs(os.path.dirname(p), exist_ok=True)
     open(p, "wb").write(data); os.chmod(p, mode)
-def noise(seed, n): return random.Random(seed).randbytes(n)
+def noise(seed, n):
+    # Half random, half repetitive, 256-byte blocks: compresses roughly like real binaries.
+    r = random.Random(seed)
+    return b"".join(r.randbytes(256) if r.random() < 0.5 else bytes([r.randrange(8)]) * 256
+                    for _ in range(n // 256))
 for ver, patches in (("1.0.0", 0), ("1.1.0", 3)):
     base = f"{ver}"
     app = bytearray(noise(1, 3_000_000))
@@ -42,7 +46,7 @@ for ver in 1.0.0; do
 done
 
 # Serve on a port the OS picks; the server prints it.
-"$BIN/ferry-server" serve --repo "$WORK/repo" --listen 127.0.0.1:0 > "$WORK/serve.out" &
+FERRY_LOG=warn "$BIN/ferry-server" serve --repo "$WORK/repo" --listen 127.0.0.1:0 > "$WORK/serve.out" &
 SERVER_PID=$!
 for _ in $(seq 100); do grep -q "listening on" "$WORK/serve.out" 2>/dev/null && break; sleep 0.1; done
 URL=$(sed -n 's/^listening on //p' "$WORK/serve.out")

@@ -23,7 +23,8 @@ src() { local d="$REL/$1"; if [ "$(find "$d" -mindepth 1 -maxdepth 1 | wc -l)" =
 
 "$BIN/ferry-server" keygen --out "$WORK/keys" >/dev/null
 publish() {
-  /usr/bin/time -f "publish $1: %e s, %M KiB peak" "$BIN/ferry-server" publish --repo "$WORK/repo" \
+  local TIME=(); [ -x /usr/bin/time ] && TIME=(/usr/bin/time -f "publish $1: %e s, %M KiB peak")
+  "${TIME[@]}" "$BIN/ferry-server" publish --repo "$WORK/repo" \
     --key "$WORK/keys/ferry.key" --channel stable --version "$1" "$(src "$1")" >/dev/null
 }
 publish "$FROM"

@@ -159,3 +159,37 @@ fn one_archive_range_for_next_and_for_two_releases_back() {
     assert_three_requests(&reqs, "/channels/stable/head");
     tree_eq(&agent.current(), &sources.release(4));
 }
+
+#[test]
+fn damaged_local_release_is_repaired_from_the_archive() {
+    let publisher = Publisher::new("stable");
+    let sources = Sources::app(2);
+    publisher.publish(&v(1), &sources.release(1));
+    let server = publisher.serve();
+    let agent = Agent::init(&server.url, "stable", &publisher.public_key(), &[]);
+    agent.update();
+    publisher.publish(&v(2), &sources.release(2));
+
+    // Something outside ferry scribbles over two distant places of the installed binary.
+    let bin = agent.root().join("versions/1.0.0/bin/app");
+    let mut data = std::fs::read(&bin).unwrap();
+    data[10_000] ^= 1;
+    data[1_100_000] ^= 1;
+    std::fs::write(&bin, &data).unwrap();
+    let verify = agent.ferry("verify", &[]);
+    assert!(!verify.status.success(), "verify notices the damage");
+
+    // The plan re-hashes local chunks: the damaged ones are fetched, in extra ranges.
+    let before = server.requests().len();
+    let r = agent.update();
+    assert_eq!(r["to"], v(2));
+    tree_eq(&agent.current(), &sources.release(2));
+    let ranges = server.requests()[before..]
+        .iter()
+        .filter(|r| r.status == 206)
+        .count();
+    assert!(
+        ranges >= 2,
+        "damaged chunks come from the archive ({ranges} ranges)"
+    );
+}
