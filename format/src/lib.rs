@@ -30,6 +30,7 @@
 
 pub mod chunking;
 pub mod codec;
+pub mod content_range;
 pub mod duration;
 pub mod envelope;
 pub mod error;

@@ -146,13 +146,8 @@ fn check_content_range(
         .ok_or_else(|| bad("206 without Content-Range".into()))?
         .to_str()
         .map_err(|_| bad("Content-Range is not text".into()))?;
-    let spec = text
-        .strip_prefix("bytes ")
-        .and_then(|s| s.split('/').next())
-        .and_then(|s| s.split_once('-'))
-        .and_then(|(a, b)| Some((a.trim().parse::<u64>().ok()?, b.trim().parse::<u64>().ok()?)));
-    match spec {
-        Some((a, b)) if a == start && b + 1 == end => Ok(()),
+    match ferry_format::content_range::parse_content_range(text) {
+        Ok(r) if r.is(start, end) => Ok(()),
         _ => Err(bad(format!(
             "asked for bytes {start}-{}, got {text:?}",
             end - 1
