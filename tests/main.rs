@@ -4,9 +4,13 @@
 mod it {
     pub mod fixtures;
     pub mod http_semantics;
+    pub mod keys;
+    pub mod paths;
     pub mod pipeline;
     pub mod resume;
     pub mod rollback;
     pub mod static_host;
     pub mod tamper;
+    pub mod tls;
+    pub mod upload;
 }

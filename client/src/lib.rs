@@ -42,7 +42,11 @@ pub fn run(cli: cli::Cli) -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                // The platform verifier logs its own copy of a certificate error that
+                // ferry already reports with context.
+                .unwrap_or_else(|_| {
+                    tracing_subscriber::EnvFilter::new("warn,rustls_platform_verifier=off")
+                }),
         )
         .without_time()
         .try_init();

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! offset  size          field
-//! 0       4             magic: b"FRYH" channel head, b"FRYM" manifest
+//! 0       4             magic: b"FRYH" channel head, b"FRYM" manifest, b"FRYK" key list
 //! 4       2             format version, u16 LE (FORMAT_VERSION)
 //! 6       4             body length B, u32 LE
 //! 10      B             body (canonical bincode, see codec.rs)
@@ -31,6 +31,7 @@ const SIGNATURE_CONTEXT: &[u8] = b"ferry-signature-v1\0";
 pub enum ObjectKind {
     ChannelHead,
     Manifest,
+    KeyList,
 }
 
 impl ObjectKind {
@@ -38,6 +39,7 @@ impl ObjectKind {
         match self {
             ObjectKind::ChannelHead => *b"FRYH",
             ObjectKind::Manifest => *b"FRYM",
+            ObjectKind::KeyList => *b"FRYK",
         }
     }
 
@@ -45,6 +47,7 @@ impl ObjectKind {
         match self {
             ObjectKind::ChannelHead => "channel head",
             ObjectKind::Manifest => "manifest",
+            ObjectKind::KeyList => "key list",
         }
     }
 
@@ -54,6 +57,7 @@ impl ObjectKind {
         match self {
             ObjectKind::ChannelHead => 1 << 20,
             ObjectKind::Manifest => crate::codec::MAX_BODY as u64,
+            ObjectKind::KeyList => 64 << 10,
         }
     }
 }
@@ -104,6 +108,10 @@ impl TrustedKeys {
 
     pub fn key_ids(&self) -> Vec<KeyId> {
         self.keys.iter().map(PublicKey::id).collect()
+    }
+
+    pub fn threshold(&self) -> usize {
+        self.threshold
     }
 }
 

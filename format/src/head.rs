@@ -9,6 +9,7 @@ use crate::codec;
 use crate::envelope::{Envelope, FORMAT_VERSION, ObjectKind};
 use crate::error::{FormatError, Result};
 use crate::id::ObjectRef;
+use crate::keylist::KeyListRef;
 use crate::keys::SecretKey;
 use crate::version::{Version, check_channel};
 
@@ -28,6 +29,9 @@ pub struct ChannelHead {
     pub min_client_format: u16,
     /// Retained releases, strictly ascending by version; the last is current.
     pub releases: Vec<ReleaseRef>,
+    /// The key list whose publishing keys sign this head and its manifests; `None` in
+    /// the single-key setup (implicit key list version 0).
+    pub key_list: Option<KeyListRef>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -73,6 +77,11 @@ impl ChannelHead {
         if self.expires_at <= self.issued_at {
             return Err(malformed("expires before it is issued".into()));
         }
+        if self.key_list.is_some_and(|k| k.version == 0) {
+            return Err(malformed(
+                "key list version 0 is implicit and never named".into(),
+            ));
+        }
         if self.min_client_format == 0 {
             return Err(malformed("min client format 0".into()));
         }
@@ -103,4 +112,13 @@ impl ChannelHead {
         }
         Ok(h)
     }
+}
+
+/// Reads which key list a head claims, before its signatures can be checked (they
+/// depend on that key list). Only used to decide which key lists to fetch and verify;
+/// nothing else of the head is acted on until [`crate::verified::verify_head`] passes.
+pub fn claimed_key_list(bytes: &[u8]) -> Result<Option<KeyListRef>> {
+    let env = Envelope::decode(ObjectKind::ChannelHead, bytes)?;
+    let head: ChannelHead = codec::decode("channel head", &env.body)?;
+    Ok(head.key_list)
 }

@@ -56,6 +56,20 @@ impl SecretKey {
 }
 
 impl PublicKey {
+    /// The raw 32-byte key, as stored in key lists.
+    pub fn to_bytes(&self) -> [u8; 32] {
+        self.0.to_bytes()
+    }
+
+    pub fn from_bytes(bytes: &[u8; 32]) -> Result<Self> {
+        VerifyingKey::from_bytes(bytes)
+            .map(PublicKey)
+            .map_err(|e| FormatError::BadKey {
+                kind: "public",
+                reason: e.to_string(),
+            })
+    }
+
     pub fn id(&self) -> KeyId {
         Digest::of(self.0.as_bytes())
     }

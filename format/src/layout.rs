@@ -4,6 +4,7 @@
 //! ```text
 //! objects/<first 2 hex>/<64 hex>     immutable, content-addressed (manifests, archives)
 //! channels/<channel>/head            the signed channel head
+//! keys/<version>                     key list <version> (never rewritten once written)
 //! ```
 
 use crate::id::Digest;
@@ -20,11 +21,18 @@ pub fn head_path(channel: &str) -> String {
     format!("channels/{channel}/head")
 }
 
+/// Relative path of key list `version`. Key lists are found by version so that an
+/// agent several rotations behind can walk the chain one step at a time.
+pub fn key_list_path(version: u64) -> String {
+    format!("keys/{version}")
+}
+
 /// A request path a repository can answer.
 #[derive(Debug, PartialEq, Eq)]
 pub enum RepoPath {
     Object(Digest),
     Head(String),
+    KeyList(u64),
 }
 
 /// Recognises exactly the paths [`object_path`] and [`head_path`] produce, so a server
@@ -41,6 +49,10 @@ pub fn parse_repo_path(path: &str) -> Option<RepoPath> {
         ["channels", channel, "head"] => check_channel(channel)
             .ok()
             .map(|()| RepoPath::Head(channel.to_string())),
+        ["keys", version] => {
+            let v: u64 = version.parse().ok()?;
+            (v >= 1 && key_list_path(v) == path).then_some(RepoPath::KeyList(v))
+        }
         _ => None,
     }
 }
@@ -57,7 +69,12 @@ mod tests {
             parse_repo_path("/channels/stable/head"),
             Some(RepoPath::Head("stable".into()))
         );
+        assert_eq!(parse_repo_path("/keys/3"), Some(RepoPath::KeyList(3)));
         for bad in [
+            "/keys/0",
+            "/keys/03",
+            "/keys/+3",
+            "/keys/3/x",
             "/etc/passwd",
             "/channels/../head",
             "/channels/..%2f/head",

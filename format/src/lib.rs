@@ -8,7 +8,8 @@
 //! - [`chunking`]: FastCDC v2020 cutting, per-chunk zstd (§2).
 //! - [`codec`]: the canonical bincode body encoding (§3).
 //! - [`manifest`] and [`path`]: a release's tree and chunk table (§3).
-//! - [`envelope`] and [`keys`]: signed objects, domain tags, ed25519 keys (§4).
+//! - [`envelope`] and [`keys`]: signed objects, domain tags, ed25519 keys (§4);
+//!   [`keylist`]: rotating root of trust with thresholds (§4.5).
 //! - [`head`]: the signed, sequenced, expiring channel head (§5).
 //! - [`verified`]: `Verified<T>`, the only way from bytes to trusted values (§6).
 //! - [`layout`]: repository paths (§7); [`plan`]: archive range planning (§8).
@@ -20,9 +21,10 @@
 //!     channel: "stable".into(), sequence: 1, issued_at: 100, expires_at: 200,
 //!     min_client_format: 1,
 //!     releases: vec![ReleaseRef { version: "1.0".into(), manifest: ObjectRef::of(b"m") }],
+//!     key_list: None,
 //! };
 //! let bytes = head.sign(&[&key]).unwrap();
-//! let policy = HeadPolicy { channel: "stable", now: 150, max_skew: 0, last_sequence: None };
+//! let policy = HeadPolicy { channel: "stable", now: 150, max_skew: 0, last_sequence: None, key_list_version: 0 };
 //! let trusted = verify_head(&bytes, &TrustedKeys::single(key.public()), &policy).unwrap();
 //! assert_eq!(trusted.current().version, "1.0");
 //! ```
@@ -34,13 +36,18 @@ pub mod content_range;
 pub mod duration;
 pub mod envelope;
 pub mod error;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod head;
 pub mod id;
+pub mod keylist;
 pub mod keys;
 pub mod layout;
 pub mod manifest;
 pub mod path;
 pub mod plan;
+#[cfg(feature = "test-support")]
+pub mod test_support;
 pub mod verified;
 pub mod version;
 

@@ -50,6 +50,8 @@ pub struct HeadPolicy<'a> {
     pub max_skew: u64,
     /// Highest sequence this client has accepted before, if any.
     pub last_sequence: Option<u64>,
+    /// Version of the key list the caller verified signatures with (0: single key).
+    pub key_list_version: u64,
 }
 
 /// FORMAT.md §6.1: verifies a channel head fetched from anywhere.
@@ -63,7 +65,19 @@ pub fn verify_head(
     let signed_by = env.verify(trusted)?;
     // Step 3: decode and structurally validate the body, including min client format.
     let head = ChannelHead::decode_body(&env.body)?;
-    // Step 4: the head is for the channel asked for.
+    // Step 4: the head names the key list its signatures were checked against, so a
+    // head cannot fall back to an older (perhaps compromised) key list.
+    let named = head.key_list.map_or(0, |k| k.version);
+    if named != policy.key_list_version {
+        return Err(FormatError::BadSignature {
+            kind: "channel head",
+            reason: format!(
+                "head names key list version {named}, this agent trusts version {}",
+                policy.key_list_version
+            ),
+        });
+    }
+    // Step 5: the head is for the channel asked for.
     if head.channel != policy.channel {
         return Err(FormatError::WrongChannel {
             kind: "channel head",
@@ -71,7 +85,7 @@ pub fn verify_head(
             found: head.channel,
         });
     }
-    // Step 5: not expired (freeze attack).
+    // Step 6: not expired (freeze attack).
     if policy.now >= head.expires_at.saturating_add(policy.max_skew) {
         return Err(FormatError::Expired {
             channel: head.channel,
@@ -79,7 +93,7 @@ pub fn verify_head(
             now: policy.now,
         });
     }
-    // Step 6: never older than a head already accepted (replay / rollback attack).
+    // Step 7: never older than a head already accepted (replay / rollback attack).
     if let Some(seen) = policy.last_sequence
         && head.sequence < seen
     {
@@ -154,5 +168,31 @@ pub fn verify_own_head(bytes: &[u8], trusted: &TrustedKeys) -> Result<Verified<C
         value: head,
         signed_by,
         object_hash: Digest::of(bytes),
+    })
+}
+
+/// FORMAT.md §6.2, for a manifest the client verified when it installed the release
+/// and stored together with its hash in its own state: the hash pins the bytes that
+/// passed [`verify_manifest`] then, so only the hash and structure are checked now.
+/// This keeps retained releases usable after a key rotation revokes the key that
+/// signed them. Never call it with a reference that came from the network.
+pub fn verify_pinned_manifest(
+    bytes: &[u8],
+    pinned: &ReleaseRef,
+    channel: &str,
+) -> Result<Verified<Manifest>> {
+    pinned.manifest.check("stored manifest", bytes)?;
+    let env = Envelope::decode(ObjectKind::Manifest, bytes)?;
+    let manifest = Manifest::decode_body(&env.body)?;
+    if manifest.channel != channel || manifest.version != pinned.version {
+        return Err(FormatError::WrongVersion {
+            expected: format!("{channel} {}", pinned.version),
+            found: format!("{} {}", manifest.channel, manifest.version),
+        });
+    }
+    Ok(Verified {
+        value: manifest,
+        signed_by: Vec::new(),
+        object_hash: pinned.manifest.hash,
     })
 }

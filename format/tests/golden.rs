@@ -61,6 +61,7 @@ fn golden_head() {
                 },
             },
         ],
+        key_list: None,
     };
     check(
         "head_stable_seq7_seed01.hex",

@@ -59,6 +59,7 @@ fn arb_head() -> impl Strategy<Value = ChannelHead> {
                         },
                     })
                     .collect(),
+                key_list: None,
             },
         )
 }
@@ -134,7 +135,7 @@ proptest! {
     fn head_round_trips(head in arb_head()) {
         let k = key();
         let bytes = head.sign(&[&k]).unwrap();
-        let policy = HeadPolicy { channel: &head.channel, now: head.issued_at, max_skew: 0, last_sequence: None };
+        let policy = HeadPolicy { channel: &head.channel, now: head.issued_at, max_skew: 0, last_sequence: None, key_list_version: 0 };
         let back = verify_head(&bytes, &TrustedKeys::single(k.public()), &policy).unwrap();
         prop_assert_eq!(&*back, &head);
         // Canonical: signing the same head again gives the same bytes.

@@ -24,14 +24,51 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
     },
+    /// Manage the repository's key list: root keys, publishing keys, thresholds.
+    Key {
+        #[command(subcommand)]
+        command: KeyCommand,
+    },
+    /// Re-sign a channel head with a new expiry (and the newest key list), without a
+    /// new release, so agents are not frozen out between releases.
+    RefreshHead {
+        /// Repository root.
+        #[arg(long, value_name = "DIR")]
+        repo: PathBuf,
+        #[arg(long)]
+        channel: String,
+        /// Publishing secret key; repeat to meet a key list threshold.
+        #[arg(long, value_name = "FILE", required = true)]
+        key: Vec<PathBuf>,
+        /// Lifetime of the refreshed head.
+        #[arg(long, value_name = "DURATION", default_value = "7d", value_parser = parse_duration)]
+        expires_in: Duration,
+    },
     /// Publish a file or directory as a new release of a channel.
     Publish {
         /// Repository root (created if missing).
-        #[arg(long, value_name = "DIR")]
-        repo: PathBuf,
-        /// Secret key file written by `keygen`.
-        #[arg(long, value_name = "FILE")]
-        key: PathBuf,
+        #[arg(
+            long,
+            value_name = "DIR",
+            required_unless_present = "to",
+            conflicts_with = "to"
+        )]
+        repo: Option<PathBuf>,
+        /// Publish to a remote `ferry-server serve --upload-token-file` at this base URL
+        /// instead of a local repository (replaces --repo).
+        #[arg(long, value_name = "URL", requires = "token_file")]
+        to: Option<String>,
+        /// File holding the upload token for --to (surrounding whitespace is ignored).
+        #[arg(long, value_name = "FILE", requires = "to")]
+        token_file: Option<PathBuf>,
+        /// With --to: keep fetched and published objects here, so the next publish
+        /// takes the previous release from disk instead of downloading it.
+        #[arg(long, value_name = "DIR", requires = "to")]
+        cache: Option<PathBuf>,
+        /// Secret key file written by `keygen`; repeat it when the repository's key
+        /// list requires more than one publishing signature.
+        #[arg(long, value_name = "FILE", required = true)]
+        key: Vec<PathBuf>,
         /// Channel name: 1-64 of [A-Za-z0-9._-], not starting with '.'.
         #[arg(long)]
         channel: String,
@@ -56,7 +93,7 @@ pub enum Command {
         #[arg(value_name = "PATH")]
         path: PathBuf,
     },
-    /// Serve a repository over HTTP/1.1 and h2c.
+    /// Serve a repository over HTTP/1.1 and h2c, or HTTPS with --tls-cert/--tls-key.
     Serve {
         /// Repository root.
         #[arg(long, value_name = "DIR")]
@@ -71,6 +108,28 @@ pub enum Command {
         /// Append one JSON line per request to this file.
         #[arg(long, value_name = "FILE")]
         access_log: Option<PathBuf>,
+        /// Serve HTTPS with this PEM certificate chain (leaf first); needs --tls-key.
+        #[arg(long, value_name = "CERT.pem", requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// PEM private key of --tls-cert.
+        #[arg(long, value_name = "KEY.pem", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// Accept uploads (`publish --to`) carrying the bearer token in this file
+        /// (surrounding whitespace is ignored); needs --public-key.
+        #[arg(long, value_name = "FILE", requires = "public_key")]
+        upload_token_file: Option<PathBuf>,
+        /// Public key an uploaded head and manifest must be signed with; repeat to
+        /// trust several (any one suffices). Uploads that do not verify are refused.
+        #[arg(
+            long = "public-key",
+            value_name = "PUB",
+            requires = "upload_token_file"
+        )]
+        public_key: Vec<PathBuf>,
+        /// Largest object an upload may carry, e.g. 512MiB.
+        #[arg(long, value_name = "SIZE", default_value = "4GiB",
+              value_parser = crate::serve::upload::parse_size)]
+        max_upload_size: u64,
     },
     /// List a repository's channels and their releases.
     Ls {
@@ -154,4 +213,47 @@ mod tests {
             .is_err()
         );
     }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Generate a named key pair (NAME.key, NAME.pub), e.g. for a root key.
+    Gen {
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        #[arg(long, default_value = "ferry")]
+        name: String,
+    },
+    /// Write the next key list version (first list, root rotation, adding or revoking
+    /// publishing keys), signed by a threshold of the previous and the new root keys.
+    NewList {
+        /// Repository root.
+        #[arg(long, value_name = "DIR")]
+        repo: PathBuf,
+        /// Public key file of a root key (repeat).
+        #[arg(long = "root", value_name = "PUB", required = true)]
+        roots: Vec<PathBuf>,
+        /// Root signatures required on the next key list.
+        #[arg(long, default_value_t = 1)]
+        root_threshold: u16,
+        /// Public key file of a publishing key (repeat).
+        #[arg(long = "publisher", value_name = "PUB", required = true)]
+        publishers: Vec<PathBuf>,
+        /// Publishing signatures required on heads and manifests.
+        #[arg(long, default_value_t = 1)]
+        threshold: u16,
+        /// Secret key that signs the new list (repeat): previous and new root keys.
+        #[arg(long = "sign", value_name = "KEY", required = true)]
+        signers: Vec<PathBuf>,
+        /// For the first key list: the single public key agents trust today.
+        #[arg(long, value_name = "PUB")]
+        previous_key: Option<PathBuf>,
+    },
+    /// Print the newest key list, or version N.
+    Show {
+        #[arg(long, value_name = "DIR")]
+        repo: PathBuf,
+        #[arg(long)]
+        version: Option<u64>,
+    },
 }

@@ -61,6 +61,13 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// The TLS certificate and key given to `serve` cannot be used.
+    #[error("{context}")]
+    Tls {
+        context: String,
+        #[source]
+        source: rustls::Error,
+    },
     /// The repository is inconsistent (a head names a missing or altered object...).
     #[error("repository {}: {reason}", repo.display())]
     BrokenRepo { repo: PathBuf, reason: String },

@@ -26,8 +26,14 @@ pub struct KeyPairFiles {
 
 /// Generates a key pair into `dir` (created 0700 if missing).
 pub fn keygen(dir: &Path) -> Result<KeyPairFiles> {
-    let secret = dir.join(SECRET_FILE);
-    let public = dir.join(PUBLIC_FILE);
+    keygen_named(dir, "ferry")
+}
+
+/// Generates `NAME.key` and `NAME.pub` into `dir`: root keys and further publishing
+/// keys of a key list get names of their own.
+pub fn keygen_named(dir: &Path, name: &str) -> Result<KeyPairFiles> {
+    let secret = dir.join(format!("{name}.key"));
+    let public = dir.join(format!("{name}.pub"));
     if secret.symlink_metadata().is_ok() {
         return Err(Error::KeyExists { path: secret });
     }
@@ -47,6 +53,11 @@ pub fn keygen(dir: &Path) -> Result<KeyPairFiles> {
         secret,
         public,
     })
+}
+
+/// Reads a public key file, or derives the public key from a secret key file.
+pub fn read_public(path: &Path) -> Result<ferry_format::keys::PublicKey> {
+    crate::ls::read_public(path)
 }
 
 /// Reads a secret key file.

@@ -8,11 +8,13 @@
 //!   [`publish::walk`] lists the source, [`publish::table`] splits chunks into carried
 //!   (previous generation, bytes reused) and new (compressed in parallel),
 //!   [`publish::archive`] writes the archive object, then the manifest and, last, the
-//!   channel head are signed and written.
+//!   channel head are signed and written. [`publish::remote`] (`publish --to URL`)
+//!   runs the same steps on a staging copy of a remote channel and uploads the result.
 //! - [`repo`]: the repository on disk (layout paths to files); [`fsutil`]: every write
 //!   is atomic (temp, fsync, rename, fsync dir) with modes 0644/0755.
 //! - [`serve`]: the repository over HTTP/1.1 and h2c with Range, ETag and
-//!   cache headers, a connection cap, an access log and graceful shutdown.
+//!   cache headers, a connection cap, an access log and graceful shutdown;
+//!   [`serve::upload`]: the token-guarded `PUT` API that accepts only verified heads.
 //! - [`ls`]: what a repository's channels offer.
 //! - [`cli`] and [`run`]: the command line the `ferry-server` binary hands over.
 //!
@@ -22,6 +24,7 @@
 //! let report = publish(&PublishOptions {
 //!     repo: "repo".into(),
 //!     key: &key,
+//!     extra_keys: &[],
 //!     channel: "stable".into(),
 //!     version: "1.0.0".into(),
 //!     expires_in: ferry_server::publish::DEFAULT_EXPIRES_IN,
@@ -37,11 +40,13 @@
 pub mod cli;
 pub mod error;
 pub mod fsutil;
+pub mod key_admin;
 pub mod keygen;
 pub mod ls;
 pub mod publish;
 pub mod repo;
 pub mod serve;
+pub mod trust;
 
 use std::io::Write;
 
@@ -52,17 +57,24 @@ use cli::{Cli, Command};
 /// Runs one command line. Command output goes to stdout; logs go to stderr.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Keygen { out } => {
-            let files = keygen::keygen(&out)?;
-            println!("key id:     {}", files.key_id);
-            println!("secret key: {} (keep it private)", files.secret.display());
-            println!(
-                "public key: {} (give it to clients)",
-                files.public.display()
-            );
+        Command::Keygen { out } => print_key_pair(&keygen::keygen(&out)?),
+        Command::Key { command } => key_command(command)?,
+        Command::RefreshHead {
+            repo,
+            channel,
+            key,
+            expires_in,
+        } => {
+            let keys = read_secrets(&key)?;
+            let text =
+                key_admin::refresh_head(&repo::Repo::new(repo), &channel, &keys, expires_in)?;
+            print!("{text}");
         }
         Command::Publish {
             repo,
+            to,
+            token_file,
+            cache,
             key,
             channel,
             version,
@@ -72,17 +84,34 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             json,
             path,
         } => {
-            let key = keygen::read_secret(&key)?;
-            let report = publish::publish(&publish::PublishOptions {
-                repo,
+            let mut keys = key
+                .iter()
+                .map(|k| keygen::read_secret(k))
+                .collect::<Result<Vec<_>, _>>()?;
+            let key = keys.remove(0);
+            let opts = publish::PublishOptions {
+                // Without --to clap requires --repo; with --to a staging folder is used.
+                repo: repo.unwrap_or_default(),
                 key: &key,
+                extra_keys: &keys,
                 channel,
                 version,
                 expires_in,
                 retain,
                 zstd_level,
                 source: path,
-            })?;
+            };
+            let report = match to {
+                Some(url) => publish::remote::publish_to(
+                    &publish::remote::RemoteOptions {
+                        url,
+                        token_file: token_file.unwrap_or_default(),
+                        cache,
+                    },
+                    &opts,
+                )?,
+                None => publish::publish(&opts)?,
+            };
             let text = if json {
                 serde_json::to_string(&report).context("cannot encode the report")? + "\n"
             } else {
@@ -97,16 +126,96 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             listen,
             max_connections,
             access_log,
-        } => serve::run_cli(&serve::ServeOptions {
-            repo,
-            listen,
-            max_connections,
-            access_log,
-        })?,
+            tls_cert,
+            tls_key,
+            upload_token_file,
+            public_key,
+            max_upload_size,
+        } => {
+            let uploads = upload_token_file
+                .map(|t| serve::upload::Uploads::load(&t, &public_key, max_upload_size))
+                .transpose()?;
+            let tls = tls_cert
+                .zip(tls_key)
+                .map(|(cert, key)| serve::tls::TlsFiles { cert, key });
+            serve::run_cli(
+                &serve::ServeOptions {
+                    repo,
+                    listen,
+                    max_connections,
+                    access_log,
+                },
+                tls.as_ref(),
+                uploads,
+            )?;
+        }
         Command::Ls { repo, channel, key } => {
             let key = key.as_deref().map(ls::read_public).transpose()?;
             let text = ls::ls(&repo::Repo::new(repo), channel.as_deref(), key.as_ref())?;
             print!("{text}");
+        }
+    }
+    Ok(())
+}
+
+fn print_key_pair(files: &keygen::KeyPairFiles) {
+    println!("key id:     {}", files.key_id);
+    println!("secret key: {} (keep it private)", files.secret.display());
+    println!(
+        "public key: {} (give it to clients)",
+        files.public.display()
+    );
+}
+
+fn read_secrets(
+    paths: &[std::path::PathBuf],
+) -> anyhow::Result<Vec<ferry_format::keys::SecretKey>> {
+    Ok(paths
+        .iter()
+        .map(|p| keygen::read_secret(p))
+        .collect::<Result<Vec<_>, _>>()?)
+}
+
+fn key_command(command: cli::KeyCommand) -> anyhow::Result<()> {
+    match command {
+        cli::KeyCommand::Gen { out, name } => print_key_pair(&keygen::keygen_named(&out, &name)?),
+        cli::KeyCommand::NewList {
+            repo,
+            roots,
+            root_threshold,
+            publishers,
+            threshold,
+            signers,
+            previous_key,
+        } => {
+            let read_pub = |paths: &[std::path::PathBuf]| {
+                paths
+                    .iter()
+                    .map(|p| keygen::read_public(p))
+                    .collect::<Result<Vec<_>, _>>()
+            };
+            let roots = read_pub(&roots)?;
+            let publishers = read_pub(&publishers)?;
+            let signers = read_secrets(&signers)?;
+            let previous_key = previous_key
+                .as_deref()
+                .map(keygen::read_public)
+                .transpose()?;
+            let text = key_admin::new_list(
+                &repo::Repo::new(repo),
+                &key_admin::NewList {
+                    roots: &roots,
+                    root_threshold,
+                    publishers: &publishers,
+                    threshold,
+                    signers: &signers,
+                    previous_key,
+                },
+            )?;
+            print!("{text}");
+        }
+        cli::KeyCommand::Show { repo, version } => {
+            print!("{}", key_admin::show(&repo::Repo::new(repo), version)?);
         }
     }
     Ok(())

@@ -3,6 +3,7 @@
 //! proxy that can stall a download at a known byte so interruption tests are
 //! deterministic. Every process a test starts is stopped when its guard drops.
 
+pub mod connect_proxy;
 pub mod nginx;
 pub mod process;
 pub mod proxy;

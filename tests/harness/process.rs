@@ -26,7 +26,19 @@ pub fn bin(name: &str) -> PathBuf {
 
 /// Runs a command to completion with a 120 s ceiling and returns its output.
 pub fn run(program: PathBuf, args: &[&str]) -> Output {
-    let child = Command::new(&program)
+    run_env(program, args, &[])
+}
+
+/// [`run`] with environment changes: `(name, Some(value))` sets, `(name, None)` removes.
+pub fn run_env(program: PathBuf, args: &[&str], env: &[(&str, Option<&str>)]) -> Output {
+    let mut cmd = Command::new(&program);
+    for (name, value) in env {
+        match value {
+            Some(v) => cmd.env(name, v),
+            None => cmd.env_remove(name),
+        };
+    }
+    let child = cmd
         .args(args)
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
@@ -63,6 +75,11 @@ pub struct Server {
 
 impl Server {
     pub fn start(repo: &Path) -> Server {
+        Server::start_with(repo, &[])
+    }
+
+    /// Starts `serve` with extra arguments (e.g. `--tls-cert`, `--tls-key`).
+    pub fn start_with(repo: &Path, extra_args: &[&str]) -> Server {
         let log_dir = tempfile::tempdir().expect("tempdir");
         let access_log = log_dir.path().join("access.log");
         let mut child = Command::new(bin("ferry-server"))
@@ -70,6 +87,7 @@ impl Server {
             .arg(repo)
             .args(["--listen", "127.0.0.1:0", "--access-log"])
             .arg(&access_log)
+            .args(extra_args)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

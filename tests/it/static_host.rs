@@ -57,3 +57,22 @@ fn corrupt_object_from_a_static_host_is_refused() {
     assert!(err.contains("corrupt"), "{err}");
     tree_eq(&agent.current(), &sources.release(1));
 }
+
+#[test]
+fn endless_metadata_from_a_static_host_is_cut_off() {
+    let publisher = Publisher::new("stable");
+    let sources = Sources::app(1);
+    publisher.publish(&v(1), &sources.release(1));
+    let nginx = Nginx::start(&publisher.repo());
+    let agent = Agent::init(&nginx.url, "stable", &publisher.public_key(), &[]);
+    // A compromised mirror serves a 64 MiB "head": the agent stops at the 1 MiB bound.
+    std::fs::write(publisher.head_file(), vec![0u8; 64 << 20]).unwrap();
+    let err = agent.update_fails();
+    assert!(err.contains("larger than"), "{err}");
+    let logged: u64 = nginx.requests().iter().map(|r| r.bytes).sum();
+    assert!(
+        logged < 16 << 20,
+        "the agent read {logged} bytes of an endless head"
+    );
+    assert!(agent.active().is_none());
+}

@@ -12,8 +12,10 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use ferry_format::envelope::{ObjectKind, TrustedKeys};
+use ferry_format::head::claimed_key_list;
 use ferry_format::head::{ChannelHead, ReleaseRef};
-use ferry_format::layout::{head_path, object_path};
+use ferry_format::keylist::{TrustRoot, check_ref};
+use ferry_format::layout::{head_path, key_list_path, object_path};
 use ferry_format::manifest::Manifest;
 use ferry_format::plan::{DEFAULT_MAX_GAP, FetchRange, plan_archive};
 use ferry_format::verified::{HeadPolicy, Verified, verify_head, verify_manifest};
@@ -27,8 +29,16 @@ use crate::apply::source::LocalChunks;
 use crate::fetch::{self, Counters, Transport};
 use crate::fsutil;
 use crate::install::activate::{current_version, switch_current};
+use crate::install::config::Config;
 use crate::install::retain::prune_selection;
 use crate::install::state::ReleaseRecord;
+
+/// A key list accepted while following a rotation: its version and exact bytes.
+type AcceptedKeyList = (u64, Vec<u8>);
+
+/// Most key list versions one update follows; a longer chain is more likely an attack
+/// than an agent that slept through a hundred rotations.
+const MAX_KEY_LIST_STEPS: u64 = 100;
 
 /// A connected repository plus the runtime its transport runs on. Everything else
 /// in ferry is synchronous; only fetching is async.
@@ -39,7 +49,7 @@ pub struct Remote {
 }
 
 impl Remote {
-    pub fn connect(server: &str) -> Result<Remote> {
+    pub fn connect(config: &Config) -> Result<Remote> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -47,7 +57,7 @@ impl Remote {
             .context("starting the async runtime")?;
         let transport = {
             let _guard = rt.enter();
-            fetch::connect(server)?
+            fetch::connect(&config.server, &config.transport.http_options())?
         };
         let counters = transport.counters();
         Ok(Remote {
@@ -69,26 +79,33 @@ impl Remote {
             .with_context(|| format!("fetching {what} from {}", t.url(path)))
     }
 
-    /// Fetches and verifies the channel head, then persists its sequence before
-    /// anything else happens (spec: update step 1).
-    pub fn fetch_head(
-        &self,
-        root: &mut Root,
-        trusted: &TrustedKeys,
-    ) -> Result<Verified<ChannelHead>> {
+    /// Fetches and verifies the channel head (following key list rotations it names),
+    /// then persists its sequence and any new key list before anything else happens.
+    /// Returns the head and the keys that must sign its manifests.
+    pub fn fetch_head(&self, root: &mut Root) -> Result<(Verified<ChannelHead>, TrustedKeys)> {
         let channel = root.config.channel.clone();
         let path = head_path(&channel);
         let bytes = self.get_all(&path, ObjectKind::ChannelHead.max_size(), "channel head")?;
+        let (trust, new_lists) = self.follow_key_lists(root, &bytes)?;
+        let trusted = trust.publishers();
         let now = report::unix_now();
         let policy = HeadPolicy {
             channel: &channel,
             now,
             max_skew: 0,
             last_sequence: root.state.last_sequence,
+            key_list_version: trust.version(),
         };
-        let head = verify_head(&bytes, trusted, &policy).with_context(|| {
+        let head = verify_head(&bytes, &trusted, &policy).with_context(|| {
             format!("verifying channel head from {}", self.transport.url(&path))
         })?;
+        // The chain is trusted once the head it leads to verifies; keep it from now on.
+        if !new_lists.is_empty() {
+            fsutil::create_dir_all(&root.layout.keys())?;
+            for (version, list) in &new_lists {
+                fsutil::write_atomic(&root.layout.key_list(*version), list)?;
+            }
+        }
         let hash = head.object_hash().to_hex();
         if root.state.last_sequence == Some(head.sequence)
             && root
@@ -106,7 +123,51 @@ impl Remote {
         root.state.last_head_hash = Some(hash);
         root.state.last_check = Some(now);
         root.save_state()?;
-        Ok(head)
+        Ok((head, trusted))
+    }
+
+    /// FORMAT.md §6.3: when a head names a newer key list than the trusted one, fetch
+    /// every version in between and accept each only if the previous one's root keys
+    /// (and its own) signed it. Key lists are fetched only when the head says they
+    /// changed. Returns the resulting trust root and the newly accepted lists.
+    fn follow_key_lists(
+        &self,
+        root: &Root,
+        head_bytes: &[u8],
+    ) -> Result<(TrustRoot, Vec<AcceptedKeyList>)> {
+        let mut trust = root.trust()?;
+        let Some(claimed) = claimed_key_list(head_bytes).context("reading the channel head")?
+        else {
+            return Ok((trust, Vec::new()));
+        };
+        if claimed.version <= trust.version() {
+            // Equal: nothing to fetch. Lower: verify_head refuses it with a clear message.
+            return Ok((trust, Vec::new()));
+        }
+        if claimed.version - trust.version() > MAX_KEY_LIST_STEPS {
+            bail!(
+                "the channel head names key list {}, {} versions past the trusted {}: refusing to walk that far",
+                claimed.version,
+                claimed.version - trust.version(),
+                trust.version()
+            );
+        }
+        let mut accepted = Vec::new();
+        for version in trust.version() + 1..=claimed.version {
+            let path = key_list_path(version);
+            let bytes = self.get_all(&path, ObjectKind::KeyList.max_size(), "key list")?;
+            trust = trust.advance(&bytes).with_context(|| {
+                format!(
+                    "verifying key list {version} from {}",
+                    self.transport.url(&path)
+                )
+            })?;
+            accepted.push((version, bytes));
+        }
+        if let Some((_, last)) = accepted.last() {
+            check_ref(&claimed, last).context("the key list the channel head names")?;
+        }
+        Ok((trust, accepted))
     }
 
     /// Fetches (at most the signed size) and verifies a release's manifest.

@@ -2,12 +2,13 @@
 //! shows up at the first `ferry update`, which is where it can be diagnosed.
 
 use anyhow::{Context, Result, bail};
+use ferry_format::keylist::TrustRoot;
 use ferry_format::keys::PublicKey;
 use ferry_format::version::check_channel;
 
 use super::InitArgs;
 use crate::fsutil;
-use crate::install::config::Config;
+use crate::install::config::{Config, TransportConfig};
 use crate::install::layout::Layout;
 use crate::install::lock::{LockMode, RootLock};
 
@@ -20,14 +21,33 @@ pub fn run(args: &InitArgs) -> Result<()> {
     {
         bail!("unsupported server URL {server:?}: expected http://, https:// or file://");
     }
-    let key_text = std::fs::read_to_string(&args.public_key)
-        .with_context(|| format!("reading public key {}", args.public_key.display()))?;
-    if let Err(e) = PublicKey::from_text(&key_text) {
-        eprintln!(
-            "warning: {}: {e}; `ferry update` will fail until it is fixed",
-            args.public_key.display()
-        );
-    }
+    let key_text = match &args.public_key {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading public key {}", path.display()))?;
+            if let Err(e) = PublicKey::from_text(&text) {
+                eprintln!(
+                    "warning: {}: {e}; `ferry update` will fail until it is fixed",
+                    path.display()
+                );
+            }
+            text
+        }
+        None => String::new(),
+    };
+    // A key list anchor is checked now: it is local input, and trusting a damaged one
+    // would only fail later with a less clear message.
+    let anchor = match &args.key_list {
+        Some(path) => {
+            let bytes = std::fs::read(path)
+                .with_context(|| format!("reading key list {}", path.display()))?;
+            let trust = TrustRoot::from_stored(&bytes)
+                .with_context(|| format!("{} is not a valid key list", path.display()))?;
+            Some((trust.version(), bytes))
+        }
+        None => None,
+    };
+    let transport = transport_config(args, &server)?;
     let layout = Layout::new(&args.root);
     fsutil::create_dir_all(&layout.ferry_dir())?;
     let _lock = RootLock::acquire(&layout.lock(), LockMode::Exclusive)
@@ -46,7 +66,12 @@ pub fn run(args: &InitArgs) -> Result<()> {
         key_text.trim().to_string(),
         keep,
     )
+    .with_transport(transport)
     .save(&layout.config())?;
+    if let Some((version, bytes)) = anchor {
+        fsutil::create_dir_all(&layout.keys())?;
+        fsutil::write_atomic(&layout.key_list(version), &bytes)?;
+    }
     println!(
         "initialised {} for channel {} from {}",
         args.root.display(),
@@ -54,4 +79,47 @@ pub fn run(args: &InitArgs) -> Result<()> {
         args.server
     );
     Ok(())
+}
+
+/// The transport settings, read and checked (by building the HTTP client they
+/// describe) before anything is written.
+fn transport_config(args: &InitArgs, server: &str) -> Result<TransportConfig> {
+    let ca_certs = match &args.ca_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("reading CA file {}", path.display()))?,
+        ),
+        None => None,
+    };
+    if let Some(proxy) = &args.proxy
+        && !(proxy.starts_with("http://") || proxy.starts_with("https://"))
+    {
+        bail!("unsupported proxy URL {proxy:?}: expected http:// or https://");
+    }
+    let transport = TransportConfig {
+        ca_certs,
+        proxy: args.proxy.clone(),
+        low_speed_limit: args.low_speed_limit,
+        low_speed_time_secs: args.low_speed_time.map(|d| d.as_secs()),
+    };
+    transport
+        .http_options()
+        .check()
+        .with_context(|| match &args.ca_file {
+            Some(path) => format!("checking {} and the proxy", path.display()),
+            None => "checking the proxy".to_string(),
+        })?;
+    if args.ca_file.is_some() && !server.starts_with("https://") {
+        eprintln!("warning: --ca-file only applies to an https:// server, not {server}");
+    }
+    Ok(transport)
+}
+
+/// A `--low-speed-time` window: a duration with a unit, at least one second.
+pub(super) fn parse_window(s: &str) -> Result<std::time::Duration, String> {
+    let d = ferry_format::duration::parse_duration(s).map_err(|e| e.to_string())?;
+    if d.is_zero() {
+        return Err("must be at least 1s".into());
+    }
+    Ok(d)
 }

@@ -51,14 +51,33 @@ pub struct InitArgs {
     #[arg(long)]
     pub channel: String,
     /// Public key file (`ferry-public-key:v1:...`) trusted to sign the channel.
-    #[arg(long)]
-    pub public_key: PathBuf,
+    #[arg(long, required_unless_present = "key_list")]
+    pub public_key: Option<PathBuf>,
+    /// A key list file (the repository's `keys/N`) to trust instead of, or as the
+    /// successor of, the single public key: later key lists are followed from it.
+    #[arg(long, value_name = "FILE")]
+    pub key_list: Option<PathBuf>,
     /// Releases to keep installed (for instant rollback).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
     pub keep: u64,
     /// Overwrite an existing configuration (state and releases are kept).
     #[arg(long)]
     pub force: bool,
+    /// PEM file of the CA certificate(s) to trust for an https:// server instead of
+    /// the system's roots (its text is copied into the configuration).
+    #[arg(long, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// Proxy for every request, e.g. http://proxy:3128 (default: HTTPS_PROXY,
+    /// HTTP_PROXY, ALL_PROXY and NO_PROXY from the environment).
+    #[arg(long, value_name = "URL")]
+    pub proxy: Option<String>,
+    /// Abort a download when fewer bytes per second than this arrive over
+    /// --low-speed-time [default: 1024; 0 never aborts].
+    #[arg(long, value_name = "BYTES")]
+    pub low_speed_limit: Option<u64>,
+    /// The window of --low-speed-limit, e.g. 30s or 2m [default: 30s].
+    #[arg(long, value_name = "DURATION", value_parser = init::parse_window)]
+    pub low_speed_time: Option<std::time::Duration>,
 }
 
 #[derive(Debug, Args)]

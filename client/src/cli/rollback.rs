@@ -123,9 +123,8 @@ fn rollback(
         root.state.active = Some(version.clone());
         manifest.total_file_bytes()
     } else if args.to.is_some() {
-        let remote = remote_slot.insert(Remote::connect(&root.config.server)?);
-        let trusted = root.trusted()?;
-        let head = remote.fetch_head(root, &trusted)?;
+        let remote = remote_slot.insert(Remote::connect(&root.config)?);
+        let (head, trusted) = remote.fetch_head(root)?;
         let release = head.release(&target).cloned().ok_or_else(|| {
             let offered: Vec<&str> = head.releases.iter().map(|r| r.version.as_str()).collect();
             anyhow!(

@@ -6,9 +6,10 @@ use anyhow::{Context, Result, bail};
 use ferry_format::envelope::TrustedKeys;
 use ferry_format::head::ReleaseRef;
 use ferry_format::id::{Digest, ObjectRef};
+use ferry_format::keylist::TrustRoot;
 use ferry_format::keys::PublicKey;
 use ferry_format::manifest::Manifest;
-use ferry_format::verified::{Verified, verify_manifest};
+use ferry_format::verified::{Verified, verify_pinned_manifest};
 
 use crate::apply::source::LocalRelease;
 use crate::install::config::Config;
@@ -53,26 +54,59 @@ impl Root {
     }
 
     pub fn public_key(&self) -> Result<PublicKey> {
+        if self.config.public_key.trim().is_empty() {
+            bail!(
+                "no trusted key: the key list this root was initialised with is missing from .ferry/keys/"
+            );
+        }
         PublicKey::from_text(&self.config.public_key)
             .with_context(|| format!("public key in {}", self.layout.config().display()))
     }
 
+    /// The root of trust: the newest key list this root has accepted (stored in
+    /// `.ferry/keys/`), or the single public key of `ferry init`.
+    pub fn trust(&self) -> Result<TrustRoot> {
+        let dir = self.layout.keys();
+        let newest = match std::fs::read_dir(&dir) {
+            Ok(items) => items
+                .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok())
+                .max(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
+        };
+        match newest {
+            Some(v) => {
+                let path = self.layout.key_list(v);
+                let bytes =
+                    std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+                TrustRoot::from_stored(&bytes)
+                    .with_context(|| format!("trusted key list {}", path.display()))
+            }
+            None => Ok(TrustRoot::SingleKey(self.public_key()?)),
+        }
+    }
+
+    /// Keys and threshold that must sign heads and manifests.
     pub fn trusted(&self) -> Result<TrustedKeys> {
-        Ok(TrustedKeys::single(self.public_key()?))
+        Ok(self.trust()?.publishers())
     }
 
-    /// First 16 hex characters of the trusted key's id, for history.
+    /// What history records as the signer: the single key's id, or the key list version.
     pub fn key_id(&self) -> String {
-        self.public_key()
-            .map(|k| k.id().to_hex()[..16].to_string())
-            .unwrap_or_else(|_| "invalid-key".into())
+        match self.trust() {
+            Ok(TrustRoot::SingleKey(k)) => k.id().to_hex()[..16].to_string(),
+            Ok(TrustRoot::List(l)) => format!("key-list-v{}", l.version),
+            Err(_) => "invalid-key".into(),
+        }
     }
 
-    /// Reads and re-verifies the stored manifest of a retained release.
+    /// Reads a retained release's stored manifest and checks it against the hash this
+    /// root recorded when it verified and installed it (signatures were checked then;
+    /// a later key rotation must not orphan installed releases).
     pub fn load_manifest(
         &self,
         record: &ReleaseRecord,
-        trusted: &TrustedKeys,
+        _trusted: &TrustedKeys,
     ) -> Result<Verified<Manifest>> {
         let path = self.layout.manifest(&record.version);
         let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
@@ -84,7 +118,7 @@ impl Root {
                 size: record.manifest_size,
             },
         };
-        verify_manifest(&bytes, &release, &self.config.channel, trusted)
+        verify_pinned_manifest(&bytes, &release, &self.config.channel)
             .with_context(|| format!("re-verifying stored manifest {}", path.display()))
     }
 

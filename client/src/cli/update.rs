@@ -30,7 +30,7 @@ pub fn run(args: &UpdateArgs) -> Result<()> {
     let out = Out { json: args.json };
     let from = root.state.active.clone();
     let mut target: Option<String> = None;
-    let remote = Remote::connect(&root.config.server);
+    let remote = Remote::connect(&root.config);
     let result = match &remote {
         Ok(r) => update(&mut root, r, args, out, &mut target),
         Err(e) => Err(anyhow::anyhow!("{e:#}")),
@@ -87,8 +87,7 @@ fn update(
     out: Out,
     target_slot: &mut Option<String>,
 ) -> Result<Outcome> {
-    let trusted = root.trusted()?;
-    let head = remote.fetch_head(root, &trusted)?;
+    let (head, trusted) = remote.fetch_head(root)?;
     let release = head.current().clone();
     *target_slot = Some(release.version.clone());
     let target = Version::parse(&release.version)?;

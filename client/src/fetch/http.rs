@@ -3,26 +3,91 @@
 //! A range request must come back as `206` with exactly the asked range; a server that
 //! ignores `Range` and answers `200` with the whole object is tolerated by cutting the
 //! wanted slice out of the stream and hanging up once it is in.
+//!
+//! TLS: certificates are verified against the platform's roots, or, with
+//! [`HttpOptions::ca_certs`], against exactly the given CA certificates. Proxies:
+//! `HTTPS_PROXY`/`HTTP_PROXY`/`ALL_PROXY` and `NO_PROXY` are honoured (an `https://`
+//! repository is reached through a `CONNECT` tunnel, so the proxy never sees the
+//! plaintext); [`HttpOptions::proxy`] replaces them for every request. reqwest adds no
+//! implicit loopback exception on Linux: only `NO_PROXY` bypasses a proxy.
+//!
+//! Timeouts: connecting is bounded by [`CONNECT_TIMEOUT`]; after that nothing has a
+//! fixed deadline (a large release on a slow link may take hours). Instead the
+//! [`speed`](super::speed) limits apply: no response headers within
+//! [`LowSpeed::time`], or fewer than [`LowSpeed::limit`] bytes per second over that
+//! window while reading the body, fails the request with [`FetchError::TooSlow`].
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
 use futures_util::stream::StreamExt;
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_RANGE, RANGE};
 
+use super::speed::{LowSpeed, Monitor, TooSlow};
 use super::{Body, Counters, FetchError, Transport, Want, error_chain, join_url, shape};
+
+/// How long establishing a connection (TCP, proxy tunnel, TLS) may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How the HTTP transport connects and when it gives up.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HttpOptions {
+    /// PEM text of the CA certificates to trust *instead of* the platform's roots.
+    pub ca_certs: Option<String>,
+    /// Proxy for every request (`http://host:port`), replacing the environment's.
+    pub proxy: Option<String>,
+    pub low_speed: LowSpeed,
+}
+
+impl HttpOptions {
+    /// Builds the client these options describe, which checks the CA certificates
+    /// and the proxy URL (for `ferry init`, before they are stored).
+    pub fn check(&self) -> Result<(), FetchError> {
+        self.client().map(drop)
+    }
+
+    fn client(&self) -> Result<reqwest::Client, FetchError> {
+        let mut builder = reqwest::Client::builder()
+            .user_agent(concat!("ferry/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(CONNECT_TIMEOUT);
+        if let Some(pem) = &self.ca_certs {
+            let bad = |reason: String| FetchError::BadOption {
+                option: "CA certificates",
+                reason,
+            };
+            let certs = reqwest::Certificate::from_pem_bundle(pem.as_bytes())
+                .map_err(|e| bad(error_chain(&e)))?;
+            if certs.is_empty() {
+                return Err(bad("no PEM CERTIFICATE block".into()));
+            }
+            builder = builder.tls_certs_only(certs);
+        }
+        if let Some(url) = &self.proxy {
+            let proxy = reqwest::Proxy::all(url.as_str()).map_err(|e| FetchError::BadOption {
+                option: "proxy",
+                reason: format!("{url:?}: {}", error_chain(&e)),
+            })?;
+            builder = builder.proxy(proxy);
+        }
+        builder.build().map_err(|e| FetchError::BadOption {
+            option: "HTTP client",
+            reason: error_chain(&e),
+        })
+    }
+}
 
 /// Fetches from an `http://` or `https://` base URL (which may carry a path prefix).
 pub struct HttpTransport {
     client: reqwest::Client,
     base: String,
     counters: Arc<Counters>,
+    low_speed: LowSpeed,
 }
 
 impl HttpTransport {
-    pub fn new(base: &str) -> Result<Self, FetchError> {
+    pub fn new(base: &str, options: &HttpOptions) -> Result<Self, FetchError> {
         let bad = |reason: String| FetchError::BadUrl {
             url: base.to_string(),
             reason,
@@ -31,17 +96,38 @@ impl HttpTransport {
         if parsed.query().is_some() || parsed.fragment().is_some() {
             return Err(bad("a query or fragment is not allowed".into()));
         }
-        let client = reqwest::Client::builder()
-            .user_agent(concat!("ferry/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(Duration::from_secs(10))
-            .read_timeout(Duration::from_secs(30))
-            .build()
-            .map_err(|e| bad(error_chain(&e)))?;
         Ok(HttpTransport {
-            client,
+            client: options.client()?,
             base: base.to_string(),
             counters: Arc::default(),
+            low_speed: options.low_speed,
         })
+    }
+
+    /// Sends a request; the response headers must arrive within one low-speed window.
+    async fn send(
+        &self,
+        req: reqwest::RequestBuilder,
+        url: &str,
+    ) -> Result<reqwest::Response, FetchError> {
+        let sent = req.send();
+        let result = if self.low_speed.enabled() {
+            tokio::time::timeout(self.low_speed.time, sent)
+                .await
+                .map_err(|_| {
+                    too_slow(
+                        url,
+                        TooSlow {
+                            bytes: 0,
+                            window: self.low_speed.time,
+                            limit: self.low_speed.limit,
+                        },
+                    )
+                })?
+        } else {
+            sent.await
+        };
+        result.map_err(|e| request_error(url, &e))
     }
 }
 
@@ -60,10 +146,7 @@ impl Transport for HttpTransport {
                 req = req.header(RANGE, format!("bytes={start}-{}", end - 1));
             }
             self.counters.add_request();
-            let resp = req.send().await.map_err(|e| FetchError::Request {
-                url: url.clone(),
-                reason: error_chain(&e),
-            })?;
+            let resp = self.send(req, &url).await?;
             let status = resp.status();
             let partial = status == StatusCode::PARTIAL_CONTENT;
             if status != StatusCode::OK && !partial {
@@ -87,7 +170,7 @@ impl Transport for HttpTransport {
                     limit: max_len,
                 });
             }
-            let raw = counted(resp, self.counters.clone(), url.clone());
+            let raw = counted(resp, self.counters.clone(), url.clone(), self.low_speed);
             Ok(match range {
                 Some((start, end)) if partial => shape(raw, 0, Want::Exact(end - start), url),
                 Some((start, end)) => shape(raw, start, Want::Exact(end - start), url),
@@ -105,26 +188,115 @@ impl Transport for HttpTransport {
     }
 }
 
-/// The response body as a stream, counting every byte received.
-fn counted(resp: reqwest::Response, counters: Arc<Counters>, url: String) -> Body {
-    futures_util::stream::unfold(Some(resp), move |resp| {
-        let counters = counters.clone();
-        let url = url.clone();
-        async move {
-            let mut resp = resp?;
-            match resp.chunk().await {
-                Ok(Some(b)) => {
-                    counters.add_bytes(b.len() as u64);
-                    Some((Ok(b.to_vec()), Some(resp)))
+/// A failed request, with its whole source chain; a rejected server certificate is
+/// named as such (reqwest reports it as a generic connect error).
+fn request_error(url: &str, e: &reqwest::Error) -> FetchError {
+    let chain = error_chain(e);
+    let reason = match certificate_problem(e) {
+        Some(problem) => format!(
+            "the server's TLS certificate was rejected ({problem}); \
+             if it is issued by a private CA, give that CA to `ferry init --ca-file`: {chain}"
+        ),
+        None => chain,
+    };
+    FetchError::Request {
+        url: url.to_string(),
+        reason,
+    }
+}
+
+/// The certificate error somewhere in `e`'s sources, if that is why it failed. The
+/// rustls error sits inside (nested) `io::Error`s, whose `source()` skips the error
+/// they wrap, so each link is also unwrapped by hand.
+fn certificate_problem(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut cur = Some(e);
+    while let Some(link) = cur {
+        let mut err: &(dyn std::error::Error + 'static) = link;
+        loop {
+            if let Some(
+                t @ (rustls::Error::InvalidCertificate(_)
+                | rustls::Error::NoCertificatesPresented
+                | rustls::Error::UnsupportedNameType),
+            ) = err.downcast_ref::<rustls::Error>()
+            {
+                return Some(t.to_string());
+            }
+            match err
+                .downcast_ref::<std::io::Error>()
+                .and_then(std::io::Error::get_ref)
+            {
+                Some(inner) => err = inner,
+                None => break,
+            }
+        }
+        cur = link.source();
+    }
+    None
+}
+
+fn too_slow(url: &str, t: TooSlow) -> FetchError {
+    FetchError::TooSlow {
+        url: url.to_string(),
+        bytes: t.bytes,
+        window_secs: t.window.as_secs(),
+        limit: t.limit,
+    }
+}
+
+/// The response body as a stream, counting every byte received and failing it when
+/// it arrives slower than `low_speed` allows.
+fn counted(
+    resp: reqwest::Response,
+    counters: Arc<Counters>,
+    url: String,
+    low_speed: LowSpeed,
+) -> Body {
+    struct S {
+        resp: reqwest::Response,
+        monitor: Monitor,
+        counters: Arc<Counters>,
+        url: String,
+        done: bool,
+    }
+    let s = S {
+        resp,
+        monitor: Monitor::new(low_speed, Instant::now()),
+        counters,
+        url,
+        done: false,
+    };
+    futures_util::stream::unfold(s, move |mut s| async move {
+        if s.done {
+            return None;
+        }
+        loop {
+            // `chunk` is cancel safe (it only polls the body for its next frame): a
+            // timed-out wait loses no bytes.
+            let next = if low_speed.enabled() {
+                tokio::time::timeout(s.monitor.tick(), s.resp.chunk()).await
+            } else {
+                Ok(s.resp.chunk().await)
+            };
+            let now = Instant::now();
+            let item = match next {
+                Err(_) => None,
+                Ok(Ok(None)) => return None,
+                Ok(Err(e)) => {
+                    s.done = true;
+                    return Some((Err(request_error(&s.url, &e)), s));
                 }
-                Ok(None) => None,
-                Err(e) => Some((
-                    Err(FetchError::Request {
-                        url,
-                        reason: error_chain(&e),
-                    }),
-                    None,
-                )),
+                Ok(Ok(Some(b))) => {
+                    s.counters.add_bytes(b.len() as u64);
+                    s.monitor.record(now, b.len() as u64);
+                    Some(b)
+                }
+            };
+            if let Err(t) = s.monitor.check(now) {
+                s.done = true;
+                return Some((Err(too_slow(&s.url, t)), s));
+            }
+            if let Some(b) = item {
+                return Some((Ok(b.to_vec()), s));
             }
         }
     })

@@ -10,6 +10,7 @@
 pub mod file;
 pub mod http;
 pub mod ranges;
+pub mod speed;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -51,6 +52,22 @@ pub enum FetchError {
     /// The server answered a range request with a different range.
     #[error("{url}: unexpected range in response: {reason}")]
     BadRange { url: String, reason: String },
+    /// Data arrived slower than the configured low-speed limit (slow retrieval).
+    #[error(
+        "download from {url} too slow: {bytes} bytes in the last {window_secs}s (limit {limit} B/s)"
+    )]
+    TooSlow {
+        url: String,
+        bytes: u64,
+        window_secs: u64,
+        limit: u64,
+    },
+    /// A transport option (CA certificates, proxy) is not usable.
+    #[error("unusable {option}: {reason}")]
+    BadOption {
+        option: &'static str,
+        reason: String,
+    },
     /// The base URL is not usable.
     #[error("unsupported server URL {url:?}: {reason}")]
     BadUrl { url: String, reason: String },
@@ -109,10 +126,10 @@ pub trait Transport: Send + Sync {
     fn url(&self, path: &str) -> String;
 }
 
-/// Opens the transport for a configured server URL.
-pub fn connect(base: &str) -> Result<Box<dyn Transport>, FetchError> {
+/// Opens the transport for a configured server URL; `options` apply to HTTP(S) only.
+pub fn connect(base: &str, options: &http::HttpOptions) -> Result<Box<dyn Transport>, FetchError> {
     if base.starts_with("http://") || base.starts_with("https://") {
-        Ok(Box::new(http::HttpTransport::new(base)?))
+        Ok(Box::new(http::HttpTransport::new(base, options)?))
     } else if base.starts_with("file://") {
         Ok(Box::new(file::FileTransport::new(base)?))
     } else {

@@ -78,6 +78,15 @@ impl Layout {
         self.versions().join(version)
     }
 
+    /// Trusted key lists, one file per version; the newest is the trust root.
+    pub fn keys(&self) -> PathBuf {
+        self.ferry_dir().join("keys")
+    }
+
+    pub fn key_list(&self, version: u64) -> PathBuf {
+        self.keys().join(version.to_string())
+    }
+
     pub fn current(&self) -> PathBuf {
         self.root.join("current")
     }

@@ -150,6 +150,7 @@ impl Repo {
             expires_at: now + 3600,
             min_client_format: 1,
             releases,
+            key_list: None,
         };
         let bytes = head.sign(&[&self.key]).unwrap();
         self.put(&head_path("stable"), &bytes);

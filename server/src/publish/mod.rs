@@ -12,8 +12,12 @@
 //!
 //! A crash at any point leaves the previous head in force and at worst some
 //! unreferenced objects or `.tmp-` files.
+//!
+//! [`remote`] publishes to a server instead of a local folder: the same steps on a
+//! staging repository mirrored from the server, then an upload in the same order.
 
 pub mod archive;
+pub mod remote;
 pub mod table;
 pub mod walk;
 
@@ -26,7 +30,7 @@ use ferry_format::head::{ChannelHead, ReleaseRef};
 use ferry_format::id::Digest;
 use ferry_format::keys::SecretKey;
 use ferry_format::manifest::{Entry, EntryKind, Manifest};
-use ferry_format::verified::{verify_manifest, verify_own_head};
+use ferry_format::verified::{verify_own_head, verify_pinned_manifest};
 use ferry_format::version::{Version, check_channel};
 use serde::Serialize;
 
@@ -48,6 +52,8 @@ pub const DEFAULT_ZSTD_LEVEL: i32 = 19;
 pub struct PublishOptions<'a> {
     pub repo: PathBuf,
     pub key: &'a SecretKey,
+    /// More signing keys, for key lists whose threshold is above one.
+    pub extra_keys: &'a [SecretKey],
     pub channel: String,
     pub version: String,
     pub expires_in: Duration,
@@ -89,7 +95,7 @@ pub fn previous(repo: &Repo, channel: &str, key: &SecretKey) -> Result<Option<Pr
     let Some(bytes) = repo.read_head(channel)? else {
         return Ok(None);
     };
-    let trusted = TrustedKeys::single(key.public());
+    let trusted = crate::trust::trust_for_head(repo, &bytes, key.public())?;
     let head = verify_own_head(&bytes, &trusted).map_err(|source| Error::KeyMismatch {
         channel: channel.to_string(),
         key_id: key.public().id().to_hex(),
@@ -104,8 +110,10 @@ pub fn previous(repo: &Repo, channel: &str, key: &SecretKey) -> Result<Option<Pr
     }
     let current = head.current().clone();
     let manifest_bytes = repo.read_object(&current.manifest, "manifest")?;
+    // The head was just verified and pins this manifest by hash; after a key rotation
+    // the manifest may carry a signature by a key that has since been replaced.
     let manifest =
-        verify_manifest(&manifest_bytes, &current, channel, &trusted).map_err(|source| {
+        verify_pinned_manifest(&manifest_bytes, &current, channel).map_err(|source| {
             Error::FormatContext {
                 context: format!(
                     "current manifest {} of channel {channel:?} does not verify",
@@ -218,7 +226,16 @@ pub fn publish(opts: &PublishOptions<'_>) -> Result<PublishReport> {
         chunks: std::mem::take(&mut table.records),
         entries,
     };
-    let manifest_bytes = manifest.sign(&[opts.key])?;
+    // The new head names the repository's newest key list, and everything is signed by
+    // all given keys; refuse now if they do not meet that list's threshold.
+    let signers: Vec<&SecretKey> = std::iter::once(opts.key).chain(opts.extra_keys).collect();
+    let key_list = crate::trust::latest_key_list(&repo)?;
+    let trust = match &key_list {
+        Some((_, root, _)) => root.publishers(),
+        None => TrustedKeys::single(opts.key.public()),
+    };
+    crate::trust::check_signers(&trust, &signers, "publish --key")?;
+    let manifest_bytes = manifest.sign(&signers)?;
     let manifest_ref = repo.write_object(&manifest_bytes)?;
 
     // Step 4: the head, last.
@@ -247,8 +264,9 @@ pub fn publish(opts: &PublishOptions<'_>) -> Result<PublishReport> {
         expires_at: now.saturating_add(opts.expires_in.as_secs()),
         min_client_format: FORMAT_VERSION,
         releases,
+        key_list: key_list.map(|(r, _, _)| r),
     };
-    let head_bytes = head.sign(&[opts.key])?;
+    let head_bytes = head.sign(&signers)?;
     repo.write_head(&opts.channel, &head_bytes)?;
 
     let chunks_carried = table.carried.len();

@@ -1,4 +1,5 @@
-//! `ferry-server serve`: the repository as static files over HTTP/1.1 and h2c.
+//! `ferry-server serve`: the repository as static files over HTTP/1.1 and h2c, or
+//! over HTTPS (HTTP/1.1 and h2 by ALPN) with `--tls-cert`/`--tls-key` ([`tls`]).
 //!
 //! The server adds nothing a plain static web server could not: any server that maps
 //! the repository's files to URLs, with Range support, is an equivalent mirror. This
@@ -14,6 +15,8 @@
 pub mod access_log;
 pub mod range;
 pub mod routes;
+pub mod tls;
+pub mod upload;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -31,6 +34,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
+use tokio_rustls::TlsAcceptor;
 
 use crate::error::{Error, Result, io_err};
 use access_log::{AccessLog, LogLine, Metrics};
@@ -56,6 +60,8 @@ pub struct State {
     pub repo: PathBuf,
     pub log: Option<AccessLog>,
     pub metrics: Metrics,
+    /// The upload API (`PUT`), when `--upload-token-file` enabled it.
+    pub upload: Option<upload::Uploads>,
 }
 
 /// A bound, not yet running server.
@@ -63,6 +69,7 @@ pub struct Server {
     listener: TcpListener,
     state: Arc<State>,
     max_connections: u32,
+    tls: Option<TlsAcceptor>,
 }
 
 impl Server {
@@ -91,9 +98,28 @@ impl Server {
                 repo: opts.repo.clone(),
                 log,
                 metrics: Metrics::default(),
+                upload: None,
             }),
             max_connections: opts.max_connections.max(1),
+            tls: None,
         })
+    }
+
+    /// Accepts uploads (`PUT`, see [`upload`]) besides serving the repository.
+    #[must_use]
+    pub fn with_uploads(mut self, uploads: upload::Uploads) -> Server {
+        // The state is shared only once `run` starts, so it can still be changed here.
+        if let Some(state) = Arc::get_mut(&mut self.state) {
+            state.upload = Some(uploads);
+        }
+        self
+    }
+
+    /// Serves HTTPS: every accepted connection first completes a TLS handshake.
+    #[must_use]
+    pub fn with_tls(mut self, acceptor: TlsAcceptor) -> Server {
+        self.tls = Some(acceptor);
+        self
     }
 
     /// The bound address (the real port when port 0 was asked for).
@@ -134,28 +160,18 @@ impl Server {
             tracing::debug!(%peer, "connection");
             let state = self.state.clone();
             let mut stop = stop_rx.clone();
+            let tls = self.tls.clone();
             tokio::spawn(async move {
                 let _permit = permit;
-                let service = service_fn(move |req| {
-                    let state = state.clone();
-                    async move { Ok::<_, Infallible>(answer(&state, req).await) }
-                });
-                let mut builder = auto::Builder::new(TokioExecutor::new());
-                builder
-                    .http1()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(HEADER_TIMEOUT);
-                let conn = builder.serve_connection(TokioIo::new(stream), service);
-                tokio::pin!(conn);
-                let result = tokio::select! {
-                    r = conn.as_mut() => r,
-                    _ = async { stop.wait_for(|s| *s).await.map(|_| ()) } => {
-                        conn.as_mut().graceful_shutdown();
-                        conn.await
+                match tls {
+                    None => serve_connection(stream, state, stop, peer).await,
+                    Some(acceptor) => {
+                        if let Some(stream) =
+                            tls::handshake(&acceptor, stream, &mut stop, peer).await
+                        {
+                            serve_connection(stream, state, stop, peer).await;
+                        }
                     }
-                };
-                if let Err(e) = result {
-                    tracing::debug!(%peer, "connection ended: {e}");
                 }
             });
         }
@@ -174,11 +190,51 @@ impl Server {
     }
 }
 
+/// Serves HTTP/1.1 or HTTP/2 on one accepted (and maybe TLS-wrapped) connection until
+/// it ends, or shuts it down gracefully once `stop` turns true.
+async fn serve_connection<I>(
+    io: I,
+    state: Arc<State>,
+    mut stop: watch::Receiver<bool>,
+    peer: SocketAddr,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req| {
+        let state = state.clone();
+        async move { Ok::<_, Infallible>(answer(&state, req).await) }
+    });
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT);
+    let conn = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = async { stop.wait_for(|s| *s).await.map(|_| ()) } => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(%peer, "connection ended: {e}");
+    }
+}
+
 /// Routes a request, then logs and counts the response.
 async fn answer(state: &State, req: Request<Incoming>) -> Response<Body> {
-    // GET and HEAD bodies are ignored; dropping it keeps the request `Sync`.
-    let req = Request::from_parts(req.into_parts().0, ());
-    let resp = routes::handle(state, &req).await;
+    // GET and HEAD bodies are ignored; dropping it keeps the request `Sync`. Only an
+    // upload (`PUT`, when enabled) reads its body.
+    let (parts, body) = req.into_parts();
+    let req = Request::from_parts(parts, ());
+    let resp = match &state.upload {
+        Some(uploads) if req.method() == Method::PUT => {
+            upload::handle(&state.repo, uploads, &req, body).await
+        }
+        _ => routes::handle(state, &req).await,
+    };
     let status = resp.status();
     let bytes = if req.method() == Method::HEAD || status == StatusCode::NOT_MODIFIED {
         0
@@ -203,9 +259,15 @@ async fn answer(state: &State, req: Request<Incoming>) -> Response<Body> {
     resp
 }
 
-/// The `serve` command: binds, prints `listening on http://ADDR`, serves until SIGTERM
-/// or Ctrl-C.
-pub fn run_cli(opts: &ServeOptions) -> Result<()> {
+/// The `serve` command: binds, prints `listening on http://ADDR` (`https://ADDR` with
+/// `tls`), serves until SIGTERM or Ctrl-C.
+pub fn run_cli(
+    opts: &ServeOptions,
+    tls: Option<&tls::TlsFiles>,
+    uploads: Option<upload::Uploads>,
+) -> Result<()> {
+    // Certificate problems are reported before anything is bound.
+    let acceptor = tls.map(tls::acceptor).transpose()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -214,10 +276,17 @@ pub fn run_cli(opts: &ServeOptions) -> Result<()> {
         // Signal handlers are installed before the address is announced, so a test
         // that signals right after reading the line cannot kill the process unhandled.
         let shutdown = shutdown_signal()?;
-        let server = Server::bind(opts).await?;
+        let mut server = Server::bind(opts).await?;
+        let scheme = if acceptor.is_some() { "https" } else { "http" };
+        if let Some(acceptor) = acceptor {
+            server = server.with_tls(acceptor);
+        }
+        if let Some(uploads) = uploads {
+            server = server.with_uploads(uploads);
+        }
         let addr = server.local_addr()?;
         let mut stdout = std::io::stdout().lock();
-        writeln!(stdout, "listening on http://{addr}")
+        writeln!(stdout, "listening on {scheme}://{addr}")
             .and_then(|()| stdout.flush())
             .map_err(io_err("write", std::path::Path::new("stdout")))?;
         drop(stdout);

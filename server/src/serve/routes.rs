@@ -12,7 +12,7 @@ use std::io;
 use bytes::Bytes;
 use ferry_format::envelope::ObjectKind;
 use ferry_format::id::Digest;
-use ferry_format::layout::{RepoPath, head_path, object_path, parse_repo_path};
+use ferry_format::layout::{RepoPath, head_path, key_list_path, object_path, parse_repo_path};
 use futures_util::TryStreamExt;
 use http::header::{
     ACCEPT_RANGES, ALLOW, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, ETAG,
@@ -57,7 +57,11 @@ pub async fn handle<B>(state: &State, req: &Request<B>) -> Response<Body> {
     match path {
         "/healthz" => return text(StatusCode::OK, "ok", head_only),
         "/metrics" => {
-            let mut r = text(StatusCode::OK, state.metrics.render(), head_only);
+            let mut metrics = state.metrics.render();
+            if let Some(uploads) = &state.upload {
+                metrics.push_str(&uploads.render_metrics());
+            }
+            let mut r = text(StatusCode::OK, metrics, head_only);
             r.headers_mut().insert(
                 CONTENT_TYPE,
                 HeaderValue::from_static("text/plain; version=0.0.4"),
@@ -68,7 +72,26 @@ pub async fn handle<B>(state: &State, req: &Request<B>) -> Response<Body> {
     }
     let result = match parse_repo_path(path) {
         Some(RepoPath::Object(hash)) => object(state, req, &hash, head_only).await,
-        Some(RepoPath::Head(channel)) => head(state, req, &channel, head_only).await,
+        Some(RepoPath::Head(channel)) => {
+            small_file(
+                state,
+                req,
+                &head_path(&channel),
+                ObjectKind::ChannelHead,
+                head_only,
+            )
+            .await
+        }
+        Some(RepoPath::KeyList(version)) => {
+            small_file(
+                state,
+                req,
+                &key_list_path(version),
+                ObjectKind::KeyList,
+                head_only,
+            )
+            .await
+        }
         None => return not_found(head_only),
     };
     match result {
@@ -115,21 +138,26 @@ async fn object<B>(
     .await
 }
 
-async fn head<B>(
+/// Channel heads and key lists: small signed files served from memory with a short
+/// max-age (a head changes with every publish; a key list is never rewritten, but a
+/// short lifetime costs nothing at the rate agents fetch them).
+async fn small_file<B>(
     state: &State,
     req: &Request<B>,
-    channel: &str,
+    relative: &str,
+    kind: ObjectKind,
     head_only: bool,
 ) -> io::Result<Response<Body>> {
-    let path = state.repo.join(head_path(channel));
+    let path = state.repo.join(relative);
     let meta = tokio::fs::metadata(&path).await?;
     if !meta.is_file() {
         return Err(io::ErrorKind::NotFound.into());
     }
-    if meta.len() > ObjectKind::ChannelHead.max_size() {
+    if meta.len() > kind.max_size() {
         return Err(io::Error::other(format!(
-            "{} is larger than any channel head",
-            path.display()
+            "{} is larger than any {}",
+            path.display(),
+            kind.name()
         )));
     }
     // Heads are replaced by rename, so one read sees exactly one version; hashing that

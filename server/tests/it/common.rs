@@ -55,6 +55,7 @@ pub fn try_publish(
     publish(&PublishOptions {
         repo: repo.to_path_buf(),
         key,
+        extra_keys: &[],
         channel: channel.into(),
         version: version.into(),
         expires_in: std::time::Duration::from_secs(3600),

@@ -1,0 +1,14 @@
+//! Staging attacks in tests: signs objects *without* the structural checks the normal
+//! signing path enforces, so end-to-end tests can hand a client a validly signed but
+//! malicious manifest (path traversal, duplicate paths, symlink escapes) and show the
+//! client refuses it. Compiled only with the `test-support` feature.
+
+use crate::codec;
+use crate::envelope::{Envelope, ObjectKind};
+use crate::keys::SecretKey;
+use crate::manifest::Manifest;
+
+/// Signs `manifest` exactly as a publisher would, skipping `Manifest::validate`.
+pub fn sign_manifest_unchecked(manifest: &Manifest, keys: &[&SecretKey]) -> Vec<u8> {
+    Envelope::sign(ObjectKind::Manifest, codec::encode(manifest), keys).encode()
+}

@@ -1,0 +1,585 @@
+//! `publish --to URL`: publish into a repository served by a remote
+//! `ferry-server serve --upload-token-file`.
+//!
+//! The local pipeline is reused as is, on a *staging* repository that holds just what
+//! it reads:
+//!
+//! 1. **Mirror** the channel from the server into a temporary staging repository: the
+//!    key lists, the head (verified with the publisher's key, as a local publish
+//!    does), the current manifest and the current archive. These come over plain
+//!    `GET`s of the layout paths clients use, or from the `--cache` folder; every
+//!    object is checked against its name (blake3 and size) whichever way it came.
+//! 2. **Publish** locally into the staging repository ([`super::publish`]): carried
+//!    chunks are copied out of the mirrored archive, new ones compressed.
+//! 3. **Upload** in the repository's write order: the manifest and the archive
+//!    (streamed from disk, skipped when the server already has it), last the head, with
+//!    `X-Ferry-Previous-Sequence` set to the sequence mirrored in step 1. The server
+//!    swaps heads only if the channel is still there, so a publisher racing another
+//!    gets `409 Conflict` instead of silently dropping the other's release.
+//!
+//! With `--cache DIR`, fetched and published objects are kept in `DIR/objects/` (the
+//! repository layout, hard-linked with the staging folder when possible), so the next
+//! publish takes the previous release from disk and downloads only the head.
+
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use ferry_format::FormatError;
+use ferry_format::envelope::ObjectKind;
+use ferry_format::id::{Digest, ObjectRef};
+use ferry_format::layout::{head_path, key_list_path, object_path};
+use ferry_format::verified::verify_own_head;
+use ferry_format::version::check_channel;
+use reqwest::StatusCode;
+use reqwest::header::{AUTHORIZATION, CONTENT_LENGTH};
+use thiserror::Error;
+use tokio_util::io::ReaderStream;
+
+use super::{PublishOptions, PublishReport, previous, publish};
+use crate::error::{Error, io_err};
+use crate::fsutil::{self, DIR_MODE, FILE_MODE, Place};
+use crate::repo::Repo;
+use crate::serve::upload::{PREVIOUS_SEQUENCE, read_token_file};
+
+/// Where to publish to.
+#[derive(Clone, Debug)]
+pub struct RemoteOptions {
+    /// Base URL of the server (`http://` or `https://`, may carry a path prefix).
+    pub url: String,
+    /// File holding the upload token.
+    pub token_file: PathBuf,
+    /// Folder keeping fetched and published objects between publishes.
+    pub cache: Option<PathBuf>,
+}
+
+/// Everything a remote publish can fail with.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum RemoteError {
+    /// The local part: keys, source tree, staging repository, publish rules.
+    #[error(transparent)]
+    Local(#[from] Error),
+    /// `--to` is not a usable base URL.
+    #[error("invalid --to URL {url:?}: {reason}")]
+    BadUrl { url: String, reason: String },
+    /// The request did not get an answer (connection refused, TLS, timeout...).
+    #[error("{method} {url} failed: {reason}")]
+    Request {
+        method: &'static str,
+        url: String,
+        reason: String,
+    },
+    /// The server does not accept the upload token.
+    #[error(
+        "the server refused the upload token (401 Unauthorized) for {url}: check --token-file against the server's --upload-token-file"
+    )]
+    Unauthorized { url: String },
+    /// The server answered with an unexpected status; `message` is its explanation.
+    #[error("{what} {url}: the server answered {status}: {message}")]
+    Status {
+        what: &'static str,
+        url: String,
+        status: StatusCode,
+        message: String,
+    },
+    /// An object from the server does not match the name its head gives it.
+    #[error("{what} from {url} is not the object the channel head names")]
+    Corrupt {
+        what: &'static str,
+        url: String,
+        #[source]
+        source: FormatError,
+    },
+}
+
+type Result<T, E = RemoteError> = std::result::Result<T, E>;
+
+impl From<FormatError> for RemoteError {
+    fn from(e: FormatError) -> Self {
+        RemoteError::Local(Error::Format(e))
+    }
+}
+
+/// The most key lists mirrored; a chain this long is a broken server, not a history.
+const MAX_KEY_LISTS: u64 = 10_000;
+/// How much of an error body is quoted in messages.
+const MAX_MESSAGE: usize = 4096;
+/// Read size when streaming an archive up.
+const UPLOAD_CHUNK: usize = 256 << 10;
+
+/// Publishes `opts.source` as a release of `opts.channel` on the server `remote.url`.
+/// `opts.repo` is ignored: a staging folder takes its place.
+pub fn publish_to(remote: &RemoteOptions, opts: &PublishOptions<'_>) -> Result<PublishReport> {
+    let started = Instant::now();
+    check_channel(&opts.channel)?;
+    let server = Server::new(&remote.url, read_token_file(&remote.token_file)?)?;
+    let cache = remote.cache.as_ref().map(Repo::new);
+    // Staging lives inside the cache when there is one, so objects can be hard-linked
+    // between the two instead of copied.
+    let staging_dir = match &remote.cache {
+        Some(dir) => {
+            fsutil::ensure_dir(dir, DIR_MODE)?;
+            tempfile::Builder::new()
+                .prefix(".staging-")
+                .tempdir_in(dir)
+                .map_err(io_err("create a staging folder in", dir))?
+        }
+        None => tempfile::Builder::new()
+            .prefix("ferry-publish-")
+            .tempdir()
+            .map_err(io_err("create a staging folder in", &std::env::temp_dir()))?,
+    };
+    let staging = Repo::new(staging_dir.path());
+    staging.create()?;
+
+    // One task at a time: blocking file writes inside it cost nothing.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(io_err("start", Path::new("the async runtime")))?;
+    let previous_sequence = rt.block_on(server.mirror(&staging, cache.as_ref(), opts))?;
+
+    let mut report = publish(&PublishOptions {
+        repo: staging.root().to_path_buf(),
+        key: opts.key,
+        extra_keys: opts.extra_keys,
+        channel: opts.channel.clone(),
+        version: opts.version.clone(),
+        expires_in: opts.expires_in,
+        retain: opts.retain,
+        zstd_level: opts.zstd_level,
+        source: opts.source.clone(),
+    })?;
+    let archive = ObjectRef {
+        hash: Digest::from_hex(&report.archive)?,
+        size: report.archive_size,
+    };
+    let manifest = ObjectRef {
+        hash: Digest::from_hex(&report.manifest)?,
+        size: report.manifest_size,
+    };
+    rt.block_on(async {
+        // The small manifest goes first: a refused token then shows up as a clean 401
+        // before megabytes of archive are sent to a server that will not read them.
+        server.put_object(&staging, &manifest, "manifest").await?;
+        server.put_object(&staging, &archive, "archive").await?;
+        let head = fsutil::read_small(
+            &staging.head_file(&opts.channel),
+            ObjectKind::ChannelHead.max_size(),
+        )?;
+        server
+            .put_head(&opts.channel, head, previous_sequence)
+            .await
+    })?;
+    if let Some(cache) = &cache {
+        for r in [&archive, &manifest] {
+            link_or_copy(&staging.object_file(&r.hash), cache, &r.hash)?;
+        }
+    }
+    tracing::info!(
+        channel = opts.channel,
+        version = opts.version,
+        sequence = report.sequence,
+        url = remote.url,
+        "published to the server"
+    );
+    report.elapsed = started.elapsed();
+    Ok(report)
+}
+
+/// The server side of a remote publish.
+struct Server {
+    client: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl Server {
+    fn new(base: &str, token: String) -> Result<Server> {
+        let bad = |reason: String| RemoteError::BadUrl {
+            url: base.to_string(),
+            reason,
+        };
+        let parsed = reqwest::Url::parse(base).map_err(|e| bad(e.to_string()))?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(bad("expected an http:// or https:// URL".into()));
+        }
+        if parsed.query().is_some() || parsed.fragment().is_some() {
+            return Err(bad("a query or fragment is not allowed".into()));
+        }
+        // The workspace builds rustls with the ring provider only; reqwest needs it
+        // installed before a client is built. A provider already installed is fine.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = reqwest::Client::builder()
+            .user_agent(concat!("ferry-server/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(Duration::from_secs(10))
+            // Per read, not per request: a multi-GiB upload may take long, a silent
+            // server may not.
+            .read_timeout(Duration::from_secs(120))
+            .build()
+            .map_err(|e| bad(chain(&e)))?;
+        Ok(Server {
+            client,
+            base: base.trim_end_matches('/').to_string(),
+            token,
+        })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}/{path}", self.base)
+    }
+
+    /// Step 1: copies what the local publish reads into `staging` and returns the
+    /// sequence of the server's head (0 for a new channel).
+    async fn mirror(
+        &self,
+        staging: &Repo,
+        cache: Option<&Repo>,
+        opts: &PublishOptions<'_>,
+    ) -> Result<u64> {
+        // Key lists first: a head is verified against the one it names.
+        for version in 1..=MAX_KEY_LISTS {
+            let path = key_list_path(version);
+            let limit = ObjectKind::KeyList.max_size();
+            let Some(bytes) = self.get_small(&path, limit, "key list").await? else {
+                break;
+            };
+            let file = staging.root().join(&path);
+            fsutil::write_atomic(&file, &bytes, FILE_MODE, Place::Replace)?;
+        }
+        let channel = &opts.channel;
+        let limit = ObjectKind::ChannelHead.max_size();
+        let Some(head_bytes) = self
+            .get_small(&head_path(channel), limit, "channel head")
+            .await?
+        else {
+            return Ok(0);
+        };
+        staging.write_head(channel, &head_bytes)?;
+        // Verified before anything it names is fetched; `previous` checks it again
+        // together with the manifest.
+        let key = opts.key;
+        let trusted = crate::trust::trust_for_head(staging, &head_bytes, key.public())?;
+        let head = verify_own_head(&head_bytes, &trusted).map_err(|source| Error::KeyMismatch {
+            channel: channel.clone(),
+            key_id: key.public().id().to_hex(),
+            source,
+        })?;
+        self.materialise(staging, cache, &head.current().manifest, "manifest")
+            .await?;
+        let prev = previous(staging, channel, key)?
+            .ok_or_else(|| staging.broken("the mirrored head vanished".into()))?;
+        self.materialise(staging, cache, &prev.manifest.archive, "archive")
+            .await?;
+        Ok(head.sequence)
+    }
+
+    /// Puts object `r` into `staging`: from the cache when it holds an intact copy,
+    /// else downloaded (and then added to the cache).
+    async fn materialise(
+        &self,
+        staging: &Repo,
+        cache: Option<&Repo>,
+        r: &ObjectRef,
+        what: &'static str,
+    ) -> Result<()> {
+        if let Some(cache) = cache {
+            let cached = cache.object_file(&r.hash);
+            if cached.is_file() {
+                match check_file(&cached, r, what) {
+                    Ok(()) => {
+                        tracing::debug!(object = %r.hash, "{what} taken from the cache");
+                        return Ok(link_or_copy(&cached, staging, &r.hash)?);
+                    }
+                    Err(e) => {
+                        tracing::warn!("{}: {e:#}; fetching it again", cached.display());
+                        // A damaged copy would otherwise be kept by the no-clobber
+                        // placement below; if it cannot be removed it is only ignored.
+                        let _ = std::fs::remove_file(&cached);
+                    }
+                }
+            }
+        }
+        self.download(staging, r, what).await?;
+        if let Some(cache) = cache {
+            link_or_copy(&staging.object_file(&r.hash), cache, &r.hash)?;
+        }
+        Ok(())
+    }
+
+    /// GETs a small file; `None` on 404.
+    async fn get_small(
+        &self,
+        path: &str,
+        limit: u64,
+        what: &'static str,
+    ) -> Result<Option<Vec<u8>>> {
+        let url = self.url(path);
+        let resp = self.send("GET", &url, self.client.get(&url)).await?;
+        if resp.status() == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        let mut resp = expect_success(what, &url, resp).await?;
+        let mut out = Vec::new();
+        while let Some(chunk) = next_chunk(&mut resp, &url).await? {
+            if (out.len() + chunk.len()) as u64 > limit {
+                return Err(RemoteError::Corrupt {
+                    what,
+                    url,
+                    source: FormatError::TooLarge {
+                        kind: what,
+                        what: "object",
+                        found: (out.len() + chunk.len()) as u64,
+                        limit,
+                    },
+                });
+            }
+            out.extend_from_slice(&chunk);
+        }
+        Ok(Some(out))
+    }
+
+    /// Streams object `r` into `staging`, checking its size and name.
+    async fn download(&self, staging: &Repo, r: &ObjectRef, what: &'static str) -> Result<()> {
+        let url = self.url(&object_path(&r.hash));
+        let resp = self.send("GET", &url, self.client.get(&url)).await?;
+        let mut resp = expect_success(what, &url, resp).await?;
+        let mut tmp = staging.object_temp()?;
+        let tmp_path = tmp.path().to_path_buf();
+        let mut hasher = blake3::Hasher::new();
+        let mut len = 0u64;
+        while let Some(chunk) = next_chunk(&mut resp, &url).await? {
+            len += chunk.len() as u64;
+            if len > r.size {
+                break; // reported as a size mismatch below
+            }
+            hasher.update(&chunk);
+            tmp.write_all(&chunk).map_err(io_err("write", &tmp_path))?;
+        }
+        let corrupt = |source| RemoteError::Corrupt {
+            what,
+            url: url.clone(),
+            source,
+        };
+        if len != r.size {
+            return Err(corrupt(FormatError::SizeMismatch {
+                kind: what,
+                expected: r.size,
+                actual: len,
+            }));
+        }
+        let actual = Digest::from(hasher.finalize());
+        if actual != r.hash {
+            return Err(corrupt(FormatError::HashMismatch {
+                kind: what,
+                expected: r.hash.to_hex(),
+                actual: actual.to_hex(),
+            }));
+        }
+        staging.place_object(tmp, &r.hash)?;
+        Ok(())
+    }
+
+    /// Uploads object `r` from `staging`, streamed from disk, unless the server
+    /// already has an object of that name and size.
+    async fn put_object(&self, staging: &Repo, r: &ObjectRef, what: &'static str) -> Result<()> {
+        let url = self.url(&object_path(&r.hash));
+        let probe = self.send("HEAD", &url, self.client.head(&url)).await?;
+        let has = probe.status() == StatusCode::OK
+            && probe
+                .headers()
+                .get(CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+                == Some(r.size);
+        if has {
+            tracing::debug!(object = %r.hash, "{what} already on the server");
+            return Ok(());
+        }
+        let path = staging.object_file(&r.hash);
+        let file = tokio::fs::File::open(&path)
+            .await
+            .map_err(io_err("open", &path))?;
+        let body = reqwest::Body::wrap_stream(ReaderStream::with_capacity(file, UPLOAD_CHUNK));
+        let req = self
+            .client
+            .put(&url)
+            .header(AUTHORIZATION, format!("Bearer {}", self.token))
+            .header(CONTENT_LENGTH, r.size)
+            .body(body);
+        let resp = self.send("PUT", &url, req).await?;
+        expect_success(what, &url, resp).await?;
+        Ok(())
+    }
+
+    /// Uploads the head, last, as a compare-and-swap on `previous_sequence`.
+    async fn put_head(&self, channel: &str, bytes: Vec<u8>, previous_sequence: u64) -> Result<()> {
+        let url = self.url(&head_path(channel));
+        let req = self
+            .client
+            .put(&url)
+            .header(AUTHORIZATION, format!("Bearer {}", self.token))
+            .header(PREVIOUS_SEQUENCE, previous_sequence)
+            .body(bytes);
+        let resp = self.send("PUT", &url, req).await?;
+        expect_success("channel head", &url, resp).await?;
+        Ok(())
+    }
+
+    async fn send(
+        &self,
+        method: &'static str,
+        url: &str,
+        req: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response> {
+        req.send().await.map_err(|e| RemoteError::Request {
+            method,
+            url: url.to_string(),
+            reason: chain(&e),
+        })
+    }
+}
+
+/// Passes a 2xx response through; turns anything else into an error quoting the
+/// server's explanation.
+async fn expect_success(
+    what: &'static str,
+    url: &str,
+    resp: reqwest::Response,
+) -> Result<reqwest::Response> {
+    let status = resp.status();
+    if status.is_success() {
+        return Ok(resp);
+    }
+    if status == StatusCode::UNAUTHORIZED {
+        return Err(RemoteError::Unauthorized {
+            url: url.to_string(),
+        });
+    }
+    let text = resp.text().await.unwrap_or_default();
+    let mut message: String = text.trim().chars().take(MAX_MESSAGE).collect();
+    if message.is_empty() {
+        message = "(no explanation)".into();
+    }
+    Err(RemoteError::Status {
+        what,
+        url: url.to_string(),
+        status,
+        message,
+    })
+}
+
+async fn next_chunk(resp: &mut reqwest::Response, url: &str) -> Result<Option<bytes::Bytes>> {
+    resp.chunk().await.map_err(|e| RemoteError::Request {
+        method: "GET",
+        url: url.to_string(),
+        reason: chain(&e),
+    })
+}
+
+/// Checks that the file at `path` is object `r` (size, then blake3).
+fn check_file(path: &Path, r: &ObjectRef, what: &'static str) -> Result<(), Error> {
+    let file = fsutil::open(path)?;
+    let len = file.metadata().map_err(io_err("read", path))?.len();
+    if len != r.size {
+        return Err(Error::FormatContext {
+            context: format!("cached {what} is damaged"),
+            source: FormatError::SizeMismatch {
+                kind: what,
+                expected: r.size,
+                actual: len,
+            },
+        });
+    }
+    let mut hasher = blake3::Hasher::new();
+    hasher.update_reader(file).map_err(io_err("read", path))?;
+    let actual = Digest::from(hasher.finalize());
+    if actual != r.hash {
+        return Err(Error::FormatContext {
+            context: format!("cached {what} is damaged"),
+            source: FormatError::HashMismatch {
+                kind: what,
+                expected: r.hash.to_hex(),
+                actual: actual.to_hex(),
+            },
+        });
+    }
+    Ok(())
+}
+
+/// Makes object `hash` (the file `src`) part of `into`: a hard link when both are on
+/// one filesystem (objects are never written in place, so sharing the inode is safe),
+/// a copy otherwise. An object already there is left alone: same name, same bytes.
+fn link_or_copy(src: &Path, into: &Repo, hash: &Digest) -> Result<(), Error> {
+    let dest = into.object_file(hash);
+    if dest.is_file() {
+        return Ok(());
+    }
+    if let Some(dir) = dest.parent() {
+        fsutil::ensure_dir(dir, DIR_MODE)?;
+    }
+    match std::fs::hard_link(src, &dest) {
+        Ok(()) => return Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(()),
+        Err(e) => tracing::debug!("cannot hard-link {}: {e}; copying", src.display()),
+    }
+    let mut tmp = into.object_temp()?;
+    let tmp_path = tmp.path().to_path_buf();
+    io::copy(&mut fsutil::open(src)?, &mut tmp).map_err(io_err("copy into", &tmp_path))?;
+    into.place_object(tmp, hash)
+}
+
+/// An error and its causes on one line (reqwest hides the interesting part, such as
+/// "connection refused", in the source chain).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_checked_and_joined() {
+        let s = Server::new("http://127.0.0.1:9/base/", "t".into()).unwrap();
+        assert_eq!(
+            s.url("channels/stable/head"),
+            "http://127.0.0.1:9/base/channels/stable/head"
+        );
+        for bad in [
+            "ftp://host/",
+            "not a url",
+            "http://h/?q=1",
+            "file:///tmp/repo",
+        ] {
+            assert!(Server::new(bad, "t".into()).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn cached_objects_are_checked_before_use() {
+        let d = tempfile::tempdir().unwrap();
+        let (a, b) = (Repo::new(d.path().join("a")), Repo::new(d.path().join("b")));
+        let r = a.write_object(b"object bytes").unwrap();
+        let file = a.object_file(&r.hash);
+        check_file(&file, &r, "archive").unwrap();
+        link_or_copy(&file, &b, &r.hash).unwrap();
+        assert_eq!(
+            std::fs::read(b.object_file(&r.hash)).unwrap(),
+            b"object bytes"
+        );
+        let other = ObjectRef::of(b"object bytez");
+        let e = check_file(&file, &other, "archive").unwrap_err();
+        assert!(format!("{e:#}").contains("damaged"), "{e:#}");
+    }
+}
