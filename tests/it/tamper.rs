@@ -152,3 +152,44 @@ fn replayed_older_head_is_refused() {
     assert_eq!(s.agent.active().as_deref(), Some("3.0.0"));
     tree_eq(&s.agent.current(), &sources3.release(3));
 }
+
+#[test]
+fn clock_skew_is_tolerated_only_when_configured() {
+    let s = scene();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    // Expired 60 s ago: refused by default...
+    s.rewrite_head(|h| {
+        h.sequence += 1;
+        h.issued_at = now - 3600;
+        h.expires_at = now - 60;
+    });
+    s.assert_refused("expired");
+    // ...accepted by an agent configured for 5 minutes of skew.
+    let lenient = Agent::init(
+        &s.server.url,
+        "stable",
+        &s.publisher.public_key(),
+        &["--max-clock-skew", "5m"],
+    );
+    assert_eq!(lenient.update()["to"], v(2));
+}
+
+#[test]
+fn mixed_and_matched_objects_are_refused() {
+    let s = scene();
+    // A mirror serves release 1's manifest bytes under release 2's manifest name.
+    let first = s.publisher.object_file(
+        &ferry_format::id::Digest::of(
+            &std::fs::read(s.agent.root().join(".ferry/manifests/1.0.0")).unwrap(),
+        )
+        .to_hex(),
+    );
+    let second = s
+        .publisher
+        .object_file(s.second["manifest"].as_str().unwrap());
+    std::fs::copy(&first, &second).unwrap();
+    s.assert_refused("size mismatch");
+}

@@ -92,7 +92,7 @@ impl Remote {
         let policy = HeadPolicy {
             channel: &channel,
             now,
-            max_skew: 0,
+            max_skew: root.config.max_clock_skew_secs,
             last_sequence: root.state.last_sequence,
             key_list_version: trust.version(),
         };

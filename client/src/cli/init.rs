@@ -60,14 +60,15 @@ pub fn run(args: &InitArgs) -> Result<()> {
         );
     }
     let keep = usize::try_from(args.keep).unwrap_or(usize::MAX);
-    Config::new(
+    let mut config = Config::new(
         server,
         args.channel.clone(),
         key_text.trim().to_string(),
         keep,
     )
-    .with_transport(transport)
-    .save(&layout.config())?;
+    .with_transport(transport);
+    config.max_clock_skew_secs = args.max_clock_skew.map_or(0, |d| d.as_secs());
+    config.save(&layout.config())?;
     if let Some((version, bytes)) = anchor {
         fsutil::create_dir_all(&layout.keys())?;
         fsutil::write_atomic(&layout.key_list(version), &bytes)?;

@@ -60,6 +60,9 @@ pub struct InitArgs {
     /// Releases to keep installed (for instant rollback).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
     pub keep: u64,
+    /// Clock skew tolerated when checking a channel head's expiry, e.g. 5m (default: none).
+    #[arg(long, value_name = "DURATION", value_parser = ferry_format::duration::parse_duration)]
+    pub max_clock_skew: Option<std::time::Duration>,
     /// Overwrite an existing configuration (state and releases are kept).
     #[arg(long)]
     pub force: bool,

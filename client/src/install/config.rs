@@ -29,6 +29,14 @@ pub struct Config {
     /// How to reach an `http://` or `https://` server (stored flat, beside the above).
     #[serde(flatten)]
     pub transport: TransportConfig,
+    /// Seconds of clock skew tolerated when checking a head's expiry. 0 unless the
+    /// operator configures it: a tolerance is also extra life for a frozen repository.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub max_clock_skew_secs: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// The optional transport settings; unset ones take the transport's defaults.
@@ -74,6 +82,7 @@ impl Config {
             public_key,
             keep,
             transport: TransportConfig::default(),
+            max_clock_skew_secs: 0,
         }
     }
 
