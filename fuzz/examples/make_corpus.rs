@@ -1,0 +1,271 @@
+//! Writes the committed seed corpus `fuzz/corpus/<target>/`: a handful of small valid
+//! inputs per target, made with the public API so every seed decodes (and is really
+//! signed, with the golden-vector key `SecretKey::from_seed([1; 32])`). The golden
+//! vectors in `testdata/vectors/` are added as they are. Run `fuzz/make-corpus.sh`.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use ferry_format::chunking::{ChunkParams, compress_chunk};
+use ferry_format::envelope::{Envelope, ObjectKind};
+use ferry_format::head::{ChannelHead, ReleaseRef};
+use ferry_format::id::{ChunkId, Digest, ObjectRef};
+use ferry_format::keylist::{KeyList, key_list_ref};
+use ferry_format::keys::SecretKey;
+use ferry_format::layout::{head_path, key_list_path, object_path};
+use ferry_format::manifest::{ChunkRecord, Entry, EntryKind, Manifest};
+
+fn key(n: u8) -> SecretKey {
+    SecretKey::from_seed([n; 32])
+}
+
+fn write(dir: &Path, target: &str, name: &str, bytes: &[u8]) {
+    let d = dir.join(target);
+    fs::create_dir_all(&d).unwrap();
+    fs::write(d.join(name), bytes).unwrap();
+}
+
+fn body(kind: ObjectKind, signed: &[u8]) -> Vec<u8> {
+    Envelope::decode(kind, signed).unwrap().body
+}
+
+fn unhex(text: &str) -> Vec<u8> {
+    let h: String = text.split_whitespace().collect();
+    (0..h.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&h[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+fn manifest(version: &str, files: &[(&str, &[u8])]) -> Manifest {
+    let mut chunks = Vec::new();
+    let mut archive = 0u64;
+    let mut entries = vec![Entry {
+        path: "bin".into(),
+        kind: EntryKind::Dir { mode: 0o755 },
+    }];
+    for (i, (name, data)) in files.iter().enumerate() {
+        let stored = compress_chunk(data, 3).unwrap().len() as u32;
+        archive += u64::from(stored);
+        chunks.push(ChunkRecord {
+            id: ChunkId::of(data),
+            size: data.len() as u32,
+            stored_size: stored,
+            generation: 1 + i as u64 % 2,
+        });
+        entries.push(Entry {
+            path: format!("bin/{name}"),
+            kind: EntryKind::File {
+                mode: 0o644,
+                size: data.len() as u64,
+                hash: Digest::of(data),
+                chunks: vec![i as u32],
+            },
+        });
+    }
+    entries.push(Entry {
+        path: "bin/sub".into(),
+        kind: EntryKind::Dir { mode: 0o700 },
+    });
+    entries.push(Entry {
+        path: "bin/sub/up".into(),
+        kind: EntryKind::Symlink {
+            target: "../../current".into(),
+        },
+    });
+    entries.push(Entry {
+        path: "current".into(),
+        kind: EntryKind::Symlink {
+            target: "bin".into(),
+        },
+    });
+    Manifest {
+        channel: "stable".into(),
+        version: version.into(),
+        generation: 2,
+        chunking: ChunkParams::default(),
+        archive: ObjectRef {
+            hash: Digest([0x33; 32]),
+            size: archive,
+        },
+        chunks,
+        entries,
+    }
+}
+
+fn main() {
+    let fuzz = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let out = fuzz.join("corpus");
+    let vectors = fuzz.join("../testdata/vectors");
+
+    // Golden vectors, as they are.
+    for entry in fs::read_dir(&vectors).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_stem().unwrap().to_str().unwrap().to_string();
+        let bytes = unhex(&fs::read_to_string(&path).unwrap());
+        let (kind, env, bod) = if name.starts_with("head") {
+            (ObjectKind::ChannelHead, "envelope_head", "head_body")
+        } else if name.starts_with("manifest") {
+            (ObjectKind::Manifest, "envelope_manifest", "manifest_body")
+        } else {
+            (ObjectKind::KeyList, "key_list", "key_list")
+        };
+        write(&out, env, &format!("golden_{name}"), &bytes);
+        if bod != env {
+            write(&out, bod, &format!("golden_{name}"), &body(kind, &bytes));
+        }
+    }
+
+    // Key lists: v1 signed by the single key 1 and its own roots (advance accepts it).
+    let list = KeyList::new(
+        1,
+        1_700_000_000,
+        &[key(2).public(), key(3).public()],
+        2,
+        &[key(4).public()],
+        1,
+    )
+    .unwrap();
+    let list_bytes = list.sign(&[&key(1), &key(2), &key(3)]).unwrap();
+    write(&out, "key_list", "v1_roots2of2", &list_bytes);
+    let list2 = KeyList::new(
+        2,
+        0,
+        &[key(5).public()],
+        1,
+        &[key(6).public(), key(7).public()],
+        2,
+    )
+    .unwrap();
+    write(
+        &out,
+        "key_list",
+        "v2_self_signed",
+        &list2.sign(&[&key(5)]).unwrap(),
+    );
+
+    // Channel heads: one release, several releases with a key list, two signatures.
+    let r = |v: &str, n: u8| ReleaseRef {
+        version: v.into(),
+        manifest: ObjectRef {
+            hash: Digest([n; 32]),
+            size: 100 + u64::from(n),
+        },
+    };
+    let heads = [
+        ("single", vec![r("1", 1)], None, vec![key(1)]),
+        (
+            "three_releases_keylist",
+            vec![r("0.9", 1), r("1.0.0-rc.1", 2), r("1.0.0", 3)],
+            Some(key_list_ref(&list_bytes).unwrap()),
+            vec![key(4), key(1)],
+        ),
+    ];
+    for (name, releases, key_list, keys) in heads {
+        let head = ChannelHead {
+            channel: "beta-2.x_y".into(),
+            sequence: 42,
+            issued_at: 1_700_000_000,
+            expires_at: 1_700_086_400,
+            min_client_format: 1,
+            releases,
+            key_list,
+        };
+        let keys: Vec<&SecretKey> = keys.iter().collect();
+        let signed = head.sign(&keys).unwrap();
+        write(&out, "envelope_head", name, &signed);
+        write(
+            &out,
+            "head_body",
+            name,
+            &body(ObjectKind::ChannelHead, &signed),
+        );
+    }
+
+    // Manifests: empty tree, and files with real chunks, a directory and symlinks.
+    let mut empty = manifest("0.1", &[]);
+    empty.entries.clear();
+    let files = manifest("2.0.0-beta.1", &[("a", b"hello world"), ("b", &[7; 300])]);
+    for (name, m) in [("empty", empty), ("files", files)] {
+        let signed = m.sign(&[&key(1)]).unwrap();
+        write(&out, "envelope_manifest", name, &signed);
+        write(
+            &out,
+            "manifest_body",
+            name,
+            &body(ObjectKind::Manifest, &signed),
+        );
+    }
+
+    // Content-Range headers (valid and near misses).
+    for (i, h) in [
+        "bytes 0-0/1",
+        "bytes 10-19/100",
+        "bytes 0-1048575/*",
+        " bytes 5-5/6 ",
+        "bytes 9999999999999999998-9999999999999999998/9999999999999999999",
+        "bytes */100",
+    ]
+    .iter()
+    .enumerate()
+    {
+        write(&out, "content_range", &format!("h{i}"), h.as_bytes());
+    }
+
+    // Chunks: raw frames (mode 0: 3-byte size, then the frame) and intact chunks to damage
+    // (mode 1: pos lo, pos hi, xor, size delta, then the content).
+    let frame = |mode: u8, size: u32, frame: &[u8]| {
+        let mut v = vec![mode];
+        v.extend_from_slice(&size.to_le_bytes()[..3]);
+        v.extend_from_slice(frame);
+        v
+    };
+    write(
+        &out,
+        "chunk_decompress",
+        "raw_empty",
+        &frame(0, 0, &compress_chunk(b"", 3).unwrap()),
+    );
+    let text = b"ferry ferry ferry delta updates ".repeat(8);
+    let raw = frame(0, text.len() as u32, &compress_chunk(&text, 19).unwrap());
+    write(&out, "chunk_decompress", "raw_text", &raw);
+    let mut intact = vec![1, 0, 0, 0, 0];
+    intact.extend_from_slice(&text);
+    write(&out, "chunk_decompress", "intact_text", &intact);
+    write(
+        &out,
+        "chunk_decompress",
+        "damaged",
+        &[1, 7, 0, 0x40, 0, 1, 2, 3, 4, 5, 6, 7, 8],
+    );
+
+    // Paths, symlink targets, versions, channels and repository paths, newline-separated.
+    let d = Digest::of(b"x");
+    for (i, p) in [
+        "bin/app\n../lib/x\n1.0.0-rc.1".to_string(),
+        "a/b/c\n../../d\n1.0.0".to_string(),
+        "d/a\nx/../..\n0.10".to_string(),
+        format!("/{}\n{}\nstable", object_path(&d), head_path("stable")),
+        format!("/{}\n/keys/03\nbeta-2.x_y", key_list_path(3)),
+        "ünï/cödé\n..\n1.0.0-alpha.beta.11".to_string(),
+    ]
+    .iter()
+    .enumerate()
+    {
+        write(&out, "paths", &format!("p{i}"), p.as_bytes());
+    }
+
+    // plan_model takes structured input: any bytes decode, these give a few chunk tables.
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    for (i, len) in [16, 64, 256, 1024].into_iter().enumerate() {
+        let bytes: Vec<u8> = (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        write(&out, "plan_model", &format!("r{i}"), &bytes);
+    }
+}
