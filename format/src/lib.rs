@@ -33,6 +33,7 @@
 pub mod chunking;
 pub mod codec;
 pub mod content_range;
+pub mod delta;
 pub mod duration;
 pub mod envelope;
 pub mod error;
