@@ -104,6 +104,7 @@ fn big_manifest() -> Manifest {
         },
         chunks,
         entries,
+        diffs: vec![],
     }
 }
 

@@ -6,6 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::codec;
+use crate::delta::ManifestDiffRef;
 use crate::envelope::{Envelope, FORMAT_VERSION, ObjectKind};
 use crate::error::{FormatError, Result};
 use crate::id::ObjectRef;
@@ -32,6 +33,9 @@ pub struct ChannelHead {
     /// The key list whose publishing keys sign this head and its manifests; `None` in
     /// the single-key setup (implicit key list version 0).
     pub key_list: Option<KeyListRef>,
+    /// Diffs from earlier manifests to the current one (FORMAT.md §3.7), so an agent
+    /// on a recent release fetches a few KiB instead of the whole manifest.
+    pub manifest_diffs: Vec<ManifestDiffRef>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -80,6 +84,21 @@ impl ChannelHead {
         if self.key_list.is_some_and(|k| k.version == 0) {
             return Err(malformed(
                 "key list version 0 is implicit and never named".into(),
+            ));
+        }
+        if self.manifest_diffs.len() > crate::manifest::MAX_DIFFS {
+            return Err(malformed(format!(
+                "{} manifest diffs",
+                self.manifest_diffs.len()
+            )));
+        }
+        if self
+            .manifest_diffs
+            .windows(2)
+            .any(|w| w[0].base_manifest >= w[1].base_manifest)
+        {
+            return Err(malformed(
+                "manifest diffs not sorted by base or repeated".into(),
             ));
         }
         if self.min_client_format == 0 {

@@ -21,7 +21,7 @@
 //!     channel: "stable".into(), sequence: 1, issued_at: 100, expires_at: 200,
 //!     min_client_format: 1,
 //!     releases: vec![ReleaseRef { version: "1.0".into(), manifest: ObjectRef::of(b"m") }],
-//!     key_list: None,
+//!     key_list: None, manifest_diffs: vec![],
 //! };
 //! let bytes = head.sign(&[&key]).unwrap();
 //! let policy = HeadPolicy { channel: "stable", now: 150, max_skew: 0, last_sequence: None, key_list_version: 0 };

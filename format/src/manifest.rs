@@ -12,6 +12,7 @@ use std::collections::HashSet;
 
 use crate::chunking::{ChunkParams, max_stored_size};
 use crate::codec;
+use crate::delta::DiffRef;
 use crate::envelope::{Envelope, ObjectKind};
 use crate::error::{FormatError, Result};
 use crate::id::{ChunkId, Digest, ObjectRef};
@@ -26,6 +27,8 @@ pub const MAX_CHUNKS: usize = 4_000_000;
 /// Permission bits kept for files and directories. Set-id and sticky bits are dropped:
 /// an update channel should not be able to hand out setuid binaries.
 pub const MODE_MASK: u32 = 0o777;
+/// Most diff objects one manifest lists (one per base release).
+pub const MAX_DIFFS: usize = 16;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {
@@ -39,6 +42,8 @@ pub struct Manifest {
     pub chunks: Vec<ChunkRecord>,
     /// Sorted by path, byte order, no duplicates; parents before children.
     pub entries: Vec<Entry>,
+    /// Diff objects from earlier releases to this one, ascending by base version.
+    pub diffs: Vec<DiffRef>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -132,7 +137,29 @@ impl Manifest {
             });
         }
         self.validate_chunks()?;
-        self.validate_entries()
+        self.validate_entries()?;
+        self.validate_diffs()
+    }
+
+    fn validate_diffs(&self) -> Result<()> {
+        if self.diffs.len() > MAX_DIFFS {
+            return Err(malformed(format!(
+                "{} diffs, at most {MAX_DIFFS}",
+                self.diffs.len()
+            )));
+        }
+        let mut prev: Option<Version> = None;
+        for d in &self.diffs {
+            let v = Version::parse(&d.base_version)?;
+            if prev.as_ref().is_some_and(|p| *p >= v) || v >= Version::parse(&self.version)? {
+                return Err(malformed(format!(
+                    "diff bases not ascending or not older than {}",
+                    self.version
+                )));
+            }
+            prev = Some(v);
+        }
+        Ok(())
     }
 
     fn validate_chunks(&self) -> Result<()> {
@@ -286,6 +313,7 @@ mod tests {
                     },
                 },
             ],
+            diffs: vec![],
         }
     }
 

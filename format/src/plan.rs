@@ -109,6 +109,7 @@ mod tests {
             },
             chunks,
             entries: vec![],
+            diffs: vec![],
         }
     }
 

@@ -62,6 +62,7 @@ fn golden_head() {
             },
         ],
         key_list: None,
+        manifest_diffs: vec![],
     };
     check(
         "head_stable_seq7_seed01.hex",
@@ -115,6 +116,7 @@ fn golden_manifest() {
                 },
             },
         ],
+        diffs: vec![],
     };
     check(
         "manifest_stable_1.1.0_seed01.hex",

@@ -60,6 +60,7 @@ fn arb_head() -> impl Strategy<Value = ChannelHead> {
                     })
                     .collect(),
                 key_list: None,
+                manifest_diffs: vec![],
             },
         )
 }
@@ -126,6 +127,7 @@ fn arb_manifest() -> impl Strategy<Value = Manifest> {
                 },
                 chunks,
                 entries,
+                diffs: vec![],
             }
         })
 }

@@ -90,6 +90,7 @@ fn manifest(version: &str, files: &[(&str, &[u8])]) -> Manifest {
         },
         chunks,
         entries,
+        diffs: vec![],
     }
 }
 
@@ -170,6 +171,7 @@ fn main() {
             min_client_format: 1,
             releases,
             key_list,
+            manifest_diffs: vec![],
         };
         let keys: Vec<&SecretKey> = keys.iter().collect();
         let signed = head.sign(&keys).unwrap();

@@ -59,6 +59,7 @@ fuzz_target!(|input: Input| {
         },
         chunks,
         entries: Vec::new(),
+        diffs: Vec::new(),
     };
     let index: HashMap<Digest, usize> = m
         .chunks

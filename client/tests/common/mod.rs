@@ -124,6 +124,7 @@ impl Repo {
             archive: ObjectRef::of(&archive),
             chunks,
             entries,
+            diffs: vec![],
         };
         let archive_path = object_path(&manifest.archive.hash);
         self.put(&archive_path, &archive);
@@ -151,6 +152,7 @@ impl Repo {
             min_client_format: 1,
             releases,
             key_list: None,
+            manifest_diffs: vec![],
         };
         let bytes = head.sign(&[&self.key]).unwrap();
         self.put(&head_path("stable"), &bytes);

@@ -225,6 +225,7 @@ pub fn publish(opts: &PublishOptions<'_>) -> Result<PublishReport> {
         archive,
         chunks: std::mem::take(&mut table.records),
         entries,
+        diffs: vec![],
     };
     // The new head names the repository's newest key list, and everything is signed by
     // all given keys; refuse now if they do not meet that list's threshold.
@@ -265,6 +266,7 @@ pub fn publish(opts: &PublishOptions<'_>) -> Result<PublishReport> {
         min_client_format: FORMAT_VERSION,
         releases,
         key_list: key_list.map(|(r, _, _)| r),
+        manifest_diffs: vec![],
     };
     let head_bytes = head.sign(&signers)?;
     repo.write_head(&opts.channel, &head_bytes)?;
