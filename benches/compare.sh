@@ -67,9 +67,11 @@ NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
 echo "== building ferry (cargo build --workspace --bins)" >&2
 cargo build --workspace --bins --quiet
-BIN="$PWD/target/debug"
 
 WORK=$(mktemp -d /tmp/ferry-compare.XXXXXX); chmod 755 "$WORK"
+# A snapshot of the binaries just built: a rebuild of target/ during the run (another
+# cargo command in the same tree) must not change the ferry being measured halfway.
+BIN="$WORK/bin"; mkdir -p "$BIN"; cp target/debug/ferry target/debug/ferry-server "$BIN/"
 NGINX_PID=""
 cleanup() {
   if [ -n "$NGINX_PID" ]; then kill "$NGINX_PID" 2>/dev/null || true; wait "$NGINX_PID" 2>/dev/null || true; fi
@@ -130,7 +132,11 @@ T_ZSTD="zstd $( (zstd --version 2>/dev/null || echo '?') | grep -o 'v[0-9.]*' | 
 T_BITA="bita $( [ -n "$BITA" ] && "$BITA" --version 2>/dev/null | awk '{print $NF}' || echo '?')"
 T_CASYNC="casync $( (casync --version 2>/dev/null || echo '?') | head -1 | awk '{print $NF}') ($(pkgver casync))"
 T_NGINX="nginx $("$NGINX" -v 2>&1 | sed 's/.*nginx\///')"
-T_FERRY="ferry $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD -- format server client 2>/dev/null || echo '+changes')"
+# ferry is whatever the working tree holds: the commit, plus a hash of uncommitted changes
+T_FERRY="ferry $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
+if ! git diff --quiet HEAD -- . ':!benches' 2>/dev/null || [ -n "$(git ls-files --others --exclude-standard -- . ':!benches' 2>/dev/null)" ]; then
+  T_FERRY="$T_FERRY + uncommitted changes (diff $( { git diff HEAD -- . ':!benches'; git ls-files --others --exclude-standard -z -- . ':!benches' | xargs -0 -r cat; } | sha256sum | cut -c1-10))"
+fi
 
 # ---- nginx: one private instance serving $WORK/www for the whole run ----
 mkdir -p "$WORK/www" "$WORK/nginx"
@@ -181,6 +187,7 @@ peer_input() { # product version -> a single file (the release, or a determinist
 }
 
 # ---- peers ----
+why() { sed 's/\x1b\[[0-9;]*m//g' "$1" | grep -m1 -iE 'panicked|error|failed' || tail -1 "$1"; }
 peer_bsdiff() { # key old new
   local d="$WORK/bsdiff"; rm -rf "$d"; mkdir -p "$d"
   echo "   bsdiff" >&2
@@ -206,9 +213,13 @@ peer_bita() {
   echo "   bita" >&2
   "$BITA" compress --input "$2" "$d/old.cba" >/dev/null 2>"$o/log" || { note "bita $1: compress failed: $(tail -1 "$o/log")"; return 1; }
   timed "$o/t1" "$BITA" compress --input "$3" "$d/new.cba" >/dev/null 2>"$o/log" || { note "bita $1: compress failed: $(tail -1 "$o/log")"; return 1; }
-  local m; m=$(log_mark)
-  timed "$o/t2" "$BITA" clone --seed "$2" "$URL/bita/$slug/new.cba" "$o/out" >/dev/null 2>"$o/log" \
-    || { note "bita $1: clone failed: $(tail -1 "$o/log")"; return 1; }
+  local m try
+  for try in 1 2 3; do
+    rm -f "$o/out"; m=$(log_mark)
+    timed "$o/t2" "$BITA" clone --seed "$2" "$URL/bita/$slug/new.cba" "$o/out" >/dev/null 2>"$o/log" && break
+    note "bita $1: clone attempt $try failed: $(why "$o/log")"
+    [ $try = 3 ] && return 1
+  done
   local r; r=$(log_since "$m")
   cmp -s "$o/out" "$3" || { note "bita $1: clone differs from the new release"; return 1; }
   set -- "$1" $r
@@ -223,9 +234,13 @@ peer_casync() {
   timed "$o/t1" casync make --store="$d/store" --chunk-size=16K:64K:256K "$d/new.caibx" "$3" >/dev/null 2>"$o/log" \
     || { note "casync $1: make failed: $(tail -1 "$o/log")"; return 1; }
   chmod -R a+rX "$d"
-  local m; m=$(log_mark)
-  timed "$o/t2" casync extract --store="$URL/casync/$slug/store" --seed="$2" "$URL/casync/$slug/new.caibx" "$o/out" >/dev/null 2>"$o/log" \
-    || { note "casync $1: extract failed: $(tail -1 "$o/log")"; return 1; }
+  local m try
+  for try in 1 2 3; do
+    rm -f "$o/out"; m=$(log_mark)
+    timed "$o/t2" casync extract --store="$URL/casync/$slug/store" --seed="$2" "$URL/casync/$slug/new.caibx" "$o/out" >/dev/null 2>"$o/log" && break
+    note "casync $1: extract attempt $try failed: $(why "$o/log")"
+    [ $try = 3 ] && return 1
+  done
   local r; r=$(log_since "$m")
   cmp -s "$o/out" "$3" || { note "casync $1: extracted blob differs from the new release"; return 1; }
   set -- "$1" $r
@@ -240,19 +255,22 @@ ferry_pair() { # key slug product from to [via]
   local d="$WORK/www/ferry/$slug" o="$WORK/ferry-out/$slug"; rm -rf "$d" "$o"; mkdir -p "$d" "$o"
   echo "   ferry" >&2
   "$BIN/ferry-server" keygen --out "$o/keys" >/dev/null || { note "ferry $key: keygen failed"; return 1; }
-  pub() { "$BIN/ferry-server" publish --repo "$d/repo" --key "$o/keys/ferry.key" --channel stable --version "$1" "$(ferry_src "$prod" "$1")" >/dev/null \
-            || { note "ferry $key: publish $1 failed"; return 1; }; }
+  pub() { "$BIN/ferry-server" publish --repo "$d/repo" --key "$o/keys/ferry.key" --channel stable --version "$1" "$(ferry_src "$prod" "$1")" >/dev/null 2>"$o/publish.err" \
+            || { note "ferry $key: publish $1 failed: $(why "$o/publish.err")"; return 1; }; }
   pub "$from" || return 1
   chmod -R a+rX "$d"
   "$BIN/ferry" init --root "$o/root" --server "$URL/ferry/$slug/repo" --channel stable --public-key "$o/keys/ferry.pub" >/dev/null \
     || { note "ferry $key: init failed"; return 1; }
   "$BIN/ferry" update --root "$o/root" >/dev/null || { note "ferry $key: install of $from failed"; return 1; }
   if [ -n "$via" ]; then pub "$via" || return 1; fi
-  timed "$o/t1" "$BIN/ferry-server" publish --repo "$d/repo" --key "$o/keys/ferry.key" --channel stable --version "$to" "$(ferry_src "$prod" "$to")" >/dev/null \
-    || { note "ferry $key: publish $to failed"; return 1; }
+  timed "$o/t1" "$BIN/ferry-server" publish --repo "$d/repo" --key "$o/keys/ferry.key" --channel stable --version "$to" "$(ferry_src "$prod" "$to")" >/dev/null 2>"$o/publish.err" \
+    || { note "ferry $key: publish $to failed: $(why "$o/publish.err")"; return 1; }
   chmod -R a+rX "$d"
   local m; m=$(log_mark)
-  timed "$o/t2" "$BIN/ferry" update --root "$o/root" --json > "$o/update.json" || { note "ferry $key: update failed"; return 1; }
+  timed "$o/t2" "$BIN/ferry" update --root "$o/root" --json > "$o/update.json" 2>"$o/update.err" \
+    || { cat "$o/update.err" >&2; note "ferry $key: update failed: $(why "$o/update.err")"; return 1; }
+  sed 's/\x1b\[[0-9;]*m//g' "$o/update.err" | tee -a "$WORK/ferry-update.log" | sed 's/^/     /' >&2
+  sed 's/\x1b\[[0-9;]*m//g' "$o/update.err" | grep -E 'WARN|ERROR' | while read -r l; do note "ferry $key update: $l"; done
   local r; r=$(log_since "$m")
   local installed="$o/root/current" want="$REL/$prod/$to"
   if f=$(single "$prod" "$to"); then cmp -s "$installed/$(basename "$f")" "$f" || { note "ferry $key: installed file differs"; return 1; }

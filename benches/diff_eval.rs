@@ -104,6 +104,23 @@ fn measure(
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if let [_, mode, a, b, dir] = args.as_slice()
+        && mode == "--dump-raw"
+    {
+        // The raw streams, for trying external compressors on them.
+        let r = raw_streams(
+            &std::fs::read(a).expect("old"),
+            &std::fs::read(b).expect("new"),
+        );
+        for (name, data) in [
+            ("control", &r.control),
+            ("diff", &r.diff),
+            ("extra", &r.extra),
+        ] {
+            std::fs::write(format!("{dir}/{name}"), data).expect("write");
+        }
+        return;
+    }
     let (old, new) = match args.as_slice() {
         [_, a, b] => (
             std::fs::read(a).expect("old"),

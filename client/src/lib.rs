@@ -9,15 +9,17 @@
 //! - [`fetch`]: the [`fetch::Transport`] trait (HTTP via reqwest, or a `file://`
 //!   repository folder), counted requests and bytes, resumable archive ranges.
 //! - [`apply`]: the local chunk index over retained releases ([`apply::source`]),
-//!   building a release tree in staging ([`apply::build`]), checking a tree against
-//!   its manifest ([`apply::check`]).
+//!   applying a diff object to a retained release into a spool of verified chunks
+//!   ([`apply::diff`]), building a release tree in staging ([`apply::build`]),
+//!   checking a tree against its manifest ([`apply::check`]).
 //! - [`install`]: the root's layout, lock, config, state, history, the atomic
 //!   `current` switch, and the pure keep/rollback/pin rules ([`install::retain`]).
 //! - [`fsutil`]: atomic writes and fsync, the one place durable changes are made.
 //! - [`cli`]: one module per command; `cli::deliver` strings the steps together.
 //!
 //! Trust: every byte from the repository goes through `ferry_format::verified`
-//! (heads, manifests) or `decompress_chunk` (chunks) before it is used, and only
+//! (heads, manifests, also those rebuilt from a manifest diff) or is checked against
+//! a chunk id (archive chunks, chunks a diff produces) before it is used, and only
 //! `Verified<Manifest>` values reach the planner and the tree builder. A `kill -9` at
 //! any moment leaves `ROOT/current` on an intact release; the next run resumes.
 //!

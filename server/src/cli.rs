@@ -86,6 +86,12 @@ pub enum Command {
         #[arg(long, default_value_t = crate::publish::DEFAULT_ZSTD_LEVEL,
               value_parser = clap::value_parser!(i32).range(1..=22))]
         zstd_level: i32,
+        /// How many of the channel's latest releases get a binary diff (and a manifest
+        /// diff) to the new release, so agents on them download one small object;
+        /// 0 writes none.
+        #[arg(long, value_name = "K", default_value_t = crate::publish::diff::DEFAULT_DIFF_DEPTH,
+              value_parser = clap::value_parser!(u8).range(0..=16).map(usize::from))]
+        diff_depth: usize,
         /// Print one JSON object instead of the human summary.
         #[arg(long)]
         json: bool,
@@ -187,10 +193,11 @@ mod tests {
                 retain,
                 zstd_level,
                 json,
+                diff_depth,
                 ..
             } => {
                 assert_eq!(expires_in, Duration::from_secs(7200));
-                assert_eq!((retain, zstd_level, json), (3, 19, true));
+                assert_eq!((retain, zstd_level, json, diff_depth), (3, 19, true, 3));
             }
             other => panic!("{other:?}"),
         }

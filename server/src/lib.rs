@@ -7,8 +7,9 @@
 //! - [`publish`]: a file or directory becomes a signed release of a channel:
 //!   [`publish::walk`] lists the source, [`publish::table`] splits chunks into carried
 //!   (previous generation, bytes reused) and new (compressed in parallel),
-//!   [`publish::archive`] writes the archive object, then the manifest and, last, the
-//!   channel head are signed and written. [`publish::remote`] (`publish --to URL`)
+//!   [`publish::archive`] writes the archive object, [`publish::diff`] a binary diff
+//!   from each recent release, then the manifest and, last, the channel head (listing
+//!   manifest diffs) are signed and written. [`publish::remote`] (`publish --to URL`)
 //!   runs the same steps on a staging copy of a remote channel and uploads the result.
 //! - [`repo`]: the repository on disk (layout paths to files); [`fsutil`]: every write
 //!   is atomic (temp, fsync, rename, fsync dir) with modes 0644/0755.
@@ -31,6 +32,7 @@
 //!     retain: 10,
 //!     zstd_level: 19,
 //!     source: "build/out".into(),
+//!     diff_depth: ferry_server::publish::diff::DEFAULT_DIFF_DEPTH,
 //! })?;
 //! println!("{}", report.summary());
 //! # Ok::<(), ferry_server::error::Error>(())
@@ -81,6 +83,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             expires_in,
             retain,
             zstd_level,
+            diff_depth,
             json,
             path,
         } => {
@@ -100,6 +103,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 retain,
                 zstd_level,
                 source: path,
+                diff_depth,
             };
             let report = match to {
                 Some(url) => publish::remote::publish_to(

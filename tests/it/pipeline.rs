@@ -110,6 +110,43 @@ fn requests_since(all: &[LoggedRequest], before: usize) -> Vec<LoggedRequest> {
     all[before..].to_vec()
 }
 
+/// The repository path of an object named in `publish --json` output.
+pub fn object_url_path(hex: &str) -> String {
+    format!(
+        "/{}",
+        ferry_format::layout::object_path(&ferry_format::id::Digest::from_hex(hex).unwrap())
+    )
+}
+
+/// Asserts an update was exactly: head, a manifest diff (not the whole manifest), and
+/// one data object that is not the archive (so: a diff object), all by plain GET.
+pub fn assert_diff_update(reqs: &[LoggedRequest], head_path: &str, published: &serde_json::Value) {
+    let paths: Vec<&str> = reqs.iter().map(|r| r.path.as_str()).collect();
+    assert_eq!(
+        reqs.len(),
+        3,
+        "expected head, manifest diff, diff object; got {paths:?}"
+    );
+    assert_eq!(reqs[0].path, head_path);
+    let manifest = object_url_path(published["manifest"].as_str().unwrap());
+    let archive = object_url_path(published["archive"].as_str().unwrap());
+    assert!(
+        reqs[1].path.starts_with("/objects/") && reqs[1].path != manifest,
+        "{paths:?}"
+    );
+    assert!(
+        reqs[2].path.starts_with("/objects/") && reqs[2].path != archive,
+        "{paths:?}"
+    );
+    assert!(
+        reqs.iter().all(|r| r.status == 200 || r.status == 206),
+        "{reqs:?}"
+    );
+}
+
+/// Publish without diff objects, to exercise the archive path.
+pub const NO_DIFFS: &[&str] = &["--diff-depth", "0"];
+
 /// Asserts an update was exactly: head, manifest, one ranged archive request.
 pub fn assert_three_requests(reqs: &[LoggedRequest], head_path: &str) {
     let paths: Vec<&str> = reqs.iter().map(|r| r.path.as_str()).collect();
@@ -134,11 +171,11 @@ pub fn assert_three_requests(reqs: &[LoggedRequest], head_path: &str) {
 fn one_archive_range_for_next_and_for_two_releases_back() {
     let publisher = Publisher::new("stable");
     let sources = Sources::app(4);
-    publisher.publish(&v(1), &sources.release(1));
+    publisher.publish_with(&v(1), &sources.release(1), NO_DIFFS);
     let server = publisher.serve();
     let agent = Agent::init(&server.url, "stable", &publisher.public_key(), &[]);
     agent.update();
-    publisher.publish(&v(2), &sources.release(2));
+    publisher.publish_with(&v(2), &sources.release(2), NO_DIFFS);
 
     // N -> N+1
     let before = server.requests().len();
@@ -150,8 +187,8 @@ fn one_archive_range_for_next_and_for_two_releases_back() {
     assert_eq!(r["bytes_downloaded"].as_u64().unwrap(), logged);
 
     // N-2 -> N
-    publisher.publish(&v(3), &sources.release(3));
-    publisher.publish(&v(4), &sources.release(4));
+    publisher.publish_with(&v(3), &sources.release(3), NO_DIFFS);
+    publisher.publish_with(&v(4), &sources.release(4), NO_DIFFS);
     let before = server.requests().len();
     let r = agent.update();
     assert_eq!(r["to"], v(4));

@@ -8,6 +8,7 @@ use ferry_format::verified::verify_own_head;
 use ferry_tests::{Agent, Publisher};
 
 use super::fixtures::{Sources, tree_eq, v};
+use super::pipeline::NO_DIFFS;
 
 /// Release 1 installed, release 2 published but not yet installed.
 struct Scene {
@@ -21,11 +22,13 @@ struct Scene {
 fn scene() -> Scene {
     let publisher = Publisher::new("stable");
     let sources = Sources::app(2);
-    publisher.publish(&v(1), &sources.release(1));
+    // The archive path: attacks on the manifest and archive must reach the agent
+    // (diffs.rs attacks the diff objects).
+    publisher.publish_with(&v(1), &sources.release(1), NO_DIFFS);
     let server = publisher.serve();
     let agent = Agent::init(&server.url, "stable", &publisher.public_key(), &[]);
     agent.update();
-    let second = publisher.publish(&v(2), &sources.release(2));
+    let second = publisher.publish_with(&v(2), &sources.release(2), NO_DIFFS);
     Scene {
         publisher,
         sources,

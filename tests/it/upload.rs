@@ -205,8 +205,12 @@ fn publish_to_a_server_then_agents_install_and_update() {
         .filter(|r| r.method == "PUT")
         .map(|r| (r.path.clone(), r.status))
         .collect();
-    assert_eq!(puts.len(), 3, "manifest, archive, head: {puts:?}");
-    assert_eq!(puts[2], ("/channels/stable/head".to_string(), 201));
+    assert_eq!(
+        puts.len(),
+        5,
+        "manifest, archive, diff from 1.0.0, manifest diff, head: {puts:?}"
+    );
+    assert_eq!(puts[4], ("/channels/stable/head".to_string(), 201));
     assert!(puts.iter().all(|(_, s)| *s == 201), "{puts:?}");
 
     let r = agent.update();
@@ -492,10 +496,11 @@ fn cache_keeps_the_previous_release_so_only_the_head_is_fetched() {
         "only the damaged archive"
     );
 
-    // Without the cache both come from the server again.
+    // Without the cache they come from the server again: the manifest and archive of
+    // each of the three releases release 4 is diffed against.
     let before = remote.server.requests().len();
     remote.published(&v(4), &sources.release(4), &[]);
-    assert_eq!(remote.object_gets_since(before), 2);
+    assert_eq!(remote.object_gets_since(before), 6);
 
     let agent = remote.agent();
     assert_eq!(agent.update()["to"], v(4));

@@ -18,17 +18,20 @@ use ferry_format::plan::FetchRange;
 use ferry_format::verified::Verified;
 
 use super::ApplyError;
+use super::diff::DiffSpool;
 use super::source::LocalChunks;
 use crate::fetch::ranges::range_file;
 use crate::fsutil::{self, ctx};
 
-/// The downloaded archive ranges of one update, on disk, not yet trusted.
+/// What one update fetched: archive ranges on disk (not yet trusted) and, when the
+/// plan used a diff, the spool of chunks it produced (verified, re-checked on read).
 pub struct Downloaded {
     dir: PathBuf,
     archive: Digest,
     ranges: Vec<FetchRange>,
     offsets: Vec<u64>,
     open: RefCell<Option<(usize, File)>>,
+    spool: Option<DiffSpool>,
 }
 
 impl Downloaded {
@@ -39,7 +42,14 @@ impl Downloaded {
             ranges: ranges.to_vec(),
             offsets: manifest.chunk_offsets(),
             open: RefCell::new(None),
+            spool: None,
         }
+    }
+
+    /// Adds the chunks a diff produced; they are taken before archive ranges.
+    pub fn with_spool(mut self, spool: Option<DiffSpool>) -> Self {
+        self.spool = spool;
+        self
     }
 
     fn range_of(&self, chunk: usize) -> Option<usize> {
@@ -50,9 +60,15 @@ impl Downloaded {
             .map(|_| i)
     }
 
-    /// Reads, decompresses and checks chunk `chunk` of the manifest's table.
+    /// Reads and checks chunk `chunk` of the manifest's table: from the diff spool, or
+    /// decompressed from its archive range.
     pub fn chunk(&self, manifest: &Manifest, chunk: usize) -> Result<Vec<u8>, ApplyError> {
         let rec = manifest.chunks[chunk];
+        if let Some(spool) = &self.spool
+            && let Some(bytes) = spool.chunk(&rec.id, rec.size)?
+        {
+            return Ok(bytes);
+        }
         let ri = self
             .range_of(chunk)
             .ok_or_else(|| ApplyError::MissingChunk {
@@ -80,7 +96,8 @@ impl Downloaded {
         })
     }
 
-    /// Checks every chunk of every downloaded range before anything is built, deleting
+    /// Checks every chunk of every downloaded range before anything is built (spooled
+    /// chunks were checked as the diff produced them), deleting
     /// the range file of the first corrupt chunk.
     pub fn verify_all(&self, manifest: &Manifest) -> Result<(), ApplyError> {
         for r in &self.ranges {

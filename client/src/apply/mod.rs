@@ -1,6 +1,7 @@
 //! Turning a verified manifest into a release tree: [`source`] finds chunks already
-//! on disk in retained releases, [`build`] writes a new tree from local and downloaded
-//! chunks, [`check`] compares a tree on disk with its manifest.
+//! on disk in retained releases, [`diff`] applies a diff object to a retained release
+//! into a spool of new chunks, [`build`] writes a new tree from local, spooled and
+//! downloaded chunks, [`check`] compares a tree on disk with its manifest.
 //!
 //! Only `Verified<Manifest>` values enter here; every chunk's bytes are hashed against
 //! its id immediately before they are written, whether they come from a local release
@@ -8,6 +9,7 @@
 
 pub mod build;
 pub mod check;
+pub mod diff;
 pub mod source;
 
 use std::path::PathBuf;
@@ -41,6 +43,36 @@ pub enum ApplyError {
     /// A local chunk that verified at plan time no longer does.
     #[error("local copy of chunk {id} in {file} changed during the update; run it again")]
     LocalChanged { id: String, file: PathBuf },
+    /// A downloaded object does not have the size or blake3 its signed reference
+    /// gives; the file was deleted.
+    #[error("downloaded {file} refused and deleted")]
+    BadObject {
+        #[source]
+        source: FormatError,
+        file: PathBuf,
+    },
+    /// A diff object is malformed, was made against another base, or does not
+    /// describe the chunks the base lacks.
+    #[error("diff from {base}: {source}")]
+    BadDiff {
+        base: String,
+        #[source]
+        source: FormatError,
+    },
+    /// A chunk produced by a diff does not hash to its id: a bad diff object, or a
+    /// base file that changed during the update.
+    #[error("chunk {id} produced by the diff from {base} hashes to {actual}")]
+    DiffMismatch {
+        id: String,
+        base: String,
+        actual: String,
+    },
+    /// A file of the diff's base release is missing or no longer has its size.
+    #[error("base file {file} is missing or changed")]
+    BaseChanged { file: PathBuf },
+    /// A chunk verified when the diff produced it no longer does in the spool.
+    #[error("spooled chunk {id} in {file} changed during the update; run it again")]
+    SpoolChanged { id: String, file: PathBuf },
     /// A chunk is neither local nor in a downloaded range (a planning bug).
     #[error("chunk {id} is neither on disk nor downloaded")]
     MissingChunk { id: String },

@@ -140,7 +140,7 @@ impl LocalChunks {
 /// Maps a regular file of a retained release read-only; `None` if it is missing, not a
 /// regular file (a symlink is never followed) or empty.
 #[allow(unsafe_code)]
-fn map_file(path: &Path) -> Option<Mmap> {
+pub(crate) fn map_file(path: &Path) -> Option<Mmap> {
     let file = fsutil::open_nofollow(path).ok()?;
     let meta = file.metadata().ok()?;
     if !meta.is_file() || meta.len() == 0 {

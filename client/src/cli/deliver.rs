@@ -1,19 +1,24 @@
 //! The path a release takes from the repository to `ROOT/current`, shared by
-//! `update` and `rollback --to`: fetch and verify the head, fetch and verify the
-//! manifest, plan against local chunks, download ranges, build in staging, rename
-//! into `versions/`, switch `current`, record, clean up, prune.
+//! `update` and `rollback --to`: fetch and verify the head, fetch (or rebuild from a
+//! manifest diff) and verify the manifest, plan against local chunks, download a diff
+//! object or archive ranges, build in staging, rename into `versions/`, switch
+//! `current`, record, clean up, prune.
 //!
 //! Crash safety: until [`activate`] renames the new `current` link into place, the
 //! previous release stays active, and every intermediate product (range files, the
 //! staging tree, a tree already renamed into `versions/`) is either reused or
 //! deleted by the next run.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
+use ferry_format::delta::manifest_diff::apply_manifest_diff;
+use ferry_format::delta::{DiffRef, ManifestDiffRef};
 use ferry_format::envelope::{ObjectKind, TrustedKeys};
 use ferry_format::head::claimed_key_list;
 use ferry_format::head::{ChannelHead, ReleaseRef};
+use ferry_format::id::Digest;
 use ferry_format::keylist::{TrustRoot, check_ref};
 use ferry_format::layout::{head_path, key_list_path, object_path};
 use ferry_format::manifest::Manifest;
@@ -21,12 +26,15 @@ use ferry_format::plan::{DEFAULT_MAX_GAP, FetchRange, plan_archive};
 use ferry_format::verified::{HeadPolicy, Verified, verify_head, verify_manifest};
 use ferry_format::version::Version;
 
+use super::plan::{DiffChoice, archive_line, choose_diff, diff_line};
 use super::report::{self, Out};
 use super::root::Root;
 use crate::apply::build::{Downloaded, build_tree};
 use crate::apply::check::{Depth, check_tree};
+use crate::apply::diff::{DiffSpool, apply_to_spool, verify_object};
 use crate::apply::source::LocalChunks;
-use crate::fetch::{self, Counters, Transport};
+use crate::fetch::ranges::range_file;
+use crate::fetch::{self, Counters, FetchError, Transport};
 use crate::fsutil;
 use crate::install::activate::{current_version, switch_current};
 use crate::install::config::Config;
@@ -189,16 +197,98 @@ impl Remote {
         Ok((bytes, manifest))
     }
 
-    fn download(
+    /// The current release's manifest: rebuilt from a manifest diff against the
+    /// manifest of a retained release when the head offers one, otherwise (or when
+    /// that fails for any reason) fetched whole. Verified the same way either way.
+    pub fn fetch_current_manifest(
         &self,
-        manifest: &Manifest,
-        ranges: &[FetchRange],
-        dir: &std::path::Path,
-    ) -> Result<()> {
+        root: &Root,
+        head: &ChannelHead,
+        trusted: &TrustedKeys,
+    ) -> Result<(Vec<u8>, Verified<Manifest>)> {
+        let release = head.current();
+        let channel = &root.config.channel;
+        if let Some((base_version, base_bytes, diff)) = manifest_diff_base(root, head) {
+            match self.manifest_from_diff(diff, &base_bytes, release, channel, trusted) {
+                Ok(found) => {
+                    tracing::info!(
+                        "manifest of {} rebuilt from a diff against {base_version}'s",
+                        release.version
+                    );
+                    return Ok(found);
+                }
+                Err(e) => tracing::warn!(
+                    "manifest diff from {base_version} unusable, fetching the whole manifest: {e:#}"
+                ),
+            }
+        }
+        self.fetch_manifest(release, channel, trusted)
+    }
+
+    fn manifest_from_diff(
+        &self,
+        diff: &ManifestDiffRef,
+        base: &[u8],
+        release: &ReleaseRef,
+        channel: &str,
+        trusted: &TrustedKeys,
+    ) -> Result<(Vec<u8>, Verified<Manifest>)> {
+        let path = object_path(&diff.object.hash);
+        let bytes = self.get_all(&path, diff.object.size, "manifest diff")?;
+        diff.object.check("manifest diff", &bytes)?;
+        let manifest_bytes = apply_manifest_diff(base, &bytes, release.manifest.size)?;
+        let manifest =
+            verify_manifest(&manifest_bytes, release, channel, trusted).with_context(|| {
+                format!(
+                    "verifying manifest of {} rebuilt from {}",
+                    release.version,
+                    self.transport.url(&path)
+                )
+            })?;
+        Ok((manifest_bytes, manifest))
+    }
+
+    /// Downloads a whole diff object into `dir`, resumable like archive ranges.
+    /// `None` when the repository does not have it (the caller falls back to the
+    /// archive); a broken transfer is an error, and its `.part` file is resumed by the
+    /// next run rather than thrown away for a larger archive download.
+    fn download_diff(&self, diff: &DiffRef, dir: &Path) -> Result<Option<PathBuf>> {
+        let t = &*self.transport;
+        let whole = FetchRange {
+            start: 0,
+            end: diff.object.size,
+            first_chunk: 0,
+            last_chunk: 0,
+        };
+        let path = object_path(&diff.object.hash);
+        let fetched = self.rt.block_on(fetch::ranges::download(
+            t,
+            &diff.object.hash,
+            std::slice::from_ref(&whole),
+            dir,
+            "diff object",
+        ));
+        match fetched {
+            Ok(()) => Ok(Some(range_file(dir, &diff.object.hash, &whole))),
+            Err(e @ (FetchError::NotFound { .. } | FetchError::Status { status: 404, .. })) => {
+                tracing::warn!("{e}");
+                Ok(None)
+            }
+            Err(e) => Err(e).with_context(|| format!("downloading diff object {}", t.url(&path))),
+        }
+    }
+
+    fn download(&self, manifest: &Manifest, ranges: &[FetchRange], dir: &Path) -> Result<()> {
         let t = &*self.transport;
         let archive = manifest.archive.hash;
         self.rt
-            .block_on(fetch::ranges::download(t, &archive, ranges, dir))
+            .block_on(fetch::ranges::download(
+                t,
+                &archive,
+                ranges,
+                dir,
+                "archive range",
+            ))
             .with_context(|| {
                 format!(
                     "downloading archive {}",
@@ -206,6 +296,31 @@ impl Remote {
                 )
             })
     }
+}
+
+/// The retained release whose stored manifest the head's manifest diffs start from
+/// (the active release first, then the newest): its version, manifest bytes (checked
+/// against the hash recorded in state) and the diff.
+fn manifest_diff_base<'h>(
+    root: &Root,
+    head: &'h ChannelHead,
+) -> Option<(String, Vec<u8>, &'h ManifestDiffRef)> {
+    let mut records: Vec<_> = root.state.releases.iter().collect();
+    records.sort_by_key(|r| {
+        (
+            root.state.active.as_deref() == Some(r.version.as_str()),
+            Version::parse(&r.version).ok(),
+        )
+    });
+    records.into_iter().rev().find_map(|r| {
+        let hash = Digest::from_hex(&r.manifest_hash).ok()?;
+        let diff = head
+            .manifest_diffs
+            .iter()
+            .find(|d| d.base_manifest == hash)?;
+        let bytes = std::fs::read(root.layout.manifest(&r.version)).ok()?;
+        (Digest::of(&bytes) == hash).then(|| (r.version.clone(), bytes, diff))
+    })
 }
 
 /// What building a release cost.
@@ -242,25 +357,47 @@ pub fn install_release(
         });
     }
 
-    let mut local = LocalChunks::index(&root.local_releases(trusted));
+    let releases = root.local_releases(trusted);
+    let mut local = LocalChunks::index(&releases);
     local.verify_wanted(manifest);
-    let plan = plan_archive(manifest, |id| local.has(id), DEFAULT_MAX_GAP);
-    out.info(&format!(
-        "plan: {} -> {version}: reuse {} chunks ({}) from local releases, download {} chunks ({}) in {} request(s)",
-        from.unwrap_or("none"),
-        plan.reuse_chunks,
-        report::bytes(plan.reuse_bytes),
-        plan.fetch_chunks,
-        report::bytes(plan.download_bytes),
-        plan.ranges.len(),
-    ));
-
+    let archive_plan = plan_archive(manifest, |id| local.has(id), DEFAULT_MAX_GAP);
     let downloads = layout.downloads();
     fsutil::create_dir_all(&downloads)?;
-    if !plan.ranges.is_empty() {
-        remote.download(manifest, &plan.ranges, &downloads)?;
+
+    let mut ranges = archive_plan.ranges.clone();
+    let mut spool = None;
+    match choose_diff(manifest, &releases, &local, &archive_plan, from) {
+        Ok(choice) => {
+            out.info(&diff_line(from, &version, &archive_plan, &choice));
+            let applied = match remote.download_diff(choice.diff, &downloads)? {
+                Some(file) => apply_diff(root, manifest, &choice, &file),
+                None => Err(anyhow::anyhow!("the repository does not have it")),
+            };
+            match applied {
+                Ok(s) => {
+                    spool = Some(s);
+                    ranges = choice.rest.ranges;
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        "diff from {} not used, falling back to the archive: {e:#}",
+                        choice.base.version
+                    );
+                    out.info(&archive_line(from, &version, &archive_plan));
+                }
+            }
+        }
+        Err(notes) => {
+            for n in notes {
+                out.info(&format!("not using a diff: {n}"));
+            }
+            out.info(&archive_line(from, &version, &archive_plan));
+        }
     }
-    let downloaded = Downloaded::new(&downloads, manifest, &plan.ranges);
+    if !ranges.is_empty() {
+        remote.download(manifest, &ranges, &downloads)?;
+    }
+    let downloaded = Downloaded::new(&downloads, manifest, &ranges).with_spool(spool);
     downloaded
         .verify_all(manifest)
         .with_context(|| format!("checking downloaded chunks of {version}"))?;
@@ -284,8 +421,31 @@ pub fn install_release(
     )?;
     fsutil::fsync_dir(&layout.versions())?;
     Ok(BuildStats {
-        bytes_reused: plan.reuse_bytes,
+        bytes_reused: archive_plan.reuse_bytes,
     })
+}
+
+/// Checks the downloaded diff object against its signed reference, then applies it
+/// to its base into a spool in staging. On failure the diff file and the spool are
+/// gone, so neither this run's fallback nor a later run trusts them.
+fn apply_diff(
+    root: &Root,
+    manifest: &Manifest,
+    choice: &DiffChoice,
+    file: &Path,
+) -> Result<DiffSpool> {
+    let object = choice.diff.object;
+    verify_object(file, &object).context("checking the diff object")?;
+    let spool = root
+        .layout
+        .staging()
+        .join(format!("diff-{}.spool", object.hash.to_hex()));
+    fsutil::remove_tree(&spool)?;
+    apply_to_spool(file, object.size, choice.base, manifest, &spool)
+        .inspect_err(|_| {
+            let _ = std::fs::remove_file(file);
+        })
+        .with_context(|| format!("applying the diff from {}", choice.base.version))
 }
 
 /// Switches `current` to `version` and records it as installed and active.

@@ -4,6 +4,7 @@
 mod deliver;
 mod history;
 mod init;
+mod plan;
 mod report;
 mod rollback;
 mod root;

@@ -136,8 +136,7 @@ fn update(
         UpdateDecision::Install => {}
     }
 
-    let channel = root.config.channel.clone();
-    let (bytes, manifest) = remote.fetch_manifest(&release, &channel, &trusted)?;
+    let (bytes, manifest) = remote.fetch_current_manifest(root, &head, &trusted)?;
     let stats = deliver::install_release(
         root,
         remote,

@@ -1,4 +1,5 @@
-//! Resumable downloads of archive ranges into `ROOT/.ferry/staging/downloads/`.
+//! Resumable downloads of archive ranges (and of whole diff objects, which are the
+//! range `[0, size)` of their object) into `ROOT/.ferry/staging/downloads/`.
 //!
 //! Each planned range goes to `<archive hex>-<start>-<end>.part`, renamed to its final
 //! name once complete. A later run (after a crash or kill) reuses complete files and
@@ -22,18 +23,24 @@ pub fn range_file(dir: &Path, archive: &Digest, r: &FetchRange) -> PathBuf {
     dir.join(format!("{}-{}-{}", archive.to_hex(), r.start, r.end))
 }
 
-/// Downloads every range of `archive` not already complete in `dir`.
+/// Downloads every range of object `archive` not already complete in `dir`; `what`
+/// names the object in errors.
 pub async fn download(
     t: &dyn Transport,
     archive: &Digest,
     ranges: &[FetchRange],
     dir: &Path,
+    what: &'static str,
 ) -> Result<(), FetchError> {
     let path = ferry_format::layout::object_path(archive);
-    futures_util::stream::iter(ranges.iter().map(|r| fetch_one(t, &path, archive, r, dir)))
-        .buffer_unordered(PARALLEL)
-        .try_collect::<Vec<()>>()
-        .await?;
+    futures_util::stream::iter(
+        ranges
+            .iter()
+            .map(|r| fetch_one(t, &path, archive, r, dir, what)),
+    )
+    .buffer_unordered(PARALLEL)
+    .try_collect::<Vec<()>>()
+    .await?;
     Ok(())
 }
 
@@ -43,6 +50,7 @@ async fn fetch_one(
     archive: &Digest,
     r: &FetchRange,
     dir: &Path,
+    what: &'static str,
 ) -> Result<(), FetchError> {
     let io = |p: &Path| {
         let p = p.to_path_buf();
@@ -75,12 +83,7 @@ async fn fetch_one(
             tracing::info!("resuming {} at byte {have}", part.display());
         }
         let mut body = t
-            .get(
-                path,
-                Some((r.start + have, r.end)),
-                r.len() - have,
-                "archive range",
-            )
+            .get(path, Some((r.start + have, r.end)), r.len() - have, what)
             .await?;
         let mut f = tokio::fs::OpenOptions::new()
             .create(true)
@@ -134,14 +137,21 @@ mod tests {
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
-        rt.block_on(download(&tr, &archive, std::slice::from_ref(&r), &dl))
-            .unwrap();
+        rt.block_on(download(
+            &tr,
+            &archive,
+            std::slice::from_ref(&r),
+            &dl,
+            "archive range",
+        ))
+        .unwrap();
         assert_eq!(std::fs::read(&done).unwrap(), &archive_bytes[100..600]);
         let c = tr.counters();
         assert_eq!((c.requests(), c.bytes()), (1, 300), "only the missing tail");
         assert!(!std::path::Path::new(&part).exists());
 
-        rt.block_on(download(&tr, &archive, &[r], &dl)).unwrap();
+        rt.block_on(download(&tr, &archive, &[r], &dl, "archive range"))
+            .unwrap();
         assert_eq!(c.requests(), 1, "complete range reused without a request");
     }
 }

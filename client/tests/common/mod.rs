@@ -8,6 +8,9 @@ use std::path::{Path, PathBuf};
 use clap::Parser;
 use ferry_client::cli::Cli;
 use ferry_format::chunking::{ChunkParams, chunk_slice, compress_chunk};
+use ferry_format::delta::encode::{Sinks, compress_stream, encode};
+use ferry_format::delta::manifest_diff::encode_manifest_diff;
+use ferry_format::delta::{BSDIFF_ZSTD, DiffHeader, DiffRef, ManifestDiffRef, missing_chunks};
 use ferry_format::head::{ChannelHead, ReleaseRef};
 use ferry_format::id::{ChunkId, Digest, ObjectRef};
 use ferry_format::keys::SecretKey;
@@ -30,6 +33,19 @@ pub struct Repo {
     /// Chunk id -> generation it first appeared in.
     pub seen: HashMap<ChunkId, u64>,
     pub heads: Vec<Vec<u8>>,
+    /// Write a diff object and a manifest diff against the previous release.
+    pub diffs: bool,
+    /// The previous release: manifest, signed bytes, and its files concatenated in
+    /// manifest order (the diff base).
+    pub prev: Option<(Manifest, Vec<u8>, Vec<u8>)>,
+    /// Manifest diffs the next head lists.
+    pub manifest_diffs: Vec<ManifestDiffRef>,
+    /// Repository paths of the last release's diff object and manifest diff.
+    pub last_diff: Option<PathBuf>,
+    pub last_manifest_diff: Option<PathBuf>,
+    /// Encode the next diff with one output byte flipped: a well-formed object whose
+    /// hash matches the manifest but which produces a chunk that fails its id.
+    pub tamper_diff_output: bool,
 }
 
 impl Repo {
@@ -42,7 +58,78 @@ impl Repo {
             releases: Vec::new(),
             seen: HashMap::new(),
             heads: Vec::new(),
+            diffs: false,
+            prev: None,
+            manifest_diffs: Vec::new(),
+            last_diff: None,
+            last_manifest_diff: None,
+            tamper_diff_output: false,
         }
+    }
+
+    /// Like `ferry-server publish`: a bsdiff object from the previous release's files
+    /// to the chunks it lacks, listed in `manifest`.
+    fn write_diff(&mut self, manifest: &mut Manifest, data: &HashMap<ChunkId, Vec<u8>>) {
+        let Some((base, base_bytes, base_data)) = &self.prev else {
+            return;
+        };
+        let wanted = missing_chunks(manifest, base);
+        let mut target: Vec<u8> = wanted
+            .iter()
+            .flat_map(|&i| data[&manifest.chunks[i].id].iter().copied())
+            .collect();
+        if self.tamper_diff_output {
+            target[0] ^= 0xFF;
+        }
+        let sinks = Sinks {
+            control: Vec::new(),
+            diff: Vec::new(),
+            extra: Vec::new(),
+        };
+        let (c, d, e, _) = encode(base_data, &target, sinks).unwrap();
+        let z = |raw: Vec<u8>| {
+            let mut out = Vec::new();
+            compress_stream(&raw[..], raw.len() as u64, &mut out).unwrap();
+            out
+        };
+        let (c, d, e) = (z(c), z(d), z(e));
+        let header = DiffHeader {
+            algorithm: BSDIFF_ZSTD,
+            base_manifest: Digest::of(base_bytes),
+            base_size: base_data.len() as u64,
+            target_size: target.len() as u64,
+            target_chunks: wanted.len() as u64,
+            control_len: c.len() as u64,
+            diff_len: d.len() as u64,
+            extra_len: e.len() as u64,
+        };
+        let mut object = header.encode_prefix();
+        object.extend_from_slice(&c);
+        object.extend_from_slice(&d);
+        object.extend_from_slice(&e);
+        let path = object_path(&Digest::of(&object));
+        self.put(&path, &object);
+        self.last_diff = Some(self.dir.join(path));
+        manifest.diffs = vec![DiffRef {
+            base_version: base.version.clone(),
+            base_manifest: Digest::of(base_bytes),
+            object: ObjectRef::of(&object),
+        }];
+    }
+
+    /// A manifest diff from the previous release's manifest to `mbytes`, for the head.
+    fn write_manifest_diff(&mut self, mbytes: &[u8]) {
+        let Some((_, base_bytes, _)) = &self.prev else {
+            return;
+        };
+        let diff = encode_manifest_diff(base_bytes, mbytes, 19).unwrap();
+        let path = object_path(&Digest::of(&diff));
+        self.manifest_diffs = vec![ManifestDiffRef {
+            base_manifest: Digest::of(base_bytes),
+            object: ObjectRef::of(&diff),
+        }];
+        self.put(&path, &diff);
+        self.last_manifest_diff = Some(self.dir.join(path));
     }
 
     pub fn put(&self, rel: &str, bytes: &[u8]) {
@@ -116,7 +203,7 @@ impl Repo {
                 },
             })
             .collect();
-        let manifest = Manifest {
+        let mut manifest = Manifest {
             channel: "stable".into(),
             version: version.into(),
             generation: g,
@@ -128,8 +215,25 @@ impl Repo {
         };
         let archive_path = object_path(&manifest.archive.hash);
         self.put(&archive_path, &archive);
+        self.manifest_diffs.clear();
+        if self.diffs {
+            self.write_diff(&mut manifest, &data);
+        }
         let mbytes = manifest.sign(&[&self.key]).unwrap();
         self.put(&object_path(&Digest::of(&mbytes)), &mbytes);
+        if self.diffs {
+            self.write_manifest_diff(&mbytes);
+        }
+        let files: Vec<u8> = items
+            .iter()
+            .filter_map(|(_, item)| match item {
+                Item::File(_, content) => Some(content.as_slice()),
+                _ => None,
+            })
+            .flatten()
+            .copied()
+            .collect();
+        self.prev = Some((manifest, mbytes.clone(), files));
         self.releases.push(ReleaseRef {
             version: version.into(),
             manifest: ObjectRef::of(&mbytes),
@@ -152,7 +256,7 @@ impl Repo {
             min_client_format: 1,
             releases,
             key_list: None,
-            manifest_diffs: vec![],
+            manifest_diffs: self.manifest_diffs.clone(),
         };
         let bytes = head.sign(&[&self.key]).unwrap();
         self.put(&head_path("stable"), &bytes);

@@ -16,10 +16,28 @@ use crate::fsutil;
 use crate::repo::Repo;
 
 /// A writer that hashes and counts what passes through it.
-struct Hashing<W> {
-    inner: W,
-    hasher: blake3::Hasher,
-    len: u64,
+pub(crate) struct Hashing<W> {
+    pub(crate) inner: W,
+    pub(crate) hasher: blake3::Hasher,
+    pub(crate) len: u64,
+}
+
+impl<W> Hashing<W> {
+    pub(crate) fn new(inner: W) -> Self {
+        Hashing {
+            inner,
+            hasher: blake3::Hasher::new(),
+            len: 0,
+        }
+    }
+
+    /// The name and size of what was written.
+    pub(crate) fn object_ref(&self) -> ObjectRef {
+        ObjectRef {
+            hash: Digest::from(self.hasher.finalize()),
+            size: self.len,
+        }
+    }
 }
 
 impl<W: Write> Write for Hashing<W> {
@@ -38,11 +56,7 @@ impl<W: Write> Write for Hashing<W> {
 pub fn write_archive(repo: &Repo, prev: Option<&Manifest>, table: &mut Table) -> Result<ObjectRef> {
     let tmp = repo.object_temp()?;
     let tmp_path = tmp.path().to_path_buf();
-    let mut out = Hashing {
-        inner: BufWriter::with_capacity(1 << 20, tmp),
-        hasher: blake3::Hasher::new(),
-        len: 0,
-    };
+    let mut out = Hashing::new(BufWriter::with_capacity(1 << 20, tmp));
 
     if let (Some(prev), false) = (prev, table.carried.is_empty()) {
         let path = repo.object_file(&prev.archive.hash);
@@ -82,10 +96,7 @@ pub fn write_archive(repo: &Repo, prev: Option<&Manifest>, table: &mut Table) ->
     io::copy(spool, &mut out).map_err(io_err("copy from", &spool_path))?;
 
     out.flush().map_err(io_err("write", &tmp_path))?;
-    let r = ObjectRef {
-        hash: Digest::from(out.hasher.finalize()),
-        size: out.len,
-    };
+    let r = out.object_ref();
     let tmp = out
         .inner
         .into_inner()

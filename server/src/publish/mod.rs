@@ -6,7 +6,9 @@
 //!    publisher's key ([`previous`]); the new version must sort after the current one.
 //! 2. Walk the source ([`walk`]), chunk every file, split the chunks into carried and
 //!    new ([`table`]).
-//! 3. Write the archive ([`archive`]), then the signed manifest, as immutable objects.
+//! 3. Write the archive ([`archive`]), then a diff object from each of the last
+//!    `--diff-depth` releases ([`diff`]), then the signed manifest listing those diffs,
+//!    then a manifest diff from each of the same releases, as immutable objects.
 //! 4. Sign and atomically replace the channel head, last: a reader can never see a
 //!    head that names an object not yet written.
 //!
@@ -17,6 +19,7 @@
 //! staging repository mirrored from the server, then an upload in the same order.
 
 pub mod archive;
+pub mod diff;
 pub mod remote;
 pub mod table;
 pub mod walk;
@@ -29,7 +32,7 @@ use ferry_format::envelope::{FORMAT_VERSION, TrustedKeys};
 use ferry_format::head::{ChannelHead, ReleaseRef};
 use ferry_format::id::Digest;
 use ferry_format::keys::SecretKey;
-use ferry_format::manifest::{Entry, EntryKind, Manifest};
+use ferry_format::manifest::{Entry, EntryKind, MAX_DIFFS, Manifest};
 use ferry_format::verified::{verify_own_head, verify_pinned_manifest};
 use ferry_format::version::{Version, check_channel};
 use serde::Serialize;
@@ -61,6 +64,9 @@ pub struct PublishOptions<'a> {
     pub zstd_level: i32,
     /// A regular file or a directory.
     pub source: PathBuf,
+    /// How many of the channel's latest releases get a diff object to the new one
+    /// (0: none). At most [`ferry_format::manifest::MAX_DIFFS`].
+    pub diff_depth: usize,
 }
 
 /// What a publish did. Serialises to the `--json` output.
@@ -76,6 +82,12 @@ pub struct PublishReport {
     pub chunks_new: usize,
     pub chunks_carried: usize,
     pub bytes_total: u64,
+    /// Diff objects written, newest base first.
+    pub diffs: Vec<diff::DiffSummary>,
+    /// Manifest diffs the head lists.
+    pub manifest_diffs: usize,
+    #[serde(skip)]
+    pub manifest_diff_objects: Vec<ferry_format::id::ObjectRef>,
     #[serde(skip)]
     pub files: usize,
     #[serde(skip)]
@@ -133,6 +145,12 @@ pub fn publish(opts: &PublishOptions<'_>) -> Result<PublishReport> {
     let started = Instant::now();
     check_channel(&opts.channel)?;
     let version = Version::parse(&opts.version)?;
+    if opts.diff_depth > MAX_DIFFS {
+        return Err(Error::Unsupported {
+            path: opts.repo.clone(),
+            reason: format!("--diff-depth is at most {MAX_DIFFS}"),
+        });
+    }
     if opts.retain == 0 {
         return Err(Error::Unsupported {
             path: opts.repo.clone(),
@@ -217,7 +235,7 @@ pub fn publish(opts: &PublishOptions<'_>) -> Result<PublishReport> {
             },
         })
         .collect();
-    let manifest = Manifest {
+    let mut manifest = Manifest {
         channel: opts.channel.clone(),
         version: opts.version.clone(),
         generation,
@@ -236,8 +254,18 @@ pub fn publish(opts: &PublishOptions<'_>) -> Result<PublishReport> {
         None => TrustedKeys::single(opts.key.public()),
     };
     crate::trust::check_signers(&trust, &signers, "publish --key")?;
+    // Diffs need the chunk table (final now) and go into the signed manifest.
+    let bases = match &prev {
+        Some(p) if opts.diff_depth > 0 => diff::load_bases(&repo, &p.head, opts.diff_depth),
+        _ => Vec::new(),
+    };
+    let (diff_refs, diffs) = diff::write_diffs(&repo, &manifest, &bases)?;
+    manifest.diffs = diff_refs;
     let manifest_bytes = manifest.sign(&signers)?;
     let manifest_ref = repo.write_object(&manifest_bytes)?;
+    let manifest_diffs = diff::write_manifest_diffs(&repo, &manifest_bytes, &bases)?;
+    drop(bases);
+    let manifest_diff_objects: Vec<_> = manifest_diffs.iter().map(|d| d.object).collect();
 
     // Step 4: the head, last.
     let now = SystemTime::now()
@@ -266,7 +294,7 @@ pub fn publish(opts: &PublishOptions<'_>) -> Result<PublishReport> {
         min_client_format: FORMAT_VERSION,
         releases,
         key_list: key_list.map(|(r, _, _)| r),
-        manifest_diffs: vec![],
+        manifest_diffs,
     };
     let head_bytes = head.sign(&signers)?;
     repo.write_head(&opts.channel, &head_bytes)?;
@@ -283,6 +311,9 @@ pub fn publish(opts: &PublishOptions<'_>) -> Result<PublishReport> {
         chunks_new: manifest.chunks.len() - chunks_carried,
         chunks_carried,
         bytes_total: manifest.total_file_bytes(),
+        diffs,
+        manifest_diffs: manifest_diff_objects.len(),
+        manifest_diff_objects,
         files,
         generation,
         elapsed: started.elapsed(),
@@ -308,12 +339,23 @@ enum Pending {
 impl PublishReport {
     /// The human summary printed without `--json`.
     pub fn summary(&self) -> String {
+        let diffs = if self.diffs.is_empty() {
+            "none".to_string()
+        } else {
+            self.diffs
+                .iter()
+                .map(|d| format!("from {} ({} bytes, {:.2}s)", d.base, d.size, d.seconds))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
         format!(
             "published {channel} {version} (sequence {seq}, generation {generation})\n\
              files:    {files}, {bytes} bytes\n\
              chunks:   {new} new, {carried} carried\n\
              archive:  {archive} ({archive_size} bytes)\n\
              manifest: {manifest} ({manifest_size} bytes)\n\
+             diffs:    {diffs}\n\
+             manifest diffs: {manifest_diffs}\n\
              time:     {secs:.2}s\n",
             channel = self.channel,
             version = self.version,
@@ -327,6 +369,7 @@ impl PublishReport {
             archive_size = self.archive_size,
             manifest = self.manifest,
             manifest_size = self.manifest_size,
+            manifest_diffs = self.manifest_diffs,
             secs = self.elapsed.as_secs_f64(),
         )
     }

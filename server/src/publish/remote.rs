@@ -6,13 +6,16 @@
 //!
 //! 1. **Mirror** the channel from the server into a temporary staging repository: the
 //!    key lists, the head (verified with the publisher's key, as a local publish
-//!    does), the current manifest and the current archive. These come over plain
-//!    `GET`s of the layout paths clients use, or from the `--cache` folder; every
-//!    object is checked against its name (blake3 and size) whichever way it came.
+//!    does), the current manifest and the current archive, and the manifests and
+//!    archives of the releases before it that `--diff-depth` makes diffs from. These
+//!    come over plain `GET`s of the layout paths clients use, or from the `--cache`
+//!    folder; every object is checked against its name (blake3 and size) whichever way
+//!    it came. An older release that cannot be mirrored only costs its diff.
 //! 2. **Publish** locally into the staging repository ([`super::publish`]): carried
 //!    chunks are copied out of the mirrored archive, new ones compressed.
-//! 3. **Upload** in the repository's write order: the manifest and the archive
-//!    (streamed from disk, skipped when the server already has it), last the head, with
+//! 3. **Upload** in the repository's write order: the manifest, the archive, the diff
+//!    objects and the manifest diffs (streamed from disk, each skipped when the server
+//!    already has it), last the head, with
 //!    `X-Ferry-Previous-Sequence` set to the sequence mirrored in step 1. The server
 //!    swaps heads only if the channel is still there, so a publisher racing another
 //!    gets `409 Conflict` instead of silently dropping the other's release.
@@ -27,9 +30,10 @@ use std::time::{Duration, Instant};
 
 use ferry_format::FormatError;
 use ferry_format::envelope::ObjectKind;
+use ferry_format::head::ReleaseRef;
 use ferry_format::id::{Digest, ObjectRef};
 use ferry_format::layout::{head_path, key_list_path, object_path};
-use ferry_format::verified::verify_own_head;
+use ferry_format::verified::{verify_own_head, verify_pinned_manifest};
 use ferry_format::version::check_channel;
 use reqwest::StatusCode;
 use reqwest::header::{AUTHORIZATION, CONTENT_LENGTH};
@@ -150,6 +154,7 @@ pub fn publish_to(remote: &RemoteOptions, opts: &PublishOptions<'_>) -> Result<P
         retain: opts.retain,
         zstd_level: opts.zstd_level,
         source: opts.source.clone(),
+        diff_depth: opts.diff_depth,
     })?;
     let archive = ObjectRef {
         hash: Digest::from_hex(&report.archive)?,
@@ -164,6 +169,12 @@ pub fn publish_to(remote: &RemoteOptions, opts: &PublishOptions<'_>) -> Result<P
         // before megabytes of archive are sent to a server that will not read them.
         server.put_object(&staging, &manifest, "manifest").await?;
         server.put_object(&staging, &archive, "archive").await?;
+        for d in &report.diffs {
+            server.put_object(&staging, &d.object, "diff").await?;
+        }
+        for r in &report.manifest_diff_objects {
+            server.put_object(&staging, r, "manifest diff").await?;
+        }
         let head = fsutil::read_small(
             &staging.head_file(&opts.channel),
             ObjectKind::ChannelHead.max_size(),
@@ -272,7 +283,31 @@ impl Server {
             .ok_or_else(|| staging.broken("the mirrored head vanished".into()))?;
         self.materialise(staging, cache, &prev.manifest.archive, "archive")
             .await?;
+        // The releases before the current one that diffs are made from. Best effort:
+        // publish leaves out a base it cannot read, with a warning.
+        let depth = opts.diff_depth.min(head.releases.len());
+        for r in head.releases.iter().rev().take(depth).skip(1) {
+            if let Err(e) = self.mirror_release(staging, cache, r, channel).await {
+                tracing::warn!(base = r.version, "cannot mirror this diff base: {e:#}");
+            }
+        }
         Ok(head.sequence)
+    }
+
+    /// Mirrors the manifest of release `r` (pinned by the verified head) and its archive.
+    async fn mirror_release(
+        &self,
+        staging: &Repo,
+        cache: Option<&Repo>,
+        r: &ReleaseRef,
+        channel: &str,
+    ) -> Result<()> {
+        self.materialise(staging, cache, &r.manifest, "manifest")
+            .await?;
+        let bytes = staging.read_object(&r.manifest, "manifest")?;
+        let manifest = verify_pinned_manifest(&bytes, r, channel)?;
+        self.materialise(staging, cache, &manifest.archive, "archive")
+            .await
     }
 
     /// Puts object `r` into `staging`: from the cache when it holds an intact copy,

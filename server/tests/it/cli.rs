@@ -67,15 +67,53 @@ fn keygen_publish_ls_serve() {
         "chunks_new",
         "chunks_carried",
         "bytes_total",
+        "diffs",
+        "manifest_diffs",
     ] {
         assert!(json.get(k).is_some(), "{k} missing from {json}");
     }
     assert_eq!(json["sequence"], 1);
     assert_eq!(json["version"], "1.0.0");
+    assert_eq!(json["diffs"], serde_json::json!([]));
+    assert_eq!(json["manifest_diffs"], 0);
     let failed = publish("0.9").output().unwrap();
     assert_eq!(failed.status.code(), Some(1));
     let err = String::from_utf8_lossy(&failed.stderr);
     assert!(err.contains("not greater"), "{err}");
+
+    // A changed release gets a diff from 1.0.0, reported with its size and time.
+    let mut app = std::fs::read(src.join("bin/app")).unwrap();
+    app.splice(1000..1000, noise(42, 3000));
+    std::fs::write(src.join("bin/app"), &app).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&run_ok(&mut publish("1.1.0"))).unwrap();
+    let diffs = json["diffs"].as_array().unwrap();
+    assert_eq!(diffs.len(), 1, "{json}");
+    assert_eq!(diffs[0]["base"], "1.0.0");
+    assert!(diffs[0]["size"].as_u64().unwrap() > 0, "{json}");
+    assert!(diffs[0]["seconds"].as_f64().is_some(), "{json}");
+    assert_eq!(json["manifest_diffs"], 1);
+    let human = run_ok(
+        bin()
+            .args(["publish", "--repo"])
+            .arg(&repo)
+            .arg("--key")
+            .arg(keys.join("ferry.key"))
+            .args([
+                "--channel",
+                "stable",
+                "--version",
+                "1.2.0",
+                "--zstd-level",
+                "3",
+                "--diff-depth",
+                "0",
+            ])
+            .arg(&src),
+    );
+    assert!(
+        human.contains("diffs:    none") && human.contains("manifest diffs: 0"),
+        "{human}"
+    );
 
     let listing = run_ok(
         bin()

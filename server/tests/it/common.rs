@@ -44,6 +44,16 @@ pub fn publish_at(repo: &Path, source: &Path, channel: &str, version: &str) -> P
     try_publish(repo, source, channel, version, &key(), 10).unwrap()
 }
 
+pub fn publish_depth(
+    repo: &Path,
+    source: &Path,
+    channel: &str,
+    version: &str,
+    diff_depth: usize,
+) -> PublishReport {
+    try_publish_depth(repo, source, channel, version, &key(), 10, diff_depth).unwrap()
+}
+
 pub fn try_publish(
     repo: &Path,
     source: &Path,
@@ -51,6 +61,18 @@ pub fn try_publish(
     version: &str,
     key: &SecretKey,
     retain: usize,
+) -> ferry_server::error::Result<PublishReport> {
+    try_publish_depth(repo, source, channel, version, key, retain, 3)
+}
+
+pub fn try_publish_depth(
+    repo: &Path,
+    source: &Path,
+    channel: &str,
+    version: &str,
+    key: &SecretKey,
+    retain: usize,
+    diff_depth: usize,
 ) -> ferry_server::error::Result<PublishReport> {
     publish(&PublishOptions {
         repo: repo.to_path_buf(),
@@ -62,6 +84,7 @@ pub fn try_publish(
         retain,
         zstd_level: 3,
         source: source.to_path_buf(),
+        diff_depth,
     })
 }
 

@@ -76,8 +76,15 @@ fn two_releases_chain_generations() {
 
     // Every object is named by the blake3 of its bytes, under its fan-out directory;
     // no temp file is left; modes are 0644/0755.
+    // Release 2 also gets a diff object and a manifest diff from release 1.
+    assert_eq!((r1.diffs.len(), r1.manifest_diffs), (0, 0));
+    assert_eq!((r2.diffs.len(), r2.manifest_diffs), (1, 1), "{r2:?}");
     let objects = files_under(&repo.join("objects"));
-    assert_eq!(objects.len(), 4, "two archives, two manifests: {objects:?}");
+    assert_eq!(
+        objects.len(),
+        6,
+        "two archives, two manifests, a diff, a manifest diff: {objects:?}"
+    );
     for p in &objects {
         let name = p.file_name().unwrap().to_str().unwrap();
         assert_eq!(Digest::of(&fs::read(p).unwrap()).to_hex(), name);

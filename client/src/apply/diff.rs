@@ -1,0 +1,269 @@
+//! Applying a diff object (FORMAT.md §3.6) to a retained release, producing the chunks
+//! of the new release that the base lacks into a spool file in staging.
+//!
+//! The diff's three streams are read from the downloaded object through three
+//! independent file handles, the base through memory maps of the base release's
+//! installed files, and the output is written sequentially: memory stays at a few
+//! buffers whatever the release size. Every produced chunk is hashed as its last byte
+//! arrives and compared with its id, so a bad diff (or a base file edited during the
+//! update) is refused naming the chunk; [`DiffSpool::chunk`] hashes it again when the
+//! tree builder copies it out.
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use ferry_format::FormatError;
+use ferry_format::delta::apply::{ConcatBase, apply};
+use ferry_format::delta::{DiffHeader, base_files, missing_chunks};
+use ferry_format::id::{ChunkId, Digest, ObjectRef};
+use ferry_format::manifest::Manifest;
+
+use super::ApplyError;
+use super::check::hash_file;
+use super::source::{LocalRelease, map_file};
+use crate::fsutil::{self, FsError, ctx};
+
+/// Bytes before the streams at most: magic, format, header length, a ≤ 4 KiB header.
+const PREFIX_MAX: u64 = 10 + 4096;
+
+/// Chunks a diff produced, verified, laid end to end in one staging file.
+pub struct DiffSpool {
+    path: PathBuf,
+    file: File,
+    /// Chunk id -> offset in the spool (sizes come from the chunk table).
+    offsets: HashMap<ChunkId, u64>,
+}
+
+impl DiffSpool {
+    /// Whether the spool holds `id`.
+    pub fn has(&self, id: &ChunkId) -> bool {
+        self.offsets.contains_key(id)
+    }
+
+    /// Number of chunks in the spool.
+    pub fn len(&self) -> usize {
+        self.offsets.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.offsets.is_empty()
+    }
+
+    /// Reads chunk `id` of `size` bytes back and checks it against its id once more
+    /// (the spool is a file on disk between apply and build). `None` if not spooled.
+    pub fn chunk(&self, id: &ChunkId, size: u32) -> Result<Option<Vec<u8>>, ApplyError> {
+        let Some(&offset) = self.offsets.get(id) else {
+            return Ok(None);
+        };
+        let mut bytes = vec![0u8; size as usize];
+        ctx(
+            "reading",
+            &self.path,
+            self.file.read_exact_at(&mut bytes, offset),
+        )?;
+        if ChunkId::of(&bytes) != *id {
+            return Err(ApplyError::SpoolChanged {
+                id: id.to_hex(),
+                file: self.path.clone(),
+            });
+        }
+        Ok(Some(bytes))
+    }
+}
+
+/// Checks a downloaded object's size and blake3 against its signed reference; on a
+/// mismatch the file is deleted so no later run reuses it.
+pub fn verify_object(path: &Path, expected: &ObjectRef) -> Result<(), ApplyError> {
+    let size = ctx("inspecting", path, fs::symlink_metadata(path))?.len();
+    let mismatch = if size != expected.size {
+        Some(FormatError::SizeMismatch {
+            kind: "diff object",
+            expected: expected.size,
+            actual: size,
+        })
+    } else {
+        let actual = ctx("hashing", path, hash_file(path))?;
+        (actual != expected.hash).then(|| FormatError::HashMismatch {
+            kind: "diff object",
+            expected: expected.hash.to_hex(),
+            actual: actual.to_hex(),
+        })
+    };
+    match mismatch {
+        None => Ok(()),
+        Some(source) => {
+            let _ = fs::remove_file(path);
+            Err(ApplyError::BadObject {
+                source,
+                file: path.to_path_buf(),
+            })
+        }
+    }
+}
+
+/// Applies the verified diff object at `object` (of `object_size` bytes) to the
+/// installed tree of `base`, writing the chunks `target` lacks in `base` (in
+/// `target`'s table order) to a new file `spool`. On any error the spool is deleted.
+pub fn apply_to_spool(
+    object: &Path,
+    object_size: u64,
+    base: &LocalRelease,
+    target: &Manifest,
+    spool: &Path,
+) -> Result<DiffSpool, ApplyError> {
+    let result = apply_inner(object, object_size, base, target, spool);
+    if result.is_err() {
+        let _ = fs::remove_file(spool);
+    }
+    result
+}
+
+fn apply_inner(
+    object: &Path,
+    object_size: u64,
+    base: &LocalRelease,
+    target: &Manifest,
+    spool: &Path,
+) -> Result<DiffSpool, ApplyError> {
+    let bad = |source: FormatError| ApplyError::BadDiff {
+        base: base.version.clone(),
+        source,
+    };
+    let malformed = |reason: String| {
+        bad(FormatError::Malformed {
+            kind: "diff object",
+            reason,
+        })
+    };
+
+    // Header: read everything it claims before acting on any of it.
+    let mut prefix = vec![0u8; object_size.min(PREFIX_MAX) as usize];
+    let mut f = ctx("opening", object, fsutil::open_nofollow(object))?;
+    ctx("reading", object, f.read_exact(&mut prefix))?;
+    drop(f);
+    let (header, start) = DiffHeader::decode_prefix(&prefix, object_size).map_err(bad)?;
+    if header.base_manifest != base.manifest.object_hash() {
+        return Err(malformed(format!(
+            "made against manifest {}, not {}'s",
+            header.base_manifest, base.version
+        )));
+    }
+    let expected = missing_chunks(target, &base.manifest);
+    let expected_size: u64 = expected
+        .iter()
+        .map(|&i| u64::from(target.chunks[i].size))
+        .sum();
+    if header.target_chunks != expected.len() as u64 || header.target_size != expected_size {
+        return Err(malformed(format!(
+            "produces {} chunks ({} bytes), {} lacks {} chunks ({expected_size} bytes)",
+            header.target_chunks,
+            header.target_size,
+            base.version,
+            expected.len()
+        )));
+    }
+
+    // Base: the base release's regular files in manifest order, mapped read-only.
+    let mut maps = Vec::new();
+    for (rel, size) in base_files(&base.manifest) {
+        if size == 0 {
+            maps.push(None);
+            continue;
+        }
+        let path = base.tree.join(rel);
+        match map_file(&path) {
+            Some(m) if m.len() as u64 == size => maps.push(Some(m)),
+            _ => return Err(ApplyError::BaseChanged { file: path }),
+        }
+    }
+    let parts: Vec<&[u8]> = maps.iter().map(|m| m.as_deref().unwrap_or(&[])).collect();
+    let concat = ConcatBase::new(parts);
+
+    // Streams: byte ranges of the object, each through its own handle.
+    let stream = |offset: u64, len: u64| -> Result<std::io::Take<File>, ApplyError> {
+        let mut f = ctx("opening", object, fsutil::open_nofollow(object))?;
+        ctx("seeking", object, f.seek(SeekFrom::Start(offset)))?;
+        Ok(f.take(len))
+    };
+    let control = stream(start, header.control_len)?;
+    let diff = stream(start + header.control_len, header.diff_len)?;
+    let extra = stream(
+        start + header.control_len + header.diff_len,
+        header.extra_len,
+    )?;
+
+    // Output: split into the expected chunks, each verified as it completes.
+    let file = fsutil::create_new_file(spool)?;
+    let mut w = BufWriter::with_capacity(1 << 20, &file);
+    let mut offsets = HashMap::with_capacity(expected.len());
+    let mut next = 0usize;
+    let mut filled = 0u64;
+    let mut written = 0u64;
+    let mut hasher = blake3::Hasher::new();
+    // The sink's errors cannot travel through the format crate's error type; keep
+    // ours here and hand apply a marker that stops it.
+    let mut failure: Option<ApplyError> = None;
+    let stop = || FormatError::Malformed {
+        kind: "diff output",
+        reason: "stopped".into(),
+    };
+    let mut sink = |mut bytes: &[u8]| -> ferry_format::Result<()> {
+        while !bytes.is_empty() {
+            // apply() never produces more than target_size, the sum of these chunks.
+            let Some(rec) = expected.get(next).map(|&i| target.chunks[i]) else {
+                failure = Some(malformed("output beyond the expected chunks".into()));
+                return Err(stop());
+            };
+            let n = (u64::from(rec.size) - filled).min(bytes.len() as u64) as usize;
+            hasher.update(&bytes[..n]);
+            if let Err(e) = w.write_all(&bytes[..n]) {
+                failure = Some(ApplyError::Fs(FsError {
+                    op: "writing",
+                    path: spool.to_path_buf(),
+                    source: e,
+                }));
+                return Err(stop());
+            }
+            bytes = &bytes[n..];
+            filled += n as u64;
+            if filled == u64::from(rec.size) {
+                let got = Digest::from(hasher.finalize());
+                if got != rec.id {
+                    failure = Some(ApplyError::DiffMismatch {
+                        id: rec.id.to_hex(),
+                        base: base.version.clone(),
+                        actual: got.to_hex(),
+                    });
+                    return Err(stop());
+                }
+                offsets.insert(rec.id, written);
+                written += filled;
+                hasher.reset();
+                filled = 0;
+                next += 1;
+            }
+        }
+        Ok(())
+    };
+    let applied = apply(&header, &concat, control, diff, extra, &mut sink);
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    let produced = applied.map_err(bad)?;
+    if produced != expected_size || next != expected.len() {
+        return Err(malformed(format!(
+            "produced {produced} of {expected_size} bytes"
+        )));
+    }
+    ctx("writing", spool, w.flush())?;
+    drop(w);
+    drop(file);
+    Ok(DiffSpool {
+        path: spool.to_path_buf(),
+        file: ctx("opening", spool, fsutil::open_nofollow(spool))?,
+        offsets,
+    })
+}

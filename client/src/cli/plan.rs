@@ -1,0 +1,133 @@
+//! Choosing how to get the chunks an update lacks: copies from local releases always,
+//! then for the rest either a diff object from a retained release held intact or
+//! ranges of the archive's tail, whichever downloads fewer bytes. Also the plan lines
+//! printed before anything is fetched.
+//!
+//! A diff from base B produces exactly the chunks B lacks (`missing_chunks`). It is a
+//! candidate only when B is retained here and its installed files still hash to B's
+//! manifest, since the diff reads B's bytes; a base edited locally, or too old for the
+//! publisher to have diffed against, leaves the archive tail, never a full download
+//! unless nothing is local.
+
+use std::collections::HashSet;
+
+use ferry_format::delta::{DiffRef, missing_chunks};
+use ferry_format::id::ChunkId;
+use ferry_format::manifest::{EntryKind, Manifest};
+use ferry_format::plan::{ArchivePlan, DEFAULT_MAX_GAP, plan_archive};
+
+use super::report;
+use crate::apply::check::hash_file;
+use crate::apply::source::{LocalChunks, LocalRelease};
+
+/// A diff chosen for an update.
+pub struct DiffChoice<'a> {
+    pub diff: &'a DiffRef,
+    pub base: &'a LocalRelease,
+    /// Archive ranges for whatever neither local releases nor the diff provide (empty
+    /// with a consistent publisher).
+    pub rest: ArchivePlan,
+}
+
+/// Picks the cheapest usable diff for the chunks `archive` would download, or `None`
+/// with the reasons no diff is used (one line each, for the log).
+pub fn choose_diff<'a>(
+    manifest: &'a Manifest,
+    releases: &'a [LocalRelease],
+    local: &LocalChunks,
+    archive: &ArchivePlan,
+    from: Option<&str>,
+) -> Result<DiffChoice<'a>, Vec<String>> {
+    if archive.fetch_chunks == 0 {
+        return Err(Vec::new());
+    }
+    let mut notes = Vec::new();
+    let mut candidates = Vec::new();
+    for base in releases {
+        let hash = base.manifest.object_hash();
+        let Some(diff) = manifest.diffs.iter().find(|d| d.base_manifest == hash) else {
+            if from == Some(base.version.as_str()) {
+                notes.push(format!("no diff from {}", base.version));
+            }
+            continue;
+        };
+        let produced: HashSet<ChunkId> = missing_chunks(manifest, &base.manifest)
+            .into_iter()
+            .map(|i| manifest.chunks[i].id)
+            .collect();
+        let rest = plan_archive(
+            manifest,
+            |id| local.has(id) || produced.contains(id),
+            DEFAULT_MAX_GAP,
+        );
+        let cost = diff.object.size.saturating_add(rest.download_bytes);
+        if cost >= archive.download_bytes {
+            notes.push(format!(
+                "the diff from {} ({}) is not smaller than the archive ranges ({})",
+                base.version,
+                report::bytes(cost),
+                report::bytes(archive.download_bytes)
+            ));
+            continue;
+        }
+        candidates.push((cost, DiffChoice { diff, base, rest }));
+    }
+    candidates.sort_by_key(|(cost, _)| *cost);
+    // Hash bases only now, cheapest first, and stop at the first intact one.
+    for (_, choice) in candidates {
+        if base_intact(choice.base) {
+            return Ok(choice);
+        }
+        notes.push(format!("{} is modified locally", choice.base.version));
+    }
+    Err(notes)
+}
+
+/// Whether every regular file of `base` (the diff's base bytes) still has its
+/// manifest size and hash.
+fn base_intact(base: &LocalRelease) -> bool {
+    base.manifest.entries.iter().all(|e| match &e.kind {
+        EntryKind::File { size, hash, .. } => {
+            let path = base.tree.join(&e.path);
+            std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_file() && m.len() == *size)
+                && hash_file(&path).is_ok_and(|h| h == *hash)
+        }
+        _ => true,
+    })
+}
+
+/// `plan: 1.0.0 -> 2.0.0: reuse 812 chunks (52.1 MB) from local releases, download
+/// 40 chunks (1.2 MB) in 1 request(s)`.
+pub fn archive_line(from: Option<&str>, to: &str, plan: &ArchivePlan) -> String {
+    format!(
+        "plan: {} -> {to}: reuse {} chunks ({}) from local releases, download {} chunks ({}) in {} request(s)",
+        from.unwrap_or("none"),
+        plan.reuse_chunks,
+        report::bytes(plan.reuse_bytes),
+        plan.fetch_chunks,
+        report::bytes(plan.download_bytes),
+        plan.ranges.len(),
+    )
+}
+
+/// `plan: 1.0.0 -> 2.0.0: reuse 812 chunks (52.1 MB) from local releases, download
+/// diff from 1.0.0 (231.4 KB) in 1 request`, plus any archive rest.
+pub fn diff_line(from: Option<&str>, to: &str, local: &ArchivePlan, c: &DiffChoice) -> String {
+    let mut line = format!(
+        "plan: {} -> {to}: reuse {} chunks ({}) from local releases, download diff from {} ({}) in 1 request",
+        from.unwrap_or("none"),
+        local.reuse_chunks,
+        report::bytes(local.reuse_bytes),
+        c.base.version,
+        report::bytes(c.diff.object.size),
+    );
+    if c.rest.fetch_chunks > 0 {
+        line.push_str(&format!(
+            ", plus {} chunks ({}) from the archive in {} request(s)",
+            c.rest.fetch_chunks,
+            report::bytes(c.rest.download_bytes),
+            c.rest.ranges.len()
+        ));
+    }
+    line
+}

@@ -1,0 +1,579 @@
+//! Diff objects (FORMAT.md §3.6) and manifest diffs (§3.7) of a new release against
+//! the last few releases of its channel (`publish --diff-depth`, default 3).
+//!
+//! For each base release B, newest first:
+//!
+//! 1. **Base**: B's regular files concatenated in manifest order
+//!    ([`delta::base_files`]'s order), rebuilt from B's archive: exactly what an agent
+//!    holding B reads through its installed files.
+//! 2. **Target**: the chunks of the new release that B lacks
+//!    ([`delta::missing_chunks`], new table order), taken from the archive just written.
+//! 3. [`encode`] writes the three raw streams to temp files; the base and target are
+//!    freed, then the streams are compressed on three threads (the diff stream
+//!    dominates) and the object is assembled as header prefix + streams, hashed as it
+//!    is written. Peak memory is one base, its suffix array (4 bytes per byte) and
+//!    one target.
+//!
+//! A diff is published only when it pays: smaller than the archive ranges the agent on
+//! B would download without it. A base with nothing missing gets no diff.
+//!
+//! Manifest diffs are small (the manifests are in memory) and listed in the head.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::io::{self, BufReader, BufWriter, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::Instant;
+
+use ferry_format::chunking::decompress_chunk;
+use ferry_format::delta::encode::{Sinks, compress_stream, encode};
+use ferry_format::delta::manifest_diff::encode_manifest_diff;
+use ferry_format::delta::{
+    self, BSDIFF_ZSTD, DiffHeader, DiffRef, MAX_DIFF_INPUT, ManifestDiffRef,
+};
+use ferry_format::head::ChannelHead;
+use ferry_format::id::{ChunkId, Digest, ObjectRef};
+use ferry_format::manifest::{EntryKind, Manifest};
+use ferry_format::plan::{DEFAULT_MAX_GAP, plan_archive};
+use ferry_format::verified::verify_pinned_manifest;
+use ferry_format::version::Version;
+use serde::Serialize;
+use tempfile::NamedTempFile;
+
+use super::archive::Hashing;
+use crate::error::{Error, Result, io_err};
+use crate::fsutil;
+use crate::repo::Repo;
+
+/// Default number of earlier releases a new release gets a diff from.
+pub const DEFAULT_DIFF_DEPTH: usize = 3;
+/// zstd level of manifest diffs: they are small, so the strongest level costs little.
+pub const MANIFEST_DIFF_LEVEL: i32 = 19;
+
+/// A release a diff is made against.
+pub struct BaseRelease {
+    pub version: String,
+    /// Name of its manifest object (what `DiffRef::base_manifest` pins).
+    pub manifest_hash: Digest,
+    pub manifest: Manifest,
+    /// The exact stored manifest bytes (the manifest diff's reference).
+    pub manifest_bytes: Vec<u8>,
+    /// Its archive is in the repository with the right size: a data diff can be made.
+    pub archive_present: bool,
+}
+
+/// One diff object written, as the publish report shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct DiffSummary {
+    /// Version of the base release.
+    pub base: String,
+    /// Bytes of the diff object.
+    pub size: u64,
+    /// Time spent making it (read, encode, compress, write).
+    pub seconds: f64,
+    #[serde(skip)]
+    pub object: ObjectRef,
+}
+
+/// The last `depth` releases of `head`, newest first. A release whose manifest or
+/// archive cannot be read is left out with a warning: diffs are an optimisation, a
+/// damaged old release must not stop a new one.
+pub fn load_bases(repo: &Repo, head: &ChannelHead, depth: usize) -> Vec<BaseRelease> {
+    let mut out = Vec::new();
+    for r in head.releases.iter().rev().take(depth) {
+        let loaded = repo.read_object(&r.manifest, "manifest").and_then(|bytes| {
+            let m = verify_pinned_manifest(&bytes, r, &head.channel)?;
+            Ok((bytes, (*m).clone()))
+        });
+        let (manifest_bytes, manifest) = match loaded {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(base = r.version, "no diff from this release: {e:#}");
+                continue;
+            }
+        };
+        let archive_path = repo.object_file(&manifest.archive.hash);
+        let archive_present = std::fs::metadata(&archive_path)
+            .is_ok_and(|m| m.is_file() && m.len() == manifest.archive.size);
+        if !archive_present {
+            tracing::warn!(
+                base = r.version,
+                "no data diff from this release: its archive {} is missing or damaged",
+                archive_path.display()
+            );
+        }
+        out.push(BaseRelease {
+            version: r.version.clone(),
+            manifest_hash: r.manifest.hash,
+            manifest,
+            manifest_bytes,
+            archive_present,
+        });
+    }
+    out
+}
+
+/// Writes a diff object from each base to `new` (whose archive is already in `repo`).
+/// Returns the references in manifest order (ascending by base version) and what was
+/// written, in base order.
+pub fn write_diffs(
+    repo: &Repo,
+    new: &Manifest,
+    bases: &[BaseRelease],
+) -> Result<(Vec<DiffRef>, Vec<DiffSummary>)> {
+    let mut refs = Vec::new();
+    let mut summaries = Vec::new();
+    if bases.iter().all(|b| !b.archive_present) {
+        return Ok((refs, summaries));
+    }
+    let new_archive = open_archive(repo, new)?;
+    for base in bases.iter().filter(|b| b.archive_present) {
+        let started = Instant::now();
+        let Some(object) = diff_one(repo, new, &new_archive, base)? else {
+            continue;
+        };
+        let seconds = started.elapsed().as_secs_f64();
+        tracing::info!(
+            base = base.version,
+            size = object.size,
+            seconds = format!("{seconds:.2}"),
+            "diff object written"
+        );
+        refs.push(DiffRef {
+            base_version: base.version.clone(),
+            base_manifest: base.manifest_hash,
+            object,
+        });
+        summaries.push(DiffSummary {
+            base: base.version.clone(),
+            size: object.size,
+            seconds,
+            object,
+        });
+    }
+    // Head versions parse (the head was validated), so the fallback never decides.
+    refs.sort_by(|a, b| {
+        match (
+            Version::parse(&a.base_version),
+            Version::parse(&b.base_version),
+        ) {
+            (Ok(x), Ok(y)) => x.cmp(&y),
+            _ => a.base_version.cmp(&b.base_version),
+        }
+    });
+    Ok((refs, summaries))
+}
+
+/// Makes and stores the diff from `base`, or `None` when there is none worth having.
+fn diff_one(
+    repo: &Repo,
+    new: &Manifest,
+    new_archive: &(File, PathBuf),
+    base: &BaseRelease,
+) -> Result<Option<ObjectRef>> {
+    let v = &base.version;
+    let missing = delta::missing_chunks(new, &base.manifest);
+    if missing.is_empty() {
+        tracing::info!(base = v, "no diff: the base holds every chunk");
+        return Ok(None);
+    }
+    let base_size = base.manifest.total_file_bytes();
+    let target_size: u64 = missing.iter().map(|&i| u64::from(new.chunks[i].size)).sum();
+    if base_size > MAX_DIFF_INPUT || target_size > MAX_DIFF_INPUT {
+        tracing::warn!(
+            base = v,
+            base_size,
+            target_size,
+            "no diff: base or target beyond the {MAX_DIFF_INPUT}-byte diff limit"
+        );
+        return Ok(None);
+    }
+    // What the agent on this base downloads without a diff: the diff must beat it.
+    let without = {
+        let have: HashSet<ChunkId> = base.manifest.chunks.iter().map(|c| c.id).collect();
+        plan_archive(new, |id| have.contains(id), DEFAULT_MAX_GAP).download_bytes
+    };
+
+    // The diff stream (nearly all of the object) is compressed on its own thread while
+    // the encoder produces it: encoding and LZMA2 are each single-threaded, so this
+    // keeps two cores busy. The small control and extra streams are spooled.
+    let started = Instant::now();
+    let (tx, rx) = mpsc::sync_channel(PIPE_DEPTH);
+    let (encoded, diff) = std::thread::scope(|s| {
+        // The diff stream is at most the target: a dictionary sized for that fits it.
+        let job = s.spawn(move || compress(repo, PipeReader::new(rx), target_size));
+        let encoded = encode_streams(repo, new, new_archive, base, &missing, Pipe::new(tx));
+        let diff = job.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+        (encoded, diff)
+    });
+    // A failed compressor makes the encoder fail too (its pipe closes): report the cause.
+    let diff = diff?;
+    let (control, extra, encode_secs) = encoded?;
+    let [control, extra] = std::thread::scope(|s| {
+        let jobs = [control, extra].map(|raw| s.spawn(move || compress_spooled(repo, raw)));
+        jobs.map(|j| j.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+    });
+    let (control, extra) = (control?, extra?);
+    tracing::debug!(
+        base = v,
+        encode_secs,
+        total_secs = started.elapsed().as_secs_f64(),
+        "diff streams ready"
+    );
+
+    let header = DiffHeader {
+        algorithm: BSDIFF_ZSTD,
+        base_manifest: base.manifest_hash,
+        base_size,
+        target_size,
+        target_chunks: missing.len() as u64,
+        control_len: control.1,
+        diff_len: diff.1,
+        extra_len: extra.1,
+    };
+    let prefix = header.encode_prefix();
+    let size = prefix.len() as u64 + control.1 + diff.1 + extra.1;
+    if size >= without {
+        tracing::info!(
+            base = v,
+            size,
+            without,
+            "no diff: it is not smaller than the archive ranges it replaces"
+        );
+        return Ok(None);
+    }
+
+    let tmp = repo.object_temp()?;
+    let tmp_path = tmp.path().to_path_buf();
+    let mut out = Hashing::new(BufWriter::with_capacity(1 << 20, tmp));
+    out.write_all(&prefix).map_err(io_err("write", &tmp_path))?;
+    for (mut stream, _) in [control, diff, extra] {
+        let path = stream.path().to_path_buf();
+        let file = stream.as_file_mut();
+        file.seek(SeekFrom::Start(0))
+            .map_err(io_err("read", &path))?;
+        io::copy(file, &mut out).map_err(io_err("copy from", &path))?;
+    }
+    out.flush().map_err(io_err("write", &tmp_path))?;
+    let r = out.object_ref();
+    if r.size != size {
+        return Err(Error::Unsupported {
+            path: tmp_path,
+            reason: format!("diff object has {} bytes, expected {size}", r.size),
+        });
+    }
+    let tmp = out
+        .inner
+        .into_inner()
+        .map_err(|e| io_err("write", &tmp_path)(e.into_error()))?;
+    repo.place_object(tmp, &r.hash)?;
+    Ok(Some(r))
+}
+
+/// Rebuilds the base and the target of `base` and encodes them: the diff stream into
+/// `diff`, the control and extra streams into spools. Returns the spools and the time
+/// spent. The base and target buffers are freed on return.
+fn encode_streams(
+    repo: &Repo,
+    new: &Manifest,
+    new_archive: &(File, PathBuf),
+    base: &BaseRelease,
+    missing: &[usize],
+    diff: Pipe,
+) -> Result<(Spooled, Spooled, f64)> {
+    let started = Instant::now();
+    let base_data = read_base(repo, &base.manifest, base.manifest.total_file_bytes())?;
+    let target_size: u64 = missing.iter().map(|&i| u64::from(new.chunks[i].size)).sum();
+    let mut target = Vec::with_capacity(target_size as usize);
+    let offsets = new.chunk_offsets();
+    let mut stored = Vec::new();
+    for &i in missing {
+        append_chunk(new_archive, new, &offsets, i, &mut stored, &mut target)?;
+    }
+    let sinks = Sinks {
+        control: Spool::new(repo)?,
+        diff,
+        extra: Spool::new(repo)?,
+    };
+    let (c, d, e, stats) = encode(&base_data, &target, sinks)?;
+    d.finish()
+        .map_err(|e| io_err("compress", Path::new("the diff stream"))(e))?;
+    tracing::debug!(
+        base = base.version,
+        controls = stats.controls,
+        added = stats.added,
+        copied = stats.copied,
+        "encoded"
+    );
+    Ok((c.finish()?, e.finish()?, started.elapsed().as_secs_f64()))
+}
+
+/// Buffers handed to the diff stream's compressor at most at once (x [`PIPE_CHUNK`]).
+const PIPE_DEPTH: usize = 4;
+const PIPE_CHUNK: usize = 1 << 20;
+
+/// The encoder's end of the diff stream: bytes go to the compressor thread in
+/// [`PIPE_CHUNK`] pieces; it blocks when the compressor is [`PIPE_DEPTH`] pieces behind.
+struct Pipe {
+    tx: mpsc::SyncSender<Vec<u8>>,
+    buf: Vec<u8>,
+}
+
+impl Pipe {
+    fn new(tx: mpsc::SyncSender<Vec<u8>>) -> Pipe {
+        Pipe {
+            tx,
+            buf: Vec::with_capacity(PIPE_CHUNK),
+        }
+    }
+
+    fn send(&mut self) -> io::Result<()> {
+        let full = std::mem::replace(&mut self.buf, Vec::with_capacity(PIPE_CHUNK));
+        self.tx
+            .send(full)
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the compressor stopped"))
+    }
+
+    /// Sends what is buffered and closes the stream (the compressor then finishes).
+    fn finish(mut self) -> io::Result<()> {
+        if !self.buf.is_empty() {
+            self.send()?;
+        }
+        Ok(())
+    }
+}
+
+impl Write for Pipe {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        self.buf.extend_from_slice(b);
+        if self.buf.len() >= PIPE_CHUNK {
+            self.send()?;
+        }
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The compressor's end of a [`Pipe`]: ends when the pipe is finished or dropped.
+struct PipeReader {
+    rx: mpsc::Receiver<Vec<u8>>,
+    cur: Vec<u8>,
+    pos: usize,
+}
+
+impl PipeReader {
+    fn new(rx: mpsc::Receiver<Vec<u8>>) -> Self {
+        PipeReader {
+            rx,
+            cur: Vec::new(),
+            pos: 0,
+        }
+    }
+}
+
+impl io::Read for PipeReader {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.cur.len() {
+            match self.rx.recv() {
+                Ok(next) => (self.cur, self.pos) = (next, 0),
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = out.len().min(self.cur.len() - self.pos);
+        out[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// Opens the archive of `m`, checking its size.
+fn open_archive(repo: &Repo, m: &Manifest) -> Result<(File, PathBuf)> {
+    let path = repo.object_file(&m.archive.hash);
+    let file = fsutil::open(&path)?;
+    let len = file.metadata().map_err(io_err("read", &path))?.len();
+    if len != m.archive.size {
+        return Err(repo.broken(format!(
+            "archive {} has {len} bytes, its manifest says {}",
+            path.display(),
+            m.archive.size
+        )));
+    }
+    Ok((file, path))
+}
+
+/// The base of a diff: every regular file of `m`, in manifest order, from its archive.
+fn read_base(repo: &Repo, m: &Manifest, size: u64) -> Result<Vec<u8>> {
+    let archive = open_archive(repo, m)?;
+    let offsets = m.chunk_offsets();
+    let mut out = Vec::with_capacity(size as usize);
+    let mut stored = Vec::new();
+    // The order of delta::base_files: every File entry, in entry order.
+    for e in &m.entries {
+        if let EntryKind::File { chunks, .. } = &e.kind {
+            for &ix in chunks {
+                append_chunk(&archive, m, &offsets, ix as usize, &mut stored, &mut out)?;
+            }
+        }
+    }
+    debug_assert_eq!(out.len() as u64, size);
+    Ok(out)
+}
+
+/// Reads chunk `ix` of `m` from its archive, verifies it, and appends its bytes to `out`.
+fn append_chunk(
+    (file, path): &(File, PathBuf),
+    m: &Manifest,
+    offsets: &[u64],
+    ix: usize,
+    stored: &mut Vec<u8>,
+    out: &mut Vec<u8>,
+) -> Result<()> {
+    let c = &m.chunks[ix];
+    stored.resize(c.stored_size as usize, 0);
+    file.read_exact_at(stored, offsets[ix])
+        .map_err(io_err("read", path))?;
+    let data = decompress_chunk(&c.id, c.size, stored).map_err(|source| Error::FormatContext {
+        context: format!("archive {} holds a damaged chunk", path.display()),
+        source,
+    })?;
+    out.extend_from_slice(&data);
+    Ok(())
+}
+
+/// A raw stream spooled to a temp file next to the objects.
+struct Spool {
+    out: BufWriter<NamedTempFile>,
+    len: u64,
+}
+
+impl Spool {
+    fn new(repo: &Repo) -> Result<Spool> {
+        Ok(Spool {
+            out: BufWriter::with_capacity(1 << 20, repo.object_temp()?),
+            len: 0,
+        })
+    }
+
+    /// The finished raw stream and its length.
+    fn finish(self) -> Result<Spooled> {
+        let path = self.out.get_ref().path().to_path_buf();
+        let tmp = self
+            .out
+            .into_inner()
+            .map_err(|e| io_err("write", &path)(e.into_error()))?;
+        Ok((tmp, self.len))
+    }
+}
+
+impl Write for Spool {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.out.write(buf)?;
+        self.len += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
+/// A raw stream spooled to a temp file, and its length.
+type Spooled = (NamedTempFile, u64);
+
+/// Compresses a spooled raw stream into a new temp file: (file, compressed length).
+fn compress_spooled(repo: &Repo, (mut raw, len): Spooled) -> Result<Spooled> {
+    let raw_path = raw.path().to_path_buf();
+    raw.as_file_mut()
+        .seek(SeekFrom::Start(0))
+        .map_err(io_err("read", &raw_path))?;
+    compress(
+        repo,
+        BufReader::with_capacity(1 << 20, raw.as_file_mut()),
+        len,
+    )
+}
+
+/// Compresses a raw stream of at most `len` bytes into a new temp file: (file,
+/// compressed length).
+fn compress(repo: &Repo, raw: impl io::Read, len: u64) -> Result<Spooled> {
+    let tmp = repo.object_temp()?;
+    let tmp_path = tmp.path().to_path_buf();
+    let mut out = BufWriter::with_capacity(1 << 20, tmp);
+    let n = compress_stream(raw, len, &mut out)?;
+    let tmp = out
+        .into_inner()
+        .map_err(|e| io_err("write", &tmp_path)(e.into_error()))?;
+    Ok((tmp, n))
+}
+
+/// Writes a manifest diff from each base to `new_bytes` (the signed new manifest) and
+/// returns the head's list, sorted by base manifest. One that is not smaller than the
+/// manifest itself is left out.
+pub fn write_manifest_diffs(
+    repo: &Repo,
+    new_bytes: &[u8],
+    bases: &[BaseRelease],
+) -> Result<Vec<ManifestDiffRef>> {
+    let mut out = Vec::new();
+    for b in bases {
+        let d = encode_manifest_diff(&b.manifest_bytes, new_bytes, MANIFEST_DIFF_LEVEL)?;
+        if d.len() >= new_bytes.len() {
+            tracing::info!(
+                base = b.version,
+                "no manifest diff: not smaller than the manifest"
+            );
+            continue;
+        }
+        let object = repo.write_object(&d)?;
+        tracing::info!(
+            base = b.version,
+            size = object.size,
+            "manifest diff written"
+        );
+        out.push(ManifestDiffRef {
+            base_manifest: b.manifest_hash,
+            object,
+        });
+    }
+    out.sort_by_key(|d| d.base_manifest);
+    out.dedup_by_key(|d| d.base_manifest);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    #[test]
+    fn pipe_delivers_every_byte_in_order_then_ends() {
+        let data: Vec<u8> = (0..3 * PIPE_CHUNK + 12_345)
+            .map(|i| (i * 7 + i / 1000) as u8)
+            .collect();
+        let (tx, rx) = mpsc::sync_channel(PIPE_DEPTH);
+        let got = std::thread::scope(|s| {
+            let reader = s.spawn(move || {
+                let mut out = Vec::new();
+                PipeReader::new(rx).read_to_end(&mut out).unwrap();
+                out
+            });
+            let mut pipe = Pipe::new(tx);
+            for piece in data.chunks(7_777) {
+                pipe.write_all(piece).unwrap();
+            }
+            pipe.finish().unwrap();
+            reader.join().unwrap()
+        });
+        assert!(got == data);
+
+        // A reader that stops makes the writer fail instead of blocking forever.
+        let (tx, rx) = mpsc::sync_channel(PIPE_DEPTH);
+        drop(rx);
+        let mut pipe = Pipe::new(tx);
+        let e = pipe.write_all(&vec![0; PIPE_CHUNK]).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::BrokenPipe);
+    }
+}

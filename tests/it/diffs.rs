@@ -1,0 +1,154 @@
+//! Binary diffs in the download plan, end to end: one diff object and a manifest diff
+//! per update from any of the last releases, the archive tail when the base has no
+//! diff or was modified locally, and a mixed plan of local copies and a diff.
+
+use ferry_tests::tree::put;
+use ferry_tests::{Agent, Publisher};
+
+use super::fixtures::{Sources, tree_eq, v};
+use super::pipeline::{assert_diff_update, assert_three_requests};
+
+#[test]
+fn next_and_two_back_each_take_a_manifest_diff_and_one_diff_object() {
+    let p = Publisher::new("stable");
+    let sources = Sources::app(3);
+    p.publish(&v(1), &sources.release(1));
+    let srv = p.serve();
+    let agent = Agent::init(&srv.url, "stable", &p.public_key(), &[]);
+    let lagging = Agent::init(&srv.url, "stable", &p.public_key(), &[]);
+    agent.update();
+    lagging.update();
+
+    let second = p.publish(&v(2), &sources.release(2));
+    let before = srv.requests().len();
+    let r = agent.update();
+    assert_eq!(r["to"], v(2));
+    tree_eq(&agent.current(), &sources.release(2));
+    let reqs = srv.requests()[before..].to_vec();
+    assert_diff_update(&reqs, "/channels/stable/head", &second);
+    let logged: u64 = reqs.iter().map(|r| r.bytes).sum();
+    assert_eq!(r["bytes_downloaded"].as_u64().unwrap(), logged);
+    // The diff is what makes the update small: far below the archive tail it replaces.
+    let diff_size = second["diffs"][0]["size"].as_u64().unwrap();
+    assert!(reqs[2].bytes == diff_size, "{reqs:?} vs {second}");
+
+    let third = p.publish(&v(3), &sources.release(3));
+    let before = srv.requests().len();
+    assert_eq!(lagging.update()["to"], v(3));
+    tree_eq(&lagging.current(), &sources.release(3));
+    assert_diff_update(&srv.requests()[before..], "/channels/stable/head", &third);
+}
+
+#[test]
+fn a_base_without_a_diff_falls_back_to_the_archive_tail() {
+    let p = Publisher::new("stable");
+    let sources = Sources::app(3);
+    let depth1 = &["--diff-depth", "1"];
+    p.publish_with(&v(1), &sources.release(1), depth1);
+    let srv = p.serve();
+    let agent = Agent::init(&srv.url, "stable", &p.public_key(), &[]);
+    agent.update();
+    p.publish_with(&v(2), &sources.release(2), depth1);
+    p.publish_with(&v(3), &sources.release(3), depth1);
+    // Release 3 only has a diff from 2: the agent on 1 takes the archive tail.
+    let before = srv.requests().len();
+    assert_eq!(agent.update()["to"], v(3));
+    tree_eq(&agent.current(), &sources.release(3));
+    assert_three_requests(&srv.requests()[before..], "/channels/stable/head");
+}
+
+#[test]
+fn a_locally_modified_base_falls_back_to_the_archive() {
+    let p = Publisher::new("stable");
+    let sources = Sources::app(2);
+    p.publish(&v(1), &sources.release(1));
+    let srv = p.serve();
+    let agent = Agent::init(&srv.url, "stable", &p.public_key(), &[]);
+    agent.update();
+    let second = p.publish(&v(2), &sources.release(2));
+    // Someone edits the installed release: its bytes are no longer the diff's base.
+    let readme = agent.root().join("versions/1.0.0/share/doc/README");
+    std::fs::write(&readme, b"edited by hand\n").unwrap();
+    let before = srv.requests().len();
+    assert_eq!(agent.update()["to"], v(2));
+    tree_eq(&agent.current(), &sources.release(2));
+    let archive = super::pipeline::object_url_path(second["archive"].as_str().unwrap());
+    let reqs = srv.requests()[before..].to_vec();
+    assert!(
+        reqs.iter().any(|r| r.path == archive && r.status == 206),
+        "{reqs:?}"
+    );
+}
+
+#[test]
+fn mixed_plan_copies_local_chunks_and_applies_a_diff() {
+    let p = Publisher::new("stable");
+    let sources = Sources::app(3);
+    // Release 3 brings back release 1's plugin, which release 2 had replaced.
+    let plugin1 = std::fs::read(sources.release(1).join("lib/libplugin.so")).unwrap();
+    put(&sources.release(3), "lib/libplugin.so", &plugin1, 0o644);
+    p.publish(&v(1), &sources.release(1));
+    let srv = p.serve();
+    let agent = Agent::init(&srv.url, "stable", &p.public_key(), &[]);
+    agent.update();
+    p.publish(&v(2), &sources.release(2));
+    agent.update();
+    let third = p.publish(&v(3), &sources.release(3));
+    let before = srv.requests().len();
+    let out = agent.ferry("update", &[]);
+    ferry_tests::assert_ok(&out, "update 2 -> 3");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("reuse") && text.contains("diff"),
+        "plan: {text}"
+    );
+    tree_eq(&agent.current(), &sources.release(3));
+    assert_diff_update(&srv.requests()[before..], "/channels/stable/head", &third);
+}
+
+#[test]
+fn tampered_diff_objects_fall_back_to_verified_paths() {
+    let p = Publisher::new("stable");
+    let sources = Sources::app(2);
+    p.publish(&v(1), &sources.release(1));
+    let srv = p.serve();
+    let agent = Agent::init(&srv.url, "stable", &p.public_key(), &[]);
+    agent.update();
+    let second = p.publish(&v(2), &sources.release(2));
+    // A mirror corrupts every object but release 2's manifest and archive, so the
+    // manifest diff and the diff object are damaged. The agent notices (hash
+    // mismatch), says so, and takes the whole manifest and the archive instead.
+    let objects: Vec<std::path::PathBuf> = walk_objects(&p.repo());
+    let keep = [
+        super::pipeline::object_url_path(second["manifest"].as_str().unwrap()),
+        super::pipeline::object_url_path(second["archive"].as_str().unwrap()),
+    ];
+    let mut corrupted = 0;
+    for path in objects {
+        let url = format!("/{}", path.strip_prefix(p.repo()).unwrap().display());
+        if keep.contains(&url) {
+            continue;
+        }
+        let mut data = std::fs::read(&path).unwrap();
+        let n = data.len();
+        data[n / 2] ^= 0x20;
+        std::fs::write(&path, data).unwrap();
+        corrupted += 1;
+    }
+    assert!(corrupted >= 2, "diff objects exist to corrupt");
+    let out = agent.ferry("update", &["--json"]);
+    ferry_tests::assert_ok(&out, "update with corrupt diff objects");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("mismatch"), "the fallback is explained: {err}");
+    tree_eq(&agent.current(), &sources.release(2));
+}
+
+fn walk_objects(repo: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for fan in std::fs::read_dir(repo.join("objects")).unwrap().flatten() {
+        for obj in std::fs::read_dir(fan.path()).unwrap().flatten() {
+            out.push(obj.path());
+        }
+    }
+    out
+}
