@@ -12,7 +12,7 @@ use ferry_format::chunking::{ChunkParams, chunk_slice};
 use ferry_format::delta::apply::{ConcatBase, apply};
 use ferry_format::delta::encode::{Sinks, compress_stream, encode};
 use ferry_format::delta::manifest_diff::encode_manifest_diff;
-use ferry_format::delta::{BSDIFF_ZSTD, DiffHeader};
+use ferry_format::delta::{BSDIFF_LZMA2, DiffHeader};
 use ferry_format::id::{ChunkId, Digest};
 
 struct Raw {
@@ -67,7 +67,7 @@ fn measure(
     let mut app = 0.0;
     if check {
         let header = DiffHeader {
-            algorithm: BSDIFF_ZSTD,
+            algorithm: BSDIFF_LZMA2,
             base_manifest: Digest::of(b""),
             base_size: old.len() as u64,
             target_size: new.len() as u64,

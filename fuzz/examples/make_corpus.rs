@@ -270,4 +270,38 @@ fn main() {
             .collect();
         write(&out, "plan_model", &format!("r{i}"), &bytes);
     }
+
+    // diff_apply: a real diff object against a prefix of the target's fixed base, and
+    // a manifest diff against the whole base.
+    let base: &[u8] = b"the quick brown fox jumps over the lazy dog, 0123456789 times over";
+    let target = b"the quick brown cat jumps over the lazy dog, 0123456789 times, twice over";
+    let (c, d, e, _) = ferry_format::delta::encode::encode(
+        base,
+        target,
+        ferry_format::delta::encode::Sinks { control: Vec::new(), diff: Vec::new(), extra: Vec::new() },
+    )
+    .unwrap();
+    let z = |raw: &[u8]| {
+        let mut v = Vec::new();
+        ferry_format::delta::encode::compress_stream(raw, raw.len() as u64, &mut v).unwrap();
+        v
+    };
+    let (c, d, e) = (z(&c), z(&d), z(&e));
+    let header = ferry_format::delta::DiffHeader {
+        algorithm: ferry_format::delta::BSDIFF_LZMA2,
+        base_manifest: Digest([7; 32]),
+        base_size: base.len() as u64,
+        target_size: target.len() as u64,
+        target_chunks: 1,
+        control_len: c.len() as u64,
+        diff_len: d.len() as u64,
+        extra_len: e.len() as u64,
+    };
+    let mut object = header.encode_prefix();
+    object.extend_from_slice(&c);
+    object.extend_from_slice(&d);
+    object.extend_from_slice(&e);
+    write(&out, "diff_apply", "diff_object", &object);
+    let md = ferry_format::delta::manifest_diff::encode_manifest_diff(base, target, 19).unwrap();
+    write(&out, "diff_apply", "manifest_diff", &md);
 }

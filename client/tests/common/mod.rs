@@ -10,7 +10,7 @@ use ferry_client::cli::Cli;
 use ferry_format::chunking::{ChunkParams, chunk_slice, compress_chunk};
 use ferry_format::delta::encode::{Sinks, compress_stream, encode};
 use ferry_format::delta::manifest_diff::encode_manifest_diff;
-use ferry_format::delta::{BSDIFF_ZSTD, DiffHeader, DiffRef, ManifestDiffRef, missing_chunks};
+use ferry_format::delta::{BSDIFF_LZMA2, DiffHeader, DiffRef, ManifestDiffRef, missing_chunks};
 use ferry_format::head::{ChannelHead, ReleaseRef};
 use ferry_format::id::{ChunkId, Digest, ObjectRef};
 use ferry_format::keys::SecretKey;
@@ -94,7 +94,7 @@ impl Repo {
         };
         let (c, d, e) = (z(c), z(d), z(e));
         let header = DiffHeader {
-            algorithm: BSDIFF_ZSTD,
+            algorithm: BSDIFF_LZMA2,
             base_manifest: Digest::of(base_bytes),
             base_size: base_data.len() as u64,
             target_size: target.len() as u64,

@@ -31,9 +31,9 @@ use crate::manifest::{EntryKind, Manifest};
 
 /// Magic number of a diff object.
 pub const DIFF_MAGIC: [u8; 4] = *b"FRYD";
-/// Algorithm number of bsdiff matching with LZMA2-compressed streams (the constant's
-/// name predates the switch from zstd, which measured 15% larger on real pairs).
-pub const BSDIFF_ZSTD: u8 = 1;
+/// Algorithm number of bsdiff matching with LZMA2-compressed streams (zstd measured
+/// 15% larger on real release pairs: benches/diff_eval.rs).
+pub const BSDIFF_LZMA2: u8 = 1;
 /// Largest base or output a diff may describe: suffix arrays index with i32.
 pub const MAX_DIFF_INPUT: u64 = (i32::MAX as u64) - 1;
 
@@ -113,7 +113,7 @@ impl DiffHeader {
         let header: DiffHeader = codec::decode(kind, r.take(len, "header")?)?;
         let start = 10 + len as u64;
         let malformed = |reason: String| FormatError::Malformed { kind, reason };
-        if header.algorithm != BSDIFF_ZSTD {
+        if header.algorithm != BSDIFF_LZMA2 {
             return Err(malformed(format!("unknown algorithm {}", header.algorithm)));
         }
         if header.base_size > MAX_DIFF_INPUT || header.target_size > MAX_DIFF_INPUT {

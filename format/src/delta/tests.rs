@@ -40,7 +40,7 @@ fn streams(base: &[u8], target: &[u8]) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
 fn round_trip(base: &[u8], target: &[u8], split: usize) -> (Vec<u8>, usize) {
     let (c, d, e) = streams(base, target);
     let header = DiffHeader {
-        algorithm: BSDIFF_ZSTD,
+        algorithm: BSDIFF_LZMA2,
         base_manifest: Digest::of(b"m"),
         base_size: base.len() as u64,
         target_size: target.len() as u64,
@@ -115,7 +115,7 @@ fn hostile_streams_are_refused() {
     let base = noise(1, 1000);
     let (c, d, e) = streams(&base, &base);
     let mut header = DiffHeader {
-        algorithm: BSDIFF_ZSTD,
+        algorithm: BSDIFF_LZMA2,
         base_manifest: Digest::of(b"m"),
         base_size: 1000,
         target_size: 500, // smaller than what the control stream describes

@@ -31,7 +31,7 @@ use ferry_format::chunking::decompress_chunk;
 use ferry_format::delta::encode::{Sinks, compress_stream, encode};
 use ferry_format::delta::manifest_diff::encode_manifest_diff;
 use ferry_format::delta::{
-    self, BSDIFF_ZSTD, DiffHeader, DiffRef, MAX_DIFF_INPUT, ManifestDiffRef,
+    self, BSDIFF_LZMA2, DiffHeader, DiffRef, MAX_DIFF_INPUT, ManifestDiffRef,
 };
 use ferry_format::head::ChannelHead;
 use ferry_format::id::{ChunkId, Digest, ObjectRef};
@@ -224,7 +224,7 @@ fn diff_one(
     );
 
     let header = DiffHeader {
-        algorithm: BSDIFF_ZSTD,
+        algorithm: BSDIFF_LZMA2,
         base_manifest: base.manifest_hash,
         base_size,
         target_size,

@@ -1,0 +1,43 @@
+//! Diff objects and manifest diffs (FORMAT.md §3.6, §3.7): whatever the bytes, parsing
+//! the prefix and applying the streams over a fixed base never panics, never reads
+//! outside the base and never produces more than the header's target size; a manifest
+//! diff never yields more than the size bound it is given.
+#![no_main]
+
+use ferry_format::delta::DiffHeader;
+use ferry_format::delta::apply::{ConcatBase, apply};
+use ferry_format::delta::manifest_diff::apply_manifest_diff;
+use libfuzzer_sys::fuzz_target;
+
+const BASE: &[u8] = b"the quick brown fox jumps over the lazy dog, 0123456789 times over";
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(out) = apply_manifest_diff(BASE, data, 4096) {
+        assert!(out.len() <= 4096);
+    }
+    let Ok((header, start)) = DiffHeader::decode_prefix(data, data.len() as u64) else {
+        return;
+    };
+    if header.target_size > 1 << 20 {
+        return;
+    }
+    let s = start as usize;
+    let c = s + header.control_len as usize;
+    let d = c + header.diff_len as usize;
+    let (control, diff, extra) = (&data[s..c], &data[c..d], &data[d..]);
+    // The base's length must match the header for apply to start; use a prefix of BASE.
+    let Some(base) = BASE.get(..header.base_size as usize) else {
+        return;
+    };
+    let parts = ConcatBase::new(vec![&base[..base.len() / 2], &base[base.len() / 2..]]);
+    let mut produced = 0u64;
+    let result = apply(&header, &parts, control, diff, extra, &mut |b| {
+        produced += b.len() as u64;
+        Ok(())
+    });
+    assert!(produced <= header.target_size);
+    if let Ok(n) = result {
+        assert_eq!(n, header.target_size);
+        assert_eq!(produced, n);
+    }
+});
