@@ -4,7 +4,9 @@
 //! old release lacks; and zstd `--patch-from`-style compression of the new file with
 //! the old one as reference prefix. Prints sizes and encode/apply times.
 //!
-//! `cargo run -p ferry-benches --bin diff-eval -- OLD NEW`
+//! `cargo run -p ferry-benches --bin diff-eval -- [--apply-only] OLD NEW`
+//! (`--apply-only`: the shipped encoding's apply throughput, writing to a file, fsync
+//! timed separately.)
 
 use std::time::Instant;
 
@@ -121,13 +123,15 @@ fn main() {
         }
         return;
     }
-    let (old, new) = match args.as_slice() {
-        [_, a, b] => (
+    let quick = args.iter().any(|a| a == "--apply-only");
+    let files: Vec<&String> = args.iter().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let (old, new) = match files.as_slice() {
+        [a, b] => (
             std::fs::read(a).expect("old"),
             std::fs::read(b).expect("new"),
         ),
         _ => {
-            eprintln!("usage: diff-eval OLD NEW");
+            eprintln!("usage: diff-eval [--apply-only] OLD NEW");
             std::process::exit(2);
         }
     };
@@ -150,6 +154,10 @@ fn main() {
         new.len(),
         missing.len()
     );
+    if quick {
+        apply_throughput(&old, &missing);
+        return;
+    }
     println!("| encoding | bytes | match s | compress s | apply s |");
     println!("|---|---:|---:|---:|---:|");
     for (what, target) in [("whole file", &new), ("missing chunks only", &missing)] {
@@ -172,4 +180,43 @@ fn main() {
         d.len(),
         t.elapsed().as_secs_f64()
     );
+}
+
+/// The agent's side in-process: apply the shipped encoding over the base and write the
+/// output to a file, reporting apply and fsync separately (`--apply-only`).
+fn apply_throughput(old: &[u8], target: &[u8]) {
+    use std::io::Write;
+    let r = raw_streams(old, target);
+    let (c, d, e) = (xz(&r.control), xz(&r.diff), xz(&r.extra));
+    let header = DiffHeader {
+        algorithm: ferry_format::delta::BSDIFF_LZMA2,
+        base_manifest: Digest::of(b""),
+        base_size: old.len() as u64,
+        target_size: target.len() as u64,
+        target_chunks: 0,
+        control_len: c.len() as u64,
+        diff_len: d.len() as u64,
+        extra_len: e.len() as u64,
+    };
+    let dir = std::env::temp_dir().join(format!("diff-eval-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("tmp");
+    let path = dir.join("out");
+    let mut f = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&path).expect("out"));
+    let t = Instant::now();
+    apply(&header, &ConcatBase::new(vec![old]), &c[..], &d[..], &e[..], &mut |b| {
+        f.write_all(b).map_err(|e| ferry_format::FormatError::Compression(e.to_string()))
+    })
+    .expect("apply");
+    let file = f.into_inner().expect("flush");
+    let applied = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    file.sync_all().expect("fsync");
+    let synced = t.elapsed().as_secs_f64();
+    let mb = target.len() as f64 / 1e6;
+    println!(
+        "diff {} B; apply {mb:.1} MB in {applied:.2} s ({:.0} MB/s) to a file, fsync {synced:.2} s",
+        c.len() + d.len() + e.len(),
+        mb / applied
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }
