@@ -124,7 +124,11 @@ fn main() {
         return;
     }
     let quick = args.iter().any(|a| a == "--apply-only");
-    let files: Vec<&String> = args.iter().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let files: Vec<&String> = args
+        .iter()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
     let (old, new) = match files.as_slice() {
         [a, b] => (
             std::fs::read(a).expect("old"),
@@ -201,11 +205,20 @@ fn apply_throughput(old: &[u8], target: &[u8]) {
     let dir = std::env::temp_dir().join(format!("diff-eval-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("tmp");
     let path = dir.join("out");
-    let mut f = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&path).expect("out"));
+    let mut f =
+        std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&path).expect("out"));
     let t = Instant::now();
-    apply(&header, &ConcatBase::new(vec![old]), &c[..], &d[..], &e[..], &mut |b| {
-        f.write_all(b).map_err(|e| ferry_format::FormatError::Compression(e.to_string()))
-    })
+    apply(
+        &header,
+        &ConcatBase::new(vec![old]),
+        &c[..],
+        &d[..],
+        &e[..],
+        &mut |b| {
+            f.write_all(b)
+                .map_err(|e| ferry_format::FormatError::Compression(e.to_string()))
+        },
+    )
     .expect("apply");
     let file = f.into_inner().expect("flush");
     let applied = t.elapsed().as_secs_f64();
