@@ -133,6 +133,15 @@ impl ChannelHead {
     }
 }
 
+/// Decodes and validates a head without checking any signature: for display by the
+/// publisher's tools (`ferry-server ls`), never for a trust decision.
+pub fn inspect_head(bytes: &[u8]) -> Result<ChannelHead> {
+    let env = Envelope::decode(ObjectKind::ChannelHead, bytes)?;
+    let head: ChannelHead = codec::decode("channel head", &env.body)?;
+    head.validate()?;
+    Ok(head)
+}
+
 /// Reads which key list a head claims, before its signatures can be checked (they
 /// depend on that key list). Only used to decide which key lists to fetch and verify;
 /// nothing else of the head is acted on until [`crate::verified::verify_head`] passes.

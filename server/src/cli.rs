@@ -145,8 +145,8 @@ pub enum Command {
         /// Only this channel.
         #[arg(long)]
         channel: Option<String>,
-        /// Public (or secret) key file used to verify and decode the heads; without
-        /// it only channel names are listed.
+        /// Public (or secret) key file to verify the heads with; without it the heads
+        /// are listed unverified.
         #[arg(long, value_name = "FILE")]
         key: Option<PathBuf>,
     },

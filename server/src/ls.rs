@@ -1,17 +1,18 @@
 //! `ferry-server ls`: what a repository's channels currently offer.
 //!
-//! Heads are signed objects and `ferry_format` only decodes them through signature
-//! verification, so listing releases needs the channel's key (`--key`, public or
-//! secret key file). Without it only the channel names are listed.
+//! With `--key` (public or secret key file) heads are verified as a publisher would,
+//! through the key list they name; without it they are only decoded and the listing
+//! says the signatures were not checked. Manifests are checked against the hashes the
+//! head pins.
 
 use std::fmt::Write as _;
 use std::fs;
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use ferry_format::envelope::TrustedKeys;
+use ferry_format::head::inspect_head;
 use ferry_format::keys::{PublicKey, SecretKey};
-use ferry_format::verified::{verify_manifest, verify_own_head};
+use ferry_format::verified::{verify_own_head, verify_pinned_manifest};
 use ferry_format::version::check_channel;
 
 use crate::error::{Error, Result, io_err};
@@ -72,20 +73,24 @@ pub fn ls(repo: &Repo, channel: Option<&str>, key: Option<&PublicKey>) -> Result
         let Some(bytes) = repo.read_head(&name)? else {
             return Err(repo.broken(format!("channel {name:?} has no head")));
         };
-        let Some(key) = key else {
-            let _ = writeln!(
-                out,
-                "channel {name}  (head {} bytes; pass --key to list releases)",
-                bytes.len()
-            );
-            continue;
+        // With a key the head is verified as a publisher would (through the key list
+        // it names); without one it is only decoded, and the listing says so.
+        let (head, checked) = match key {
+            Some(key) => {
+                let trusted = crate::trust::trust_for_head(repo, &bytes, *key)?;
+                let head =
+                    verify_own_head(&bytes, &trusted).map_err(|source| Error::KeyMismatch {
+                        channel: name.clone(),
+                        key_id: key.id().to_hex(),
+                        source,
+                    })?;
+                ((*head).clone(), "signatures verified")
+            }
+            None => (
+                inspect_head(&bytes)?,
+                "signatures NOT checked: pass --key to verify",
+            ),
         };
-        let trusted = TrustedKeys::single(*key);
-        let head = verify_own_head(&bytes, &trusted).map_err(|source| Error::KeyMismatch {
-            channel: name.clone(),
-            key_id: key.id().to_hex(),
-            source,
-        })?;
         let expiry = if head.expires_at <= now {
             "EXPIRED".to_string()
         } else {
@@ -93,7 +98,7 @@ pub fn ls(repo: &Repo, channel: Option<&str>, key: Option<&PublicKey>) -> Result
         };
         let _ = writeln!(
             out,
-            "channel {name}  sequence {}  issued {}  expires {} ({expiry})",
+            "channel {name}  sequence {}  issued {}  expires {} ({expiry})  [{checked}]",
             head.sequence, head.issued_at, head.expires_at
         );
         let current = head.current().version.clone();
@@ -102,7 +107,7 @@ pub fn ls(repo: &Repo, channel: Option<&str>, key: Option<&PublicKey>) -> Result
             // the tool one uses to find out what is wrong.
             let detail = match repo
                 .read_object(&r.manifest, "manifest")
-                .and_then(|b| Ok(verify_manifest(&b, r, &name, &trusted)?))
+                .and_then(|b| Ok(verify_pinned_manifest(&b, r, &name)?))
             {
                 Ok(m) => format!(
                     "{} bytes in {} entries, archive {} bytes",
