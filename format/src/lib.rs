@@ -8,11 +8,13 @@
 //! - [`chunking`]: FastCDC v2020 cutting, per-chunk zstd (§2).
 //! - [`codec`]: the canonical bincode body encoding (§3).
 //! - [`manifest`] and [`path`]: a release's tree and chunk table (§3).
+//! - [`delta`]: binary diffs between releases and manifest diffs (§3.6, §3.7).
 //! - [`envelope`] and [`keys`]: signed objects, domain tags, ed25519 keys (§4);
 //!   [`keylist`]: rotating root of trust with thresholds (§4.5).
 //! - [`head`]: the signed, sequenced, expiring channel head (§5).
 //! - [`verified`]: `Verified<T>`, the only way from bytes to trusted values (§6).
-//! - [`layout`]: repository paths (§7); [`plan`]: archive range planning (§8).
+//! - [`layout`]: repository paths (§7); [`plan`]: archive range planning (§8);
+//!   [`content_range`]: the one HTTP header a client must parse to trust a range.
 //!
 //! ```
 //! use ferry_format::{head::*, id::ObjectRef, keys::SecretKey, envelope::TrustedKeys, verified::*};

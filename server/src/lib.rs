@@ -3,7 +3,9 @@
 //! The build and distribution side of ferry. Everything it writes or reads is defined
 //! by `ferry_format`; this crate only decides *when* and *where*.
 //!
-//! - [`keygen`]: a publishing key pair (`ferry.key`, `ferry.pub`).
+//! - [`keygen`]: a publishing key pair (`ferry.key`, `ferry.pub`); [`key_admin`]: key
+//!   lists (`key new-list`, `key show`) and `refresh-head`; [`trust`]: which keys a
+//!   repository's signatures answer to.
 //! - [`publish`]: a file or directory becomes a signed release of a channel:
 //!   [`publish::walk`] lists the source, [`publish::table`] splits chunks into carried
 //!   (previous generation, bytes reused) and new (compressed in parallel),
