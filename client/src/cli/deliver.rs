@@ -334,7 +334,6 @@ pub struct BuildStats {
 pub fn install_release(
     root: &Root,
     remote: &Remote,
-    trusted: &TrustedKeys,
     manifest_bytes: &[u8],
     manifest: &Verified<Manifest>,
     from: Option<&str>,
@@ -357,7 +356,7 @@ pub fn install_release(
         });
     }
 
-    let releases = root.local_releases(trusted);
+    let releases = root.local_releases();
     let mut local = LocalChunks::index(&releases);
     local.verify_wanted(manifest);
     let archive_plan = plan_archive(manifest, |id| local.has(id), DEFAULT_MAX_GAP);

@@ -110,8 +110,7 @@ fn rollback(
     let bytes_reused = if let Some(record) = root.state.release(&version).cloned() {
         // Retained: an instant local switch, after a quick shape check of the tree
         // (`ferry verify` does the full content check).
-        let trusted = root.trusted()?;
-        let manifest = root.load_manifest(&record, &trusted)?;
+        let manifest = root.load_manifest(&record)?;
         let problems = check_tree(&manifest, &root.layout.version_dir(&version), Depth::Shape);
         if let Some(first) = problems.first() {
             bail!(
@@ -136,15 +135,7 @@ fn rollback(
         })?;
         let channel = root.config.channel.clone();
         let (bytes, manifest) = remote.fetch_manifest(&release, &channel, &trusted)?;
-        let stats = deliver::install_release(
-            root,
-            remote,
-            &trusted,
-            &bytes,
-            &manifest,
-            Some(&active),
-            out,
-        )?;
+        let stats = deliver::install_release(root, remote, &bytes, &manifest, Some(&active), out)?;
         deliver::activate(root, &manifest, bytes.len() as u64)?;
         stats.bytes_reused
     } else {

@@ -3,7 +3,6 @@
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
-use ferry_format::envelope::TrustedKeys;
 use ferry_format::head::ReleaseRef;
 use ferry_format::id::{Digest, ObjectRef};
 use ferry_format::keylist::TrustRoot;
@@ -86,11 +85,6 @@ impl Root {
         }
     }
 
-    /// Keys and threshold that must sign heads and manifests.
-    pub fn trusted(&self) -> Result<TrustedKeys> {
-        Ok(self.trust()?.publishers())
-    }
-
     /// What history records as the signer: the single key's id, or the key list version.
     pub fn key_id(&self) -> String {
         match self.trust() {
@@ -103,11 +97,7 @@ impl Root {
     /// Reads a retained release's stored manifest and checks it against the hash this
     /// root recorded when it verified and installed it (signatures were checked then;
     /// a later key rotation must not orphan installed releases).
-    pub fn load_manifest(
-        &self,
-        record: &ReleaseRecord,
-        _trusted: &TrustedKeys,
-    ) -> Result<Verified<Manifest>> {
+    pub fn load_manifest(&self, record: &ReleaseRecord) -> Result<Verified<Manifest>> {
         let path = self.layout.manifest(&record.version);
         let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
         let release = ReleaseRef {
@@ -124,11 +114,11 @@ impl Root {
 
     /// Every retained release whose manifest still verifies, as chunk sources. A
     /// release that fails is skipped with a warning: it only costs reuse.
-    pub fn local_releases(&self, trusted: &TrustedKeys) -> Vec<LocalRelease> {
+    pub fn local_releases(&self) -> Vec<LocalRelease> {
         self.state
             .releases
             .iter()
-            .filter_map(|r| match self.load_manifest(r, trusted) {
+            .filter_map(|r| match self.load_manifest(r) {
                 Ok(manifest) => Some(LocalRelease {
                     version: r.version.clone(),
                     tree: self.layout.version_dir(&r.version),

@@ -105,7 +105,7 @@ fn update(
         root.state.pin.as_ref(),
         args.force,
     )?;
-    if decision == UpdateDecision::UpToDate && !active_intact(root, &trusted, &release.version) {
+    if decision == UpdateDecision::UpToDate && !active_intact(root, &release.version) {
         out.info(&format!(
             "{} is active but damaged on disk: reinstalling",
             release.version
@@ -137,15 +137,7 @@ fn update(
     }
 
     let (bytes, manifest) = remote.fetch_current_manifest(root, &head, &trusted)?;
-    let stats = deliver::install_release(
-        root,
-        remote,
-        &trusted,
-        &bytes,
-        &manifest,
-        active.as_deref(),
-        out,
-    )?;
+    let stats = deliver::install_release(root, remote, &bytes, &manifest, active.as_deref(), out)?;
     deliver::activate(root, &manifest, bytes.len() as u64)?;
     root.state.pin = None;
     root.save_state()?;
@@ -159,18 +151,14 @@ fn update(
 }
 
 /// `current` points at `versions/<version>` and the tree has the manifest's shape.
-fn active_intact(
-    root: &Root,
-    trusted: &ferry_format::envelope::TrustedKeys,
-    version: &str,
-) -> bool {
+fn active_intact(root: &Root, version: &str) -> bool {
     if current_version(&root.layout).as_deref() != Some(version) {
         return false;
     }
     let Some(record) = root.state.release(version) else {
         return false;
     };
-    match root.load_manifest(record, trusted) {
+    match root.load_manifest(record) {
         Ok(m) => check_tree(&m, &root.layout.version_dir(version), Depth::Shape).is_empty(),
         Err(_) => false,
     }
