@@ -13,33 +13,41 @@ use ferry_tests::{Agent, Publisher, bin};
 
 use super::fixtures::{Sources, tree_eq, v};
 
-#[test]
-fn kill_9_mid_download_then_update_completes() {
+/// Release 1 installed through a fault-injecting proxy, release 2 published (with
+/// `extra` bytes of new incompressible data when non-zero).
+fn scene(extra: usize) -> (Publisher, Sources, ferry_tests::Server, FaultProxy, Agent) {
     let publisher = Publisher::new("stable");
     let sources = Sources::app(2);
-    // Make release 2 carry a large new file so its download is long.
-    put(
-        &sources.release(2),
-        "lib/big.so",
-        &noise(77, 3_000_000),
-        0o644,
-    );
+    if extra > 0 {
+        put(&sources.release(2), "lib/big.so", &noise(77, extra), 0o644);
+    }
     publisher.publish(&v(1), &sources.release(1));
     let server = publisher.serve();
     let proxy = FaultProxy::start(&server.url);
     let agent = Agent::init(&proxy.url, "stable", &publisher.public_key(), &[]);
     agent.update();
     publisher.publish(&v(2), &sources.release(2));
+    (publisher, sources, server, proxy, agent)
+}
 
-    proxy.arm_stall(1_000_000);
-    let mut child = Command::new(bin("ferry"))
+/// `ferry update` on the agent's root, running in the background.
+fn spawn_update(agent: &Agent) -> std::process::Child {
+    Command::new(bin("ferry"))
         .args(["update", "--root"])
         .arg(agent.root())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .unwrap();
+        .unwrap()
+}
+
+#[test]
+fn kill_9_mid_download_then_update_completes() {
+    // Release 2 carries a large new file so its download is long.
+    let (_publisher, sources, _server, proxy, agent) = scene(3_000_000);
+    proxy.arm_stall(1_000_000);
+    let mut child = spawn_update(&agent);
     let sent = proxy.wait_stalled(Duration::from_secs(60));
     assert_eq!(sent, 1_000_000);
     // The proxy's write returning only means the bytes reached the socket: wait until
@@ -85,23 +93,9 @@ fn kill_9_mid_download_then_update_completes() {
 
 #[test]
 fn kill_9_leaves_the_active_release_intact() {
-    let publisher = Publisher::new("stable");
-    let sources = Sources::app(2);
-    publisher.publish(&v(1), &sources.release(1));
-    let server = publisher.serve();
-    let proxy = FaultProxy::start(&server.url);
-    let agent = Agent::init(&proxy.url, "stable", &publisher.public_key(), &[]);
-    agent.update();
-    publisher.publish(&v(2), &sources.release(2));
+    let (_publisher, sources, _server, proxy, agent) = scene(0);
     proxy.arm_stall(1000);
-    let mut child = Command::new(bin("ferry"))
-        .args(["update", "--root"])
-        .arg(agent.root())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_update(&agent);
     proxy.wait_stalled(Duration::from_secs(60));
     wait_for_part_file(agent.root(), 1000);
     child.kill().unwrap();
