@@ -1,20 +1,23 @@
-//! Compares diff encodings on two real files: ferry's bsdiff-style matching with its
-//! three streams compressed by LZMA2 (xz preset 9e, what ferry ships), by zstd -19
-//! and by bzip2-class settings, over the whole new file and over only the chunks the
-//! old release lacks; and zstd `--patch-from`-style compression of the new file with
-//! the old one as reference prefix. Prints sizes and encode/apply times.
+//! Compares diff encodings on two real files: ferry's bsdiff-style matching with what
+//! ferry ships (algorithm 2: the smaller of a dense layout with bzip3 and a sparse
+//! layout with LZMA2, both shown with per-stream sizes), against the same raw streams
+//! as three .xz streams (algorithm 1's compression) and as zstd -19, over the whole
+//! new file and over only the chunks the old release lacks; and zstd
+//! `--patch-from`-style compression of the new file with the old one as reference
+//! prefix. Prints sizes and encode/apply times.
 //!
 //! `cargo run -p ferry-benches --bin diff-eval -- [--apply-only] OLD NEW`
 //! (`--apply-only`: the shipped encoding's apply throughput, writing to a file, fsync
-//! timed separately.)
+//! timed separately.) `--dump-raw OLD NEW DIR` writes the raw streams;
+//! `--write-object OLD NEW OBJ` then `--apply-object OLD OBJ` applies alone.
 
 use std::time::Instant;
 
 use ferry_format::chunking::{ChunkParams, chunk_slice};
 use ferry_format::delta::apply::{ConcatBase, apply};
-use ferry_format::delta::encode::{Sinks, compress_stream, encode};
+use ferry_format::delta::encode::{Packed, Sinks, encode, object_in_memory, pack_in_memory};
 use ferry_format::delta::manifest_diff::encode_manifest_diff;
-use ferry_format::delta::{BSDIFF_LZMA2, DiffHeader};
+use ferry_format::delta::{BSDIFF_V2, DiffHeader, StreamCodec, StreamHeader};
 use ferry_format::id::{ChunkId, Digest};
 
 struct Raw {
@@ -44,64 +47,73 @@ fn raw_streams(old: &[u8], new: &[u8]) -> Raw {
     }
 }
 
+/// Algorithm 1's stream compression: an .xz stream, LZMA2 preset 9e, no check.
 fn xz(raw: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    compress_stream(raw, raw.len() as u64, &mut out).expect("xz");
-    out
+    use liblzma::stream::{Check, PRESET_EXTREME, Stream};
+    let stream = Stream::new_easy_encoder(9 | PRESET_EXTREME, Check::None).expect("xz");
+    let mut enc = liblzma::write::XzEncoder::new_stream(Vec::new(), stream);
+    std::io::Write::write_all(&mut enc, raw).expect("xz");
+    enc.finish().expect("xz")
 }
 
 fn zstd19(raw: &[u8]) -> Vec<u8> {
     zstd::encode_all(raw, 19).expect("zstd")
 }
 
-/// Compresses the three streams with `f`, applies the result (xz only, as shipped)
-/// and returns (bytes, compress seconds, apply seconds).
-fn measure(
-    old: &[u8],
-    new: &[u8],
-    r: &Raw,
-    f: fn(&[u8]) -> Vec<u8>,
-    check: bool,
-) -> (usize, f64, f64) {
+/// Compresses the three streams with `f`: (bytes, seconds).
+fn measure(r: &Raw, f: fn(&[u8]) -> Vec<u8>) -> (usize, f64) {
     let t = Instant::now();
-    let (c, d, e) = (f(&r.control), f(&r.diff), f(&r.extra));
-    let comp = t.elapsed().as_secs_f64();
-    let mut app = 0.0;
-    if check {
-        let header = DiffHeader {
-            algorithm: BSDIFF_LZMA2,
-            base_manifest: Digest::of(b""),
-            base_size: old.len() as u64,
-            target_size: new.len() as u64,
-            target_chunks: 0,
-            control_len: c.len() as u64,
-            diff_len: d.len() as u64,
-            extra_len: e.len() as u64,
-        };
-        let t = Instant::now();
-        let mut n = 0usize;
-        let mut h = blake3::Hasher::new();
-        apply(
-            &header,
-            &ConcatBase::new(vec![old]),
-            &c[..],
-            &d[..],
-            &e[..],
-            &mut |b| {
-                n += b.len();
-                h.update(b);
-                Ok(())
-            },
-        )
-        .expect("apply");
-        app = t.elapsed().as_secs_f64();
-        assert_eq!(
-            (n, h.finalize()),
-            (new.len(), blake3::hash(new)),
-            "round trip"
-        );
+    let n = f(&r.control).len() + f(&r.diff).len() + f(&r.extra).len();
+    (n, t.elapsed().as_secs_f64())
+}
+
+/// The shipped encoding: the diff object (header included) a publisher writes.
+fn shipped(old: &[u8], new: &[u8], r: &Raw) -> (DiffHeader, Packed<Vec<u8>>, Vec<u8>) {
+    let packed = pack_in_memory(&r.control, &r.diff, &r.extra).expect("pack");
+    let header = DiffHeader {
+        algorithm: BSDIFF_V2,
+        base_manifest: Digest::of(b""),
+        base_size: old.len() as u64,
+        target_size: new.len() as u64,
+        target_chunks: 0,
+        layout: packed.layout,
+        streams: packed.streams.iter().map(|(h, _)| *h).collect(),
+    };
+    let object = object_in_memory(&header, &packed);
+    (header, packed, object)
+}
+
+/// Applies `object` over `old`, handing the output to `out`: seconds.
+fn apply_object(
+    old: &[u8],
+    object: &[u8],
+    out: &mut dyn FnMut(&[u8]) -> ferry_format::Result<()>,
+) -> f64 {
+    let t = Instant::now();
+    let (header, start) = DiffHeader::decode_prefix(object, object.len() as u64).expect("parse");
+    let streams: Vec<&[u8]> = header
+        .stream_ranges(start)
+        .into_iter()
+        .map(|(o, l)| &object[o as usize..(o + l) as usize])
+        .collect();
+    apply(&header, &ConcatBase::new(vec![old]), streams, out).expect("apply");
+    t.elapsed().as_secs_f64()
+}
+
+fn codec_name(c: &StreamCodec) -> String {
+    match c {
+        StreamCodec::Stored => "stored".into(),
+        StreamCodec::Lzma2 { lc, lp, pb, .. } => format!("lzma2 lc{lc}lp{lp}pb{pb}"),
+        StreamCodec::Bzip3 { block_size } => format!("bzip3 {}K", block_size >> 10),
     }
-    (c.len() + d.len() + e.len(), comp, app)
+}
+
+fn describe(streams: &[StreamHeader]) -> String {
+    streams
+        .iter()
+        .map(|h| format!("{} ({})", h.stored_len, codec_name(&h.codec)))
+        .collect::<Vec<_>>()
+        .join(" + ")
 }
 
 fn main() {
@@ -109,18 +121,56 @@ fn main() {
     if let [_, mode, a, b, dir] = args.as_slice()
         && mode == "--dump-raw"
     {
-        // The raw streams, for trying external compressors on them.
-        let r = raw_streams(
-            &std::fs::read(a).expect("old"),
-            &std::fs::read(b).expect("new"),
+        // The raw streams, for trying external compressors on them: DIR/whole/* for
+        // the whole new file, DIR/missing/* for the chunks the old one lacks.
+        let (old, new) = (
+            std::fs::read(a).expect("old"),
+            std::fs::read(b).expect("new"),
         );
-        for (name, data) in [
-            ("control", &r.control),
-            ("diff", &r.diff),
-            ("extra", &r.extra),
-        ] {
-            std::fs::write(format!("{dir}/{name}"), data).expect("write");
+        let missing = missing_chunks(&old, &new);
+        for (sub, target) in [("whole", &new), ("missing", &missing)] {
+            let r = raw_streams(&old, target);
+            std::fs::create_dir_all(format!("{dir}/{sub}")).expect("mkdir");
+            for (name, data) in [
+                ("control", &r.control),
+                ("diff", &r.diff),
+                ("extra", &r.extra),
+            ] {
+                std::fs::write(format!("{dir}/{sub}/{name}"), data).expect("write");
+            }
         }
+        return;
+    }
+    if let [_, mode, a, b, obj] = args.as_slice()
+        && mode == "--write-object"
+    {
+        // The shipped object for the missing chunks, to apply alone (`--apply-object`)
+        // so that peak memory measures the agent's side only.
+        let (old, new) = (
+            std::fs::read(a).expect("old"),
+            std::fs::read(b).expect("new"),
+        );
+        let missing = missing_chunks(&old, &new);
+        let (_, _, object) = shipped(&old, &missing, &raw_streams(&old, &missing));
+        std::fs::write(obj, object).expect("write");
+        return;
+    }
+    if let [_, mode, a, obj] = args.as_slice()
+        && mode == "--apply-object"
+    {
+        let (old, object) = (
+            std::fs::read(a).expect("old"),
+            std::fs::read(obj).expect("obj"),
+        );
+        let mut n = 0u64;
+        let secs = apply_object(&old, &object, &mut |b| {
+            n += b.len() as u64;
+            Ok(())
+        });
+        println!(
+            "applied {n} B in {secs:.3} s ({:.0} MB/s)",
+            n as f64 / 1e6 / secs
+        );
         return;
     }
     let quick = args.iter().any(|a| a == "--apply-only");
@@ -139,21 +189,9 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let p = ChunkParams::default();
-    let old_ids: std::collections::HashSet<ChunkId> = chunk_slice(&old, p)
-        .expect("chunk")
-        .map(|(o, l)| ChunkId::of(&old[o..o + l]))
-        .collect();
-    let mut missing = Vec::new();
-    let mut chunks = 0;
-    for (o, l) in chunk_slice(&new, p).expect("chunk") {
-        chunks += 1;
-        if !old_ids.contains(&ChunkId::of(&new[o..o + l])) {
-            missing.extend_from_slice(&new[o..o + l]);
-        }
-    }
+    let missing = missing_chunks(&old, &new);
     println!(
-        "old {} B, new {} B; chunks of new missing from old: {} B of {chunks} chunks",
+        "old {} B, new {} B; chunks of new missing from old: {} B",
         old.len(),
         new.len(),
         missing.len()
@@ -166,14 +204,49 @@ fn main() {
     println!("|---|---:|---:|---:|---:|");
     for (what, target) in [("whole file", &new), ("missing chunks only", &missing)] {
         let r = raw_streams(&old, target);
-        let (n, c, a) = measure(&old, target, &r, xz, true);
+        let t = Instant::now();
+        let (header, packed, object) = shipped(&old, target, &r);
+        let comp = t.elapsed().as_secs_f64();
+        let mut n = 0usize;
+        let mut h = blake3::Hasher::new();
+        let app = apply_object(&old, &object, &mut |b| {
+            n += b.len();
+            h.update(b);
+            Ok(())
+        });
+        assert_eq!(
+            (n, h.finalize()),
+            (target.len(), blake3::hash(target)),
+            "round trip"
+        );
+        let prefix = object.len() as u64 - packed.stored_len();
+        let (c, e) = (&header.streams[0], header.streams.last().expect("extra"));
+        let middle = &header.streams[1..header.streams.len() - 1];
+        let others: u64 = packed.other.iter().map(|h| h.stored_len).sum();
+        // Header entries differ by a few bytes between layouts: left out.
+        let other_total =
+            object.len() as u64 - middle.iter().map(|h| h.stored_len).sum::<u64>() + others;
         println!(
-            "| bsdiff matching + xz 9e ({what}) | {n} | {:.1} | {c:.1} | {a:.2} |",
+            "| shipped: {:?} ({what}): header {prefix} + control {} + [{}] + extra {} | {} | {:.1} | {comp:.1} | {app:.2} |",
+            header.layout,
+            describe(&[*c]),
+            describe(middle),
+            describe(&[*e]),
+            object.len(),
             r.seconds
         );
-        let (n, c, _) = measure(&old, target, &r, zstd19, false);
         println!(
-            "| bsdiff matching + zstd -19 ({what}) | {n} | {:.1} | {c:.1} | - |",
+            "| not chosen: other layout ({what}): [{}] | ~{other_total} | - | - | - |",
+            describe(&packed.other)
+        );
+        let (n, c) = measure(&r, xz);
+        println!(
+            "| same raw streams, 3 x xz 9e (algorithm 1 compression; {what}) | {n} | {:.1} | {c:.1} | - |",
+            r.seconds
+        );
+        let (n, c) = measure(&r, zstd19);
+        println!(
+            "| same raw streams, 3 x zstd -19 ({what}) | {n} | {:.1} | {c:.1} | - |",
             r.seconds
         );
     }
@@ -186,49 +259,48 @@ fn main() {
     );
 }
 
+/// The chunks of `new` (default chunking) that `old` lacks, concatenated in order:
+/// what a diff object produces.
+fn missing_chunks(old: &[u8], new: &[u8]) -> Vec<u8> {
+    let p = ChunkParams::default();
+    let old_ids: std::collections::HashSet<ChunkId> = chunk_slice(old, p)
+        .expect("chunk")
+        .map(|(o, l)| ChunkId::of(&old[o..o + l]))
+        .collect();
+    let mut missing = Vec::new();
+    for (o, l) in chunk_slice(new, p).expect("chunk") {
+        if !old_ids.contains(&ChunkId::of(&new[o..o + l])) {
+            missing.extend_from_slice(&new[o..o + l]);
+        }
+    }
+    missing
+}
+
 /// The agent's side in-process: apply the shipped encoding over the base and write the
 /// output to a file, reporting apply and fsync separately (`--apply-only`).
 fn apply_throughput(old: &[u8], target: &[u8]) {
     use std::io::Write;
     let r = raw_streams(old, target);
-    let (c, d, e) = (xz(&r.control), xz(&r.diff), xz(&r.extra));
-    let header = DiffHeader {
-        algorithm: ferry_format::delta::BSDIFF_LZMA2,
-        base_manifest: Digest::of(b""),
-        base_size: old.len() as u64,
-        target_size: target.len() as u64,
-        target_chunks: 0,
-        control_len: c.len() as u64,
-        diff_len: d.len() as u64,
-        extra_len: e.len() as u64,
-    };
+    let (header, _, object) = shipped(old, target, &r);
     let dir = std::env::temp_dir().join(format!("diff-eval-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("tmp");
     let path = dir.join("out");
     let mut f =
         std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&path).expect("out"));
+    let applied = apply_object(old, &object, &mut |b| {
+        f.write_all(b)
+            .map_err(|e| ferry_format::FormatError::Compression(e.to_string()))
+    });
     let t = Instant::now();
-    apply(
-        &header,
-        &ConcatBase::new(vec![old]),
-        &c[..],
-        &d[..],
-        &e[..],
-        &mut |b| {
-            f.write_all(b)
-                .map_err(|e| ferry_format::FormatError::Compression(e.to_string()))
-        },
-    )
-    .expect("apply");
     let file = f.into_inner().expect("flush");
-    let applied = t.elapsed().as_secs_f64();
-    let t = Instant::now();
     file.sync_all().expect("fsync");
     let synced = t.elapsed().as_secs_f64();
     let mb = target.len() as f64 / 1e6;
     println!(
-        "diff {} B; apply {mb:.1} MB in {applied:.2} s ({:.0} MB/s) to a file, fsync {synced:.2} s",
-        c.len() + d.len() + e.len(),
+        "diff {} B ({:?}: {}); apply {mb:.1} MB in {applied:.3} s ({:.0} MB/s) to a file, fsync {synced:.2} s",
+        object.len(),
+        header.layout,
+        describe(&header.streams),
         mb / applied
     );
     let _ = std::fs::remove_dir_all(&dir);

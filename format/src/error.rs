@@ -101,6 +101,13 @@ pub enum FormatError {
     /// Compression failed.
     #[error("compression failed: {0}")]
     Compression(String),
+    /// An object names an encoding algorithm this build does not implement.
+    #[error("{kind} uses unknown algorithm {found}, this ferry reads algorithm {supported}")]
+    UnknownAlgorithm {
+        kind: &'static str,
+        found: u8,
+        supported: u8,
+    },
 }
 
 pub type Result<T, E = FormatError> = std::result::Result<T, E>;

@@ -281,26 +281,80 @@ fn main() {
         ferry_format::delta::encode::Sinks { control: Vec::new(), diff: Vec::new(), extra: Vec::new() },
     )
     .unwrap();
-    let z = |raw: &[u8]| {
-        let mut v = Vec::new();
-        ferry_format::delta::encode::compress_stream(raw, raw.len() as u64, &mut v).unwrap();
-        v
+    // The object the publisher would write, then every layout with each codec, so the
+    // fuzzer starts from valid streams of every decoder.
+    use ferry_format::delta::{DiffLayout, StreamCodec, StreamHeader, streams};
+    let packed = ferry_format::delta::encode::pack_in_memory(&c, &d, &e).unwrap();
+    let objects = |layout: DiffLayout, middle: Vec<Vec<u8>>, codec: StreamCodec| {
+        let mut parts = vec![c.clone()];
+        parts.extend(middle);
+        parts.push(e.clone());
+        let mut headers = Vec::new();
+        let mut data = Vec::new();
+        for raw in parts {
+            let codec = if raw.is_empty() { StreamCodec::Stored } else { codec };
+            let mut enc = streams::Encoder::new(&codec, Vec::new()).unwrap();
+            std::io::Write::write_all(&mut enc, &raw).unwrap();
+            let (raw_len, stored_len, bytes) = enc.finish().unwrap();
+            headers.push(StreamHeader { codec, raw_len, stored_len });
+            data.extend(bytes);
+        }
+        let header = ferry_format::delta::DiffHeader {
+            algorithm: ferry_format::delta::BSDIFF_V2,
+            base_manifest: Digest([7; 32]),
+            base_size: base.len() as u64,
+            target_size: target.len() as u64,
+            target_chunks: 1,
+            layout,
+            streams: headers,
+        };
+        let mut object = header.encode_prefix();
+        object.extend(data);
+        object
     };
-    let (c, d, e) = (z(&c), z(&d), z(&e));
+    let (zeros, runs, literals) = {
+        let (mut z, mut n, mut l) = (Vec::new(), Vec::new(), Vec::new());
+        let mut i = 0;
+        loop {
+            let k = d[i..].iter().take_while(|&&b| b == 0).count();
+            streams::put_varint(&mut z, k as u64);
+            i += k;
+            if i == d.len() {
+                break;
+            }
+            let k = d[i..].iter().take_while(|&&b| b != 0).count();
+            streams::put_varint(&mut n, k as u64 - 1);
+            l.extend_from_slice(&d[i..i + k]);
+            i += k;
+        }
+        (z, n, l)
+    };
+    let lzma = StreamCodec::Lzma2 { dict_size: 4096, lc: 0, lp: 0, pb: 0 };
+    let bzip3 = StreamCodec::Bzip3 { block_size: streams::MIN_BZIP3_BLOCK };
+    for (name, layout, codec) in [
+        ("diff_dense_stored", DiffLayout::Dense, StreamCodec::Stored),
+        ("diff_dense_bzip3", DiffLayout::Dense, bzip3),
+        ("diff_dense_lzma2", DiffLayout::Dense, lzma),
+        ("diff_sparse_stored", DiffLayout::Sparse, StreamCodec::Stored),
+        ("diff_sparse_lzma2", DiffLayout::Sparse, lzma),
+        ("diff_sparse_bzip3", DiffLayout::Sparse, bzip3),
+    ] {
+        let middle = match layout {
+            DiffLayout::Dense => vec![d.clone()],
+            DiffLayout::Sparse => vec![zeros.clone(), runs.clone(), literals.clone()],
+        };
+        write(&out, "diff_apply", name, &objects(layout, middle, codec));
+    }
     let header = ferry_format::delta::DiffHeader {
-        algorithm: ferry_format::delta::BSDIFF_LZMA2,
+        algorithm: ferry_format::delta::BSDIFF_V2,
         base_manifest: Digest([7; 32]),
         base_size: base.len() as u64,
         target_size: target.len() as u64,
         target_chunks: 1,
-        control_len: c.len() as u64,
-        diff_len: d.len() as u64,
-        extra_len: e.len() as u64,
+        layout: packed.layout,
+        streams: packed.streams.iter().map(|(h, _)| *h).collect(),
     };
-    let mut object = header.encode_prefix();
-    object.extend_from_slice(&c);
-    object.extend_from_slice(&d);
-    object.extend_from_slice(&e);
+    let object = ferry_format::delta::encode::object_in_memory(&header, &packed);
     write(&out, "diff_apply", "diff_object", &object);
     let md = ferry_format::delta::manifest_diff::encode_manifest_diff(base, target, 19).unwrap();
     write(&out, "diff_apply", "manifest_diff", &md);

@@ -21,17 +21,19 @@ fuzz_target!(|data: &[u8]| {
     if header.target_size > 1 << 20 {
         return;
     }
-    let s = start as usize;
-    let c = s + header.control_len as usize;
-    let d = c + header.diff_len as usize;
-    let (control, diff, extra) = (&data[s..c], &data[c..d], &data[d..]);
+    // decode_prefix checked the stored lengths add up to the input.
+    let streams: Vec<&[u8]> = header
+        .stream_ranges(start)
+        .into_iter()
+        .map(|(o, l)| &data[o as usize..(o + l) as usize])
+        .collect();
     // The base's length must match the header for apply to start; use a prefix of BASE.
     let Some(base) = BASE.get(..header.base_size as usize) else {
         return;
     };
     let parts = ConcatBase::new(vec![&base[..base.len() / 2], &base[base.len() / 2..]]);
     let mut produced = 0u64;
-    let result = apply(&header, &parts, control, diff, extra, &mut |b| {
+    let result = apply(&header, &parts, streams, &mut |b| {
         produced += b.len() as u64;
         Ok(())
     });

@@ -1,13 +1,13 @@
 //! Applying a diff object (FORMAT.md §3.6) to a retained release, producing the chunks
 //! of the new release that the base lacks into a spool file in staging.
 //!
-//! The diff's three streams are read from the downloaded object through three
-//! independent file handles, the base through memory maps of the base release's
-//! installed files, and the output is written sequentially: memory stays at a few
-//! buffers whatever the release size. Every produced chunk is hashed as its last byte
-//! arrives and compared with its id, so a bad diff (or a base file edited during the
-//! update) is refused naming the chunk; [`DiffSpool::chunk`] hashes it again when the
-//! tree builder copies it out.
+//! The diff's streams are read from the downloaded object through one file handle
+//! each, the base through memory maps of the base release's installed files, and the
+//! output is written sequentially: memory stays at a few buffers whatever the release
+//! size. Every produced chunk is hashed as its last byte arrives and compared with its
+//! id, so a bad diff (or a base file edited during the update) is refused naming the
+//! chunk; [`DiffSpool::chunk`] hashes it again when the tree builder copies it out.
+//! When the manifest is a skeleton (FORMAT.md §3.7) the hashes become the ids.
 
 use std::collections::HashMap;
 use std::fs::{self, File};
@@ -19,6 +19,7 @@ use ferry_format::FormatError;
 use ferry_format::delta::apply::{ConcatBase, apply};
 use ferry_format::delta::{DiffHeader, base_files, missing_chunks};
 use ferry_format::id::{ChunkId, Digest, ObjectRef};
+use ferry_format::manifest::ChunkRecord;
 use ferry_format::manifest::Manifest;
 
 use super::ApplyError;
@@ -29,15 +30,48 @@ use crate::fsutil::{self, FsError, ctx};
 /// Bytes before the streams at most: magic, format, header length, a ≤ 4 KiB header.
 const PREFIX_MAX: u64 = 10 + 4096;
 
+/// One chunk a diff must produce, in output order: its size, and its id when the
+/// manifest names it. A skeleton's holes (FORMAT.md §3.7) have none: the hash of what
+/// the diff produces becomes the id, checked later through the whole manifest's hash.
+#[derive(Clone, Copy, Debug)]
+pub struct Want {
+    pub size: u32,
+    pub id: Option<ChunkId>,
+}
+
+impl Want {
+    /// The chunks of `target` that `base` lacks, which a diff from `base` produces.
+    pub fn missing(target: &Manifest, base: &Manifest) -> Vec<Want> {
+        missing_chunks(target, base)
+            .into_iter()
+            .map(|i| Want::named(&target.chunks[i]))
+            .collect()
+    }
+
+    fn named(c: &ChunkRecord) -> Want {
+        Want {
+            size: c.size,
+            id: Some(c.id),
+        }
+    }
+}
+
 /// Chunks a diff produced, verified, laid end to end in one staging file.
 pub struct DiffSpool {
     path: PathBuf,
     file: File,
     /// Chunk id -> offset in the spool (sizes come from the chunk table).
     offsets: HashMap<ChunkId, u64>,
+    /// Ids of the produced chunks, in output order.
+    produced: Vec<ChunkId>,
 }
 
 impl DiffSpool {
+    /// Ids of the produced chunks in output order (what fills a skeleton's holes).
+    pub fn produced(&self) -> &[ChunkId] {
+        &self.produced
+    }
+
     /// Whether the spool holds `id`.
     pub fn has(&self, id: &ChunkId) -> bool {
         self.offsets.contains_key(id)
@@ -105,16 +139,16 @@ pub fn verify_object(path: &Path, expected: &ObjectRef) -> Result<(), ApplyError
 }
 
 /// Applies the verified diff object at `object` (of `object_size` bytes) to the
-/// installed tree of `base`, writing the chunks `target` lacks in `base` (in
-/// `target`'s table order) to a new file `spool`. On any error the spool is deleted.
+/// installed tree of `base`, writing the chunks `want` lists (in that order) to a new
+/// file `spool`. On any error the spool is deleted.
 pub fn apply_to_spool(
     object: &Path,
     object_size: u64,
     base: &LocalRelease,
-    target: &Manifest,
+    want: &[Want],
     spool: &Path,
 ) -> Result<DiffSpool, ApplyError> {
-    let result = apply_inner(object, object_size, base, target, spool);
+    let result = apply_inner(object, object_size, base, want, spool);
     if result.is_err() {
         let _ = fs::remove_file(spool);
     }
@@ -125,7 +159,7 @@ fn apply_inner(
     object: &Path,
     object_size: u64,
     base: &LocalRelease,
-    target: &Manifest,
+    want: &[Want],
     spool: &Path,
 ) -> Result<DiffSpool, ApplyError> {
     let bad = |source: FormatError| ApplyError::BadDiff {
@@ -151,18 +185,14 @@ fn apply_inner(
             header.base_manifest, base.version
         )));
     }
-    let expected = missing_chunks(target, &base.manifest);
-    let expected_size: u64 = expected
-        .iter()
-        .map(|&i| u64::from(target.chunks[i].size))
-        .sum();
-    if header.target_chunks != expected.len() as u64 || header.target_size != expected_size {
+    let expected_size: u64 = want.iter().map(|w| u64::from(w.size)).sum();
+    if header.target_chunks != want.len() as u64 || header.target_size != expected_size {
         return Err(malformed(format!(
             "produces {} chunks ({} bytes), {} lacks {} chunks ({expected_size} bytes)",
             header.target_chunks,
             header.target_size,
             base.version,
-            expected.len()
+            want.len()
         )));
     }
 
@@ -188,17 +218,17 @@ fn apply_inner(
         ctx("seeking", object, f.seek(SeekFrom::Start(offset)))?;
         Ok(f.take(len))
     };
-    let control = stream(start, header.control_len)?;
-    let diff = stream(start + header.control_len, header.diff_len)?;
-    let extra = stream(
-        start + header.control_len + header.diff_len,
-        header.extra_len,
-    )?;
+    let streams = header
+        .stream_ranges(start)
+        .into_iter()
+        .map(|(offset, len)| stream(offset, len))
+        .collect::<Result<Vec<_>, _>>()?;
 
     // Output: split into the expected chunks, each verified as it completes.
     let file = fsutil::create_new_file(spool)?;
     let mut w = BufWriter::with_capacity(1 << 20, &file);
-    let mut offsets = HashMap::with_capacity(expected.len());
+    let mut offsets = HashMap::with_capacity(want.len());
+    let mut produced_ids = Vec::with_capacity(want.len());
     let mut next = 0usize;
     let mut filled = 0u64;
     let mut written = 0u64;
@@ -213,7 +243,7 @@ fn apply_inner(
     let mut sink = |mut bytes: &[u8]| -> ferry_format::Result<()> {
         while !bytes.is_empty() {
             // apply() never produces more than target_size, the sum of these chunks.
-            let Some(rec) = expected.get(next).map(|&i| target.chunks[i]) else {
+            let Some(rec) = want.get(next).copied() else {
                 failure = Some(malformed("output beyond the expected chunks".into()));
                 return Err(stop());
             };
@@ -231,15 +261,18 @@ fn apply_inner(
             filled += n as u64;
             if filled == u64::from(rec.size) {
                 let got = Digest::from(hasher.finalize());
-                if got != rec.id {
+                if let Some(id) = rec.id
+                    && got != id
+                {
                     failure = Some(ApplyError::DiffMismatch {
-                        id: rec.id.to_hex(),
+                        id: id.to_hex(),
                         base: base.version.clone(),
                         actual: got.to_hex(),
                     });
                     return Err(stop());
                 }
-                offsets.insert(rec.id, written);
+                offsets.insert(got, written);
+                produced_ids.push(got);
                 written += filled;
                 hasher.reset();
                 filled = 0;
@@ -248,12 +281,12 @@ fn apply_inner(
         }
         Ok(())
     };
-    let applied = apply(&header, &concat, control, diff, extra, &mut sink);
+    let applied = apply(&header, &concat, streams, &mut sink);
     if let Some(e) = failure {
         return Err(e);
     }
     let produced = applied.map_err(bad)?;
-    if produced != expected_size || next != expected.len() {
+    if produced != expected_size || next != want.len() {
         return Err(malformed(format!(
             "produced {produced} of {expected_size} bytes"
         )));
@@ -265,5 +298,6 @@ fn apply_inner(
         path: spool.to_path_buf(),
         file: ctx("opening", spool, fsutil::open_nofollow(spool))?,
         offsets,
+        produced: produced_ids,
     })
 }

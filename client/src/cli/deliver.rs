@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
-use ferry_format::delta::manifest_diff::apply_manifest_diff;
+use ferry_format::delta::manifest_diff::{Skeleton, apply_manifest_diff};
 use ferry_format::delta::{DiffRef, ManifestDiffRef};
 use ferry_format::envelope::{ObjectKind, TrustedKeys};
 use ferry_format::head::claimed_key_list;
@@ -26,12 +26,12 @@ use ferry_format::plan::{DEFAULT_MAX_GAP, FetchRange, plan_archive};
 use ferry_format::verified::{HeadPolicy, Verified, verify_head, verify_manifest};
 use ferry_format::version::Version;
 
-use super::plan::{DiffChoice, archive_line, choose_diff, diff_line};
+use super::plan::{DiffChoice, archive_line, base_intact, choose_diff, diff_line};
 use super::report::{self, Out};
 use super::root::Root;
 use crate::apply::build::{Downloaded, build_tree};
 use crate::apply::check::{Depth, check_tree};
-use crate::apply::diff::{DiffSpool, apply_to_spool, verify_object};
+use crate::apply::diff::{DiffSpool, Want, apply_to_spool, verify_object};
 use crate::apply::source::LocalChunks;
 use crate::fetch::ranges::range_file;
 use crate::fetch::{self, Counters, FetchError, Transport};
@@ -47,6 +47,20 @@ type AcceptedKeyList = (u64, Vec<u8>);
 /// Most key list versions one update follows; a longer chain is more likely an attack
 /// than an agent that slept through a hundred rotations.
 const MAX_KEY_LIST_STEPS: u64 = 100;
+
+/// A data diff already applied while the manifest was rebuilt from a skeleton
+/// (FORMAT.md §3.7): the chunks it produced, which the build then uses.
+pub struct PreparedDiff {
+    base: String,
+    spool: DiffSpool,
+}
+
+/// A verified manifest, its exact bytes, and the diff applied to get it, if any.
+pub struct FetchedManifest {
+    pub bytes: Vec<u8>,
+    pub manifest: Verified<Manifest>,
+    pub prepared: Option<PreparedDiff>,
+}
 
 /// A connected repository plus the runtime its transport runs on. Everything else
 /// in ferry is synchronous; only fetching is async.
@@ -200,16 +214,31 @@ impl Remote {
     /// The current release's manifest: rebuilt from a manifest diff against the
     /// manifest of a retained release when the head offers one, otherwise (or when
     /// that fails for any reason) fetched whole. Verified the same way either way.
+    /// A skeleton manifest diff comes with the data diff that completes it, which is
+    /// then already applied: the update's plan line is printed before it is fetched.
     pub fn fetch_current_manifest(
         &self,
         root: &Root,
         head: &ChannelHead,
         trusted: &TrustedKeys,
-    ) -> Result<(Vec<u8>, Verified<Manifest>)> {
+        from: Option<&str>,
+        out: Out,
+    ) -> Result<FetchedManifest> {
         let release = head.current();
         let channel = &root.config.channel;
         if let Some((base_version, base_bytes, diff)) = manifest_diff_base(root, head) {
-            match self.manifest_from_diff(diff, &base_bytes, release, channel, trusted) {
+            let ctx = ManifestDiffCtx {
+                diff,
+                base_version: &base_version,
+                base: &base_bytes,
+                release,
+                channel,
+                trusted,
+            };
+            // A transfer that fails (rather than a diff that turns out unusable) ends
+            // the update, as for any other object: a slow or broken network is no
+            // reason to download more.
+            match self.manifest_from_diff(root, &ctx, from, out)? {
                 Ok(found) => {
                     tracing::info!(
                         "manifest of {} rebuilt from a diff against {base_version}'s",
@@ -222,30 +251,138 @@ impl Remote {
                 ),
             }
         }
-        self.fetch_manifest(release, channel, trusted)
+        let (bytes, manifest) = self.fetch_manifest(release, channel, trusted)?;
+        Ok(FetchedManifest {
+            bytes,
+            manifest,
+            prepared: None,
+        })
     }
 
+    /// The outer error is a failed transfer of the data diff (fatal), the inner one
+    /// anything that makes the manifest diff unusable (the caller falls back).
     fn manifest_from_diff(
         &self,
-        diff: &ManifestDiffRef,
-        base: &[u8],
-        release: &ReleaseRef,
-        channel: &str,
-        trusted: &TrustedKeys,
-    ) -> Result<(Vec<u8>, Verified<Manifest>)> {
-        let path = object_path(&diff.object.hash);
-        let bytes = self.get_all(&path, diff.object.size, "manifest diff")?;
-        diff.object.check("manifest diff", &bytes)?;
-        let manifest_bytes = apply_manifest_diff(base, &bytes, release.manifest.size)?;
-        let manifest =
-            verify_manifest(&manifest_bytes, release, channel, trusted).with_context(|| {
+        root: &Root,
+        c: &ManifestDiffCtx,
+        from: Option<&str>,
+        out: Out,
+    ) -> Result<Result<FetchedManifest>> {
+        let path = object_path(&c.diff.object.hash);
+        let rebuilt = self
+            .get_all(&path, c.diff.object.size, "manifest diff")
+            .and_then(|bytes| {
+                c.diff.object.check("manifest diff", &bytes)?;
+                Ok(apply_manifest_diff(
+                    c.base,
+                    &bytes,
+                    c.release.manifest.size,
+                )?)
+            });
+        let rebuilt = match rebuilt {
+            Ok(r) => r,
+            Err(e) => return Ok(Err(e)),
+        };
+        let (manifest_bytes, prepared) = match c.diff.chunk_diff {
+            None => (rebuilt, None),
+            Some(object) => match self.fill_skeleton(root, c, &rebuilt, object, from, out)? {
+                Ok((filled, prepared)) => (filled, Some(prepared)),
+                Err(e) => return Ok(Err(e)),
+            },
+        };
+        let verified = verify_manifest(&manifest_bytes, c.release, c.channel, c.trusted)
+            .with_context(|| {
                 format!(
                     "verifying manifest of {} rebuilt from {}",
-                    release.version,
+                    c.release.version,
                     self.transport.url(&path)
                 )
-            })?;
-        Ok((manifest_bytes, manifest))
+            });
+        Ok(verified.map(|manifest| FetchedManifest {
+            bytes: manifest_bytes,
+            manifest,
+            prepared,
+        }))
+    }
+
+    /// Completes a skeleton: fetches the data diff the signed head pins next to it,
+    /// applies it to the base (held intact here) and fills the skeleton's holes with
+    /// the hashes of the chunks it produced. The caller verifies the result. Errors as
+    /// for [`Remote::manifest_from_diff`].
+    fn fill_skeleton(
+        &self,
+        root: &Root,
+        c: &ManifestDiffCtx,
+        skeleton_bytes: &[u8],
+        object: ferry_format::id::ObjectRef,
+        from: Option<&str>,
+        out: Out,
+    ) -> Result<Result<(Vec<u8>, PreparedDiff)>> {
+        let releases = root.local_releases();
+        let prepared = (|| -> Result<_> {
+            let base = releases
+                .iter()
+                .find(|r| r.version == c.base_version)
+                .with_context(|| format!("{} is not installed", c.base_version))?;
+            let skeleton = Skeleton::decode(skeleton_bytes, &base.manifest)
+                .context("reading the manifest skeleton")?;
+            if !base_intact(base) {
+                bail!("{} is modified locally", c.base_version);
+            }
+            Ok((base, skeleton))
+        })();
+        let (base, skeleton) = match prepared {
+            Ok(p) => p,
+            Err(e) => return Ok(Err(e)),
+        };
+        let (reuse_chunks, reuse_bytes) = skeleton
+            .known_chunks()
+            .fold((0u64, 0u64), |(n, b), (_, size)| {
+                (n + 1, b + u64::from(size))
+            });
+        out.info(&format!(
+            "plan: {} -> {}: reuse {reuse_chunks} chunks ({}) from local releases, download diff from {} ({}) in 1 request",
+            from.unwrap_or("none"),
+            skeleton.version(),
+            report::bytes(reuse_bytes),
+            c.base_version,
+            report::bytes(object.size),
+        ));
+        let downloads = root.layout.downloads();
+        fsutil::create_dir_all(&downloads)?;
+        let diff_ref = DiffRef {
+            base_version: c.base_version.to_string(),
+            base_manifest: c.diff.base_manifest,
+            object,
+        };
+        let Some(file) = self.download_diff(&diff_ref, &downloads)? else {
+            return Ok(Err(anyhow::anyhow!(
+                "the repository does not have the diff object the head names"
+            )));
+        };
+        let want: Vec<Want> = skeleton
+            .hole_sizes()
+            .map(|size| Want { size, id: None })
+            .collect();
+        let applied = (|| -> Result<_> {
+            verify_object(&file, &object).context("checking the diff object")?;
+            let spool = root
+                .layout
+                .staging()
+                .join(format!("diff-{}.spool", object.hash.to_hex()));
+            fsutil::remove_tree(&spool)?;
+            let spool = apply_to_spool(&file, object.size, base, &want, &spool)
+                .with_context(|| format!("applying the diff from {}", c.base_version))?;
+            let filled = skeleton.fill(spool.produced())?;
+            Ok((
+                filled,
+                PreparedDiff {
+                    base: c.base_version.to_string(),
+                    spool,
+                },
+            ))
+        })();
+        Ok(applied)
     }
 
     /// Downloads a whole diff object into `dir`, resumable like archive ranges.
@@ -298,6 +435,16 @@ impl Remote {
     }
 }
 
+/// What rebuilding the current manifest from a manifest diff starts from.
+struct ManifestDiffCtx<'a> {
+    diff: &'a ManifestDiffRef,
+    base_version: &'a str,
+    base: &'a [u8],
+    release: &'a ReleaseRef,
+    channel: &'a str,
+    trusted: &'a TrustedKeys,
+}
+
 /// The retained release whose stored manifest the head's manifest diffs start from
 /// (the active release first, then the newest): its version, manifest bytes (checked
 /// against the hash recorded in state) and the diff.
@@ -338,6 +485,7 @@ pub fn install_release(
     manifest: &Verified<Manifest>,
     from: Option<&str>,
     out: Out,
+    prepared: Option<PreparedDiff>,
 ) -> Result<BuildStats> {
     let layout = &root.layout;
     let version = manifest.version.clone();
@@ -365,7 +513,29 @@ pub fn install_release(
 
     let mut ranges = archive_plan.ranges.clone();
     let mut spool = None;
-    match choose_diff(manifest, &releases, &local, &archive_plan, from) {
+    let choice = match prepared {
+        Some(p) => {
+            // Planned and printed when the diff was fetched; only a rest can be new.
+            let rest = plan_archive(
+                manifest,
+                |id| local.has(id) || p.spool.has(id),
+                DEFAULT_MAX_GAP,
+            );
+            if rest.fetch_chunks > 0 {
+                out.info(&format!(
+                    "plus {} chunks ({}) from the archive that the diff from {} does not produce",
+                    rest.fetch_chunks,
+                    report::bytes(rest.download_bytes),
+                    p.base
+                ));
+            }
+            ranges = rest.ranges;
+            spool = Some(p.spool);
+            Err(Vec::new())
+        }
+        None => choose_diff(manifest, &releases, &local, &archive_plan, from),
+    };
+    match choice {
         Ok(choice) => {
             out.info(&diff_line(from, &version, &archive_plan, &choice));
             let applied = match remote.download_diff(choice.diff, &downloads)? {
@@ -390,7 +560,9 @@ pub fn install_release(
             for n in notes {
                 out.info(&format!("not using a diff: {n}"));
             }
-            out.info(&archive_line(from, &version, &archive_plan));
+            if spool.is_none() {
+                out.info(&archive_line(from, &version, &archive_plan));
+            }
         }
     }
     if !ranges.is_empty() {
@@ -440,7 +612,8 @@ fn apply_diff(
         .staging()
         .join(format!("diff-{}.spool", object.hash.to_hex()));
     fsutil::remove_tree(&spool)?;
-    apply_to_spool(file, object.size, choice.base, manifest, &spool)
+    let want = Want::missing(manifest, &choice.base.manifest);
+    apply_to_spool(file, object.size, choice.base, &want, &spool)
         .inspect_err(|_| {
             let _ = std::fs::remove_file(file);
         })

@@ -85,7 +85,7 @@ pub fn choose_diff<'a>(
 
 /// Whether every regular file of `base` (the diff's base bytes) still has its
 /// manifest size and hash.
-fn base_intact(base: &LocalRelease) -> bool {
+pub fn base_intact(base: &LocalRelease) -> bool {
     base.manifest.entries.iter().all(|e| match &e.kind {
         EntryKind::File { size, hash, .. } => {
             let path = base.tree.join(&e.path);

@@ -136,8 +136,17 @@ fn update(
         UpdateDecision::Install => {}
     }
 
-    let (bytes, manifest) = remote.fetch_current_manifest(root, &head, &trusted)?;
-    let stats = deliver::install_release(root, remote, &bytes, &manifest, active.as_deref(), out)?;
+    let fetched = remote.fetch_current_manifest(root, &head, &trusted, active.as_deref(), out)?;
+    let (bytes, manifest) = (fetched.bytes, fetched.manifest);
+    let stats = deliver::install_release(
+        root,
+        remote,
+        &bytes,
+        &manifest,
+        active.as_deref(),
+        out,
+        fetched.prepared,
+    )?;
     deliver::activate(root, &manifest, bytes.len() as u64)?;
     root.state.pin = None;
     root.save_state()?;

@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 use clap::Parser;
 use ferry_client::cli::Cli;
 use ferry_format::chunking::{ChunkParams, chunk_slice, compress_chunk};
-use ferry_format::delta::encode::{Sinks, compress_stream, encode};
+use ferry_format::delta::encode::{Sinks, encode, object_in_memory, pack_in_memory};
 use ferry_format::delta::manifest_diff::encode_manifest_diff;
-use ferry_format::delta::{BSDIFF_LZMA2, DiffHeader, DiffRef, ManifestDiffRef, missing_chunks};
+use ferry_format::delta::{BSDIFF_V2, DiffHeader, DiffRef, ManifestDiffRef, missing_chunks};
 use ferry_format::head::{ChannelHead, ReleaseRef};
 use ferry_format::id::{ChunkId, Digest, ObjectRef};
 use ferry_format::keys::SecretKey;
@@ -87,26 +87,17 @@ impl Repo {
             extra: Vec::new(),
         };
         let (c, d, e, _) = encode(base_data, &target, sinks).unwrap();
-        let z = |raw: Vec<u8>| {
-            let mut out = Vec::new();
-            compress_stream(&raw[..], raw.len() as u64, &mut out).unwrap();
-            out
-        };
-        let (c, d, e) = (z(c), z(d), z(e));
+        let packed = pack_in_memory(&c, &d, &e).unwrap();
         let header = DiffHeader {
-            algorithm: BSDIFF_LZMA2,
+            algorithm: BSDIFF_V2,
             base_manifest: Digest::of(base_bytes),
             base_size: base_data.len() as u64,
             target_size: target.len() as u64,
             target_chunks: wanted.len() as u64,
-            control_len: c.len() as u64,
-            diff_len: d.len() as u64,
-            extra_len: e.len() as u64,
+            layout: packed.layout,
+            streams: packed.streams.iter().map(|(h, _)| *h).collect(),
         };
-        let mut object = header.encode_prefix();
-        object.extend_from_slice(&c);
-        object.extend_from_slice(&d);
-        object.extend_from_slice(&e);
+        let object = object_in_memory(&header, &packed);
         let path = object_path(&Digest::of(&object));
         self.put(&path, &object);
         self.last_diff = Some(self.dir.join(path));
@@ -127,6 +118,7 @@ impl Repo {
         self.manifest_diffs = vec![ManifestDiffRef {
             base_manifest: Digest::of(base_bytes),
             object: ObjectRef::of(&diff),
+            chunk_diff: None,
         }];
         self.put(&path, &diff);
         self.last_manifest_diff = Some(self.dir.join(path));

@@ -1,11 +1,14 @@
-//! Applying a diff: one sequential pass, memory bounded by a few buffers whatever the
-//! release size. The base is read at random positions through [`Base`] (a client
+//! Applying a diff: one sequential pass, memory bounded by the stream decoders
+//! ([`super::streams::DECODER_MEMORY_LIMIT`]) and a few buffers whatever the release
+//! size. The base is read at random positions through [`Base`] (a client
 //! backs it with memory maps of its installed files); the output is handed to the
 //! caller in order.
 
 use std::io::Read;
+use std::sync::mpsc;
 
-use super::DiffHeader;
+use super::streams::{Decoder, MAX_VARINT_LEN, unzigzag};
+use super::{DiffHeader, DiffLayout, StreamHeader};
 use crate::error::{FormatError, Result};
 
 /// Random access to the base a diff was made against.
@@ -69,33 +72,225 @@ fn corrupt(reason: String) -> FormatError {
     }
 }
 
-/// Memory a stream's decoder may use: refuses a hostile dictionary size up front.
-const DECODER_MEMLIMIT: u64 = super::encode::MAX_DICT + (4 << 20);
-
-fn decoder<'a, R: Read + 'a>(r: R) -> Result<Box<dyn Read + 'a>> {
-    let stream = liblzma::stream::Stream::new_stream_decoder(DECODER_MEMLIMIT, 0)
-        .map_err(|e| corrupt(e.to_string()))?;
-    Ok(Box::new(liblzma::read::XzDecoder::new_stream(r, stream)))
-}
-
-/// Reads exactly `buf.len()` bytes or names the stream that ended early.
-fn fill(r: &mut dyn Read, buf: &mut [u8], what: &str) -> Result<()> {
-    r.read_exact(buf)
-        .map_err(|e| corrupt(format!("{what} stream: {e}")))
-}
-
+/// Raw bytes a decoder thread hands over at a time, and how many pieces may wait:
+/// bounds the memory of every stream to a few hundred KiB beyond its decoder.
+const PIECE: usize = 256 << 10;
+const DEPTH: usize = 3;
+/// Output produced per call of the sink.
 const BUF: usize = 256 << 10;
 
-/// Applies the diff whose compressed streams are `control`, `diff` and `extra` to
-/// `base`, handing every produced byte, in order, to `out`. Fails on any stream that
-/// would read outside the base, produce more than the header's `target_size`, or end
-/// early; the caller still verifies every produced chunk against its id.
-pub fn apply<B: Base + ?Sized>(
+type Piece = Result<Vec<u8>>;
+
+/// Decodes one stream on its own thread, sending exactly `raw_len` bytes in pieces,
+/// then an error if the stream does not end there or did not use all its stored bytes.
+/// Stops quietly when the applying side hangs up.
+fn pump(
+    name: &'static str,
+    h: &StreamHeader,
+    stored: impl Read,
+    tx: &mpsc::SyncSender<Piece>,
+) -> Result<()> {
+    let mut dec = Decoder::new(&h.codec, stored, name)?;
+    let mut left = h.raw_len;
+    while left > 0 {
+        let mut piece = vec![0u8; left.min(PIECE as u64) as usize];
+        dec.fill(&mut piece)?;
+        left -= piece.len() as u64;
+        if tx.send(Ok(piece)).is_err() {
+            return Ok(());
+        }
+    }
+    dec.finish(h.stored_len)
+}
+
+/// The applying side of one stream: raw bytes in order, never past `raw_len`.
+struct Incoming {
+    rx: mpsc::Receiver<Piece>,
+    cur: Vec<u8>,
+    pos: usize,
+    /// Raw bytes not yet received.
+    left: u64,
+    name: &'static str,
+}
+
+impl Incoming {
+    /// Up to `max` (≥ 1) next bytes; fails if the stream has none left.
+    fn take(&mut self, max: usize) -> Result<&[u8]> {
+        if self.pos == self.cur.len() {
+            if self.left == 0 {
+                return Err(corrupt(format!("{} stream ends early", self.name)));
+            }
+            self.cur = match self.rx.recv() {
+                Ok(piece) => piece?,
+                Err(_) => return Err(corrupt(format!("{} stream ends early", self.name))),
+            };
+            self.pos = 0;
+            self.left = self.left.saturating_sub(self.cur.len() as u64);
+        }
+        let n = max.min(self.cur.len() - self.pos);
+        let out = &self.cur[self.pos..self.pos + n];
+        self.pos += n;
+        Ok(out)
+    }
+
+    fn varint(&mut self) -> Result<u64> {
+        let mut v = 0u64;
+        for i in 0..MAX_VARINT_LEN {
+            let b = self.take(1)?[0];
+            // The tenth byte holds only bit 63.
+            if i == MAX_VARINT_LEN - 1 && b > 1 {
+                break;
+            }
+            v |= u64::from(b & 0x7f) << (7 * i);
+            if b & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err(corrupt(format!(
+            "{} stream: varint beyond 64 bits",
+            self.name
+        )))
+    }
+
+    /// Checks every raw byte was used and the decoder found the stream's end where
+    /// the header puts it.
+    fn finish(self) -> Result<()> {
+        let unread = self.left + (self.cur.len() - self.pos) as u64;
+        if unread != 0 {
+            return Err(corrupt(format!(
+                "{} stream has {unread} bytes beyond what the control stream uses",
+                self.name
+            )));
+        }
+        match self.rx.recv() {
+            Err(_) => Ok(()),
+            Ok(Err(e)) => Err(e),
+            Ok(Ok(_)) => Err(corrupt(format!("{} stream is too long", self.name))),
+        }
+    }
+}
+
+/// The dense difference stream, read directly or rebuilt from the sparse streams.
+enum Differences {
+    Dense(Incoming),
+    Sparse {
+        zeros: Incoming,
+        runs: Incoming,
+        literals: Incoming,
+        zero_left: u64,
+        lit_left: u64,
+        /// Whether the next run to read is a zero run.
+        zero_next: bool,
+        /// Difference bytes not yet described by a run.
+        undescribed: u64,
+    },
+}
+
+impl Differences {
+    /// Adds the next `buf.len()` difference bytes to `buf` (which holds base bytes).
+    fn add_to(&mut self, buf: &mut [u8]) -> Result<()> {
+        match self {
+            Differences::Dense(d) => {
+                let mut i = 0;
+                while i < buf.len() {
+                    let piece = d.take(buf.len() - i)?;
+                    for (x, y) in buf[i..i + piece.len()].iter_mut().zip(piece) {
+                        *x = x.wrapping_add(*y);
+                    }
+                    i += piece.len();
+                }
+                Ok(())
+            }
+            Differences::Sparse {
+                zeros,
+                runs,
+                literals,
+                zero_left,
+                lit_left,
+                zero_next,
+                undescribed,
+            } => {
+                let mut i = 0;
+                while i < buf.len() {
+                    let room = (buf.len() - i) as u64;
+                    if *zero_left > 0 {
+                        // Unchanged bytes: the base is already in place.
+                        let k = (*zero_left).min(room);
+                        *zero_left -= k;
+                        i += k as usize;
+                    } else if *lit_left > 0 {
+                        let piece = literals.take((*lit_left).min(room) as usize)?;
+                        for (x, y) in buf[i..i + piece.len()].iter_mut().zip(piece) {
+                            *x = x.wrapping_add(*y);
+                        }
+                        *lit_left -= piece.len() as u64;
+                        i += piece.len();
+                    } else {
+                        let (len, what) = if *zero_next {
+                            (zeros.varint()?, "zero run")
+                        } else {
+                            (runs.varint()?.saturating_add(1), "non-zero run")
+                        };
+                        if len > *undescribed {
+                            return Err(corrupt(format!(
+                                "{what} of {len} bytes runs past the differences"
+                            )));
+                        }
+                        *undescribed -= len;
+                        if *zero_next {
+                            *zero_left = len;
+                        } else {
+                            *lit_left = len;
+                        }
+                        *zero_next = !*zero_next;
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn finish(self) -> Result<()> {
+        match self {
+            Differences::Dense(d) => d.finish(),
+            Differences::Sparse {
+                mut zeros,
+                runs,
+                literals,
+                zero_left,
+                lit_left,
+                zero_next,
+                undescribed,
+            } => {
+                // After a non-zero run, the final zero run (of length 0) is still due.
+                if zero_next && zeros.varint()? != 0 {
+                    return Err(corrupt("final zero run past the differences".into()));
+                }
+                if zero_left + lit_left + undescribed != 0 {
+                    return Err(corrupt(
+                        "sparse streams describe more differences than the add runs use".into(),
+                    ));
+                }
+                zeros.finish()?;
+                runs.finish()?;
+                literals.finish()
+            }
+        }
+    }
+}
+
+/// Applies a diff to `base`, handing every produced byte, in order, to `out`.
+/// `streams` are readers of the object's streams in object order
+/// ([`DiffHeader::stream_ranges`]); each is decoded on its own thread (the agent's
+/// second core) while this one copies from the base, so the output runs at memory
+/// speed where the release only moved. Fails on any stream that would read outside
+/// the base, produce more than the header's `target_size`, end early or carry bytes
+/// nothing uses; the caller still verifies every produced chunk against its id.
+/// `header` must come from [`DiffHeader::decode_prefix`].
+pub fn apply<B: Base + ?Sized, R: Read + Send>(
     header: &DiffHeader,
     base: &B,
-    control: impl Read,
-    diff: impl Read,
-    extra: impl Read,
+    streams: Vec<R>,
     out: &mut dyn FnMut(&[u8]) -> Result<()>,
 ) -> Result<u64> {
     if base.len() != header.base_size {
@@ -105,24 +300,83 @@ pub fn apply<B: Base + ?Sized>(
             header.base_size
         )));
     }
-    let mut control = decoder(control)?;
-    let mut diff = decoder(diff)?;
-    let mut extra = decoder(extra)?;
+    let names = header.layout.stream_names();
+    if streams.len() != header.streams.len() || streams.len() != names.len() {
+        return Err(corrupt(format!(
+            "{} stream readers for a {:?} diff of {} streams",
+            streams.len(),
+            header.layout,
+            header.streams.len()
+        )));
+    }
+    let dense = header
+        .dense_len()
+        .ok_or_else(|| corrupt("extra stream longer than the target".into()))?;
+    std::thread::scope(|s| {
+        let mut incoming = Vec::with_capacity(names.len());
+        for ((r, h), &name) in streams.into_iter().zip(&header.streams).zip(names) {
+            let (tx, rx) = mpsc::sync_channel(DEPTH);
+            s.spawn(move || {
+                if let Err(e) = pump(name, h, r.take(h.stored_len), &tx) {
+                    let _ = tx.send(Err(e));
+                }
+            });
+            incoming.push(Incoming {
+                rx,
+                cur: Vec::new(),
+                pos: 0,
+                left: h.raw_len,
+                name,
+            });
+        }
+        // Dropping the receivers (on return, error or not) stops the decoders.
+        let mut it = incoming.into_iter();
+        let mut next = || it.next().expect("one per stream name");
+        let control = next();
+        let diff = match header.layout {
+            DiffLayout::Dense => Differences::Dense(next()),
+            DiffLayout::Sparse => Differences::Sparse {
+                zeros: next(),
+                runs: next(),
+                literals: next(),
+                zero_left: 0,
+                lit_left: 0,
+                zero_next: true,
+                undescribed: dense,
+            },
+        };
+        let extra = next();
+        run(header, base, control, diff, extra, out)
+    })
+}
+
+fn run<B: Base + ?Sized>(
+    header: &DiffHeader,
+    base: &B,
+    mut control: Incoming,
+    mut diff: Differences,
+    mut extra: Incoming,
+    out: &mut dyn FnMut(&[u8]) -> Result<()>,
+) -> Result<u64> {
     let mut produced = 0u64;
     let mut pos = 0u64;
-    let mut a = vec![0u8; BUF];
-    let mut b = vec![0u8; BUF];
+    let mut buf = vec![0u8; BUF];
     while produced < header.target_size {
-        let mut triple = [0u8; 24];
-        fill(&mut control, &mut triple, "control")?;
-        let add = u64::from_le_bytes(triple[..8].try_into().expect("8 bytes"));
-        let copy = u64::from_le_bytes(triple[8..16].try_into().expect("8 bytes"));
-        let seek = i64::from_le_bytes(triple[16..].try_into().expect("8 bytes"));
+        let seek = unzigzag(control.varint()?);
+        let add = control.varint()?;
+        let copy = control.varint()?;
         let end = produced
             .checked_add(add)
             .and_then(|n| n.checked_add(copy))
             .filter(|&n| n <= header.target_size)
             .ok_or_else(|| corrupt("control runs past the target size".into()))?;
+        if end == produced {
+            return Err(corrupt("control record produces nothing".into()));
+        }
+        pos = pos
+            .checked_add_signed(seek)
+            .filter(|&p| p <= header.base_size)
+            .ok_or_else(|| corrupt(format!("seek {seek} from {pos} leaves the base")))?;
         if pos.checked_add(add).is_none_or(|n| n > header.base_size) {
             return Err(corrupt(format!(
                 "add run of {add} at base {pos} leaves the base"
@@ -131,27 +385,22 @@ pub fn apply<B: Base + ?Sized>(
         let mut left = add;
         while left > 0 {
             let n = left.min(BUF as u64) as usize;
-            fill(&mut diff, &mut a[..n], "diff")?;
-            base.read_at(pos, &mut b[..n])?;
-            for (x, y) in a[..n].iter_mut().zip(&b[..n]) {
-                *x = x.wrapping_add(*y);
-            }
-            out(&a[..n])?;
+            base.read_at(pos, &mut buf[..n])?;
+            diff.add_to(&mut buf[..n])?;
+            out(&buf[..n])?;
             pos += n as u64;
             left -= n as u64;
         }
         let mut left = copy;
         while left > 0 {
-            let n = left.min(BUF as u64) as usize;
-            fill(&mut extra, &mut a[..n], "extra")?;
-            out(&a[..n])?;
-            left -= n as u64;
+            let piece = extra.take(left.min(BUF as u64) as usize)?;
+            left -= piece.len() as u64;
+            out(piece)?;
         }
         produced = end;
-        pos = pos
-            .checked_add_signed(seek)
-            .filter(|&p| p <= header.base_size)
-            .ok_or_else(|| corrupt(format!("seek {seek} from {pos} leaves the base")))?;
     }
+    control.finish()?;
+    diff.finish()?;
+    extra.finish()?;
     Ok(produced)
 }

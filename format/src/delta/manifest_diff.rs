@@ -3,10 +3,21 @@
 //! entries become short matches, so an update's metadata costs what changed, not the
 //! whole tree. The result is verified like any manifest (hash and size from the signed
 //! head, then signatures), so the diff itself needs no signature.
+//!
+//! What zstd cannot shrink is the 32-byte id of every new chunk. Those ids are hashes
+//! of bytes the agent is about to produce anyway from the data diff against the same
+//! base, so a manifest diff may carry a [`Skeleton`] instead: the manifest with those
+//! ids zeroed, completed by the agent from the chunks the data diff produces and only
+//! then verified (hash from the signed head, signatures) like any manifest.
 
+use std::collections::HashMap;
 use std::io::{Read, Write};
 
+use crate::codec;
+use crate::envelope::{Envelope, ObjectKind};
 use crate::error::{FormatError, Result};
+use crate::id::{ChunkId, Digest};
+use crate::manifest::{EntryKind, Manifest};
 
 fn window_log(total: usize) -> u32 {
     (usize::BITS - total.max(1).leading_zeros()).clamp(10, 27)
@@ -48,4 +59,295 @@ pub fn apply_manifest_diff(base: &[u8], diff: &[u8], max_size: u64) -> Result<Ve
         });
     }
     Ok(out)
+}
+
+/// A manifest as a skeleton manifest diff yields it (FORMAT.md §3.7): the ids of the
+/// chunks the base lacks (its "holes") are zero, and file entries name chunks by their
+/// index in the *base's* table, or past its end for holes, so that entries which did
+/// not change are byte for byte the base's, whatever the new table dropped or added.
+/// Not verified: its sizes only split the data diff's output into chunks;
+/// [`Skeleton::fill`] gives the bytes to verify against the signed head.
+#[derive(Clone, Debug)]
+pub struct Skeleton {
+    envelope: Envelope,
+    manifest: Manifest,
+    holes: Vec<usize>,
+}
+
+fn malformed(reason: String) -> FormatError {
+    FormatError::Malformed {
+        kind: "manifest skeleton",
+        reason,
+    }
+}
+
+fn is_hole(id: &ChunkId) -> bool {
+    id.0 == [0; 32]
+}
+
+/// Rewrites every file's chunk indexes with `f`.
+fn remap_entries(m: &mut Manifest, f: impl Fn(u32) -> Result<u32>) -> Result<()> {
+    for e in &mut m.entries {
+        if let EntryKind::File { chunks, .. } = &mut e.kind {
+            for c in chunks.iter_mut() {
+                *c = f(*c)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+impl Skeleton {
+    /// The publisher's side: `manifest_bytes` (a signed manifest) turned into the
+    /// skeleton against `base`, in the same envelope (same signatures).
+    pub fn make(manifest_bytes: &[u8], base: &Manifest) -> Result<Vec<u8>> {
+        let mut envelope = Envelope::decode(ObjectKind::Manifest, manifest_bytes)?;
+        let mut manifest: Manifest = codec::decode("manifest", &envelope.body)?;
+        let in_base: HashMap<ChunkId, u32> = base
+            .chunks
+            .iter()
+            .enumerate()
+            .map(|(k, c)| (c.id, k as u32))
+            .collect();
+        let mut next_hole = base.chunks.len() as u32;
+        let mut to_base = Vec::with_capacity(manifest.chunks.len());
+        for c in &mut manifest.chunks {
+            to_base.push(match in_base.get(&c.id) {
+                Some(&k) => k,
+                None => {
+                    c.id = Digest([0; 32]);
+                    next_hole += 1;
+                    next_hole - 1
+                }
+            });
+        }
+        remap_entries(&mut manifest, |i| {
+            to_base
+                .get(i as usize)
+                .copied()
+                .ok_or_else(|| malformed(format!("chunk index {i} beyond the table")))
+        })?;
+        envelope.body = codec::encode(&manifest);
+        Ok(envelope.encode())
+    }
+
+    /// Parses a skeleton made against `base` (the output of a skeleton manifest diff).
+    pub fn decode(bytes: &[u8], base: &Manifest) -> Result<Skeleton> {
+        let envelope = Envelope::decode(ObjectKind::Manifest, bytes)?;
+        let mut manifest: Manifest = codec::decode("manifest", &envelope.body)?;
+        let holes: Vec<usize> = (0..manifest.chunks.len())
+            .filter(|&i| is_hole(&manifest.chunks[i].id))
+            .collect();
+        let index: HashMap<ChunkId, u32> = manifest
+            .chunks
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| !is_hole(&c.id))
+            .map(|(i, c)| (c.id, i as u32))
+            .collect();
+        remap_entries(&mut manifest, |v| {
+            let found = match base.chunks.get(v as usize) {
+                Some(c) => index.get(&c.id).copied(),
+                None => holes.get(v as usize - base.chunks.len()).map(|&i| i as u32),
+            };
+            found.ok_or_else(|| {
+                malformed(format!(
+                    "file names chunk {v}, which is in neither the base nor the new table"
+                ))
+            })
+        })?;
+        Ok(Skeleton {
+            envelope,
+            manifest,
+            holes,
+        })
+    }
+
+    /// Sizes of the chunks whose ids are missing, in table order: what the data diff
+    /// must produce, one after the other.
+    pub fn hole_sizes(&self) -> impl ExactSizeIterator<Item = u32> + '_ {
+        self.holes.iter().map(|&i| self.manifest.chunks[i].size)
+    }
+
+    /// The manifest's version, as the skeleton claims it (for messages only).
+    pub fn version(&self) -> &str {
+        &self.manifest.version
+    }
+
+    /// The chunks the skeleton names by id: an agent holds them all when the skeleton
+    /// was made against a release it holds.
+    pub fn known_chunks(&self) -> impl Iterator<Item = (ChunkId, u32)> + '_ {
+        self.manifest
+            .chunks
+            .iter()
+            .filter(|c| !is_hole(&c.id))
+            .map(|c| (c.id, c.size))
+    }
+
+    /// The manifest's bytes with the holes filled by `ids` (in table order), ready for
+    /// verification against the signed head.
+    pub fn fill(mut self, ids: &[ChunkId]) -> Result<Vec<u8>> {
+        if ids.len() != self.holes.len() {
+            return Err(malformed(format!(
+                "{} chunk ids for {} holes",
+                ids.len(),
+                self.holes.len()
+            )));
+        }
+        for (&i, id) in self.holes.iter().zip(ids) {
+            self.manifest.chunks[i].id = *id;
+        }
+        self.envelope.body = codec::encode(&self.manifest);
+        Ok(self.envelope.encode())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chunking::ChunkParams;
+    use crate::id::ObjectRef;
+    use crate::keys::SecretKey;
+    use crate::manifest::{ChunkRecord, Entry};
+
+    fn chunk(tag: &str, generation: u64) -> ChunkRecord {
+        ChunkRecord {
+            id: Digest::of(tag.as_bytes()),
+            size: 1000,
+            stored_size: 500,
+            generation,
+        }
+    }
+
+    /// A manifest whose files are made of the named chunks.
+    fn manifest(
+        version: &str,
+        generation: u64,
+        table: &[ChunkRecord],
+        files: &[(&str, &[u32])],
+    ) -> Manifest {
+        Manifest {
+            channel: "stable".into(),
+            version: version.into(),
+            generation,
+            chunking: ChunkParams::default(),
+            archive: ObjectRef {
+                hash: Digest::of(version.as_bytes()),
+                size: 500 * table.len() as u64,
+            },
+            chunks: table.to_vec(),
+            entries: files
+                .iter()
+                .map(|(path, chunks)| Entry {
+                    path: path.to_string(),
+                    kind: EntryKind::File {
+                        mode: 0o644,
+                        size: 1000 * chunks.len() as u64,
+                        hash: Digest::of(path.as_bytes()),
+                        chunks: chunks.to_vec(),
+                    },
+                })
+                .collect(),
+            diffs: vec![],
+        }
+    }
+
+    fn signed(m: &Manifest) -> Vec<u8> {
+        m.sign(&[&SecretKey::from_seed([7; 32])]).unwrap()
+    }
+
+    /// Base: a b c d. New: b d e f (a and c dropped, e and f added), so every index
+    /// in the new table differs from the base's.
+    fn pair() -> (Manifest, Manifest) {
+        let base = manifest(
+            "1.0.0",
+            1,
+            &[chunk("a", 1), chunk("b", 1), chunk("c", 1), chunk("d", 1)],
+            &[("x", &[0, 1]), ("y", &[2, 3])],
+        );
+        let new = manifest(
+            "1.1.0",
+            2,
+            &[chunk("b", 1), chunk("d", 1), chunk("e", 2), chunk("f", 2)],
+            &[("x", &[2, 0]), ("y", &[3, 1]), ("z", &[1])],
+        );
+        (base, new)
+    }
+
+    #[test]
+    fn skeleton_round_trips_through_its_holes() {
+        let (base, new) = pair();
+        let new_bytes = signed(&new);
+        let skeleton_bytes = Skeleton::make(&new_bytes, &base).unwrap();
+        assert_ne!(skeleton_bytes, new_bytes);
+        let skeleton = Skeleton::decode(&skeleton_bytes, &base).unwrap();
+        assert_eq!(skeleton.hole_sizes().collect::<Vec<_>>(), [1000, 1000]);
+        let known: Vec<ChunkId> = skeleton.known_chunks().map(|(id, _)| id).collect();
+        assert_eq!(known, [new.chunks[0].id, new.chunks[1].id]);
+        let filled = skeleton
+            .fill(&[new.chunks[2].id, new.chunks[3].id])
+            .unwrap();
+        assert_eq!(filled, new_bytes);
+    }
+
+    #[test]
+    fn unchanged_files_cost_almost_nothing() {
+        // 200 files; the new release drops the first file's chunk and adds one: every
+        // index shifts, yet the skeleton diff stays small where the plain one cannot.
+        let table: Vec<ChunkRecord> = (0..200).map(|i| chunk(&format!("c{i}"), 1)).collect();
+        let names: Vec<String> = (0..200).map(|i| format!("file{i:03}")).collect();
+        let lists: Vec<[u32; 1]> = (0..200).map(|i| [i]).collect();
+        let files: Vec<(&str, &[u32])> = names
+            .iter()
+            .zip(&lists)
+            .map(|(n, l)| (n.as_str(), &l[..]))
+            .collect();
+        let base = manifest("1.0.0", 1, &table, &files);
+        let mut new_table = table[1..].to_vec();
+        new_table.push(chunk("new", 2));
+        let new_lists: Vec<[u32; 1]> = (0..200).map(|i| [(i + 199) % 200]).collect();
+        let new_files: Vec<(&str, &[u32])> = names
+            .iter()
+            .zip(&new_lists)
+            .map(|(n, l)| (n.as_str(), &l[..]))
+            .collect();
+        let new = manifest("1.1.0", 2, &new_table, &new_files);
+        let (base_bytes, new_bytes) = (signed(&base), signed(&new));
+        let skeleton = Skeleton::make(&new_bytes, &base).unwrap();
+        let plain = encode_manifest_diff(&base_bytes, &new_bytes, 19)
+            .unwrap()
+            .len();
+        let skel = encode_manifest_diff(&base_bytes, &skeleton, 19)
+            .unwrap()
+            .len();
+        assert!(
+            skel * 2 < plain,
+            "skeleton diff {skel} B vs plain {plain} B"
+        );
+        let filled = Skeleton::decode(&skeleton, &base)
+            .unwrap()
+            .fill(&[new_table[199].id])
+            .unwrap();
+        assert_eq!(filled, new_bytes);
+    }
+
+    #[test]
+    fn bad_skeletons_are_refused_by_name() {
+        let (base, new) = pair();
+        let skeleton = Skeleton::make(&signed(&new), &base).unwrap();
+        let err = Skeleton::decode(&skeleton, &base)
+            .unwrap()
+            .fill(&[new.chunks[2].id])
+            .unwrap_err();
+        assert!(err.to_string().contains("1 chunk ids for 2 holes"), "{err}");
+        // Against another base, the file indexes point nowhere.
+        let other = manifest("0.9.0", 1, &[chunk("q", 1)], &[("x", &[0])]);
+        let err = Skeleton::decode(&skeleton, &other).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("in neither the base nor the new table"),
+            "{err}"
+        );
+        assert!(Skeleton::decode(b"FRYMjunk", &base).is_err());
+    }
 }

@@ -8,19 +8,25 @@
 //! Matching runs against the whole base, so moved, renamed and shifted code is found
 //! wherever it was.
 //!
-//! The encoding keeps bsdiff's three streams, each one LZMA2 (.xz) stream:
-//! control triples `(add, copy, seek)`, the bytewise differences of the `add` runs
-//! (mostly zeros where code only moved) and the `copy` bytes that match nothing.
+//! The encoding keeps bsdiff's model: control records `(seek, add, copy)` as varints,
+//! the bytewise differences of the `add` runs (mostly zeros where code only moved) and
+//! the `copy` bytes that match nothing. The differences are stored either as one dense
+//! stream (best compressed by bzip3) or split into zero runs, non-zero runs and the
+//! non-zero bytes (best compressed by LZMA2, and applied as plain copies from the base
+//! wherever nothing changed); the publisher keeps whichever layout is smaller.
 //! Applying is one sequential pass with bounded memory: the base is read at random
 //! positions, the output is written in order.
 //!
-//! - [`encode`]: the publisher's side (suffix array over the base, bsdiff scan).
+//! - [`encode`]: the publisher's side (suffix array over the base, bsdiff scan, and
+//!   [`encode::pack`], which picks the layout and codecs).
 //! - [`apply`]: the client's side, streaming.
+//! - [`streams`]: the stream codecs and varints shared by both sides.
 //! - [`manifest_diff`]: the new manifest as a zstd frame against the old one.
 
 pub mod apply;
 pub mod encode;
 pub mod manifest_diff;
+pub mod streams;
 
 use serde::{Deserialize, Serialize};
 
@@ -31,9 +37,10 @@ use crate::manifest::{EntryKind, Manifest};
 
 /// Magic number of a diff object.
 pub const DIFF_MAGIC: [u8; 4] = *b"FRYD";
-/// Algorithm number of bsdiff matching with LZMA2-compressed streams (zstd measured
-/// 15% larger on real release pairs: benches/diff_eval.rs).
-pub const BSDIFF_LZMA2: u8 = 1;
+/// Algorithm number of bsdiff matching with varint control records and a dense or
+/// sparse difference layout, each stream LZMA2, bzip3 or stored (FORMAT.md §3.6).
+/// Algorithm 1 (three .xz streams, fixed-width control triples) is no longer read.
+pub const BSDIFF_V2: u8 = 2;
 /// Largest base or output a diff may describe: suffix arrays index with i32.
 pub const MAX_DIFF_INPUT: u64 = (i32::MAX as u64) - 1;
 
@@ -52,6 +59,11 @@ pub struct DiffRef {
 pub struct ManifestDiffRef {
     pub base_manifest: Digest,
     pub object: ObjectRef,
+    /// When set, the manifest diff yields a skeleton (FORMAT.md §3.7): the ids of the
+    /// chunks the base lacks are zero, and this diff object, applied to the base,
+    /// produces those chunks, whose blake3 hashes are the ids. Pinning it here (the
+    /// head is signed) lets an agent fetch and trust it before it has the manifest.
+    pub chunk_diff: Option<ObjectRef>,
 }
 
 /// The header of a diff object.
@@ -64,16 +76,71 @@ pub struct DiffHeader {
     /// Bytes produced: the missing chunks, concatenated in the new chunk-table order.
     pub target_size: u64,
     pub target_chunks: u64,
-    /// Stored (compressed) sizes of the control, diff and extra streams, which follow
-    /// the header in that order.
-    pub control_len: u64,
-    pub diff_len: u64,
-    pub extra_len: u64,
+    /// How the differences of the add runs are stored.
+    pub layout: DiffLayout,
+    /// The streams following the header, in object order: control, the difference
+    /// stream(s) of `layout`, extra.
+    pub streams: Vec<StreamHeader>,
+}
+
+/// How the bytewise differences of the add runs (the "dense" difference stream, one
+/// byte per added byte) are stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DiffLayout {
+    /// One stream: the dense differences as they are.
+    Dense,
+    /// Three streams: zero-run lengths, non-zero-run lengths minus one (varints) and
+    /// the non-zero bytes. Zero runs are where the base is copied unchanged.
+    Sparse,
+}
+
+impl DiffLayout {
+    /// Number of streams in an object of this layout (control and extra included).
+    pub fn stream_count(self) -> usize {
+        match self {
+            DiffLayout::Dense => 3,
+            DiffLayout::Sparse => 5,
+        }
+    }
+
+    /// The streams' names, in object order, for messages.
+    pub fn stream_names(self) -> &'static [&'static str] {
+        match self {
+            DiffLayout::Dense => &["control", "diff", "extra"],
+            DiffLayout::Sparse => &["control", "zero runs", "non-zero runs", "literals", "extra"],
+        }
+    }
+}
+
+/// One stream of a diff object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamHeader {
+    pub codec: StreamCodec,
+    /// Bytes the stream decodes to, exactly.
+    pub raw_len: u64,
+    /// Bytes the stream occupies in the object.
+    pub stored_len: u64,
+}
+
+/// How one stream is compressed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StreamCodec {
+    /// The raw bytes (empty streams, and streams compression does not shrink).
+    Stored,
+    /// A raw LZMA2 stream (no .xz container) with these properties.
+    Lzma2 {
+        dict_size: u32,
+        lc: u8,
+        lp: u8,
+        pb: u8,
+    },
+    /// A bzip3 stream ("BZ3v1" file format) with this block size.
+    Bzip3 { block_size: u32 },
 }
 
 impl DiffHeader {
     /// The object's bytes before the streams: magic, format version, header length,
-    /// header. The three streams follow, so a publisher can write them from files.
+    /// header. The streams follow, so a publisher can write them from files.
     pub fn encode_prefix(&self) -> Vec<u8> {
         let body = codec::encode(self);
         let mut out = Vec::with_capacity(10 + body.len());
@@ -85,8 +152,11 @@ impl DiffHeader {
         out
     }
 
-    /// Parses the prefix of a diff object and checks the stream lengths add up to
-    /// `object_len`. Returns the header and the offset of the control stream.
+    /// Parses the prefix of a diff object and checks everything the header claims
+    /// before anyone acts on it: the algorithm, the stream count of the layout, codec
+    /// parameters and the decoders' total memory, raw lengths against the target size,
+    /// and stored lengths adding up to `object_len`. Returns the header and the offset
+    /// of the first (control) stream.
     pub fn decode_prefix(bytes: &[u8], object_len: u64) -> Result<(DiffHeader, u64)> {
         let kind = "diff object";
         let mut r = Reader::new(kind, bytes);
@@ -113,22 +183,112 @@ impl DiffHeader {
         let header: DiffHeader = codec::decode(kind, r.take(len, "header")?)?;
         let start = 10 + len as u64;
         let malformed = |reason: String| FormatError::Malformed { kind, reason };
-        if header.algorithm != BSDIFF_LZMA2 {
-            return Err(malformed(format!("unknown algorithm {}", header.algorithm)));
+        if header.algorithm != BSDIFF_V2 {
+            return Err(FormatError::UnknownAlgorithm {
+                kind,
+                found: header.algorithm,
+                supported: BSDIFF_V2,
+            });
         }
         if header.base_size > MAX_DIFF_INPUT || header.target_size > MAX_DIFF_INPUT {
             return Err(malformed("base or target beyond 2 GiB".into()));
         }
-        let total = start
-            .checked_add(header.control_len)
-            .and_then(|n| n.checked_add(header.diff_len))
-            .and_then(|n| n.checked_add(header.extra_len));
+        let names = header.layout.stream_names();
+        if header.streams.len() != names.len() {
+            return Err(malformed(format!(
+                "{:?} layout has {} streams, the header lists {}",
+                header.layout,
+                names.len(),
+                header.streams.len()
+            )));
+        }
+        let mut memory = 0u64;
+        for (s, name) in header.streams.iter().zip(names) {
+            streams::check_codec(&s.codec, s.raw_len, s.stored_len)
+                .map_err(|reason| malformed(format!("{name} stream: {reason}")))?;
+            memory += streams::decoder_memory(&s.codec);
+        }
+        if memory > streams::DECODER_MEMORY_LIMIT {
+            return Err(FormatError::TooLarge {
+                kind,
+                what: "memory its stream decoders need",
+                found: memory,
+                limit: streams::DECODER_MEMORY_LIMIT,
+            });
+        }
+        header.check_raw_lengths().map_err(malformed)?;
+        let total = header
+            .streams
+            .iter()
+            .try_fold(start, |n, s| n.checked_add(s.stored_len));
         if total != Some(object_len) {
             return Err(malformed(format!(
                 "streams end at {total:?}, the object has {object_len} bytes"
             )));
         }
         Ok((header, start))
+    }
+
+    /// Offsets and stored lengths of the streams in the object, in object order, given
+    /// the offset of the first one (from [`DiffHeader::decode_prefix`]).
+    pub fn stream_ranges(&self, start: u64) -> Vec<(u64, u64)> {
+        let mut at = start;
+        self.streams
+            .iter()
+            .map(|s| {
+                let r = (at, s.stored_len);
+                at = at.saturating_add(s.stored_len);
+                r
+            })
+            .collect()
+    }
+
+    /// Bytes of the dense difference stream: every output byte comes from an add run
+    /// (one difference byte each) or from the extra stream.
+    pub(crate) fn dense_len(&self) -> Option<u64> {
+        let extra = self.streams.last()?.raw_len;
+        self.target_size.checked_sub(extra)
+    }
+
+    /// Cheap consistency of the raw lengths with the target size, so that no stream
+    /// can make a decoder produce (or a reader wait for) more than the target implies.
+    fn check_raw_lengths(&self) -> std::result::Result<(), String> {
+        let raw: Vec<u64> = self.streams.iter().map(|s| s.raw_len).collect();
+        let dense = self
+            .dense_len()
+            .ok_or_else(|| "extra stream longer than the target".to_string())?;
+        // Every control record produces at least one byte and is 3 varints.
+        let control_max = self.target_size * 3 * streams::MAX_VARINT_LEN as u64;
+        if raw[0] > control_max {
+            return Err(format!(
+                "control stream of {} bytes for a {}-byte target",
+                raw[0], self.target_size
+            ));
+        }
+        match self.layout {
+            DiffLayout::Dense if raw[1] != dense => Err(format!(
+                "diff stream of {} bytes, target minus extra is {dense}",
+                raw[1]
+            )),
+            DiffLayout::Dense => Ok(()),
+            DiffLayout::Sparse => {
+                let (zeros, runs, literals) = (raw[1], raw[2], raw[3]);
+                let v = streams::MAX_VARINT_LEN as u64;
+                // k non-zero runs of at least one literal each, k + 1 zero runs.
+                if literals > dense
+                    || runs > literals * v
+                    || zeros > (literals + 1) * v
+                    || zeros == 0
+                {
+                    Err(format!(
+                        "sparse streams of {zeros}, {runs} and {literals} bytes cannot describe \
+                         {dense} bytes of differences"
+                    ))
+                } else {
+                    Ok(())
+                }
+            }
+        }
     }
 }
 

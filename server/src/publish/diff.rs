@@ -9,10 +9,11 @@
 //! 2. **Target**: the chunks of the new release that B lacks
 //!    ([`delta::missing_chunks`], new table order), taken from the archive just written.
 //! 3. [`encode`] writes the three raw streams to temp files; the base and target are
-//!    freed, then the streams are compressed on three threads (the diff stream
-//!    dominates) and the object is assembled as header prefix + streams, hashed as it
-//!    is written. Peak memory is one base, its suffix array (4 bytes per byte) and
-//!    one target.
+//!    freed, then [`pack`] compresses them (dense and sparse layouts, several codecs,
+//!    on parallel threads) into more temp files and the object is assembled as header
+//!    prefix + the chosen streams, hashed as it is written. Peak memory is one base,
+//!    its suffix array (4 bytes per byte) and one target while encoding, then a few
+//!    compressor states while packing.
 //!
 //! A diff is published only when it pays: smaller than the archive ranges the agent on
 //! B would download without it. A base with nothing missing gets no diff.
@@ -21,18 +22,15 @@
 
 use std::collections::HashSet;
 use std::fs::File;
-use std::io::{self, BufReader, BufWriter, Seek, SeekFrom, Write};
+use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::path::PathBuf;
 use std::time::Instant;
 
 use ferry_format::chunking::decompress_chunk;
-use ferry_format::delta::encode::{Sinks, compress_stream, encode};
-use ferry_format::delta::manifest_diff::encode_manifest_diff;
-use ferry_format::delta::{
-    self, BSDIFF_LZMA2, DiffHeader, DiffRef, MAX_DIFF_INPUT, ManifestDiffRef,
-};
+use ferry_format::delta::encode::{RawSource, Sinks, encode, pack};
+use ferry_format::delta::manifest_diff::{Skeleton, encode_manifest_diff};
+use ferry_format::delta::{self, BSDIFF_V2, DiffHeader, DiffRef, MAX_DIFF_INPUT, ManifestDiffRef};
 use ferry_format::head::ChannelHead;
 use ferry_format::id::{ChunkId, Digest, ObjectRef};
 use ferry_format::manifest::{EntryKind, Manifest};
@@ -196,45 +194,40 @@ fn diff_one(
         plan_archive(new, |id| have.contains(id), DEFAULT_MAX_GAP).download_bytes
     };
 
-    // The diff stream (nearly all of the object) is compressed on its own thread while
-    // the encoder produces it: encoding and LZMA2 are each single-threaded, so this
-    // keeps two cores busy. The small control and extra streams are spooled.
+    // Raw streams are spooled while the base and target are in memory; packing runs
+    // after they are freed, so its compressors' memory never adds to the encoder's.
     let started = Instant::now();
-    let (tx, rx) = mpsc::sync_channel(PIPE_DEPTH);
-    let (encoded, diff) = std::thread::scope(|s| {
-        // The diff stream is at most the target: a dictionary sized for that fits it.
-        let job = s.spawn(move || compress(repo, PipeReader::new(rx), target_size));
-        let encoded = encode_streams(repo, new, new_archive, base, &missing, Pipe::new(tx));
-        let diff = job.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
-        (encoded, diff)
-    });
-    // A failed compressor makes the encoder fail too (its pipe closes): report the cause.
-    let diff = diff?;
-    let (control, extra, encode_secs) = encoded?;
-    let [control, extra] = std::thread::scope(|s| {
-        let jobs = [control, extra].map(|raw| s.spawn(move || compress_spooled(repo, raw)));
-        jobs.map(|j| j.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-    });
-    let (control, extra) = (control?, extra?);
+    let (control, diff, extra, encode_secs) =
+        encode_streams(repo, new, new_archive, base, &missing)?;
+    let sink = || -> io::Result<BufWriter<NamedTempFile>> {
+        let tmp = repo.object_temp().map_err(io::Error::other)?;
+        Ok(BufWriter::with_capacity(1 << 20, tmp))
+    };
+    let packed = pack(&control, &diff, &extra, &sink).map_err(|source| Error::FormatContext {
+        context: format!("compressing the diff from {v}"),
+        source,
+    })?;
+    drop((control, diff, extra));
     tracing::debug!(
         base = v,
         encode_secs,
         total_secs = started.elapsed().as_secs_f64(),
+        layout = ?packed.layout,
+        streams = ?packed.streams.iter().map(|(h, _)| (h.codec, h.raw_len, h.stored_len)).collect::<Vec<_>>(),
         "diff streams ready"
     );
 
     let header = DiffHeader {
-        algorithm: BSDIFF_LZMA2,
+        algorithm: BSDIFF_V2,
         base_manifest: base.manifest_hash,
         base_size,
         target_size,
         target_chunks: missing.len() as u64,
-        control_len: control.1,
-        diff_len: diff.1,
-        extra_len: extra.1,
+        layout: packed.layout,
+        streams: packed.streams.iter().map(|(h, _)| *h).collect(),
     };
     let prefix = header.encode_prefix();
-    let size = prefix.len() as u64 + control.1 + diff.1 + extra.1;
+    let size = prefix.len() as u64 + packed.stored_len();
     if size >= without {
         tracing::info!(
             base = v,
@@ -249,8 +242,11 @@ fn diff_one(
     let tmp_path = tmp.path().to_path_buf();
     let mut out = Hashing::new(BufWriter::with_capacity(1 << 20, tmp));
     out.write_all(&prefix).map_err(io_err("write", &tmp_path))?;
-    for (mut stream, _) in [control, diff, extra] {
-        let path = stream.path().to_path_buf();
+    for (_, stream) in packed.streams {
+        let path = stream.get_ref().path().to_path_buf();
+        let mut stream = stream
+            .into_inner()
+            .map_err(|e| io_err("write", &path)(e.into_error()))?;
         let file = stream.as_file_mut();
         file.seek(SeekFrom::Start(0))
             .map_err(io_err("read", &path))?;
@@ -272,17 +268,16 @@ fn diff_one(
     Ok(Some(r))
 }
 
-/// Rebuilds the base and the target of `base` and encodes them: the diff stream into
-/// `diff`, the control and extra streams into spools. Returns the spools and the time
-/// spent. The base and target buffers are freed on return.
+/// Rebuilds the base and the target of `base` and encodes them into spools of the
+/// control, diff and extra streams. Returns the spools and the time spent. The base
+/// and target buffers are freed on return.
 fn encode_streams(
     repo: &Repo,
     new: &Manifest,
     new_archive: &(File, PathBuf),
     base: &BaseRelease,
     missing: &[usize],
-    diff: Pipe,
-) -> Result<(Spooled, Spooled, f64)> {
+) -> Result<(Spooled, Spooled, Spooled, f64)> {
     let started = Instant::now();
     let base_data = read_base(repo, &base.manifest, base.manifest.total_file_bytes())?;
     let target_size: u64 = missing.iter().map(|&i| u64::from(new.chunks[i].size)).sum();
@@ -294,12 +289,10 @@ fn encode_streams(
     }
     let sinks = Sinks {
         control: Spool::new(repo)?,
-        diff,
+        diff: Spool::new(repo)?,
         extra: Spool::new(repo)?,
     };
     let (c, d, e, stats) = encode(&base_data, &target, sinks)?;
-    d.finish()
-        .map_err(|e| io_err("compress", Path::new("the diff stream"))(e))?;
     tracing::debug!(
         base = base.version,
         controls = stats.controls,
@@ -307,87 +300,12 @@ fn encode_streams(
         copied = stats.copied,
         "encoded"
     );
-    Ok((c.finish()?, e.finish()?, started.elapsed().as_secs_f64()))
-}
-
-/// Buffers handed to the diff stream's compressor at most at once (x [`PIPE_CHUNK`]).
-const PIPE_DEPTH: usize = 4;
-const PIPE_CHUNK: usize = 1 << 20;
-
-/// The encoder's end of the diff stream: bytes go to the compressor thread in
-/// [`PIPE_CHUNK`] pieces; it blocks when the compressor is [`PIPE_DEPTH`] pieces behind.
-struct Pipe {
-    tx: mpsc::SyncSender<Vec<u8>>,
-    buf: Vec<u8>,
-}
-
-impl Pipe {
-    fn new(tx: mpsc::SyncSender<Vec<u8>>) -> Pipe {
-        Pipe {
-            tx,
-            buf: Vec::with_capacity(PIPE_CHUNK),
-        }
-    }
-
-    fn send(&mut self) -> io::Result<()> {
-        let full = std::mem::replace(&mut self.buf, Vec::with_capacity(PIPE_CHUNK));
-        self.tx
-            .send(full)
-            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the compressor stopped"))
-    }
-
-    /// Sends what is buffered and closes the stream (the compressor then finishes).
-    fn finish(mut self) -> io::Result<()> {
-        if !self.buf.is_empty() {
-            self.send()?;
-        }
-        Ok(())
-    }
-}
-
-impl Write for Pipe {
-    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
-        self.buf.extend_from_slice(b);
-        if self.buf.len() >= PIPE_CHUNK {
-            self.send()?;
-        }
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-/// The compressor's end of a [`Pipe`]: ends when the pipe is finished or dropped.
-struct PipeReader {
-    rx: mpsc::Receiver<Vec<u8>>,
-    cur: Vec<u8>,
-    pos: usize,
-}
-
-impl PipeReader {
-    fn new(rx: mpsc::Receiver<Vec<u8>>) -> Self {
-        PipeReader {
-            rx,
-            cur: Vec::new(),
-            pos: 0,
-        }
-    }
-}
-
-impl io::Read for PipeReader {
-    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        while self.pos == self.cur.len() {
-            match self.rx.recv() {
-                Ok(next) => (self.cur, self.pos) = (next, 0),
-                Err(_) => return Ok(0),
-            }
-        }
-        let n = out.len().min(self.cur.len() - self.pos);
-        out[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
-        self.pos += n;
-        Ok(n)
-    }
+    Ok((
+        c.finish()?,
+        d.finish()?,
+        e.finish()?,
+        started.elapsed().as_secs_f64(),
+    ))
 }
 
 /// Opens the archive of `m`, checking its size.
@@ -465,7 +383,10 @@ impl Spool {
             .out
             .into_inner()
             .map_err(|e| io_err("write", &path)(e.into_error()))?;
-        Ok((tmp, self.len))
+        Ok(Spooled {
+            file: tmp,
+            len: self.len,
+        })
     }
 }
 
@@ -481,45 +402,46 @@ impl Write for Spool {
 }
 
 /// A raw stream spooled to a temp file, and its length.
-type Spooled = (NamedTempFile, u64);
-
-/// Compresses a spooled raw stream into a new temp file: (file, compressed length).
-fn compress_spooled(repo: &Repo, (mut raw, len): Spooled) -> Result<Spooled> {
-    let raw_path = raw.path().to_path_buf();
-    raw.as_file_mut()
-        .seek(SeekFrom::Start(0))
-        .map_err(io_err("read", &raw_path))?;
-    compress(
-        repo,
-        BufReader::with_capacity(1 << 20, raw.as_file_mut()),
-        len,
-    )
+struct Spooled {
+    file: NamedTempFile,
+    len: u64,
 }
 
-/// Compresses a raw stream of at most `len` bytes into a new temp file: (file,
-/// compressed length).
-fn compress(repo: &Repo, raw: impl io::Read, len: u64) -> Result<Spooled> {
-    let tmp = repo.object_temp()?;
-    let tmp_path = tmp.path().to_path_buf();
-    let mut out = BufWriter::with_capacity(1 << 20, tmp);
-    let n = compress_stream(raw, len, &mut out)?;
-    let tmp = out
-        .into_inner()
-        .map_err(|e| io_err("write", &tmp_path)(e.into_error()))?;
-    Ok((tmp, n))
+impl RawSource for Spooled {
+    fn len(&self) -> u64 {
+        self.len
+    }
+    /// Each packing candidate reads through its own handle.
+    fn open(&self) -> io::Result<Box<dyn Read + Send + '_>> {
+        Ok(Box::new(BufReader::with_capacity(
+            1 << 20,
+            self.file.reopen()?,
+        )))
+    }
 }
 
 /// Writes a manifest diff from each base to `new_bytes` (the signed new manifest) and
-/// returns the head's list, sorted by base manifest. One that is not smaller than the
-/// manifest itself is left out.
+/// returns the head's list, sorted by base manifest. Where `diffs` (the new manifest's
+/// data diffs) has one from the same base, the manifest diff yields a skeleton whose
+/// missing chunk ids that data diff fills in (FORMAT.md §3.7), and the head pins the
+/// data diff next to it. One that is not smaller than the manifest is left out.
 pub fn write_manifest_diffs(
     repo: &Repo,
     new_bytes: &[u8],
     bases: &[BaseRelease],
+    diffs: &[DiffRef],
 ) -> Result<Vec<ManifestDiffRef>> {
     let mut out = Vec::new();
     for b in bases {
-        let d = encode_manifest_diff(&b.manifest_bytes, new_bytes, MANIFEST_DIFF_LEVEL)?;
+        let chunk_diff = diffs
+            .iter()
+            .find(|d| d.base_manifest == b.manifest_hash)
+            .map(|d| d.object);
+        let target = match chunk_diff {
+            Some(_) => Skeleton::make(new_bytes, &b.manifest)?,
+            None => new_bytes.to_vec(),
+        };
+        let d = encode_manifest_diff(&b.manifest_bytes, &target, MANIFEST_DIFF_LEVEL)?;
         if d.len() >= new_bytes.len() {
             tracing::info!(
                 base = b.version,
@@ -531,49 +453,16 @@ pub fn write_manifest_diffs(
         tracing::info!(
             base = b.version,
             size = object.size,
+            skeleton = chunk_diff.is_some(),
             "manifest diff written"
         );
         out.push(ManifestDiffRef {
             base_manifest: b.manifest_hash,
             object,
+            chunk_diff,
         });
     }
     out.sort_by_key(|d| d.base_manifest);
     out.dedup_by_key(|d| d.base_manifest);
     Ok(out)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::io::Read;
-
-    #[test]
-    fn pipe_delivers_every_byte_in_order_then_ends() {
-        let data: Vec<u8> = (0..3 * PIPE_CHUNK + 12_345)
-            .map(|i| (i * 7 + i / 1000) as u8)
-            .collect();
-        let (tx, rx) = mpsc::sync_channel(PIPE_DEPTH);
-        let got = std::thread::scope(|s| {
-            let reader = s.spawn(move || {
-                let mut out = Vec::new();
-                PipeReader::new(rx).read_to_end(&mut out).unwrap();
-                out
-            });
-            let mut pipe = Pipe::new(tx);
-            for piece in data.chunks(7_777) {
-                pipe.write_all(piece).unwrap();
-            }
-            pipe.finish().unwrap();
-            reader.join().unwrap()
-        });
-        assert!(got == data);
-
-        // A reader that stops makes the writer fail instead of blocking forever.
-        let (tx, rx) = mpsc::sync_channel(PIPE_DEPTH);
-        drop(rx);
-        let mut pipe = Pipe::new(tx);
-        let e = pipe.write_all(&vec![0; PIPE_CHUNK]).unwrap_err();
-        assert_eq!(e.kind(), io::ErrorKind::BrokenPipe);
-    }
 }

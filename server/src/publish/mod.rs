@@ -263,7 +263,8 @@ pub fn publish(opts: &PublishOptions<'_>) -> Result<PublishReport> {
     manifest.diffs = diff_refs;
     let manifest_bytes = manifest.sign(&signers)?;
     let manifest_ref = repo.write_object(&manifest_bytes)?;
-    let manifest_diffs = diff::write_manifest_diffs(&repo, &manifest_bytes, &bases)?;
+    let manifest_diffs =
+        diff::write_manifest_diffs(&repo, &manifest_bytes, &bases, &manifest.diffs)?;
     drop(bases);
     let manifest_diff_objects: Vec<_> = manifest_diffs.iter().map(|d| d.object).collect();
 

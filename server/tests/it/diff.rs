@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use ferry_format::chunking::decompress_chunk;
 use ferry_format::delta::apply::{ConcatBase, apply};
-use ferry_format::delta::manifest_diff::apply_manifest_diff;
+use ferry_format::delta::manifest_diff::{Skeleton, apply_manifest_diff};
 use ferry_format::delta::{DiffHeader, DiffRef, base_files, missing_chunks};
 use ferry_format::id::{ChunkId, Digest};
 use ferry_format::layout::object_path;
@@ -79,21 +79,16 @@ fn check_diff(repo: &Path, new: &Manifest, base: &Manifest, base_src: &Path, d: 
         })
         .collect();
     let base_data = ConcatBase::new(files.iter().map(Vec::as_slice).collect());
-    let c = start as usize;
-    let di = c + header.control_len as usize;
-    let e = di + header.diff_len as usize;
+    let streams: Vec<&[u8]> = header
+        .stream_ranges(start)
+        .into_iter()
+        .map(|(o, l)| &bytes[o as usize..(o + l) as usize])
+        .collect();
     let mut out = Vec::new();
-    let produced = apply(
-        &header,
-        &base_data,
-        &bytes[c..di],
-        &bytes[di..e],
-        &bytes[e..],
-        &mut |b| {
-            out.extend_from_slice(b);
-            Ok(())
-        },
-    )
+    let produced = apply(&header, &base_data, streams, &mut |b| {
+        out.extend_from_slice(b);
+        Ok(())
+    })
     .unwrap();
     assert_eq!(produced, header.target_size);
 
@@ -165,7 +160,9 @@ fn third_release_has_diffs_from_both_earlier_ones() {
     }
 
     // The head lists a manifest diff from each base, sorted by base manifest; each
-    // turns the base's manifest bytes into exactly the current manifest's bytes.
+    // turns the base's manifest bytes into the current manifest with the ids of the
+    // chunks that base lacks zeroed (a skeleton), and pins the data diff from that
+    // base, whose chunks' ids fill the holes back to exactly the manifest's bytes.
     assert_eq!(head.manifest_diffs.len(), 2);
     assert_eq!(r3.manifest_diffs, 2);
     assert!(head.manifest_diffs[0].base_manifest < head.manifest_diffs[1].base_manifest);
@@ -183,7 +180,23 @@ fn third_release_has_diffs_from_both_earlier_ones() {
         assert_eq!(diff.len() as u64, md.object.size);
         assert!(diff.len() < new_bytes.len());
         let out = apply_manifest_diff(&base_bytes, &diff, current.size).unwrap();
-        assert!(out == new_bytes, "manifest diff from {}", base.version);
+        assert!(out != new_bytes, "a skeleton, not the manifest");
+        let data = m3
+            .diffs
+            .iter()
+            .find(|d| d.base_manifest == md.base_manifest)
+            .expect("a data diff from that base");
+        assert_eq!(md.chunk_diff, Some(data.object));
+        let base_manifest = read_manifest(&repo, "stable", &base.version);
+        let holes: Vec<_> = missing_chunks(&m3, &base_manifest)
+            .iter()
+            .map(|&i| m3.chunks[i].id)
+            .collect();
+        let skeleton = Skeleton::decode(&out, &base_manifest).unwrap();
+        assert_eq!(skeleton.hole_sizes().len(), holes.len());
+        assert!(!holes.is_empty());
+        let filled = skeleton.fill(&holes).unwrap();
+        assert!(filled == new_bytes, "manifest diff from {}", base.version);
     }
 }
 
