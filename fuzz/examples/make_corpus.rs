@@ -358,4 +358,35 @@ fn main() {
     write(&out, "diff_apply", "diff_object", &object);
     let md = ferry_format::delta::manifest_diff::encode_manifest_diff(base, target, 19).unwrap();
     write(&out, "diff_apply", "manifest_diff", &md);
+
+    // A manifest skeleton against the target's fixed base manifest (two chunks, "a"
+    // and "b"): every chunk of `files` is a hole.
+    let fixed_base = Manifest {
+        channel: "stable".into(),
+        version: "1.0.0".into(),
+        generation: 1,
+        chunking: ferry_format::chunking::ChunkParams::default(),
+        archive: ferry_format::id::ObjectRef {
+            hash: Digest::of(b"archive"),
+            size: 100,
+        },
+        chunks: [b"a", b"b"]
+            .iter()
+            .map(|tag| ferry_format::manifest::ChunkRecord {
+                id: Digest::of(*tag),
+                size: 100,
+                stored_size: 50,
+                generation: 1,
+            })
+            .collect(),
+        entries: vec![],
+        diffs: vec![],
+    };
+    let files = manifest("2.0.0", &[("a", b"hello world"), ("b", &[7; 300])]);
+    let skeleton = ferry_format::delta::manifest_diff::Skeleton::make(
+        &files.sign(&[&key(1)]).unwrap(),
+        &fixed_base,
+    )
+    .unwrap();
+    write(&out, "diff_apply", "manifest_skeleton", &skeleton);
 }

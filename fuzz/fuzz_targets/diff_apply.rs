@@ -1,19 +1,49 @@
 //! Diff objects and manifest diffs (FORMAT.md §3.6, §3.7): whatever the bytes, parsing
 //! the prefix and applying the streams over a fixed base never panics, never reads
 //! outside the base and never produces more than the header's target size; a manifest
-//! diff never yields more than the size bound it is given.
+//! diff never yields more than the size bound it is given; a manifest skeleton is
+//! parsed and filled against a fixed base manifest, or refused, without panicking.
 #![no_main]
 
+use ferry_format::chunking::ChunkParams;
 use ferry_format::delta::DiffHeader;
 use ferry_format::delta::apply::{ConcatBase, apply};
-use ferry_format::delta::manifest_diff::apply_manifest_diff;
+use ferry_format::delta::manifest_diff::{Skeleton, apply_manifest_diff};
+use ferry_format::id::{Digest, ObjectRef};
+use ferry_format::manifest::{ChunkRecord, Manifest};
 use libfuzzer_sys::fuzz_target;
+
+fn base_manifest() -> Manifest {
+    let chunk = |tag: &[u8]| ChunkRecord {
+        id: Digest::of(tag),
+        size: 100,
+        stored_size: 50,
+        generation: 1,
+    };
+    Manifest {
+        channel: "stable".into(),
+        version: "1.0.0".into(),
+        generation: 1,
+        chunking: ChunkParams::default(),
+        archive: ObjectRef {
+            hash: Digest::of(b"archive"),
+            size: 100,
+        },
+        chunks: vec![chunk(b"a"), chunk(b"b")],
+        entries: vec![],
+        diffs: vec![],
+    }
+}
 
 const BASE: &[u8] = b"the quick brown fox jumps over the lazy dog, 0123456789 times over";
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(out) = apply_manifest_diff(BASE, data, 4096) {
         assert!(out.len() <= 4096);
+    }
+    if let Ok(skeleton) = Skeleton::decode(data, &base_manifest()) {
+        let holes = skeleton.hole_sizes().len();
+        let _ = skeleton.fill(&vec![Digest([1; 32]); holes]);
     }
     let Ok((header, start)) = DiffHeader::decode_prefix(data, data.len() as u64) else {
         return;
