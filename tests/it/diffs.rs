@@ -152,3 +152,50 @@ fn walk_objects(repo: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+#[test]
+fn a_damaged_diff_behind_a_skeleton_is_fetched_once_then_the_archive_serves() {
+    let p = Publisher::new("stable");
+    let sources = Sources::app(2);
+    p.publish(&v(1), &sources.release(1));
+    let srv = p.serve();
+    let agent = Agent::init(&srv.url, "stable", &p.public_key(), &[]);
+    agent.update();
+    let second = p.publish(&v(2), &sources.release(2));
+    // Only the data diff is damaged: the manifest diff (a skeleton whose new chunk ids
+    // that diff would fill) is fine. The agent finds out, takes the whole manifest and
+    // the archive tail, and does not fetch the damaged diff a second time.
+    let size = second["diffs"][0]["size"].as_u64().unwrap();
+    let diff = walk_objects(&p.repo())
+        .into_iter()
+        .find(|f| std::fs::metadata(f).unwrap().len() == size)
+        .expect("the diff object");
+    let mut data = std::fs::read(&diff).unwrap();
+    let n = data.len();
+    data[n - 1] ^= 0x01;
+    std::fs::write(&diff, data).unwrap();
+    let diff_path = format!("/{}", diff.strip_prefix(p.repo()).unwrap().display());
+
+    let before = srv.requests().len();
+    let out = agent.ferry("update", &["--json"]);
+    ferry_tests::assert_ok(&out, "update with a damaged diff object");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("mismatch"), "the fallback is explained: {err}");
+    tree_eq(&agent.current(), &sources.release(2));
+    let reqs = srv.requests()[before..].to_vec();
+    let paths: Vec<&str> = reqs.iter().map(|r| r.path.as_str()).collect();
+    assert_eq!(
+        paths.iter().filter(|p| **p == diff_path).count(),
+        1,
+        "{paths:?}"
+    );
+    let manifest = super::pipeline::object_url_path(second["manifest"].as_str().unwrap());
+    let archive = super::pipeline::object_url_path(second["archive"].as_str().unwrap());
+    assert!(paths.contains(&manifest.as_str()), "{paths:?}");
+    assert!(paths.contains(&archive.as_str()), "{paths:?}");
+    assert_eq!(
+        reqs.len(),
+        5,
+        "head, manifest diff, diff, manifest, archive: {paths:?}"
+    );
+}

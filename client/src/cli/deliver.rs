@@ -55,11 +55,32 @@ pub struct PreparedDiff {
     spool: DiffSpool,
 }
 
-/// A verified manifest, its exact bytes, and the diff applied to get it, if any.
+/// What fetching the manifest already learned about the data diff.
+pub enum DiffHint {
+    /// Nothing: the build plans as usual.
+    Nothing,
+    /// Applied while rebuilding the manifest: the build uses its chunks.
+    Prepared(PreparedDiff),
+    /// This diff object failed (missing, damaged or producing the wrong chunks): the
+    /// build must not fetch it a second time.
+    Unusable(Digest),
+}
+
+/// A verified manifest, its exact bytes, and what was learned about the data diff.
 pub struct FetchedManifest {
     pub bytes: Vec<u8>,
     pub manifest: Verified<Manifest>,
-    pub prepared: Option<PreparedDiff>,
+    pub hint: DiffHint,
+}
+
+/// Marks a skeleton failure that the data diff object itself caused.
+#[derive(Debug)]
+struct DiffUnusable;
+
+impl std::fmt::Display for DiffUnusable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the diff object the head pins is unusable")
+    }
 }
 
 /// A connected repository plus the runtime its transport runs on. Everything else
@@ -226,6 +247,7 @@ impl Remote {
     ) -> Result<FetchedManifest> {
         let release = head.current();
         let channel = &root.config.channel;
+        let mut hint = DiffHint::Nothing;
         if let Some((base_version, base_bytes, diff)) = manifest_diff_base(root, head) {
             let ctx = ManifestDiffCtx {
                 diff,
@@ -246,16 +268,22 @@ impl Remote {
                     );
                     return Ok(found);
                 }
-                Err(e) => tracing::warn!(
-                    "manifest diff from {base_version} unusable, fetching the whole manifest: {e:#}"
-                ),
+                Err(e) => {
+                    tracing::warn!(
+                        "manifest diff from {base_version} unusable, fetching the whole manifest: {e:#}"
+                    );
+                    if let (Some(_), Some(d)) = (e.downcast_ref::<DiffUnusable>(), diff.chunk_diff)
+                    {
+                        hint = DiffHint::Unusable(d.hash);
+                    }
+                }
             }
         }
         let (bytes, manifest) = self.fetch_manifest(release, channel, trusted)?;
         Ok(FetchedManifest {
             bytes,
             manifest,
-            prepared: None,
+            hint,
         })
     }
 
@@ -283,10 +311,10 @@ impl Remote {
             Ok(r) => r,
             Err(e) => return Ok(Err(e)),
         };
-        let (manifest_bytes, prepared) = match c.diff.chunk_diff {
-            None => (rebuilt, None),
+        let (manifest_bytes, hint) = match c.diff.chunk_diff {
+            None => (rebuilt, DiffHint::Nothing),
             Some(object) => match self.fill_skeleton(root, c, &rebuilt, object, from, out)? {
-                Ok((filled, prepared)) => (filled, Some(prepared)),
+                Ok((filled, prepared)) => (filled, DiffHint::Prepared(prepared)),
                 Err(e) => return Ok(Err(e)),
             },
         };
@@ -298,10 +326,16 @@ impl Remote {
                     self.transport.url(&path)
                 )
             });
+        // The skeleton came from a verified object, so a filled manifest that does
+        // not verify means the diff's chunks were wrong.
+        let verified = match (verified, &hint) {
+            (Err(e), DiffHint::Prepared(_)) => Err(e.context(DiffUnusable)),
+            (v, _) => v,
+        };
         Ok(verified.map(|manifest| FetchedManifest {
             bytes: manifest_bytes,
             manifest,
-            prepared,
+            hint,
         }))
     }
 
@@ -358,7 +392,8 @@ impl Remote {
         let Some(file) = self.download_diff(&diff_ref, &downloads)? else {
             return Ok(Err(anyhow::anyhow!(
                 "the repository does not have the diff object the head names"
-            )));
+            )
+            .context(DiffUnusable)));
         };
         let want: Vec<Want> = skeleton
             .hole_sizes()
@@ -382,7 +417,7 @@ impl Remote {
                 },
             ))
         })();
-        Ok(applied)
+        Ok(applied.map_err(|e| e.context(DiffUnusable)))
     }
 
     /// Downloads a whole diff object into `dir`, resumable like archive ranges.
@@ -485,7 +520,7 @@ pub fn install_release(
     manifest: &Verified<Manifest>,
     from: Option<&str>,
     out: Out,
-    prepared: Option<PreparedDiff>,
+    hint: DiffHint,
 ) -> Result<BuildStats> {
     let layout = &root.layout;
     let version = manifest.version.clone();
@@ -513,8 +548,8 @@ pub fn install_release(
 
     let mut ranges = archive_plan.ranges.clone();
     let mut spool = None;
-    let choice = match prepared {
-        Some(p) => {
+    let choice = match hint {
+        DiffHint::Prepared(p) => {
             // Planned and printed when the diff was fetched; only a rest can be new.
             let rest = plan_archive(
                 manifest,
@@ -533,7 +568,10 @@ pub fn install_release(
             spool = Some(p.spool);
             Err(Vec::new())
         }
-        None => choose_diff(manifest, &releases, &local, &archive_plan, from),
+        DiffHint::Nothing => choose_diff(manifest, &releases, &local, &archive_plan, from, None),
+        DiffHint::Unusable(skip) => {
+            choose_diff(manifest, &releases, &local, &archive_plan, from, Some(skip))
+        }
     };
     match choice {
         Ok(choice) => {

@@ -12,7 +12,7 @@
 use std::collections::HashSet;
 
 use ferry_format::delta::{DiffRef, missing_chunks};
-use ferry_format::id::ChunkId;
+use ferry_format::id::{ChunkId, Digest};
 use ferry_format::manifest::{EntryKind, Manifest};
 use ferry_format::plan::{ArchivePlan, DEFAULT_MAX_GAP, plan_archive};
 
@@ -37,6 +37,7 @@ pub fn choose_diff<'a>(
     local: &LocalChunks,
     archive: &ArchivePlan,
     from: Option<&str>,
+    failed: Option<Digest>,
 ) -> Result<DiffChoice<'a>, Vec<String>> {
     if archive.fetch_chunks == 0 {
         return Err(Vec::new());
@@ -51,6 +52,10 @@ pub fn choose_diff<'a>(
             }
             continue;
         };
+        if failed == Some(diff.object.hash) {
+            notes.push(format!("the diff from {} already failed", base.version));
+            continue;
+        }
         let produced: HashSet<ChunkId> = missing_chunks(manifest, &base.manifest)
             .into_iter()
             .map(|i| manifest.chunks[i].id)

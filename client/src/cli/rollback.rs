@@ -135,8 +135,15 @@ fn rollback(
         })?;
         let channel = root.config.channel.clone();
         let (bytes, manifest) = remote.fetch_manifest(&release, &channel, &trusted)?;
-        let stats =
-            deliver::install_release(root, remote, &bytes, &manifest, Some(&active), out, None)?;
+        let stats = deliver::install_release(
+            root,
+            remote,
+            &bytes,
+            &manifest,
+            Some(&active),
+            out,
+            deliver::DiffHint::Nothing,
+        )?;
         deliver::activate(root, &manifest, bytes.len() as u64)?;
         stats.bytes_reused
     } else {

@@ -145,7 +145,7 @@ fn update(
         &manifest,
         active.as_deref(),
         out,
-        fetched.prepared,
+        fetched.hint,
     )?;
     deliver::activate(root, &manifest, bytes.len() as u64)?;
     root.state.pin = None;
