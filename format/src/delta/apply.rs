@@ -103,9 +103,21 @@ fn pump(
     dec.finish(h.stored_len)
 }
 
+/// Targets from this size on decode their streams on threads; below it, spawning
+/// threads costs more than decoding a few small streams in line.
+const THREADS_FROM: u64 = 4 << 20;
+
+/// Where a stream's raw bytes come from.
+enum Source<'a> {
+    /// A decoder thread ([`pump`]).
+    Thread(mpsc::Receiver<Piece>),
+    /// A decoder run here, on demand, with the stream's stored length.
+    Inline(Decoder<Box<dyn Read + 'a>>, u64),
+}
+
 /// The applying side of one stream: raw bytes in order, never past `raw_len`.
-struct Incoming {
-    rx: mpsc::Receiver<Piece>,
+struct Incoming<'a> {
+    src: Source<'a>,
     cur: Vec<u8>,
     pos: usize,
     /// Raw bytes not yet received.
@@ -113,16 +125,23 @@ struct Incoming {
     name: &'static str,
 }
 
-impl Incoming {
+impl Incoming<'_> {
     /// Up to `max` (≥ 1) next bytes; fails if the stream has none left.
     fn take(&mut self, max: usize) -> Result<&[u8]> {
         if self.pos == self.cur.len() {
             if self.left == 0 {
                 return Err(corrupt(format!("{} stream ends early", self.name)));
             }
-            self.cur = match self.rx.recv() {
-                Ok(piece) => piece?,
-                Err(_) => return Err(corrupt(format!("{} stream ends early", self.name))),
+            self.cur = match &mut self.src {
+                Source::Thread(rx) => match rx.recv() {
+                    Ok(piece) => piece?,
+                    Err(_) => return Err(corrupt(format!("{} stream ends early", self.name))),
+                },
+                Source::Inline(dec, _) => {
+                    let mut piece = vec![0u8; self.left.min(PIECE as u64) as usize];
+                    dec.fill(&mut piece)?;
+                    piece
+                }
             };
             self.pos = 0;
             self.left = self.left.saturating_sub(self.cur.len() as u64);
@@ -162,21 +181,24 @@ impl Incoming {
                 self.name
             )));
         }
-        match self.rx.recv() {
-            Err(_) => Ok(()),
-            Ok(Err(e)) => Err(e),
-            Ok(Ok(_)) => Err(corrupt(format!("{} stream is too long", self.name))),
+        match self.src {
+            Source::Thread(rx) => match rx.recv() {
+                Err(_) => Ok(()),
+                Ok(Err(e)) => Err(e),
+                Ok(Ok(_)) => Err(corrupt(format!("{} stream is too long", self.name))),
+            },
+            Source::Inline(dec, stored_len) => dec.finish(stored_len),
         }
     }
 }
 
 /// The dense difference stream, read directly or rebuilt from the sparse streams.
-enum Differences {
-    Dense(Incoming),
+enum Differences<'a> {
+    Dense(Incoming<'a>),
     Sparse {
-        zeros: Incoming,
-        runs: Incoming,
-        literals: Incoming,
+        zeros: Incoming<'a>,
+        runs: Incoming<'a>,
+        literals: Incoming<'a>,
         zero_left: u64,
         lit_left: u64,
         /// Whether the next run to read is a zero run.
@@ -186,7 +208,7 @@ enum Differences {
     },
 }
 
-impl Differences {
+impl Differences<'_> {
     /// Adds the next `buf.len()` difference bytes to `buf` (which holds base bytes).
     fn add_to(&mut self, buf: &mut [u8]) -> Result<()> {
         match self {
@@ -312,17 +334,24 @@ pub fn apply<B: Base + ?Sized, R: Read + Send>(
     let dense = header
         .dense_len()
         .ok_or_else(|| corrupt("extra stream longer than the target".into()))?;
+    let threads = header.target_size >= THREADS_FROM;
     std::thread::scope(|s| {
         let mut incoming = Vec::with_capacity(names.len());
         for ((r, h), &name) in streams.into_iter().zip(&header.streams).zip(names) {
-            let (tx, rx) = mpsc::sync_channel(DEPTH);
-            s.spawn(move || {
-                if let Err(e) = pump(name, h, r.take(h.stored_len), &tx) {
-                    let _ = tx.send(Err(e));
-                }
-            });
+            let src = if threads {
+                let (tx, rx) = mpsc::sync_channel(DEPTH);
+                s.spawn(move || {
+                    if let Err(e) = pump(name, h, r.take(h.stored_len), &tx) {
+                        let _ = tx.send(Err(e));
+                    }
+                });
+                Source::Thread(rx)
+            } else {
+                let stored: Box<dyn Read> = Box::new(r.take(h.stored_len));
+                Source::Inline(Decoder::new(&h.codec, stored, name)?, h.stored_len)
+            };
             incoming.push(Incoming {
-                rx,
+                src,
                 cur: Vec::new(),
                 pos: 0,
                 left: h.raw_len,
@@ -353,9 +382,9 @@ pub fn apply<B: Base + ?Sized, R: Read + Send>(
 fn run<B: Base + ?Sized>(
     header: &DiffHeader,
     base: &B,
-    mut control: Incoming,
-    mut diff: Differences,
-    mut extra: Incoming,
+    mut control: Incoming<'_>,
+    mut diff: Differences<'_>,
+    mut extra: Incoming<'_>,
     out: &mut dyn FnMut(&[u8]) -> Result<()>,
 ) -> Result<u64> {
     let mut produced = 0u64;

@@ -489,3 +489,32 @@ fn manifest_diff_round_trips_and_is_small() {
     );
     assert!(apply_manifest_diff(&noise(1, 50_000), &d, 50_000).map_or(true, |o| o != target));
 }
+
+#[test]
+fn large_targets_decode_on_threads_and_fail_cleanly() {
+    // At least THREADS_FROM bytes: the streams are decoded on their own threads.
+    let base = noise(11, 5 << 20);
+    let mut target = base.clone();
+    for i in (0..target.len()).step_by(4093) {
+        target[i] = target[i].wrapping_add(3);
+    }
+    target.splice(1 << 20..1 << 20, noise(12, 1000));
+    let (out, size) = round_trip(&base, &target, base.len() / 3);
+    assert!(out == target, "threaded apply reproduces the target");
+    assert!(size < 64 << 10, "{size} bytes");
+
+    // A stream cut short on the wire: an error naming it, not a hang or a panic.
+    let (c, d, e) = raw(&base, &target);
+    let obj = object(&base, &target, pack_in_memory(&c, &d, &e).unwrap());
+    let (header, start) = DiffHeader::decode_prefix(&obj, obj.len() as u64).unwrap();
+    let mut readers: Vec<&[u8]> = header
+        .stream_ranges(start)
+        .into_iter()
+        .map(|(o, l)| &obj[o as usize..(o + l) as usize])
+        .collect();
+    let middle = readers[1];
+    readers[1] = &middle[..middle.len() / 2];
+    let parts = ConcatBase::new(vec![&base[..]]);
+    let err = apply(&header, &parts, readers, &mut |_| Ok(())).unwrap_err();
+    assert!(err.to_string().contains("stream"), "{err}");
+}
