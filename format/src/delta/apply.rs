@@ -112,7 +112,7 @@ enum Source<'a> {
     /// A decoder thread ([`pump`]).
     Thread(mpsc::Receiver<Piece>),
     /// A decoder run here, on demand, with the stream's stored length.
-    Inline(Decoder<Box<dyn Read + 'a>>, u64),
+    Inline(Box<Decoder<Box<dyn Read + 'a>>>, u64),
 }
 
 /// The applying side of one stream: raw bytes in order, never past `raw_len`.
@@ -348,7 +348,8 @@ pub fn apply<B: Base + ?Sized, R: Read + Send>(
                 Source::Thread(rx)
             } else {
                 let stored: Box<dyn Read> = Box::new(r.take(h.stored_len));
-                Source::Inline(Decoder::new(&h.codec, stored, name)?, h.stored_len)
+                let dec = Decoder::new(&h.codec, stored, name)?;
+                Source::Inline(Box::new(dec), h.stored_len)
             };
             incoming.push(Incoming {
                 src,
