@@ -1,6 +1,6 @@
 //! The path a release takes from the repository to `ROOT/current`, shared by
 //! `update` and `rollback --to`: fetch and verify the head, fetch (or rebuild from a
-//! manifest diff) and verify the manifest, plan against local chunks, download a diff
+//! manifest diff, [`manifest`]) and verify the manifest, plan against local chunks, download a diff
 //! object or archive ranges, build in staging, rename into `versions/`, switch
 //! `current`, record, clean up, prune.
 //!
@@ -13,12 +13,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
-use ferry_format::delta::manifest_diff::{Skeleton, apply_manifest_diff};
-use ferry_format::delta::{DiffRef, ManifestDiffRef};
+use ferry_format::delta::DiffRef;
 use ferry_format::envelope::{ObjectKind, TrustedKeys};
 use ferry_format::head::claimed_key_list;
 use ferry_format::head::{ChannelHead, ReleaseRef};
-use ferry_format::id::Digest;
 use ferry_format::keylist::{TrustRoot, check_ref};
 use ferry_format::layout::{head_path, key_list_path, object_path};
 use ferry_format::manifest::Manifest;
@@ -26,7 +24,7 @@ use ferry_format::plan::{DEFAULT_MAX_GAP, FetchRange, plan_archive};
 use ferry_format::verified::{HeadPolicy, Verified, verify_head, verify_manifest};
 use ferry_format::version::Version;
 
-use super::plan::{DiffChoice, archive_line, base_intact, choose_diff, diff_line};
+use super::plan::{DiffChoice, archive_line, choose_diff, diff_line};
 use super::report::{self, Out};
 use super::root::Root;
 use crate::apply::build::{Downloaded, build_tree};
@@ -48,40 +46,9 @@ type AcceptedKeyList = (u64, Vec<u8>);
 /// than an agent that slept through a hundred rotations.
 const MAX_KEY_LIST_STEPS: u64 = 100;
 
-/// A data diff already applied while the manifest was rebuilt from a skeleton
-/// (FORMAT.md §3.7): the chunks it produced, which the build then uses.
-pub struct PreparedDiff {
-    base: String,
-    spool: DiffSpool,
-}
+mod manifest;
 
-/// What fetching the manifest already learned about the data diff.
-pub enum DiffHint {
-    /// Nothing: the build plans as usual.
-    Nothing,
-    /// Applied while rebuilding the manifest: the build uses its chunks.
-    Prepared(PreparedDiff),
-    /// This diff object failed (missing, damaged or producing the wrong chunks): the
-    /// build must not fetch it a second time.
-    Unusable(Digest),
-}
-
-/// A verified manifest, its exact bytes, and what was learned about the data diff.
-pub struct FetchedManifest {
-    pub bytes: Vec<u8>,
-    pub manifest: Verified<Manifest>,
-    pub hint: DiffHint,
-}
-
-/// Marks a skeleton failure that the data diff object itself caused.
-#[derive(Debug)]
-struct DiffUnusable;
-
-impl std::fmt::Display for DiffUnusable {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("the diff object the head pins is unusable")
-    }
-}
+pub use manifest::DiffHint;
 
 /// A connected repository plus the runtime its transport runs on. Everything else
 /// in ferry is synchronous; only fetching is async.
@@ -232,194 +199,6 @@ impl Remote {
         Ok((bytes, manifest))
     }
 
-    /// The current release's manifest: rebuilt from a manifest diff against the
-    /// manifest of a retained release when the head offers one, otherwise (or when
-    /// that fails for any reason) fetched whole. Verified the same way either way.
-    /// A skeleton manifest diff comes with the data diff that completes it, which is
-    /// then already applied: the update's plan line is printed before it is fetched.
-    pub fn fetch_current_manifest(
-        &self,
-        root: &Root,
-        head: &ChannelHead,
-        trusted: &TrustedKeys,
-        from: Option<&str>,
-        out: Out,
-    ) -> Result<FetchedManifest> {
-        let release = head.current();
-        let channel = &root.config.channel;
-        let mut hint = DiffHint::Nothing;
-        if let Some((base_version, base_bytes, diff)) = manifest_diff_base(root, head) {
-            let ctx = ManifestDiffCtx {
-                diff,
-                base_version: &base_version,
-                base: &base_bytes,
-                release,
-                channel,
-                trusted,
-            };
-            // A transfer that fails (rather than a diff that turns out unusable) ends
-            // the update, as for any other object: a slow or broken network is no
-            // reason to download more.
-            match self.manifest_from_diff(root, &ctx, from, out)? {
-                Ok(found) => {
-                    tracing::info!(
-                        "manifest of {} rebuilt from a diff against {base_version}'s",
-                        release.version
-                    );
-                    return Ok(found);
-                }
-                Err(e) => {
-                    tracing::warn!(
-                        "manifest diff from {base_version} unusable, fetching the whole manifest: {e:#}"
-                    );
-                    if let (Some(_), Some(d)) = (e.downcast_ref::<DiffUnusable>(), diff.chunk_diff)
-                    {
-                        hint = DiffHint::Unusable(d.hash);
-                    }
-                }
-            }
-        }
-        let (bytes, manifest) = self.fetch_manifest(release, channel, trusted)?;
-        Ok(FetchedManifest {
-            bytes,
-            manifest,
-            hint,
-        })
-    }
-
-    /// The outer error is a failed transfer of the data diff (fatal), the inner one
-    /// anything that makes the manifest diff unusable (the caller falls back).
-    fn manifest_from_diff(
-        &self,
-        root: &Root,
-        c: &ManifestDiffCtx,
-        from: Option<&str>,
-        out: Out,
-    ) -> Result<Result<FetchedManifest>> {
-        let path = object_path(&c.diff.object.hash);
-        let rebuilt = self
-            .get_all(&path, c.diff.object.size, "manifest diff")
-            .and_then(|bytes| {
-                c.diff.object.check("manifest diff", &bytes)?;
-                Ok(apply_manifest_diff(
-                    c.base,
-                    &bytes,
-                    c.release.manifest.size,
-                )?)
-            });
-        let rebuilt = match rebuilt {
-            Ok(r) => r,
-            Err(e) => return Ok(Err(e)),
-        };
-        let (manifest_bytes, hint) = match c.diff.chunk_diff {
-            None => (rebuilt, DiffHint::Nothing),
-            Some(object) => match self.fill_skeleton(root, c, &rebuilt, object, from, out)? {
-                Ok((filled, prepared)) => (filled, DiffHint::Prepared(prepared)),
-                Err(e) => return Ok(Err(e)),
-            },
-        };
-        let verified = verify_manifest(&manifest_bytes, c.release, c.channel, c.trusted)
-            .with_context(|| {
-                format!(
-                    "verifying manifest of {} rebuilt from {}",
-                    c.release.version,
-                    self.transport.url(&path)
-                )
-            });
-        // The skeleton came from a verified object, so a filled manifest that does
-        // not verify means the diff's chunks were wrong.
-        let verified = match (verified, &hint) {
-            (Err(e), DiffHint::Prepared(_)) => Err(e.context(DiffUnusable)),
-            (v, _) => v,
-        };
-        Ok(verified.map(|manifest| FetchedManifest {
-            bytes: manifest_bytes,
-            manifest,
-            hint,
-        }))
-    }
-
-    /// Completes a skeleton: fetches the data diff the signed head pins next to it,
-    /// applies it to the base (held intact here) and fills the skeleton's holes with
-    /// the hashes of the chunks it produced. The caller verifies the result. Errors as
-    /// for [`Remote::manifest_from_diff`].
-    fn fill_skeleton(
-        &self,
-        root: &Root,
-        c: &ManifestDiffCtx,
-        skeleton_bytes: &[u8],
-        object: ferry_format::id::ObjectRef,
-        from: Option<&str>,
-        out: Out,
-    ) -> Result<Result<(Vec<u8>, PreparedDiff)>> {
-        let releases = root.local_releases();
-        let prepared = (|| -> Result<_> {
-            let base = releases
-                .iter()
-                .find(|r| r.version == c.base_version)
-                .with_context(|| format!("{} is not installed", c.base_version))?;
-            let skeleton = Skeleton::decode(skeleton_bytes, &base.manifest)
-                .context("reading the manifest skeleton")?;
-            if !base_intact(base) {
-                bail!("{} is modified locally", c.base_version);
-            }
-            Ok((base, skeleton))
-        })();
-        let (base, skeleton) = match prepared {
-            Ok(p) => p,
-            Err(e) => return Ok(Err(e)),
-        };
-        let (reuse_chunks, reuse_bytes) = skeleton
-            .known_chunks()
-            .fold((0u64, 0u64), |(n, b), (_, size)| {
-                (n + 1, b + u64::from(size))
-            });
-        out.info(&format!(
-            "plan: {} -> {}: reuse {reuse_chunks} chunks ({}) from local releases, download diff from {} ({}) in 1 request",
-            from.unwrap_or("none"),
-            skeleton.version(),
-            report::bytes(reuse_bytes),
-            c.base_version,
-            report::bytes(object.size),
-        ));
-        let downloads = root.layout.downloads();
-        fsutil::create_dir_all(&downloads)?;
-        let diff_ref = DiffRef {
-            base_version: c.base_version.to_string(),
-            base_manifest: c.diff.base_manifest,
-            object,
-        };
-        let Some(file) = self.download_diff(&diff_ref, &downloads)? else {
-            return Ok(Err(anyhow::anyhow!(
-                "the repository does not have the diff object the head names"
-            )
-            .context(DiffUnusable)));
-        };
-        let want: Vec<Want> = skeleton
-            .hole_sizes()
-            .map(|size| Want { size, id: None })
-            .collect();
-        let applied = (|| -> Result<_> {
-            verify_object(&file, &object).context("checking the diff object")?;
-            let spool = root
-                .layout
-                .staging()
-                .join(format!("diff-{}.spool", object.hash.to_hex()));
-            fsutil::remove_tree(&spool)?;
-            let spool = apply_to_spool(&file, object.size, base, &want, &spool)
-                .with_context(|| format!("applying the diff from {}", c.base_version))?;
-            let filled = skeleton.fill(spool.produced())?;
-            Ok((
-                filled,
-                PreparedDiff {
-                    base: c.base_version.to_string(),
-                    spool,
-                },
-            ))
-        })();
-        Ok(applied.map_err(|e| e.context(DiffUnusable)))
-    }
-
     /// Downloads a whole diff object into `dir`, resumable like archive ranges.
     /// `None` when the repository does not have it (the caller falls back to the
     /// archive); a broken transfer is an error, and its `.part` file is resumed by the
@@ -468,41 +247,6 @@ impl Remote {
                 )
             })
     }
-}
-
-/// What rebuilding the current manifest from a manifest diff starts from.
-struct ManifestDiffCtx<'a> {
-    diff: &'a ManifestDiffRef,
-    base_version: &'a str,
-    base: &'a [u8],
-    release: &'a ReleaseRef,
-    channel: &'a str,
-    trusted: &'a TrustedKeys,
-}
-
-/// The retained release whose stored manifest the head's manifest diffs start from
-/// (the active release first, then the newest): its version, manifest bytes (checked
-/// against the hash recorded in state) and the diff.
-fn manifest_diff_base<'h>(
-    root: &Root,
-    head: &'h ChannelHead,
-) -> Option<(String, Vec<u8>, &'h ManifestDiffRef)> {
-    let mut records: Vec<_> = root.state.releases.iter().collect();
-    records.sort_by_key(|r| {
-        (
-            root.state.active.as_deref() == Some(r.version.as_str()),
-            Version::parse(&r.version).ok(),
-        )
-    });
-    records.into_iter().rev().find_map(|r| {
-        let hash = Digest::from_hex(&r.manifest_hash).ok()?;
-        let diff = head
-            .manifest_diffs
-            .iter()
-            .find(|d| d.base_manifest == hash)?;
-        let bytes = std::fs::read(root.layout.manifest(&r.version)).ok()?;
-        (Digest::of(&bytes) == hash).then(|| (r.version.clone(), bytes, diff))
-    })
 }
 
 /// What building a release cost.
