@@ -21,7 +21,8 @@
 //!   [`encode::pack`], which picks the layout and codecs).
 //! - [`apply`]: the client's side, streaming.
 //! - [`streams`]: the stream codecs and varints shared by both sides.
-//! - [`manifest_diff`]: the new manifest as a zstd frame against the old one.
+//! - [`manifest_diff`]: the new manifest as a zstd frame against the old one, or its
+//!   skeleton without the ids the data diff yields (§3.7).
 
 pub mod apply;
 pub mod encode;
