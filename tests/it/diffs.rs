@@ -199,3 +199,22 @@ fn a_damaged_diff_behind_a_skeleton_is_fetched_once_then_the_archive_serves() {
         "head, manifest diff, diff, manifest, archive: {paths:?}"
     );
 }
+
+#[test]
+fn three_releases_back_is_still_head_manifest_diff_and_one_diff_object() {
+    let p = Publisher::new("stable");
+    let sources = Sources::app(4);
+    p.publish(&v(1), &sources.release(1));
+    let srv = p.serve();
+    let agent = Agent::init(&srv.url, "stable", &p.public_key(), &[]);
+    agent.update();
+    p.publish(&v(2), &sources.release(2));
+    p.publish(&v(3), &sources.release(3));
+    let fourth = p.publish(&v(4), &sources.release(4));
+    // The default --diff-depth 3 reaches back to release 1.
+    assert_eq!(fourth["diffs"].as_array().unwrap().len(), 3, "{fourth}");
+    let before = srv.requests().len();
+    assert_eq!(agent.update()["to"], v(4));
+    tree_eq(&agent.current(), &sources.release(4));
+    assert_diff_update(&srv.requests()[before..], "/channels/stable/head", &fourth);
+}
