@@ -138,6 +138,7 @@ pub fn refresh_head(
         path: repo.root().to_path_buf(),
         reason: "refresh-head needs at least one --key".into(),
     })?;
+    let _lock = repo.lock_channel(channel)?;
     let bytes = repo
         .read_head(channel)?
         .ok_or_else(|| repo.broken(format!("channel {channel:?} has no head")))?;

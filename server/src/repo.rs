@@ -9,7 +9,7 @@ use ferry_format::id::{Digest, ObjectRef};
 use ferry_format::layout::{head_path, object_path};
 use tempfile::NamedTempFile;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, io_err};
 use crate::fsutil::{self, DIR_MODE, FILE_MODE, Place};
 
 /// A repository root directory.
@@ -101,6 +101,38 @@ impl Repo {
         Ok(())
     }
 
+    /// Waits for and takes the exclusive lock on `channel` in this repository. Every
+    /// writer of a channel's head holds it from reading the current head until the new
+    /// one is in place (`publish`, `refresh-head`, the upload API), so two of them can
+    /// never both build on the same head: one would sign the same sequence as the other
+    /// and its release would be lost. The lock files live in `.locks/`, which the
+    /// server never serves; the OS drops the lock when the holder exits, crash included.
+    pub fn lock_channel(&self, channel: &str) -> Result<ChannelLock> {
+        let dir = self.root.join(".locks");
+        fsutil::ensure_dir(&self.root, DIR_MODE)?;
+        fsutil::ensure_dir(&dir, DIR_MODE)?;
+        let path = dir.join(channel);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io_err("open", &path))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                tracing::warn!(
+                    channel,
+                    lock = %path.display(),
+                    "another publisher is changing this channel: waiting for it to finish"
+                );
+                file.lock().map_err(io_err("lock", &path))?;
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(io_err("lock", &path)(e)),
+        }
+        Ok(ChannelLock { _file: file })
+    }
+
     /// Creates the root (0755) if it does not exist.
     pub fn create(&self) -> Result<()> {
         fsutil::ensure_dir(&self.root, DIR_MODE)
@@ -112,4 +144,10 @@ impl Repo {
             reason,
         }
     }
+}
+
+/// Proof of holding a channel's lock ([`Repo::lock_channel`]); released when dropped.
+#[derive(Debug)]
+pub struct ChannelLock {
+    _file: std::fs::File,
 }

@@ -2,8 +2,10 @@
 //!
 //! The steps, in the order their effects reach the repository:
 //!
-//! 1. Read and verify the channel's current head and current manifest with the
-//!    publisher's key ([`previous`]); the new version must sort after the current one.
+//! 1. Take the channel's lock in the repository (a concurrent `publish` or
+//!    `refresh-head` of the channel waits for it), then read and verify the channel's
+//!    current head and current manifest with the publisher's key ([`previous`]); the
+//!    new version must sort after the current one.
 //! 2. Walk the source ([`walk`]), chunk every file, split the chunks into carried and
 //!    new ([`table`]).
 //! 3. Write the archive ([`archive`]), then a diff object from each of the last
@@ -159,6 +161,7 @@ pub fn publish(opts: &PublishOptions<'_>) -> Result<PublishReport> {
     }
     let repo = Repo::new(&opts.repo);
     repo.create()?;
+    let _lock = repo.lock_channel(&opts.channel)?;
 
     let prev = previous(&repo, &opts.channel, opts.key)?;
     if let Some(p) = &prev {

@@ -585,6 +585,13 @@ where
 
     let lock = up.channel_lock(channel);
     let _held = lock.lock().await;
+    // The in-process lock orders uploads; the file lock orders them with a local
+    // `publish` or `refresh-head` on the same repository.
+    let r = repo.clone();
+    let ch = channel.to_string();
+    let _file_lock = blocking(move || r.lock_channel(&ch))
+        .await
+        .map_err(internal)?;
     let r = repo.clone();
     let ch = channel.to_string();
     let current = blocking(move || r.read_head(&ch)).await.map_err(internal)?;

@@ -170,3 +170,73 @@ fn serve_until_sigterm(repo: &Path) {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[test]
+fn a_second_publisher_waits_for_the_first_instead_of_losing_its_release() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let key_file = t.join("ferry.key");
+    std::fs::write(&key_file, key().to_text()).unwrap();
+    let src = t.join("src");
+    make_tree(&src);
+    let repo = t.join("repo");
+    publish_at(&repo, &src, "stable", "1.0.0");
+
+    // Another publisher of the channel is mid-way (it holds the channel's lock).
+    let held = ferry_server::repo::Repo::new(&repo)
+        .lock_channel("stable")
+        .unwrap();
+    let mut child = bin()
+        .args(["publish", "--repo"])
+        .arg(&repo)
+        .arg("--key")
+        .arg(&key_file)
+        .args([
+            "--channel",
+            "stable",
+            "--version",
+            "2.0.0",
+            "--zstd-level",
+            "3",
+        ])
+        .arg(&src)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let waiting = std::iter::from_fn(|| rx.recv_timeout(Duration::from_secs(20)).ok())
+        .find(|l| l.contains("waiting for it to finish"));
+    assert!(waiting.is_some(), "the publisher says it waits");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(child.try_wait().unwrap().is_none(), "it waits, not fails");
+    assert_eq!(
+        read_head(&repo, "stable").sequence,
+        1,
+        "nothing written meanwhile"
+    );
+
+    drop(held);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("publish did not finish after the lock was released");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success());
+    let head = read_head(&repo, "stable");
+    assert_eq!(head.sequence, 2);
+    let versions: Vec<&str> = head.releases.iter().map(|r| r.version.as_str()).collect();
+    assert_eq!(versions, ["1.0.0", "2.0.0"]);
+}
