@@ -5,6 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
+.ci/build-deps.sh
 cargo build --workspace --bins --quiet
 BIN="$PWD/target/debug"
 WORK=$(mktemp -d)

@@ -66,6 +66,7 @@ done
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
 echo "== building ferry (cargo build --workspace --bins)" >&2
+.ci/build-deps.sh --nginx
 cargo build --workspace --bins --quiet
 
 WORK=$(mktemp -d /tmp/ferry-compare.XXXXXX); chmod 755 "$WORK"

@@ -11,6 +11,7 @@ cd "$(dirname "$0")/.."
 PRODUCT=$1; FROM=$2; TO=$3; DATA=${4:-/tmp/ferry-bench-data}
 REL="$DATA/releases/$PRODUCT"
 [ -d "$REL/$FROM" ] || { echo "missing $REL/$FROM: run ../shared/bench/fetch-data.sh $DATA" >&2; exit 1; }
+.ci/build-deps.sh --nginx
 cargo build --workspace --bins --quiet
 BIN="$PWD/target/debug"
 WORK=$(mktemp -d); chmod 755 "$WORK"
