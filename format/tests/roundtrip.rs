@@ -183,3 +183,85 @@ proptest! {
         prop_assert_eq!(decompress_chunk(&ChunkId::of(&data), data.len() as u32, &stored).unwrap(), data);
     }
 }
+
+/// A base release's table and a new release keeping some of its chunks (in order) and
+/// adding new ones, with files naming chunks of the new table.
+fn arb_release_pair() -> impl Strategy<Value = (Manifest, Manifest, Vec<ChunkId>)> {
+    (1usize..40, 0usize..20)
+        .prop_flat_map(|(base_n, new_n)| {
+            (
+                Just(base_n),
+                Just(new_n),
+                prop::collection::vec(any::<bool>(), base_n),
+                prop::collection::vec(
+                    prop::collection::vec(any::<prop::sample::Index>(), 1..6),
+                    0..12,
+                ),
+            )
+        })
+        .prop_map(|(base_n, new_n, keep, files)| {
+            let record = |tag: String, generation| ChunkRecord {
+                id: Digest::of(tag.as_bytes()),
+                size: 1000,
+                stored_size: 500,
+                generation,
+            };
+            let base_table: Vec<ChunkRecord> =
+                (0..base_n).map(|i| record(format!("b{i}"), 1)).collect();
+            let mut table: Vec<ChunkRecord> = base_table
+                .iter()
+                .zip(&keep)
+                .filter(|(_, k)| **k)
+                .map(|(c, _)| *c)
+                .collect();
+            let added: Vec<ChunkRecord> = (0..new_n).map(|i| record(format!("n{i}"), 2)).collect();
+            table.extend(&added);
+            let manifest =
+                |version: &str, generation, table: &[ChunkRecord], files: Vec<Entry>| Manifest {
+                    channel: "stable".into(),
+                    version: version.into(),
+                    generation,
+                    chunking: ChunkParams::default(),
+                    archive: ObjectRef {
+                        hash: Digest::of(version.as_bytes()),
+                        size: 500 * table.len() as u64,
+                    },
+                    chunks: table.to_vec(),
+                    entries: files,
+                    diffs: vec![],
+                };
+            let entries = |n: usize, picks: &[Vec<prop::sample::Index>]| -> Vec<Entry> {
+                if n == 0 {
+                    return vec![];
+                }
+                picks
+                    .iter()
+                    .enumerate()
+                    .map(|(i, p)| Entry {
+                        path: format!("f{i:03}"),
+                        kind: EntryKind::File {
+                            mode: 0o644,
+                            size: 1000 * p.len() as u64,
+                            hash: Digest::of(format!("file{i}").as_bytes()),
+                            chunks: p.iter().map(|x| x.index(n) as u32).collect(),
+                        },
+                    })
+                    .collect()
+            };
+            let base = manifest("1.0.0", 1, &base_table, entries(base_n, &files));
+            let new = manifest("1.1.0", 2, &table, entries(table.len(), &files));
+            (base, new, added.iter().map(|c| c.id).collect())
+        })
+}
+
+proptest! {
+    #[test]
+    fn manifest_skeletons_fill_back_to_the_signed_manifest((base, new, added) in arb_release_pair()) {
+        use ferry_format::delta::manifest_diff::Skeleton;
+        let new_bytes = new.sign(&[&key()]).unwrap();
+        let skeleton = Skeleton::make(&new_bytes, &base).unwrap();
+        let parsed = Skeleton::decode(&skeleton, &base).unwrap();
+        prop_assert_eq!(parsed.hole_sizes().len(), added.len());
+        prop_assert_eq!(parsed.fill(&added).unwrap(), new_bytes);
+    }
+}
