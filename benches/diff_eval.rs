@@ -15,8 +15,9 @@ use std::time::Instant;
 
 use ferry_format::chunking::{ChunkParams, chunk_slice};
 use ferry_format::delta::apply::{ConcatBase, apply};
-use ferry_format::delta::encode::{Packed, Sinks, encode, object_in_memory, pack_in_memory};
+use ferry_format::delta::encode::{Sinks, encode};
 use ferry_format::delta::manifest_diff::encode_manifest_diff;
+use ferry_format::delta::pack::{Packed, object_in_memory, pack_in_memory};
 use ferry_format::delta::{BSDIFF_V2, DiffHeader, StreamCodec, StreamHeader};
 use ferry_format::id::{ChunkId, Digest};
 

@@ -284,7 +284,7 @@ fn main() {
     // The object the publisher would write, then every layout with each codec, so the
     // fuzzer starts from valid streams of every decoder.
     use ferry_format::delta::{DiffLayout, StreamCodec, StreamHeader, streams};
-    let packed = ferry_format::delta::encode::pack_in_memory(&c, &d, &e).unwrap();
+    let packed = ferry_format::delta::pack::pack_in_memory(&c, &d, &e).unwrap();
     let objects = |layout: DiffLayout, middle: Vec<Vec<u8>>, codec: StreamCodec| {
         let mut parts = vec![c.clone()];
         parts.extend(middle);
@@ -354,7 +354,7 @@ fn main() {
         layout: packed.layout,
         streams: packed.streams.iter().map(|(h, _)| *h).collect(),
     };
-    let object = ferry_format::delta::encode::object_in_memory(&header, &packed);
+    let object = ferry_format::delta::pack::object_in_memory(&header, &packed);
     write(&out, "diff_apply", "diff_object", &object);
     let md = ferry_format::delta::manifest_diff::encode_manifest_diff(base, target, 19).unwrap();
     write(&out, "diff_apply", "manifest_diff", &md);

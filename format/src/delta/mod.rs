@@ -17,8 +17,8 @@
 //! Applying is one sequential pass with bounded memory: the base is read at random
 //! positions, the output is written in order.
 //!
-//! - [`encode`]: the publisher's side (suffix array over the base, bsdiff scan, and
-//!   [`encode::pack`], which picks the layout and codecs).
+//! - [`encode`]: the publisher's side: suffix array over the base, bsdiff scan, raw
+//!   streams; [`pack`] then picks the layout and each stream's codec.
 //! - [`apply`]: the client's side, streaming.
 //! - [`streams`]: the stream codecs and varints shared by both sides.
 //! - [`manifest_diff`]: the new manifest as a zstd frame against the old one, or its
@@ -27,6 +27,7 @@
 pub mod apply;
 pub mod encode;
 pub mod manifest_diff;
+pub mod pack;
 pub mod streams;
 
 use serde::{Deserialize, Serialize};

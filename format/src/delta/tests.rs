@@ -1,6 +1,7 @@
 use super::apply::{ConcatBase, apply};
-use super::encode::{Packed, Sinks, encode, pack_in_memory};
+use super::encode::{Sinks, encode};
 use super::manifest_diff::{apply_manifest_diff, encode_manifest_diff};
+use super::pack::{Packed, pack_in_memory};
 use super::streams::{self, Encoder};
 use super::*;
 use crate::error::Result;
@@ -215,7 +216,7 @@ fn sparse_split_matches_the_definition() {
         let (z, n, l) = sparse_raw(&data);
         let (mut zw, mut nw, mut lw) = (Vec::new(), Vec::new(), Vec::new());
         // Through pack's real splitter, in awkward pieces.
-        let split = super::encode::split_for_tests(&data, 7, &mut zw, &mut nw, &mut lw);
+        let split = super::pack::split_for_tests(&data, 7, &mut zw, &mut nw, &mut lw);
         assert_eq!(split, (z.len(), n.len(), l.len()));
         assert_eq!((zw, nw, lw), (z, n, l));
     }

@@ -28,8 +28,9 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use ferry_format::chunking::decompress_chunk;
-use ferry_format::delta::encode::{RawSource, Sinks, encode, pack};
+use ferry_format::delta::encode::{Sinks, encode};
 use ferry_format::delta::manifest_diff::{Skeleton, encode_manifest_diff};
+use ferry_format::delta::pack::{RawSource, pack};
 use ferry_format::delta::{self, BSDIFF_V2, DiffHeader, DiffRef, MAX_DIFF_INPUT, ManifestDiffRef};
 use ferry_format::head::ChannelHead;
 use ferry_format::id::{ChunkId, Digest, ObjectRef};
