@@ -298,7 +298,7 @@ fn header_cost(h: &StreamHeader) -> u64 {
     crate::codec::encode(h).len() as u64
 }
 
-/// Compresses the raw streams of [`encode`] into the smaller of the two layouts:
+/// Compresses the raw streams of [`super::encode::encode`] into the smaller of the two layouts:
 /// dense differences with bzip3 (best block size of 1, 2, 4 MiB) or sparse with
 /// LZMA2; control and extra each with the smallest of a few LZMA2 settings and
 /// bzip3. Candidates are compressed on parallel threads into sinks made by `sink`;
