@@ -386,6 +386,7 @@ fn main() {
     let skeleton = ferry_format::delta::manifest_diff::Skeleton::make(
         &files.sign(&[&key(1)]).unwrap(),
         &fixed_base,
+        &|_| false,
     )
     .unwrap();
     write(&out, "diff_apply", "manifest_skeleton", &skeleton);

@@ -42,7 +42,8 @@ fuzz_target!(|data: &[u8]| {
         assert!(out.len() <= 4096);
     }
     if let Ok(skeleton) = Skeleton::decode(data, &base_manifest()) {
-        let holes = skeleton.hole_sizes().len();
+        let _ = skeleton.outside_base().count();
+        let holes = skeleton.holes();
         let _ = skeleton.fill(&vec![Digest([1; 32]); holes]);
     }
     let Ok((header, start)) = DiffHeader::decode_prefix(data, data.len() as u64) else {

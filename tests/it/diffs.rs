@@ -2,7 +2,7 @@
 //! per update from any of the last releases, the archive tail when the base has no
 //! diff or was modified locally, and a mixed plan of local copies and a diff.
 
-use ferry_tests::tree::put;
+use ferry_tests::tree::{noise, put};
 use ferry_tests::{Agent, Publisher};
 
 use super::fixtures::{Sources, tree_eq, v};
@@ -217,4 +217,83 @@ fn three_releases_back_is_still_head_manifest_diff_and_one_diff_object() {
     assert_eq!(agent.update()["to"], v(4));
     tree_eq(&agent.current(), &sources.release(4));
     assert_diff_update(&srv.requests()[before..], "/channels/stable/head", &fourth);
+}
+
+/// An agent on release 2 that still holds release 1, and release 3 bringing back
+/// release 1's big library (release 2 had replaced it), published with `extra`.
+/// Returns the agent's update output, the requests it made, and the size of release
+/// 3's diff from release 2 (which must carry the library: about a megabyte).
+fn bring_back_update(
+    extra: &[&str],
+) -> (
+    std::process::Output,
+    Vec<ferry_tests::process::LoggedRequest>,
+    u64,
+) {
+    let p = Publisher::new("stable");
+    let sources = Sources::app(3);
+    let big = noise(500, 1_000_000);
+    put(&sources.release(1), "lib/libbig.so", &big, 0o644);
+    put(
+        &sources.release(2),
+        "lib/libbig.so",
+        &noise(501, 1_000_000),
+        0o644,
+    );
+    put(&sources.release(3), "lib/libbig.so", &big, 0o644);
+    p.publish_with(&v(1), &sources.release(1), extra);
+    let srv = p.serve();
+    let agent = Agent::init(&srv.url, "stable", &p.public_key(), &[]);
+    agent.update();
+    p.publish_with(&v(2), &sources.release(2), extra);
+    agent.update();
+    let third = p.publish_with(&v(3), &sources.release(3), extra);
+    let from_2 = third["diffs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["base"] == v(2))
+        .expect("a diff from release 2")["size"]
+        .as_u64()
+        .unwrap();
+    assert!(from_2 > 900_000, "{third}");
+    let before = srv.requests().len();
+    let out = agent.ferry("update", &["--json"]);
+    ferry_tests::assert_ok(&out, "update 2 -> 3");
+    tree_eq(&agent.current(), &sources.release(3));
+    let reqs = srv.requests()[before..].to_vec();
+    assert!(
+        reqs.iter().all(|q| q.bytes != from_2),
+        "the big diff from release 2 was not fetched: {reqs:?}"
+    );
+    (out, reqs, from_2)
+}
+
+fn downloaded(out: &std::process::Output) -> u64 {
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    r["bytes_downloaded"].as_u64().unwrap()
+}
+
+#[test]
+fn the_head_prices_diffs_so_an_agent_takes_the_one_from_the_release_it_shares_most_with() {
+    // The head lists release 3's diffs from releases 1 and 2 with their sizes: the
+    // agent takes the small one from release 1, which has the library.
+    let (out, reqs, from_2) = bring_back_update(&[]);
+    assert_eq!(reqs.len(), 3, "head, manifest diff, diff object: {reqs:?}");
+    assert!(downloaded(&out) < from_2 / 3, "{reqs:?}");
+}
+
+#[test]
+fn a_skeleton_is_priced_against_local_copies_and_the_archive_before_its_diff_is_fetched() {
+    // Only a diff from release 2 exists. The skeleton names the library's chunks
+    // (they are in release 1, which an agent on release 2 may hold), so the agent sees
+    // it can copy them and take the rest from the archive for less than the diff.
+    let (out, reqs, from_2) = bring_back_update(&["--diff-depth", "1"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cost less than the diff"), "{err}");
+    assert!(downloaded(&out) < from_2 / 3, "{reqs:?}");
+    assert!(
+        reqs.iter().any(|q| q.status == 206),
+        "an archive range: {reqs:?}"
+    );
 }

@@ -101,6 +101,12 @@ impl LocalChunks {
             .count()
     }
 
+    /// Whether some retained release lists `id` (not yet checked on disk): enough to
+    /// price a plan, which the build then re-checks with [`Self::verify_wanted`].
+    pub fn listed(&self, id: &ChunkId) -> bool {
+        self.candidates.contains_key(id)
+    }
+
     /// Whether a verified local copy of `id` is known.
     pub fn has(&self, id: &ChunkId) -> bool {
         self.good.contains_key(id)

@@ -61,17 +61,20 @@ pub fn apply_manifest_diff(base: &[u8], diff: &[u8], max_size: u64) -> Result<Ve
     Ok(out)
 }
 
-/// A manifest as a skeleton manifest diff yields it (FORMAT.md §3.7): the ids of the
-/// chunks the base lacks (its "holes") are zero, and file entries name chunks by their
-/// index in the *base's* table, or past its end for holes, so that entries which did
-/// not change are byte for byte the base's, whatever the new table dropped or added.
-/// Not verified: its sizes only split the data diff's output into chunks;
-/// [`Skeleton::fill`] gives the bytes to verify against the signed head.
+/// A manifest as a skeleton manifest diff yields it (FORMAT.md §3.7). The chunks the
+/// base lacks are exactly what the data diff from that base produces; those that no
+/// release an agent on the base may still hold has are "holes": their ids are zero.
+/// File entries name chunks by their index in the *base's* table, or past its end for
+/// chunks the base lacks, so that entries which did not change are byte for byte the
+/// base's, whatever the new table dropped or added. Not verified: its sizes only split
+/// the data diff's output into chunks and price the alternatives; [`Skeleton::fill`]
+/// gives the bytes to verify against the signed head.
 #[derive(Clone, Debug)]
 pub struct Skeleton {
     envelope: Envelope,
     manifest: Manifest,
-    holes: Vec<usize>,
+    /// Table indexes of the chunks the base lacks, in table order.
+    outside: Vec<usize>,
 }
 
 fn malformed(reason: String) -> FormatError {
@@ -97,27 +100,38 @@ fn remap_entries(m: &mut Manifest, f: impl Fn(u32) -> Result<u32>) -> Result<()>
     Ok(())
 }
 
+fn base_index(base: &Manifest) -> HashMap<ChunkId, u32> {
+    base.chunks
+        .iter()
+        .enumerate()
+        .map(|(k, c)| (c.id, k as u32))
+        .collect()
+}
+
 impl Skeleton {
     /// The publisher's side: `manifest_bytes` (a signed manifest) turned into the
-    /// skeleton against `base`, in the same envelope (same signatures).
-    pub fn make(manifest_bytes: &[u8], base: &Manifest) -> Result<Vec<u8>> {
+    /// skeleton against `base`, in the same envelope (same signatures). `keep` names
+    /// the chunks outside the base whose ids stay, because an agent on the base may
+    /// hold them in another release and copy them instead of downloading.
+    pub fn make(
+        manifest_bytes: &[u8],
+        base: &Manifest,
+        keep: &dyn Fn(&ChunkId) -> bool,
+    ) -> Result<Vec<u8>> {
         let mut envelope = Envelope::decode(ObjectKind::Manifest, manifest_bytes)?;
         let mut manifest: Manifest = codec::decode("manifest", &envelope.body)?;
-        let in_base: HashMap<ChunkId, u32> = base
-            .chunks
-            .iter()
-            .enumerate()
-            .map(|(k, c)| (c.id, k as u32))
-            .collect();
-        let mut next_hole = base.chunks.len() as u32;
+        let in_base = base_index(base);
+        let mut next_outside = base.chunks.len() as u32;
         let mut to_base = Vec::with_capacity(manifest.chunks.len());
         for c in &mut manifest.chunks {
             to_base.push(match in_base.get(&c.id) {
                 Some(&k) => k,
                 None => {
-                    c.id = Digest([0; 32]);
-                    next_hole += 1;
-                    next_hole - 1
+                    if !keep(&c.id) {
+                        c.id = Digest([0; 32]);
+                    }
+                    next_outside += 1;
+                    next_outside - 1
                 }
             });
         }
@@ -135,8 +149,12 @@ impl Skeleton {
     pub fn decode(bytes: &[u8], base: &Manifest) -> Result<Skeleton> {
         let envelope = Envelope::decode(ObjectKind::Manifest, bytes)?;
         let mut manifest: Manifest = codec::decode("manifest", &envelope.body)?;
-        let holes: Vec<usize> = (0..manifest.chunks.len())
-            .filter(|&i| is_hole(&manifest.chunks[i].id))
+        let in_base = base_index(base);
+        let outside: Vec<usize> = (0..manifest.chunks.len())
+            .filter(|&i| {
+                let id = &manifest.chunks[i].id;
+                is_hole(id) || !in_base.contains_key(id)
+            })
             .collect();
         let index: HashMap<ChunkId, u32> = manifest
             .chunks
@@ -148,7 +166,9 @@ impl Skeleton {
         remap_entries(&mut manifest, |v| {
             let found = match base.chunks.get(v as usize) {
                 Some(c) => index.get(&c.id).copied(),
-                None => holes.get(v as usize - base.chunks.len()).map(|&i| i as u32),
+                None => outside
+                    .get(v as usize - base.chunks.len())
+                    .map(|&i| i as u32),
             };
             found.ok_or_else(|| {
                 malformed(format!(
@@ -159,42 +179,48 @@ impl Skeleton {
         Ok(Skeleton {
             envelope,
             manifest,
-            holes,
+            outside,
         })
     }
 
-    /// Sizes of the chunks whose ids are missing, in table order: what the data diff
-    /// must produce, one after the other.
-    pub fn hole_sizes(&self) -> impl ExactSizeIterator<Item = u32> + '_ {
-        self.holes.iter().map(|&i| self.manifest.chunks[i].size)
+    /// The chunks the base lacks, in table order — what the data diff from the base
+    /// produces, one after the other: size, and id unless it is a hole.
+    pub fn outside_base(&self) -> impl ExactSizeIterator<Item = (u32, Option<ChunkId>)> + '_ {
+        self.outside.iter().map(|&i| {
+            let c = &self.manifest.chunks[i];
+            (c.size, (!is_hole(&c.id)).then_some(c.id))
+        })
     }
 
-    /// The manifest's version, as the skeleton claims it (for messages only).
-    pub fn version(&self) -> &str {
-        &self.manifest.version
-    }
-
-    /// The chunks the skeleton names by id: an agent holds them all when the skeleton
-    /// was made against a release it holds.
-    pub fn known_chunks(&self) -> impl Iterator<Item = (ChunkId, u32)> + '_ {
+    /// Number of holes (chunks whose ids [`Skeleton::fill`] must be given).
+    pub fn holes(&self) -> usize {
         self.manifest
             .chunks
             .iter()
-            .filter(|c| !is_hole(&c.id))
-            .map(|c| (c.id, c.size))
+            .filter(|c| is_hole(&c.id))
+            .count()
+    }
+
+    /// The manifest as the skeleton has it (holes zero), to price archive ranges
+    /// before anything else is fetched. Unverified: plan with it, never install.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
     }
 
     /// The manifest's bytes with the holes filled by `ids` (in table order), ready for
     /// verification against the signed head.
     pub fn fill(mut self, ids: &[ChunkId]) -> Result<Vec<u8>> {
-        if ids.len() != self.holes.len() {
+        let holes: Vec<usize> = (0..self.manifest.chunks.len())
+            .filter(|&i| is_hole(&self.manifest.chunks[i].id))
+            .collect();
+        if ids.len() != holes.len() {
             return Err(malformed(format!(
                 "{} chunk ids for {} holes",
                 ids.len(),
-                self.holes.len()
+                holes.len()
             )));
         }
-        for (&i, id) in self.holes.iter().zip(ids) {
+        for (&i, id) in holes.iter().zip(ids) {
             self.manifest.chunks[i].id = *id;
         }
         self.envelope.body = codec::encode(&self.manifest);
@@ -278,16 +304,30 @@ mod tests {
     fn skeleton_round_trips_through_its_holes() {
         let (base, new) = pair();
         let new_bytes = signed(&new);
-        let skeleton_bytes = Skeleton::make(&new_bytes, &base).unwrap();
+        let skeleton_bytes = Skeleton::make(&new_bytes, &base, &|_| false).unwrap();
         assert_ne!(skeleton_bytes, new_bytes);
         let skeleton = Skeleton::decode(&skeleton_bytes, &base).unwrap();
-        assert_eq!(skeleton.hole_sizes().collect::<Vec<_>>(), [1000, 1000]);
-        let known: Vec<ChunkId> = skeleton.known_chunks().map(|(id, _)| id).collect();
-        assert_eq!(known, [new.chunks[0].id, new.chunks[1].id]);
+        assert_eq!(skeleton.holes(), 2);
+        let outside: Vec<_> = skeleton.outside_base().collect();
+        assert_eq!(outside, [(1000, None), (1000, None)]);
         let filled = skeleton
             .fill(&[new.chunks[2].id, new.chunks[3].id])
             .unwrap();
         assert_eq!(filled, new_bytes);
+    }
+
+    #[test]
+    fn kept_ids_are_named_and_only_holes_are_filled() {
+        // "e" is in another release an agent may hold: its id stays.
+        let (base, new) = pair();
+        let new_bytes = signed(&new);
+        let e = new.chunks[2].id;
+        let skeleton = Skeleton::make(&new_bytes, &base, &|id| *id == e).unwrap();
+        let skeleton = Skeleton::decode(&skeleton, &base).unwrap();
+        assert_eq!(skeleton.holes(), 1);
+        let outside: Vec<_> = skeleton.outside_base().collect();
+        assert_eq!(outside, [(1000, Some(e)), (1000, None)]);
+        assert_eq!(skeleton.fill(&[new.chunks[3].id]).unwrap(), new_bytes);
     }
 
     #[test]
@@ -313,7 +353,7 @@ mod tests {
             .collect();
         let new = manifest("1.1.0", 2, &new_table, &new_files);
         let (base_bytes, new_bytes) = (signed(&base), signed(&new));
-        let skeleton = Skeleton::make(&new_bytes, &base).unwrap();
+        let skeleton = Skeleton::make(&new_bytes, &base, &|_| false).unwrap();
         let plain = encode_manifest_diff(&base_bytes, &new_bytes, 19)
             .unwrap()
             .len();
@@ -334,7 +374,7 @@ mod tests {
     #[test]
     fn bad_skeletons_are_refused_by_name() {
         let (base, new) = pair();
-        let skeleton = Skeleton::make(&signed(&new), &base).unwrap();
+        let skeleton = Skeleton::make(&signed(&new), &base, &|_| false).unwrap();
         let err = Skeleton::decode(&skeleton, &base)
             .unwrap()
             .fill(&[new.chunks[2].id])

@@ -425,11 +425,14 @@ impl RawSource for Spooled {
 /// returns the head's list, sorted by base manifest. Where `diffs` (the new manifest's
 /// data diffs) has one from the same base, the manifest diff yields a skeleton whose
 /// missing chunk ids that data diff fills in (FORMAT.md §3.7), and the head pins the
-/// data diff next to it. One that is not smaller than the manifest is left out.
+/// data diff next to it; ids stay for chunks of the releases older than the base
+/// (among `bases` and the `earlier` ones before them), which an agent on it may still
+/// have. One that is not smaller than the manifest is left out.
 pub fn write_manifest_diffs(
     repo: &Repo,
     new_bytes: &[u8],
     bases: &[BaseRelease],
+    earlier: &[BaseRelease],
     diffs: &[DiffRef],
 ) -> Result<Vec<ManifestDiffRef>> {
     let mut out = Vec::new();
@@ -439,7 +442,17 @@ pub fn write_manifest_diffs(
             .find(|d| d.base_manifest == b.manifest_hash)
             .map(|d| d.object);
         let target = match chunk_diff {
-            Some(_) => Skeleton::make(new_bytes, &b.manifest)?,
+            Some(_) => {
+                // An agent on `b` may still hold the releases before it; ids of their
+                // chunks stay so it can copy them rather than take them from the diff.
+                let older: std::collections::HashSet<_> = bases
+                    .iter()
+                    .chain(earlier)
+                    .filter(|o| older_than(&o.version, &b.version))
+                    .flat_map(|o| o.manifest.chunks.iter().map(|c| c.id))
+                    .collect();
+                Skeleton::make(new_bytes, &b.manifest, &|id| older.contains(id))?
+            }
             None => new_bytes.to_vec(),
         };
         let d = encode_manifest_diff(&b.manifest_bytes, &target, MANIFEST_DIFF_LEVEL)?;
@@ -466,4 +479,8 @@ pub fn write_manifest_diffs(
     out.sort_by_key(|d| d.base_manifest);
     out.dedup_by_key(|d| d.base_manifest);
     Ok(out)
+}
+
+fn older_than(a: &str, b: &str) -> bool {
+    matches!((Version::parse(a), Version::parse(b)), (Ok(x), Ok(y)) if x < y)
 }

@@ -50,6 +50,9 @@ use walk::SourceKind;
 pub const DEFAULT_EXPIRES_IN: Duration = Duration::from_secs(7 * 86_400);
 /// Default number of releases a head keeps listing (rollback targets).
 pub const DEFAULT_RETAIN: usize = 10;
+/// Releases before a diff's base whose chunks an agent on that base may still hold
+/// (`ferry init --keep` defaults to 3 installed releases).
+const HELD_RELEASES: usize = 3;
 /// Default zstd level: publishing happens once, downloads many times.
 pub const DEFAULT_ZSTD_LEVEL: i32 = 19;
 
@@ -258,17 +261,33 @@ pub fn publish(opts: &PublishOptions<'_>) -> Result<PublishReport> {
     };
     crate::trust::check_signers(&trust, &signers, "publish --key")?;
     // Diffs need the chunk table (final now) and go into the signed manifest.
-    let bases = match &prev {
-        Some(p) if opts.diff_depth > 0 => diff::load_bases(&repo, &p.head, opts.diff_depth),
-        _ => Vec::new(),
+    // The last `diff_depth` releases are diff bases; the few before them only tell
+    // which chunks an agent on a base may still hold (skeleton manifest diffs keep
+    // the ids of those chunks).
+    let (bases, earlier): (Vec<_>, Vec<_>) = match &prev {
+        Some(p) if opts.diff_depth > 0 => {
+            let recent: Vec<&str> = p
+                .head
+                .releases
+                .iter()
+                .rev()
+                .take(opts.diff_depth)
+                .map(|r| r.version.as_str())
+                .collect();
+            diff::load_bases(&repo, &p.head, opts.diff_depth + HELD_RELEASES)
+                .into_iter()
+                .partition(|b| recent.contains(&b.version.as_str()))
+        }
+        _ => (Vec::new(), Vec::new()),
     };
     let (diff_refs, diffs) = diff::write_diffs(&repo, &manifest, &bases)?;
     manifest.diffs = diff_refs;
     let manifest_bytes = manifest.sign(&signers)?;
     let manifest_ref = repo.write_object(&manifest_bytes)?;
     let manifest_diffs =
-        diff::write_manifest_diffs(&repo, &manifest_bytes, &bases, &manifest.diffs)?;
+        diff::write_manifest_diffs(&repo, &manifest_bytes, &bases, &earlier, &manifest.diffs)?;
     drop(bases);
+    drop(earlier);
     let manifest_diff_objects: Vec<_> = manifest_diffs.iter().map(|d| d.object).collect();
 
     // Step 4: the head, last.

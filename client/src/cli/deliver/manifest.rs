@@ -11,11 +11,13 @@ use ferry_format::head::{ChannelHead, ReleaseRef};
 use ferry_format::id::{Digest, ObjectRef};
 use ferry_format::layout::object_path;
 use ferry_format::manifest::Manifest;
+use ferry_format::plan::{DEFAULT_MAX_GAP, plan_archive};
 use ferry_format::verified::{Verified, verify_manifest};
 use ferry_format::version::Version;
 
 use super::Remote;
 use crate::apply::diff::{DiffSpool, Want, apply_to_spool, verify_object};
+use crate::apply::source::LocalChunks;
 use crate::cli::plan::base_intact;
 use crate::cli::report::{self, Out};
 use crate::cli::root::Root;
@@ -194,16 +196,27 @@ impl Remote {
             Ok(p) => p,
             Err(e) => return Ok(Err(e)),
         };
-        let (reuse_chunks, reuse_bytes) = skeleton
-            .known_chunks()
-            .fold((0u64, 0u64), |(n, b), (_, size)| {
-                (n + 1, b + u64::from(size))
-            });
+        // Price both roads with what is local. The diff produces every chunk the base
+        // lacks; the archive tail only what no local release holds (a release that
+        // brings back older content may need far less from it). Holes are in no
+        // release an agent on the base may hold.
+        let local = LocalChunks::index(&releases);
+        let sk = skeleton.manifest();
+        let archive = plan_archive(sk, |id| local.listed(id), DEFAULT_MAX_GAP);
+        if object.size >= archive.download_bytes {
+            return Ok(Err(anyhow::anyhow!(
+                "the archive ranges ({}) cost less than the diff from {} ({}) with what is local",
+                report::bytes(archive.download_bytes),
+                c.base_version,
+                report::bytes(object.size)
+            )));
+        }
         out.info(&format!(
-            "plan: {} -> {}: reuse {reuse_chunks} chunks ({}) from local releases, download diff from {} ({}) in 1 request",
+            "plan: {} -> {}: reuse {} chunks ({}) from local releases, download diff from {} ({}) in 1 request",
             from.unwrap_or("none"),
-            skeleton.version(),
-            report::bytes(reuse_bytes),
+            sk.version,
+            archive.reuse_chunks,
+            report::bytes(archive.reuse_bytes),
             c.base_version,
             report::bytes(object.size),
         ));
@@ -221,8 +234,8 @@ impl Remote {
             .context(DiffUnusable)));
         };
         let want: Vec<Want> = skeleton
-            .hole_sizes()
-            .map(|size| Want { size, id: None })
+            .outside_base()
+            .map(|(size, id)| Want { size, id })
             .collect();
         let applied = (|| -> Result<_> {
             verify_object(&file, &object).context("checking the diff object")?;
@@ -233,7 +246,13 @@ impl Remote {
             fsutil::remove_tree(&spool)?;
             let spool = apply_to_spool(&file, object.size, base, &want, &spool)
                 .with_context(|| format!("applying the diff from {}", c.base_version))?;
-            let filled = skeleton.fill(spool.produced())?;
+            let holes: Vec<_> = want
+                .iter()
+                .zip(spool.produced())
+                .filter(|(w, _)| w.id.is_none())
+                .map(|(_, id)| *id)
+                .collect();
+            let filled = skeleton.fill(&holes)?;
             Ok((
                 filled,
                 PreparedDiff {
@@ -256,26 +275,39 @@ struct ManifestDiffCtx<'a> {
     trusted: &'a TrustedKeys,
 }
 
-/// The retained release whose stored manifest the head's manifest diffs start from
-/// (the active release first, then the newest): its version, manifest bytes (checked
-/// against the hash recorded in state) and the diff.
+/// The retained release whose stored manifest the head's manifest diffs start from:
+/// the one whose manifest diff and data diff (sizes in the signed head) cost least
+/// together, so an agent still holding an older release that shares more with the
+/// new one takes the smaller diff; ties go to the active release, then the newest.
+/// Returns its version, manifest bytes (checked against the hash recorded in state)
+/// and the diff.
 fn manifest_diff_base<'h>(
     root: &Root,
     head: &'h ChannelHead,
 ) -> Option<(String, Vec<u8>, &'h ManifestDiffRef)> {
-    let mut records: Vec<_> = root.state.releases.iter().collect();
-    records.sort_by_key(|r| {
+    let mut found: Vec<_> = root
+        .state
+        .releases
+        .iter()
+        .filter_map(|r| {
+            let hash = Digest::from_hex(&r.manifest_hash).ok()?;
+            let diff = head
+                .manifest_diffs
+                .iter()
+                .find(|d| d.base_manifest == hash)?;
+            Some((r, hash, diff))
+        })
+        .collect();
+    // A plain manifest diff's data cost is unknown until the manifest is read.
+    found.sort_by_key(|(r, _, d)| {
         (
-            root.state.active.as_deref() == Some(r.version.as_str()),
-            Version::parse(&r.version).ok(),
+            d.chunk_diff.is_none(),
+            d.object.size + d.chunk_diff.map_or(0, |c| c.size),
+            root.state.active.as_deref() != Some(r.version.as_str()),
+            std::cmp::Reverse(Version::parse(&r.version).ok()),
         )
     });
-    records.into_iter().rev().find_map(|r| {
-        let hash = Digest::from_hex(&r.manifest_hash).ok()?;
-        let diff = head
-            .manifest_diffs
-            .iter()
-            .find(|d| d.base_manifest == hash)?;
+    found.into_iter().find_map(|(r, hash, diff)| {
         let bytes = std::fs::read(root.layout.manifest(&r.version)).ok()?;
         (Digest::of(&bytes) == hash).then(|| (r.version.clone(), bytes, diff))
     })
