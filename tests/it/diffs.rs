@@ -2,21 +2,21 @@
 //! per update from any of the last releases, the archive tail when the base has no
 //! diff or was modified locally, and a mixed plan of local copies and a diff.
 
+use ferry_tests::Agent;
 use ferry_tests::tree::{noise, put};
-use ferry_tests::{Agent, Publisher};
 
-use super::fixtures::{Sources, tree_eq, v};
+use super::fixtures::{Scene, Sources, tree_eq, v};
 use super::pipeline::{assert_diff_update, assert_three_requests};
 
 #[test]
 fn next_and_two_back_each_take_a_manifest_diff_and_one_diff_object() {
-    let p = Publisher::new("stable");
-    let sources = Sources::app(3);
-    p.publish(&v(1), &sources.release(1));
-    let srv = p.serve();
-    let agent = Agent::init(&srv.url, "stable", &p.public_key(), &[]);
+    let Scene {
+        p,
+        sources,
+        srv,
+        agent,
+    } = Scene::installed(Sources::app(3), &[]);
     let lagging = Agent::init(&srv.url, "stable", &p.public_key(), &[]);
-    agent.update();
     lagging.update();
 
     let second = p.publish(&v(2), &sources.release(2));
@@ -41,13 +41,13 @@ fn next_and_two_back_each_take_a_manifest_diff_and_one_diff_object() {
 
 #[test]
 fn a_base_without_a_diff_falls_back_to_the_archive_tail() {
-    let p = Publisher::new("stable");
-    let sources = Sources::app(3);
     let depth1 = &["--diff-depth", "1"];
-    p.publish_with(&v(1), &sources.release(1), depth1);
-    let srv = p.serve();
-    let agent = Agent::init(&srv.url, "stable", &p.public_key(), &[]);
-    agent.update();
+    let Scene {
+        p,
+        sources,
+        srv,
+        agent,
+    } = Scene::installed(Sources::app(3), depth1);
     p.publish_with(&v(2), &sources.release(2), depth1);
     p.publish_with(&v(3), &sources.release(3), depth1);
     // Release 3 only has a diff from 2: the agent on 1 takes the archive tail.
@@ -59,12 +59,12 @@ fn a_base_without_a_diff_falls_back_to_the_archive_tail() {
 
 #[test]
 fn a_locally_modified_base_falls_back_to_the_archive() {
-    let p = Publisher::new("stable");
-    let sources = Sources::app(2);
-    p.publish(&v(1), &sources.release(1));
-    let srv = p.serve();
-    let agent = Agent::init(&srv.url, "stable", &p.public_key(), &[]);
-    agent.update();
+    let Scene {
+        p,
+        sources,
+        srv,
+        agent,
+    } = Scene::installed(Sources::app(2), &[]);
     let second = p.publish(&v(2), &sources.release(2));
     // Someone edits the installed release: its bytes are no longer the diff's base.
     let readme = agent.root().join("versions/1.0.0/share/doc/README");
@@ -82,15 +82,16 @@ fn a_locally_modified_base_falls_back_to_the_archive() {
 
 #[test]
 fn mixed_plan_copies_local_chunks_and_applies_a_diff() {
-    let p = Publisher::new("stable");
     let sources = Sources::app(3);
     // Release 3 brings back release 1's plugin, which release 2 had replaced.
     let plugin1 = std::fs::read(sources.release(1).join("lib/libplugin.so")).unwrap();
     put(&sources.release(3), "lib/libplugin.so", &plugin1, 0o644);
-    p.publish(&v(1), &sources.release(1));
-    let srv = p.serve();
-    let agent = Agent::init(&srv.url, "stable", &p.public_key(), &[]);
-    agent.update();
+    let Scene {
+        p,
+        sources,
+        srv,
+        agent,
+    } = Scene::installed(sources, &[]);
     p.publish(&v(2), &sources.release(2));
     agent.update();
     let third = p.publish(&v(3), &sources.release(3));
@@ -108,12 +109,12 @@ fn mixed_plan_copies_local_chunks_and_applies_a_diff() {
 
 #[test]
 fn tampered_diff_objects_fall_back_to_verified_paths() {
-    let p = Publisher::new("stable");
-    let sources = Sources::app(2);
-    p.publish(&v(1), &sources.release(1));
-    let srv = p.serve();
-    let agent = Agent::init(&srv.url, "stable", &p.public_key(), &[]);
-    agent.update();
+    let Scene {
+        p,
+        sources,
+        srv: _srv,
+        agent,
+    } = Scene::installed(Sources::app(2), &[]);
     let second = p.publish(&v(2), &sources.release(2));
     // A mirror corrupts every object but release 2's manifest and archive, so the
     // manifest diff and the diff object are damaged. The agent notices (hash
@@ -155,12 +156,12 @@ fn walk_objects(repo: &std::path::Path) -> Vec<std::path::PathBuf> {
 
 #[test]
 fn a_damaged_diff_behind_a_skeleton_is_fetched_once_then_the_archive_serves() {
-    let p = Publisher::new("stable");
-    let sources = Sources::app(2);
-    p.publish(&v(1), &sources.release(1));
-    let srv = p.serve();
-    let agent = Agent::init(&srv.url, "stable", &p.public_key(), &[]);
-    agent.update();
+    let Scene {
+        p,
+        sources,
+        srv,
+        agent,
+    } = Scene::installed(Sources::app(2), &[]);
     let second = p.publish(&v(2), &sources.release(2));
     // Only the data diff is damaged: the manifest diff (a skeleton whose new chunk ids
     // that diff would fill) is fine. The agent finds out, takes the whole manifest and
@@ -202,12 +203,12 @@ fn a_damaged_diff_behind_a_skeleton_is_fetched_once_then_the_archive_serves() {
 
 #[test]
 fn three_releases_back_is_still_head_manifest_diff_and_one_diff_object() {
-    let p = Publisher::new("stable");
-    let sources = Sources::app(4);
-    p.publish(&v(1), &sources.release(1));
-    let srv = p.serve();
-    let agent = Agent::init(&srv.url, "stable", &p.public_key(), &[]);
-    agent.update();
+    let Scene {
+        p,
+        sources,
+        srv,
+        agent,
+    } = Scene::installed(Sources::app(4), &[]);
     p.publish(&v(2), &sources.release(2));
     p.publish(&v(3), &sources.release(3));
     let fourth = p.publish(&v(4), &sources.release(4));
@@ -230,7 +231,6 @@ fn bring_back_update(
     Vec<ferry_tests::process::LoggedRequest>,
     u64,
 ) {
-    let p = Publisher::new("stable");
     let sources = Sources::app(3);
     let big = noise(500, 1_000_000);
     put(&sources.release(1), "lib/libbig.so", &big, 0o644);
@@ -241,10 +241,12 @@ fn bring_back_update(
         0o644,
     );
     put(&sources.release(3), "lib/libbig.so", &big, 0o644);
-    p.publish_with(&v(1), &sources.release(1), extra);
-    let srv = p.serve();
-    let agent = Agent::init(&srv.url, "stable", &p.public_key(), &[]);
-    agent.update();
+    let Scene {
+        p,
+        sources,
+        srv,
+        agent,
+    } = Scene::installed(sources, extra);
     p.publish_with(&v(2), &sources.release(2), extra);
     agent.update();
     let third = p.publish_with(&v(3), &sources.release(3), extra);

@@ -11,7 +11,7 @@ use ferry_format::keys::SecretKey;
 use ferry_format::verified::verify_own_head;
 use ferry_tests::{Agent, Publisher, assert_ok, bin, run};
 
-use super::fixtures::{Sources, tree_eq, v};
+use super::fixtures::{Scene, Sources, tree_eq, v};
 
 fn keys_dir(p: &Publisher) -> PathBuf {
     p.dir.path().join("keys")
@@ -233,12 +233,12 @@ fn agents_follow_key_rotations_and_refuse_revoked_keys() {
 
 #[test]
 fn refresh_head_revives_an_expired_channel_without_a_release() {
-    let p = Publisher::new("stable");
-    let sources = Sources::app(1);
-    p.publish(&v(1), &sources.release(1));
-    let srv = p.serve();
-    let agent = Agent::init(&srv.url, "stable", &p.public_key(), &[]);
-    agent.update();
+    let Scene {
+        p,
+        sources: _sources,
+        srv: _srv,
+        agent,
+    } = Scene::installed(Sources::app(1), &[]);
     // The head's lifetime ran out (re-signed as issued long ago).
     let k = secret(p.key().to_str().unwrap());
     rewrite_head(&p, &TrustedKeys::single(k.public()), &[&k], |h| {

@@ -10,9 +10,8 @@ use ferry_format::keys::SecretKey;
 use ferry_format::manifest::{Entry, EntryKind, Manifest};
 use ferry_format::test_support::sign_manifest_unchecked;
 use ferry_format::verified::{verify_own_head, verify_own_manifest};
-use ferry_tests::{Agent, Publisher};
 
-use super::fixtures::{Sources, tree_eq, v};
+use super::fixtures::{Scene, Sources, tree_eq, v};
 
 fn dir(path: &str) -> Entry {
     Entry {
@@ -44,12 +43,12 @@ fn empty_file(path: &str) -> Entry {
 
 #[test]
 fn malicious_paths_are_refused_before_anything_is_written() {
-    let p = Publisher::new("stable");
-    let sources = Sources::app(2);
-    p.publish(&v(1), &sources.release(1));
-    let srv = p.serve();
-    let agent = Agent::init(&srv.url, "stable", &p.public_key(), &[]);
-    agent.update();
+    let Scene {
+        p,
+        sources,
+        srv: _srv,
+        agent,
+    } = Scene::installed(Sources::app(2), &[]);
     // A real release 2 gives a valid archive and chunk table to build attacks on.
     p.publish(&v(2), &sources.release(2));
     let key = SecretKey::from_text(&std::fs::read_to_string(p.key()).unwrap()).unwrap();
