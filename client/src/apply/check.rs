@@ -1,5 +1,9 @@
-//! Comparing a tree on disk with its manifest: used by `ferry verify`, and before
-//! reusing a tree left in `versions/` by an interrupted run.
+//! Comparing a tree on disk with its manifest: used by `ferry verify`, before a
+//! rollback's local switch, and before reusing a tree left in `versions/`.
+//!
+//! Files the manifest does not name are reported apart from damage: an application
+//! writes logs, caches and databases next to its code, and those are its data, never
+//! a reason to rebuild or delete anything.
 
 use std::collections::HashSet;
 use std::fs;
@@ -15,19 +19,36 @@ use crate::fsutil;
 /// How thoroughly to check.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Depth {
-    /// Kinds, sizes, modes, link targets, no extra files.
+    /// Kinds, sizes, modes, link targets.
     Shape,
     /// Also every file's blake3.
     Content,
 }
 
-/// Every difference between `dir` and `manifest`, as readable lines (empty = intact).
-pub fn check_tree(manifest: &Manifest, dir: &Path, depth: Depth) -> Vec<String> {
+/// What [`check_tree`] found: `damage` (entries of the manifest that are missing or
+/// differ) and `extra` (paths the manifest does not name; a directory ends with `/`
+/// and stands for everything under it), both as paths relative to the tree.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct TreeCheck {
+    /// Readable lines, one per damaged entry.
+    pub damage: Vec<String>,
+    pub extra: Vec<String>,
+}
+
+impl TreeCheck {
+    /// Every entry of the manifest is there as signed (extra files do not matter).
+    pub fn is_intact(&self) -> bool {
+        self.damage.is_empty()
+    }
+}
+
+/// Every difference between `dir` and `manifest`.
+pub fn check_tree(manifest: &Manifest, dir: &Path, depth: Depth) -> TreeCheck {
     let mut problems = Vec::new();
     match fs::symlink_metadata(dir) {
         Ok(m) if m.is_dir() => {}
-        Ok(_) => return vec![format!("{} is not a directory", dir.display())],
-        Err(e) => return vec![format!("{}: {e}", dir.display())],
+        Ok(_) => return damaged(format!("{} is not a directory", dir.display())),
+        Err(e) => return damaged(format!("{}: {e}", dir.display())),
     }
     for e in &manifest.entries {
         let path = dir.join(&e.path);
@@ -94,24 +115,37 @@ pub fn check_tree(manifest: &Manifest, dir: &Path, depth: Depth) -> Vec<String> 
         }
     }
     let known: HashSet<&str> = manifest.entries.iter().map(|e| e.path.as_str()).collect();
-    find_extra(dir, "", &known, &mut problems);
-    problems
+    let mut extra = Vec::new();
+    find_extra(dir, "", &known, &mut extra);
+    extra.sort();
+    TreeCheck {
+        damage: problems,
+        extra,
+    }
 }
 
-fn find_extra(dir: &Path, prefix: &str, known: &HashSet<&str>, problems: &mut Vec<String>) {
+fn damaged(line: String) -> TreeCheck {
+    TreeCheck {
+        damage: vec![line],
+        extra: Vec::new(),
+    }
+}
+
+fn find_extra(dir: &Path, prefix: &str, known: &HashSet<&str>, extra: &mut Vec<String>) {
     let Ok(entries) = fs::read_dir(dir) else {
         return;
     };
     for entry in entries.flatten() {
         let name = entry.file_name();
         let rel = format!("{prefix}{}", name.to_string_lossy());
+        // file_type() does not follow symlinks, so a link is never descended into.
+        let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
         if !known.contains(rel.as_str()) {
-            problems.push(format!("{rel}: not part of the release"));
+            extra.push(if is_dir { format!("{rel}/") } else { rel });
             continue;
         }
-        // file_type() does not follow symlinks, so a link is never descended into.
-        if entry.file_type().is_ok_and(|t| t.is_dir()) {
-            find_extra(&entry.path(), &format!("{rel}/"), known, problems);
+        if is_dir {
+            find_extra(&entry.path(), &format!("{rel}/"), known, extra);
         }
     }
 }
@@ -122,4 +156,92 @@ pub fn hash_file(path: &Path) -> io::Result<Digest> {
     let mut h = blake3::Hasher::new();
     io::copy(&mut f, &mut h)?;
     Ok(Digest::from(h.finalize()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_format::chunking::ChunkParams;
+    use ferry_format::id::ObjectRef;
+    use ferry_format::manifest::Entry;
+
+    fn manifest() -> Manifest {
+        let file = |path: &str, bytes: &[u8]| Entry {
+            path: path.into(),
+            kind: EntryKind::File {
+                mode: 0o644,
+                size: bytes.len() as u64,
+                hash: Digest::from(blake3::hash(bytes)),
+                chunks: Vec::new(),
+            },
+        };
+        Manifest {
+            channel: "stable".into(),
+            version: "1.0.0".into(),
+            generation: 1,
+            chunking: ChunkParams::default(),
+            archive: ObjectRef {
+                hash: Digest::from(blake3::hash(b"")),
+                size: 0,
+            },
+            chunks: Vec::new(),
+            entries: vec![
+                file("a.txt", b"alpha"),
+                Entry {
+                    path: "lib".into(),
+                    kind: EntryKind::Dir { mode: 0o755 },
+                },
+                file("lib/b.txt", b"beta"),
+            ],
+            diffs: Vec::new(),
+        }
+    }
+
+    fn put(dir: &Path, rel: &str, bytes: &[u8]) {
+        let p = dir.join(rel);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(&p, bytes).unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).unwrap();
+    }
+
+    #[test]
+    fn extra_files_are_reported_apart_from_damage() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path();
+        put(dir, "a.txt", b"alpha");
+        put(dir, "lib/b.txt", b"beta");
+        fs::set_permissions(dir.join("lib"), fs::Permissions::from_mode(0o755)).unwrap();
+        let m = manifest();
+        assert_eq!(check_tree(&m, dir, Depth::Content), TreeCheck::default());
+
+        // The application's own files: extra, never damage.
+        put(dir, "logs/app.log", b"started");
+        put(dir, "data.db", b"rows");
+        put(dir, "lib/__pycache__/b.pyc", b"bytecode");
+        put(dir, "lib/c.tmp", b"tmp");
+        for depth in [Depth::Shape, Depth::Content] {
+            let c = check_tree(&m, dir, depth);
+            assert!(c.is_intact(), "{c:?}");
+            assert_eq!(
+                c.extra,
+                ["data.db", "lib/__pycache__/", "lib/c.tmp", "logs/"]
+            );
+        }
+
+        // A release file changed (same size): damage at Content depth only, and the
+        // extra files are still listed apart.
+        put(dir, "a.txt", b"ALPHA");
+        assert!(check_tree(&m, dir, Depth::Shape).is_intact());
+        let c = check_tree(&m, dir, Depth::Content);
+        assert_eq!(c.damage.len(), 1, "{c:?}");
+        assert!(c.damage[0].starts_with("a.txt: content hash"), "{c:?}");
+        assert_eq!(c.extra.len(), 4);
+        fs::remove_file(dir.join("lib/b.txt")).unwrap();
+        let c = check_tree(&m, dir, Depth::Shape);
+        assert_eq!(c.damage, ["lib/b.txt: missing"]);
+
+        let gone = check_tree(&m, &dir.join("nowhere"), Depth::Shape);
+        assert_eq!(gone.damage.len(), 1);
+        assert!(gone.extra.is_empty());
+    }
 }

@@ -1,15 +1,18 @@
 //! Turning a verified manifest into a release tree: [`source`] finds chunks already
 //! on disk in retained releases, [`diff`] applies a diff object to a retained release
 //! into a spool of new chunks, [`build`] writes a new tree from local, spooled and
-//! downloaded chunks, [`check`] compares a tree on disk with its manifest.
+//! downloaded chunks, [`check`] compares a tree on disk with its manifest, [`carry`]
+//! copies the application's own files (chosen by [`pattern`]) into a new tree.
 //!
 //! Only `Verified<Manifest>` values enter here; every chunk's bytes are hashed against
 //! its id immediately before they are written, whether they come from a local release
 //! (re-hashed from the mapped file) or from a download (`decompress_chunk`).
 
 pub mod build;
+pub mod carry;
 pub mod check;
 pub mod diff;
+pub mod pattern;
 pub mod source;
 
 use std::path::PathBuf;

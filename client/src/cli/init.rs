@@ -47,6 +47,7 @@ pub fn run(args: &InitArgs) -> Result<()> {
         }
         None => None,
     };
+    crate::apply::pattern::parse_all(&args.carry)?;
     let transport = transport_config(args, &server)?;
     let layout = Layout::new(&args.root);
     fsutil::create_dir_all(&layout.ferry_dir())?;
@@ -68,6 +69,7 @@ pub fn run(args: &InitArgs) -> Result<()> {
     )
     .with_transport(transport);
     config.max_clock_skew_secs = args.max_clock_skew.map_or(0, |d| d.as_secs());
+    config.carry = args.carry.clone();
     config.save(&layout.config())?;
     if let Some((version, bytes)) = anchor {
         fsutil::create_dir_all(&layout.keys())?;

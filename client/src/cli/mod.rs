@@ -64,6 +64,12 @@ pub struct InitArgs {
     /// Clock skew tolerated when checking a channel head's expiry, e.g. 5m (default: none).
     #[arg(long, value_name = "DURATION", value_parser = ferry_format::duration::parse_duration)]
     pub max_clock_skew: Option<std::time::Duration>,
+    /// A path of the application's own data to copy from the active release into
+    /// each new one before switching, e.g. `logs/` (a directory and everything under
+    /// it) or `*.db`; `*` and `?` match within one path component; a pattern with a
+    /// `/` inside is anchored at the release root. Repeatable.
+    #[arg(long, value_name = "PATTERN")]
+    pub carry: Vec<String>,
     /// Overwrite an existing configuration (state and releases are kept).
     #[arg(long)]
     pub force: bool,

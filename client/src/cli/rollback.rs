@@ -107,21 +107,29 @@ fn rollback(
         });
     }
 
-    let bytes_reused = if let Some(record) = root.state.release(&version).cloned() {
+    let retained_record = root.state.release(&version).cloned();
+    let mut local = None;
+    if let Some(record) = &retained_record {
         // Retained: an instant local switch, after a quick shape check of the tree
-        // (`ferry verify` does the full content check).
-        let manifest = root.load_manifest(&record)?;
-        let problems = check_tree(&manifest, &root.layout.version_dir(&version), Depth::Shape);
-        if let Some(first) = problems.first() {
-            bail!(
-                "retained release {version} is damaged on disk ({} problem(s), first: {first}); nothing changed",
-                problems.len()
-            );
+        // (`ferry verify` does the full content check). Files the application wrote
+        // there are part of that release's state, not damage.
+        let manifest = root.load_manifest(record)?;
+        let check = check_tree(&manifest, &root.release_dir(record), Depth::Shape);
+        if check.is_intact() {
+            local = Some(manifest);
+        } else {
+            out.info(&format!(
+                "retained release {version} is damaged on disk ({} problem(s), first: {}): fetching it again into a new folder",
+                check.damage.len(),
+                check.damage[0]
+            ));
         }
-        switch_current(&root.layout, &version)?;
+    }
+    let bytes_reused = if let (Some(record), Some(manifest)) = (&retained_record, local) {
+        switch_current(&root.layout, record.folder())?;
         root.state.active = Some(version.clone());
         manifest.total_file_bytes()
-    } else if args.to.is_some() {
+    } else if args.to.is_some() || retained_record.is_some() {
         let remote = remote_slot.insert(Remote::connect(&root.config)?);
         let (head, trusted) = remote.fetch_head(root)?;
         let release = head.release(&target).cloned().ok_or_else(|| {
@@ -140,11 +148,15 @@ fn rollback(
             remote,
             &bytes,
             &manifest,
-            Some(&active),
+            // A rollback returns to the release's own files: nothing is carried.
+            deliver::Origin {
+                from: Some(&active),
+                carry: false,
+            },
             out,
             deliver::DiffHint::Nothing,
         )?;
-        deliver::activate(root, &manifest, bytes.len() as u64)?;
+        deliver::activate(root, &manifest, bytes.len() as u64, &stats.folder)?;
         stats.bytes_reused
     } else {
         bail!(

@@ -1,6 +1,6 @@
 //! An opened install root: layout, lock, configuration, state, and the trusted key.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use ferry_format::head::ReleaseRef;
@@ -11,6 +11,7 @@ use ferry_format::manifest::Manifest;
 use ferry_format::verified::{Verified, verify_pinned_manifest};
 
 use crate::apply::source::LocalRelease;
+use crate::install::activate::current_folder;
 use crate::install::config::Config;
 use crate::install::layout::Layout;
 use crate::install::lock::{LockMode, RootLock};
@@ -38,12 +39,46 @@ impl Root {
             .with_context(|| format!("locking {}", layout.lock().display()))?;
         let config = Config::load(&layout.config())?;
         let state = State::load(&layout.state())?;
-        Ok(Root {
+        let mut root = Root {
             layout,
             config,
             state,
             _lock: lock,
-        })
+        };
+        if mode == LockMode::Exclusive {
+            root.adopt_current_folder()?;
+        }
+        Ok(root)
+    }
+
+    /// After a crash between switching `current` to a repaired copy and saving the
+    /// state, `current` points at a folder the state does not record for its release
+    /// yet. The link is the truth (it only ever points at a complete, synced tree), so
+    /// the record follows it; the superseded folder is then pruned like any orphan.
+    fn adopt_current_folder(&mut self) -> Result<()> {
+        let Some(folder) = current_folder(&self.layout) else {
+            return Ok(());
+        };
+        let version = Layout::folder_version(&folder).to_string();
+        let Some(record) = self
+            .state
+            .releases
+            .iter_mut()
+            .find(|r| r.version == version)
+        else {
+            return Ok(());
+        };
+        if record.folder() == folder || !self.layout.release_dir(&folder).is_dir() {
+            return Ok(());
+        }
+        tracing::info!("{version} is active in {folder}: recording it");
+        record.folder = Some(folder);
+        self.save_state()
+    }
+
+    /// The folder of a retained release.
+    pub fn release_dir(&self, record: &ReleaseRecord) -> PathBuf {
+        self.layout.release_dir(record.folder())
     }
 
     pub fn save_state(&self) -> Result<()> {
@@ -121,7 +156,7 @@ impl Root {
             .filter_map(|r| match self.load_manifest(r) {
                 Ok(manifest) => Some(LocalRelease {
                     version: r.version.clone(),
-                    tree: self.layout.version_dir(&r.version),
+                    tree: self.release_dir(r),
                     manifest,
                 }),
                 Err(e) => {

@@ -12,11 +12,14 @@ pub fn run(args: &StatusArgs) -> Result<()> {
     let root = Root::open(&args.root, LockMode::Shared)?;
     let s = &root.state;
     let retained: Vec<String> = s.retained().iter().map(ToString::to_string).collect();
+    // Where the active release lives: `versions/<version>`, or `<version>+<n>` after a repair.
+    let active_folder = s.active.as_deref().and_then(|v| s.folder_of(v));
     if args.json {
         let v = json!({
             "channel": root.config.channel,
             "server": root.config.server,
             "active": s.active,
+            "active_folder": active_folder,
             "retained": retained,
             "pinned": s.pin,
             "last_check": s.last_check,
@@ -28,7 +31,13 @@ pub fn run(args: &StatusArgs) -> Result<()> {
     let or_none = |o: Option<String>| o.unwrap_or_else(|| "none".into());
     println!("channel:       {}", root.config.channel);
     println!("server:        {}", root.config.server);
-    println!("active:        {}", or_none(s.active.clone()));
+    println!(
+        "active:        {}",
+        or_none(s.active.as_ref().map(|v| match active_folder {
+            Some(f) if f != v => format!("{v} (in versions/{f})"),
+            _ => v.clone(),
+        }))
+    );
     println!(
         "retained:      {}",
         if retained.is_empty() {

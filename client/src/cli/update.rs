@@ -11,7 +11,7 @@ use super::deliver::{self, Remote};
 use super::report::{self, Out};
 use super::root::Root;
 use crate::apply::check::{Depth, check_tree};
-use crate::install::activate::current_version;
+use crate::install::activate::current_folder;
 use crate::install::history::{self, Event};
 use crate::install::lock::LockMode;
 use crate::install::retain::{UpdateDecision, decide_update};
@@ -107,7 +107,7 @@ fn update(
     )?;
     if decision == UpdateDecision::UpToDate && !active_intact(root, &release.version) {
         out.info(&format!(
-            "{} is active but damaged on disk: reinstalling",
+            "{} is active but damaged on disk: building a new copy beside it",
             release.version
         ));
         decision = UpdateDecision::Install;
@@ -143,11 +143,14 @@ fn update(
         remote,
         &bytes,
         &manifest,
-        active.as_deref(),
+        deliver::Origin {
+            from: active.as_deref(),
+            carry: true,
+        },
         out,
         fetched.hint,
     )?;
-    deliver::activate(root, &manifest, bytes.len() as u64)?;
+    deliver::activate(root, &manifest, bytes.len() as u64, &stats.folder)?;
     root.state.pin = None;
     root.save_state()?;
     deliver::cleanup_and_prune(root)?;
@@ -159,16 +162,17 @@ fn update(
     })
 }
 
-/// `current` points at `versions/<version>` and the tree has the manifest's shape.
+/// `current` points at the recorded folder of `version` and the tree has the
+/// manifest's shape (files the application added do not count).
 fn active_intact(root: &Root, version: &str) -> bool {
-    if current_version(&root.layout).as_deref() != Some(version) {
-        return false;
-    }
     let Some(record) = root.state.release(version) else {
         return false;
     };
+    if current_folder(&root.layout).as_deref() != Some(record.folder()) {
+        return false;
+    }
     match root.load_manifest(record) {
-        Ok(m) => check_tree(&m, &root.layout.version_dir(version), Depth::Shape).is_empty(),
+        Ok(m) => check_tree(&m, &root.release_dir(record), Depth::Shape).is_intact(),
         Err(_) => false,
     }
 }

@@ -12,8 +12,8 @@ use std::path::PathBuf;
 use super::layout::Layout;
 use crate::fsutil::{self, FsError};
 
-/// Points `ROOT/current` at `versions/<version>`.
-pub fn switch_current(layout: &Layout, version: &str) -> Result<(), FsError> {
+/// Points `ROOT/current` at `versions/<folder>`.
+pub fn switch_current(layout: &Layout, folder: &str) -> Result<(), FsError> {
     let tmp = layout.current_tmp();
     match fs::remove_file(&tmp) {
         Ok(()) => {}
@@ -23,7 +23,7 @@ pub fn switch_current(layout: &Layout, version: &str) -> Result<(), FsError> {
     fsutil::ctx(
         "creating symlink",
         &tmp,
-        std::os::unix::fs::symlink(Layout::current_target(version), &tmp),
+        std::os::unix::fs::symlink(Layout::current_target(folder), &tmp),
     )?;
     fsutil::ctx(
         "renaming",
@@ -33,8 +33,8 @@ pub fn switch_current(layout: &Layout, version: &str) -> Result<(), FsError> {
     fsutil::fsync_dir(layout.root())
 }
 
-/// The version `current` points to, if it is a symlink into `versions/`.
-pub fn current_version(layout: &Layout) -> Option<String> {
+/// The folder of `versions/` that `current` points to, if it is a symlink there.
+pub fn current_folder(layout: &Layout) -> Option<String> {
     let target: PathBuf = fs::read_link(layout.current()).ok()?;
     let mut parts = target.components();
     let first = parts.next()?;
@@ -45,6 +45,11 @@ pub fn current_version(layout: &Layout) -> Option<String> {
     parts.next().is_none().then_some(v)
 }
 
+/// The version `current` points to (the version of its folder).
+pub fn current_version(layout: &Layout) -> Option<String> {
+    current_folder(layout).map(|f| Layout::folder_version(&f).to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -53,9 +58,9 @@ mod tests {
     fn switch_is_a_rename_of_a_symlink() {
         let t = tempfile::tempdir().unwrap();
         let layout = Layout::new(t.path());
-        for v in ["1.0", "2.0"] {
-            fs::create_dir_all(layout.version_dir(v)).unwrap();
-            fs::write(layout.version_dir(v).join("f"), v).unwrap();
+        for v in ["1.0", "2.0", "2.0+2"] {
+            fs::create_dir_all(layout.release_dir(v)).unwrap();
+            fs::write(layout.release_dir(v).join("f"), v).unwrap();
         }
         assert_eq!(current_version(&layout), None);
         switch_current(&layout, "1.0").unwrap();
@@ -68,5 +73,10 @@ mod tests {
         assert_eq!(fs::read(layout.current().join("f")).unwrap(), b"2.0");
         assert!(fs::symlink_metadata(layout.current_tmp()).is_err());
         assert!(fs::symlink_metadata(layout.current()).unwrap().is_symlink());
+        // A repaired copy: the folder differs, the version is the same.
+        switch_current(&layout, "2.0+2").unwrap();
+        assert_eq!(current_folder(&layout).as_deref(), Some("2.0+2"));
+        assert_eq!(current_version(&layout).as_deref(), Some("2.0"));
+        assert_eq!(fs::read(layout.current().join("f")).unwrap(), b"2.0+2");
     }
 }

@@ -4,7 +4,7 @@
 //! The transport fields (`ca_certs`, `proxy`, `low_speed_*`) were added within schema
 //! 1: they are optional, left out when unset, and a file without them reads as the
 //! defaults, so older files stay valid and files without them stay readable by older
-//! agents.
+//! agents. `carry` was added the same way (absent means nothing is carried).
 
 use std::path::Path;
 use std::time::Duration;
@@ -33,6 +33,10 @@ pub struct Config {
     /// operator configures it: a tolerance is also extra life for a frozen repository.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub max_clock_skew_secs: u64,
+    /// Patterns of the application's own files (`logs/`, `*.db`) copied from the
+    /// active release into each new one before the switch (apply/pattern.rs).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub carry: Vec<String>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -83,6 +87,7 @@ impl Config {
             keep,
             transport: TransportConfig::default(),
             max_clock_skew_secs: 0,
+            carry: Vec::new(),
         }
     }
 
@@ -133,5 +138,17 @@ mod tests {
         assert_eq!(o.proxy.as_deref(), Some("http://proxy:3128"));
         assert_eq!((o.low_speed.limit, o.low_speed.time.as_secs()), (0, 5));
         assert!(!o.low_speed.enabled());
+    }
+
+    #[test]
+    fn carry_is_optional_and_round_trips() {
+        let old =
+            r#"{"schema":1,"server":"https://h/r","channel":"stable","public_key":"k","keep":3}"#;
+        let mut c: Config = serde_json::from_str(old).unwrap();
+        assert!(c.carry.is_empty());
+        c.carry = vec!["logs/".into(), "*.db".into()];
+        let text = serde_json::to_string(&c).unwrap();
+        assert!(text.contains(r#""carry":["logs/","*.db"]"#), "{text}");
+        assert_eq!(serde_json::from_str::<Config>(&text).unwrap(), c);
     }
 }

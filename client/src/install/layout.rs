@@ -1,8 +1,8 @@
 //! Where everything lives under an install root.
 //!
 //! ```text
-//! ROOT/current -> versions/<version>   the active release (relative symlink)
-//! ROOT/versions/<version>/             release trees, never written once renamed in
+//! ROOT/current -> versions/<folder>    the active release (relative symlink)
+//! ROOT/versions/<folder>/              release trees, never written once renamed in
 //! ROOT/.ferry/config.json              what init wrote
 //! ROOT/.ferry/state.json               what updates learned (state.rs)
 //! ROOT/.ferry/manifests/<version>      signed manifest bytes of each retained release
@@ -10,8 +10,11 @@
 //! ROOT/.ferry/lock                     flock serialising commands
 //! ROOT/.ferry/staging/                 downloads/ and tree-<version>/ being built
 //! ```
-//! Version strings are safe folder names: the version grammar of the format crate
-//! allows only digits, letters, `.` and `-`, and no leading dot.
+//! A release's folder is `<version>`, or `<version>+<n>` for a copy built to repair a
+//! damaged one (the damaged folder may still be active, and is never touched while it
+//! is): state.json records each release's folder. Version strings are safe folder
+//! names and never contain `+`: the version grammar of the format crate allows only
+//! digits, letters, `.` and `-`, and no leading dot.
 
 use std::path::{Path, PathBuf};
 
@@ -74,8 +77,27 @@ impl Layout {
         self.root.join("versions")
     }
 
-    pub fn version_dir(&self, version: &str) -> PathBuf {
-        self.versions().join(version)
+    /// `versions/<folder>`; see [`Layout::folder_version`] for folder names.
+    pub fn release_dir(&self, folder: &str) -> PathBuf {
+        self.versions().join(folder)
+    }
+
+    /// The version a folder of `versions/` holds: its name up to a `+`.
+    pub fn folder_version(folder: &str) -> &str {
+        folder.split_once('+').map_or(folder, |(v, _)| v)
+    }
+
+    /// A folder name for `version` that is not in `versions/` yet: `<version>`, else
+    /// `<version>+2`, `+3`, ...
+    pub fn free_folder(&self, version: &str) -> String {
+        let taken = |name: &str| std::fs::symlink_metadata(self.release_dir(name)).is_ok();
+        if !taken(version) {
+            return version.to_string();
+        }
+        (2u64..)
+            .map(|n| format!("{version}+{n}"))
+            .find(|name| !taken(name))
+            .expect("some suffix is free")
     }
 
     /// Trusted key lists, one file per version; the newest is the trust root.
@@ -95,8 +117,26 @@ impl Layout {
         self.root.join(".current.tmp")
     }
 
-    /// The symlink target `current` gets for `version`; relative so the root can move.
-    pub fn current_target(version: &str) -> PathBuf {
-        Path::new("versions").join(version)
+    /// The symlink target `current` gets for `folder`; relative so the root can move.
+    pub fn current_target(folder: &str) -> PathBuf {
+        Path::new("versions").join(folder)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repaired_copies_get_free_folder_names() {
+        let t = tempfile::tempdir().unwrap();
+        let layout = Layout::new(t.path());
+        assert_eq!(layout.free_folder("1.0.0"), "1.0.0");
+        std::fs::create_dir_all(layout.release_dir("1.0.0")).unwrap();
+        assert_eq!(layout.free_folder("1.0.0"), "1.0.0+2");
+        std::fs::create_dir_all(layout.release_dir("1.0.0+2")).unwrap();
+        assert_eq!(layout.free_folder("1.0.0"), "1.0.0+3");
+        assert_eq!(Layout::folder_version("1.0.0+3"), "1.0.0");
+        assert_eq!(Layout::folder_version("2.0-rc1"), "2.0-rc1");
     }
 }

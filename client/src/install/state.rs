@@ -48,6 +48,17 @@ pub struct ReleaseRecord {
     pub manifest_size: u64,
     /// Unix seconds.
     pub installed_at: u64,
+    /// Its folder in `versions/`: the version, or `<version>+<n>` for a repaired copy.
+    /// Absent in files of older agents, which always used the version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub folder: Option<String>,
+}
+
+impl ReleaseRecord {
+    /// The folder of `versions/` holding this release.
+    pub fn folder(&self) -> &str {
+        self.folder.as_deref().unwrap_or(&self.version)
+    }
 }
 
 impl Default for State {
@@ -80,6 +91,11 @@ impl State {
 
     pub fn release(&self, version: &str) -> Option<&ReleaseRecord> {
         self.releases.iter().find(|r| r.version == version)
+    }
+
+    /// The folder recorded for `version`, if it is retained.
+    pub fn folder_of(&self, version: &str) -> Option<&str> {
+        self.release(version).map(ReleaseRecord::folder)
     }
 
     /// Adds or replaces the record of a release.
@@ -134,6 +150,7 @@ mod tests {
             manifest_hash: "ab".into(),
             manifest_size: 3,
             installed_at: 9,
+            folder: Some("1.0.0+2".into()),
         });
         s.raise_highest(&Version::parse("2.0.0").unwrap());
         s.raise_highest(&Version::parse("1.5").unwrap());
@@ -145,6 +162,15 @@ mod tests {
         let back = State::load(&p).unwrap();
         assert_eq!(back, s);
         assert_eq!(back.highest_version.as_deref(), Some("2.0.0"));
+
+        assert_eq!(back.folder_of("1.0.0"), Some("1.0.0+2"));
+
+        // A record written before folders were recorded reads as `versions/<version>`.
+        let old = text.replace(",\n      \"folder\": \"1.0.0+2\"", "");
+        assert!(!old.contains("folder"), "{old}");
+        let back = serde_json::from_str::<State>(&old).unwrap();
+        assert_eq!(back.releases[0].folder, None);
+        assert_eq!(back.folder_of("1.0.0"), Some("1.0.0"));
 
         std::fs::write(&p, text.replace("\"schema\": 1", "\"schema\": 9")).unwrap();
         let e = State::load(&p).unwrap_err().to_string();

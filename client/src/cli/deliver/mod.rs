@@ -1,14 +1,18 @@
 //! The path a release takes from the repository to `ROOT/current`, shared by
 //! `update` and `rollback --to`: fetch and verify the head, fetch (or rebuild from a
 //! manifest diff, [`manifest`]) and verify the manifest, plan against local chunks, download a diff
-//! object or archive ranges, build in staging, rename into `versions/`, switch
-//! `current`, record, clean up, prune.
+//! object or archive ranges, build in staging, copy the application's own files into
+//! it, rename into a new folder of `versions/`, switch `current`, record, clean up,
+//! prune.
 //!
 //! Crash safety: until [`activate`] renames the new `current` link into place, the
 //! previous release stays active, and every intermediate product (range files, the
 //! staging tree, a tree already renamed into `versions/`) is either reused or
-//! deleted by the next run.
+//! deleted by the next run. No folder of `versions/` is written or removed while
+//! `current` points to it: a damaged release is rebuilt into a new folder
+//! (`<version>+<n>`) and the damaged one is pruned once nothing points to it.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -31,11 +35,13 @@ use crate::apply::build::{Downloaded, build_tree};
 use crate::apply::check::{Depth, check_tree};
 use crate::apply::diff::{DiffSpool, Want, apply_to_spool, verify_object};
 use crate::apply::source::LocalChunks;
+use crate::apply::{carry, pattern};
 use crate::fetch::ranges::range_file;
 use crate::fetch::{self, Counters, FetchError, Transport};
 use crate::fsutil;
-use crate::install::activate::{current_version, switch_current};
+use crate::install::activate::{current_folder, current_version, switch_current};
 use crate::install::config::Config;
+use crate::install::layout::Layout;
 use crate::install::retain::prune_selection;
 use crate::install::state::ReleaseRecord;
 
@@ -249,39 +255,55 @@ impl Remote {
     }
 }
 
-/// What building a release cost.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct BuildStats {
-    pub bytes_reused: u64,
+/// Where an install starts: the active release, and whether its `carry` paths go
+/// into the new one (an update: yes; a rollback returns to a release's own files).
+#[derive(Debug, Clone, Copy)]
+pub struct Origin<'a> {
+    pub from: Option<&'a str>,
+    pub carry: bool,
 }
 
-/// Puts the release of `manifest` into `ROOT/versions/<version>` (building it unless
-/// an intact copy is already there) and stores its manifest. Does not activate it.
+/// What building a release cost, and where it is.
+#[derive(Debug, Default, Clone)]
+pub struct BuildStats {
+    pub bytes_reused: u64,
+    /// Its folder in `versions/`.
+    pub folder: String,
+}
+
+/// Puts the release of `manifest` into a folder of `ROOT/versions/` (building it
+/// unless an intact copy is already there) and stores its manifest. Does not
+/// activate it, and never writes to or removes an existing folder.
 pub fn install_release(
     root: &Root,
     remote: &Remote,
     manifest_bytes: &[u8],
     manifest: &Verified<Manifest>,
-    from: Option<&str>,
+    origin: Origin<'_>,
     out: Out,
     hint: DiffHint,
 ) -> Result<BuildStats> {
     let layout = &root.layout;
     let version = manifest.version.clone();
-    let final_dir = layout.version_dir(&version);
-    let exists = std::fs::symlink_metadata(&final_dir).is_ok();
+    let from = origin.from;
     fsutil::create_dir_all(&layout.manifests())?;
-    if exists && check_tree(manifest, &final_dir, Depth::Content).is_empty() {
-        // Left by a run interrupted after the rename: finish its job.
-        fsutil::write_atomic(&layout.manifest(&version), manifest_bytes)?;
-        out.info(&format!(
-            "plan: {} -> {version}: release already on disk and intact, nothing to download",
-            from.unwrap_or("none")
-        ));
-        return Ok(BuildStats {
-            bytes_reused: manifest.total_file_bytes(),
-        });
-    }
+    let damaged = match intact_copy(root, manifest)? {
+        OnDisk::Intact(folder) => {
+            // Retained, or left by a run interrupted after the rename: use it as it is.
+            fsutil::write_atomic(&layout.manifest(&version), manifest_bytes)?;
+            out.info(&format!(
+                "plan: {} -> {version}: release already on disk and intact in {}, nothing to download",
+                from.unwrap_or("none"),
+                layout.release_dir(&folder).display()
+            ));
+            return Ok(BuildStats {
+                bytes_reused: manifest.total_file_bytes(),
+                folder,
+            });
+        }
+        OnDisk::Damaged(folder) => Some(folder),
+        OnDisk::Absent => None,
+    };
 
     let releases = root.local_releases();
     let mut local = LocalChunks::index(&releases);
@@ -360,13 +382,14 @@ pub fn install_release(
     build_tree(manifest, &staging, &mut local, &downloaded)
         .with_context(|| format!("building {version} in {}", staging.display()))?;
 
+    carry_app_files(root, manifest, &staging, damaged.as_deref(), origin, out)?;
+
     fsutil::write_atomic(&layout.manifest(&version), manifest_bytes)?;
     fsutil::create_dir_all(&layout.versions())?;
-    if exists {
-        // A damaged tree from an earlier run: replace it with the fresh build.
-        tracing::warn!("replacing damaged {}", final_dir.display());
-        fsutil::remove_tree(&final_dir)?;
-    }
+    // A fresh name: a damaged copy of this release keeps its folder (it may be the
+    // active one) until pruning finds nothing pointing to it.
+    let folder = layout.free_folder(&version);
+    let final_dir = layout.release_dir(&folder);
     fsutil::ctx(
         "renaming into place",
         &final_dir,
@@ -375,7 +398,117 @@ pub fn install_release(
     fsutil::fsync_dir(&layout.versions())?;
     Ok(BuildStats {
         bytes_reused: archive_plan.reuse_bytes,
+        folder,
     })
+}
+
+/// What `versions/` already holds of a release.
+enum OnDisk {
+    Intact(String),
+    /// The recorded folder of a retained release that no longer matches its manifest.
+    Damaged(String),
+    Absent,
+}
+
+/// Looks for an intact copy of `manifest`'s release: its recorded folder first, then
+/// folders left by interrupted runs. Extra files do not matter.
+fn intact_copy(root: &Root, manifest: &Manifest) -> Result<OnDisk> {
+    let version = manifest.version.as_str();
+    let recorded = root.state.folder_of(version).map(str::to_string);
+    let mut folders: Vec<String> = recorded.iter().cloned().collect();
+    if let Ok(entries) = std::fs::read_dir(root.layout.versions()) {
+        for entry in entries.flatten() {
+            let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+                continue;
+            };
+            if Layout::folder_version(&name) == version && !folders.contains(&name) {
+                folders.push(name);
+            }
+        }
+    }
+    for folder in folders {
+        let dir = root.layout.release_dir(&folder);
+        if std::fs::symlink_metadata(&dir).is_err() {
+            continue;
+        }
+        let check = check_tree(manifest, &dir, Depth::Content);
+        if check.is_intact() {
+            return Ok(OnDisk::Intact(folder));
+        }
+        tracing::warn!(
+            "{} is damaged ({} problem(s), first: {}); building a new copy beside it",
+            dir.display(),
+            check.damage.len(),
+            check.damage[0]
+        );
+    }
+    Ok(match recorded {
+        Some(f) if std::fs::symlink_metadata(root.layout.release_dir(&f)).is_ok() => {
+            OnDisk::Damaged(f)
+        }
+        _ => OnDisk::Absent,
+    })
+}
+
+/// Copies the application's own files into the new tree in `staging` before it is
+/// renamed into `versions/`: on an update the `carry` paths of the active release; on
+/// the repair of a damaged copy every file that copy has beyond its manifest. The
+/// release's files always win; each path that could not be copied is a warning.
+fn carry_app_files(
+    root: &Root,
+    manifest: &Manifest,
+    staging: &Path,
+    damaged: Option<&str>,
+    origin: Origin<'_>,
+    out: Out,
+) -> Result<()> {
+    let version = manifest.version.as_str();
+    let mut jobs: Vec<(PathBuf, Vec<String>, HashSet<String>)> = Vec::new();
+    if origin.carry
+        && !root.config.carry.is_empty()
+        && let Some(active) = root.state.active.as_deref().filter(|a| *a != version)
+        && let Some(record) = root.state.release(active)
+    {
+        let patterns = pattern::parse_all(&root.config.carry)
+            .with_context(|| format!("the carry setting in {}", root.layout.config().display()))?;
+        let dir = root.release_dir(record);
+        let paths = carry::select(&dir, &patterns)
+            .with_context(|| format!("finding carry paths in {}", dir.display()))?;
+        // The active release's own files match too (a shipped `default.db`): the new
+        // release has its version of them, which is expected, not worth a warning.
+        let shipped = root
+            .load_manifest(record)
+            .map(|m| m.entries.iter().map(|e| e.path.clone()).collect())
+            .unwrap_or_default();
+        jobs.push((dir, paths, shipped));
+    }
+    if let Some(folder) = damaged {
+        let dir = root.layout.release_dir(folder);
+        let extra = check_tree(manifest, &dir, Depth::Shape).extra;
+        jobs.push((dir, extra, HashSet::new()));
+    }
+    for (dir, paths, shipped) in jobs {
+        if paths.is_empty() {
+            continue;
+        }
+        let shipped: HashSet<&str> = shipped.iter().map(String::as_str).collect();
+        let report = carry::copy_paths(&dir, staging, &paths, &shipped).with_context(|| {
+            format!(
+                "copying the application's files from {} into the new {version}",
+                dir.display()
+            )
+        })?;
+        for skipped in &report.skipped {
+            tracing::warn!("not carried from {}: {skipped}", dir.display());
+        }
+        out.info(&format!(
+            "carried {} ({} entries) from {} into {version}",
+            paths.join(", "),
+            report.copied,
+            dir.display()
+        ));
+    }
+    Ok(())
 }
 
 /// Checks the downloaded diff object against its signed reference, then applies it
@@ -402,10 +535,16 @@ fn apply_diff(
         .with_context(|| format!("applying the diff from {}", choice.base.version))
 }
 
-/// Switches `current` to `version` and records it as installed and active.
-pub fn activate(root: &mut Root, manifest: &Verified<Manifest>, manifest_size: u64) -> Result<()> {
+/// Switches `current` to `folder` (where `install_release` put the release) and
+/// records it as installed and active.
+pub fn activate(
+    root: &mut Root,
+    manifest: &Verified<Manifest>,
+    manifest_size: u64,
+    folder: &str,
+) -> Result<()> {
     let version = manifest.version.clone();
-    switch_current(&root.layout, &version)?;
+    switch_current(&root.layout, folder)?;
     let now = report::unix_now();
     let installed_at = root.state.release(&version).map_or(now, |r| r.installed_at);
     root.state.record_release(ReleaseRecord {
@@ -413,6 +552,7 @@ pub fn activate(root: &mut Root, manifest: &Verified<Manifest>, manifest_size: u
         manifest_hash: manifest.object_hash().to_hex(),
         manifest_size,
         installed_at,
+        folder: Some(folder.to_string()),
     });
     root.state.active = Some(version);
     Ok(())
@@ -440,16 +580,31 @@ pub fn cleanup_and_prune(root: &mut Root) -> Result<()> {
     // State first: a crash now leaves orphan folders (removed below next time), never
     // a state naming a release that is gone.
     root.save_state()?;
-    let keep: Vec<String> = root
+    // Folders: the recorded one of each retained release and whatever `current`
+    // points to; a superseded (repaired) copy is removed only once neither names it.
+    // Manifests: one per retained version.
+    let linked = current_folder(&root.layout);
+    let keep_folders: Vec<String> = root
+        .state
+        .releases
+        .iter()
+        .map(|r| r.folder().to_string())
+        .chain(linked.clone())
+        .collect();
+    let keep_manifests: Vec<String> = root
         .state
         .releases
         .iter()
         .map(|r| r.version.clone())
-        .chain(current_version(&root.layout))
+        .chain(
+            linked
+                .as_deref()
+                .map(|f| Layout::folder_version(f).to_string()),
+        )
         .collect();
-    for (dir, is_tree) in [
-        (root.layout.versions(), true),
-        (root.layout.manifests(), false),
+    for (dir, keep, is_tree) in [
+        (root.layout.versions(), &keep_folders, true),
+        (root.layout.manifests(), &keep_manifests, false),
     ] {
         let Ok(entries) = std::fs::read_dir(&dir) else {
             continue;
@@ -460,7 +615,7 @@ pub fn cleanup_and_prune(root: &mut Root) -> Result<()> {
                 continue;
             }
             if is_tree {
-                tracing::info!("pruning release {name}");
+                tracing::info!("pruning release folder {name}");
             }
             if let Err(e) = fsutil::remove_tree(&entry.path()) {
                 tracing::warn!("pruning {name}: {e}");
