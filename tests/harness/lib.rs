@@ -178,8 +178,15 @@ impl Agent {
         serde_json::from_slice(&out.stdout).expect("history --json prints a JSON array")
     }
 
-    /// The active version, read from where `current` points.
+    /// The active version, read from where `current` points (`versions/<version>`, or
+    /// `versions/<version>+<n>` for a repaired copy).
     pub fn active(&self) -> Option<String> {
+        let folder = self.current_folder()?;
+        Some(folder.split('+').next()?.to_string())
+    }
+
+    /// The folder of `versions/` that `current` points to.
+    pub fn current_folder(&self) -> Option<String> {
         let link = std::fs::read_link(self.root().join("current")).ok()?;
         Some(link.file_name()?.to_str()?.to_string())
     }
