@@ -154,13 +154,15 @@ fn install_update_rollback_and_attacks() {
     let e = format!("{:#}", ferry(&["update", "--root", r]).unwrap_err());
     assert!(e.contains("equivocating"), "{e}");
 
-    // Tampering with the installed tree is found by verify.
+    // Tampering with the installed tree is found by verify; a file the application
+    // added is listed apart, not counted as a problem.
+    fs::write(root.join("versions/3.0.0/bin/extra"), b"x").unwrap();
+    ferry(&["verify", "--root", r]).unwrap();
     let app_file = root.join("versions/3.0.0/README");
     fs::set_permissions(&app_file, fs::Permissions::from_mode(0o644)).unwrap();
     fs::write(&app_file, b"evil!").unwrap();
-    fs::write(root.join("versions/3.0.0/bin/extra"), b"x").unwrap();
     let e = ferry(&["verify", "--root", r]).unwrap_err().to_string();
-    assert!(e.contains("2 problem(s)"), "{e}");
+    assert!(e.contains("1 problem(s)"), "{e}");
 }
 
 #[test]
