@@ -238,3 +238,23 @@ fn a_damaged_active_release_is_rebuilt_beside_it_keeping_the_app_files() {
     assert!(!agent.root().join("versions/1.0.0+2").exists());
     release_plus(&cur, &s.sources.release(1), &["logs"]);
 }
+
+#[test]
+fn rollback_to_a_damaged_retained_release_rebuilds_it_beside_keeping_its_app_files() {
+    let s = Scene::installed(Sources::app(2), &[]);
+    let (agent, cur) = (&s.agent, s.agent.current());
+    write(&cur, "logs/app.log", b"written in 1\n");
+    s.p.publish(&v(2), &s.sources.release(2));
+    agent.update();
+    let v1 = agent.root().join("versions/1.0.0");
+    std::fs::remove_file(v1.join("share/empty.txt")).unwrap();
+
+    let out = agent.ferry("rollback", &[]);
+    assert_ok(&out, "rollback to a damaged retained release");
+    assert!(stdout(&out).contains("damaged on disk"), "{}", stdout(&out));
+    assert_eq!(agent.current_folder().as_deref(), Some("1.0.0+2"));
+    release_plus(&cur, &s.sources.release(1), &["logs"]);
+    assert_eq!(read(&cur, "logs/app.log"), "written in 1\n");
+    assert!(!v1.exists(), "the damaged copy is pruned once replaced");
+    assert_ok(&agent.ferry("verify", &[]), "verify after the rollback");
+}
