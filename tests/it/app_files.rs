@@ -237,6 +237,25 @@ fn a_damaged_active_release_is_rebuilt_beside_it_keeping_the_app_files() {
     assert_eq!(read(&cur, "logs/app.log"), "keep me\n");
     assert!(!agent.root().join("versions/1.0.0+2").exists());
     release_plus(&cur, &s.sources.release(1), &["logs"]);
+
+    // A kill between the switch and the state save leaves state.json naming the
+    // previous folder: `current` is the truth, and the next command records it.
+    let state = agent.root().join(".ferry/state.json");
+    let text = std::fs::read_to_string(&state).unwrap();
+    assert!(text.contains(r#""folder": "1.0.0""#), "{text}");
+    std::fs::write(
+        &state,
+        text.replace(r#""folder": "1.0.0""#, r#""folder": "1.0.0+2""#),
+    )
+    .unwrap();
+    let out = agent.ferry("update", &[]);
+    assert_ok(&out, "update after a crash before the state save");
+    assert!(
+        stdout(&out).contains("already up to date"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(agent.status()["active_folder"], "1.0.0");
 }
 
 #[test]
