@@ -10,7 +10,7 @@ use super::InitArgs;
 use crate::fsutil;
 use crate::install::config::{Config, TransportConfig};
 use crate::install::layout::Layout;
-use crate::install::lock::{LockMode, RootLock};
+use crate::install::lock::{DEFAULT_TIMEOUT, LockMode, RootLock};
 
 pub fn run(args: &InitArgs) -> Result<()> {
     check_channel(&args.channel)?;
@@ -50,8 +50,11 @@ pub fn run(args: &InitArgs) -> Result<()> {
     let transport = transport_config(args, &server)?;
     let layout = Layout::new(&args.root);
     fsutil::create_dir_all(&layout.ferry_dir())?;
-    let _lock = RootLock::acquire(&layout.lock(), LockMode::Exclusive)
-        .with_context(|| format!("locking {}", layout.lock().display()))?;
+    let timeout = match args.lock.lock_timeout {
+        Some(t) => t,
+        None => Config::load(&layout.config()).map_or(DEFAULT_TIMEOUT, |c| c.lock_timeout()),
+    };
+    let _lock = RootLock::acquire(&layout.lock(), LockMode::Exclusive, timeout)?;
     if layout.config().exists() && !args.force {
         bail!(
             "{} is already initialised ({} exists); use --force to overwrite the configuration",
@@ -68,6 +71,7 @@ pub fn run(args: &InitArgs) -> Result<()> {
     )
     .with_transport(transport);
     config.max_clock_skew_secs = args.max_clock_skew.map_or(0, |d| d.as_secs());
+    config.lock_timeout_secs = args.lock.lock_timeout.map(|d| d.as_secs());
     config.save(&layout.config())?;
     if let Some((version, bytes)) = anchor {
         fsutil::create_dir_all(&layout.keys())?;

@@ -11,6 +11,7 @@ use ferry_format::manifest::Manifest;
 use ferry_format::verified::{Verified, verify_pinned_manifest};
 
 use crate::apply::source::LocalRelease;
+use super::LockArgs;
 use crate::install::config::Config;
 use crate::install::layout::Layout;
 use crate::install::lock::{LockMode, RootLock};
@@ -25,8 +26,9 @@ pub struct Root {
 }
 
 impl Root {
-    /// Locks and loads an initialised root.
-    pub fn open(root: &Path, mode: LockMode) -> Result<Root> {
+    /// Locks and loads an initialised root, waiting for the lock as long as `lock`
+    /// says, else as the root's configuration says.
+    pub fn open(root: &Path, mode: LockMode, lock: &LockArgs) -> Result<Root> {
         let layout = Layout::new(root);
         if !layout.config().exists() {
             bail!(
@@ -34,8 +36,13 @@ impl Root {
                 root.display()
             );
         }
-        let lock = RootLock::acquire(&layout.lock(), mode)
-            .with_context(|| format!("locking {}", layout.lock().display()))?;
+        // Read before locking to learn the timeout: the file is only ever replaced
+        // whole, so an unlocked read sees one complete version of it.
+        let timeout = match lock.lock_timeout {
+            Some(t) => t,
+            None => Config::load(&layout.config())?.lock_timeout(),
+        };
+        let lock = RootLock::acquire(&layout.lock(), mode, timeout)?;
         let config = Config::load(&layout.config())?;
         let state = State::load(&layout.state())?;
         Ok(Root {

@@ -11,7 +11,7 @@ use crate::install::activate::current_version;
 use crate::install::lock::LockMode;
 
 pub fn run(args: &VerifyArgs) -> Result<()> {
-    let root = Root::open(&args.root, LockMode::Shared)?;
+    let root = Root::open(&args.root, LockMode::Shared, &args.lock)?;
     let active = root
         .state
         .active

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{SCHEMA, StoreError, read_json, write_json};
+use super::{SCHEMA, StoreError, lock, read_json, write_json};
 use crate::fetch::http::HttpOptions;
 use crate::fetch::speed::LowSpeed;
 
@@ -33,6 +33,10 @@ pub struct Config {
     /// operator configures it: a tolerance is also extra life for a frozen repository.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub max_clock_skew_secs: u64,
+    /// Seconds a command waits for another one holding the root's lock (0: fail at
+    /// once); unset means [`lock::DEFAULT_TIMEOUT`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lock_timeout_secs: Option<u64>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -83,7 +87,14 @@ impl Config {
             keep,
             transport: TransportConfig::default(),
             max_clock_skew_secs: 0,
+            lock_timeout_secs: None,
         }
+    }
+
+    /// How long commands on this root wait for its lock unless told otherwise.
+    pub fn lock_timeout(&self) -> Duration {
+        self.lock_timeout_secs
+            .map_or(lock::DEFAULT_TIMEOUT, Duration::from_secs)
     }
 
     #[must_use]
