@@ -115,7 +115,11 @@ impl Root {
                 size: record.manifest_size,
             },
         };
-        verify_pinned_manifest(&bytes, &release, &self.config.channel)
+        verify_pinned_manifest(
+            &bytes,
+            &release,
+            self.state.channel_of(record, &self.config.channel),
+        )
             .with_context(|| format!("re-verifying stored manifest {}", path.display()))
     }
 
