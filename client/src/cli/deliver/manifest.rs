@@ -232,7 +232,11 @@ impl Remote {
             base_manifest: c.diff.base_manifest,
             object,
         };
-        let Some(file) = self.download_diff(&diff_ref, &downloads)? else {
+        let active = crate::install::activate::current_version(&root.layout);
+        let downloaded = self.download_diff(&diff_ref, &downloads);
+        let Some(file) = downloaded
+            .map_err(|e| space::after_failure(&root.layout, &sk.version, active, e))?
+        else {
             return Ok(Err(anyhow::anyhow!(
                 "the repository does not have the diff object the head names"
             )
