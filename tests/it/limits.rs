@@ -24,17 +24,31 @@ impl SmallDisk {
     fn mount(size: &str) -> Option<SmallDisk> {
         let mount = tempfile::tempdir().expect("tempdir");
         let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0755"), "tmpfs"])
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0755"),
+                "tmpfs",
+            ])
             .arg(mount.path())
             .output()
             .expect("running mount");
         if !out.status.success() {
             let err = String::from_utf8_lossy(&out.stderr);
-            let denied = ["permission denied", "not permitted", "only root", "must be superuser"]
-                .iter()
-                .any(|p| err.to_lowercase().contains(p));
+            let denied = [
+                "permission denied",
+                "not permitted",
+                "only root",
+                "must be superuser",
+            ]
+            .iter()
+            .any(|p| err.to_lowercase().contains(p));
             assert!(denied, "mount -t tmpfs failed: {err}");
-            eprintln!("SKIPPED: mounting a tmpfs is not permitted here: {}", err.trim());
+            eprintln!(
+                "SKIPPED: mounting a tmpfs is not permitted here: {}",
+                err.trim()
+            );
             return None;
         }
         Some(SmallDisk { mount })
@@ -52,7 +66,9 @@ impl SmallDisk {
             .output()
             .expect("stat -f");
         let text = String::from_utf8_lossy(&out.stdout);
-        let mut it = text.split_whitespace().map(|n| n.parse::<u64>().expect("number"));
+        let mut it = text
+            .split_whitespace()
+            .map(|n| n.parse::<u64>().expect("number"));
         it.next().expect("blocks") * it.next().expect("block size")
     }
 
@@ -109,14 +125,22 @@ impl SmallDisk {
 impl Drop for SmallDisk {
     fn drop(&mut self) {
         // Lazy: a file still open somewhere must not leave the mount behind.
-        let _ = Command::new("umount").arg("-l").arg(self.mount.path()).status();
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.mount.path())
+            .status();
     }
 }
 
 /// Release 1 published and release 2 (1 with a new 3 MB file) ready to publish.
 fn sources_with_big_release_2() -> Sources {
     let sources = Sources::app(2);
-    put(&sources.release(2), "lib/big.so", &noise(77, 3_000_000), 0o644);
+    put(
+        &sources.release(2),
+        "lib/big.so",
+        &noise(77, 3_000_000),
+        0o644,
+    );
     sources
 }
 
@@ -162,19 +186,29 @@ fn an_update_larger_than_the_free_space_is_refused_before_downloading() {
     }
     // The numbers: what it needs is more than the disk has, and both are stated.
     let number_before = |word: &str| -> u64 {
-        let at = err.find(word).unwrap_or_else(|| panic!("{word:?} in {err}"));
+        let at = err
+            .find(word)
+            .unwrap_or_else(|| panic!("{word:?} in {err}"));
         let digits: String = err[..at]
             .trim_end()
             .chars()
             .rev()
             .take_while(char::is_ascii_digit)
             .collect();
-        digits.chars().rev().collect::<String>().parse().expect("a number")
+        digits
+            .chars()
+            .rev()
+            .collect::<String>()
+            .parse()
+            .expect("a number")
     };
     let needed = number_before(" bytes: downloads");
     let available = number_before(" bytes) are available");
     assert!(needed > 3_000_000 + 4_800_000, "{err}");
-    assert!(available <= 3_000_000 && available + 1_000_000 > 3_000_000, "{err}");
+    assert!(
+        available <= 3_000_000 && available + 1_000_000 > 3_000_000,
+        "{err}"
+    );
     // Nothing but metadata was fetched: no range of an archive or diff object.
     let reqs = &srv.requests()[before..];
     assert!(reqs.iter().all(|r| r.range.is_none()), "{reqs:?}");
@@ -241,7 +275,8 @@ fn a_second_command_waits_a_bounded_time_naming_the_holder_and_a_dead_holder_blo
     let agent = &scene.agent;
     let url = proxy.url.clone();
     let config = agent.root().join(".ferry/config.json");
-    let mut c: serde_json::Value = serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
+    let mut c: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
     c["server"] = url.into();
     std::fs::write(&config, c.to_string()).unwrap();
 
@@ -270,11 +305,17 @@ fn a_second_command_waits_a_bounded_time_naming_the_holder_and_a_dead_holder_blo
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
-        err.contains(&format!("waiting for ferry update (pid {pid}) holding {}", lock.display())),
+        err.contains(&format!(
+            "waiting for ferry update (pid {pid}) holding {}",
+            lock.display()
+        )),
         "{err}"
     );
     assert!(err.contains(&format!("gave up after 2s: {named}")), "{err}");
-    assert!(waited >= Duration::from_secs(2) && waited < Duration::from_secs(10), "{waited:?}");
+    assert!(
+        waited >= Duration::from_secs(2) && waited < Duration::from_secs(10),
+        "{waited:?}"
+    );
     // The flag wins over the configuration.
     let started = Instant::now();
     let out = agent.ferry("history", &["--lock-timeout", "1s"]);
@@ -285,7 +326,11 @@ fn a_second_command_waits_a_bounded_time_naming_the_holder_and_a_dead_holder_blo
     // file names nobody and delays nothing.
     holder.kill().unwrap();
     holder.wait().unwrap();
-    assert!(std::fs::read_to_string(&lock).unwrap().contains(&pid.to_string()));
+    assert!(
+        std::fs::read_to_string(&lock)
+            .unwrap()
+            .contains(&pid.to_string())
+    );
     let started = Instant::now();
     let out = agent.ferry("status", &["--lock-timeout", "0", "--json"]);
     assert_ok(&out, "status after the holder died");
@@ -322,16 +367,28 @@ fn history_is_capped_and_still_read_newest_first() {
     scene.p.publish(&v(2), &scene.sources.release(2));
     agent.update();
     let rotated = agent.root().join(".ferry/history.1.jsonl");
-    assert_eq!(size(&rotated), text.len() as u64, "the full log was rotated");
+    assert_eq!(
+        size(&rotated),
+        text.len() as u64,
+        "the full log was rotated"
+    );
     assert!(size(&history) < 1000, "a fresh log holds the new event");
     let events = agent.history();
-    assert_eq!(events.len(), n as usize, "every event of both files is read");
+    assert_eq!(
+        events.len(),
+        n as usize,
+        "every event of both files is read"
+    );
     assert_eq!(events[0]["to"], v(2));
     assert_eq!(events[1]["to"], format!("0.{}.0", n - 1));
     assert_eq!(events.last().unwrap()["to"], "0.1.0");
     let out = agent.ferry("history", &[]);
     assert_ok(&out, "history");
-    let first = String::from_utf8_lossy(&out.stdout).lines().next().unwrap().to_string();
+    let first = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .unwrap()
+        .to_string();
     assert!(first.contains("-> 2.0.0"), "{first}");
 
     // Rotating again replaces the older file: two files at most.

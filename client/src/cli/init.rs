@@ -8,12 +8,12 @@ use ferry_format::version::check_channel;
 
 use super::InitArgs;
 use crate::fsutil;
+use crate::install::StoreError;
 use crate::install::config::{Config, TransportConfig};
 use crate::install::layout::Layout;
+use crate::install::lock::{DEFAULT_TIMEOUT, LockMode, RootLock};
 use crate::install::reinit;
 use crate::install::state::State;
-use crate::install::StoreError;
-use crate::install::lock::{DEFAULT_TIMEOUT, LockMode, RootLock};
 
 pub fn run(args: &InitArgs) -> Result<()> {
     check_channel(&args.channel)?;

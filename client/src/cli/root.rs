@@ -10,8 +10,8 @@ use ferry_format::keys::PublicKey;
 use ferry_format::manifest::Manifest;
 use ferry_format::verified::{Verified, verify_pinned_manifest};
 
-use crate::apply::source::LocalRelease;
 use super::LockArgs;
+use crate::apply::source::LocalRelease;
 use crate::install::config::Config;
 use crate::install::layout::Layout;
 use crate::install::lock::{LockMode, RootLock};
@@ -120,7 +120,7 @@ impl Root {
             &release,
             self.state.channel_of(record, &self.config.channel),
         )
-            .with_context(|| format!("re-verifying stored manifest {}", path.display()))
+        .with_context(|| format!("re-verifying stored manifest {}", path.display()))
     }
 
     /// Every retained release whose manifest still verifies, as chunk sources. A

@@ -161,7 +161,12 @@ mod tests {
         assert_eq!(forgot.len(), 3, "{forgot:?}");
         assert!(forgot[0].contains("sequence 9"), "{forgot:?}");
         assert_eq!(
-            (s.last_sequence, &s.last_head_hash, &s.highest_version, &s.pin),
+            (
+                s.last_sequence,
+                &s.last_head_hash,
+                &s.highest_version,
+                &s.pin
+            ),
             (None, &None, &None, &None)
         );
         assert_eq!(s.active.as_deref(), Some("2.0.0"));

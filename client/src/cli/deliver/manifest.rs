@@ -234,8 +234,8 @@ impl Remote {
         };
         let active = crate::install::activate::current_version(&root.layout);
         let downloaded = self.download_diff(&diff_ref, &downloads);
-        let Some(file) = downloaded
-            .map_err(|e| space::after_failure(&root.layout, &sk.version, active, e))?
+        let Some(file) =
+            downloaded.map_err(|e| space::after_failure(&root.layout, &sk.version, active, e))?
         else {
             return Ok(Err(anyhow::anyhow!(
                 "the repository does not have the diff object the head names"
