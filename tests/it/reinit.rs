@@ -70,6 +70,13 @@ fn init_force_to_another_channel_forgets_the_old_channels_anti_rollback_memory()
     assert_eq!(agent.rollback(&[])["to"], v(2));
 
     let said = reinit(&agent, &srv.url, "beta", &p.public_key());
+    let u = agent.update();
+    assert_eq!(
+        (u["from"].as_str(), u["to"].as_str()),
+        (Some("2.0.0"), Some("1.5.0"))
+    );
+    tree_eq(&agent.current(), &sources.release(3));
+    // What init said it reset and kept.
     for part in [
         "channel stable -> beta",
         "head sequence ",
@@ -79,12 +86,6 @@ fn init_force_to_another_channel_forgets_the_old_channels_anti_rollback_memory()
     ] {
         assert!(said.contains(part), "{part:?} missing from: {said}");
     }
-    let u = agent.update();
-    assert_eq!(
-        (u["from"].as_str(), u["to"].as_str()),
-        (Some("2.0.0"), Some("1.5.0"))
-    );
-    tree_eq(&agent.current(), &sources.release(3));
     assert_eq!(agent.status()["channel"], "beta");
     assert_ok(&agent.ferry("verify", &[]), "verify on beta");
 
@@ -176,6 +177,8 @@ fn init_force_with_another_key_drops_key_lists_the_new_key_does_not_continue() {
     other.publish("0.9.0", &sources.release(2));
     let other_srv = other.serve();
     let said = reinit(&agent, &other_srv.url, "beta", &other.public_key());
+    assert_eq!(agent.update()["to"], "0.9.0");
+    tree_eq(&agent.current(), &sources.release(2));
     for part in [
         "removed key list(s)",
         ".ferry/keys/1",
@@ -185,6 +188,4 @@ fn init_force_with_another_key_drops_key_lists_the_new_key_does_not_continue() {
         assert!(said.contains(part), "{part:?} missing from: {said}");
     }
     assert!(!list1.exists());
-    assert_eq!(agent.update()["to"], "0.9.0");
-    tree_eq(&agent.current(), &sources.release(2));
 }
