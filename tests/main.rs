@@ -7,8 +7,10 @@ mod it {
     pub mod fixtures;
     pub mod http_semantics;
     pub mod keys;
+    pub mod limits;
     pub mod paths;
     pub mod pipeline;
+    pub mod reinit;
     pub mod resume;
     pub mod rollback;
     pub mod static_host;

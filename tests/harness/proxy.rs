@@ -25,6 +25,8 @@ struct Shared {
     stop: AtomicBool,
     /// Stall the next 206 response after this many body bytes (u64::MAX = disarmed).
     stall_after: AtomicU64,
+    /// Lets a stalled response send the rest of its body.
+    release: AtomicBool,
     notify: Mutex<Sender<u64>>,
     requests: Mutex<Vec<String>>,
 }
@@ -43,6 +45,7 @@ impl FaultProxy {
             upstream,
             stop: AtomicBool::new(false),
             stall_after: AtomicU64::new(u64::MAX),
+            release: AtomicBool::new(false),
             notify: Mutex::new(tx),
             requests: Mutex::new(Vec::new()),
         });
@@ -74,6 +77,11 @@ impl FaultProxy {
 
     pub fn disarm(&self) {
         self.shared.stall_after.store(u64::MAX, Ordering::SeqCst);
+    }
+
+    /// Lets a stalled response go on: the rest of its body is sent.
+    pub fn release_stall(&self) {
+        self.shared.release.store(true, Ordering::SeqCst);
     }
 
     /// Waits until a response has stalled; returns the body bytes sent before it.
@@ -157,6 +165,11 @@ fn serve(mut conn: TcpStream, s: &Shared) -> std::io::Result<()> {
         // Hold the connection open, sending nothing, until the test ends.
         let deadline = Instant::now() + Duration::from_secs(120);
         while !s.stop.load(Ordering::SeqCst) && Instant::now() < deadline {
+            if s.release.swap(false, Ordering::SeqCst) {
+                conn.write_all(&body[n..])?;
+                conn.flush()?;
+                return conn.shutdown(Shutdown::Write);
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
         return conn.shutdown(Shutdown::Both);

@@ -74,7 +74,7 @@ fn kill_9_mid_download_then_update_completes() {
         .recv_timeout(Duration::from_secs(30))
         .expect("the second update reports that it waits");
     assert!(
-        waiting.contains("waiting for another ferry command"),
+        waiting.contains(&format!("waiting for ferry update (pid {})", child.id())),
         "{waiting}"
     );
 

@@ -9,7 +9,7 @@ use crate::install::history;
 use crate::install::lock::LockMode;
 
 pub fn run(args: &HistoryArgs) -> Result<()> {
-    let root = Root::open(&args.root, LockMode::Shared)?;
+    let root = Root::open(&args.root, LockMode::Shared, &args.lock)?;
     let events = history::load(&root.layout.history())?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&events)?);

@@ -8,9 +8,12 @@ use ferry_format::version::check_channel;
 
 use super::InitArgs;
 use crate::fsutil;
+use crate::install::StoreError;
 use crate::install::config::{Config, TransportConfig};
 use crate::install::layout::Layout;
-use crate::install::lock::{LockMode, RootLock};
+use crate::install::lock::{DEFAULT_TIMEOUT, LockMode, RootLock};
+use crate::install::reinit;
+use crate::install::state::State;
 
 pub fn run(args: &InitArgs) -> Result<()> {
     check_channel(&args.channel)?;
@@ -43,7 +46,7 @@ pub fn run(args: &InitArgs) -> Result<()> {
                 .with_context(|| format!("reading key list {}", path.display()))?;
             let trust = TrustRoot::from_stored(&bytes)
                 .with_context(|| format!("{} is not a valid key list", path.display()))?;
-            Some((trust.version(), bytes))
+            Some((trust.version(), bytes, trust))
         }
         None => None,
     };
@@ -51,15 +54,23 @@ pub fn run(args: &InitArgs) -> Result<()> {
     let transport = transport_config(args, &server)?;
     let layout = Layout::new(&args.root);
     fsutil::create_dir_all(&layout.ferry_dir())?;
-    let _lock = RootLock::acquire(&layout.lock(), LockMode::Exclusive)
-        .with_context(|| format!("locking {}", layout.lock().display()))?;
-    if layout.config().exists() && !args.force {
-        bail!(
-            "{} is already initialised ({} exists); use --force to overwrite the configuration",
-            args.root.display(),
-            layout.config().display()
-        );
-    }
+    let timeout = match args.lock.lock_timeout {
+        Some(t) => t,
+        None => Config::load(&layout.config()).map_or(DEFAULT_TIMEOUT, |c| c.lock_timeout()),
+    };
+    let _lock = RootLock::acquire(&layout.lock(), LockMode::Exclusive, timeout)?;
+    let previous = if layout.config().exists() {
+        if !args.force {
+            bail!(
+                "{} is already initialised ({} exists); use --force to overwrite the configuration",
+                args.root.display(),
+                layout.config().display()
+            );
+        }
+        Some(Config::load(&layout.config()))
+    } else {
+        None
+    };
     let keep = usize::try_from(args.keep).unwrap_or(usize::MAX);
     let mut config = Config::new(
         server,
@@ -70,17 +81,82 @@ pub fn run(args: &InitArgs) -> Result<()> {
     .with_transport(transport);
     config.max_clock_skew_secs = args.max_clock_skew.map_or(0, |d| d.as_secs());
     config.carry = args.carry.clone();
-    config.save(&layout.config())?;
-    if let Some((version, bytes)) = anchor {
-        fsutil::create_dir_all(&layout.keys())?;
-        fsutil::write_atomic(&layout.key_list(version), &bytes)?;
+    config.lock_timeout_secs = args.lock.lock_timeout.map(|d| d.as_secs());
+    // Trust and memory first, the configuration last: a crash in between leaves the
+    // old configuration, and rerunning this command does the whole job again.
+    if let Some(previous) = previous {
+        reinitialise(&layout, previous, &config, anchor.as_ref())?;
     }
+    if let Some((version, bytes, _)) = &anchor {
+        fsutil::create_dir_all(&layout.keys())?;
+        fsutil::write_atomic(&layout.key_list(*version), bytes)?;
+    }
+    config.save(&layout.config())?;
     println!(
         "initialised {} for channel {} from {}",
         args.root.display(),
         args.channel,
         args.server
     );
+    Ok(())
+}
+
+/// `init --force` over an initialised root: drops key lists that do not continue the
+/// new trust root, and forgets the anti-rollback memory when the channel or the trust
+/// root changes (reinit.rs says why). Says what it did.
+fn reinitialise(
+    layout: &Layout,
+    previous: Result<Config, StoreError>,
+    config: &Config,
+    anchor: Option<&(u64, Vec<u8>, TrustRoot)>,
+) -> Result<()> {
+    let before = reinit::trust_label(layout, previous.as_ref().map_or("", |c| &c.public_key));
+    let new_root = match anchor {
+        Some((_, _, trust)) => Some(trust.clone()),
+        None => PublicKey::from_text(&config.public_key)
+            .ok()
+            .map(TrustRoot::SingleKey),
+    };
+    let removed = reinit::prune_key_lists(layout, new_root.as_ref())?;
+    if !removed.is_empty() {
+        println!(
+            "removed key list(s) {} accepted under the previous trust root, which the new one does not continue",
+            reinit::key_list_names(layout, &removed)
+        );
+    }
+    let after = match anchor {
+        // Written next, as the newest list unless a kept successor is newer.
+        Some((version, bytes, _)) if reinit::stored_key_lists(layout).last() <= Some(version) => {
+            format!("key list {}", blake3::hash(bytes).to_hex())
+        }
+        _ => reinit::trust_label(layout, &config.public_key),
+    };
+    let reason = match &previous {
+        Err(e) => format!("the previous configuration is unreadable ({e})"),
+        Ok(old) if old.channel != config.channel => {
+            format!("channel {} -> {}", old.channel, config.channel)
+        }
+        Ok(_) if before != after => "a new trust root".to_string(),
+        Ok(_) => return Ok(()),
+    };
+    let old_channel = previous.as_ref().map_or("", |c| c.channel.as_str());
+    let mut state = State::load(&layout.state())?;
+    let forgot = reinit::forget_memory(&mut state, old_channel, &config.channel);
+    state.save(&layout.state())?;
+    if !forgot.is_empty() {
+        println!(
+            "{reason}: reset the anti-rollback memory kept for the previous configuration ({})",
+            forgot.join(", ")
+        );
+    }
+    if !state.releases.is_empty() {
+        let kept: Vec<&str> = state.releases.iter().map(|r| r.version.as_str()).collect();
+        println!(
+            "installed releases kept: {} (active: {}); `ferry update` moves to the channel's current release",
+            kept.join(", "),
+            state.active.as_deref().unwrap_or("none")
+        );
+    }
     Ok(())
 }
 

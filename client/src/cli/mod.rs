@@ -45,6 +45,8 @@ pub struct InitArgs {
     /// Install root (created if missing).
     #[arg(long)]
     pub root: PathBuf,
+    #[command(flatten)]
+    pub lock: LockArgs,
     /// Repository base URL: http://, https:// or file://.
     #[arg(long)]
     pub server: String,
@@ -95,6 +97,8 @@ pub struct UpdateArgs {
     /// Install root.
     #[arg(long)]
     pub root: PathBuf,
+    #[command(flatten)]
+    pub lock: LockArgs,
     /// Print one JSON object on stdout instead of the summary.
     #[arg(long)]
     pub json: bool,
@@ -108,6 +112,8 @@ pub struct RollbackArgs {
     /// Install root.
     #[arg(long)]
     pub root: PathBuf,
+    #[command(flatten)]
+    pub lock: LockArgs,
     /// How many retained releases to go down.
     #[arg(long, conflicts_with = "to")]
     pub steps: Option<usize>,
@@ -124,6 +130,8 @@ pub struct HistoryArgs {
     /// Install root.
     #[arg(long)]
     pub root: PathBuf,
+    #[command(flatten)]
+    pub lock: LockArgs,
     /// Print JSON on stdout instead of text.
     #[arg(long)]
     pub json: bool,
@@ -134,6 +142,8 @@ pub struct StatusArgs {
     /// Install root.
     #[arg(long)]
     pub root: PathBuf,
+    #[command(flatten)]
+    pub lock: LockArgs,
     /// Print JSON on stdout instead of text.
     #[arg(long)]
     pub json: bool,
@@ -144,6 +154,25 @@ pub struct VerifyArgs {
     /// Install root.
     #[arg(long)]
     pub root: PathBuf,
+    #[command(flatten)]
+    pub lock: LockArgs,
+}
+
+/// `--lock-timeout`, on every command that takes the root's lock.
+#[derive(Debug, Args)]
+pub struct LockArgs {
+    /// How long to wait for another ferry command holding this root, e.g. 30s or 0s
+    /// (fail at once) [default: the root's `lock_timeout_secs`, else 10m].
+    #[arg(long, value_name = "DURATION", value_parser = parse_lock_timeout)]
+    pub lock_timeout: Option<std::time::Duration>,
+}
+
+/// A duration with a unit, or a bare `0`.
+fn parse_lock_timeout(s: &str) -> Result<std::time::Duration, String> {
+    if s.trim() == "0" {
+        return Ok(std::time::Duration::ZERO);
+    }
+    ferry_format::duration::parse_duration(s).map_err(|e| e.to_string())
 }
 
 /// Runs one parsed command.

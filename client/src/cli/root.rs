@@ -10,6 +10,7 @@ use ferry_format::keys::PublicKey;
 use ferry_format::manifest::Manifest;
 use ferry_format::verified::{Verified, verify_pinned_manifest};
 
+use super::LockArgs;
 use crate::apply::source::LocalRelease;
 use crate::install::activate::current_folder;
 use crate::install::config::Config;
@@ -26,8 +27,9 @@ pub struct Root {
 }
 
 impl Root {
-    /// Locks and loads an initialised root.
-    pub fn open(root: &Path, mode: LockMode) -> Result<Root> {
+    /// Locks and loads an initialised root, waiting for the lock as long as `lock`
+    /// says, else as the root's configuration says.
+    pub fn open(root: &Path, mode: LockMode, lock: &LockArgs) -> Result<Root> {
         let layout = Layout::new(root);
         if !layout.config().exists() {
             bail!(
@@ -35,8 +37,13 @@ impl Root {
                 root.display()
             );
         }
-        let lock = RootLock::acquire(&layout.lock(), mode)
-            .with_context(|| format!("locking {}", layout.lock().display()))?;
+        // Read before locking to learn the timeout: the file is only ever replaced
+        // whole, so an unlocked read sees one complete version of it.
+        let timeout = match lock.lock_timeout {
+            Some(t) => t,
+            None => Config::load(&layout.config())?.lock_timeout(),
+        };
+        let lock = RootLock::acquire(&layout.lock(), mode, timeout)?;
         let config = Config::load(&layout.config())?;
         let state = State::load(&layout.state())?;
         let mut root = Root {
@@ -143,8 +150,12 @@ impl Root {
                 size: record.manifest_size,
             },
         };
-        verify_pinned_manifest(&bytes, &release, &self.config.channel)
-            .with_context(|| format!("re-verifying stored manifest {}", path.display()))
+        verify_pinned_manifest(
+            &bytes,
+            &release,
+            self.state.channel_of(record, &self.config.channel),
+        )
+        .with_context(|| format!("re-verifying stored manifest {}", path.display()))
     }
 
     /// Every retained release whose manifest still verifies, as chunk sources. A

@@ -9,7 +9,7 @@ use super::root::Root;
 use crate::install::lock::LockMode;
 
 pub fn run(args: &StatusArgs) -> Result<()> {
-    let root = Root::open(&args.root, LockMode::Shared)?;
+    let root = Root::open(&args.root, LockMode::Shared, &args.lock)?;
     let s = &root.state;
     let retained: Vec<String> = s.retained().iter().map(ToString::to_string).collect();
     // Where the active release lives: `versions/<version>`, or `<version>+<n>` after a repair.

@@ -25,7 +25,7 @@ struct Outcome {
 }
 
 pub fn run(args: &UpdateArgs) -> Result<()> {
-    let mut root = Root::open(&args.root, LockMode::Exclusive)?;
+    let mut root = Root::open(&args.root, LockMode::Exclusive, &args.lock)?;
     let started = Instant::now();
     let out = Out { json: args.json };
     let from = root.state.active.clone();

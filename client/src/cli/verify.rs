@@ -13,7 +13,7 @@ use crate::install::activate::current_folder;
 use crate::install::lock::LockMode;
 
 pub fn run(args: &VerifyArgs) -> Result<()> {
-    let root = Root::open(&args.root, LockMode::Shared)?;
+    let root = Root::open(&args.root, LockMode::Shared, &args.lock)?;
     let active = root
         .state
         .active

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{SCHEMA, StoreError, read_json, write_json};
+use super::{SCHEMA, StoreError, lock, read_json, write_json};
 use crate::fetch::http::HttpOptions;
 use crate::fetch::speed::LowSpeed;
 
@@ -37,6 +37,10 @@ pub struct Config {
     /// active release into each new one before the switch (apply/pattern.rs).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub carry: Vec<String>,
+    /// Seconds a command waits for another one holding the root's lock (0: fail at
+    /// once); unset means [`lock::DEFAULT_TIMEOUT`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lock_timeout_secs: Option<u64>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -88,7 +92,14 @@ impl Config {
             transport: TransportConfig::default(),
             max_clock_skew_secs: 0,
             carry: Vec::new(),
+            lock_timeout_secs: None,
         }
+    }
+
+    /// How long commands on this root wait for its lock unless told otherwise.
+    pub fn lock_timeout(&self) -> Duration {
+        self.lock_timeout_secs
+            .map_or(lock::DEFAULT_TIMEOUT, Duration::from_secs)
     }
 
     #[must_use]

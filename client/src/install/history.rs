@@ -6,8 +6,12 @@
 //! ```
 //! `result` is `"ok"` or `"error: <message>"`. A line cut short by a crash mid-append
 //! is skipped when reading, so one bad line never hides the rest.
+//!
+//! Growth is bounded: an append that finds the log at [`MAX_BYTES`] first renames it
+//! to `history.1.jsonl` (replacing the previous one), so the two files together hold
+//! at most about twice that, the newest few thousand events. Reading takes both.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -47,15 +51,40 @@ impl Event {
     }
 }
 
-/// Appends `event` as one line.
+/// Size at which the log is rotated: about 4,000 events.
+pub const MAX_BYTES: u64 = 1 << 20;
+
+/// Appends `event` as one line, rotating the log first if it is full.
 pub fn append(path: &Path, event: &Event) -> Result<(), StoreError> {
+    append_capped(path, event, MAX_BYTES)
+}
+
+fn append_capped(path: &Path, event: &Event, max_bytes: u64) -> Result<(), StoreError> {
     // A struct of strings and numbers always serialises.
     let line = serde_json::to_string(event).expect("serialisable");
+    let full = std::fs::symlink_metadata(path).is_ok_and(|m| m.len() >= max_bytes);
+    if full {
+        // A crash after the rename leaves an empty current log: nothing is lost.
+        let older = rotated(path);
+        fsutil::ctx("rotating", path, std::fs::rename(path, &older))?;
+        fsutil::fsync_dir(older.parent().unwrap_or(Path::new(".")))?;
+    }
     Ok(fsutil::append_line(path, &line)?)
 }
 
-/// All readable events, newest first.
+/// `history.1.jsonl` beside `history.jsonl`: the events before the current file's.
+pub fn rotated(path: &Path) -> PathBuf {
+    path.with_extension("1.jsonl")
+}
+
+/// All readable events of the log and its rotated predecessor, newest first.
 pub fn load(path: &Path) -> Result<Vec<Event>, StoreError> {
+    let mut events = load_one(path)?;
+    events.extend(load_one(&rotated(path))?);
+    Ok(events)
+}
+
+fn load_one(path: &Path) -> Result<Vec<Event>, StoreError> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -104,5 +133,30 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(first.lines().next().unwrap()).unwrap();
         assert_eq!(v["schema"], 1);
         assert_eq!(v["result"], "ok");
+    }
+
+    #[test]
+    fn the_log_rotates_at_its_cap_and_reads_newest_first_across_both_files() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("history.jsonl");
+        let event = |n: u64| {
+            let mut e = Event::new("update", n, "00112233aabbccdd");
+            e.to = Some(format!("{n}.0.0"));
+            e
+        };
+        let line_len = serde_json::to_string(&event(10)).unwrap().len() as u64 + 1;
+        let cap = 5 * line_len;
+        for n in 10..40 {
+            append_capped(&p, &event(n), cap).unwrap();
+            let size = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
+            assert!(size(&p) <= cap, "current log over its cap");
+            assert!(size(&rotated(&p)) <= cap, "rotated log over its cap");
+        }
+        assert!(!t.path().join("history.2.jsonl").exists());
+        let times: Vec<u64> = load(&p).unwrap().iter().map(|e| e.time).collect();
+        // 30 appended, the newest 5 to 10 kept, newest first and contiguous.
+        assert!((5..=10).contains(&times.len()), "{times:?}");
+        let expected: Vec<u64> = (40 - times.len() as u64..40).rev().collect();
+        assert_eq!(times, expected);
     }
 }

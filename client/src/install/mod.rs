@@ -7,7 +7,9 @@ pub mod config;
 pub mod history;
 pub mod layout;
 pub mod lock;
+pub mod reinit;
 pub mod retain;
+pub mod space;
 pub mod state;
 
 use std::path::PathBuf;

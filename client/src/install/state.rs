@@ -7,6 +7,7 @@
 //! is the anti-rollback memory: the highest version ever installed or announced as
 //! current by a verified head.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use ferry_format::version::Version;
@@ -29,6 +30,11 @@ pub struct State {
     pub last_check: Option<u64>,
     /// Installed releases, in install order.
     pub releases: Vec<ReleaseRecord>,
+    /// Manifest hash -> channel, for installed releases of another channel than the
+    /// configured one (kept across `ferry init --force` to a new channel, so they can
+    /// still be re-verified, reused and rolled back to).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub other_channels: BTreeMap<String, String>,
 }
 
 /// Set by a rollback: updates stay on `version` until a release newer than
@@ -72,6 +78,7 @@ impl Default for State {
             pin: None,
             last_check: None,
             releases: Vec::new(),
+            other_channels: BTreeMap::new(),
         }
     }
 }
@@ -113,6 +120,14 @@ impl State {
         if higher {
             self.highest_version = Some(version.to_string());
         }
+    }
+
+    /// The channel `record`'s manifest was verified for: `configured` unless it came
+    /// from another channel before a re-initialisation.
+    pub fn channel_of<'a>(&'a self, record: &ReleaseRecord, configured: &'a str) -> &'a str {
+        self.other_channels
+            .get(&record.manifest_hash)
+            .map_or(configured, String::as_str)
     }
 
     /// Retained versions, ascending. Unparseable entries (hand-edited state) are skipped.

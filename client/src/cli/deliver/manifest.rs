@@ -22,6 +22,7 @@ use crate::cli::plan::base_intact;
 use crate::cli::report::{self, Out};
 use crate::cli::root::Root;
 use crate::fsutil;
+use crate::install::space;
 
 /// A data diff already applied while the manifest was rebuilt from a skeleton
 /// (FORMAT.md §3.7): the chunks it produced, which the build then uses.
@@ -220,6 +221,10 @@ impl Remote {
             c.base_version,
             report::bytes(object.size),
         ));
+        space::check_room(
+            &root.layout,
+            &space::Needs::build(sk, object.size, archive.reuse_bytes, true),
+        )?;
         let downloads = root.layout.downloads();
         fsutil::create_dir_all(&downloads)?;
         let diff_ref = DiffRef {
@@ -227,7 +232,11 @@ impl Remote {
             base_manifest: c.diff.base_manifest,
             object,
         };
-        let Some(file) = self.download_diff(&diff_ref, &downloads)? else {
+        let active = crate::install::activate::current_version(&root.layout);
+        let downloaded = self.download_diff(&diff_ref, &downloads);
+        let Some(file) =
+            downloaded.map_err(|e| space::after_failure(&root.layout, &sk.version, active, e))?
+        else {
             return Ok(Err(anyhow::anyhow!(
                 "the repository does not have the diff object the head names"
             )

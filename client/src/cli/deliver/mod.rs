@@ -43,6 +43,7 @@ use crate::install::activate::{current_folder, current_version, switch_current};
 use crate::install::config::Config;
 use crate::install::layout::Layout;
 use crate::install::retain::prune_selection;
+use crate::install::space;
 use crate::install::state::ReleaseRecord;
 
 /// A key list accepted while following a rotation: its version and exact bytes.
@@ -273,8 +274,23 @@ pub struct BuildStats {
 
 /// Puts the release of `manifest` into a folder of `ROOT/versions/` (building it
 /// unless an intact copy is already there) and stores its manifest. Does not
-/// activate it, and never writes to or removes an existing folder.
+/// activate it, and never writes to or removes an existing folder. A disk that fills up
+/// meanwhile leaves staging removed and says so (space.rs).
 pub fn install_release(
+    root: &Root,
+    remote: &Remote,
+    manifest_bytes: &[u8],
+    manifest: &Verified<Manifest>,
+    origin: Origin<'_>,
+    out: Out,
+    hint: DiffHint,
+) -> Result<BuildStats> {
+    let active = current_version(&root.layout);
+    build_release(root, remote, manifest_bytes, manifest, origin, out, hint)
+        .map_err(|e| space::after_failure(&root.layout, &manifest.version, active, e))
+}
+
+fn build_release(
     root: &Root,
     remote: &Remote,
     manifest_bytes: &[u8],
@@ -339,6 +355,15 @@ pub fn install_release(
             choose_diff(manifest, &releases, &local, &archive_plan, from, Some(skip))
         }
     };
+    let download = match &choice {
+        Ok(c) => c.diff.object.size + c.rest.download_bytes,
+        Err(_) => ranges.iter().map(|r| r.end - r.start).sum(),
+    };
+    let with_diff = choice.is_ok() || spool.is_some();
+    space::check_room(
+        layout,
+        &space::Needs::build(manifest, download, archive_plan.reuse_bytes, with_diff),
+    )?;
     match choice {
         Ok(choice) => {
             out.info(&diff_line(from, &version, &archive_plan, &choice));
