@@ -2,6 +2,7 @@
 //! over loopback. Build the binaries first: `cargo build --workspace --bins`.
 
 mod it {
+    pub mod crash;
     pub mod diffs;
     pub mod fixtures;
     pub mod http_semantics;

@@ -29,6 +29,8 @@
 //! ferry_client::run(cli).unwrap();
 //! ```
 
+#[macro_use]
+pub mod failpoint;
 pub mod apply;
 pub mod cli;
 pub mod fetch;

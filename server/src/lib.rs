@@ -41,6 +41,8 @@
 //! ```
 #![forbid(unsafe_code)]
 
+#[macro_use]
+pub mod failpoint;
 pub mod cli;
 pub mod error;
 pub mod fsutil;

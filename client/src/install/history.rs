@@ -51,6 +51,7 @@ impl Event {
 pub fn append(path: &Path, event: &Event) -> Result<(), StoreError> {
     // A struct of strings and numbers always serialises.
     let line = serde_json::to_string(event).expect("serialisable");
+    crash_point!("client::history::append");
     Ok(fsutil::append_line(path, &line)?)
 }
 

@@ -367,6 +367,7 @@ pub fn install_release(
         tracing::warn!("replacing damaged {}", final_dir.display());
         fsutil::remove_tree(&final_dir)?;
     }
+    crash_point!("client::versions::rename");
     fsutil::ctx(
         "renaming into place",
         &final_dir,
@@ -462,6 +463,7 @@ pub fn cleanup_and_prune(root: &mut Root) -> Result<()> {
             if is_tree {
                 tracing::info!("pruning release {name}");
             }
+            crash_point!("client::prune::remove");
             if let Err(e) = fsutil::remove_tree(&entry.path()) {
                 tracing::warn!("pruning {name}: {e}");
             }
