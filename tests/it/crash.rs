@@ -472,13 +472,13 @@ fn crash_at_every_write_step_of_rollback() {
 }
 
 /// `ferry-server publish` of release 2 into `repo`.
-fn publish_args<'a>(p: &'a Publisher, repo: &'a str, src: &'a str, v2: &'a str) -> Vec<&'a str> {
+fn publish_args<'a>(key: &'a str, repo: &'a str, src: &'a str, v2: &'a str) -> Vec<&'a str> {
     vec![
         "publish",
         "--repo",
         repo,
         "--key",
-        p.key().to_str().unwrap(),
+        key,
         "--channel",
         "stable",
         "--version",
@@ -496,8 +496,8 @@ fn crash_at_every_write_step_of_publish() {
     let p = Publisher::new("stable");
     p.publish(&v(1), &releases.src(1));
     let work = tempfile::tempdir().unwrap();
-    let (src, v2) = (releases.src(2), v(2));
-    let src = src.to_str().unwrap();
+    let (src, v2, key) = (releases.src(2), v(2), p.key());
+    let (src, key) = (src.to_str().unwrap(), key.to_str().unwrap());
 
     let fresh = work.path().join("fresh");
     copy_tree(&p.repo(), &fresh);
@@ -506,7 +506,7 @@ fn crash_at_every_write_step_of_publish() {
         run_in(
             &fresh.with_extension("run"),
             "ferry-server",
-            &publish_args(&p, fresh.to_str().unwrap(), src, &v2),
+            &publish_args(key, fresh.to_str().unwrap(), src, &v2),
             &[(TRACE_VAR, trace.to_str().unwrap())],
         ),
         "reference publish",
@@ -528,7 +528,7 @@ fn crash_at_every_write_step_of_publish() {
         let case = format!("publish killed at {} pass {}", site.point, site.pass);
         let repo = work.path().join(format!("case-{i}"));
         copy_tree(&p.repo(), &repo);
-        let args = publish_args(&p, repo.to_str().unwrap(), src, &v2);
+        let args = publish_args(key, repo.to_str().unwrap(), src, &v2);
         let killed = run_in(
             &repo.with_extension("kill"),
             "ferry-server",

@@ -107,6 +107,10 @@ fn rollback(
         });
     }
 
+    // The pin is saved with (before) the switch: a crash after the switch must not
+    // leave the older release active but unpinned, for the next `ferry update` would
+    // silently undo the operator's rollback.
+    let pin = pin_after_rollback(root.state.pin.as_ref(), &version, &active);
     let bytes_reused = if let Some(record) = root.state.release(&version).cloned() {
         // Retained: an instant local switch, after a quick shape check of the tree
         // (`ferry verify` does the full content check).
@@ -118,6 +122,8 @@ fn rollback(
                 problems.len()
             );
         }
+        root.state.pin = Some(pin);
+        root.save_state()?;
         switch_current(&root.layout, &version)?;
         root.state.active = Some(version.clone());
         manifest.total_file_bytes()
@@ -144,6 +150,7 @@ fn rollback(
             out,
             deliver::DiffHint::Nothing,
         )?;
+        root.state.pin = Some(pin);
         deliver::activate(root, &manifest, bytes.len() as u64)?;
         stats.bytes_reused
     } else {
@@ -152,11 +159,6 @@ fn rollback(
             list(&retained)
         )
     };
-    root.state.pin = Some(pin_after_rollback(
-        root.state.pin.as_ref(),
-        &version,
-        &active,
-    ));
     root.state.raise_highest(&target);
     root.save_state()?;
     deliver::cleanup_and_prune(root)?;

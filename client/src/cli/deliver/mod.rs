@@ -406,7 +406,6 @@ fn apply_diff(
 /// Switches `current` to `version` and records it as installed and active.
 pub fn activate(root: &mut Root, manifest: &Verified<Manifest>, manifest_size: u64) -> Result<()> {
     let version = manifest.version.clone();
-    switch_current(&root.layout, &version)?;
     let now = report::unix_now();
     let installed_at = root.state.release(&version).map_or(now, |r| r.installed_at);
     root.state.record_release(ReleaseRecord {
@@ -415,6 +414,11 @@ pub fn activate(root: &mut Root, manifest: &Verified<Manifest>, manifest_size: u
         manifest_size,
         installed_at,
     });
+    // The record is saved before the switch: a crash right after it leaves a state
+    // that knows the release `current` points to, which the next command adopts
+    // (`Root::open`), so `ferry verify` and `status` never see an unknown release.
+    root.save_state()?;
+    switch_current(&root.layout, &version)?;
     root.state.active = Some(version);
     Ok(())
 }
