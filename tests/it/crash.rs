@@ -1,5 +1,5 @@
 //! Crash safety at every write step. `ferry update`, `ferry rollback`, `ferry-server
-//! publish` and `publish --to` are each run once with failpoint tracing on, which
+//! publish`, `publish --to` and `key new-list` are each run once with failpoint tracing on, which
 //! lists every write step (failpoint) they pass, then rerun from the same starting
 //! state once per pass, aborting the process there (std::process::abort through the
 //! `fail` crate's FAILPOINTS: no unwinding, no destructors, as a kill -9). After each
@@ -16,11 +16,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use ferry_format::envelope::TrustedKeys;
+use ferry_format::head::claimed_key_list;
 use ferry_format::id::ObjectRef;
+use ferry_format::keylist::TrustRoot;
 use ferry_format::keys::PublicKey;
 use ferry_format::layout::{head_path, key_list_path, object_path};
-use ferry_format::verified::{HeadPolicy, verify_head, verify_manifest};
+use ferry_format::verified::{HeadPolicy, verify_head, verify_manifest, verify_pinned_manifest};
 use ferry_tests::tree::{noise, put, snapshot};
 use ferry_tests::{Agent, Publisher, Server, bin};
 use serde_json::Value;
@@ -280,12 +281,11 @@ fn active_release(root: &Path, releases: &[(String, PathBuf)], case: &str) -> St
     version
 }
 
-/// Checks every head of `repo` as an agent would (signature, then every object it and
-/// its manifests name: present, right size, right hash) and returns each channel's
-/// current version.
+/// Checks every head of `repo` as an agent initialised with `public_key` would
+/// (following the key lists it names, then every object it and its manifests name:
+/// present, right size, right hash) and returns each channel's current version.
 fn walk_repo(repo: &Path, public_key: &Path, case: &str) -> BTreeMap<String, String> {
     let key = PublicKey::from_text(&std::fs::read_to_string(public_key).unwrap()).unwrap();
-    let trusted = TrustedKeys::single(key);
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
@@ -306,19 +306,25 @@ fn walk_repo(repo: &Path, public_key: &Path, case: &str) -> BTreeMap<String, Str
         let Ok(bytes) = std::fs::read(&head_file) else {
             continue;
         };
+        let mut trust = TrustRoot::SingleKey(key);
+        let named = claimed_key_list(&bytes).unwrap();
+        for version in 1..=named.map_or(0, |k| k.version) {
+            let list = std::fs::read(repo.join(key_list_path(version)))
+                .unwrap_or_else(|e| panic!("{case}: key list {version} is missing: {e}"));
+            trust = trust
+                .advance(&list)
+                .unwrap_or_else(|e| panic!("{case}: key list {version}: {e}"));
+        }
         let policy = HeadPolicy {
             channel: &channel,
             now,
             max_skew: 0,
             last_sequence: None,
-            key_list_version: 0,
+            key_list_version: trust.version(),
         };
+        let trusted = trust.publishers();
         let head = verify_head(&bytes, &trusted, &policy)
             .unwrap_or_else(|e| panic!("{case}: head of {channel}: {e}"));
-        if let Some(k) = &head.key_list {
-            let list = std::fs::read(repo.join(key_list_path(k.version))).unwrap();
-            k.object.check("key list", &list).unwrap();
-        }
         for d in &head.manifest_diffs {
             object(&d.object, "manifest diff");
             if let Some(c) = &d.chunk_diff {
@@ -327,8 +333,14 @@ fn walk_repo(repo: &Path, public_key: &Path, case: &str) -> BTreeMap<String, Str
         }
         for r in &head.releases {
             let bytes = object(&r.manifest, "manifest");
-            let m = verify_manifest(&bytes, r, &channel, &trusted)
-                .unwrap_or_else(|e| panic!("{case}: manifest of {}: {e}", r.version));
+            // Older releases may be signed by keys a later key list replaced; the
+            // head pins them by hash.
+            let m = if r.version == head.current().version {
+                verify_manifest(&bytes, r, &channel, &trusted)
+            } else {
+                verify_pinned_manifest(&bytes, r, &channel)
+            }
+            .unwrap_or_else(|e| panic!("{case}: manifest of {}: {e}", r.version));
             object(&m.archive, "archive");
             for d in &m.diffs {
                 object(&d.object, "diff");
@@ -766,4 +778,118 @@ fn crash_at_every_write_step_of_remote_publish() {
         let missed = if side == Side::Server { missed } else { 0 };
         report(&format!("publish --to, {side:?}"), &sites, missed);
     }
+}
+
+#[test]
+fn crash_at_every_write_step_of_key_rotation() {
+    let releases = Releases::new();
+    let p = Publisher::new("stable");
+    p.publish(&v(1), &releases.src(1));
+    let keys = p.dir.path().join("keys");
+    for name in ["root1", "pub2"] {
+        let out = ferry_tests::run(
+            bin("ferry-server"),
+            &[
+                "key",
+                "gen",
+                "--out",
+                keys.to_str().unwrap(),
+                "--name",
+                name,
+            ],
+        );
+        ferry_tests::assert_ok(&out, "key gen");
+    }
+    let key = |f: &str| keys.join(f).to_str().unwrap().to_string();
+    let (root1, pub2, old_key, root1_key) = (
+        key("root1.pub"),
+        key("pub2.pub"),
+        key("ferry.key"),
+        key("root1.key"),
+    );
+    let (pub2_key, old_pub) = (key("pub2.key"), key("ferry.pub"));
+    let new_list = |repo: &str| -> Vec<String> {
+        [
+            "key",
+            "new-list",
+            "--repo",
+            repo,
+            "--root",
+            &root1,
+            "--publisher",
+            &pub2,
+            "--sign",
+            &old_key,
+            "--sign",
+            &root1_key,
+            "--previous-key",
+            &old_pub,
+        ]
+        .map(str::to_string)
+        .to_vec()
+    };
+    let (src, v2) = (releases.src(2), v(2));
+    let src = src.to_str().unwrap();
+    let work = tempfile::tempdir().unwrap();
+
+    let fresh = work.path().join("fresh");
+    copy_tree(&p.repo(), &fresh);
+    let trace = work.path().join("fresh.trace");
+    let args = new_list(fresh.to_str().unwrap());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    succeeded(
+        run_in(
+            &fresh.with_extension("run"),
+            "ferry-server",
+            &args,
+            &[(TRACE_VAR, trace.to_str().unwrap())],
+        ),
+        "reference key new-list",
+    );
+    let sites = sites(&read_trace(&trace));
+    assert!(
+        sites.iter().any(|s| s.point == "server::key_list::write"),
+        "key new-list never passes the key list write"
+    );
+
+    let mut missed = 0;
+    for (i, site) in sites.iter().enumerate() {
+        let case = format!("key new-list killed at {} pass {}", site.point, site.pass);
+        let repo = work.path().join(format!("case-{i}"));
+        copy_tree(&p.repo(), &repo);
+        let repo_s = repo.to_str().unwrap();
+        let args = new_list(repo_s);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        if !kill_at(
+            &repo.with_extension("kill"),
+            "ferry-server",
+            &args,
+            site,
+            &case,
+        ) {
+            missed += 1;
+        }
+        // The channel is untouched by a rotation.
+        assert_eq!(walk_repo(&repo, &p.public_key(), &case)["stable"], v(1));
+        // Rerun unless key list 1 is complete (a rerun would then make list 2).
+        if !repo.join(key_list_path(1)).exists() {
+            succeeded(
+                run_in(&repo.with_extension("rerun"), "ferry-server", &args, &[]),
+                &format!("{case}: rerun"),
+            );
+        }
+        // The new publishing key can publish, and agents can follow.
+        succeeded(
+            run_in(
+                &repo.with_extension("publish"),
+                "ferry-server",
+                &publish_args(&pub2_key, repo_s, src, &v2),
+                &[],
+            ),
+            &format!("{case}: publish with the new key"),
+        );
+        assert_eq!(walk_repo(&repo, &p.public_key(), &case)["stable"], v2);
+        std::fs::remove_dir_all(&repo).unwrap();
+    }
+    report("key new-list", &sites, missed);
 }
