@@ -1,8 +1,10 @@
 //! Crash-injection points for the kill tests (tests/it/crash.rs).
 //!
-//! `crash_point!("client::switch_current")` marks an instant at which a crash must leave
-//! everything usable. Only a build with this crate's `failpoints` feature (turned on
-//! by the tests crate, so never in `cargo build --release -p ...`) compiles them in;
+//! `crash_point!("client::switch_current::renamed")` marks an instant at which a crash must leave
+//! everything usable. Only a build with this crate's `failpoints` feature compiles
+//! them in: the tests crate turns it on, so workspace-wide builds (`cargo build
+//! --workspace --bins`, what the end-to-end tests run) have them and `cargo build
+//! --release -p ferry-client` does not;
 //! there, `FAILPOINTS="NAME=return"` (the `fail` crate's syntax, so `2*off->return`
 //! crashes at the third pass) aborts the process at that point, as a kill -9 would
 //! stop it: no unwinding, no destructors, no buffered output. Every pass through a
