@@ -3,6 +3,7 @@
 
 mod it {
     pub mod app_files;
+    pub mod crash;
     pub mod diffs;
     pub mod fixtures;
     pub mod http_semantics;

@@ -54,8 +54,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), FsError> {
     )?;
     ctx("writing", &tmp, f.write_all(bytes))?;
     ctx("syncing", &tmp, f.sync_all())?;
+    crash_point!("client::write_atomic::temp_written");
     drop(f);
     ctx("renaming", path, fs::rename(&tmp, path))?;
+    crash_point!("client::write_atomic::renamed");
     fsync_dir(dir)
 }
 
@@ -75,11 +77,13 @@ pub fn append_line(path: &Path, line: &str) -> Result<(), FsError> {
     buf.push(b'\n');
     // One write call: O_APPEND makes it land as a unit after any earlier line.
     ctx("appending to", path, f.write_all(&buf))?;
+    crash_point!("client::append_line::written");
     ctx("syncing", path, f.sync_data())
 }
 
 /// Makes a directory's entries (new names, renames, removals) durable.
 pub fn fsync_dir(dir: &Path) -> Result<(), FsError> {
+    crash_point!("client::fsync_dir");
     let f = ctx("opening directory", dir, File::open(dir))?;
     ctx("syncing directory", dir, f.sync_all())
 }
@@ -133,6 +137,7 @@ pub fn remove_tree(path: &Path) -> Result<(), FsError> {
     for entry in ctx("listing", path, fs::read_dir(path))? {
         let entry = ctx("listing", path, entry)?;
         remove_tree(&entry.path())?;
+        crash_point!("client::remove_tree::entry_removed");
     }
     ctx("removing", path, fs::remove_dir(path))
 }

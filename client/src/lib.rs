@@ -15,6 +15,8 @@
 //! - [`install`]: the root's layout, lock, config, state, history, the atomic
 //!   `current` switch, and the pure keep/rollback/pin rules ([`install::retain`]).
 //! - [`fsutil`]: atomic writes and fsync, the one place durable changes are made.
+//! - [`failpoint`]: `crash_point!`, the crash-injection points of the kill tests
+//!   (compiled in only with the `failpoints` feature).
 //! - [`cli`]: one module per command; `cli::deliver` strings the steps together.
 //!
 //! Trust: every byte from the repository goes through `ferry_format::verified`
@@ -29,6 +31,8 @@
 //! ferry_client::run(cli).unwrap();
 //! ```
 
+#[macro_use]
+pub mod failpoint;
 pub mod apply;
 pub mod cli;
 pub mod fetch;

@@ -69,6 +69,7 @@ pub fn persist(tmp: NamedTempFile, dest: &Path, mode: u32, place: Place) -> Resu
         .map_err(io_err("sync", tmp.path()))?;
     fs::set_permissions(tmp.path(), Permissions::from_mode(mode))
         .map_err(io_err("set permissions of", tmp.path()))?;
+    crash_point!("server::persist::synced");
     let placed = match place {
         Place::Replace => tmp
             .persist(dest)
@@ -85,6 +86,7 @@ pub fn persist(tmp: NamedTempFile, dest: &Path, mode: u32, place: Place) -> Resu
             Err(e) => return Err(io_err("rename into", dest)(e.error)),
         },
     };
+    crash_point!("server::persist::placed");
     if let Some(dir) = dest.parent() {
         sync_dir(dir)?;
     }
@@ -96,6 +98,7 @@ pub fn write_atomic(dest: &Path, bytes: &[u8], mode: u32, place: Place) -> Resul
     let dir = parent_of(dest);
     let mut tmp = temp_in(dir)?;
     tmp.write_all(bytes).map_err(io_err("write", tmp.path()))?;
+    crash_point!("server::write_atomic::temp_written");
     persist(tmp, dest, mode, place)
 }
 

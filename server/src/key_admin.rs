@@ -67,7 +67,10 @@ pub fn new_list(repo: &Repo, spec: &NewList<'_>) -> Result<String> {
         context: format!("key list {version} would be refused by agents"),
         source,
     })?;
-    write_key_list(repo, version, &bytes)?;
+    // The single key first: once key list 1 exists, heads signed before it verify only
+    // with this file, so a crash between the two writes must not leave the list alone
+    // (publishing with the new keys would be refused, and a rerun would make list 2).
+    // Alone, the file names the key that signs those heads anyway.
     if let (1, Some(k)) = (version, spec.previous_key) {
         crate::fsutil::write_atomic(
             &crate::trust::previous_single_key_file(repo),
@@ -76,6 +79,7 @@ pub fn new_list(repo: &Repo, spec: &NewList<'_>) -> Result<String> {
             crate::fsutil::Place::Replace,
         )?;
     }
+    write_key_list(repo, version, &bytes)?;
     let mut out = describe(&list);
     let _ = writeln!(out, "written:   {}", key_list_file(repo, version).display());
     if previous.is_none() {

@@ -15,6 +15,8 @@
 //!   runs the same steps on a staging copy of a remote channel and uploads the result.
 //! - [`repo`]: the repository on disk (layout paths to files); [`fsutil`]: every write
 //!   is atomic (temp, fsync, rename, fsync dir) with modes 0644/0755.
+//! - [`failpoint`]: `crash_point!`, the crash-injection points of the kill tests
+//!   (compiled in only with the `failpoints` feature).
 //! - [`serve`]: the repository over HTTP/1.1 and h2c with Range, ETag and
 //!   cache headers, a connection cap, an access log and graceful shutdown;
 //!   [`serve::upload`]: the token-guarded `PUT` API that accepts only verified heads.
@@ -41,6 +43,8 @@
 //! ```
 #![forbid(unsafe_code)]
 
+#[macro_use]
+pub mod failpoint;
 pub mod cli;
 pub mod error;
 pub mod fsutil;

@@ -6,6 +6,8 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
+    #[cfg(feature = "failpoints")]
+    let _failpoints = ferry_server::failpoint::setup();
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_env("FERRY_LOG")

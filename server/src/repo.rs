@@ -79,6 +79,7 @@ impl Repo {
         if let Some(dir) = dest.parent() {
             fsutil::ensure_dir(dir, DIR_MODE)?;
         }
+        crash_point!("server::object::place");
         fsutil::persist(tmp, &dest, FILE_MODE, Place::KeepExisting)?;
         Ok(())
     }
@@ -86,6 +87,7 @@ impl Repo {
     /// Stores `bytes` as an object and returns its reference.
     pub fn write_object(&self, bytes: &[u8]) -> Result<ObjectRef> {
         let r = ObjectRef::of(bytes);
+        crash_point!("server::object::write");
         fsutil::write_atomic(
             &self.object_file(&r.hash),
             bytes,
@@ -97,6 +99,7 @@ impl Repo {
 
     /// Atomically replaces the head of `channel`.
     pub fn write_head(&self, channel: &str, bytes: &[u8]) -> Result<()> {
+        crash_point!("server::head::write");
         fsutil::write_atomic(&self.head_file(channel), bytes, FILE_MODE, Place::Replace)?;
         Ok(())
     }

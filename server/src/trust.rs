@@ -68,6 +68,7 @@ pub fn latest_key_list(repo: &Repo) -> Result<Option<(KeyListRef, TrustRoot, Vec
 
 /// Writes a new key list; never replaces an existing version.
 pub fn write_key_list(repo: &Repo, version: u64, bytes: &[u8]) -> Result<()> {
+    crash_point!("server::key_list::write");
     fsutil::write_atomic(
         &key_list_file(repo, version),
         bytes,

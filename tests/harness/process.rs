@@ -80,6 +80,11 @@ impl Server {
 
     /// Starts `serve` with extra arguments (e.g. `--tls-cert`, `--tls-key`).
     pub fn start_with(repo: &Path, extra_args: &[&str]) -> Server {
+        Server::start_with_env(repo, extra_args, &[])
+    }
+
+    /// [`Server::start_with`] with extra environment variables (e.g. `FAILPOINTS`).
+    pub fn start_with_env(repo: &Path, extra_args: &[&str], env: &[(&str, &str)]) -> Server {
         let log_dir = tempfile::tempdir().expect("tempdir");
         let access_log = log_dir.path().join("access.log");
         let mut child = Command::new(bin("ferry-server"))
@@ -88,6 +93,7 @@ impl Server {
             .args(["--listen", "127.0.0.1:0", "--access-log"])
             .arg(&access_log)
             .args(extra_args)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

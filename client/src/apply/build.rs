@@ -164,6 +164,7 @@ pub fn build_tree(
                 }
                 fsutil::set_mode(&path, *mode)?;
                 ctx("syncing", &path, f.sync_all())?;
+                crash_point!("client::staging::file_written");
             }
             EntryKind::Symlink { target } => {
                 ctx(
@@ -179,6 +180,7 @@ pub fn build_tree(
     for (dir, mode) in dirs.iter().rev() {
         fsutil::fsync_dir(dir)?;
         fsutil::set_mode(dir, *mode)?;
+        crash_point!("client::staging::dir_synced");
     }
     Ok(())
 }

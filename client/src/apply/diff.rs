@@ -292,6 +292,7 @@ fn apply_inner(
         )));
     }
     ctx("writing", spool, w.flush())?;
+    crash_point!("client::spool::written");
     drop(w);
     drop(file);
     Ok(DiffSpool {

@@ -107,6 +107,10 @@ fn rollback(
         });
     }
 
+    // The pin is saved with (before) the switch: a crash after the switch must not
+    // leave the older release active but unpinned, for the next `ferry update` would
+    // silently undo the operator's rollback.
+    let pin = pin_after_rollback(root.state.pin.as_ref(), &version, &active);
     let retained_record = root.state.release(&version).cloned();
     let mut local = None;
     if let Some(record) = &retained_record {
@@ -126,6 +130,8 @@ fn rollback(
         }
     }
     let bytes_reused = if let (Some(record), Some(manifest)) = (&retained_record, local) {
+        root.state.pin = Some(pin);
+        root.save_state()?;
         switch_current(&root.layout, record.folder())?;
         root.state.active = Some(version.clone());
         manifest.total_file_bytes()
@@ -156,6 +162,7 @@ fn rollback(
             out,
             deliver::DiffHint::Nothing,
         )?;
+        root.state.pin = Some(pin);
         deliver::activate(root, &manifest, bytes.len() as u64, &stats.folder)?;
         stats.bytes_reused
     } else {
@@ -164,11 +171,6 @@ fn rollback(
             list(&retained)
         )
     };
-    root.state.pin = Some(pin_after_rollback(
-        root.state.pin.as_ref(),
-        &version,
-        &active,
-    ));
     root.state.raise_highest(&target);
     root.save_state()?;
     deliver::cleanup_and_prune(root)?;

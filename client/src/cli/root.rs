@@ -12,7 +12,7 @@ use ferry_format::verified::{Verified, verify_pinned_manifest};
 
 use super::LockArgs;
 use crate::apply::source::LocalRelease;
-use crate::install::activate::current_folder;
+use crate::install::activate::{current_folder, current_version};
 use crate::install::config::Config;
 use crate::install::layout::Layout;
 use crate::install::lock::{LockMode, RootLock};
@@ -45,7 +45,8 @@ impl Root {
         };
         let lock = RootLock::acquire(&layout.lock(), mode, timeout)?;
         let config = Config::load(&layout.config())?;
-        let state = State::load(&layout.state())?;
+        let mut state = State::load(&layout.state())?;
+        adopt_current(&layout, &mut state);
         let mut root = Root {
             layout,
             config,
@@ -176,5 +177,22 @@ impl Root {
                 }
             })
             .collect()
+    }
+}
+
+/// `current` is what runs. A crash between switching it and saving the state leaves
+/// the state naming the previous release as active; every switch saves the record of
+/// its release first, so a recorded release that `current` points to is the active
+/// one. (Saved by the next command that writes the state.)
+fn adopt_current(layout: &Layout, state: &mut State) {
+    let Some(linked) = current_version(layout) else {
+        return;
+    };
+    if state.active.as_deref() != Some(linked.as_str()) && state.release(&linked).is_some() {
+        tracing::warn!(
+            "current points to {linked}, the state says {}: an earlier command stopped right after switching; {linked} is active",
+            state.active.as_deref().unwrap_or("none")
+        );
+        state.active = Some(linked);
     }
 }

@@ -94,11 +94,14 @@ async fn fetch_one(
             .map_err(io(&part))?;
         while let Some(piece) = body.next().await {
             f.write_all(&piece?).await.map_err(io(&part))?;
+            crash_point!("client::download::part_appended");
         }
         f.flush().await.map_err(io(&part))?;
         f.sync_data().await.map_err(io(&part))?;
+        crash_point!("client::download::part_synced");
     }
     tokio::fs::rename(&part, &done).await.map_err(io(&done))?;
+    crash_point!("client::download::range_complete");
     Ok(())
 }
 

@@ -25,11 +25,13 @@ pub fn switch_current(layout: &Layout, folder: &str) -> Result<(), FsError> {
         &tmp,
         std::os::unix::fs::symlink(Layout::current_target(folder), &tmp),
     )?;
+    crash_point!("client::switch_current::link_made");
     fsutil::ctx(
         "renaming",
         &layout.current(),
         fs::rename(&tmp, layout.current()),
     )?;
+    crash_point!("client::switch_current::renamed");
     fsutil::fsync_dir(layout.root())
 }
 

@@ -69,6 +69,7 @@ fn append_capped(path: &Path, event: &Event, max_bytes: u64) -> Result<(), Store
         fsutil::ctx("rotating", path, std::fs::rename(path, &older))?;
         fsutil::fsync_dir(older.parent().unwrap_or(Path::new(".")))?;
     }
+    crash_point!("client::history::append");
     Ok(fsutil::append_line(path, &line)?)
 }
 

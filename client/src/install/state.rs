@@ -93,6 +93,7 @@ impl State {
     }
 
     pub fn save(&self, path: &Path) -> Result<(), StoreError> {
+        crash_point!("client::state::save");
         write_json(path, self)
     }
 

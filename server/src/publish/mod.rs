@@ -220,6 +220,7 @@ pub fn publish(opts: &PublishOptions<'_>) -> Result<PublishReport> {
 
     // Step 3: objects.
     let archive = archive::write_archive(&repo, prev_manifest, &mut table)?;
+    crash_point!("server::publish::archive_written");
     let entries = pending
         .into_iter()
         .map(|(path, kind)| Entry {
@@ -284,6 +285,7 @@ pub fn publish(opts: &PublishOptions<'_>) -> Result<PublishReport> {
     manifest.diffs = diff_refs;
     let manifest_bytes = manifest.sign(&signers)?;
     let manifest_ref = repo.write_object(&manifest_bytes)?;
+    crash_point!("server::publish::manifest_written");
     let manifest_diffs =
         diff::write_manifest_diffs(&repo, &manifest_bytes, &bases, &earlier, &manifest.diffs)?;
     drop(bases);
@@ -320,6 +322,7 @@ pub fn publish(opts: &PublishOptions<'_>) -> Result<PublishReport> {
         manifest_diffs,
     };
     let head_bytes = head.sign(&signers)?;
+    crash_point!("server::publish::head_signed");
     repo.write_head(&opts.channel, &head_bytes)?;
 
     let chunks_carried = table.carried.len();

@@ -460,6 +460,7 @@ where
         if let Some(dir) = dest.parent() {
             fsutil::ensure_dir(dir, DIR_MODE)?;
         }
+        crash_point!("server::upload::object_received");
         fsutil::persist(tmp, &dest, FILE_MODE, Place::KeepExisting)
     })
     .await
@@ -614,6 +615,7 @@ where
     };
     check_sequence(expected, current_sequence, head.sequence)?;
     let ch = channel.to_string();
+    crash_point!("server::upload::head_swap");
     blocking(move || repo.write_head(&ch, &bytes))
         .await
         .map_err(internal)?;

@@ -415,6 +415,7 @@ fn build_release(
     // active one) until pruning finds nothing pointing to it.
     let folder = layout.free_folder(&version);
     let final_dir = layout.release_dir(&folder);
+    crash_point!("client::versions::rename");
     fsutil::ctx(
         "renaming into place",
         &final_dir,
@@ -569,7 +570,6 @@ pub fn activate(
     folder: &str,
 ) -> Result<()> {
     let version = manifest.version.clone();
-    switch_current(&root.layout, folder)?;
     let now = report::unix_now();
     let installed_at = root.state.release(&version).map_or(now, |r| r.installed_at);
     root.state.record_release(ReleaseRecord {
@@ -579,6 +579,11 @@ pub fn activate(
         installed_at,
         folder: Some(folder.to_string()),
     });
+    // The record is saved before the switch: a crash right after it leaves a state
+    // that knows the release `current` points to, which the next command adopts
+    // (`Root::open`), so `ferry verify` and `status` never see an unknown release.
+    root.save_state()?;
+    switch_current(&root.layout, folder)?;
     root.state.active = Some(version);
     Ok(())
 }
@@ -642,6 +647,7 @@ pub fn cleanup_and_prune(root: &mut Root) -> Result<()> {
             if is_tree {
                 tracing::info!("pruning release folder {name}");
             }
+            crash_point!("client::prune::remove");
             if let Err(e) = fsutil::remove_tree(&entry.path()) {
                 tracing::warn!("pruning {name}: {e}");
             }
