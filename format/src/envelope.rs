@@ -60,6 +60,26 @@ impl ObjectKind {
             ObjectKind::KeyList => 64 << 10,
         }
     }
+
+    /// Refuses an encoded object of `size` bytes that readers would refuse. Writers
+    /// call it before storing an object, so nothing is published that no agent can read.
+    pub fn check_size(self, size: u64) -> Result<()> {
+        if size > self.max_size() {
+            return Err(FormatError::TooLarge {
+                kind: self.name(),
+                what: "encoded object (bytes)",
+                found: size,
+                limit: self.max_size(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The encoded size of an envelope around a body of `body_len` bytes with
+/// `signatures` signatures (the framing above), without building it.
+pub fn encoded_size(body_len: u64, signatures: usize) -> u64 {
+    12 + body_len + 96 * signatures as u64
 }
 
 /// One (key id, signature) entry.
@@ -163,14 +183,7 @@ impl Envelope {
     /// Parses the framing. Nothing is trusted yet: call [`Envelope::verify`].
     pub fn decode(kind: ObjectKind, bytes: &[u8]) -> Result<Self> {
         let name = kind.name();
-        if bytes.len() as u64 > kind.max_size() {
-            return Err(FormatError::TooLarge {
-                kind: name,
-                what: "object",
-                found: bytes.len() as u64,
-                limit: kind.max_size(),
-            });
-        }
+        kind.check_size(bytes.len() as u64)?;
         let mut r = Reader::new(name, bytes);
         if r.take(4, "magic")? != kind.magic() {
             return Err(FormatError::BadMagic { kind: name });
@@ -236,6 +249,15 @@ impl Envelope {
         }
         let reason = if !bad.is_empty() {
             format!("invalid signature by trusted key {}", bad[0])
+        } else if !good.is_empty() {
+            // Some trusted keys signed, too few: say how many are required.
+            format!(
+                "signed by {} of the trusted keys, below the threshold of {} (signed by {}; trusted: {})",
+                good.len(),
+                trusted.threshold,
+                short_ids(good.iter().copied()),
+                short_ids(trusted.key_ids().into_iter())
+            )
         } else {
             format!(
                 "not signed by a trusted key (signed by {}; trusted: {})",
