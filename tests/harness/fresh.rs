@@ -42,9 +42,7 @@ pub fn newest_source(workspace: &Path, crates: &[&str]) -> Option<(PathBuf, Syst
                     Ok(t) if t.is_dir() => stack.push(p),
                     // Only what the compiler reads: a note dropped into src/ does not
                     // make cargo rebuild, so it must not make the binary "stale".
-                    Ok(t) if t.is_file() && p.extension().is_some_and(|x| x == "rs") => {
-                        consider(p)
-                    }
+                    Ok(t) if t.is_file() && p.extension().is_some_and(|x| x == "rs") => consider(p),
                     _ => {}
                 }
             }

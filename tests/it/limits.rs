@@ -6,32 +6,35 @@ use std::path::Path;
 use ferry_format::envelope::ObjectKind;
 use ferry_tests::{Publisher, bin, run};
 
-/// Writes `files` empty files with long names deep in `root`: every manifest entry
-/// then costs about 3.8 KB, so a few thousand files make a large manifest quickly.
-fn long_named_tree(root: &Path, files: usize) -> usize {
-    let mut dir = root.to_path_buf();
-    let mut rel_len = 0;
-    for d in 0..14 {
-        let name = format!("{d:02}{}", "d".repeat(248));
-        dir.push(&name);
-        rel_len += name.len() + 1;
+/// Writes `links` tiny files (symlinks) with long names and long targets into `root`:
+/// every manifest entry then costs about 4 KB, so a large manifest takes few files,
+/// each made with one short-path syscall (files deep in long folders cost a walk of
+/// the whole path per file). Returns the bytes of one entry's path and target.
+fn long_named_links(root: &Path, links: usize) -> usize {
+    let target = (0..15)
+        .map(|d| format!("{d:02}{}", "t".repeat(248)))
+        .collect::<Vec<_>>()
+        .join("/");
+    for i in 0..links {
+        std::os::unix::fs::symlink(&target, root.join(format!("{i:06}{}", "l".repeat(244))))
+            .unwrap();
     }
-    std::fs::create_dir_all(&dir).unwrap();
-    for i in 0..files {
-        std::fs::File::create(dir.join(format!("{i:06}{}", "f".repeat(244)))).unwrap();
-    }
-    rel_len + 250
+    250 + target.len()
 }
 
 #[test]
 fn publish_refuses_a_manifest_over_the_agents_limit_before_writing_anything() {
     let publisher = Publisher::new("stable");
-    let src = tempfile::tempdir().unwrap();
+    // Memory-backed when the machine has /dev/shm: tens of thousands of entries are
+    // made and removed in a second there, and in tens of seconds on a busy disk.
+    let src = tempfile::tempdir_in("/dev/shm")
+        .or_else(|_| tempfile::tempdir())
+        .unwrap();
     let limit = ObjectKind::Manifest.max_size();
-    // Each file entry: path (u64 length + bytes), kind tag, mode, size, hash, chunk list.
-    let path_len = long_named_tree(src.path(), 0);
-    let files = (limit as usize / (path_len + 64)) + 400;
-    long_named_tree(src.path(), files);
+    // Each entry: path and target (u64 length + bytes each) and the kind tag.
+    let entry = long_named_links(src.path(), 0) + 20;
+    let links = limit as usize / entry + 100;
+    long_named_links(src.path(), links);
 
     let (repo, key) = (publisher.repo(), publisher.key());
     let args = [
@@ -50,7 +53,10 @@ fn publish_refuses_a_manifest_over_the_agents_limit_before_writing_anything() {
     ];
     let out = run(bin("ferry-server"), &args);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "publish of {files} files succeeded");
+    assert!(
+        !out.status.success(),
+        "publish of {links} entries succeeded"
+    );
     let size: u64 = err
         .split("would have ")
         .nth(1)
@@ -62,7 +68,7 @@ fn publish_refuses_a_manifest_over_the_agents_limit_before_writing_anything() {
         err.contains(&format!("manifests of at most {limit} bytes")),
         "the error names the agents' limit: {err}"
     );
-    assert!(err.contains(&format!("{files} files")), "{err}");
+    assert!(err.contains(&format!("{links} entries")), "{err}");
 
     assert!(!publisher.head_file().exists(), "a head was written");
     let objects: Vec<_> = walk_files(&repo)

@@ -329,22 +329,7 @@ pub fn publish(opts: &PublishOptions<'_>) -> Result<PublishReport> {
         manifest_diffs,
     };
     let head_bytes = head.sign(&signers)?;
-    ObjectKind::ChannelHead
-        .check_size(head_bytes.len() as u64)
-        .map_err(|source| Error::FormatContext {
-            context: format!(
-                "release {} of channel {:?} cannot be published: its channel head \
-                 ({} releases, {} manifest diffs) would have {} bytes, and agents read \
-                 heads of at most {} bytes; publish with a smaller --retain",
-                opts.version,
-                opts.channel,
-                head.releases.len(),
-                head.manifest_diffs.len(),
-                head_bytes.len(),
-                ObjectKind::ChannelHead.max_size(),
-            ),
-            source,
-        })?;
+    head_readable(&head, &head_bytes, &opts.version)?;
     repo.write_head(&opts.channel, &head_bytes)?;
 
     let chunks_carried = table.carried.len();
@@ -384,6 +369,26 @@ fn readable(manifest: &Manifest, signatures: usize, files: usize) -> Result<()> 
                 manifest.entries.len(),
                 manifest.chunks.len(),
                 ObjectKind::Manifest.max_size(),
+            ),
+            source,
+        })
+}
+
+/// Refuses a signed head agents would refuse to read (over [`ObjectKind::max_size`]),
+/// naming both sizes.
+fn head_readable(head: &ChannelHead, bytes: &[u8], version: &str) -> Result<()> {
+    ObjectKind::ChannelHead
+        .check_size(bytes.len() as u64)
+        .map_err(|source| Error::FormatContext {
+            context: format!(
+                "release {version} of channel {:?} cannot be published: its channel head \
+                 ({} releases, {} manifest diffs) would have {} bytes, and agents read \
+                 heads of at most {} bytes; publish with a smaller --retain",
+                head.channel,
+                head.releases.len(),
+                head.manifest_diffs.len(),
+                bytes.len(),
+                ObjectKind::ChannelHead.max_size(),
             ),
             source,
         })
@@ -441,5 +446,51 @@ impl PublishReport {
             manifest_diffs = self.manifest_diffs,
             secs = self.elapsed.as_secs_f64(),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_format::head::MAX_RELEASES;
+
+    /// Heads are bounded by their release count today (at most 1,024 short entries,
+    /// far below 1 MiB), so no valid head reaches the limit; the check still guards
+    /// the bytes against future fields, and must name both sizes.
+    #[test]
+    fn a_head_over_the_agents_limit_is_refused() {
+        let key = SecretKey::from_seed([1; 32]);
+        let head = ChannelHead {
+            channel: "stable".into(),
+            sequence: 1,
+            issued_at: 1_700_000_000,
+            expires_at: 1_700_604_800,
+            min_client_format: FORMAT_VERSION,
+            releases: (1..=MAX_RELEASES)
+                .map(|k| ReleaseRef {
+                    version: format!("{k}.0.0-{}", "r".repeat(50)),
+                    manifest: ObjectRef {
+                        hash: Digest([7; 32]),
+                        size: 1000,
+                    },
+                })
+                .collect(),
+            key_list: None,
+            manifest_diffs: vec![],
+        };
+        let largest = head.sign(&[&key]).unwrap();
+        head_readable(&head, &largest, "1024.0.0").unwrap();
+
+        let limit = ObjectKind::ChannelHead.max_size();
+        let over = vec![0; limit as usize + 1];
+        let err = head_readable(&head, &over, "1024.0.0")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&format!("would have {} bytes", limit + 1))
+                && err.contains(&format!("at most {limit} bytes"))
+                && err.contains("1024 releases"),
+            "{err}"
+        );
     }
 }
