@@ -67,7 +67,7 @@ impl ObjectKind {
         if size > self.max_size() {
             return Err(FormatError::TooLarge {
                 kind: self.name(),
-                what: "encoded object (bytes)",
+                what: "size in bytes",
                 found: size,
                 limit: self.max_size(),
             });
