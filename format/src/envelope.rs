@@ -319,6 +319,20 @@ mod tests {
     }
 
     #[test]
+    fn too_few_trusted_signatures_name_the_threshold() {
+        let (a, b) = (SecretKey::from_seed([1; 32]), SecretKey::from_seed([2; 32]));
+        let two_of_two = TrustedKeys::new(vec![a.public(), b.public()], 2).unwrap();
+        let env = Envelope::sign(ObjectKind::Manifest, b"abc".to_vec(), &[&a]);
+        let e = env.verify(&two_of_two).unwrap_err().to_string();
+        assert!(
+            e.contains("signed by 1 of the trusted keys, below the threshold of 2"),
+            "{e}"
+        );
+        let both = Envelope::sign(ObjectKind::Manifest, b"abc".to_vec(), &[&a, &b]);
+        assert_eq!(both.verify(&two_of_two).unwrap().len(), 2);
+    }
+
+    #[test]
     fn framing_errors() {
         let k = SecretKey::from_seed([1; 32]);
         let bytes = Envelope::sign(ObjectKind::Manifest, vec![1, 2, 3], &[&k]).encode();
