@@ -53,5 +53,6 @@ for t in $(cargo fuzz list); do
   grep -A2 -E "panicked at|ERROR: (AddressSanitizer|LeakSanitizer|libFuzzer)" "$log" \
     | head -n 8 | sed 's/^/    /' || true
   echo "    log: fuzz/$log; reproduce: RUSTC_BOOTSTRAP=1 cargo fuzz run $t ${artifact:-<artifact>}"
+  echo "    once fixed, keep it: copy the artifact to fuzz/regressions/$t/ (see fuzz/regressions/README.md)"
 done
 exit "$failed"

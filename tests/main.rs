@@ -11,6 +11,7 @@ mod it {
     pub mod limits;
     pub mod paths;
     pub mod pipeline;
+    pub mod publish_limits;
     pub mod reinit;
     pub mod resume;
     pub mod rollback;

@@ -27,6 +27,24 @@ pub(crate) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     bincode::serde::encode_to_vec(value, config()).expect("encoding a body into memory")
 }
 
+/// The length [`encode`] would produce, counted without holding the bytes.
+pub(crate) fn encoded_len<T: Serialize>(value: &T) -> u64 {
+    struct Count(u64);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len() as u64;
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    bincode::serde::encode_into_std_write(value, &mut count, config())
+        .expect("encoding a body into a counter");
+    count.0
+}
+
 pub(crate) fn decode<T: DeserializeOwned>(kind: &'static str, bytes: &[u8]) -> Result<T> {
     let (value, used) =
         bincode::serde::decode_from_slice::<T, _>(bytes, config()).map_err(|e| {

@@ -60,6 +60,26 @@ impl ObjectKind {
             ObjectKind::KeyList => 64 << 10,
         }
     }
+
+    /// Refuses an encoded object of `size` bytes that readers would refuse. Writers
+    /// call it before storing an object, so nothing is published that no agent can read.
+    pub fn check_size(self, size: u64) -> Result<()> {
+        if size > self.max_size() {
+            return Err(FormatError::TooLarge {
+                kind: self.name(),
+                what: "size in bytes",
+                found: size,
+                limit: self.max_size(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The encoded size of an envelope around a body of `body_len` bytes with
+/// `signatures` signatures (the framing above), without building it.
+pub fn encoded_size(body_len: u64, signatures: usize) -> u64 {
+    12 + body_len + 96 * signatures as u64
 }
 
 /// One (key id, signature) entry.
@@ -163,14 +183,7 @@ impl Envelope {
     /// Parses the framing. Nothing is trusted yet: call [`Envelope::verify`].
     pub fn decode(kind: ObjectKind, bytes: &[u8]) -> Result<Self> {
         let name = kind.name();
-        if bytes.len() as u64 > kind.max_size() {
-            return Err(FormatError::TooLarge {
-                kind: name,
-                what: "object",
-                found: bytes.len() as u64,
-                limit: kind.max_size(),
-            });
-        }
+        kind.check_size(bytes.len() as u64)?;
         let mut r = Reader::new(name, bytes);
         if r.take(4, "magic")? != kind.magic() {
             return Err(FormatError::BadMagic { kind: name });
@@ -236,6 +249,15 @@ impl Envelope {
         }
         let reason = if !bad.is_empty() {
             format!("invalid signature by trusted key {}", bad[0])
+        } else if !good.is_empty() {
+            // Some trusted keys signed, too few: say how many are required.
+            format!(
+                "signed by {} of the trusted keys, below the threshold of {} (signed by {}; trusted: {})",
+                good.len(),
+                trusted.threshold,
+                short_ids(good.iter().copied()),
+                short_ids(trusted.key_ids().into_iter())
+            )
         } else {
             format!(
                 "not signed by a trusted key (signed by {}; trusted: {})",
@@ -294,6 +316,20 @@ mod tests {
         t.body[0] ^= 1;
         let e = t.verify(&TrustedKeys::single(k.public())).unwrap_err();
         assert!(e.to_string().contains("invalid signature"), "{e}");
+    }
+
+    #[test]
+    fn too_few_trusted_signatures_name_the_threshold() {
+        let (a, b) = (SecretKey::from_seed([1; 32]), SecretKey::from_seed([2; 32]));
+        let two_of_two = TrustedKeys::new(vec![a.public(), b.public()], 2).unwrap();
+        let env = Envelope::sign(ObjectKind::Manifest, b"abc".to_vec(), &[&a]);
+        let e = env.verify(&two_of_two).unwrap_err().to_string();
+        assert!(
+            e.contains("signed by 1 of the trusted keys, below the threshold of 2"),
+            "{e}"
+        );
+        let both = Envelope::sign(ObjectKind::Manifest, b"abc".to_vec(), &[&a, &b]);
+        assert_eq!(both.verify(&two_of_two).unwrap().len(), 2);
     }
 
     #[test]

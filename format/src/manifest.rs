@@ -251,6 +251,12 @@ impl Manifest {
     }
 
     /// Validates, signs and encodes the manifest into the bytes stored in the repository.
+    /// The size of this manifest once signed by `signatures` keys, without signing:
+    /// publishers compare it with [`ObjectKind::max_size`] before writing anything.
+    pub fn signed_size(&self, signatures: usize) -> u64 {
+        crate::envelope::encoded_size(codec::encoded_len(self), signatures)
+    }
+
     pub fn sign(&self, keys: &[&SecretKey]) -> Result<Vec<u8>> {
         self.validate()?;
         Ok(Envelope::sign(ObjectKind::Manifest, codec::encode(self), keys).encode())
@@ -320,6 +326,32 @@ mod tests {
     #[test]
     fn sample_is_valid() {
         sample().validate().unwrap();
+    }
+
+    #[test]
+    fn signed_size_is_the_size_sign_produces() {
+        let k1 = SecretKey::from_seed([1; 32]);
+        let k2 = SecretKey::from_seed([2; 32]);
+        let m = sample();
+        assert_eq!(m.signed_size(1), m.sign(&[&k1]).unwrap().len() as u64);
+        assert_eq!(m.signed_size(2), m.sign(&[&k1, &k2]).unwrap().len() as u64);
+    }
+
+    #[test]
+    fn check_size_refuses_what_readers_refuse() {
+        let limit = ObjectKind::Manifest.max_size();
+        ObjectKind::Manifest.check_size(limit).unwrap();
+        let e = ObjectKind::Manifest
+            .check_size(limit + 1)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(&format!("{}", limit + 1)) && e.contains(&format!("{limit}")),
+            "{e}"
+        );
+        let head = ObjectKind::ChannelHead.max_size();
+        assert_eq!(head, 1 << 20);
+        assert!(ObjectKind::ChannelHead.check_size(head + 1).is_err());
     }
 
     #[test]

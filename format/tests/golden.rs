@@ -1,13 +1,24 @@
-//! Golden vectors: the exact bytes of a fixed head and manifest. bincode is no longer
+//! Golden vectors: the exact bytes of a fixed head, manifest and key list, and a
+//! manifest diff and diff object agents must keep reading. bincode is no longer
 //! developed, so these pin the encoding FORMAT.md specifies; if they fail, the wire
-//! format changed. Regenerate (only for a deliberate format change, with a format
-//! version bump) with `FERRY_BLESS=1 cargo test -p ferry-format --test golden`.
+//! format changed. Regenerate all of them (only for a deliberate format change, with a
+//! format version bump) with one command:
+//! `FERRY_BLESS=1 cargo test -p ferry-format --test golden`.
+//!
+//! These are written by the code under test; `testdata/independent/` holds a vector
+//! computed without it (format/tests/independent.rs).
 
 use std::path::PathBuf;
 
 use ferry_format::chunking::ChunkParams;
+use ferry_format::delta::apply::{ConcatBase, apply};
+use ferry_format::delta::encode::{Sinks, encode};
+use ferry_format::delta::manifest_diff::{apply_manifest_diff, encode_manifest_diff};
+use ferry_format::delta::pack::{object_in_memory, pack_in_memory};
+use ferry_format::delta::{BSDIFF_V2, DiffHeader, DiffLayout, DiffRef};
 use ferry_format::head::{ChannelHead, ReleaseRef};
 use ferry_format::id::{ChunkId, Digest, ObjectRef};
+use ferry_format::keylist::KeyList;
 use ferry_format::keys::SecretKey;
 use ferry_format::manifest::{ChunkRecord, Entry, EntryKind, Manifest};
 
@@ -15,15 +26,32 @@ fn vectors() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../testdata/vectors")
 }
 
-fn check(name: &str, bytes: &[u8]) {
+fn blessing() -> bool {
+    std::env::var_os("FERRY_BLESS").is_some()
+}
+
+/// The stored vector `name`, written from `bytes` when blessing.
+fn stored(name: &str, bytes: &[u8]) -> String {
     let path = vectors().join(name);
-    let hex_now = hex_lines(bytes);
-    if std::env::var_os("FERRY_BLESS").is_some() {
+    if blessing() {
         std::fs::create_dir_all(vectors()).unwrap();
-        std::fs::write(&path, &hex_now).unwrap();
+        std::fs::write(&path, hex_lines(bytes)).unwrap();
     }
-    let stored = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e}; run with FERRY_BLESS=1 to create", path.display()));
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}; run with FERRY_BLESS=1 to create", path.display()))
+}
+
+fn from_hex_lines(text: &str) -> Vec<u8> {
+    let hex: String = text.split_whitespace().collect();
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+fn check(name: &str, bytes: &[u8]) {
+    let hex_now = hex_lines(bytes);
+    let stored = stored(name, bytes);
     assert_eq!(
         stored, hex_now,
         "{name} changed: the wire format is not what FORMAT.md specifies"
@@ -72,7 +100,16 @@ fn golden_head() {
 
 #[test]
 fn golden_manifest() {
-    let m = Manifest {
+    check(
+        "manifest_stable_1.1.0_seed01.hex",
+        &manifest_1_1_0()
+            .sign(&[&SecretKey::from_seed([1; 32])])
+            .unwrap(),
+    );
+}
+
+fn manifest_1_1_0() -> Manifest {
+    Manifest {
         channel: "stable".into(),
         version: "1.1.0".into(),
         generation: 2,
@@ -117,9 +154,148 @@ fn golden_manifest() {
             },
         ],
         diffs: vec![],
-    };
+    }
+}
+
+#[test]
+fn golden_key_list() {
+    let key = |seed: u8| SecretKey::from_seed([seed; 32]);
+    let list = KeyList::new(
+        3,
+        1_700_000_000,
+        &[key(2).public(), key(3).public()],
+        1,
+        &[key(4).public(), key(5).public(), key(6).public()],
+        2,
+    )
+    .unwrap();
     check(
-        "manifest_stable_1.1.0_seed01.hex",
-        &m.sign(&[&SecretKey::from_seed([1; 32])]).unwrap(),
+        "key_list_v3_seed02_03.hex",
+        &list.sign(&[&key(2), &key(3)]).unwrap(),
     );
+}
+
+fn manifest_1_2_0() -> Manifest {
+    let mut m = manifest_1_1_0();
+    m.version = "1.2.0".into();
+    m.generation = 3;
+    m.chunks[1].id = ChunkId::of(b"c");
+    m.chunks[1].generation = 3;
+    if let EntryKind::File { hash, .. } = &mut m.entries[1].kind {
+        *hash = Digest([0x55; 32]);
+    }
+    m.diffs = vec![DiffRef {
+        base_version: "1.1.0".into(),
+        base_manifest: Digest([0x66; 32]),
+        object: ObjectRef {
+            hash: Digest([0x77; 32]),
+            size: 999,
+        },
+    }];
+    m
+}
+
+/// A manifest diff is a zstd frame whose choices (matches, block splits) belong to
+/// zstd, not to FORMAT.md: what is pinned is that the stored diff keeps turning the
+/// base into exactly the new manifest, as an agent of this format version applies it.
+#[test]
+fn golden_manifest_diff() {
+    let k = SecretKey::from_seed([1; 32]);
+    let base = manifest_1_1_0().sign(&[&k]).unwrap();
+    let target = manifest_1_2_0().sign(&[&k]).unwrap();
+    let fresh = encode_manifest_diff(&base, &target, 19).unwrap();
+    let diff = from_hex_lines(&stored("manifest_diff_1.1.0_to_1.2.0_seed01.hex", &fresh));
+    assert!(
+        diff.len() < target.len(),
+        "a diff smaller than what it builds"
+    );
+    let out = apply_manifest_diff(&base, &diff, target.len() as u64).unwrap();
+    assert_eq!(
+        out, target,
+        "the stored manifest diff no longer builds 1.2.0"
+    );
+    // What this build writes is read the same way.
+    assert_eq!(
+        apply_manifest_diff(&base, &fresh, target.len() as u64).unwrap(),
+        target
+    );
+}
+
+fn text(seed: u32, lines: usize) -> Vec<u8> {
+    (0..lines)
+        .map(|i| format!("line {i:05} of release {} {}\n", seed, i * 7 % 13))
+        .collect::<String>()
+        .into_bytes()
+}
+
+fn apply_object(base: &[u8], object: &[u8]) -> (DiffHeader, Vec<u8>) {
+    let (header, start) = DiffHeader::decode_prefix(object, object.len() as u64).unwrap();
+    let streams: Vec<&[u8]> = header
+        .stream_ranges(start)
+        .into_iter()
+        .map(|(o, l)| &object[o as usize..(o + l) as usize])
+        .collect();
+    let mut out = Vec::new();
+    apply(&header, &ConcatBase::new(vec![base]), streams, &mut |b| {
+        out.extend_from_slice(b);
+        Ok(())
+    })
+    .unwrap();
+    (header, out)
+}
+
+/// A diff object: the header (FORMAT.md §3.6) is pinned byte for byte; the streams
+/// are LZMA2 or bzip3 output, whose exact bytes belong to those libraries, so what is
+/// pinned for them is that the stored object keeps producing exactly the target.
+#[test]
+fn golden_diff_object() {
+    let base = text(1, 300);
+    let mut target = text(2, 320);
+    target[100..140].copy_from_slice(&[b'x'; 40]);
+    let (c, d, e, _) = encode(
+        &base,
+        &target,
+        Sinks {
+            control: Vec::new(),
+            diff: Vec::new(),
+            extra: Vec::new(),
+        },
+    )
+    .unwrap();
+    let packed = pack_in_memory(&c, &d, &e).unwrap();
+    let header = DiffHeader {
+        algorithm: BSDIFF_V2,
+        base_manifest: Digest([0x11; 32]),
+        base_size: base.len() as u64,
+        target_size: target.len() as u64,
+        target_chunks: 2,
+        layout: packed.layout,
+        streams: packed.streams.iter().map(|(h, _)| *h).collect(),
+    };
+    let fresh = object_in_memory(&header, &packed);
+    let object = from_hex_lines(&stored("diff_object_bsdiff2_text.hex", &fresh));
+
+    let (stored_header, out) = apply_object(&base, &object);
+    assert_eq!(
+        out, target,
+        "the stored diff object no longer builds its target"
+    );
+    assert_eq!(stored_header.algorithm, BSDIFF_V2);
+    assert_eq!(stored_header.base_manifest, Digest([0x11; 32]));
+    assert_eq!(
+        (stored_header.base_size, stored_header.target_size),
+        (base.len() as u64, target.len() as u64)
+    );
+    assert_eq!(stored_header.target_chunks, 2);
+    assert!(matches!(
+        stored_header.layout,
+        DiffLayout::Dense | DiffLayout::Sparse
+    ));
+    let prefix = stored_header.encode_prefix();
+    assert_eq!(
+        &object[..prefix.len()],
+        &prefix[..],
+        "the diff header encoding changed"
+    );
+    assert_eq!(apply_object(&base, &fresh).1, target);
 }

@@ -4,6 +4,7 @@
 //! deterministic. Every process a test starts is stopped when its guard drops.
 
 pub mod connect_proxy;
+pub mod fresh;
 pub mod nginx;
 pub mod process;
 pub mod proxy;

@@ -3,11 +3,14 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
+use std::sync::{Mutex, mpsc};
+
+use crate::fresh;
 use std::time::Duration;
 
 /// Path of a workspace binary (`ferry` or `ferry-server`) of the profile the tests run
-/// in. `.ci/run` builds them before the tests (`cargo build --workspace --bins`).
+/// in. `.ci/run` builds them before the tests (`cargo build --workspace --bins`); a
+/// binary older than a source it is built from is refused ([`fresh`]).
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     // target/<profile>/deps/e2e-<hash> -> target/<profile>/<name>
@@ -21,6 +24,18 @@ pub fn bin(name: &str) -> PathBuf {
         "{} not found: build the binaries first with `cargo build --workspace --bins`",
         path.display()
     );
+    // Once per binary per test process (nextest runs one test per process).
+    static CHECKED: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let mut checked = CHECKED.lock().unwrap_or_else(|e| e.into_inner());
+    if !checked.iter().any(|n| n == name) {
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("tests/ lives in the workspace");
+        if let Err(stale) = fresh::check_fresh(&path, workspace, fresh::crates_of(name)) {
+            panic!("{stale}");
+        }
+        checked.push(name.to_string());
+    }
     path
 }
 

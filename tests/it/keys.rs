@@ -5,10 +5,11 @@
 use std::path::PathBuf;
 
 use ferry_format::envelope::TrustedKeys;
-use ferry_format::head::ChannelHead;
+use ferry_format::head::{ChannelHead, ReleaseRef};
+use ferry_format::id::{Digest, ObjectRef};
 use ferry_format::keylist::{TrustRoot, key_list_ref};
 use ferry_format::keys::SecretKey;
-use ferry_format::verified::verify_own_head;
+use ferry_format::verified::{verify_own_head, verify_pinned_manifest};
 use ferry_tests::{Agent, Publisher, assert_ok, bin, run};
 
 use super::fixtures::{Scene, Sources, tree_eq, v};
@@ -265,4 +266,86 @@ fn refresh_head_revives_an_expired_channel_without_a_release() {
     let r = agent.update();
     assert_eq!(r["to"], v(1));
     assert_eq!(agent.active().as_deref(), Some("1.0.0"));
+}
+
+#[test]
+fn agents_refuse_heads_and_manifests_signed_below_the_threshold() {
+    let p = Publisher::new("stable");
+    let sources = Sources::app(2);
+    for name in ["root1", "pub3", "pub4"] {
+        keygen(&p, name);
+    }
+    // Key list 1: publishing needs both pub3 and pub4.
+    let out = new_list(
+        &p,
+        &[
+            "--root",
+            &key(&p, "root1.pub"),
+            "--publisher",
+            &key(&p, "pub3.pub"),
+            "--publisher",
+            &key(&p, "pub4.pub"),
+            "--threshold",
+            "2",
+            "--sign",
+            &key(&p, "ferry.key"),
+            "--sign",
+            &key(&p, "root1.key"),
+            "--previous-key",
+            &key(&p, "ferry.pub"),
+        ],
+    );
+    assert_ok(&out, "key new-list 1");
+    let both = [key(&p, "pub3.key"), key(&p, "pub4.key")];
+    assert_ok(
+        &publish_with_keys(&p, &v(1), &sources.release(1), &[&both[0], &both[1]]),
+        "publish 1 with 2 of 2",
+    );
+    let srv = p.serve();
+    let agent = Agent::init(&srv.url, "stable", &p.public_key(), &[]);
+    assert_eq!(agent.update()["to"], v(1));
+
+    let list1 = TrustRoot::from_stored(&std::fs::read(p.repo().join("keys/1")).unwrap()).unwrap();
+    let (k3, k4) = (secret(&both[0]), secret(&both[1]));
+    let original = std::fs::read(p.head_file()).unwrap();
+
+    // A head signed by one current publishing key of two.
+    rewrite_head(&p, &list1.publishers(), &[&k3], |h| h.sequence += 1);
+    let err = agent.update_fails();
+    assert!(
+        err.contains("channel head: signed by 1 of the trusted keys, below the threshold of 2"),
+        "{err}"
+    );
+    assert_eq!(agent.active().as_deref(), Some("1.0.0"));
+
+    // A head signed by both that names a manifest signed by one: the manifest of
+    // release 1 as release 2, re-signed by pub3 alone.
+    std::fs::write(p.head_file(), &original).unwrap();
+    let head = verify_own_head(&original, &list1.publishers()).unwrap();
+    let bytes = std::fs::read(p.object_file(&head.current().manifest.hash.to_hex())).unwrap();
+    let mut manifest = (*verify_pinned_manifest(&bytes, head.current(), "stable").unwrap()).clone();
+    manifest.version = v(2);
+    let one_signed = manifest.sign(&[&k3]).unwrap();
+    let named = ObjectRef {
+        hash: Digest::of(&one_signed),
+        size: one_signed.len() as u64,
+    };
+    let path = p.object_file(&named.hash.to_hex());
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, &one_signed).unwrap();
+    rewrite_head(&p, &list1.publishers(), &[&k3, &k4], |h| {
+        h.sequence += 2;
+        h.manifest_diffs.clear();
+        h.releases.push(ReleaseRef {
+            version: v(2),
+            manifest: named,
+        });
+    });
+    let err = agent.update_fails();
+    assert!(
+        err.contains("manifest: signed by 1 of the trusted keys, below the threshold of 2"),
+        "{err}"
+    );
+    assert_eq!(agent.active().as_deref(), Some("1.0.0"));
+    tree_eq(&agent.current(), &sources.release(1));
 }

@@ -135,7 +135,8 @@ fn head_for_another_channel_is_refused() {
         h.sequence += 1;
         h.channel = "beta".into();
     });
-    s.assert_refused("channel");
+    // Every head error names the channel; this one must say which channel it is for.
+    s.assert_refused(r#"channel head is for channel "beta", expected channel "stable""#);
 }
 
 #[test]

@@ -30,9 +30,9 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ferry_format::chunking::{ChunkParams, chunk_reader};
-use ferry_format::envelope::{FORMAT_VERSION, TrustedKeys};
+use ferry_format::envelope::{FORMAT_VERSION, ObjectKind, TrustedKeys};
 use ferry_format::head::{ChannelHead, ReleaseRef};
-use ferry_format::id::Digest;
+use ferry_format::id::{Digest, ObjectRef};
 use ferry_format::keys::SecretKey;
 use ferry_format::manifest::{Entry, EntryKind, MAX_DIFFS, Manifest};
 use ferry_format::verified::{verify_own_head, verify_pinned_manifest};
@@ -218,9 +218,19 @@ pub fn publish(opts: &PublishOptions<'_>) -> Result<PublishReport> {
     }
     let mut table = builder.finish()?;
 
-    // Step 3: objects.
-    let archive = archive::write_archive(&repo, prev_manifest, &mut table)?;
-    crash_point!("server::publish::archive_written");
+    // The new head names the repository's newest key list, and everything is signed by
+    // all given keys; refuse now if they do not meet that list's threshold.
+    let signers: Vec<&SecretKey> = std::iter::once(opts.key).chain(opts.extra_keys).collect();
+    let key_list = crate::trust::latest_key_list(&repo)?;
+    let trust = match &key_list {
+        Some((_, root, _)) => root.publishers(),
+        None => TrustedKeys::single(opts.key.public()),
+    };
+    crate::trust::check_signers(&trust, &signers, "publish --key")?;
+
+    // Step 3: objects. The manifest is assembled first (the archive's name is a
+    // fixed-size field, filled in once the archive is written) so that a release no
+    // agent could read is refused before any object is stored.
     let entries = pending
         .into_iter()
         .map(|(path, kind)| Entry {
@@ -247,20 +257,18 @@ pub fn publish(opts: &PublishOptions<'_>) -> Result<PublishReport> {
         version: opts.version.clone(),
         generation,
         chunking: params,
-        archive,
+        archive: ObjectRef {
+            hash: Digest([0; 32]),
+            size: 0,
+        },
         chunks: std::mem::take(&mut table.records),
         entries,
         diffs: vec![],
     };
-    // The new head names the repository's newest key list, and everything is signed by
-    // all given keys; refuse now if they do not meet that list's threshold.
-    let signers: Vec<&SecretKey> = std::iter::once(opts.key).chain(opts.extra_keys).collect();
-    let key_list = crate::trust::latest_key_list(&repo)?;
-    let trust = match &key_list {
-        Some((_, root, _)) => root.publishers(),
-        None => TrustedKeys::single(opts.key.public()),
-    };
-    crate::trust::check_signers(&trust, &signers, "publish --key")?;
+    readable(&manifest, signers.len(), files)?;
+    let archive = archive::write_archive(&repo, prev_manifest, &mut table)?;
+    crash_point!("server::publish::archive_written");
+    manifest.archive = archive;
     // Diffs need the chunk table (final now) and go into the signed manifest.
     // The last `diff_depth` releases are diff bases; the few before them only tell
     // which chunks an agent on a base may still hold (skeleton manifest diffs keep
@@ -283,6 +291,7 @@ pub fn publish(opts: &PublishOptions<'_>) -> Result<PublishReport> {
     };
     let (diff_refs, diffs) = diff::write_diffs(&repo, &manifest, &bases)?;
     manifest.diffs = diff_refs;
+    readable(&manifest, signers.len(), files)?;
     let manifest_bytes = manifest.sign(&signers)?;
     let manifest_ref = repo.write_object(&manifest_bytes)?;
     crash_point!("server::publish::manifest_written");
@@ -323,6 +332,7 @@ pub fn publish(opts: &PublishOptions<'_>) -> Result<PublishReport> {
     };
     let head_bytes = head.sign(&signers)?;
     crash_point!("server::publish::head_signed");
+    head_readable(&head, &head_bytes, &opts.version)?;
     repo.write_head(&opts.channel, &head_bytes)?;
 
     let chunks_carried = table.carried.len();
@@ -344,6 +354,47 @@ pub fn publish(opts: &PublishOptions<'_>) -> Result<PublishReport> {
         generation,
         elapsed: started.elapsed(),
     })
+}
+
+/// Refuses a manifest agents would refuse to decode (signed size over
+/// [`ObjectKind::max_size`]), naming both sizes.
+fn readable(manifest: &Manifest, signatures: usize, files: usize) -> Result<()> {
+    let size = manifest.signed_size(signatures);
+    ObjectKind::Manifest
+        .check_size(size)
+        .map_err(|source| Error::FormatContext {
+            context: format!(
+                "release {} of channel {:?} cannot be published: its manifest ({} entries, \
+                 {files} files, {} chunks) would have {size} bytes, and agents read manifests \
+                 of at most {} bytes",
+                manifest.version,
+                manifest.channel,
+                manifest.entries.len(),
+                manifest.chunks.len(),
+                ObjectKind::Manifest.max_size(),
+            ),
+            source,
+        })
+}
+
+/// Refuses a signed head agents would refuse to read (over [`ObjectKind::max_size`]),
+/// naming both sizes.
+fn head_readable(head: &ChannelHead, bytes: &[u8], version: &str) -> Result<()> {
+    ObjectKind::ChannelHead
+        .check_size(bytes.len() as u64)
+        .map_err(|source| Error::FormatContext {
+            context: format!(
+                "release {version} of channel {:?} cannot be published: its channel head \
+                 ({} releases, {} manifest diffs) would have {} bytes, and agents read \
+                 heads of at most {} bytes; publish with a smaller --retain",
+                head.channel,
+                head.releases.len(),
+                head.manifest_diffs.len(),
+                bytes.len(),
+                ObjectKind::ChannelHead.max_size(),
+            ),
+            source,
+        })
 }
 
 /// An entry whose chunk indexes are not final yet.
@@ -398,5 +449,51 @@ impl PublishReport {
             manifest_diffs = self.manifest_diffs,
             secs = self.elapsed.as_secs_f64(),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_format::head::MAX_RELEASES;
+
+    /// Heads are bounded by their release count today (at most 1,024 short entries,
+    /// far below 1 MiB), so no valid head reaches the limit; the check still guards
+    /// the bytes against future fields, and must name both sizes.
+    #[test]
+    fn a_head_over_the_agents_limit_is_refused() {
+        let key = SecretKey::from_seed([1; 32]);
+        let head = ChannelHead {
+            channel: "stable".into(),
+            sequence: 1,
+            issued_at: 1_700_000_000,
+            expires_at: 1_700_604_800,
+            min_client_format: FORMAT_VERSION,
+            releases: (1..=MAX_RELEASES)
+                .map(|k| ReleaseRef {
+                    version: format!("{k}.0.0-{}", "r".repeat(50)),
+                    manifest: ObjectRef {
+                        hash: Digest([7; 32]),
+                        size: 1000,
+                    },
+                })
+                .collect(),
+            key_list: None,
+            manifest_diffs: vec![],
+        };
+        let largest = head.sign(&[&key]).unwrap();
+        head_readable(&head, &largest, "1024.0.0").unwrap();
+
+        let limit = ObjectKind::ChannelHead.max_size();
+        let over = vec![0; limit as usize + 1];
+        let err = head_readable(&head, &over, "1024.0.0")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&format!("would have {} bytes", limit + 1))
+                && err.contains(&format!("at most {limit} bytes"))
+                && err.contains("1024 releases"),
+            "{err}"
+        );
     }
 }
