@@ -32,7 +32,9 @@ use reqwest::header::{CONTENT_RANGE, RANGE, RETRY_AFTER};
 
 use super::retry::{self, Policy, parse_retry_after, transient_status};
 use super::speed::{LowSpeed, Monitor, TooSlow};
-use super::{Body, Counters, FetchError, Transport, Want, error_chain, join_url, shape};
+use super::{
+    Body, Counters, FetchError, Transport, Want, error_chain, join_url, read_all, shape,
+};
 
 /// How long establishing a connection (TCP, proxy tunnel, TLS) may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -203,7 +205,62 @@ impl HttpTransport {
     }
 }
 
+impl HttpTransport {
+    /// One GET whose request is retried (see [`Self::send`]); its body is not.
+    async fn get_once(
+        &self,
+        path: &str,
+        range: Option<(u64, u64)>,
+        max_len: u64,
+        what: &'static str,
+    ) -> Result<Body, FetchError> {
+        let url = self.url(path);
+        let resp = self
+            .send(&url, || {
+                let req = self.client.get(&url);
+                match range {
+                    Some((start, end)) => req.header(RANGE, format!("bytes={start}-{}", end - 1)),
+                    None => req,
+                }
+            })
+            .await?;
+        let status = resp.status();
+        let partial = status == StatusCode::PARTIAL_CONTENT;
+        if status != StatusCode::OK && !partial {
+            return Err(FetchError::Status {
+                url,
+                status: status.as_u16(),
+            });
+        }
+        if let (true, Some((start, end))) = (partial, range) {
+            check_content_range(&url, resp.headers().get(CONTENT_RANGE), start, end)?;
+        } else if partial {
+            return Err(FetchError::BadRange {
+                url,
+                reason: "206 to a request without Range".into(),
+            });
+        }
+        if range.is_none() && resp.content_length().is_some_and(|n| n > max_len) {
+            return Err(FetchError::TooLarge {
+                what,
+                url,
+                limit: max_len,
+            });
+        }
+        let raw = counted(resp, self.counters.clone(), url.clone(), self.low_speed);
+        Ok(match range {
+            Some((start, end)) if partial => shape(raw, 0, Want::Exact(end - start), url),
+            Some((start, end)) => shape(raw, start, Want::Exact(end - start), url),
+            None => shape(raw, 0, Want::AtMost(max_len, what), url),
+        })
+    }
+}
+
 impl Transport for HttpTransport {
+    /// A range's body is handed out as it streams (its caller continues a broken one
+    /// from what it stored). A whole object (a head, key list or manifest: bounded and
+    /// read whole by every caller) is read here, and fetched again when its body breaks
+    /// off, under the same retry policy.
     fn get<'a>(
         &'a self,
         path: &'a str,
@@ -212,47 +269,36 @@ impl Transport for HttpTransport {
         what: &'static str,
     ) -> BoxFuture<'a, Result<Body, FetchError>> {
         Box::pin(async move {
-            let url = self.url(path);
-            let resp = self
-                .send(&url, || {
-                    let req = self.client.get(&url);
-                    match range {
-                        Some((start, end)) => {
-                            req.header(RANGE, format!("bytes={start}-{}", end - 1))
-                        }
-                        None => req,
+            if range.is_some() {
+                return self.get_once(path, range, max_len, what).await;
+            }
+            let mut failures = 0;
+            let mut waited = Duration::ZERO;
+            loop {
+                let body = self.get_once(path, None, max_len, what).await?;
+                let e = match read_all(body).await {
+                    Ok(bytes) => return Ok(futures_util::stream::once(async { Ok(bytes) }).boxed()),
+                    Err(e) if retry::body_may_resume(&e) => e,
+                    Err(e) => return Err(e),
+                };
+                failures += 1;
+                match self.retry.next_delay(failures, waited, None, retry::random()) {
+                    Ok(delay) => {
+                        tracing::warn!(
+                            "{e}; fetching it again in {:.1}s (attempt {} of {})",
+                            delay.as_secs_f64(),
+                            failures + 1,
+                            self.retry.attempts
+                        );
+                        tokio::time::sleep(delay).await;
+                        waited += delay;
                     }
-                })
-                .await?;
-            let status = resp.status();
-            let partial = status == StatusCode::PARTIAL_CONTENT;
-            if status != StatusCode::OK && !partial {
-                return Err(FetchError::Status {
-                    url,
-                    status: status.as_u16(),
-                });
+                    Err(give_up) => {
+                        tracing::warn!("{e}; {give_up}");
+                        return Err(e);
+                    }
+                }
             }
-            if let (true, Some((start, end))) = (partial, range) {
-                check_content_range(&url, resp.headers().get(CONTENT_RANGE), start, end)?;
-            } else if partial {
-                return Err(FetchError::BadRange {
-                    url,
-                    reason: "206 to a request without Range".into(),
-                });
-            }
-            if range.is_none() && resp.content_length().is_some_and(|n| n > max_len) {
-                return Err(FetchError::TooLarge {
-                    what,
-                    url,
-                    limit: max_len,
-                });
-            }
-            let raw = counted(resp, self.counters.clone(), url.clone(), self.low_speed);
-            Ok(match range {
-                Some((start, end)) if partial => shape(raw, 0, Want::Exact(end - start), url),
-                Some((start, end)) => shape(raw, start, Want::Exact(end - start), url),
-                None => shape(raw, 0, Want::AtMost(max_len, what), url),
-            })
         })
     }
 

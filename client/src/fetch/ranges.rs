@@ -17,13 +17,6 @@ use tokio::io::AsyncWriteExt;
 use super::retry::{self, Policy};
 use super::{FetchError, Transport};
 
-/// Whether a body that failed with `e` may be continued by a new range request.
-fn resumable(e: &FetchError) -> bool {
-    matches!(
-        e,
-        FetchError::Request { .. } | FetchError::Truncated { .. } | FetchError::TooSlow { .. }
-    )
-}
 
 /// Ranges fetched at the same time.
 pub const PARALLEL: usize = 4;
@@ -118,7 +111,7 @@ async fn fetch_one(
                     f.write_all(&bytes).await.map_err(io(&part))?;
                     got += bytes.len() as u64;
                 }
-                Err(e) if resumable(&e) => {
+                Err(e) if retry::body_may_resume(&e) => {
                     broken = Some(e);
                     break;
                 }

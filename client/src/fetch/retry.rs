@@ -110,6 +110,17 @@ pub fn transient_status(status: u16) -> bool {
     matches!(status, 408 | 429) || (500..600).contains(&status)
 }
 
+/// Whether a body that failed with `e` may be fetched again, or continued from the
+/// bytes received: the connection broke, the body ended early, or it arrived too
+/// slowly. Not: too large, a wrong range, a write error.
+pub fn body_may_resume(e: &super::FetchError) -> bool {
+    use super::FetchError;
+    matches!(
+        e,
+        FetchError::Request { .. } | FetchError::Truncated { .. } | FetchError::TooSlow { .. }
+    )
+}
+
 /// A random number for the jitter. The standard library's hasher keys are random per
 /// process and advanced per instance, which is all the randomness jitter needs.
 pub fn random() -> u64 {
