@@ -5,6 +5,7 @@ mod it {
     pub mod diffs;
     pub mod fixtures;
     pub mod flaky_network;
+    pub mod hostile_clients;
     pub mod http_semantics;
     pub mod keys;
     pub mod paths;

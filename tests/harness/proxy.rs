@@ -210,7 +210,9 @@ fn content_length(head: &[u8]) -> std::io::Result<usize> {
     for line in text.split("\r\n") {
         let lower = line.to_ascii_lowercase();
         if lower.starts_with("transfer-encoding:") {
-            return Err(std::io::Error::other("the proxy forwards no chunked requests"));
+            return Err(std::io::Error::other(
+                "the proxy forwards no chunked requests",
+            ));
         }
         if let Some(v) = lower.strip_prefix("content-length:") {
             return v

@@ -91,7 +91,9 @@ fn remote_publish_completes_through_connection_resets() {
     let resets = r.proxy.resets();
     assert_eq!(resets.len(), 4, "{resets:?}");
     assert!(
-        resets.iter().any(|(line, _)| line.starts_with("HEAD /objects/")),
+        resets
+            .iter()
+            .any(|(line, _)| line.starts_with("HEAD /objects/")),
         "{resets:?}"
     );
     assert!(stderr(&out).contains("retrying"), "{}", stderr(&out));
@@ -128,12 +130,7 @@ fn remote_publish_completes_through_connection_resets() {
     assert_eq!(head_puts, 4, "one each for v1 and v2, two for v3");
 
     // What was published is whole: an agent installs release 3.
-    let agent = Agent::init(
-        &r.proxy.url,
-        "stable",
-        &r.publisher.public_key(),
-        &[],
-    );
+    let agent = Agent::init(&r.proxy.url, "stable", &r.publisher.public_key(), &[]);
     let done = agent.update();
     assert_eq!(done["to"], "3.0.0", "{done}");
     tree_eq(&agent.current(), &sources.release(3));
@@ -144,7 +141,12 @@ fn update_completes_through_connection_resets() {
     let p = Publisher::new("stable");
     let sources = Sources::app(2);
     // Release 2 brings a large new file, so it is fetched as archive ranges.
-    put(&sources.release(2), "lib/big.so", &noise(91, 2_000_000), 0o644);
+    put(
+        &sources.release(2),
+        "lib/big.so",
+        &noise(91, 2_000_000),
+        0o644,
+    );
     p.publish(&v(1), &sources.release(1));
     let server = p.serve();
     let proxy = FaultProxy::start(&server.url);

@@ -32,9 +32,7 @@ use reqwest::header::{CONTENT_RANGE, RANGE, RETRY_AFTER};
 
 use super::retry::{self, Policy, parse_retry_after, transient_status};
 use super::speed::{LowSpeed, Monitor, TooSlow};
-use super::{
-    Body, Counters, FetchError, Transport, Want, error_chain, join_url, read_all, shape,
-};
+use super::{Body, Counters, FetchError, Transport, Want, error_chain, join_url, read_all, shape};
 
 /// How long establishing a connection (TCP, proxy tunnel, TLS) may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -282,7 +280,10 @@ impl Transport for HttpTransport {
                     Err(e) => return Err(e),
                 };
                 failures += 1;
-                match self.retry.next_delay(failures, waited, None, retry::random()) {
+                match self
+                    .retry
+                    .next_delay(failures, waited, None, retry::random())
+                {
                     Ok(delay) => {
                         tracing::warn!(
                             "{e}; fetching it again in {:.1}s (attempt {} of {})",

@@ -17,7 +17,6 @@ use tokio::io::AsyncWriteExt;
 use super::retry::{self, Policy};
 use super::{FetchError, Transport};
 
-
 /// Ranges fetched at the same time.
 pub const PARALLEL: usize = 4;
 
@@ -215,8 +214,9 @@ mod tests {
         ) -> futures_util::future::BoxFuture<'a, Result<crate::fetch::Body, FetchError>> {
             Box::pin(async move {
                 self.asked.lock().unwrap().push(range.unwrap());
-                let body = crate::fetch::read_all(self.inner.get(path, range, max_len, what).await?)
-                    .await?;
+                let body =
+                    crate::fetch::read_all(self.inner.get(path, range, max_len, what).await?)
+                        .await?;
                 let broken = self
                     .breaks
                     .fetch_update(

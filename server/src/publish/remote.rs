@@ -606,12 +606,7 @@ impl Server {
         }
     }
 
-    async fn put_head_once(
-        &self,
-        url: &str,
-        bytes: Vec<u8>,
-        previous_sequence: u64,
-    ) -> Result<()> {
+    async fn put_head_once(&self, url: &str, bytes: Vec<u8>, previous_sequence: u64) -> Result<()> {
         let req = self
             .client
             .put(url)
@@ -671,9 +666,7 @@ impl Server {
         url: &str,
         req: reqwest::RequestBuilder,
     ) -> Result<reqwest::Response> {
-        req.send()
-            .await
-            .map_err(|e| request_error(method, url, &e))
+        req.send().await.map_err(|e| request_error(method, url, &e))
     }
 }
 

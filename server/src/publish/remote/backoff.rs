@@ -140,7 +140,9 @@ mod tests {
         for failures in 1..P.attempts {
             let ceiling = P.ceiling(failures);
             for random in [0, 1, 7, 12_345, u64::MAX / 3, u64::MAX] {
-                let d = P.next_delay(failures, Duration::ZERO, None, random).unwrap();
+                let d = P
+                    .next_delay(failures, Duration::ZERO, None, random)
+                    .unwrap();
                 assert!(d <= ceiling, "{d:?} > {ceiling:?}");
             }
             // Full jitter: the whole range down to zero is used.
@@ -206,10 +208,7 @@ mod tests {
             parse_retry_after("120", now),
             Some(Duration::from_secs(120))
         );
-        assert_eq!(
-            parse_retry_after(" 0 ", now),
-            Some(Duration::from_secs(0))
-        );
+        assert_eq!(parse_retry_after(" 0 ", now), Some(Duration::from_secs(0)));
         assert_eq!(
             parse_retry_after("Sun, 06 Nov 1994 08:50:07 GMT", now),
             Some(Duration::from_secs(30))
