@@ -179,3 +179,86 @@ fn access_log_reopens_on_sighup() {
     let new = std::fs::read_to_string(&server.access_log).unwrap();
     assert!(new.contains("/channels/stable/head"), "{new}");
 }
+
+/// `PUT path` with the upload token and `body`; the status and the Retry-After header.
+fn put_object(addr: SocketAddr, token: &str, body: &[u8]) -> (u16, Option<u64>) {
+    let path = ferry_format::layout::object_path(&ferry_format::id::Digest::of(body));
+    let mut c = TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        c,
+        "PUT /{path} HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {token}\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    // The server may answer (413, 429) before reading the body and close.
+    let _ = c.write_all(body);
+    let mut out = Vec::new();
+    let _ = c.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out);
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status: {text}"));
+    let retry_after = text
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("retry-after:")
+                .map(str::to_string)
+        })
+        .map(|v| v.trim().parse().unwrap());
+    (status, retry_after)
+}
+
+#[test]
+fn a_stolen_upload_token_is_limited_in_bytes_and_requests() {
+    let p = Publisher::new("stable");
+    let repo = p.repo();
+    std::fs::create_dir_all(&repo).unwrap();
+    let token_file = p.dir.path().join("token");
+    std::fs::write(&token_file, "stolen-token-0123456789").unwrap();
+    let server = Server::start_with(
+        &repo,
+        &[
+            "--upload-token-file",
+            token_file.to_str().unwrap(),
+            "--public-key",
+            p.public_key().to_str().unwrap(),
+            "--upload-bytes-per-hour",
+            "1MiB",
+            "--upload-requests-per-minute",
+            "5",
+        ],
+    );
+    let addr = addr(&server);
+    let token = "stolen-token-0123456789";
+    let big = |seed: u64| ferry_tests::tree::noise(seed, 600 << 10);
+    // The first 600 KiB fit the hour's 1 MiB; the next 600 KiB do not, until the
+    // hour is over.
+    assert_eq!(put_object(addr, token, &big(1)), (201, None));
+    let (status, wait) = put_object(addr, token, &big(2));
+    assert_eq!(status, 429);
+    assert!(
+        wait.is_some_and(|w| (3500..=3600).contains(&w)),
+        "Retry-After {wait:?}"
+    );
+    // Larger than a whole hour's budget: waiting does not help.
+    let huge = ferry_tests::tree::noise(3, 2 << 20);
+    assert_eq!(put_object(addr, token, &huge), (413, None));
+    // Small objects still fit the bytes, but not past 5 requests a minute.
+    assert_eq!(put_object(addr, token, b"small one").0, 201);
+    assert_eq!(put_object(addr, token, b"small two").0, 201);
+    let (status, wait) = put_object(addr, token, b"small three");
+    assert_eq!(status, 429);
+    assert!(
+        wait.is_some_and(|w| (1..=12).contains(&w)),
+        "Retry-After {wait:?}"
+    );
+    // What was refused was not stored.
+    let stored = ferry_tests::tree::snapshot(&repo.join("objects"));
+    let files = stored.values().filter(|v| v.starts_with("file")).count();
+    assert_eq!(files, 3, "{stored:?}");
+}

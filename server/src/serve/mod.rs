@@ -24,6 +24,7 @@
 
 pub mod access_log;
 pub mod conns;
+pub mod quota;
 pub mod range;
 pub mod routes;
 pub mod tls;
@@ -392,7 +393,6 @@ pub fn run_cli(
         let shutdown = shutdown_signal()?;
         raise_fd_limit(opts.max_connections);
         let mut server = Server::bind(opts).await?;
-        reopen_log_on_sighup(server.state.clone())?;
         let scheme = if acceptor.is_some() { "https" } else { "http" };
         if let Some(acceptor) = acceptor {
             server = server.with_tls(acceptor);
@@ -400,6 +400,8 @@ pub fn run_cli(
         if let Some(uploads) = uploads {
             server = server.with_uploads(uploads);
         }
+        // After the `with_` calls, which need the state unshared.
+        reopen_log_on_sighup(server.state.clone())?;
         let addr = server.local_addr()?;
         let mut stdout = std::io::stdout().lock();
         writeln!(stdout, "listening on {scheme}://{addr}")
