@@ -189,8 +189,8 @@ mod tests {
 
     #[test]
     fn retry_after_is_honoured_up_to_the_bounds() {
-        let ten = Some(Duration::from_secs(10));
-        assert_eq!(P.next_delay(1, Duration::ZERO, ten, 0), Ok(ten.unwrap()));
+        let ten = Duration::from_secs(10);
+        assert_eq!(P.next_delay(1, Duration::ZERO, Some(ten), 0), Ok(ten));
         // Longer than one delay may be, or than the waiting time left: give up now,
         // saying what the server asked for.
         let long = Duration::from_secs(3600);
@@ -199,8 +199,8 @@ mod tests {
             Err(GiveUp::RetryAfter(long))
         );
         assert_eq!(
-            P.next_delay(1, Duration::from_secs(55), ten, 0),
-            Err(GiveUp::RetryAfter(ten.unwrap()))
+            P.next_delay(1, Duration::from_secs(55), Some(ten), 0),
+            Err(GiveUp::RetryAfter(ten))
         );
         assert!(
             GiveUp::RetryAfter(long)
