@@ -17,8 +17,8 @@
 //! [`LowSpeed::time`], or fewer than [`LowSpeed::limit`] bytes per second over that
 //! window while reading the body, fails the request with [`FetchError::TooSlow`].
 //!
-//! Retries: a request that fails in a way that may pass (connection error, timeout,
-//! `408`, `429`, `5xx`) is sent again under the [`retry`] policy before its body is
+//! Retries: a request that fails in a way that may pass (connection error, connect
+//! timeout, `408`, `429`, `5xx`; not the low-speed limit) is sent again under the [`retry`] policy before its body is
 //! handed out; a body that breaks off later is continued by the caller from the bytes
 //! already received ([`ranges`](super::ranges)).
 
@@ -194,7 +194,8 @@ impl HttpTransport {
                             limit: self.low_speed.limit,
                         },
                     );
-                    (e, true)
+                    // The low-speed limit is not retried (see `retry`).
+                    (e, false)
                 })?
         } else {
             sent.await

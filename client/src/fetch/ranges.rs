@@ -80,7 +80,7 @@ async fn fetch_one(
         tokio::fs::remove_file(&part).await.map_err(io(&part))?;
         have = 0;
     }
-    // A body that breaks off (reset, truncated, too slow) is continued from what the
+    // A body that breaks off (reset, truncated) is continued from what the
     // `.part` file holds, under the retry policy; the count of failures in a row
     // restarts whenever bytes arrived, so a long download on a flaky link goes on as
     // long as it progresses. Errors of the request itself were already retried by

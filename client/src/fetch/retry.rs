@@ -5,7 +5,9 @@
 //! that may pass (a connection reset, for example a pooled keep-alive connection the
 //! server closed at the moment it was reused; a timeout; `429 Too Many Requests`; a
 //! `5xx`) is sent again. Failures that will not pass (`404`, a rejected certificate, a
-//! body that does not match its name) are not retried.
+//! body that does not match its name) are not retried. Nor is the low-speed limit
+//! ([`speed`](super::speed)): it is the defence against slow retrieval, so it ends the
+//! update at once, and the next update continues from the bytes kept.
 //!
 //! The delay is exponential backoff with *full jitter*: before retry `n` the agent
 //! waits a uniformly random time in `[0, min(MAX_DELAY, BASE * 2^(n-1))]`, so a fleet
@@ -111,14 +113,11 @@ pub fn transient_status(status: u16) -> bool {
 }
 
 /// Whether a body that failed with `e` may be fetched again, or continued from the
-/// bytes received: the connection broke, the body ended early, or it arrived too
-/// slowly. Not: too large, a wrong range, a write error.
+/// bytes received: the connection broke or the body ended early. Not: too large, a
+/// wrong range, a write error, or the low-speed limit (see the module docs).
 pub fn body_may_resume(e: &super::FetchError) -> bool {
     use super::FetchError;
-    matches!(
-        e,
-        FetchError::Request { .. } | FetchError::Truncated { .. } | FetchError::TooSlow { .. }
-    )
+    matches!(e, FetchError::Request { .. } | FetchError::Truncated { .. })
 }
 
 /// A random number for the jitter. The standard library's hasher keys are random per
