@@ -6,6 +6,8 @@ mod it {
     pub mod crash;
     pub mod diffs;
     pub mod fixtures;
+    pub mod flaky_network;
+    pub mod hostile_clients;
     pub mod http_semantics;
     pub mod keys;
     pub mod limits;

@@ -136,6 +136,15 @@ pub enum Command {
         #[arg(long, value_name = "SIZE", default_value = "4GiB",
               value_parser = crate::serve::upload::parse_size)]
         max_upload_size: u64,
+        /// Most object bytes the upload token may store per hour (429 past it), so a
+        /// stolen token cannot fill the disk.
+        #[arg(long, value_name = "SIZE", default_value = "16GiB",
+              value_parser = crate::serve::upload::parse_size)]
+        upload_bytes_per_hour: u64,
+        /// Most uploads (PUTs) the upload token may make per minute (429 past it).
+        #[arg(long, value_name = "N", default_value_t = crate::serve::quota::DEFAULT_REQUESTS_PER_MINUTE,
+              value_parser = clap::value_parser!(u32).range(1..))]
+        upload_requests_per_minute: u32,
     },
     /// List a repository's channels and their releases.
     Ls {

@@ -141,9 +141,18 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             upload_token_file,
             public_key,
             max_upload_size,
+            upload_bytes_per_hour,
+            upload_requests_per_minute,
         } => {
+            let limits = serve::quota::Limits {
+                bytes_per_hour: upload_bytes_per_hour,
+                requests_per_minute: upload_requests_per_minute,
+            };
             let uploads = upload_token_file
-                .map(|t| serve::upload::Uploads::load(&t, &public_key, max_upload_size))
+                .map(|t| {
+                    serve::upload::Uploads::load(&t, &public_key, max_upload_size)
+                        .map(|u| u.with_limits(limits))
+                })
                 .transpose()?;
             let tls = tls_cert
                 .zip(tls_key)

@@ -157,6 +157,11 @@ impl Server {
             .collect()
     }
 
+    /// The server's process id (for signals such as SIGHUP).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Sends SIGTERM and waits for a graceful exit; returns the exit status.
     pub fn terminate(mut self) -> std::process::ExitStatus {
         let _ = Command::new("kill")

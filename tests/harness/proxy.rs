@@ -1,10 +1,14 @@
 //! A fault-injecting HTTP/1.1 proxy in front of a real server.
 //!
-//! It forwards one request per connection (it forces `Connection: close` both ways),
-//! counts requests, and when armed, stalls the first ranged (206) response after
-//! sending its headers and a given number of body bytes, then reports that it has
-//! stalled. A test can then kill the client at a known point of a download instead
-//! of guessing with a sleep.
+//! It forwards one request per connection (it forces `Connection: close` both ways;
+//! request bodies with a `Content-Length` are forwarded too), counts requests, and when
+//! armed:
+//! - stalls the first ranged (206) response after sending its headers and a given
+//!   number of body bytes, then reports that it has stalled. A test can then kill the
+//!   client at a known point of a download instead of guessing with a sleep;
+//! - resets connections ([`FaultProxy::arm_resets`]): every Nth request gets a TCP
+//!   RST instead of an answer, either before it reaches the server or after the
+//!   server handled it (the answer is lost), or half-way through the response body.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -20,8 +24,36 @@ pub struct FaultProxy {
     stalled: Receiver<u64>,
 }
 
+/// Where a reset request is cut off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reset {
+    /// Before forwarding: the server never sees the request.
+    BeforeForward,
+    /// After the server answered: it handled the request, the client gets no answer.
+    AfterForward,
+    /// After the response head and half of its body.
+    MidBody,
+}
+
+/// The armed resets.
+#[derive(Clone, Copy, Debug)]
+struct Resets {
+    /// Reset request number n (counted from arming, from 1) when n % every == 0.
+    every: u64,
+    /// Resets still to do.
+    left: u64,
+    /// Only requests whose head contains this (compared in lower case).
+    only: &'static str,
+    how: Reset,
+    /// Matching requests seen since arming.
+    seen: u64,
+}
+
 struct Shared {
     upstream: String,
+    resets: Mutex<Option<Resets>>,
+    /// Resets done, as (request line, how).
+    reset_log: Mutex<Vec<(String, Reset)>>,
     stop: AtomicBool,
     /// Stall the next 206 response after this many body bytes (u64::MAX = disarmed).
     stall_after: AtomicU64,
@@ -43,6 +75,8 @@ impl FaultProxy {
         let (tx, rx) = channel();
         let shared = Arc::new(Shared {
             upstream,
+            resets: Mutex::new(None),
+            reset_log: Mutex::new(Vec::new()),
             stop: AtomicBool::new(false),
             stall_after: AtomicU64::new(u64::MAX),
             release: AtomicBool::new(false),
@@ -91,6 +125,24 @@ impl FaultProxy {
             .expect("the proxy never stalled a ranged download")
     }
 
+    /// Resets every `every`th request whose head contains `only` in any case (e.g.
+    /// `"HEAD "`, `"/channels/"`, `"range: bytes="`, or `""` for all), `count` times
+    /// in all, cutting it off as `how` says.
+    pub fn arm_resets(&self, every: u64, count: u64, only: &'static str, how: Reset) {
+        *self.shared.resets.lock().expect("lock") = Some(Resets {
+            every: every.max(1),
+            left: count,
+            only,
+            how,
+            seen: 0,
+        });
+    }
+
+    /// The resets done so far: the request line and where it was cut.
+    pub fn resets(&self) -> Vec<(String, Reset)> {
+        self.shared.reset_log.lock().expect("lock").clone()
+    }
+
     /// Request lines seen so far.
     pub fn requests(&self) -> Vec<String> {
         self.shared.requests.lock().expect("lock").clone()
@@ -133,6 +185,53 @@ fn force_close(head: &[u8]) -> Vec<u8> {
     out.into_bytes()
 }
 
+/// Whether this request is to be reset, and how.
+fn reset_for(s: &Shared, line: &str, head: &[u8]) -> Option<Reset> {
+    let mut armed = s.resets.lock().expect("lock");
+    let r = armed.as_mut()?;
+    let head = String::from_utf8_lossy(head).to_ascii_lowercase();
+    if r.left == 0 || !head.contains(&r.only.to_ascii_lowercase()) {
+        return None;
+    }
+    r.seen += 1;
+    if r.seen % r.every != 0 {
+        return None;
+    }
+    r.left -= 1;
+    s.reset_log
+        .lock()
+        .expect("lock")
+        .push((line.to_string(), r.how));
+    Some(r.how)
+}
+
+/// Closes `conn` with a TCP RST (SO_LINGER 0), as a crashed peer or a middlebox does.
+fn reset(conn: TcpStream) -> std::io::Result<()> {
+    socket2::SockRef::from(&conn).set_linger(Some(Duration::ZERO))?;
+    drop(conn);
+    Ok(())
+}
+
+/// The `Content-Length` of a request head (0 when absent).
+fn content_length(head: &[u8]) -> std::io::Result<usize> {
+    let text = String::from_utf8_lossy(head);
+    for line in text.split("\r\n") {
+        let lower = line.to_ascii_lowercase();
+        if lower.starts_with("transfer-encoding:") {
+            return Err(std::io::Error::other(
+                "the proxy forwards no chunked requests",
+            ));
+        }
+        if let Some(v) = lower.strip_prefix("content-length:") {
+            return v
+                .trim()
+                .parse()
+                .map_err(|_| std::io::Error::other("bad Content-Length"));
+        }
+    }
+    Ok(0)
+}
+
 fn serve(mut conn: TcpStream, s: &Shared) -> std::io::Result<()> {
     conn.set_read_timeout(Some(Duration::from_secs(30)))?;
     let head = read_head(&mut conn)?;
@@ -141,12 +240,22 @@ fn serve(mut conn: TcpStream, s: &Shared) -> std::io::Result<()> {
         .next()
         .unwrap_or_default()
         .to_string();
-    s.requests.lock().expect("lock").push(first);
+    s.requests.lock().expect("lock").push(first.clone());
+    let fault = reset_for(s, &first, &head);
+    if fault == Some(Reset::BeforeForward) {
+        return reset(conn);
+    }
+    let mut body = vec![0; content_length(&head)?];
+    conn.read_exact(&mut body)?;
     let mut up = TcpStream::connect(&s.upstream)?;
     up.set_read_timeout(Some(Duration::from_secs(30)))?;
     up.write_all(&force_close(&head))?;
+    up.write_all(&body)?;
     let mut response = Vec::new();
     up.read_to_end(&mut response)?;
+    if fault == Some(Reset::AfterForward) {
+        return reset(conn);
+    }
     let split = response
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
@@ -156,6 +265,14 @@ fn serve(mut conn: TcpStream, s: &Shared) -> std::io::Result<()> {
     let is_partial = rhead.starts_with(b"HTTP/1.1 206");
     let stall = s.stall_after.load(Ordering::SeqCst);
     conn.write_all(&force_close(rhead))?;
+    if fault == Some(Reset::MidBody) {
+        conn.write_all(&body[..body.len() / 2])?;
+        conn.flush()?;
+        // Give the client time to read what was sent: a reset makes the kernel
+        // drop data the client has not read yet.
+        std::thread::sleep(Duration::from_millis(300));
+        return reset(conn);
+    }
     if is_partial && stall != u64::MAX {
         s.stall_after.store(u64::MAX, Ordering::SeqCst);
         let n = (stall as usize).min(body.len());

@@ -16,20 +16,32 @@
 //! [`speed`](super::speed) limits apply: no response headers within
 //! [`LowSpeed::time`], or fewer than [`LowSpeed::limit`] bytes per second over that
 //! window while reading the body, fails the request with [`FetchError::TooSlow`].
+//!
+//! Retries: a request that fails in a way that may pass (connection error, connect
+//! timeout, `408`, `429`, `5xx`; not the low-speed limit) is sent again under the [`retry`] policy before its body is
+//! handed out; a body that breaks off later is continued by the caller from the bytes
+//! already received ([`ranges`](super::ranges)).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::future::BoxFuture;
 use futures_util::stream::StreamExt;
 use reqwest::StatusCode;
-use reqwest::header::{CONTENT_RANGE, RANGE};
+use reqwest::header::{CONTENT_RANGE, RANGE, RETRY_AFTER};
 
+use super::retry::{self, Policy, parse_retry_after, transient_status};
 use super::speed::{LowSpeed, Monitor, TooSlow};
-use super::{Body, Counters, FetchError, Transport, Want, error_chain, join_url, shape};
+use super::{Body, Counters, FetchError, Transport, Want, error_chain, join_url, read_all, shape};
 
 /// How long establishing a connection (TCP, proxy tunnel, TLS) may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an unused connection stays in the pool. Deliberately shorter than the
+/// idle timeout of `ferry-server serve` (30 s, `serve::KEEP_ALIVE_IDLE`) and of common
+/// web servers (nginx: 75 s): a connection the server may already have closed is not
+/// reused. A server with a shorter timeout, or a close racing a reuse, still resets a
+/// request now and then, which the [`retry`] policy absorbs.
+pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// How the HTTP transport connects and when it gives up.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -51,7 +63,8 @@ impl HttpOptions {
     fn client(&self) -> Result<reqwest::Client, FetchError> {
         let mut builder = reqwest::Client::builder()
             .user_agent(concat!("ferry/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(CONNECT_TIMEOUT);
+            .connect_timeout(CONNECT_TIMEOUT)
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT);
         if let Some(pem) = &self.ca_certs {
             let bad = |reason: String| FetchError::BadOption {
                 option: "CA certificates",
@@ -84,6 +97,7 @@ pub struct HttpTransport {
     base: String,
     counters: Arc<Counters>,
     low_speed: LowSpeed,
+    retry: Policy,
 }
 
 impl HttpTransport {
@@ -101,37 +115,151 @@ impl HttpTransport {
             base: base.to_string(),
             counters: Arc::default(),
             low_speed: options.low_speed,
+            retry: Policy::DEFAULT,
         })
     }
 
-    /// Sends a request; the response headers must arrive within one low-speed window.
+    /// Sends the request `make` builds, again after a transient failure (see
+    /// [`retry`](super::retry)), until it gets an answer that is not transient or the
+    /// retry bounds are reached; then the last answer or error is returned. Each
+    /// attempt's response headers must arrive within one low-speed window.
     async fn send(
+        &self,
+        url: &str,
+        make: impl Fn() -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, FetchError> {
+        let mut failures = 0;
+        let mut waited = Duration::ZERO;
+        loop {
+            self.counters.add_request();
+            let (reason, retry_after, outcome) = match self.send_once(make(), url).await {
+                Ok(resp) if !transient_status(resp.status().as_u16()) => return Ok(resp),
+                Ok(resp) => {
+                    let retry_after = resp
+                        .headers()
+                        .get(RETRY_AFTER)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| parse_retry_after(v, SystemTime::now()));
+                    (format!("HTTP {}", resp.status()), retry_after, Ok(resp))
+                }
+                Err((e, true)) => (e.to_string(), None, Err(e)),
+                Err((e, false)) => return Err(e),
+            };
+            failures += 1;
+            match self
+                .retry
+                .next_delay(failures, waited, retry_after, retry::random())
+            {
+                Ok(delay) => {
+                    tracing::warn!(
+                        "GET {url}: {reason}; retrying in {:.1}s (attempt {} of {})",
+                        delay.as_secs_f64(),
+                        failures + 1,
+                        self.retry.attempts
+                    );
+                    tokio::time::sleep(delay).await;
+                    waited += delay;
+                }
+                Err(give_up) => {
+                    tracing::warn!("GET {url}: {reason}; {give_up}");
+                    return match outcome {
+                        Ok(resp) => Ok(resp),
+                        Err(FetchError::Request { url, reason }) => Err(FetchError::Request {
+                            url,
+                            reason: format!("{reason} ({give_up})"),
+                        }),
+                        Err(e) => Err(e),
+                    };
+                }
+            }
+        }
+    }
+
+    /// One attempt; the error says whether it may pass by itself.
+    async fn send_once(
         &self,
         req: reqwest::RequestBuilder,
         url: &str,
-    ) -> Result<reqwest::Response, FetchError> {
+    ) -> Result<reqwest::Response, (FetchError, bool)> {
         let sent = req.send();
         let result = if self.low_speed.enabled() {
             tokio::time::timeout(self.low_speed.time, sent)
                 .await
                 .map_err(|_| {
-                    too_slow(
+                    let e = too_slow(
                         url,
                         TooSlow {
                             bytes: 0,
                             window: self.low_speed.time,
                             limit: self.low_speed.limit,
                         },
-                    )
+                    );
+                    // The low-speed limit is not retried (see `retry`).
+                    (e, false)
                 })?
         } else {
             sent.await
         };
-        result.map_err(|e| request_error(url, &e))
+        result.map_err(|e| (request_error(url, &e), transient_error(&e)))
+    }
+}
+
+impl HttpTransport {
+    /// One GET whose request is retried (see [`Self::send`]); its body is not.
+    async fn get_once(
+        &self,
+        path: &str,
+        range: Option<(u64, u64)>,
+        max_len: u64,
+        what: &'static str,
+    ) -> Result<Body, FetchError> {
+        let url = self.url(path);
+        let resp = self
+            .send(&url, || {
+                let req = self.client.get(&url);
+                match range {
+                    Some((start, end)) => req.header(RANGE, format!("bytes={start}-{}", end - 1)),
+                    None => req,
+                }
+            })
+            .await?;
+        let status = resp.status();
+        let partial = status == StatusCode::PARTIAL_CONTENT;
+        if status != StatusCode::OK && !partial {
+            return Err(FetchError::Status {
+                url,
+                status: status.as_u16(),
+            });
+        }
+        if let (true, Some((start, end))) = (partial, range) {
+            check_content_range(&url, resp.headers().get(CONTENT_RANGE), start, end)?;
+        } else if partial {
+            return Err(FetchError::BadRange {
+                url,
+                reason: "206 to a request without Range".into(),
+            });
+        }
+        if range.is_none() && resp.content_length().is_some_and(|n| n > max_len) {
+            return Err(FetchError::TooLarge {
+                what,
+                url,
+                limit: max_len,
+            });
+        }
+        let raw = counted(resp, self.counters.clone(), url.clone(), self.low_speed);
+        Ok(match range {
+            Some((start, end)) if partial => shape(raw, 0, Want::Exact(end - start), url),
+            Some((start, end)) => shape(raw, start, Want::Exact(end - start), url),
+            None => shape(raw, 0, Want::AtMost(max_len, what), url),
+        })
     }
 }
 
 impl Transport for HttpTransport {
+    /// A range's body is handed out as it streams (its caller continues a broken one
+    /// from what it stored). A whole object (a head, key list or manifest: bounded and
+    /// read whole by every caller) is read here, and fetched again when its body breaks
+    /// off, under the same retry policy.
     fn get<'a>(
         &'a self,
         path: &'a str,
@@ -140,42 +268,39 @@ impl Transport for HttpTransport {
         what: &'static str,
     ) -> BoxFuture<'a, Result<Body, FetchError>> {
         Box::pin(async move {
-            let url = self.url(path);
-            let mut req = self.client.get(&url);
-            if let Some((start, end)) = range {
-                req = req.header(RANGE, format!("bytes={start}-{}", end - 1));
+            if range.is_some() {
+                return self.get_once(path, range, max_len, what).await;
             }
-            self.counters.add_request();
-            let resp = self.send(req, &url).await?;
-            let status = resp.status();
-            let partial = status == StatusCode::PARTIAL_CONTENT;
-            if status != StatusCode::OK && !partial {
-                return Err(FetchError::Status {
-                    url,
-                    status: status.as_u16(),
-                });
+            let mut failures = 0;
+            let mut waited = Duration::ZERO;
+            loop {
+                let body = self.get_once(path, None, max_len, what).await?;
+                let e = match read_all(body).await {
+                    Ok(bytes) => return Ok(futures_util::stream::once(async { Ok(bytes) }).boxed()),
+                    Err(e) if retry::body_may_resume(&e) => e,
+                    Err(e) => return Err(e),
+                };
+                failures += 1;
+                match self
+                    .retry
+                    .next_delay(failures, waited, None, retry::random())
+                {
+                    Ok(delay) => {
+                        tracing::warn!(
+                            "{e}; fetching it again in {:.1}s (attempt {} of {})",
+                            delay.as_secs_f64(),
+                            failures + 1,
+                            self.retry.attempts
+                        );
+                        tokio::time::sleep(delay).await;
+                        waited += delay;
+                    }
+                    Err(give_up) => {
+                        tracing::warn!("{e}; {give_up}");
+                        return Err(e);
+                    }
+                }
             }
-            if let (true, Some((start, end))) = (partial, range) {
-                check_content_range(&url, resp.headers().get(CONTENT_RANGE), start, end)?;
-            } else if partial {
-                return Err(FetchError::BadRange {
-                    url,
-                    reason: "206 to a request without Range".into(),
-                });
-            }
-            if range.is_none() && resp.content_length().is_some_and(|n| n > max_len) {
-                return Err(FetchError::TooLarge {
-                    what,
-                    url,
-                    limit: max_len,
-                });
-            }
-            let raw = counted(resp, self.counters.clone(), url.clone(), self.low_speed);
-            Ok(match range {
-                Some((start, end)) if partial => shape(raw, 0, Want::Exact(end - start), url),
-                Some((start, end)) => shape(raw, start, Want::Exact(end - start), url),
-                None => shape(raw, 0, Want::AtMost(max_len, what), url),
-            })
         })
     }
 
@@ -186,6 +311,15 @@ impl Transport for HttpTransport {
     fn url(&self, path: &str) -> String {
         join_url(&self.base, path)
     }
+}
+
+/// Whether a request error may pass by itself: a refused, reset or timed-out
+/// connection may, a rejected certificate or a malformed request will not.
+fn transient_error(e: &reqwest::Error) -> bool {
+    certificate_problem(e).is_none()
+        && !e.is_builder()
+        && !e.is_redirect()
+        && (e.is_connect() || e.is_timeout() || e.is_request() || e.is_body())
 }
 
 /// A failed request, with its whole source chain; a rejected server certificate is

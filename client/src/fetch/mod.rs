@@ -10,6 +10,7 @@
 pub mod file;
 pub mod http;
 pub mod ranges;
+pub mod retry;
 pub mod speed;
 
 use std::path::PathBuf;

@@ -4,7 +4,8 @@
 //! Each planned range goes to `<archive hex>-<start>-<end>.part`, renamed to its final
 //! name once complete. A later run (after a crash or kill) reuses complete files and
 //! resumes `.part` files from their length, so an interrupted update only fetches
-//! what it had not yet received. Nothing here is trusted: callers verify every chunk.
+//! what it had not yet received; a body that breaks off during a run is continued the
+//! same way at once. Nothing here is trusted: callers verify every chunk.
 
 use std::path::{Path, PathBuf};
 
@@ -13,6 +14,7 @@ use ferry_format::plan::FetchRange;
 use futures_util::stream::{StreamExt, TryStreamExt};
 use tokio::io::AsyncWriteExt;
 
+use super::retry::{self, Policy};
 use super::{FetchError, Transport};
 
 /// Ranges fetched at the same time.
@@ -78,7 +80,15 @@ async fn fetch_one(
         tokio::fs::remove_file(&part).await.map_err(io(&part))?;
         have = 0;
     }
-    if have < r.len() {
+    // A body that breaks off (reset, truncated) is continued from what the
+    // `.part` file holds, under the retry policy; the count of failures in a row
+    // restarts whenever bytes arrived, so a long download on a flaky link goes on as
+    // long as it progresses. Errors of the request itself were already retried by
+    // the transport and end the download.
+    let policy = Policy::DEFAULT;
+    let mut failures = 0;
+    let mut waited = std::time::Duration::ZERO;
+    while have < r.len() {
         if have > 0 {
             tracing::info!("resuming {} at byte {have}", part.display());
         }
@@ -92,13 +102,43 @@ async fn fetch_one(
             .open(&part)
             .await
             .map_err(io(&part))?;
+        let mut got = 0u64;
+        let mut broken = None;
         while let Some(piece) = body.next().await {
-            f.write_all(&piece?).await.map_err(io(&part))?;
-            crash_point!("client::download::part_appended");
+            match piece {
+                Ok(bytes) => {
+                    f.write_all(&bytes).await.map_err(io(&part))?;
+                    got += bytes.len() as u64;
+                    crash_point!("client::download::part_appended");
+                }
+                Err(e) if retry::body_may_resume(&e) => {
+                    broken = Some(e);
+                    break;
+                }
+                Err(e) => return Err(e),
+            }
         }
         f.flush().await.map_err(io(&part))?;
         f.sync_data().await.map_err(io(&part))?;
         crash_point!("client::download::part_synced");
+        have += got;
+        let Some(e) = broken else { break };
+        failures = if got > 0 { 1 } else { failures + 1 };
+        match policy.next_delay(failures, waited, None, retry::random()) {
+            Ok(delay) => {
+                tracing::warn!(
+                    "{e}; continuing at byte {have} of {} in {:.1}s",
+                    r.len(),
+                    delay.as_secs_f64()
+                );
+                tokio::time::sleep(delay).await;
+                waited += delay;
+            }
+            Err(give_up) => {
+                tracing::warn!("{e}; {give_up}");
+                return Err(e);
+            }
+        }
     }
     tokio::fs::rename(&part, &done).await.map_err(io(&done))?;
     crash_point!("client::download::range_complete");
@@ -156,5 +196,106 @@ mod tests {
         rt.block_on(download(&tr, &archive, &[r], &dl, "archive range"))
             .unwrap();
         assert_eq!(c.requests(), 1, "complete range reused without a request");
+    }
+
+    /// A transport whose first `breaks` bodies break off after `after` bytes with a
+    /// connection error, as a reset connection does.
+    struct Flaky {
+        inner: FileTransport,
+        breaks: std::sync::atomic::AtomicU32,
+        after: usize,
+        asked: std::sync::Mutex<Vec<(u64, u64)>>,
+    }
+
+    impl Transport for Flaky {
+        fn get<'a>(
+            &'a self,
+            path: &'a str,
+            range: Option<(u64, u64)>,
+            max_len: u64,
+            what: &'static str,
+        ) -> futures_util::future::BoxFuture<'a, Result<crate::fetch::Body, FetchError>> {
+            Box::pin(async move {
+                self.asked.lock().unwrap().push(range.unwrap());
+                let body =
+                    crate::fetch::read_all(self.inner.get(path, range, max_len, what).await?)
+                        .await?;
+                let broken = self
+                    .breaks
+                    .fetch_update(
+                        std::sync::atomic::Ordering::SeqCst,
+                        std::sync::atomic::Ordering::SeqCst,
+                        |n| n.checked_sub(1),
+                    )
+                    .is_ok();
+                let mut pieces = vec![Ok(body[..self.after.min(body.len())].to_vec())];
+                if broken {
+                    pieces.push(Err(FetchError::Request {
+                        url: "u".into(),
+                        reason: "connection reset by peer".into(),
+                    }));
+                } else {
+                    pieces.push(Ok(body[self.after.min(body.len())..].to_vec()));
+                }
+                Ok(futures_util::stream::iter(pieces).boxed())
+            })
+        }
+
+        fn counters(&self) -> std::sync::Arc<crate::fetch::Counters> {
+            self.inner.counters()
+        }
+
+        fn url(&self, path: &str) -> String {
+            self.inner.url(path)
+        }
+    }
+
+    #[test]
+    fn a_body_that_breaks_off_is_continued_from_the_bytes_received() {
+        let t = tempfile::tempdir().unwrap();
+        let archive_bytes: Vec<u8> = (0..1000u32).map(|i| (i * 13) as u8).collect();
+        let archive = Digest::of(&archive_bytes);
+        let obj = t
+            .path()
+            .join("repo")
+            .join(ferry_format::layout::object_path(&archive));
+        std::fs::create_dir_all(obj.parent().unwrap()).unwrap();
+        std::fs::write(&obj, &archive_bytes).unwrap();
+        let dl = t.path().join("downloads");
+        std::fs::create_dir_all(&dl).unwrap();
+        let r = FetchRange {
+            start: 100,
+            end: 900,
+            first_chunk: 0,
+            last_chunk: 1,
+        };
+        let base = format!("file://{}", t.path().join("repo").display());
+        let tr = Flaky {
+            inner: FileTransport::new(&base).unwrap(),
+            breaks: 3.into(),
+            after: 150,
+            asked: Default::default(),
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        rt.block_on(download(
+            &tr,
+            &archive,
+            std::slice::from_ref(&r),
+            &dl,
+            "archive range",
+        ))
+        .unwrap();
+        assert_eq!(
+            std::fs::read(range_file(&dl, &archive, &r)).unwrap(),
+            &archive_bytes[100..900]
+        );
+        assert_eq!(
+            *tr.asked.lock().unwrap(),
+            [(100, 900), (250, 900), (400, 900), (550, 900)],
+            "each retry asks only for the bytes not yet received"
+        );
     }
 }

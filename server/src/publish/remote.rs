@@ -36,9 +36,11 @@ use ferry_format::layout::{head_path, key_list_path, object_path};
 use ferry_format::verified::{verify_own_head, verify_pinned_manifest};
 use ferry_format::version::check_channel;
 use reqwest::StatusCode;
-use reqwest::header::{AUTHORIZATION, CONTENT_LENGTH};
+use reqwest::header::{AUTHORIZATION, CONTENT_LENGTH, RETRY_AFTER};
 use thiserror::Error;
 use tokio_util::io::ReaderStream;
+
+mod backoff;
 
 use super::{PublishOptions, PublishReport, previous, publish};
 use crate::error::{Error, io_err};
@@ -73,6 +75,8 @@ pub enum RemoteError {
         method: &'static str,
         url: String,
         reason: String,
+        /// Whether it may pass by itself (a reset or timeout; not a bad certificate).
+        transient: bool,
     },
     /// The server does not accept the upload token.
     #[error(
@@ -86,6 +90,15 @@ pub enum RemoteError {
         url: String,
         status: StatusCode,
         message: String,
+        /// The server's `Retry-After`, if it sent one.
+        retry_after: Option<Duration>,
+    },
+    /// A request kept failing in a way that may pass; `last` is its last failure.
+    #[error("{last} ({why})")]
+    GaveUp {
+        why: backoff::GiveUp,
+        #[source]
+        last: Box<RemoteError>,
     },
     /// An object from the server does not match the name its head gives it.
     #[error("{what} from {url} is not the object the channel head names")]
@@ -111,6 +124,8 @@ const MAX_KEY_LISTS: u64 = 10_000;
 const MAX_MESSAGE: usize = 4096;
 /// Read size when streaming an archive up.
 const UPLOAD_CHUNK: usize = 256 << 10;
+/// How long an unused connection stays in the client's pool (see `Server::new`).
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Publishes `opts.source` as a release of `opts.channel` on the server `remote.url`.
 /// `opts.repo` is ignored: a staging folder takes its place.
@@ -142,7 +157,8 @@ pub fn publish_to(remote: &RemoteOptions, opts: &PublishOptions<'_>) -> Result<P
         .enable_all()
         .build()
         .map_err(io_err("start", Path::new("the async runtime")))?;
-    let previous_sequence = rt.block_on(server.mirror(&staging, cache.as_ref(), opts))?;
+    let (previous_sequence, previous_head) =
+        rt.block_on(server.mirror(&staging, cache.as_ref(), opts))?;
 
     let mut report = publish(&PublishOptions {
         repo: staging.root().to_path_buf(),
@@ -180,7 +196,12 @@ pub fn publish_to(remote: &RemoteOptions, opts: &PublishOptions<'_>) -> Result<P
             ObjectKind::ChannelHead.max_size(),
         )?;
         server
-            .put_head(&opts.channel, head, previous_sequence)
+            .put_head(
+                &opts.channel,
+                head,
+                previous_sequence,
+                previous_head.as_deref(),
+            )
             .await
     })?;
     if let Some(cache) = &cache {
@@ -204,6 +225,7 @@ struct Server {
     client: reqwest::Client,
     base: String,
     token: String,
+    retry: backoff::Policy,
 }
 
 impl Server {
@@ -228,12 +250,18 @@ impl Server {
             // Per read, not per request: a multi-GiB upload may take long, a silent
             // server may not.
             .read_timeout(Duration::from_secs(120))
+            // Shorter than the idle timeout of `ferry-server serve` (30 s,
+            // `serve::KEEP_ALIVE_IDLE`) and of common web servers, so a pooled
+            // connection the server may already have closed is not reused; the race
+            // that remains is absorbed by the retries.
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .build()
             .map_err(|e| bad(chain(&e)))?;
         Ok(Server {
             client,
             base: base.trim_end_matches('/').to_string(),
             token,
+            retry: backoff::Policy::DEFAULT,
         })
     }
 
@@ -242,13 +270,13 @@ impl Server {
     }
 
     /// Step 1: copies what the local publish reads into `staging` and returns the
-    /// sequence of the server's head (0 for a new channel).
+    /// sequence of the server's head (0 for a new channel) and its bytes.
     async fn mirror(
         &self,
         staging: &Repo,
         cache: Option<&Repo>,
         opts: &PublishOptions<'_>,
-    ) -> Result<u64> {
+    ) -> Result<(u64, Option<Vec<u8>>)> {
         // Key lists first: a head is verified against the one it names.
         for version in 1..=MAX_KEY_LISTS {
             let path = key_list_path(version);
@@ -265,7 +293,7 @@ impl Server {
             .get_small(&head_path(channel), limit, "channel head")
             .await?
         else {
-            return Ok(0);
+            return Ok((0, None));
         };
         staging.write_head(channel, &head_bytes)?;
         // Verified before anything it names is fetched; `previous` checks it again
@@ -291,7 +319,7 @@ impl Server {
                 tracing::warn!(base = r.version, "cannot mirror this diff base: {e:#}");
             }
         }
-        Ok(head.sequence)
+        Ok((head.sequence, Some(head_bytes)))
     }
 
     /// Mirrors the manifest of release `r` (pinned by the verified head) and its archive.
@@ -343,7 +371,7 @@ impl Server {
         Ok(())
     }
 
-    /// GETs a small file; `None` on 404.
+    /// GETs a small file; `None` on 404. Retried as a whole.
     async fn get_small(
         &self,
         path: &str,
@@ -351,6 +379,17 @@ impl Server {
         what: &'static str,
     ) -> Result<Option<Vec<u8>>> {
         let url = self.url(path);
+        self.retrying("GET", || self.get_small_once(&url, limit, what))
+            .await
+    }
+
+    async fn get_small_once(
+        &self,
+        url: &str,
+        limit: u64,
+        what: &'static str,
+    ) -> Result<Option<Vec<u8>>> {
+        let url = url.to_string();
         let resp = self.send("GET", &url, self.client.get(&url)).await?;
         if resp.status() == StatusCode::NOT_FOUND {
             return Ok(None);
@@ -375,9 +414,23 @@ impl Server {
         Ok(Some(out))
     }
 
-    /// Streams object `r` into `staging`, checking its size and name.
+    /// Streams object `r` into `staging`, checking its size and name; a download that
+    /// breaks off starts again (objects are small next to what an agent fetches, and
+    /// the publisher usually takes them from its `--cache`).
     async fn download(&self, staging: &Repo, r: &ObjectRef, what: &'static str) -> Result<()> {
         let url = self.url(&object_path(&r.hash));
+        self.retrying("GET", || self.download_once(staging, r, what, &url))
+            .await
+    }
+
+    async fn download_once(
+        &self,
+        staging: &Repo,
+        r: &ObjectRef,
+        what: &'static str,
+        url: &str,
+    ) -> Result<()> {
+        let url = url.to_string();
         let resp = self.send("GET", &url, self.client.get(&url)).await?;
         let mut resp = expect_success(what, &url, resp).await?;
         let mut tmp = staging.object_temp()?;
@@ -417,10 +470,20 @@ impl Server {
     }
 
     /// Uploads object `r` from `staging`, streamed from disk, unless the server
-    /// already has an object of that name and size.
+    /// already has an object of that name and size. Both steps are idempotent (an
+    /// object's name is its content: storing it twice stores it once), so each is
+    /// retried as a whole.
     async fn put_object(&self, staging: &Repo, r: &ObjectRef, what: &'static str) -> Result<()> {
         let url = self.url(&object_path(&r.hash));
-        let probe = self.send("HEAD", &url, self.client.head(&url)).await?;
+        let probe = self
+            .retrying("HEAD", || async {
+                let probe = self.send("HEAD", &url, self.client.head(&url)).await?;
+                if backoff::transient_status(probe.status().as_u16()) {
+                    return Err(status_error(what, &url, probe).await);
+                }
+                Ok(probe)
+            })
+            .await?;
         let has = probe.status() == StatusCode::OK
             && probe
                 .headers()
@@ -431,6 +494,17 @@ impl Server {
             tracing::debug!(object = %r.hash, "{what} already on the server");
             return Ok(());
         }
+        self.retrying("PUT", || self.put_object_once(staging, r, what, &url))
+            .await
+    }
+
+    async fn put_object_once(
+        &self,
+        staging: &Repo,
+        r: &ObjectRef,
+        what: &'static str,
+        url: &str,
+    ) -> Result<()> {
         let path = staging.object_file(&r.hash);
         let file = tokio::fs::File::open(&path)
             .await
@@ -438,27 +512,152 @@ impl Server {
         let body = reqwest::Body::wrap_stream(ReaderStream::with_capacity(file, UPLOAD_CHUNK));
         let req = self
             .client
-            .put(&url)
+            .put(url)
             .header(AUTHORIZATION, format!("Bearer {}", self.token))
             .header(CONTENT_LENGTH, r.size)
             .body(body);
-        let resp = self.send("PUT", &url, req).await?;
-        expect_success(what, &url, resp).await?;
+        let resp = self.send("PUT", url, req).await?;
+        expect_success(what, url, resp).await?;
         Ok(())
     }
 
     /// Uploads the head, last, as a compare-and-swap on `previous_sequence`.
-    async fn put_head(&self, channel: &str, bytes: Vec<u8>, previous_sequence: u64) -> Result<()> {
+    ///
+    /// Not blindly retried: when the answer to a `PUT` is lost (reset, timeout, `5xx`)
+    /// the server may or may not have swapped the head, and a second `PUT` after a
+    /// swap would be refused with `409` as if another publisher had won, although
+    /// this one did. So after such a failure the head is read back: if it is ours,
+    /// the publish is done; if it is still the one this publish was built on
+    /// (`previous`, or none for a new channel), the swap did not happen and the `PUT`
+    /// is sent again (still a compare-and-swap, so a racing publisher still gets a
+    /// real `409`); anything else means another publisher moved the channel, which is
+    /// a conflict. A `409` that follows an unanswered `PUT` is checked the same way
+    /// (the first `PUT` may have landed late).
+    async fn put_head(
+        &self,
+        channel: &str,
+        bytes: Vec<u8>,
+        previous_sequence: u64,
+        previous: Option<&[u8]>,
+    ) -> Result<()> {
         let url = self.url(&head_path(channel));
+        let limit = ObjectKind::ChannelHead.max_size();
+        let mut failures = 0;
+        let mut waited = Duration::ZERO;
+        let mut unanswered = false;
+        loop {
+            let e = match self
+                .put_head_once(&url, bytes.clone(), previous_sequence)
+                .await
+            {
+                Ok(()) => return Ok(()),
+                Err(e) => e,
+            };
+            let transient = transient(&e);
+            if transient.is_none() && !unanswered {
+                return Err(e);
+            }
+            let now = self
+                .get_small(&head_path(channel), limit, "channel head")
+                .await?;
+            if now.as_deref() == Some(&bytes[..]) {
+                tracing::info!("{e}; but the server holds this head: published");
+                return Ok(());
+            }
+            let Some(retry_after) = transient else {
+                return Err(e);
+            };
+            if now.as_deref() != previous {
+                return Err(RemoteError::Status {
+                    what: "channel head",
+                    url,
+                    status: StatusCode::CONFLICT,
+                    message: format!(
+                        "after {e}, the server holds a head that is neither the one this \
+                         publish was built on nor its own: another publisher moved the \
+                         channel; publish again on top of it"
+                    ),
+                    retry_after: None,
+                });
+            }
+            unanswered = true;
+            failures += 1;
+            match self
+                .retry
+                .next_delay(failures, waited, retry_after, backoff::random())
+            {
+                Ok(delay) => {
+                    tracing::warn!(
+                        "{e}; the head was not swapped, sending it again in {:.1}s (attempt {} of {})",
+                        delay.as_secs_f64(),
+                        failures + 1,
+                        self.retry.attempts
+                    );
+                    tokio::time::sleep(delay).await;
+                    waited += delay;
+                }
+                Err(why) => {
+                    return Err(RemoteError::GaveUp {
+                        why,
+                        last: Box::new(e),
+                    });
+                }
+            }
+        }
+    }
+
+    async fn put_head_once(&self, url: &str, bytes: Vec<u8>, previous_sequence: u64) -> Result<()> {
         let req = self
             .client
-            .put(&url)
+            .put(url)
             .header(AUTHORIZATION, format!("Bearer {}", self.token))
             .header(PREVIOUS_SEQUENCE, previous_sequence)
             .body(bytes);
-        let resp = self.send("PUT", &url, req).await?;
-        expect_success("channel head", &url, resp).await?;
+        let resp = self.send("PUT", url, req).await?;
+        expect_success("channel head", url, resp).await?;
         Ok(())
+    }
+
+    /// Runs `op` again after a failure that may pass, under the retry policy.
+    async fn retrying<T, F, Fut>(&self, method: &'static str, mut op: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        let mut failures = 0;
+        let mut waited = Duration::ZERO;
+        loop {
+            let e = match op().await {
+                Ok(v) => return Ok(v),
+                Err(e) => e,
+            };
+            let Some(retry_after) = transient(&e) else {
+                return Err(e);
+            };
+            failures += 1;
+            match self
+                .retry
+                .next_delay(failures, waited, retry_after, backoff::random())
+            {
+                Ok(delay) => {
+                    tracing::warn!(
+                        "{e}; retrying {method} in {:.1}s (attempt {} of {})",
+                        delay.as_secs_f64(),
+                        failures + 1,
+                        self.retry.attempts
+                    );
+                    tokio::time::sleep(delay).await;
+                    waited += delay;
+                }
+                Err(why) => {
+                    tracing::warn!("{e}; {why}");
+                    return Err(RemoteError::GaveUp {
+                        why,
+                        last: Box::new(e),
+                    });
+                }
+            }
+        }
     }
 
     async fn send(
@@ -467,11 +666,7 @@ impl Server {
         url: &str,
         req: reqwest::RequestBuilder,
     ) -> Result<reqwest::Response> {
-        req.send().await.map_err(|e| RemoteError::Request {
-            method,
-            url: url.to_string(),
-            reason: chain(&e),
-        })
+        req.send().await.map_err(|e| request_error(method, url, &e))
     }
 }
 
@@ -486,30 +681,70 @@ async fn expect_success(
     if status.is_success() {
         return Ok(resp);
     }
+    Err(status_error(what, url, resp).await)
+}
+
+/// The error for a response that is not a success.
+async fn status_error(what: &'static str, url: &str, resp: reqwest::Response) -> RemoteError {
+    let status = resp.status();
     if status == StatusCode::UNAUTHORIZED {
-        return Err(RemoteError::Unauthorized {
+        return RemoteError::Unauthorized {
             url: url.to_string(),
-        });
+        };
     }
+    let retry_after = resp
+        .headers()
+        .get(RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| backoff::parse_retry_after(v, std::time::SystemTime::now()));
     let text = resp.text().await.unwrap_or_default();
     let mut message: String = text.trim().chars().take(MAX_MESSAGE).collect();
     if message.is_empty() {
         message = "(no explanation)".into();
     }
-    Err(RemoteError::Status {
+    RemoteError::Status {
         what,
         url: url.to_string(),
         status,
         message,
-    })
+        retry_after,
+    }
 }
 
 async fn next_chunk(resp: &mut reqwest::Response, url: &str) -> Result<Option<bytes::Bytes>> {
-    resp.chunk().await.map_err(|e| RemoteError::Request {
-        method: "GET",
+    resp.chunk()
+        .await
+        .map_err(|e| request_error("GET", url, &e))
+}
+
+fn request_error(method: &'static str, url: &str, e: &reqwest::Error) -> RemoteError {
+    let reason = chain(e);
+    // A certificate the client rejects will be rejected again.
+    let certificate = reason.contains("certificate");
+    RemoteError::Request {
+        method,
         url: url.to_string(),
-        reason: chain(&e),
-    })
+        transient: !certificate
+            && !e.is_builder()
+            && !e.is_redirect()
+            && (e.is_connect() || e.is_timeout() || e.is_request() || e.is_body()),
+        reason,
+    }
+}
+
+/// Whether `e` may pass by itself, and the delay the server asked for.
+fn transient(e: &RemoteError) -> Option<Option<Duration>> {
+    match e {
+        RemoteError::Request {
+            transient: true, ..
+        } => Some(None),
+        RemoteError::Status {
+            status,
+            retry_after,
+            ..
+        } if backoff::transient_status(status.as_u16()) => Some(*retry_after),
+        _ => None,
+    }
 }
 
 /// Checks that the file at `path` is object `r` (size, then blake3).

@@ -4,7 +4,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -26,20 +26,24 @@ pub struct LogLine<'a> {
 
 /// An append-only JSON-lines file.
 pub struct AccessLog {
+    path: PathBuf,
     file: Mutex<File>,
 }
 
 impl AccessLog {
     pub fn open(path: &Path) -> Result<Self> {
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o644)
-            .open(path)
-            .map_err(io_err("open access log", path))?;
         Ok(AccessLog {
-            file: Mutex::new(file),
+            path: path.to_path_buf(),
+            file: Mutex::new(open_log(path)?),
         })
+    }
+
+    /// Opens the log's path again (creating the file) and writes there from now on;
+    /// for SIGHUP after logrotate renamed the file. On failure the old file is kept.
+    pub fn reopen(&self) -> Result<()> {
+        let file = open_log(&self.path)?;
+        *self.file.lock().unwrap_or_else(|p| p.into_inner()) = file;
+        Ok(())
     }
 
     /// Appends `line`. A failing log never fails the request; it is reported instead.
@@ -58,6 +62,15 @@ impl AccessLog {
     }
 }
 
+fn open_log(path: &Path) -> Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o644)
+        .open(path)
+        .map_err(io_err("open access log", path))
+}
+
 /// Request counters for `/metrics`.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -65,6 +78,7 @@ pub struct Metrics {
     by_class: [AtomicU64; 5],
     bytes: AtomicU64,
     connections: AtomicU64,
+    shed: AtomicU64,
 }
 
 impl Metrics {
@@ -76,6 +90,11 @@ impl Metrics {
 
     pub fn connection(&self) {
         self.connections.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// An idle connection was closed to make room for a new one.
+    pub fn shed(&self) {
+        self.shed.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Prometheus text exposition format 0.0.4.
@@ -97,9 +116,13 @@ impl Metrics {
              ferry_response_bytes_total {}\n\
              # HELP ferry_connections_total Connections accepted.\n\
              # TYPE ferry_connections_total counter\n\
-             ferry_connections_total {}\n",
+             ferry_connections_total {}\n\
+             # HELP ferry_connections_shed_total Idle connections closed to make room.\n\
+             # TYPE ferry_connections_shed_total counter\n\
+             ferry_connections_shed_total {}\n",
             self.bytes.load(Ordering::Relaxed),
-            self.connections.load(Ordering::Relaxed)
+            self.connections.load(Ordering::Relaxed),
+            self.shed.load(Ordering::Relaxed)
         ));
         out
     }

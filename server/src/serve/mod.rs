@@ -7,12 +7,24 @@
 //! lifetimes fit immutable objects and short-lived heads, connections are capped, and
 //! shutdown is graceful.
 //!
-//! Connection cap: a semaphore permit is taken *before* `accept()`, so past the cap
-//! new connections wait in the kernel's backlog instead of being accepted and starved.
-//! The permit moves into the connection task and is released when it ends, which also
-//! gives shutdown its "all connections done" signal: holding every permit.
+//! Connection cap: every connection holds a semaphore permit, released when it ends,
+//! which also gives shutdown its "all connections done" signal: holding every permit.
+//! When no permit is free, the accept loop makes room by shedding the connection idle
+//! longest ([`conns`]), so idle or slow clients cannot lock others out; only when every
+//! connection has a request in flight does it wait, with one accepted socket at most,
+//! while later clients wait in the kernel's backlog. Idle, slow-header and stalled
+//! connections are also closed by their own timeouts ([`conns`]).
+//!
+//! File descriptors: `serve` raises its soft `RLIMIT_NOFILE` to the hard limit at start
+//! (as nginx-style servers do) and warns when that is still too low for
+//! `--max-connections` (one descriptor per connection, one accepted beyond the cap,
+//! and a few per request for the files it serves).
+//!
+//! The access log is reopened on SIGHUP, so logrotate can move it away.
 
 pub mod access_log;
+pub mod conns;
+pub mod quota;
 pub mod range;
 pub mod routes;
 pub mod tls;
@@ -28,6 +40,7 @@ use std::time::Duration;
 
 use http::header::{CONTENT_LENGTH, RANGE};
 use http::{Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -43,8 +56,15 @@ use routes::Body;
 /// How long in-flight connections get to finish after a shutdown signal.
 pub const GRACE: Duration = Duration::from_secs(10);
 /// A client must send its request headers within this time (slowloris guard: an idle
-/// socket would otherwise hold a connection permit forever).
+/// socket would otherwise hold a connection permit forever). In hyper 1.x this timer
+/// also runs while an HTTP/1.1 keep-alive connection waits for its next request.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// The server's keep-alive idle timeout, HTTP/1.1 and HTTP/2 alike (see [`conns`]).
+pub const KEEP_ALIVE_IDLE: Duration = conns::IDLE_TIMEOUT;
+/// Requests at once on one HTTP/2 connection.
+const H2_MAX_STREAMS: u32 = 64;
+/// How long a connection asked to close (idle, shed, shutdown) may take to finish.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 /// What to serve, where.
 #[derive(Clone, Debug)]
@@ -62,6 +82,7 @@ pub struct State {
     pub metrics: Metrics,
     /// The upload API (`PUT`), when `--upload-token-file` enabled it.
     pub upload: Option<upload::Uploads>,
+    pub conns: Arc<conns::Conns>,
 }
 
 /// A bound, not yet running server.
@@ -99,6 +120,7 @@ impl Server {
                 log,
                 metrics: Metrics::default(),
                 upload: None,
+                conns: Arc::default(),
             }),
             max_connections: opts.max_connections.max(1),
             tls: None,
@@ -135,14 +157,7 @@ impl Server {
         let permits = Arc::new(Semaphore::new(self.max_connections as usize));
         let (stop_tx, stop_rx) = watch::channel(false);
         tokio::pin!(shutdown);
-        loop {
-            let permit = tokio::select! {
-                p = permits.clone().acquire_owned() => match p {
-                    Ok(p) => p,
-                    Err(_) => break, // never closed; kept total
-                },
-                () = &mut shutdown => break,
-            };
+        'accept: loop {
             let (stream, peer) = tokio::select! {
                 r = self.listener.accept() => match r {
                     Ok(c) => c,
@@ -156,23 +171,49 @@ impl Server {
                 },
                 () = &mut shutdown => break,
             };
+            let permit = match permits.clone().try_acquire_owned() {
+                Ok(p) => p,
+                // Every slot taken: make room by closing the connection idle longest,
+                // and wait for its slot (or any other) to come free.
+                Err(_) => loop {
+                    let shed = self.state.conns.shed_oldest_idle();
+                    if shed {
+                        self.state.metrics.shed();
+                    }
+                    let wait = if shed { CLOSE_GRACE } else { conns::TICK };
+                    tokio::select! {
+                        p = permits.clone().acquire_owned() => match p {
+                            Ok(p) => break p,
+                            Err(_) => break 'accept, // never closed; kept total
+                        },
+                        () = tokio::time::sleep(wait) => {}
+                        () = &mut shutdown => break 'accept,
+                    }
+                },
+            };
             self.state.metrics.connection();
             tracing::debug!(%peer, "connection");
             let state = self.state.clone();
             let mut stop = stop_rx.clone();
             let tls = self.tls.clone();
+            let reg = state.conns.register();
             tokio::spawn(async move {
                 let _permit = permit;
+                let conn = reg.conn.clone();
+                let stream = conns::Watched::new(stream, conn.clone());
                 match tls {
-                    None => serve_connection(stream, state, stop, peer).await,
+                    None => serve_connection(stream, state, stop, peer, conn).await,
                     Some(acceptor) => {
-                        if let Some(stream) =
-                            tls::handshake(&acceptor, stream, &mut stop, peer).await
-                        {
-                            serve_connection(stream, state, stop, peer).await;
+                        let handshake = tokio::select! {
+                            s = tls::handshake(&acceptor, stream, &mut stop, peer) => s,
+                            () = conn.shed.notified() => None,
+                        };
+                        if let Some(stream) = handshake {
+                            serve_connection(stream, state, stop, peer, conn).await;
                         }
                     }
                 }
+                drop(reg);
             });
         }
 
@@ -191,35 +232,109 @@ impl Server {
 }
 
 /// Serves HTTP/1.1 or HTTP/2 on one accepted (and maybe TLS-wrapped) connection until
-/// it ends, or shuts it down gracefully once `stop` turns true.
+/// it ends, or shuts it down gracefully once `stop` turns true, it is shed to make
+/// room, or it is idle; drops it when it stalls ([`conns`]).
 async fn serve_connection<I>(
     io: I,
     state: Arc<State>,
     mut stop: watch::Receiver<bool>,
     peer: SocketAddr,
+    info: Arc<conns::Conn>,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let requests = info.clone();
     let service = service_fn(move |req| {
         let state = state.clone();
-        async move { Ok::<_, Infallible>(answer(&state, req).await) }
+        let in_flight = requests.begin();
+        async move {
+            let resp = answer(&state, req).await;
+            // The request stays in flight until its body is sent (or dropped).
+            Ok::<_, Infallible>(resp.map(|body| {
+                Guarded {
+                    body,
+                    _in_flight: in_flight,
+                }
+                .boxed()
+            }))
+        }
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_TIMEOUT);
+    // No keep-alive pings: an idle HTTP/2 connection is closed (GOAWAY) by the idle
+    // rule instead, which a client answering pings could not be.
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(H2_MAX_STREAMS);
     let conn = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
-    let result = tokio::select! {
-        r = conn.as_mut() => r,
-        _ = async { stop.wait_for(|s| *s).await.map(|_| ()) } => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
+    let why = loop {
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(%peer, "connection ended: {e}");
+                }
+                return;
+            }
+            _ = async { stop.wait_for(|s| *s).await.map(|_| ()) } => break "shutdown",
+            // Idle by definition (no request in flight): dropping it loses nothing,
+            // and a slot is needed now.
+            () = info.shed.notified() => {
+                tracing::debug!(%peer, "connection closed to make room");
+                return;
+            }
+            () = tokio::time::sleep(conns::TICK) => match info.verdict() {
+                conns::Verdict::Keep => {}
+                conns::Verdict::Idle => break "idle",
+                conns::Verdict::Stalled => {
+                    tracing::debug!(%peer, "connection dropped: no progress for {}s", conns::STALL_TIMEOUT.as_secs());
+                    return;
+                }
+            },
         }
     };
-    if let Err(e) = result {
-        tracing::debug!(%peer, "connection ended: {e}");
+    tracing::debug!(%peer, "closing connection: {why}");
+    conn.as_mut().graceful_shutdown();
+    let grace = if why == "shutdown" {
+        GRACE
+    } else {
+        CLOSE_GRACE
+    };
+    match tokio::time::timeout(grace, conn).await {
+        Ok(Err(e)) => tracing::debug!(%peer, "connection ended: {e}"),
+        Ok(Ok(())) => {}
+        Err(_) => tracing::debug!(%peer, "connection dropped: it did not close in time"),
+    }
+}
+
+/// A response body that keeps its request counted as in flight until it is dropped.
+struct Guarded {
+    body: Body,
+    _in_flight: conns::InFlight,
+}
+
+impl hyper::body::Body for Guarded {
+    type Data = bytes::Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<std::result::Result<hyper::body::Frame<Self::Data>, Self::Error>>>
+    {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -276,6 +391,7 @@ pub fn run_cli(
         // Signal handlers are installed before the address is announced, so a test
         // that signals right after reading the line cannot kill the process unhandled.
         let shutdown = shutdown_signal()?;
+        raise_fd_limit(opts.max_connections);
         let mut server = Server::bind(opts).await?;
         let scheme = if acceptor.is_some() { "https" } else { "http" };
         if let Some(acceptor) = acceptor {
@@ -284,6 +400,8 @@ pub fn run_cli(
         if let Some(uploads) = uploads {
             server = server.with_uploads(uploads);
         }
+        // After the `with_` calls, which need the state unshared.
+        reopen_log_on_sighup(server.state.clone())?;
         let addr = server.local_addr()?;
         let mut stdout = std::io::stdout().lock();
         writeln!(stdout, "listening on {scheme}://{addr}")
@@ -293,6 +411,48 @@ pub fn run_cli(
         tracing::info!(%addr, repo = %opts.repo.display(), "serving");
         server.run(shutdown).await
     })
+}
+
+/// Raises the soft limit on open files to the hard limit, and warns when even that is
+/// too low for `max_connections`.
+fn raise_fd_limit(max_connections: u32) {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut lim = getrlimit(Resource::Nofile);
+    if lim.current < lim.maximum {
+        lim.current = lim.maximum;
+        if let Err(e) = setrlimit(Resource::Nofile, lim) {
+            tracing::warn!("cannot raise the open-files limit: {e}");
+        }
+        lim = getrlimit(Resource::Nofile);
+    }
+    // Per connection one socket, plus the files a request has open, plus a margin
+    // for the listener, the log and the runtime.
+    let needed = u64::from(max_connections) * 2 + 64;
+    match lim.current {
+        Some(have) if have < needed => tracing::warn!(
+            "the open-files limit ({have}) is low for --max-connections {max_connections} \
+             (about {needed} wanted): raise `ulimit -n` or lower --max-connections"
+        ),
+        _ => {}
+    }
+}
+
+/// Reopens the access log on every SIGHUP (after logrotate moved it away).
+fn reopen_log_on_sighup(state: Arc<State>) -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = signal(SignalKind::hangup())
+        .map_err(io_err("install", std::path::Path::new("signal handlers")))?;
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            if let Some(log) = &state.log {
+                match log.reopen() {
+                    Ok(()) => tracing::info!("SIGHUP: access log reopened"),
+                    Err(e) => tracing::warn!("SIGHUP: {e}; still writing to the old file"),
+                }
+            }
+        }
+    });
+    Ok(())
 }
 
 /// A future completing on the first SIGTERM or SIGINT.

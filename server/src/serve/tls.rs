@@ -21,7 +21,6 @@ use std::time::Duration;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
@@ -66,12 +65,15 @@ pub fn acceptor(files: &TlsFiles) -> Result<TlsAcceptor> {
 
 /// Completes the server side of a handshake. `None` when it failed, timed out, or the
 /// server began shutting down meanwhile; failures are logged at debug level only.
-pub async fn handshake(
+pub async fn handshake<S>(
     acceptor: &TlsAcceptor,
-    stream: TcpStream,
+    stream: S,
     stop: &mut watch::Receiver<bool>,
     peer: SocketAddr,
-) -> Option<TlsStream<TcpStream>> {
+) -> Option<TlsStream<S>>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let accept = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream));
     tokio::select! {
         r = accept => match r {

@@ -9,14 +9,18 @@
 //! ```text
 //! PUT /objects/<2 hex>/<64 hex>   body = the object; blake3 must equal the name
 //!     201 stored, 200 already there, 400 content does not match the name,
-//!     401 token, 408 stalled body, 413 larger than --max-upload-size
+//!     401 token, 408 stalled body, 413 larger than --max-upload-size (or than
+//!     --upload-bytes-per-hour), 429 + Retry-After: the token's hourly bytes are spent
 //! PUT /channels/<channel>/head    body = the signed head (≤ 1 MiB)
 //!     header X-Ferry-Previous-Sequence: N   (0 for a new channel)
 //!     201 published, 400 malformed or header missing, 401 token,
 //!     403 signatures do not verify with the trusted keys,
 //!     409 head moved (compare-and-swap lost) or an object it names is missing,
 //!     413 too large, 422 expired, wrong channel, manifest or archive inconsistent
+//! any PUT with the token: 429 + Retry-After past --upload-requests-per-minute
 //! ```
+//!
+//! The per-token budgets ([`super::quota`]) bound what a stolen token can cost.
 //!
 //! Uploads follow the repository's write order (FORMAT.md §7): objects first, each
 //! streamed to a temp file, hashed, then renamed into place; the head last, accepted
@@ -42,12 +46,13 @@ use ferry_format::id::{Digest, ObjectRef};
 use ferry_format::keys::PublicKey;
 use ferry_format::layout::{RepoPath, parse_repo_path};
 use ferry_format::verified::{verify_manifest, verify_own_head};
-use http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHENTICATE};
+use http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use subtle::ConstantTimeEq;
 use tokio::io::AsyncWriteExt;
 
+use super::quota::{Limits, Over, Quota, retry_after_secs};
 use super::routes::Body;
 use crate::error::{Error, Result, io_err};
 use crate::fsutil::{self, DIR_MODE, FILE_MODE, Place};
@@ -123,6 +128,7 @@ pub struct Uploads {
     max_object_size: u64,
     locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     counters: Counters,
+    quota: Quota,
 }
 
 impl Uploads {
@@ -141,7 +147,15 @@ impl Uploads {
             max_object_size,
             locks: std::sync::Mutex::default(),
             counters: Counters::default(),
+            quota: Quota::new(Limits::default()),
         })
+    }
+
+    /// Replaces the default per-token budgets.
+    #[must_use]
+    pub fn with_limits(mut self, limits: Limits) -> Uploads {
+        self.quota = Quota::new(limits);
+        self
     }
 
     /// Reads the token file and the public key files given on the command line.
@@ -207,9 +221,10 @@ enum Reason {
     Missing,
     Conflict,
     Internal,
+    RateLimited,
 }
 
-const REASONS: [&str; 9] = [
+const REASONS: [&str; 10] = [
     "auth",
     "bad_request",
     "too_large",
@@ -219,6 +234,7 @@ const REASONS: [&str; 9] = [
     "missing_object",
     "conflict",
     "internal",
+    "rate_limited",
 ];
 
 impl Counters {
@@ -255,6 +271,8 @@ struct Refusal {
     status: StatusCode,
     reason: Reason,
     message: String,
+    /// Sent as `Retry-After`, in seconds.
+    retry_after: Option<u64>,
 }
 
 fn refuse(status: StatusCode, reason: Reason, message: impl Into<String>) -> Refusal {
@@ -262,7 +280,41 @@ fn refuse(status: StatusCode, reason: Reason, message: impl Into<String>) -> Ref
         status,
         reason,
         message: message.into(),
+        retry_after: None,
     }
+}
+
+/// The refusal for an upload past the token's budget.
+fn over_budget(over: Over, limits: Limits) -> Refusal {
+    let (status, message, wait) = match over {
+        Over::Requests(wait) => (
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "more than {} uploads per minute with this token (--upload-requests-per-minute)",
+                limits.requests_per_minute
+            ),
+            Some(wait),
+        ),
+        Over::Bytes(wait) => (
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "this token's {} bytes per hour are spent (--upload-bytes-per-hour)",
+                limits.bytes_per_hour
+            ),
+            Some(wait),
+        ),
+        Over::Never => (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "the object is larger than the {} bytes a token may upload per hour (--upload-bytes-per-hour)",
+                limits.bytes_per_hour
+            ),
+            None,
+        ),
+    };
+    let mut r = refuse(status, Reason::RateLimited, message);
+    r.retry_after = wait.map(retry_after_secs);
+    r
 }
 
 fn internal(e: impl std::fmt::Display) -> Refusal {
@@ -288,6 +340,8 @@ where
             Reason::Auth,
             "missing or wrong upload token (Authorization: Bearer <token>)",
         ))
+    } else if let Err(over) = up.quota.request() {
+        Err(over_budget(over, up.quota.limits()))
     } else {
         match parse_repo_path(path) {
             Some(RepoPath::Object(hash)) => put_object(repo, up, hash, req.headers(), body)
@@ -316,6 +370,10 @@ where
                 r.message
             );
             let mut resp = message(r.status, &r.message);
+            if let Some(secs) = r.retry_after {
+                resp.headers_mut()
+                    .insert(RETRY_AFTER, http::HeaderValue::from(secs));
+            }
             if r.status == StatusCode::UNAUTHORIZED {
                 resp.headers_mut().insert(
                     WWW_AUTHENTICATE,
@@ -434,15 +492,46 @@ where
     B: hyper::body::Body<Data = Bytes> + Unpin,
     B::Error: std::fmt::Display,
 {
-    if content_length(headers).is_some_and(|n| n > up.max_object_size) {
+    let declared = content_length(headers);
+    if declared.is_some_and(|n| n > up.max_object_size) {
         return Err(too_large("object", up.max_object_size));
     }
+    // The token's hourly bytes: the declared length is reserved before anything is
+    // written (without one, the largest object the budget allows), and what was not
+    // stored is given back afterwards.
+    let limits = up.quota.limits();
+    let reserved = declared.unwrap_or(up.max_object_size.min(limits.bytes_per_hour));
+    up.quota
+        .reserve(reserved)
+        .map_err(|over| over_budget(over, limits))?;
+    let result = store_object(repo, up, hash, body, reserved).await;
+    let stored = match &result {
+        Ok((_, len)) => *len,
+        Err(_) => 0,
+    };
+    up.quota.settle(reserved, stored);
+    result.map(|(status, _)| status)
+}
+
+/// Streams an object of at most `limit` bytes to a temp file and places it; returns
+/// the status and its length.
+async fn store_object<B>(
+    repo: &Path,
+    up: &Uploads,
+    hash: Digest,
+    body: B,
+    limit: u64,
+) -> Result<(StatusCode, u64), Refusal>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    let limit = limit.min(up.max_object_size);
     let repo = Repo::new(repo);
     let r = repo.clone();
     let tmp = blocking(move || r.object_temp()).await.map_err(internal)?;
     let mut file = tokio::fs::File::from_std(tmp.as_file().try_clone().map_err(internal)?);
-    let (actual, _) =
-        stream_body(body, up.max_object_size, "object", Some(&mut file), None).await?;
+    let (actual, len) = stream_body(body, limit, "object", Some(&mut file), None).await?;
     file.flush().await.map_err(internal)?;
     drop(file);
     if actual != hash {
@@ -465,11 +554,12 @@ where
     })
     .await
     .map_err(internal)?;
-    Ok(if placed {
+    let status = if placed {
         StatusCode::CREATED
     } else {
         StatusCode::OK
-    })
+    };
+    Ok((status, len))
 }
 
 /// The compare-and-swap rule of a head upload: the channel must still be at the

@@ -224,8 +224,13 @@ async fn serves_the_repository_and_nothing_else() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn connection_cap_defers_accept() {
+async fn connection_cap_sheds_idle_connections_and_defers_behind_busy_ones() {
     let tmp = tempfile::tempdir().unwrap();
+    // An object large enough that a client not reading it keeps its response in flight.
+    let big = vec![7u8; 32 << 20];
+    let path = object_path(&Digest::of(&big));
+    fs::create_dir_all(tmp.path().join(&path).parent().unwrap()).unwrap();
+    fs::write(tmp.path().join(&path), &big).unwrap();
     let server = Server::bind(&ServeOptions {
         repo: tmp.path().to_path_buf(),
         listen: "127.0.0.1:0".parse().unwrap(),
@@ -240,14 +245,33 @@ async fn connection_cap_defers_accept() {
         let _ = stopped.await;
     }));
 
-    // An idle connection takes the only permit...
-    let idle = TcpStream::connect(addr).await.unwrap();
+    // An idle connection takes the only slot; a new client gets it instead of waiting.
+    let mut idle = TcpStream::connect(addr).await.unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    // ...so a second one is not served until it goes away.
-    let second = tokio::spawn(request(addr, "GET", "/healthz", &[]));
+    let r = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        request(addr, "GET", "/healthz", &[]),
+    )
+    .await
+    .expect("served by shedding the idle connection");
+    assert_eq!(r.status, 200);
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(5), idle.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap_or(0);
+    assert_eq!(n, 0, "the idle connection was closed");
+
+    // A connection with a response in flight is never shed: the next client waits.
+    let mut busy = TcpStream::connect(addr).await.unwrap();
+    busy.write_all(format!("GET /{path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    assert!(!second.is_finished(), "served past the connection cap");
-    drop(idle);
+    let second = tokio::spawn(request(addr, "GET", "/healthz", &[]));
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert!(!second.is_finished(), "a busy connection was shed");
+    drop(busy);
     let r = tokio::time::timeout(std::time::Duration::from_secs(5), second)
         .await
         .unwrap()

@@ -1,0 +1,298 @@
+//! Connection slots under hostile clients.
+//!
+//! `--max-connections` bounds the connections served at once. Clients that connect
+//! and then do nothing (or send a request head that never ends, or stop reading a
+//! response) must not hold those slots forever, and a full server must not refuse
+//! new clients forever either. So every connection is registered here with:
+//!
+//! - the number of its requests *in flight* (from the moment its head was read until
+//!   its response body was sent or dropped), and since when it has had none;
+//! - the time its socket last moved a byte, in either direction ([`Watched`]).
+//!
+//! Rules, applied by the connection's own task ([`super::serve_connection`]):
+//!
+//! - **Idle** ([`IDLE_TIMEOUT`]): no request in flight for that long (a keep-alive
+//!   connection between requests, HTTP/1.1 or HTTP/2, or one still sending its first
+//!   request head) and the connection is closed (gracefully: HTTP/2 gets a GOAWAY).
+//!   HTTP/1.1 request heads also have hyper's `header_read_timeout`.
+//! - **Stalled** ([`STALL_TIMEOUT`]): a request in flight, yet no byte moved for that
+//!   long (the client stopped reading its response, or stopped sending its upload)
+//!   and the connection is dropped. This is the write timeout.
+//! - **Shedding**: when every slot is taken and another client connects, the
+//!   connection that has been idle longest is closed to make room. Idle means no
+//!   request in flight, which includes connections still sending a request head: a
+//!   slow-loris client is shed first, a download in progress never. Only when every
+//!   slot serves a request in flight does the new client wait (in the accept loop,
+//!   holding one extra socket at most) for one to end.
+
+use std::collections::HashMap;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::Notify;
+
+/// A connection without a request in flight for this long is closed. This is the
+/// server's keep-alive idle timeout; clients keep pooled connections for less
+/// (the agent and the publisher: 15 s).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// A connection with a request in flight that moves no byte for this long is dropped.
+pub const STALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often a connection checks the rules above.
+pub const TICK: Duration = Duration::from_secs(1);
+
+/// Every open connection.
+pub struct Conns {
+    epoch: Instant,
+    next_id: AtomicU64,
+    live: Mutex<HashMap<u64, Arc<Conn>>>,
+}
+
+impl Default for Conns {
+    fn default() -> Self {
+        Conns {
+            epoch: Instant::now(),
+            next_id: AtomicU64::new(0),
+            live: Mutex::default(),
+        }
+    }
+}
+
+/// One open connection.
+pub struct Conn {
+    id: u64,
+    epoch: Instant,
+    in_flight: AtomicU32,
+    /// Milliseconds since `epoch` when the last request ended (or the connection opened).
+    idle_since: AtomicU64,
+    /// Milliseconds since `epoch` when the socket last moved a byte.
+    last_io: AtomicU64,
+    /// Set once this connection was chosen to make room.
+    shedding: AtomicBool,
+    /// Woken when it is chosen.
+    pub shed: Notify,
+}
+
+impl Conns {
+    /// Registers a new connection; it is removed when the returned guard drops.
+    pub fn register(self: &Arc<Self>) -> Registered {
+        let now = ms(self.epoch);
+        let conn = Arc::new(Conn {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            epoch: self.epoch,
+            in_flight: AtomicU32::new(0),
+            idle_since: AtomicU64::new(now),
+            last_io: AtomicU64::new(now),
+            shedding: AtomicBool::new(false),
+            shed: Notify::new(),
+        });
+        self.lock().insert(conn.id, conn.clone());
+        Registered {
+            conns: self.clone(),
+            conn,
+        }
+    }
+
+    /// Asks the connection that has been idle longest to close. Returns whether there
+    /// was one (none when every connection has a request in flight).
+    pub fn shed_oldest_idle(&self) -> bool {
+        let live = self.lock();
+        let victim = live
+            .values()
+            .filter(|c| c.in_flight.load(Ordering::SeqCst) == 0)
+            .filter(|c| !c.shedding.load(Ordering::SeqCst))
+            .min_by_key(|c| c.idle_since.load(Ordering::SeqCst));
+        match victim {
+            Some(c) => {
+                c.shedding.store(true, Ordering::SeqCst);
+                c.shed.notify_one();
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Conn>>> {
+        // A poisoned map only means a panic while it was held; the map is intact.
+        self.live.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A registered connection; unregisters it on drop.
+pub struct Registered {
+    conns: Arc<Conns>,
+    pub conn: Arc<Conn>,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.conns.lock().remove(&self.conn.id);
+    }
+}
+
+/// What a connection's rules say now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Keep,
+    /// No request in flight for [`IDLE_TIMEOUT`].
+    Idle,
+    /// A request in flight and no byte moved for [`STALL_TIMEOUT`].
+    Stalled,
+}
+
+impl Conn {
+    /// A request starts; it ends when the returned guard drops.
+    pub fn begin(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        InFlight(self.clone())
+    }
+
+    fn touch(&self) {
+        self.last_io.store(ms(self.epoch), Ordering::Relaxed);
+    }
+
+    pub fn verdict(&self) -> Verdict {
+        self.verdict_at(ms(self.epoch), IDLE_TIMEOUT, STALL_TIMEOUT)
+    }
+
+    fn verdict_at(&self, now: u64, idle: Duration, stall: Duration) -> Verdict {
+        let since = |t: &AtomicU64| now.saturating_sub(t.load(Ordering::SeqCst));
+        if self.in_flight.load(Ordering::SeqCst) == 0 {
+            if since(&self.idle_since) >= idle.as_millis() as u64 {
+                return Verdict::Idle;
+            }
+        } else if since(&self.last_io) >= stall.as_millis() as u64 {
+            return Verdict::Stalled;
+        }
+        Verdict::Keep
+    }
+}
+
+/// A request in flight on a connection.
+pub struct InFlight(Arc<Conn>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let c = &self.0;
+        c.idle_since.store(ms(c.epoch), Ordering::SeqCst);
+        c.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn ms(epoch: Instant) -> u64 {
+    epoch.elapsed().as_millis() as u64
+}
+
+/// A socket that records when it last moved a byte.
+pub struct Watched<I> {
+    io: I,
+    conn: Arc<Conn>,
+}
+
+impl<I> Watched<I> {
+    pub fn new(io: I, conn: Arc<Conn>) -> Self {
+        Watched { io, conn }
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let r = Pin::new(&mut this.io).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            this.conn.touch();
+        }
+        r
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.io).poll_write(cx, buf);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            this.conn.touch();
+        }
+        r
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            this.conn.touch();
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn idle_and_stalled_connections_are_told_apart() {
+        let conns = Arc::new(Conns::default());
+        let r = conns.register();
+        let c = &r.conn;
+        assert_eq!(c.verdict_at(0, 30 * S, 60 * S), Verdict::Keep);
+        assert_eq!(c.verdict_at(30_000, 30 * S, 60 * S), Verdict::Idle);
+        // A request in flight is never idle, only stalled when its socket is quiet.
+        let req = c.begin();
+        assert_eq!(c.verdict_at(59_000, 30 * S, 60 * S), Verdict::Keep);
+        assert_eq!(c.verdict_at(60_000, 30 * S, 60 * S), Verdict::Stalled);
+        drop(req);
+        assert_eq!(c.in_flight.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn the_oldest_idle_connection_is_shed_never_a_busy_one() {
+        let conns = Arc::new(Conns::default());
+        let busy = conns.register();
+        let _req = busy.conn.begin();
+        let old = conns.register();
+        let young = conns.register();
+        young.conn.idle_since.store(10_000, Ordering::SeqCst);
+        old.conn.idle_since.store(5_000, Ordering::SeqCst);
+        busy.conn.idle_since.store(0, Ordering::SeqCst);
+        assert!(conns.shed_oldest_idle());
+        assert!(old.conn.shedding.load(Ordering::SeqCst));
+        assert!(conns.shed_oldest_idle());
+        assert!(young.conn.shedding.load(Ordering::SeqCst));
+        assert!(!conns.shed_oldest_idle(), "only a busy one is left");
+        assert!(!busy.conn.shedding.load(Ordering::SeqCst));
+        drop(old);
+        assert_eq!(conns.lock().len(), 2);
+    }
+}
