@@ -6,6 +6,7 @@ mod it {
     pub mod fixtures;
     pub mod http_semantics;
     pub mod keys;
+    pub mod online;
     pub mod paths;
     pub mod pipeline;
     pub mod resume;

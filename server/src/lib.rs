@@ -31,6 +31,8 @@
 //!     channel: "stable".into(),
 //!     version: "1.0.0".into(),
 //!     expires_in: ferry_server::publish::DEFAULT_EXPIRES_IN,
+//!     content_expires_in: ferry_server::publish::DEFAULT_CONTENT_EXPIRES_IN,
+//!     rollout: 100,
 //!     retain: 10,
 //!     zstd_level: 19,
 //!     source: "build/out".into(),
@@ -67,11 +69,23 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             repo,
             channel,
             key,
+            timestamp_key,
             expires_in,
+            content_expires_in,
+            rollout,
         } => {
-            let keys = read_secrets(&key)?;
-            let text =
-                key_admin::refresh_head(&repo::Repo::new(repo), &channel, &keys, expires_in)?;
+            let opts = key_admin::RefreshOptions {
+                expires_in,
+                content_expires_in,
+                rollout,
+            };
+            let repo = repo::Repo::new(repo);
+            let text = match timestamp_key {
+                Some(k) => {
+                    key_admin::refresh_online(&repo, &channel, &keygen::read_secret(&k)?, opts)?
+                }
+                None => key_admin::refresh_head(&repo, &channel, &read_secrets(&key)?, opts)?,
+            };
             print!("{text}");
         }
         Command::Publish {
@@ -83,6 +97,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             channel,
             version,
             expires_in,
+            content_expires_in,
+            rollout,
             retain,
             zstd_level,
             diff_depth,
@@ -102,6 +118,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 channel,
                 version,
                 expires_in,
+                content_expires_in,
+                rollout,
                 retain,
                 zstd_level,
                 source: path,
@@ -137,7 +155,15 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             upload_token_file,
             public_key,
             max_upload_size,
+            timestamp_key,
         } => {
+            let refresher = timestamp_key
+                .map(|k| -> anyhow::Result<_> {
+                    let key = keygen::read_secret(&k)?;
+                    serve::refresh::Refresher::new(&repo, key)
+                        .with_context(|| format!("--timestamp-key {}", k.display()))
+                })
+                .transpose()?;
             let uploads = upload_token_file
                 .map(|t| serve::upload::Uploads::load(&t, &public_key, max_upload_size))
                 .transpose()?;
@@ -153,6 +179,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 },
                 tls.as_ref(),
                 uploads,
+                refresher,
             )?;
         }
         Command::Ls { repo, channel, key } => {
@@ -191,6 +218,8 @@ fn key_command(command: cli::KeyCommand) -> anyhow::Result<()> {
             root_threshold,
             publishers,
             threshold,
+            online,
+            online_threshold,
             signers,
             previous_key,
         } => {
@@ -202,6 +231,7 @@ fn key_command(command: cli::KeyCommand) -> anyhow::Result<()> {
             };
             let roots = read_pub(&roots)?;
             let publishers = read_pub(&publishers)?;
+            let online = read_pub(&online)?;
             let signers = read_secrets(&signers)?;
             let previous_key = previous_key
                 .as_deref()
@@ -214,6 +244,8 @@ fn key_command(command: cli::KeyCommand) -> anyhow::Result<()> {
                     root_threshold,
                     publishers: &publishers,
                     threshold,
+                    online: &online,
+                    online_threshold,
                     signers: &signers,
                     previous_key,
                 },

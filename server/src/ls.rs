@@ -102,7 +102,7 @@ pub fn ls(repo: &Repo, channel: Option<&str>, key: Option<&PublicKey>) -> Result
             head.sequence, head.issued_at, head.expires_at
         );
         let current = head.current().version.clone();
-        for r in &head.releases {
+        for r in head.releases() {
             // A release whose manifest is gone or damaged is listed, not fatal: ls is
             // the tool one uses to find out what is wrong.
             let detail = match repo

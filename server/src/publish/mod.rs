@@ -30,8 +30,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ferry_format::chunking::{ChunkParams, chunk_reader};
-use ferry_format::envelope::{FORMAT_VERSION, TrustedKeys};
-use ferry_format::head::{ChannelHead, ReleaseRef};
+use ferry_format::envelope::{CLIENT_FORMAT, TrustedKeys};
+use ferry_format::head::{ChannelHead, HeadContent, ReleaseRef, Rollout};
 use ferry_format::id::Digest;
 use ferry_format::keys::SecretKey;
 use ferry_format::manifest::{Entry, EntryKind, MAX_DIFFS, Manifest};
@@ -48,6 +48,9 @@ use walk::SourceKind;
 /// Default lifetime of a head: clients refuse it afterwards, so a publisher must
 /// re-publish (or refresh) at least this often.
 pub const DEFAULT_EXPIRES_IN: Duration = Duration::from_secs(7 * 86_400);
+/// Default lifetime of the publisher-signed content of a head: an online key may keep
+/// the head fresh until then, never longer.
+pub const DEFAULT_CONTENT_EXPIRES_IN: Duration = Duration::from_secs(90 * 86_400);
 /// Default number of releases a head keeps listing (rollback targets).
 pub const DEFAULT_RETAIN: usize = 10;
 /// Releases before a diff's base whose chunks an agent on that base may still hold
@@ -65,6 +68,10 @@ pub struct PublishOptions<'a> {
     pub channel: String,
     pub version: String,
     pub expires_in: Duration,
+    /// Lifetime of the publisher-signed content (at least `expires_in`).
+    pub content_expires_in: Duration,
+    /// Share of agents (0-100) the new release is offered to.
+    pub rollout: u8,
     pub retain: usize,
     pub zstd_level: i32,
     /// A regular file or a directory.
@@ -118,11 +125,11 @@ pub fn previous(repo: &Repo, channel: &str, key: &SecretKey) -> Result<Option<Pr
         key_id: key.public().id().to_hex(),
         source,
     })?;
-    if head.channel != channel {
+    if head.channel() != channel {
         return Err(repo.broken(format!(
             "the head at {} is for channel {:?}",
             repo.head_file(channel).display(),
-            head.channel
+            head.channel()
         )));
     }
     let current = head.current().clone();
@@ -154,6 +161,13 @@ pub fn publish(opts: &PublishOptions<'_>) -> Result<PublishReport> {
         return Err(Error::Unsupported {
             path: opts.repo.clone(),
             reason: format!("--diff-depth is at most {MAX_DIFFS}"),
+        });
+    }
+    check_lifetimes(&opts.repo, opts.expires_in, opts.content_expires_in)?;
+    if opts.rollout > 100 {
+        return Err(Error::Unsupported {
+            path: opts.repo.clone(),
+            reason: format!("--rollout {} is above 100%", opts.rollout),
         });
     }
     if opts.retain == 0 {
@@ -268,7 +282,7 @@ pub fn publish(opts: &PublishOptions<'_>) -> Result<PublishReport> {
         Some(p) if opts.diff_depth > 0 => {
             let recent: Vec<&str> = p
                 .head
-                .releases
+                .releases()
                 .iter()
                 .rev()
                 .take(opts.diff_depth)
@@ -291,17 +305,10 @@ pub fn publish(opts: &PublishOptions<'_>) -> Result<PublishReport> {
     let manifest_diff_objects: Vec<_> = manifest_diffs.iter().map(|d| d.object).collect();
 
     // Step 4: the head, last.
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_err(|_| {
-            io_err("read", std::path::Path::new("the system clock"))(std::io::Error::other(
-                "clock is before 1970",
-            ))
-        })?
-        .as_secs();
+    let now = unix_now()?;
     let mut releases = prev
         .as_ref()
-        .map(|p| p.head.releases.clone())
+        .map(|p| p.head.releases().to_vec())
         .unwrap_or_default();
     releases.push(ReleaseRef {
         version: opts.version.clone(),
@@ -309,24 +316,46 @@ pub fn publish(opts: &PublishOptions<'_>) -> Result<PublishReport> {
     });
     let keep_from = releases.len().saturating_sub(opts.retain);
     releases.drain(..keep_from);
-    let head = ChannelHead {
+    // Older releases keep the rollout in force (a pause by the online role becomes
+    // the publisher's); the new one gets --rollout.
+    let mut rollout: Vec<Rollout> = prev
+        .as_ref()
+        .map(|p| p.head.effective_rollout())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|r| releases.iter().any(|rel| rel.version == r.version))
+        .collect();
+    if opts.rollout < 100 {
+        rollout.push(Rollout {
+            version: opts.version.clone(),
+            percent: opts.rollout,
+        });
+    }
+    let content = HeadContent {
         channel: opts.channel.clone(),
-        sequence: prev.as_ref().map_or(0, |p| p.head.sequence) + 1,
+        sequence: prev.as_ref().map_or(0, |p| p.head.content.sequence) + 1,
         issued_at: now,
-        expires_at: now.saturating_add(opts.expires_in.as_secs()),
-        min_client_format: FORMAT_VERSION,
+        expires_at: now.saturating_add(opts.content_expires_in.as_secs()),
+        min_client_format: CLIENT_FORMAT,
         releases,
-        key_list: key_list.map(|(r, _, _)| r),
         manifest_diffs,
+        rollout,
     };
-    let head_bytes = head.sign(&signers)?;
+    let sequence = prev.as_ref().map_or(0, |p| p.head.sequence) + 1;
+    let head_bytes = ChannelHead::publish(
+        &content,
+        sequence,
+        now.saturating_add(opts.expires_in.as_secs()),
+        key_list.map(|(r, _, _)| r),
+        &signers,
+    )?;
     repo.write_head(&opts.channel, &head_bytes)?;
 
     let chunks_carried = table.carried.len();
     Ok(PublishReport {
         channel: opts.channel.clone(),
         version: opts.version.clone(),
-        sequence: head.sequence,
+        sequence,
         manifest: manifest_ref.hash.to_hex(),
         manifest_size: manifest_ref.size,
         archive: archive.hash.to_hex(),
@@ -341,6 +370,33 @@ pub fn publish(opts: &PublishOptions<'_>) -> Result<PublishReport> {
         generation,
         elapsed: started.elapsed(),
     })
+}
+
+/// Unix seconds now.
+pub fn unix_now() -> Result<u64> {
+    Ok(SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_err(|_| {
+            io_err("read", std::path::Path::new("the system clock"))(std::io::Error::other(
+                "clock is before 1970",
+            ))
+        })?
+        .as_secs())
+}
+
+/// A head cannot outlive the publisher content it carries.
+pub fn check_lifetimes(repo: &std::path::Path, head: Duration, content: Duration) -> Result<()> {
+    if head > content {
+        return Err(Error::Unsupported {
+            path: repo.to_path_buf(),
+            reason: format!(
+                "--expires-in {}s is longer than --content-expires-in {}s: a head cannot outlive the publisher content it carries",
+                head.as_secs(),
+                content.as_secs()
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// An entry whose chunk indexes are not final yet.

@@ -151,6 +151,8 @@ pub fn publish_to(remote: &RemoteOptions, opts: &PublishOptions<'_>) -> Result<P
         channel: opts.channel.clone(),
         version: opts.version.clone(),
         expires_in: opts.expires_in,
+        content_expires_in: opts.content_expires_in,
+        rollout: opts.rollout,
         retain: opts.retain,
         zstd_level: opts.zstd_level,
         source: opts.source.clone(),
@@ -285,8 +287,8 @@ impl Server {
             .await?;
         // The releases before the current one that diffs are made from. Best effort:
         // publish leaves out a base it cannot read, with a warning.
-        let depth = opts.diff_depth.min(head.releases.len());
-        for r in head.releases.iter().rev().take(depth).skip(1) {
+        let depth = opts.diff_depth.min(head.releases().len());
+        for r in head.releases().iter().rev().take(depth).skip(1) {
             if let Err(e) = self.mirror_release(staging, cache, r, channel).await {
                 tracing::warn!(base = r.version, "cannot mirror this diff base: {e:#}");
             }
