@@ -287,8 +287,28 @@ pub fn verify_own_manifest(bytes: &[u8], trusted: &TrustedKeys) -> Result<Verifi
 /// Decodes a head the publisher itself wrote (or its server re-signed), checking both
 /// layers' signatures but none of the freshness rules a client applies (the
 /// publisher reads its previous head to build the next one).
-pub fn verify_own_head(bytes: &[u8], keys: impl Into<HeadKeys>) -> Result<Verified<ChannelHead>> {
-    verify_layers(bytes, &keys.into())
+pub fn verify_own_head<K: AsHeadKeys + ?Sized>(
+    bytes: &[u8],
+    keys: &K,
+) -> Result<Verified<ChannelHead>> {
+    verify_layers(bytes, &keys.as_head_keys())
+}
+
+/// What [`verify_own_head`] checks a head with: publishing keys alone, or both roles.
+pub trait AsHeadKeys {
+    fn as_head_keys(&self) -> HeadKeys;
+}
+
+impl AsHeadKeys for TrustedKeys {
+    fn as_head_keys(&self) -> HeadKeys {
+        HeadKeys::from(self)
+    }
+}
+
+impl AsHeadKeys for HeadKeys {
+    fn as_head_keys(&self) -> HeadKeys {
+        self.clone()
+    }
 }
 
 /// FORMAT.md §6.2, for a manifest the client verified when it installed the release

@@ -356,7 +356,7 @@ pub fn refresh_online(
     let bytes = head.sign(&[key])?;
     // Checked as an agent of the newest key list will: after a rotation that revoked
     // the content's signer, only a publisher can help.
-    verify_own_head(&bytes, latest.head_keys()).map_err(|source| Error::FormatContext {
+    verify_own_head(&bytes, &latest.head_keys()).map_err(|source| Error::FormatContext {
         context: format!(
             "the refreshed head of {channel:?} would be refused by agents trusting key list {}",
             latest.version()
