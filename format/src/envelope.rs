@@ -154,7 +154,17 @@ fn signed_message(kind: ObjectKind, format: u16, body: &[u8]) -> Vec<u8> {
 impl Envelope {
     /// Signs `body` with every key in `keys`.
     pub fn sign(kind: ObjectKind, body: Vec<u8>, keys: &[&SecretKey]) -> Self {
-        let message = signed_message(kind, kind.format_version(), &body);
+        Self::sign_as(kind, kind.format_version(), body, keys)
+    }
+
+    /// Signs as format `format` (tests of older formats).
+    pub(crate) fn sign_as(
+        kind: ObjectKind,
+        format: u16,
+        body: Vec<u8>,
+        keys: &[&SecretKey],
+    ) -> Self {
+        let message = signed_message(kind, format, &body);
         let mut signatures: Vec<SignatureEntry> = keys
             .iter()
             .map(|k| SignatureEntry {
@@ -166,7 +176,7 @@ impl Envelope {
         signatures.dedup_by_key(|s| s.key_id);
         Envelope {
             kind,
-            format: kind.format_version(),
+            format,
             body,
             signatures,
         }
@@ -189,6 +199,12 @@ impl Envelope {
 
     /// Parses the framing. Nothing is trusted yet: call [`Envelope::verify`].
     pub fn decode(kind: ObjectKind, bytes: &[u8]) -> Result<Self> {
+        Self::decode_from(kind, bytes, kind.oldest_version())
+    }
+
+    /// Like [`Envelope::decode`], accepting formats from `oldest` on: for the
+    /// publisher's migration of format 1 heads only.
+    pub(crate) fn decode_from(kind: ObjectKind, bytes: &[u8], oldest: u16) -> Result<Self> {
         let name = kind.name();
         if bytes.len() as u64 > kind.max_size() {
             return Err(FormatError::TooLarge {
@@ -210,11 +226,11 @@ impl Envelope {
                 supported: kind.format_version(),
             });
         }
-        if format < kind.oldest_version() {
+        if format < oldest.max(1) {
             return Err(FormatError::OldFormat {
                 kind: name,
                 found: format,
-                oldest: kind.oldest_version(),
+                oldest,
             });
         }
         let body_len = r.u32("body length")? as usize;

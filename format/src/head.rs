@@ -390,6 +390,56 @@ impl PartialHead {
     }
 }
 
+/// The body of a format 1 head (one layer, before the online role).
+#[derive(Deserialize)]
+struct HeadV1 {
+    channel: String,
+    sequence: u64,
+    issued_at: u64,
+    expires_at: u64,
+    #[allow(dead_code)]
+    min_client_format: u16,
+    releases: Vec<ReleaseRef>,
+    key_list: Option<KeyListRef>,
+    manifest_diffs: Vec<ManifestDiffRef>,
+}
+
+/// FORMAT.md §9: a format 1 head, whose signatures `publishers` verified, re-expressed
+/// as the state a publisher continues from: its sequence becomes both the head and the
+/// publisher sequence, so the next head signed is higher than anything agents saw.
+/// The content is signed with `key` for use in memory only (it is the old head's
+/// releases, which the publisher's key signed); nothing returned here is written as is.
+pub fn upgrade_legacy_head(
+    bytes: &[u8],
+    publishers: &crate::envelope::TrustedKeys,
+    key: &SecretKey,
+) -> Result<ChannelHead> {
+    let env = Envelope::decode_from(ObjectKind::ChannelHead, bytes, 1)?;
+    if env.format != 1 {
+        return Err(malformed("channel head", "not a format 1 head".into()));
+    }
+    env.verify(publishers)?;
+    let old: HeadV1 = codec::decode("channel head", &env.body)?;
+    let content = HeadContent {
+        channel: old.channel,
+        sequence: old.sequence,
+        issued_at: old.issued_at,
+        expires_at: old.expires_at,
+        min_client_format: CLIENT_FORMAT,
+        releases: old.releases,
+        manifest_diffs: old.manifest_diffs,
+        rollout: Vec::new(),
+    };
+    ChannelHead::new(
+        content.sign(&[key])?,
+        old.sequence,
+        old.issued_at,
+        old.expires_at,
+        old.key_list,
+        Vec::new(),
+    )
+}
+
 /// Decodes and validates a head without checking any signature: for display by the
 /// publisher's tools (`ferry-server ls`), never for a trust decision.
 pub fn inspect_head(bytes: &[u8]) -> Result<ChannelHead> {
@@ -402,7 +452,13 @@ pub fn inspect_head(bytes: &[u8]) -> Result<ChannelHead> {
 /// depend on that key list). Only used to decide which key lists to fetch and verify;
 /// nothing else of the head is acted on until [`crate::verified::verify_head`] passes.
 pub fn claimed_key_list(bytes: &[u8]) -> Result<Option<KeyListRef>> {
-    let env = Envelope::decode(ObjectKind::ChannelHead, bytes)?;
+    let env = Envelope::decode_from(ObjectKind::ChannelHead, bytes, 1)?;
+    if env.format == 1 {
+        // Read so that a publisher can find the keys of a head it migrates (§9); an
+        // agent then refuses the head itself as too old.
+        let head: HeadV1 = codec::decode("channel head", &env.body)?;
+        return Ok(head.key_list);
+    }
     let head: HeadBody = codec::decode("channel head", &env.body)?;
     Ok(head.key_list)
 }
@@ -495,5 +551,44 @@ mod tests {
             seen[rollout_bucket(&a, "2.0") as usize] += 1;
         }
         assert!(seen.iter().all(|&n| n > 0), "{seen:?}");
+    }
+
+    #[test]
+    fn format_1_heads_are_refused_by_agents_and_continued_by_publishers() {
+        #[derive(Serialize)]
+        struct V1 {
+            channel: String,
+            sequence: u64,
+            issued_at: u64,
+            expires_at: u64,
+            min_client_format: u16,
+            releases: Vec<ReleaseRef>,
+            key_list: Option<KeyListRef>,
+            manifest_diffs: Vec<ManifestDiffRef>,
+        }
+        let k = SecretKey::from_seed([1; 32]);
+        let c = content();
+        let v1 = V1 {
+            channel: c.channel.clone(),
+            sequence: 77,
+            issued_at: 100,
+            expires_at: 1000,
+            min_client_format: 1,
+            releases: c.releases.clone(),
+            key_list: None,
+            manifest_diffs: vec![],
+        };
+        let bytes =
+            Envelope::sign_as(ObjectKind::ChannelHead, 1, codec::encode(&v1), &[&k]).encode();
+        let e = inspect_head(&bytes).unwrap_err();
+        assert!(matches!(e, FormatError::OldFormat { found: 1, .. }), "{e}");
+        assert_eq!(claimed_key_list(&bytes).unwrap(), None);
+        let trusted = crate::envelope::TrustedKeys::single(k.public());
+        let up = upgrade_legacy_head(&bytes, &trusted, &k).unwrap();
+        assert_eq!((up.sequence, up.content.sequence), (77, 77));
+        assert_eq!(up.content.releases, c.releases);
+        // Only with the keys that signed it.
+        let other = crate::envelope::TrustedKeys::single(SecretKey::from_seed([2; 32]).public());
+        assert!(upgrade_legacy_head(&bytes, &other, &k).is_err());
     }
 }

@@ -406,4 +406,39 @@ mod tests {
         assert!(KeyList::new(0, 0, &[k(1).public()], 1, &[k(1).public()], 1).is_err());
         assert!(KeyList::new(1, 0, &[], 1, &[k(1).public()], 1).is_err());
     }
+
+    #[test]
+    fn format_1_lists_are_read_without_an_online_role() {
+        #[derive(Serialize)]
+        struct V1 {
+            version: u64,
+            issued_at: u64,
+            root_keys: Vec<[u8; 32]>,
+            root_threshold: u16,
+            publish_keys: Vec<[u8; 32]>,
+            publish_threshold: u16,
+        }
+        let v1 = V1 {
+            version: 1,
+            issued_at: 0,
+            root_keys: vec![k(2).public().to_bytes()],
+            root_threshold: 1,
+            publish_keys: vec![k(3).public().to_bytes()],
+            publish_threshold: 1,
+        };
+        let bytes =
+            Envelope::sign_as(ObjectKind::KeyList, 1, codec::encode(&v1), &[&k(1), &k(2)]).encode();
+        let t = TrustRoot::SingleKey(k(1).public()).advance(&bytes).unwrap();
+        assert!(t.online().is_none());
+        // Format 2 with an online role; a threshold without keys is malformed.
+        let l = KeyList::new(2, 0, &[k(2).public()], 1, &[k(3).public()], 1)
+            .unwrap()
+            .with_online(&[k(4).public()], 1)
+            .unwrap();
+        let t2 = t.advance(&l.sign(&[&k(2)]).unwrap()).unwrap();
+        assert_eq!(t2.online().unwrap().key_ids(), vec![k(4).public().id()]);
+        let mut bad = l.clone();
+        bad.online_keys.clear();
+        assert!(bad.validate().is_err());
+    }
 }

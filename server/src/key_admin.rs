@@ -23,9 +23,7 @@ use ferry_format::verified::verify_own_head;
 
 use crate::error::{Error, Result};
 use crate::repo::Repo;
-use crate::trust::{
-    check_signers, key_list_file, latest_key_list, read_key_list, trust_for_head, write_key_list,
-};
+use crate::trust::{check_signers, key_list_file, latest_key_list, read_key_list, write_key_list};
 
 fn now() -> u64 {
     SystemTime::now()
@@ -155,20 +153,11 @@ pub struct RefreshOptions {
     pub rollout: Option<u8>,
 }
 
-fn read_verified_head(
-    repo: &Repo,
-    channel: &str,
-    key: &SecretKey,
-) -> Result<ferry_format::verified::Verified<ChannelHead>> {
+fn read_verified_head(repo: &Repo, channel: &str, key: &SecretKey) -> Result<ChannelHead> {
     let bytes = repo
         .read_head(channel)?
         .ok_or_else(|| repo.broken(format!("channel {channel:?} has no head")))?;
-    let old_trust = trust_for_head(repo, &bytes, key.public())?;
-    verify_own_head(&bytes, &old_trust).map_err(|source| Error::KeyMismatch {
-        channel: channel.to_string(),
-        key_id: key.public().id().to_hex(),
-        source,
-    })
+    crate::trust::verify_publisher_head(repo, channel, &bytes, key)
 }
 
 fn describe_head(what: &str, channel: &str, head: &ChannelHead) -> String {

@@ -110,6 +110,36 @@ pub fn trust_for_head(repo: &Repo, head_bytes: &[u8], single: PublicKey) -> Resu
     }
 }
 
+/// Verifies the head `bytes` of `channel` as its publisher reads it (both layers,
+/// through the key list it names). A format 1 head, written before the online role,
+/// is upgraded in memory with `key` (FORMAT.md §9), so the channel continues its
+/// sequences above everything agents have seen.
+pub fn verify_publisher_head(
+    repo: &Repo,
+    channel: &str,
+    bytes: &[u8],
+    key: &SecretKey,
+) -> Result<ferry_format::head::ChannelHead> {
+    let trusted = trust_for_head(repo, bytes, key.public())?;
+    let mismatch = |source| Error::KeyMismatch {
+        channel: channel.to_string(),
+        key_id: key.public().id().to_hex(),
+        source,
+    };
+    match ferry_format::verified::verify_own_head(bytes, &trusted) {
+        Ok(h) => Ok((*h).clone()),
+        Err(ferry_format::FormatError::OldFormat { .. }) => {
+            tracing::warn!(
+                channel,
+                "the channel head is format 1: continuing its sequence in format 2"
+            );
+            ferry_format::head::upgrade_legacy_head(bytes, &trusted.publishers, key)
+                .map_err(mismatch)
+        }
+        Err(e) => Err(mismatch(e)),
+    }
+}
+
 /// Checks that `keys` meet the threshold of `trust` before anything is signed with them.
 pub fn check_signers(trust: &TrustedKeys, keys: &[&SecretKey], what: &str) -> Result<()> {
     let trusted = trust.key_ids();

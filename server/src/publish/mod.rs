@@ -35,7 +35,7 @@ use ferry_format::head::{ChannelHead, HeadContent, ReleaseRef, Rollout};
 use ferry_format::id::Digest;
 use ferry_format::keys::SecretKey;
 use ferry_format::manifest::{Entry, EntryKind, MAX_DIFFS, Manifest};
-use ferry_format::verified::{verify_own_head, verify_pinned_manifest};
+use ferry_format::verified::verify_pinned_manifest;
 use ferry_format::version::{Version, check_channel};
 use serde::Serialize;
 
@@ -119,12 +119,7 @@ pub fn previous(repo: &Repo, channel: &str, key: &SecretKey) -> Result<Option<Pr
     let Some(bytes) = repo.read_head(channel)? else {
         return Ok(None);
     };
-    let trusted = crate::trust::trust_for_head(repo, &bytes, key.public())?;
-    let head = verify_own_head(&bytes, &trusted).map_err(|source| Error::KeyMismatch {
-        channel: channel.to_string(),
-        key_id: key.public().id().to_hex(),
-        source,
-    })?;
+    let head = crate::trust::verify_publisher_head(repo, channel, &bytes, key)?;
     if head.channel() != channel {
         return Err(repo.broken(format!(
             "the head at {} is for channel {:?}",
@@ -147,7 +142,7 @@ pub fn previous(repo: &Repo, channel: &str, key: &SecretKey) -> Result<Option<Pr
             }
         })?;
     Ok(Some(Previous {
-        head: (*head).clone(),
+        head,
         manifest: (*manifest).clone(),
     }))
 }

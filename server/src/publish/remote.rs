@@ -33,7 +33,7 @@ use ferry_format::envelope::ObjectKind;
 use ferry_format::head::ReleaseRef;
 use ferry_format::id::{Digest, ObjectRef};
 use ferry_format::layout::{head_path, key_list_path, object_path};
-use ferry_format::verified::{verify_own_head, verify_pinned_manifest};
+use ferry_format::verified::verify_pinned_manifest;
 use ferry_format::version::check_channel;
 use reqwest::StatusCode;
 use reqwest::header::{AUTHORIZATION, CONTENT_LENGTH};
@@ -273,12 +273,7 @@ impl Server {
         // Verified before anything it names is fetched; `previous` checks it again
         // together with the manifest.
         let key = opts.key;
-        let trusted = crate::trust::trust_for_head(staging, &head_bytes, key.public())?;
-        let head = verify_own_head(&head_bytes, &trusted).map_err(|source| Error::KeyMismatch {
-            channel: channel.clone(),
-            key_id: key.public().id().to_hex(),
-            source,
-        })?;
+        let head = crate::trust::verify_publisher_head(staging, channel, &head_bytes, key)?;
         self.materialise(staging, cache, &head.current().manifest, "manifest")
             .await?;
         let prev = previous(staging, channel, key)?
