@@ -377,6 +377,18 @@ fn a_lowered_rollout_keeps_unselected_agents_on_their_release() {
         "online lowers to 30%",
     );
     assert_eq!(head(&p).rollout_of(&v(2)), 30);
+    let repo = p.repo();
+    let out = server(&[
+        "ls",
+        "--repo",
+        repo.to_str().unwrap(),
+        "--key",
+        p.public_key().to_str().unwrap(),
+    ]);
+    assert_ok(&out, "ls");
+    let listing = String::from_utf8_lossy(&out.stdout);
+    assert!(listing.contains("(current)  (rollout 30%)"), "{listing}");
+    assert!(listing.contains("publisher sequence 2"), "{listing}");
     let r = inside.update();
     assert_eq!(r["to"], v(2));
     assert_eq!(r["requests"], 3, "{r}");
