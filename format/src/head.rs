@@ -360,7 +360,7 @@ impl ChannelHead {
     }
 
     /// Decodes the freshness layer and the content envelope's framing; the caller
-    /// checks the content's signatures before calling [`ChannelHead::decode_content`].
+    /// checks the content's signatures before calling [`PartialHead::finish`].
     pub(crate) fn decode_layers(body: &[u8]) -> Result<(Envelope, PartialHead)> {
         let b: HeadBody = codec::decode("channel head", body)?;
         let env = Envelope::decode(ObjectKind::ChannelContent, &b.content)?;
