@@ -11,6 +11,7 @@ mod it {
     pub mod http_semantics;
     pub mod keys;
     pub mod limits;
+    pub mod online;
     pub mod paths;
     pub mod pipeline;
     pub mod publish_limits;

@@ -2,8 +2,9 @@
 //!
 //! ```text
 //! offset  size          field
-//! 0       4             magic: b"FRYH" channel head, b"FRYM" manifest, b"FRYK" key list
-//! 4       2             format version, u16 LE (FORMAT_VERSION)
+//! 0       4             magic: b"FRYH" channel head, b"FRYC" channel content (the
+//!                       publisher-signed part a head embeds), b"FRYM" manifest, b"FRYK" key list
+//! 4       2             format version of the kind, u16 LE (ObjectKind::format_version)
 //! 6       4             body length B, u32 LE
 //! 10      B             body (canonical bincode, see codec.rs)
 //! 10+B    2             signature count S, u16 LE (1..=MAX_SIGNATURES)
@@ -20,8 +21,12 @@ use crate::error::{FormatError, Result};
 use crate::id::Digest;
 use crate::keys::{KeyId, PublicKey, SecretKey};
 
-/// The format version this build writes and the highest it reads.
+/// The format version of manifests and diff objects, which this build writes and reads.
 pub const FORMAT_VERSION: u16 = 1;
+/// The client format generation this build implements (FORMAT.md §9): a head's
+/// `min_client_format` above it means "upgrade ferry". 2 added the two-layer head
+/// (publisher content plus freshness) and the online role of key lists.
+pub const CLIENT_FORMAT: u16 = 2;
 /// Most signatures an envelope may carry.
 pub const MAX_SIGNATURES: usize = 32;
 const SIGNATURE_CONTEXT: &[u8] = b"ferry-signature-v1\0";
@@ -30,6 +35,8 @@ const SIGNATURE_CONTEXT: &[u8] = b"ferry-signature-v1\0";
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ObjectKind {
     ChannelHead,
+    /// The publisher-signed part of a channel head (FORMAT.md §5).
+    ChannelContent,
     Manifest,
     KeyList,
 }
@@ -38,6 +45,7 @@ impl ObjectKind {
     pub fn magic(self) -> [u8; 4] {
         match self {
             ObjectKind::ChannelHead => *b"FRYH",
+            ObjectKind::ChannelContent => *b"FRYC",
             ObjectKind::Manifest => *b"FRYM",
             ObjectKind::KeyList => *b"FRYK",
         }
@@ -46,6 +54,7 @@ impl ObjectKind {
     pub fn name(self) -> &'static str {
         match self {
             ObjectKind::ChannelHead => "channel head",
+            ObjectKind::ChannelContent => "channel content",
             ObjectKind::Manifest => "manifest",
             ObjectKind::KeyList => "key list",
         }
@@ -55,7 +64,7 @@ impl ObjectKind {
     /// is not known before it is fetched, so this bound is what stops an endless head.
     pub fn max_size(self) -> u64 {
         match self {
-            ObjectKind::ChannelHead => 1 << 20,
+            ObjectKind::ChannelHead | ObjectKind::ChannelContent => 1 << 20,
             ObjectKind::Manifest => crate::codec::MAX_BODY as u64,
             ObjectKind::KeyList => 64 << 10,
         }
@@ -73,6 +82,24 @@ impl ObjectKind {
             });
         }
         Ok(())
+    }
+
+    /// The format version this build writes for this kind, and the highest it reads.
+    pub fn format_version(self) -> u16 {
+        match self {
+            ObjectKind::ChannelHead | ObjectKind::ChannelContent | ObjectKind::KeyList => 2,
+            ObjectKind::Manifest => FORMAT_VERSION,
+        }
+    }
+
+    /// The oldest format version still read: key lists are never rewritten, so
+    /// version 1 lists (no online role) stay readable; a version 1 head (one layer,
+    /// before the online role) is not, the publisher re-signs it.
+    pub fn oldest_version(self) -> u16 {
+        match self {
+            ObjectKind::KeyList => 1,
+            k => k.format_version(),
+        }
     }
 }
 
@@ -147,7 +174,17 @@ fn signed_message(kind: ObjectKind, format: u16, body: &[u8]) -> Vec<u8> {
 impl Envelope {
     /// Signs `body` with every key in `keys`.
     pub fn sign(kind: ObjectKind, body: Vec<u8>, keys: &[&SecretKey]) -> Self {
-        let message = signed_message(kind, FORMAT_VERSION, &body);
+        Self::sign_as(kind, kind.format_version(), body, keys)
+    }
+
+    /// Signs as format `format` (tests of older formats).
+    pub(crate) fn sign_as(
+        kind: ObjectKind,
+        format: u16,
+        body: Vec<u8>,
+        keys: &[&SecretKey],
+    ) -> Self {
+        let message = signed_message(kind, format, &body);
         let mut signatures: Vec<SignatureEntry> = keys
             .iter()
             .map(|k| SignatureEntry {
@@ -159,7 +196,7 @@ impl Envelope {
         signatures.dedup_by_key(|s| s.key_id);
         Envelope {
             kind,
-            format: FORMAT_VERSION,
+            format,
             body,
             signatures,
         }
@@ -182,6 +219,12 @@ impl Envelope {
 
     /// Parses the framing. Nothing is trusted yet: call [`Envelope::verify`].
     pub fn decode(kind: ObjectKind, bytes: &[u8]) -> Result<Self> {
+        Self::decode_from(kind, bytes, kind.oldest_version())
+    }
+
+    /// Like [`Envelope::decode`], accepting formats from `oldest` on: for the
+    /// publisher's migration of format 1 heads only.
+    pub(crate) fn decode_from(kind: ObjectKind, bytes: &[u8], oldest: u16) -> Result<Self> {
         let name = kind.name();
         kind.check_size(bytes.len() as u64)?;
         let mut r = Reader::new(name, bytes);
@@ -189,11 +232,18 @@ impl Envelope {
             return Err(FormatError::BadMagic { kind: name });
         }
         let format = r.u16("format version")?;
-        if format == 0 || format > FORMAT_VERSION {
+        if format > kind.format_version() {
             return Err(FormatError::UnsupportedFormat {
                 kind: name,
                 found: format,
-                supported: FORMAT_VERSION,
+                supported: kind.format_version(),
+            });
+        }
+        if format < oldest.max(1) {
+            return Err(FormatError::OldFormat {
+                kind: name,
+                found: format,
+                oldest,
             });
         }
         let body_len = r.u32("body length")? as usize;
@@ -297,10 +347,43 @@ mod tests {
             Envelope::decode(ObjectKind::ChannelHead, &bytes),
             Err(FormatError::BadMagic { .. })
         ));
-        let mut forged = bytes.clone();
+        // A head's publisher content and the head itself share a format version:
+        // rewriting the magic still leaves the signature over the other domain.
+        let content = Envelope::sign(ObjectKind::ChannelContent, b"body".to_vec(), &[&k]).encode();
+        let mut forged = content.clone();
         forged[..4].copy_from_slice(b"FRYH");
         let as_head = Envelope::decode(ObjectKind::ChannelHead, &forged).unwrap();
         assert!(as_head.verify(&trusted).is_err());
+    }
+
+    #[test]
+    fn format_versions_per_kind() {
+        let k = SecretKey::from_seed([1; 32]);
+        let at = |kind: ObjectKind, format: u16| {
+            let mut b = Envelope::sign(kind, vec![1], &[&k]).encode();
+            b[4..6].copy_from_slice(&format.to_le_bytes());
+            Envelope::decode(kind, &b).map(|e| e.format)
+        };
+        assert_eq!(at(ObjectKind::Manifest, 1).unwrap(), 1);
+        assert_eq!(at(ObjectKind::KeyList, 1).unwrap(), 1);
+        assert_eq!(at(ObjectKind::KeyList, 2).unwrap(), 2);
+        assert_eq!(at(ObjectKind::ChannelHead, 2).unwrap(), 2);
+        // A one-layer head of format 1: the publisher must re-sign it.
+        let e = at(ObjectKind::ChannelHead, 1).unwrap_err().to_string();
+        assert!(
+            e.contains("no longer reads") && e.contains("re-sign"),
+            "{e}"
+        );
+        // What an agent of the previous format does with a format 2 head or key list:
+        // the same rule one version down, "upgrade ferry".
+        for kind in [
+            ObjectKind::ChannelHead,
+            ObjectKind::KeyList,
+            ObjectKind::Manifest,
+        ] {
+            let e = at(kind, kind.format_version() + 1).unwrap_err().to_string();
+            assert!(e.contains("upgrade ferry"), "{e}");
+        }
     }
 
     #[test]

@@ -20,6 +20,15 @@ pub enum FormatError {
         found: u16,
         supported: u16,
     },
+    /// The object was written by an older publisher in a format no longer read.
+    #[error(
+        "{kind} uses format version {found}, which this ferry no longer reads (oldest: {oldest}): the publisher must re-sign it with a current ferry-server (publish or refresh-head)"
+    )]
+    OldFormat {
+        kind: &'static str,
+        found: u16,
+        oldest: u16,
+    },
     /// The repository requires a newer client than this one.
     #[error(
         "channel requires client format {required}, this ferry supports {supported}: upgrade ferry"
@@ -80,7 +89,7 @@ pub enum FormatError {
     WrongVersion { expected: String, found: String },
     /// The channel head's lifetime is over: the repository may be frozen by an attacker.
     #[error(
-        "channel head for {channel:?} expired at {expires_at} (unix time), it is now {now}: the publisher must refresh it"
+        "channel head for {channel:?} expired at {expires_at} (unix time), it is now {now}: the publisher (or the server's online key) must refresh it"
     )]
     Expired {
         channel: String,
@@ -92,6 +101,41 @@ pub enum FormatError {
         "channel head sequence {found} is lower than {seen}, already seen: refusing a replayed or rolled-back head"
     )]
     ReplayedHead { found: u64, seen: u64 },
+    /// The publisher-signed content of a head is past its own expiry, which no online
+    /// re-signing can extend.
+    #[error(
+        "the publisher's content of channel {channel:?} expired at {expires_at} (unix time), it is now {now}: a fresh head cannot extend it, a publishing key must re-sign (publish or refresh-head --key)"
+    )]
+    ContentExpired {
+        channel: String,
+        expires_at: u64,
+        now: u64,
+    },
+    /// Publisher content older than content already accepted: an online key (or a
+    /// replay) trying to revive an old state of the channel.
+    #[error(
+        "publisher sequence {found} is lower than {seen}, already accepted: refusing to revive older publisher content"
+    )]
+    RevivedContent { found: u64, seen: u64 },
+    /// A head's rollout override is above the percentage the publisher signed.
+    #[error(
+        "rollout of {version} raised to {found}% by the head, the publisher signed {signed}%: only publishing keys may raise a rollout"
+    )]
+    RolloutRaised {
+        version: String,
+        found: u8,
+        signed: u8,
+    },
+    /// An online-signed head raises a rollout that an earlier head of the same
+    /// publisher content had lowered or paused.
+    #[error(
+        "rollout of {version} resumed to {found}% by an online-signed head after {seen}% was accepted for the same publisher content: only publishing keys may resume a rollout"
+    )]
+    RolloutResumed {
+        version: String,
+        found: u8,
+        seen: u8,
+    },
     /// A chunk failed to decompress or does not match its id.
     #[error("chunk {id} is corrupt: {reason}")]
     CorruptChunk { id: String, reason: String },

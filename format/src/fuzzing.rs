@@ -9,10 +9,11 @@ use crate::error::Result;
 use crate::head::ChannelHead;
 use crate::manifest::Manifest;
 
-/// Decodes and validates a channel head body (the bytes inside its envelope), exactly
-/// as a client does after the signature check.
+/// Decodes and validates a channel head body (the bytes inside its envelope) and the
+/// content it carries, exactly as a client does after the signature checks.
 pub fn decode_head_body(body: &[u8]) -> Result<ChannelHead> {
-    ChannelHead::decode_body(body)
+    let (content, partial) = ChannelHead::decode_layers(body)?;
+    partial.finish(&content)
 }
 
 /// Decodes and validates a manifest body (the bytes inside its envelope), exactly as a

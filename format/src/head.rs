@@ -1,13 +1,19 @@
 //! The channel head (FORMAT.md §5): the one mutable object of a repository.
 //!
-//! Small, signed, sequenced and expiring. It names the channel's retained releases,
-//! oldest first; the last one is the current release.
+//! Two layers. The publisher signs the *content* ([`HeadContent`], its own `FRYC`
+//! envelope): the channel's retained releases (oldest first; the last is current),
+//! manifest diffs, rollout percentages, a publisher sequence and a long expiry. The
+//! head proper wraps those signed bytes in a *freshness* layer (sequence, short expiry,
+//! key list, rollout overrides) signed by a threshold of publishing keys or of the key
+//! list's online keys. So a key on the serving machine can keep a head fresh and lower
+//! or pause a rollout, but cannot add, change, raise or revive a release: those live in
+//! bytes only publishing keys sign.
 
 use serde::{Deserialize, Serialize};
 
 use crate::codec;
 use crate::delta::ManifestDiffRef;
-use crate::envelope::{Envelope, FORMAT_VERSION, ObjectKind};
+use crate::envelope::{CLIENT_FORMAT, Envelope, ObjectKind};
 use crate::error::{FormatError, Result};
 use crate::id::ObjectRef;
 use crate::keylist::KeyListRef;
@@ -17,25 +23,27 @@ use crate::version::{Version, check_channel};
 /// Most releases a head may list.
 pub const MAX_RELEASES: usize = 1024;
 
+/// What the publisher signs: everything about the channel's releases.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ChannelHead {
+pub struct HeadContent {
     pub channel: String,
-    /// Strictly increases with every head the publisher signs for this channel.
+    /// Publisher sequence: strictly increases with every content a publisher signs,
+    /// and agents never accept a lower one than they have seen.
     pub sequence: u64,
     /// Unix seconds.
     pub issued_at: u64,
-    /// Unix seconds; clients refuse the head from this instant on.
+    /// Unix seconds; agents refuse the content (whatever head wraps it) from then on.
     pub expires_at: u64,
     /// Lowest client format version able to install this channel's releases.
     pub min_client_format: u16,
     /// Retained releases, strictly ascending by version; the last is current.
     pub releases: Vec<ReleaseRef>,
-    /// The key list whose publishing keys sign this head and its manifests; `None` in
-    /// the single-key setup (implicit key list version 0).
-    pub key_list: Option<KeyListRef>,
     /// Diffs from earlier manifests to the current one (FORMAT.md §3.7), so an agent
     /// on a recent release fetches a few KiB instead of the whole manifest.
     pub manifest_diffs: Vec<ManifestDiffRef>,
+    /// Releases offered to only part of the fleet (percent below 100), ascending by
+    /// version; a listed release not named here is at 100%.
+    pub rollout: Vec<Rollout>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,53 +52,110 @@ pub struct ReleaseRef {
     pub manifest: ObjectRef,
 }
 
-fn malformed(reason: String) -> FormatError {
-    FormatError::Malformed {
-        kind: "channel head",
-        reason,
-    }
+/// The share of agents (0-100) a release is offered to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rollout {
+    pub version: String,
+    pub percent: u8,
 }
 
-impl ChannelHead {
+/// The encoded body of a head (`FRYH`, format 2).
+#[derive(Serialize, Deserialize)]
+struct HeadBody {
+    sequence: u64,
+    issued_at: u64,
+    expires_at: u64,
+    key_list: Option<KeyListRef>,
+    rollout: Vec<Rollout>,
+    content: Vec<u8>,
+}
+
+/// A channel head: the freshness layer plus the publisher content it carries.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChannelHead {
+    /// Strictly increases with every head signed for this channel (by a publisher or
+    /// by the online role).
+    pub sequence: u64,
+    /// Unix seconds.
+    pub issued_at: u64,
+    /// Unix seconds; clients refuse the head from this instant on.
+    pub expires_at: u64,
+    /// The key list whose keys sign this head and its manifests; `None` in the
+    /// single-key setup (implicit key list version 0).
+    pub key_list: Option<KeyListRef>,
+    /// Rollout overrides, ascending by version: each at most what the content says.
+    pub rollout: Vec<Rollout>,
+    /// Decoded from [`ChannelHead::content_bytes`]; trusted only once a head verified.
+    pub content: HeadContent,
+    content_bytes: Vec<u8>,
+}
+
+fn malformed(kind: &'static str, reason: String) -> FormatError {
+    FormatError::Malformed { kind, reason }
+}
+
+/// Rollout lists are ascending by version, name listed releases, and hold percentages.
+fn check_rollout(kind: &'static str, list: &[Rollout], releases: &[ReleaseRef]) -> Result<()> {
+    let mut prev: Option<Version> = None;
+    for r in list {
+        let v = Version::parse(&r.version)?;
+        if prev.as_ref().is_some_and(|p| *p >= v) {
+            return Err(malformed(
+                kind,
+                format!("rollout not ascending at {v} or repeated"),
+            ));
+        }
+        if !releases.iter().any(|rel| rel.version == r.version) {
+            return Err(malformed(
+                kind,
+                format!("rollout names {v}, which is not a listed release"),
+            ));
+        }
+        if r.percent > 100 {
+            return Err(malformed(kind, format!("rollout of {v} is {}%", r.percent)));
+        }
+        prev = Some(v);
+    }
+    Ok(())
+}
+
+impl HeadContent {
     /// The current release.
     pub fn current(&self) -> &ReleaseRef {
-        // validate() guarantees at least one release; heads are only handed out validated.
+        // validate() guarantees at least one release; contents are only handed out validated.
         self.releases.last().expect("validated head has a release")
     }
 
-    /// The retained release with this version, if listed.
-    pub fn release(&self, version: &Version) -> Option<&ReleaseRef> {
-        self.releases
+    /// The percentage the publisher signed for `version` (100 unless listed).
+    pub fn rollout_of(&self, version: &str) -> u8 {
+        self.rollout
             .iter()
-            .find(|r| Version::parse(&r.version).is_ok_and(|v| v == *version))
+            .find(|r| r.version == version)
+            .map_or(100, |r| r.percent)
     }
 
     pub fn validate(&self) -> Result<()> {
+        const K: &str = "channel content";
         check_channel(&self.channel)?;
         if self.releases.is_empty() {
-            return Err(malformed("no release".into()));
+            return Err(malformed(K, "no release".into()));
         }
         if self.releases.len() > MAX_RELEASES {
             return Err(FormatError::TooLarge {
-                kind: "channel head",
+                kind: K,
                 what: "release count",
                 found: self.releases.len() as u64,
                 limit: MAX_RELEASES as u64,
             });
         }
         if self.expires_at <= self.issued_at {
-            return Err(malformed("expires before it is issued".into()));
-        }
-        if self.key_list.is_some_and(|k| k.version == 0) {
-            return Err(malformed(
-                "key list version 0 is implicit and never named".into(),
-            ));
+            return Err(malformed(K, "expires before it is issued".into()));
         }
         if self.manifest_diffs.len() > crate::manifest::MAX_DIFFS {
-            return Err(malformed(format!(
-                "{} manifest diffs",
-                self.manifest_diffs.len()
-            )));
+            return Err(malformed(
+                K,
+                format!("{} manifest diffs", self.manifest_diffs.len()),
+            ));
         }
         if self
             .manifest_diffs
@@ -98,55 +163,432 @@ impl ChannelHead {
             .any(|w| w[0].base_manifest >= w[1].base_manifest)
         {
             return Err(malformed(
+                K,
                 "manifest diffs not sorted by base or repeated".into(),
             ));
         }
         if self.min_client_format == 0 {
-            return Err(malformed("min client format 0".into()));
+            return Err(malformed(K, "min client format 0".into()));
         }
         let mut prev: Option<Version> = None;
         for r in &self.releases {
             let v = Version::parse(&r.version)?;
             if prev.as_ref().is_some_and(|p| *p >= v) {
-                return Err(malformed(format!("releases not ascending at {v}")));
+                return Err(malformed(K, format!("releases not ascending at {v}")));
             }
             prev = Some(v);
+        }
+        check_rollout(K, &self.rollout, &self.releases)?;
+        if let Some(r) = self.rollout.iter().find(|r| r.percent == 100) {
+            return Err(malformed(
+                K,
+                format!(
+                    "rollout of {} listed at 100% (absence means 100%)",
+                    r.version
+                ),
+            ));
         }
         Ok(())
     }
 
+    /// Validates, signs with every given key and encodes the `FRYC` envelope.
     pub fn sign(&self, keys: &[&SecretKey]) -> Result<Vec<u8>> {
         self.validate()?;
-        Ok(Envelope::sign(ObjectKind::ChannelHead, codec::encode(self), keys).encode())
+        Ok(Envelope::sign(ObjectKind::ChannelContent, codec::encode(self), keys).encode())
     }
 
     pub(crate) fn decode_body(body: &[u8]) -> Result<Self> {
-        let h: ChannelHead = codec::decode("channel head", body)?;
-        h.validate()?;
-        if h.min_client_format > FORMAT_VERSION {
+        let c: HeadContent = codec::decode("channel content", body)?;
+        c.validate()?;
+        if c.min_client_format > CLIENT_FORMAT {
             return Err(FormatError::ClientTooOld {
-                required: h.min_client_format,
-                supported: FORMAT_VERSION,
+                required: c.min_client_format,
+                supported: CLIENT_FORMAT,
             });
         }
-        Ok(h)
+        Ok(c)
     }
+}
+
+impl ChannelHead {
+    /// Wraps signed content bytes (a `FRYC` envelope) in a freshness layer. The
+    /// content's signatures are not checked here (the publisher's tools and
+    /// [`crate::verified`] do that).
+    pub fn new(
+        content_bytes: Vec<u8>,
+        sequence: u64,
+        issued_at: u64,
+        expires_at: u64,
+        key_list: Option<KeyListRef>,
+        rollout: Vec<Rollout>,
+    ) -> Result<Self> {
+        let env = Envelope::decode(ObjectKind::ChannelContent, &content_bytes)?;
+        let content = HeadContent::decode_body(&env.body)?;
+        let head = ChannelHead {
+            sequence,
+            issued_at,
+            expires_at,
+            key_list,
+            rollout,
+            content,
+            content_bytes,
+        };
+        head.validate()?;
+        Ok(head)
+    }
+
+    /// The exact signed content bytes the head carries.
+    pub fn content_bytes(&self) -> &[u8] {
+        &self.content_bytes
+    }
+
+    /// The channel.
+    pub fn channel(&self) -> &str {
+        &self.content.channel
+    }
+
+    /// The current release.
+    pub fn current(&self) -> &ReleaseRef {
+        self.content.current()
+    }
+
+    /// The retained releases, oldest first.
+    pub fn releases(&self) -> &[ReleaseRef] {
+        &self.content.releases
+    }
+
+    /// The retained release with this version, if listed.
+    pub fn release(&self, version: &Version) -> Option<&ReleaseRef> {
+        self.content
+            .releases
+            .iter()
+            .find(|r| Version::parse(&r.version).is_ok_and(|v| v == *version))
+    }
+
+    /// The rollout percentage in force for `version`: the head's override if it has
+    /// one (never above the publisher's), else the publisher's.
+    pub fn rollout_of(&self, version: &str) -> u8 {
+        self.rollout
+            .iter()
+            .find(|r| r.version == version)
+            .map_or_else(|| self.content.rollout_of(version), |r| r.percent)
+    }
+
+    /// The effective rollout of every release below 100%, ascending by version.
+    pub fn effective_rollout(&self) -> Vec<Rollout> {
+        self.content
+            .releases
+            .iter()
+            .map(|r| Rollout {
+                version: r.version.clone(),
+                percent: self.rollout_of(&r.version),
+            })
+            .filter(|r| r.percent < 100)
+            .collect()
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        const K: &str = "channel head";
+        self.content.validate()?;
+        if self.expires_at <= self.issued_at {
+            return Err(malformed(K, "expires before it is issued".into()));
+        }
+        if self.key_list.is_some_and(|k| k.version == 0) {
+            return Err(malformed(
+                K,
+                "key list version 0 is implicit and never named".into(),
+            ));
+        }
+        check_rollout(K, &self.rollout, &self.content.releases)?;
+        for r in &self.rollout {
+            let signed = self.content.rollout_of(&r.version);
+            if r.percent > signed {
+                return Err(FormatError::RolloutRaised {
+                    version: r.version.clone(),
+                    found: r.percent,
+                    signed,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Re-encodes [`ChannelHead::content`] and signs it with `keys` (publishing keys):
+    /// for the publisher's tools and tests that edit a head's content.
+    pub fn resign_content(&mut self, keys: &[&SecretKey]) -> Result<()> {
+        self.content_bytes = self.content.sign(keys)?;
+        Ok(())
+    }
+
+    /// Signs the freshness layer with `keys` (publishing or online keys) and encodes
+    /// the head. The content bytes are carried as they are.
+    pub fn sign(&self, keys: &[&SecretKey]) -> Result<Vec<u8>> {
+        self.validate()?;
+        Ok(self.sign_unchecked(keys))
+    }
+
+    pub(crate) fn sign_unchecked(&self, keys: &[&SecretKey]) -> Vec<u8> {
+        let body = HeadBody {
+            sequence: self.sequence,
+            issued_at: self.issued_at,
+            expires_at: self.expires_at,
+            key_list: self.key_list,
+            rollout: self.rollout.clone(),
+            content: self.content_bytes.clone(),
+        };
+        Envelope::sign(ObjectKind::ChannelHead, codec::encode(&body), keys).encode()
+    }
+
+    /// A head whose content and freshness layer are both signed by `keys`: what a
+    /// publisher writes.
+    pub fn publish(
+        content: &HeadContent,
+        sequence: u64,
+        expires_at: u64,
+        key_list: Option<KeyListRef>,
+        keys: &[&SecretKey],
+    ) -> Result<Vec<u8>> {
+        let head = ChannelHead::new(
+            content.sign(keys)?,
+            sequence,
+            content.issued_at,
+            expires_at,
+            key_list,
+            Vec::new(),
+        )?;
+        head.sign(keys)
+    }
+
+    /// Decodes the freshness layer and the content envelope's framing; the caller
+    /// checks the content's signatures before calling [`PartialHead::finish`].
+    pub(crate) fn decode_layers(body: &[u8]) -> Result<(Envelope, PartialHead)> {
+        let b: HeadBody = codec::decode("channel head", body)?;
+        let env = Envelope::decode(ObjectKind::ChannelContent, &b.content)?;
+        Ok((env, PartialHead(b)))
+    }
+}
+
+/// A head whose content is not decoded yet.
+pub(crate) struct PartialHead(HeadBody);
+
+impl PartialHead {
+    /// Decodes and validates the content (whose signatures the caller checked).
+    pub(crate) fn finish(self, content_env: &Envelope) -> Result<ChannelHead> {
+        let b = self.0;
+        let content = HeadContent::decode_body(&content_env.body)?;
+        let head = ChannelHead {
+            sequence: b.sequence,
+            issued_at: b.issued_at,
+            expires_at: b.expires_at,
+            key_list: b.key_list,
+            rollout: b.rollout,
+            content,
+            content_bytes: b.content,
+        };
+        head.validate()?;
+        Ok(head)
+    }
+}
+
+/// The body of a format 1 head (one layer, before the online role).
+#[derive(Deserialize)]
+struct HeadV1 {
+    channel: String,
+    sequence: u64,
+    issued_at: u64,
+    expires_at: u64,
+    #[allow(dead_code)]
+    min_client_format: u16,
+    releases: Vec<ReleaseRef>,
+    key_list: Option<KeyListRef>,
+    manifest_diffs: Vec<ManifestDiffRef>,
+}
+
+/// FORMAT.md §9: a format 1 head, whose signatures `publishers` verified, re-expressed
+/// as the state a publisher continues from: its sequence becomes both the head and the
+/// publisher sequence, so the next head signed is higher than anything agents saw.
+/// The content is signed with `key` for use in memory only (it is the old head's
+/// releases, which the publisher's key signed); nothing returned here is written as is.
+pub fn upgrade_legacy_head(
+    bytes: &[u8],
+    publishers: &crate::envelope::TrustedKeys,
+    key: &SecretKey,
+) -> Result<ChannelHead> {
+    let env = Envelope::decode_from(ObjectKind::ChannelHead, bytes, 1)?;
+    if env.format != 1 {
+        return Err(malformed("channel head", "not a format 1 head".into()));
+    }
+    env.verify(publishers)?;
+    let old: HeadV1 = codec::decode("channel head", &env.body)?;
+    let content = HeadContent {
+        channel: old.channel,
+        sequence: old.sequence,
+        issued_at: old.issued_at,
+        expires_at: old.expires_at,
+        min_client_format: CLIENT_FORMAT,
+        releases: old.releases,
+        manifest_diffs: old.manifest_diffs,
+        rollout: Vec::new(),
+    };
+    ChannelHead::new(
+        content.sign(&[key])?,
+        old.sequence,
+        old.issued_at,
+        old.expires_at,
+        old.key_list,
+        Vec::new(),
+    )
 }
 
 /// Decodes and validates a head without checking any signature: for display by the
 /// publisher's tools (`ferry-server ls`), never for a trust decision.
 pub fn inspect_head(bytes: &[u8]) -> Result<ChannelHead> {
     let env = Envelope::decode(ObjectKind::ChannelHead, bytes)?;
-    let head: ChannelHead = codec::decode("channel head", &env.body)?;
-    head.validate()?;
-    Ok(head)
+    let (content_env, partial) = ChannelHead::decode_layers(&env.body)?;
+    partial.finish(&content_env)
 }
 
 /// Reads which key list a head claims, before its signatures can be checked (they
 /// depend on that key list). Only used to decide which key lists to fetch and verify;
 /// nothing else of the head is acted on until [`crate::verified::verify_head`] passes.
 pub fn claimed_key_list(bytes: &[u8]) -> Result<Option<KeyListRef>> {
-    let env = Envelope::decode(ObjectKind::ChannelHead, bytes)?;
-    let head: ChannelHead = codec::decode("channel head", &env.body)?;
+    let env = Envelope::decode_from(ObjectKind::ChannelHead, bytes, 1)?;
+    if env.format == 1 {
+        // Read so that a publisher can find the keys of a head it migrates (§9); an
+        // agent then refuses the head itself as too old.
+        let head: HeadV1 = codec::decode("channel head", &env.body)?;
+        return Ok(head.key_list);
+    }
+    let head: HeadBody = codec::decode("channel head", &env.body)?;
     Ok(head.key_list)
+}
+
+/// The rollout bucket of an agent for a release (FORMAT.md §5.1): the first 8 bytes of
+/// blake3(agent id ‖ version) as a little-endian u64, mod 100. The agent takes the
+/// release when its bucket is below the release's percentage, so raising the
+/// percentage only adds agents, and each release draws a different share.
+pub fn rollout_bucket(agent_id: &[u8; 16], version: &str) -> u8 {
+    let mut h = blake3::Hasher::new();
+    h.update(agent_id);
+    h.update(version.as_bytes());
+    let d = h.finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&d.as_bytes()[..8]);
+    (u64::from_le_bytes(first) % 100) as u8
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn content() -> HeadContent {
+        HeadContent {
+            channel: "stable".into(),
+            sequence: 3,
+            issued_at: 100,
+            expires_at: 1000,
+            min_client_format: CLIENT_FORMAT,
+            releases: vec![
+                ReleaseRef {
+                    version: "1.0".into(),
+                    manifest: ObjectRef::of(b"a"),
+                },
+                ReleaseRef {
+                    version: "2.0".into(),
+                    manifest: ObjectRef::of(b"b"),
+                },
+            ],
+            manifest_diffs: vec![],
+            rollout: vec![Rollout {
+                version: "2.0".into(),
+                percent: 40,
+            }],
+        }
+    }
+
+    #[test]
+    fn overrides_may_only_lower_and_must_name_releases() {
+        let k = SecretKey::from_seed([1; 32]);
+        let bytes = content().sign(&[&k]).unwrap();
+        let with =
+            |rollout: Vec<Rollout>| ChannelHead::new(bytes.clone(), 9, 100, 200, None, rollout);
+        let r = |v: &str, p| Rollout {
+            version: v.into(),
+            percent: p,
+        };
+        let h = with(vec![r("2.0", 10)]).unwrap();
+        assert_eq!((h.rollout_of("2.0"), h.rollout_of("1.0")), (10, 100));
+        assert!(with(vec![r("2.0", 0)]).is_ok());
+        assert!(with(vec![r("1.0", 50)]).is_ok());
+        let e = with(vec![r("2.0", 41)]).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                FormatError::RolloutRaised {
+                    signed: 40,
+                    found: 41,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(with(vec![r("3.0", 1)]).is_err());
+        assert!(with(vec![r("2.0", 1), r("1.0", 1)]).is_err());
+        // The content itself lists only releases below 100%.
+        let mut c = content();
+        c.rollout[0].percent = 100;
+        assert!(c.sign(&[&k]).is_err());
+    }
+
+    #[test]
+    fn buckets_are_stable_and_spread() {
+        let id = [7u8; 16];
+        assert_eq!(rollout_bucket(&id, "1.0"), rollout_bucket(&id, "1.0"));
+        let mut seen = [0u32; 100];
+        for i in 0..2000u32 {
+            let mut a = [0u8; 16];
+            a[..4].copy_from_slice(&i.to_le_bytes());
+            seen[rollout_bucket(&a, "2.0") as usize] += 1;
+        }
+        assert!(seen.iter().all(|&n| n > 0), "{seen:?}");
+    }
+
+    #[test]
+    fn format_1_heads_are_refused_by_agents_and_continued_by_publishers() {
+        #[derive(Serialize)]
+        struct V1 {
+            channel: String,
+            sequence: u64,
+            issued_at: u64,
+            expires_at: u64,
+            min_client_format: u16,
+            releases: Vec<ReleaseRef>,
+            key_list: Option<KeyListRef>,
+            manifest_diffs: Vec<ManifestDiffRef>,
+        }
+        let k = SecretKey::from_seed([1; 32]);
+        let c = content();
+        let v1 = V1 {
+            channel: c.channel.clone(),
+            sequence: 77,
+            issued_at: 100,
+            expires_at: 1000,
+            min_client_format: 1,
+            releases: c.releases.clone(),
+            key_list: None,
+            manifest_diffs: vec![],
+        };
+        let bytes =
+            Envelope::sign_as(ObjectKind::ChannelHead, 1, codec::encode(&v1), &[&k]).encode();
+        let e = inspect_head(&bytes).unwrap_err();
+        assert!(matches!(e, FormatError::OldFormat { found: 1, .. }), "{e}");
+        assert_eq!(claimed_key_list(&bytes).unwrap(), None);
+        let trusted = crate::envelope::TrustedKeys::single(k.public());
+        let up = upgrade_legacy_head(&bytes, &trusted, &k).unwrap();
+        assert_eq!((up.sequence, up.content.sequence), (77, 77));
+        assert_eq!(up.content.releases, c.releases);
+        // Only with the keys that signed it.
+        let other = crate::envelope::TrustedKeys::single(SecretKey::from_seed([2; 32]).public());
+        assert!(upgrade_legacy_head(&bytes, &other, &k).is_err());
+    }
 }

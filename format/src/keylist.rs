@@ -9,6 +9,11 @@
 //! The single-key setup is key list version 0, implicit: one key that is both root and
 //! publisher with threshold 1. Its successor (version 1) must therefore be signed by
 //! that key, which is how a fleet moves from one key to a key list.
+//!
+//! Format 2 adds the *online* role (TUF's timestamp role, extended): keys that may
+//! live on the serving machine and re-sign a head's freshness or lower a rollout,
+//! never its releases (FORMAT.md §5). Format 1 lists, which have no online role, are
+//! still read: key lists are never rewritten.
 
 use serde::{Deserialize, Serialize};
 
@@ -33,6 +38,22 @@ pub struct KeyList {
     /// Raw ed25519 public keys, strictly ascending, that sign heads and manifests.
     pub publish_keys: Vec<[u8; 32]>,
     pub publish_threshold: u16,
+    /// Raw ed25519 public keys, strictly ascending, that may re-sign a head's
+    /// freshness (format 2; empty: no online role).
+    pub online_keys: Vec<[u8; 32]>,
+    /// 0 exactly when `online_keys` is empty.
+    pub online_threshold: u16,
+}
+
+/// The body of a format 1 key list, before the online role.
+#[derive(Deserialize)]
+struct KeyListV1 {
+    version: u64,
+    issued_at: u64,
+    root_keys: Vec<[u8; 32]>,
+    root_threshold: u16,
+    publish_keys: Vec<[u8; 32]>,
+    publish_threshold: u16,
 }
 
 /// Where the head says the channel's current key list is.
@@ -94,9 +115,22 @@ impl KeyList {
             root_threshold,
             publish_keys: sorted(publish),
             publish_threshold,
+            online_keys: Vec::new(),
+            online_threshold: 0,
         };
         list.validate()?;
         Ok(list)
+    }
+
+    /// Adds the online role: `keys` may re-sign head freshness, `threshold` of them.
+    pub fn with_online(mut self, keys: &[PublicKey], threshold: u16) -> Result<Self> {
+        let mut v: Vec<[u8; 32]> = keys.iter().map(PublicKey::to_bytes).collect();
+        v.sort();
+        v.dedup();
+        self.online_keys = v;
+        self.online_threshold = threshold;
+        self.validate()?;
+        Ok(self)
     }
 
     pub fn validate(&self) -> Result<()> {
@@ -107,7 +141,25 @@ impl KeyList {
         }
         role(&self.root_keys, self.root_threshold, "root")?;
         role(&self.publish_keys, self.publish_threshold, "publishing")?;
+        if self.online_keys.is_empty() {
+            if self.online_threshold != 0 {
+                return Err(malformed(format!(
+                    "online threshold {} without online keys",
+                    self.online_threshold
+                )));
+            }
+        } else {
+            role(&self.online_keys, self.online_threshold, "online")?;
+        }
         Ok(())
+    }
+
+    /// The keys and threshold that may re-sign a head's freshness, if the list has
+    /// an online role.
+    pub fn online(&self) -> Option<TrustedKeys> {
+        (!self.online_keys.is_empty()).then(|| {
+            role(&self.online_keys, self.online_threshold, "online").expect("validated key list")
+        })
     }
 
     /// The keys and threshold that sign heads and manifests.
@@ -159,6 +211,22 @@ impl TrustRoot {
         }
     }
 
+    /// The online role, if any (never in the single-key setup).
+    pub fn online(&self) -> Option<TrustedKeys> {
+        match self {
+            TrustRoot::SingleKey(_) => None,
+            TrustRoot::List(l) => l.online(),
+        }
+    }
+
+    /// Everything a channel head may be signed with (FORMAT.md §6.1).
+    pub fn head_keys(&self) -> HeadKeys {
+        HeadKeys {
+            publishers: self.publishers(),
+            online: self.online(),
+        }
+    }
+
     /// A key list the client stored itself after verifying it (FORMAT.md §6.3): its own
     /// root signatures are checked again so a damaged file is noticed.
     pub fn from_stored(bytes: &[u8]) -> Result<Self> {
@@ -200,9 +268,52 @@ impl TrustRoot {
     }
 }
 
+/// The keys a channel head answers to: its publisher content needs a threshold of
+/// `publishers`; its freshness layer a threshold of `publishers` or of `online`.
+#[derive(Clone, Debug)]
+pub struct HeadKeys {
+    pub publishers: TrustedKeys,
+    pub online: Option<TrustedKeys>,
+}
+
+impl From<TrustedKeys> for HeadKeys {
+    fn from(publishers: TrustedKeys) -> Self {
+        HeadKeys {
+            publishers,
+            online: None,
+        }
+    }
+}
+
+impl From<&TrustedKeys> for HeadKeys {
+    fn from(publishers: &TrustedKeys) -> Self {
+        HeadKeys::from(publishers.clone())
+    }
+}
+
+impl From<&HeadKeys> for HeadKeys {
+    fn from(keys: &HeadKeys) -> Self {
+        keys.clone()
+    }
+}
+
 fn decode(bytes: &[u8]) -> Result<(KeyList, Envelope)> {
     let env = Envelope::decode(ObjectKind::KeyList, bytes)?;
-    let list: KeyList = codec::decode("key list", &env.body)?;
+    let list = if env.format == 1 {
+        let v1: KeyListV1 = codec::decode("key list", &env.body)?;
+        KeyList {
+            version: v1.version,
+            issued_at: v1.issued_at,
+            root_keys: v1.root_keys,
+            root_threshold: v1.root_threshold,
+            publish_keys: v1.publish_keys,
+            publish_threshold: v1.publish_threshold,
+            online_keys: Vec::new(),
+            online_threshold: 0,
+        }
+    } else {
+        codec::decode("key list", &env.body)?
+    };
     list.validate()?;
     Ok((list, env))
 }
@@ -294,5 +405,40 @@ mod tests {
         assert!(KeyList::new(1, 0, &[k(1).public()], 2, &[k(1).public()], 1).is_err());
         assert!(KeyList::new(0, 0, &[k(1).public()], 1, &[k(1).public()], 1).is_err());
         assert!(KeyList::new(1, 0, &[], 1, &[k(1).public()], 1).is_err());
+    }
+
+    #[test]
+    fn format_1_lists_are_read_without_an_online_role() {
+        #[derive(Serialize)]
+        struct V1 {
+            version: u64,
+            issued_at: u64,
+            root_keys: Vec<[u8; 32]>,
+            root_threshold: u16,
+            publish_keys: Vec<[u8; 32]>,
+            publish_threshold: u16,
+        }
+        let v1 = V1 {
+            version: 1,
+            issued_at: 0,
+            root_keys: vec![k(2).public().to_bytes()],
+            root_threshold: 1,
+            publish_keys: vec![k(3).public().to_bytes()],
+            publish_threshold: 1,
+        };
+        let bytes =
+            Envelope::sign_as(ObjectKind::KeyList, 1, codec::encode(&v1), &[&k(1), &k(2)]).encode();
+        let t = TrustRoot::SingleKey(k(1).public()).advance(&bytes).unwrap();
+        assert!(t.online().is_none());
+        // Format 2 with an online role; a threshold without keys is malformed.
+        let l = KeyList::new(2, 0, &[k(2).public()], 1, &[k(3).public()], 1)
+            .unwrap()
+            .with_online(&[k(4).public()], 1)
+            .unwrap();
+        let t2 = t.advance(&l.sign(&[&k(2)]).unwrap()).unwrap();
+        assert_eq!(t2.online().unwrap().key_ids(), vec![k(4).public().id()]);
+        let mut bad = l.clone();
+        bad.online_keys.clear();
+        assert!(bad.validate().is_err());
     }
 }

@@ -17,17 +17,19 @@
 //!   [`content_range`]: the one HTTP header a client must parse to trust a range.
 //!
 //! ```
-//! use ferry_format::{head::*, id::ObjectRef, keys::SecretKey, envelope::TrustedKeys, verified::*};
+//! use ferry_format::{head::*, id::ObjectRef, keys::SecretKey, envelope::*, keylist::HeadKeys, verified::*};
 //! let key = SecretKey::from_seed([1; 32]);
-//! let head = ChannelHead {
-//!     channel: "stable".into(), sequence: 1, issued_at: 100, expires_at: 200,
-//!     min_client_format: 1,
+//! let content = HeadContent {
+//!     channel: "stable".into(), sequence: 1, issued_at: 100, expires_at: 9000,
+//!     min_client_format: CLIENT_FORMAT,
 //!     releases: vec![ReleaseRef { version: "1.0".into(), manifest: ObjectRef::of(b"m") }],
-//!     key_list: None, manifest_diffs: vec![],
+//!     manifest_diffs: vec![], rollout: vec![],
 //! };
-//! let bytes = head.sign(&[&key]).unwrap();
-//! let policy = HeadPolicy { channel: "stable", now: 150, max_skew: 0, last_sequence: None, key_list_version: 0 };
-//! let trusted = verify_head(&bytes, &TrustedKeys::single(key.public()), &policy).unwrap();
+//! let bytes = ChannelHead::publish(&content, 1, 200, None, &[&key]).unwrap();
+//! let policy = HeadPolicy { channel: "stable", now: 150, max_skew: 0, last_sequence: None,
+//!     key_list_version: 0, last_content_sequence: None, rollout_seen: None };
+//! let keys = HeadKeys::from(TrustedKeys::single(key.public()));
+//! let trusted = verify_head(&bytes, &keys, &policy).unwrap();
 //! assert_eq!(trusted.current().version, "1.0");
 //! ```
 #![forbid(unsafe_code)]

@@ -12,3 +12,10 @@ use crate::manifest::Manifest;
 pub fn sign_manifest_unchecked(manifest: &Manifest, keys: &[&SecretKey]) -> Vec<u8> {
     Envelope::sign(ObjectKind::Manifest, codec::encode(manifest), keys).encode()
 }
+
+/// Signs `head`'s freshness layer exactly as [`crate::head::ChannelHead::sign`] does,
+/// skipping its checks (so a test can hand an agent a rollout override above the
+/// publisher's, signed by a real key).
+pub fn sign_head_unchecked(head: &crate::head::ChannelHead, keys: &[&SecretKey]) -> Vec<u8> {
+    head.sign_unchecked(keys)
+}

@@ -105,7 +105,7 @@ fn head_body(data: &[u8]) {
     };
     head.validate().expect("a decoded head is valid");
     assert!(
-        head.releases
+        head.releases()
             .iter()
             .all(|r| head.release(&r.version.parse().unwrap()) == Some(r))
     );

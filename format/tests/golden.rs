@@ -16,7 +16,8 @@ use ferry_format::delta::encode::{Sinks, encode};
 use ferry_format::delta::manifest_diff::{apply_manifest_diff, encode_manifest_diff};
 use ferry_format::delta::pack::{object_in_memory, pack_in_memory};
 use ferry_format::delta::{BSDIFF_V2, DiffHeader, DiffLayout, DiffRef};
-use ferry_format::head::{ChannelHead, ReleaseRef};
+use ferry_format::envelope::CLIENT_FORMAT;
+use ferry_format::head::{ChannelHead, HeadContent, ReleaseRef, Rollout};
 use ferry_format::id::{ChunkId, Digest, ObjectRef};
 use ferry_format::keylist::KeyList;
 use ferry_format::keys::SecretKey;
@@ -65,14 +66,17 @@ fn hex_lines(bytes: &[u8]) -> String {
         .collect()
 }
 
+/// A head whose publisher content (sequence 5, 90 days, 1.1.0 at 50%) is signed by
+/// key 1 and whose freshness layer (sequence 7, 7 days, 1.1.0 lowered to 20%) is
+/// signed by key 2, as the online role would.
 #[test]
 fn golden_head() {
-    let head = ChannelHead {
+    let content = HeadContent {
         channel: "stable".into(),
-        sequence: 7,
+        sequence: 5,
         issued_at: 1_700_000_000,
-        expires_at: 1_700_604_800,
-        min_client_format: 1,
+        expires_at: 1_707_776_000,
+        min_client_format: CLIENT_FORMAT,
         releases: vec![
             ReleaseRef {
                 version: "1.0.0".into(),
@@ -89,12 +93,42 @@ fn golden_head() {
                 },
             },
         ],
-        key_list: None,
         manifest_diffs: vec![],
+        rollout: vec![Rollout {
+            version: "1.1.0".into(),
+            percent: 50,
+        }],
     };
+    let head = ChannelHead::new(
+        content.sign(&[&SecretKey::from_seed([1; 32])]).unwrap(),
+        7,
+        1_700_000_000,
+        1_700_604_800,
+        None,
+        vec![Rollout {
+            version: "1.1.0".into(),
+            percent: 20,
+        }],
+    )
+    .unwrap();
     check(
         "head_stable_seq7_seed01.hex",
-        &head.sign(&[&SecretKey::from_seed([1; 32])]).unwrap(),
+        &head.sign(&[&SecretKey::from_seed([2; 32])]).unwrap(),
+    );
+}
+
+/// Key list 2 with an online role: roots {3} 1-of-1, publishers {1}, online {2},
+/// signed by key 3.
+#[test]
+fn golden_key_list_with_online_role() {
+    let k = |n: u8| SecretKey::from_seed([n; 32]).public();
+    let list = KeyList::new(2, 1_700_000_000, &[k(3)], 1, &[k(1)], 1)
+        .unwrap()
+        .with_online(&[k(2)], 1)
+        .unwrap();
+    check(
+        "key_list_v2_online_seed03.hex",
+        &list.sign(&[&SecretKey::from_seed([3; 32])]).unwrap(),
     );
 }
 

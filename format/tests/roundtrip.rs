@@ -2,9 +2,11 @@
 //! and decoding arbitrary or mutated bytes returns an error instead of panicking.
 
 use ferry_format::chunking::{ChunkParams, compress_chunk, decompress_chunk};
+use ferry_format::envelope::CLIENT_FORMAT;
 use ferry_format::envelope::{Envelope, ObjectKind, TrustedKeys};
-use ferry_format::head::{ChannelHead, ReleaseRef};
+use ferry_format::head::{ChannelHead, HeadContent, ReleaseRef, Rollout};
 use ferry_format::id::{ChunkId, Digest, ObjectRef};
+use ferry_format::keylist::HeadKeys;
 use ferry_format::keys::SecretKey;
 use ferry_format::manifest::{ChunkRecord, Entry, EntryKind, Manifest};
 use ferry_format::verified::{HeadPolicy, verify_head, verify_manifest};
@@ -41,15 +43,11 @@ fn arb_head() -> impl Strategy<Value = ChannelHead> {
         1u64..1 << 20,
         prop::collection::btree_set(0u32..10_000, 1..20),
         any::<[u8; 32]>(),
+        (0u8..100, 0u8..=100),
     )
         .prop_map(
-            |(channel, sequence, issued_at, life, versions, h)| ChannelHead {
-                channel,
-                sequence,
-                issued_at,
-                expires_at: issued_at + life,
-                min_client_format: 1,
-                releases: versions
+            |(channel, sequence, issued_at, life, versions, h, (signed, lowered))| {
+                let releases: Vec<ReleaseRef> = versions
                     .into_iter()
                     .map(|v| ReleaseRef {
                         version: format!("1.{v}"),
@@ -58,9 +56,34 @@ fn arb_head() -> impl Strategy<Value = ChannelHead> {
                             size: u64::from(v),
                         },
                     })
-                    .collect(),
-                key_list: None,
-                manifest_diffs: vec![],
+                    .collect();
+                let current = releases.last().unwrap().version.clone();
+                let content = HeadContent {
+                    channel,
+                    sequence: sequence / 2,
+                    issued_at,
+                    expires_at: issued_at + life * 10,
+                    min_client_format: CLIENT_FORMAT,
+                    releases,
+                    manifest_diffs: vec![],
+                    rollout: vec![Rollout {
+                        version: current.clone(),
+                        percent: signed,
+                    }],
+                };
+                let over = vec![Rollout {
+                    version: current,
+                    percent: lowered.min(signed),
+                }];
+                ChannelHead::new(
+                    content.sign(&[&key()]).unwrap(),
+                    sequence,
+                    issued_at,
+                    issued_at + life,
+                    None,
+                    over,
+                )
+                .unwrap()
             },
         )
 }
@@ -137,8 +160,8 @@ proptest! {
     fn head_round_trips(head in arb_head()) {
         let k = key();
         let bytes = head.sign(&[&k]).unwrap();
-        let policy = HeadPolicy { channel: &head.channel, now: head.issued_at, max_skew: 0, last_sequence: None, key_list_version: 0 };
-        let back = verify_head(&bytes, &TrustedKeys::single(k.public()), &policy).unwrap();
+        let policy = HeadPolicy { channel: head.channel(), now: head.issued_at, max_skew: 0, last_sequence: None, key_list_version: 0, last_content_sequence: None, rollout_seen: None };
+        let back = verify_head(&bytes, &HeadKeys::from(TrustedKeys::single(k.public())), &policy).unwrap();
         prop_assert_eq!(&*back, &head);
         // Canonical: signing the same head again gives the same bytes.
         prop_assert_eq!(head.sign(&[&k]).unwrap(), bytes);

@@ -7,8 +7,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use ferry_format::chunking::{ChunkParams, compress_chunk};
-use ferry_format::envelope::{Envelope, ObjectKind};
-use ferry_format::head::{ChannelHead, ReleaseRef};
+use ferry_format::envelope::{CLIENT_FORMAT, Envelope, ObjectKind};
+use ferry_format::head::{ChannelHead, HeadContent, ReleaseRef, Rollout};
 use ferry_format::id::{ChunkId, Digest, ObjectRef};
 use ferry_format::keylist::{KeyList, key_list_ref};
 use ferry_format::keys::SecretKey;
@@ -144,6 +144,13 @@ fn main() {
         "v2_self_signed",
         &list2.sign(&[&key(5)]).unwrap(),
     );
+    let online = list2.with_online(&[key(8).public()], 1).unwrap();
+    write(
+        &out,
+        "key_list",
+        "v2_online_role",
+        &online.sign(&[&key(5)]).unwrap(),
+    );
 
     // Channel heads: one release, several releases with a key list, two signatures.
     let r = |v: &str, n: u8| ReleaseRef {
@@ -163,17 +170,34 @@ fn main() {
         ),
     ];
     for (name, releases, key_list, keys) in heads {
-        let head = ChannelHead {
+        // The current release at 60% by the publisher, lowered to 25% by the head.
+        let current = releases.last().unwrap().version.clone();
+        let content = HeadContent {
             channel: "beta-2.x_y".into(),
-            sequence: 42,
+            sequence: 40,
             issued_at: 1_700_000_000,
-            expires_at: 1_700_086_400,
-            min_client_format: 1,
+            expires_at: 1_707_776_000,
+            min_client_format: CLIENT_FORMAT,
             releases,
-            key_list,
             manifest_diffs: vec![],
+            rollout: vec![Rollout {
+                version: current.clone(),
+                percent: 60,
+            }],
         };
         let keys: Vec<&SecretKey> = keys.iter().collect();
+        let head = ChannelHead::new(
+            content.sign(&keys).unwrap(),
+            42,
+            1_700_000_000,
+            1_700_086_400,
+            key_list,
+            vec![Rollout {
+                version: current,
+                percent: 25,
+            }],
+        )
+        .unwrap();
         let signed = head.sign(&keys).unwrap();
         write(&out, "envelope_head", name, &signed);
         write(

@@ -16,14 +16,17 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     list.validate().expect("an inspected key list is valid");
-    let (_, _) = (list.publishers(), list.roots());
+    let (_, _, _) = (list.publishers(), list.roots(), list.online());
     assert_eq!(key_list_ref(data).unwrap().version, list.version);
     let resigned = list.sign(&[&key]).expect("a decoded key list signs");
-    let body = |b: &[u8]| Envelope::decode(ObjectKind::KeyList, b).unwrap().body;
-    assert_eq!(
-        body(&resigned),
-        body(data),
-        "key list body encoding is not canonical"
-    );
+    let env = |b: &[u8]| Envelope::decode(ObjectKind::KeyList, b).unwrap();
+    // Format 1 lists are still read but written as format 2 (with an empty online role).
+    if env(data).format == ObjectKind::KeyList.format_version() {
+        assert_eq!(
+            env(&resigned).body,
+            env(data).body,
+            "key list body encoding is not canonical"
+        );
+    }
     assert_eq!(inspect(&resigned).unwrap(), list);
 });

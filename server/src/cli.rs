@@ -30,7 +30,10 @@ pub enum Command {
         command: KeyCommand,
     },
     /// Re-sign a channel head with a new expiry (and the newest key list), without a
-    /// new release, so agents are not frozen out between releases.
+    /// new release, so agents are not frozen out between releases. With publishing
+    /// keys (--key) the publisher content is re-signed too and --rollout may set any
+    /// percentage; with an online key (--timestamp-key) only the head's freshness is,
+    /// and --rollout may only lower or pause (0) the current release.
     RefreshHead {
         /// Repository root.
         #[arg(long, value_name = "DIR")]
@@ -38,11 +41,26 @@ pub enum Command {
         #[arg(long)]
         channel: String,
         /// Publishing secret key; repeat to meet a key list threshold.
-        #[arg(long, value_name = "FILE", required = true)]
+        #[arg(
+            long,
+            value_name = "FILE",
+            required_unless_present = "timestamp_key",
+            conflicts_with = "timestamp_key"
+        )]
         key: Vec<PathBuf>,
-        /// Lifetime of the refreshed head.
-        #[arg(long, value_name = "DURATION", default_value = "7d", value_parser = parse_duration)]
-        expires_in: Duration,
+        /// Online secret key (listed with `key new-list --online`).
+        #[arg(long, value_name = "FILE")]
+        timestamp_key: Option<PathBuf>,
+        /// Lifetime of the refreshed head [default: 7d with --key, the current head's
+        /// lifetime with --timestamp-key].
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        expires_in: Option<Duration>,
+        /// Lifetime of the re-signed publisher content (--key only) [default: 90d].
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration, requires = "key")]
+        content_expires_in: Option<Duration>,
+        /// Rollout percentage (0-100) of the current release.
+        #[arg(long, value_name = "PCT", value_parser = clap::value_parser!(u8).range(0..=100))]
+        rollout: Option<u8>,
     },
     /// Publish a file or directory as a new release of a channel.
     Publish {
@@ -75,9 +93,19 @@ pub enum Command {
         /// Release version; must sort after the channel's current version.
         #[arg(long)]
         version: String,
-        /// Lifetime of the new channel head, e.g. 12h or 7d.
+        /// Lifetime of the new channel head, e.g. 12h or 7d (`serve --timestamp-key`
+        /// keeps renewing it until --content-expires-in).
         #[arg(long, value_name = "DURATION", default_value = "7d", value_parser = parse_duration)]
         expires_in: Duration,
+        /// Lifetime of what the publishing keys sign (releases, rollout): past it agents
+        /// refuse the channel whatever the online role re-signs.
+        #[arg(long, value_name = "DURATION", default_value = "90d", value_parser = parse_duration)]
+        content_expires_in: Duration,
+        /// Share of agents (0-100) offered the new release; the online role may lower
+        /// it later, only publishing keys raise it.
+        #[arg(long, value_name = "PCT", default_value_t = 100,
+              value_parser = clap::value_parser!(u8).range(0..=100))]
+        rollout: u8,
         /// How many releases the channel head keeps listing (rollback targets).
         #[arg(long, default_value_t = crate::publish::DEFAULT_RETAIN,
               value_parser = clap::value_parser!(u16).range(1..=1024).map(usize::from))]
@@ -145,6 +173,11 @@ pub enum Command {
         #[arg(long, value_name = "N", default_value_t = crate::serve::quota::DEFAULT_REQUESTS_PER_MINUTE,
               value_parser = clap::value_parser!(u32).range(1..))]
         upload_requests_per_minute: u32,
+        /// Online secret key (listed with `key new-list --online`): while serving,
+        /// re-sign each channel head's freshness at half its lifetime, so the fleet
+        /// does not freeze between releases (never past the publisher's content expiry).
+        #[arg(long, value_name = "FILE")]
+        timestamp_key: Option<PathBuf>,
     },
     /// List a repository's channels and their releases.
     Ls {
@@ -258,6 +291,13 @@ pub enum KeyCommand {
         /// Publishing signatures required on heads and manifests.
         #[arg(long, default_value_t = 1)]
         threshold: u16,
+        /// Public key file of an online key (repeat): it may re-sign head freshness and
+        /// lower rollouts (`serve --timestamp-key`), never publish.
+        #[arg(long = "online", value_name = "PUB")]
+        online: Vec<PathBuf>,
+        /// Online signatures required on a head re-signed by the online role.
+        #[arg(long, default_value_t = 1, requires = "online")]
+        online_threshold: u16,
         /// Secret key that signs the new list (repeat): previous and new root keys.
         #[arg(long = "sign", value_name = "KEY", required = true)]
         signers: Vec<PathBuf>,

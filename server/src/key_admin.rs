@@ -7,21 +7,23 @@
 //!   exactly as an agent will (signed by a threshold of the previous root keys and of
 //!   its own) before writing it.
 //! - `key show` prints a key list.
-//! - `refresh-head` re-signs a channel head with a new expiry and sequence (the TUF
-//!   timestamp role's job), so agents are not frozen out when no release is made.
+//! - `refresh-head` re-signs a channel head with a new expiry and sequence, so agents
+//!   are not frozen out when no release is made: with publishing keys ([`refresh_head`])
+//!   it re-signs the publisher content too (and may set any rollout); with an online
+//!   key ([`refresh_online`], also run by `serve --timestamp-key`) only the freshness
+//!   layer, and a rollout can only go down.
 
 use std::fmt::Write as _;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use ferry_format::head::{ChannelHead, Rollout};
 use ferry_format::keylist::{KeyList, TrustRoot, inspect, key_list_ref};
 use ferry_format::keys::{PublicKey, SecretKey};
 use ferry_format::verified::verify_own_head;
 
 use crate::error::{Error, Result};
 use crate::repo::Repo;
-use crate::trust::{
-    check_signers, key_list_file, latest_key_list, read_key_list, trust_for_head, write_key_list,
-};
+use crate::trust::{check_signers, key_list_file, latest_key_list, read_key_list, write_key_list};
 
 fn now() -> u64 {
     SystemTime::now()
@@ -35,6 +37,9 @@ pub struct NewList<'a> {
     pub root_threshold: u16,
     pub publishers: &'a [PublicKey],
     pub threshold: u16,
+    /// Online keys (may live on the server: `serve --timestamp-key`); may be empty.
+    pub online: &'a [PublicKey],
+    pub online_threshold: u16,
     /// Every key that signs: a threshold of the previous root keys and of the new ones.
     pub signers: &'a [SecretKey],
     /// For version 1: the single key agents were initialised with, which must sign.
@@ -56,6 +61,11 @@ pub fn new_list(repo: &Repo, spec: &NewList<'_>) -> Result<String> {
         spec.publishers,
         spec.threshold,
     )?;
+    let list = if spec.online.is_empty() {
+        list
+    } else {
+        list.with_online(spec.online, spec.online_threshold)?
+    };
     let signers: Vec<&SecretKey> = spec.signers.iter().collect();
     let bytes = list.sign(&signers)?;
     // The same checks an agent makes, before anything is written.
@@ -121,37 +131,80 @@ fn describe(list: &KeyList) -> String {
             .join(", ")
     };
     format!(
-        "key list:  version {}\nroot:      {} of [{}]\npublish:   {} of [{}]\n",
+        "key list:  version {}\nroot:      {} of [{}]\npublish:   {} of [{}]\nonline:    {}\n",
         list.version,
         list.root_threshold,
         ids(&list.root_keys),
         list.publish_threshold,
-        ids(&list.publish_keys)
+        ids(&list.publish_keys),
+        if list.online_keys.is_empty() {
+            "none".to_string()
+        } else {
+            format!("{} of [{}]", list.online_threshold, ids(&list.online_keys))
+        }
     )
 }
 
-/// Re-signs the head of `channel` with a new lifetime and the newest key list.
+/// What a refresh changes besides sequence and expiry.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RefreshOptions {
+    /// Lifetime of the new head; `None`: 7 days with publishing keys, the current
+    /// head's lifetime with an online key.
+    pub expires_in: Option<Duration>,
+    /// Lifetime of re-signed publisher content (publishing keys only).
+    pub content_expires_in: Option<Duration>,
+    /// New rollout percentage of the current release.
+    pub rollout: Option<u8>,
+}
+
+fn read_verified_head(repo: &Repo, channel: &str, key: &SecretKey) -> Result<ChannelHead> {
+    let bytes = repo
+        .read_head(channel)?
+        .ok_or_else(|| repo.broken(format!("channel {channel:?} has no head")))?;
+    crate::trust::verify_publisher_head(repo, channel, &bytes, key)
+}
+
+fn describe_head(what: &str, channel: &str, head: &ChannelHead) -> String {
+    let current = &head.current().version;
+    format!(
+        "{what} {channel}: sequence {}, publisher sequence {}, current {current} at {}%, expires at {} (unix), content expires at {}, key list {}\n",
+        head.sequence,
+        head.content.sequence,
+        head.rollout_of(current),
+        head.expires_at,
+        head.content.expires_at,
+        head.key_list
+            .map_or("none (single key)".to_string(), |r| format!(
+                "v{}",
+                r.version
+            )),
+    )
+}
+
+/// Re-signs the head of `channel` with publishing keys: new publisher content
+/// (sequence, expiry, optionally the current release's rollout; rollouts lowered by
+/// the online role are kept unless `--rollout` says otherwise) and a new head naming
+/// the newest key list.
 pub fn refresh_head(
     repo: &Repo,
     channel: &str,
     keys: &[SecretKey],
-    expires_in: Duration,
+    opts: RefreshOptions,
 ) -> Result<String> {
     ferry_format::version::check_channel(channel)?;
     let first = keys.first().ok_or_else(|| Error::Unsupported {
         path: repo.root().to_path_buf(),
         reason: "refresh-head needs at least one --key".into(),
     })?;
+    let expires_in = opts
+        .expires_in
+        .unwrap_or(crate::publish::DEFAULT_EXPIRES_IN);
+    let content_expires_in = opts
+        .content_expires_in
+        .unwrap_or(crate::publish::DEFAULT_CONTENT_EXPIRES_IN);
+    crate::publish::check_lifetimes(repo.root(), expires_in, content_expires_in)?;
     let _lock = repo.lock_channel(channel)?;
-    let bytes = repo
-        .read_head(channel)?
-        .ok_or_else(|| repo.broken(format!("channel {channel:?} has no head")))?;
-    let old_trust = trust_for_head(repo, &bytes, first.public())?;
-    let old = verify_own_head(&bytes, &old_trust).map_err(|source| Error::KeyMismatch {
-        channel: channel.to_string(),
-        key_id: first.public().id().to_hex(),
-        source,
-    })?;
+    let old = read_verified_head(repo, channel, first)?;
     let latest = latest_key_list(repo)?;
     let trust = match &latest {
         Some((_, root, _)) => root.publishers(),
@@ -160,21 +213,149 @@ pub fn refresh_head(
     let signers: Vec<&SecretKey> = keys.iter().collect();
     check_signers(&trust, &signers, "refresh-head --key")?;
     let now = now();
-    let mut head = (*old).clone();
-    head.sequence += 1;
-    head.issued_at = now;
-    head.expires_at = now.saturating_add(expires_in.as_secs());
-    head.key_list = latest.map(|(r, _, _)| r);
-    repo.write_head(channel, &head.sign(&signers)?)?;
-    Ok(format!(
-        "refreshed {channel}: sequence {}, current {}, expires at {} (unix), key list {}\n",
-        head.sequence,
-        head.current().version,
-        head.expires_at,
-        head.key_list
-            .map_or("none (single key)".to_string(), |r| format!(
-                "v{}",
-                r.version
-            )),
-    ))
+    let mut content = old.content.clone();
+    content.sequence += 1;
+    content.issued_at = now;
+    content.expires_at = now.saturating_add(content_expires_in.as_secs());
+    content.rollout = old.effective_rollout();
+    if let Some(percent) = opts.rollout {
+        set_rollout(&mut content.rollout, &old.current().version, percent, 100)?;
+    }
+    let bytes = ChannelHead::publish(
+        &content,
+        old.sequence + 1,
+        now.saturating_add(expires_in.as_secs()),
+        latest.map(|(r, _, _)| r),
+        &signers,
+    )?;
+    repo.write_head(channel, &bytes)?;
+    let head = ferry_format::head::inspect_head(&bytes)?;
+    Ok(describe_head("refreshed", channel, &head))
+}
+
+/// Sets `version`'s entry in a rollout list (absent means `full`).
+fn set_rollout(list: &mut Vec<Rollout>, version: &str, percent: u8, full: u8) -> Result<()> {
+    if percent > 100 {
+        return Err(Error::Unsupported {
+            path: "--rollout".into(),
+            reason: format!("{percent}% is above 100%"),
+        });
+    }
+    list.retain(|r| r.version != version);
+    if percent < full {
+        list.push(Rollout {
+            version: version.to_string(),
+            percent,
+        });
+        list.sort_by(|a, b| {
+            let v = |s: &str| ferry_format::version::Version::parse(s).ok();
+            v(&a.version).cmp(&v(&b.version))
+        });
+    }
+    Ok(())
+}
+
+/// The repository's newest key list, checked to list `key` in its online role (with
+/// threshold 1: one server signs alone).
+pub fn check_online_key(
+    repo: &Repo,
+    key: &SecretKey,
+) -> Result<(ferry_format::keylist::KeyListRef, TrustRoot)> {
+    let refuse = |reason: String| Error::Unsupported {
+        path: repo.root().join("keys"),
+        reason,
+    };
+    let (latest_ref, latest) = match latest_key_list(repo)? {
+        Some((r, root, _)) => (r, root),
+        None => {
+            return Err(refuse(
+                "the repository has no key list, so no online role: list the key with `ferry-server key new-list --online`".into(),
+            ));
+        }
+    };
+    let online = latest.online().ok_or_else(|| {
+        refuse(format!(
+            "key list {} has no online role: list the key with `ferry-server key new-list --online`",
+            latest.version()
+        ))
+    })?;
+    check_signers(&online, &[key], "--timestamp-key").map_err(|_| {
+        refuse(format!(
+            "--timestamp-key {} is not an online key of key list {} (or the online threshold is above 1)",
+            &key.public().id().to_hex()[..16],
+            latest.version()
+        ))
+    })?;
+    Ok((latest_ref, latest))
+}
+
+/// Re-signs only the freshness layer of `channel`'s head with an online key: the same
+/// publisher content (same releases, manifests and publisher sequence), a new head
+/// sequence and expiry (never past the content's), the newest key list, and
+/// optionally a lower rollout of the current release. Refuses anything the online
+/// role may not do, with the reason.
+pub fn refresh_online(
+    repo: &Repo,
+    channel: &str,
+    key: &SecretKey,
+    opts: RefreshOptions,
+) -> Result<String> {
+    ferry_format::version::check_channel(channel)?;
+    let refuse = |reason: String| Error::Unsupported {
+        path: repo.head_file(channel),
+        reason,
+    };
+    if opts.content_expires_in.is_some() {
+        return Err(refuse(
+            "--content-expires-in needs publishing keys (--key): the online role cannot extend the publisher's content".into(),
+        ));
+    }
+    let (latest_ref, latest) = check_online_key(repo, key)?;
+    let _lock = repo.lock_channel(channel)?;
+    let old = read_verified_head(repo, channel, key)?;
+    let now = now();
+    if now >= old.content.expires_at {
+        return Err(refuse(format!(
+            "the publisher content expired at {} (unix time), it is now {now}: only publishing keys can re-sign it (refresh-head --key)",
+            old.content.expires_at
+        )));
+    }
+    let lifetime = opts
+        .expires_in
+        .map_or(old.expires_at.saturating_sub(old.issued_at), |d| {
+            d.as_secs()
+        })
+        .max(1);
+    let expires_at = now.saturating_add(lifetime).min(old.content.expires_at);
+    let mut rollout = old.rollout.clone();
+    if let Some(percent) = opts.rollout {
+        let version = old.current().version.clone();
+        let in_force = old.rollout_of(&version);
+        if percent > in_force {
+            return Err(refuse(format!(
+                "{version} is at {in_force}%: the online role can only lower or pause a rollout, raising or resuming it to {percent}% needs publishing keys (refresh-head --key --rollout)"
+            )));
+        }
+        set_rollout(&mut rollout, &version, percent, 101)?;
+    }
+    let head = ChannelHead::new(
+        old.content_bytes().to_vec(),
+        old.sequence + 1,
+        now,
+        expires_at,
+        Some(latest_ref),
+        rollout,
+    )?;
+    let bytes = head.sign(&[key])?;
+    // Checked as an agent of the newest key list will: after a rotation that revoked
+    // the content's signer, only a publisher can help.
+    verify_own_head(&bytes, &latest.head_keys()).map_err(|source| Error::FormatContext {
+        context: format!(
+            "the refreshed head of {channel:?} would be refused by agents trusting key list {}",
+            latest.version()
+        ),
+        source,
+    })?;
+    repo.write_head(channel, &bytes)?;
+    Ok(describe_head("refreshed (online)", channel, &head))
 }

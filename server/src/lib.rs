@@ -33,6 +33,8 @@
 //!     channel: "stable".into(),
 //!     version: "1.0.0".into(),
 //!     expires_in: ferry_server::publish::DEFAULT_EXPIRES_IN,
+//!     content_expires_in: ferry_server::publish::DEFAULT_CONTENT_EXPIRES_IN,
+//!     rollout: 100,
 //!     retain: 10,
 //!     zstd_level: 19,
 //!     source: "build/out".into(),
@@ -71,11 +73,23 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             repo,
             channel,
             key,
+            timestamp_key,
             expires_in,
+            content_expires_in,
+            rollout,
         } => {
-            let keys = read_secrets(&key)?;
-            let text =
-                key_admin::refresh_head(&repo::Repo::new(repo), &channel, &keys, expires_in)?;
+            let opts = key_admin::RefreshOptions {
+                expires_in,
+                content_expires_in,
+                rollout,
+            };
+            let repo = repo::Repo::new(repo);
+            let text = match timestamp_key {
+                Some(k) => {
+                    key_admin::refresh_online(&repo, &channel, &keygen::read_secret(&k)?, opts)?
+                }
+                None => key_admin::refresh_head(&repo, &channel, &read_secrets(&key)?, opts)?,
+            };
             print!("{text}");
         }
         Command::Publish {
@@ -87,6 +101,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             channel,
             version,
             expires_in,
+            content_expires_in,
+            rollout,
             retain,
             zstd_level,
             diff_depth,
@@ -106,6 +122,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 channel,
                 version,
                 expires_in,
+                content_expires_in,
+                rollout,
                 retain,
                 zstd_level,
                 source: path,
@@ -143,11 +161,19 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             max_upload_size,
             upload_bytes_per_hour,
             upload_requests_per_minute,
+            timestamp_key,
         } => {
             let limits = serve::quota::Limits {
                 bytes_per_hour: upload_bytes_per_hour,
                 requests_per_minute: upload_requests_per_minute,
             };
+            let refresher = timestamp_key
+                .map(|k| -> anyhow::Result<_> {
+                    let key = keygen::read_secret(&k)?;
+                    serve::refresh::Refresher::new(&repo, key)
+                        .with_context(|| format!("--timestamp-key {}", k.display()))
+                })
+                .transpose()?;
             let uploads = upload_token_file
                 .map(|t| {
                     serve::upload::Uploads::load(&t, &public_key, max_upload_size)
@@ -166,6 +192,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 },
                 tls.as_ref(),
                 uploads,
+                refresher,
             )?;
         }
         Command::Ls { repo, channel, key } => {
@@ -204,6 +231,8 @@ fn key_command(command: cli::KeyCommand) -> anyhow::Result<()> {
             root_threshold,
             publishers,
             threshold,
+            online,
+            online_threshold,
             signers,
             previous_key,
         } => {
@@ -215,6 +244,7 @@ fn key_command(command: cli::KeyCommand) -> anyhow::Result<()> {
             };
             let roots = read_pub(&roots)?;
             let publishers = read_pub(&publishers)?;
+            let online = read_pub(&online)?;
             let signers = read_secrets(&signers)?;
             let previous_key = previous_key
                 .as_deref()
@@ -227,6 +257,8 @@ fn key_command(command: cli::KeyCommand) -> anyhow::Result<()> {
                     root_threshold,
                     publishers: &publishers,
                     threshold,
+                    online: &online,
+                    online_threshold,
                     signers: &signers,
                     previous_key,
                 },

@@ -101,8 +101,18 @@ pub fn ls(repo: &Repo, channel: Option<&str>, key: Option<&PublicKey>) -> Result
             "channel {name}  sequence {}  issued {}  expires {} ({expiry})  [{checked}]",
             head.sequence, head.issued_at, head.expires_at
         );
+        let content_expiry = if head.content.expires_at <= now {
+            "EXPIRED".to_string()
+        } else {
+            format!("in {}", human_secs(head.content.expires_at - now))
+        };
+        let _ = writeln!(
+            out,
+            "  publisher sequence {}  content expires {} ({content_expiry})",
+            head.content.sequence, head.content.expires_at
+        );
         let current = head.current().version.clone();
-        for r in &head.releases {
+        for r in head.releases() {
             // A release whose manifest is gone or damaged is listed, not fatal: ls is
             // the tool one uses to find out what is wrong.
             let detail = match repo
@@ -121,6 +131,12 @@ pub fn ls(repo: &Repo, channel: Option<&str>, key: Option<&PublicKey>) -> Result
                 "  (current)"
             } else {
                 ""
+            };
+            let percent = head.rollout_of(&r.version);
+            let mark = if percent < 100 {
+                format!("{mark}  (rollout {percent}%)")
+            } else {
+                mark.to_string()
             };
             let _ = writeln!(
                 out,

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use ferry_format::envelope::{ObjectKind, TrustedKeys};
 use ferry_format::head::claimed_key_list;
-use ferry_format::keylist::{KeyListRef, TrustRoot, check_ref, key_list_ref};
+use ferry_format::keylist::{HeadKeys, KeyListRef, TrustRoot, check_ref, key_list_ref};
 use ferry_format::keys::{PublicKey, SecretKey};
 use ferry_format::layout::key_list_path;
 
@@ -88,14 +88,14 @@ pub fn previous_single_key_file(repo: &Repo) -> PathBuf {
 /// The keys that must have signed `head_bytes` of this repository: those of the key
 /// list the head names (checked against `keys/<version>`); for a head that names none,
 /// the single key key list 1 replaced, or `single` when there is no key list.
-pub fn trust_for_head(repo: &Repo, head_bytes: &[u8], single: PublicKey) -> Result<TrustedKeys> {
+pub fn trust_for_head(repo: &Repo, head_bytes: &[u8], single: PublicKey) -> Result<HeadKeys> {
     match claimed_key_list(head_bytes)? {
         None => {
             let previous = previous_single_key_file(repo);
             if previous.exists() {
-                return Ok(TrustedKeys::single(crate::ls::read_public(&previous)?));
+                return Ok(TrustedKeys::single(crate::ls::read_public(&previous)?).into());
             }
-            Ok(TrustedKeys::single(single))
+            Ok(TrustedKeys::single(single).into())
         }
         Some(r) => {
             let bytes = read_key_list(repo, r.version)?.ok_or_else(|| {
@@ -106,8 +106,38 @@ pub fn trust_for_head(repo: &Repo, head_bytes: &[u8], single: PublicKey) -> Resu
             })?;
             check_ref(&r, &bytes)?;
             let trust = TrustRoot::from_stored(&bytes)?;
-            Ok(trust.publishers())
+            Ok(trust.head_keys())
         }
+    }
+}
+
+/// Verifies the head `bytes` of `channel` as its publisher reads it (both layers,
+/// through the key list it names). A format 1 head, written before the online role,
+/// is upgraded in memory with `key` (FORMAT.md §9), so the channel continues its
+/// sequences above everything agents have seen.
+pub fn verify_publisher_head(
+    repo: &Repo,
+    channel: &str,
+    bytes: &[u8],
+    key: &SecretKey,
+) -> Result<ferry_format::head::ChannelHead> {
+    let trusted = trust_for_head(repo, bytes, key.public())?;
+    let mismatch = |source| Error::KeyMismatch {
+        channel: channel.to_string(),
+        key_id: key.public().id().to_hex(),
+        source,
+    };
+    match ferry_format::verified::verify_own_head(bytes, &trusted) {
+        Ok(h) => Ok((*h).clone()),
+        Err(ferry_format::FormatError::OldFormat { .. }) => {
+            tracing::warn!(
+                channel,
+                "the channel head is format 1: continuing its sequence in format 2"
+            );
+            ferry_format::head::upgrade_legacy_head(bytes, &trusted.publishers, key)
+                .map_err(mismatch)
+        }
+        Err(e) => Err(mismatch(e)),
     }
 }
 

@@ -321,17 +321,19 @@ fn walk_repo(repo: &Path, public_key: &Path, case: &str) -> BTreeMap<String, Str
             max_skew: 0,
             last_sequence: None,
             key_list_version: trust.version(),
+            last_content_sequence: None,
+            rollout_seen: None,
         };
         let trusted = trust.publishers();
-        let head = verify_head(&bytes, &trusted, &policy)
+        let head = verify_head(&bytes, &trust.head_keys(), &policy)
             .unwrap_or_else(|e| panic!("{case}: head of {channel}: {e}"));
-        for d in &head.manifest_diffs {
+        for d in &head.content.manifest_diffs {
             object(&d.object, "manifest diff");
             if let Some(c) = &d.chunk_diff {
                 object(c, "chunk diff");
             }
         }
-        for r in &head.releases {
+        for r in head.releases() {
             let bytes = object(&r.manifest, "manifest");
             // Older releases may be signed by keys a later key list replaced; the
             // head pins them by hash.

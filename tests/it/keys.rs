@@ -81,6 +81,7 @@ fn rewrite_head(
     let bytes = std::fs::read(p.head_file()).unwrap();
     let mut head = (*verify_own_head(&bytes, read_with).unwrap()).clone();
     edit(&mut head);
+    head.resign_content(signers).unwrap();
     std::fs::write(p.head_file(), head.sign(signers).unwrap()).unwrap();
 }
 
@@ -268,6 +269,107 @@ fn refresh_head_revives_an_expired_channel_without_a_release() {
     assert_eq!(agent.active().as_deref(), Some("1.0.0"));
 }
 
+/// TUF 5.3.11, fast-forward attack: a key later revoked signs a head (and a release)
+/// with a sequence and version far ahead; the agent takes it. Once the root rotates
+/// the key out and the real publisher publishes again, the agent drops the marks the
+/// revoked key vouched for and updates, without being initialised again.
+#[test]
+fn fast_forward_attack_is_recovered_after_the_key_is_revoked() {
+    let p = Publisher::new("stable");
+    let sources = Sources::app(3);
+    for name in ["root1", "stolen"] {
+        keygen(&p, name);
+    }
+    let out = new_list(
+        &p,
+        &[
+            "--root",
+            &key(&p, "root1.pub"),
+            "--publisher",
+            &key(&p, "ferry.pub"),
+            "--publisher",
+            &key(&p, "stolen.pub"),
+            "--sign",
+            &key(&p, "ferry.key"),
+            "--sign",
+            &key(&p, "root1.key"),
+            "--previous-key",
+            &key(&p, "ferry.pub"),
+        ],
+    );
+    assert_ok(&out, "key new-list 1");
+    p.publish(&v(1), &sources.release(1));
+    let srv = p.serve();
+    let agent = Agent::init(&srv.url, "stable", &p.public_key(), &[]);
+    assert_eq!(agent.update()["to"], v(1));
+    let legit_head = std::fs::read(p.head_file()).unwrap();
+
+    // The thief publishes 99.0.0 with the stolen key, then pushes both sequences far
+    // ahead; the agent installs it.
+    assert_ok(
+        &publish_with_keys(&p, "99.0.0", &sources.release(3), &[&key(&p, "stolen.key")]),
+        "publish with the stolen key",
+    );
+    let list1 = TrustRoot::from_stored(&std::fs::read(p.repo().join("keys/1")).unwrap()).unwrap();
+    let stolen = secret(&key(&p, "stolen.key"));
+    rewrite_head(&p, &list1.publishers(), &[&stolen], |h| {
+        h.sequence += 1_000_000;
+        h.content.sequence += 1_000_000;
+    });
+    assert_eq!(agent.update()["to"], "99.0.0");
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(agent.root().join(".ferry/state.json")).unwrap())
+            .unwrap();
+    assert!(
+        state["last_sequence"].as_u64().unwrap() > 1_000_000,
+        "{state}"
+    );
+    assert_eq!(state["highest_version"], "99.0.0");
+
+    // The operator restores the repository's head, revokes the key in key list 2, and
+    // publishes the next real release.
+    std::fs::write(p.head_file(), &legit_head).unwrap();
+    let out = new_list(
+        &p,
+        &[
+            "--root",
+            &key(&p, "root1.pub"),
+            "--publisher",
+            &key(&p, "ferry.pub"),
+            "--sign",
+            &key(&p, "root1.key"),
+        ],
+    );
+    assert_ok(&out, "key new-list 2 revokes the stolen key");
+    assert_ok(
+        &publish_with_keys(&p, &v(2), &sources.release(2), &[&key(&p, "ferry.key")]),
+        "publish 2",
+    );
+
+    let out = agent.ferry("update", &["--json"]);
+    assert_ok(&out, "update after the rotation");
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["to"], v(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("forgetting head sequence"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    tree_eq(&agent.current(), &sources.release(2));
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(agent.root().join(".ferry/state.json")).unwrap())
+            .unwrap();
+    assert_eq!(state["highest_version"], v(2));
+    assert!(
+        state["last_sequence"].as_u64().unwrap() < 1_000_000,
+        "{state}"
+    );
+    // And the stolen key's head, served again, is refused now.
+    std::fs::write(p.head_file(), &legit_head).unwrap();
+    let err = agent.update_fails();
+    assert!(err.contains("names key list version 1"), "{err}");
+}
+
 #[test]
 fn agents_refuse_heads_and_manifests_signed_below_the_threshold() {
     let p = Publisher::new("stable");
@@ -335,8 +437,9 @@ fn agents_refuse_heads_and_manifests_signed_below_the_threshold() {
     std::fs::write(&path, &one_signed).unwrap();
     rewrite_head(&p, &list1.publishers(), &[&k3, &k4], |h| {
         h.sequence += 2;
-        h.manifest_diffs.clear();
-        h.releases.push(ReleaseRef {
+        h.content.sequence += 1;
+        h.content.manifest_diffs.clear();
+        h.content.releases.push(ReleaseRef {
             version: v(2),
             manifest: named,
         });

@@ -92,10 +92,12 @@ fn malicious_paths_are_refused_before_anything_is_written() {
         std::fs::write(&r, &bytes).unwrap();
         let mut h = head.clone();
         h.sequence += 1 + i as u64;
-        h.releases.push(ferry_format::head::ReleaseRef {
+        h.content.sequence += 1 + i as u64;
+        h.content.releases.push(ferry_format::head::ReleaseRef {
             version: m.version.clone(),
             manifest: ObjectRef::of(&bytes),
         });
+        h.resign_content(&[&key]).unwrap();
         std::fs::write(p.head_file(), h.sign(&[&key]).unwrap()).unwrap();
 
         let err = agent.update_fails();

@@ -62,6 +62,7 @@ impl Scene {
         let mut head =
             (*verify_own_head(&bytes, &TrustedKeys::single(key.public())).unwrap()).clone();
         edit(&mut head);
+        head.resign_content(&[&key]).unwrap();
         std::fs::write(self.publisher.head_file(), head.sign(&[&key]).unwrap()).unwrap();
     }
 }
@@ -133,7 +134,7 @@ fn head_for_another_channel_is_refused() {
     let s = scene();
     s.rewrite_head(|h| {
         h.sequence += 1;
-        h.channel = "beta".into();
+        h.content.channel = "beta".into();
     });
     // Every head error names the channel; this one must say which channel it is for.
     s.assert_refused(r#"channel head is for channel "beta", expected channel "stable""#);

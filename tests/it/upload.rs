@@ -603,3 +603,96 @@ fn remote_publish_follows_the_repository_key_list() {
     assert_eq!(agent.update()["to"], v(2));
     tree_eq(&agent.current(), &sources.release(2));
 }
+
+/// The upload API applies the online role's limits too: a head whose releases only the
+/// online key signed is refused (403), and so is one reviving older publisher content
+/// (409), even with the token.
+#[test]
+fn the_upload_api_refuses_what_only_an_online_key_signed() {
+    use ferry_format::head::inspect_head;
+    use ferry_format::keys::SecretKey;
+    use ferry_format::test_support::sign_head_unchecked;
+
+    let r = Remote::start("stable");
+    let sources = Sources::app(1);
+    r.published(&v(1), &sources.release(1), &[]);
+    let keys = r.publisher.dir.path().join("keys");
+    let k = |f: &str| keys.join(f).to_str().unwrap().to_string();
+    for name in ["root1", "online"] {
+        let out = run(
+            bin("ferry-server"),
+            &["key", "gen", "--out", &k(""), "--name", name],
+        );
+        assert_ok(&out, "key gen");
+    }
+    let repo = r.publisher.repo();
+    let repo_s = repo.to_str().unwrap();
+    let server = |args: &[&str]| run(bin("ferry-server"), args);
+    assert_ok(
+        &server(&[
+            "key",
+            "new-list",
+            "--repo",
+            repo_s,
+            "--root",
+            &k("root1.pub"),
+            "--publisher",
+            &k("ferry.pub"),
+            "--online",
+            &k("online.pub"),
+            "--sign",
+            &k("ferry.key"),
+            "--sign",
+            &k("root1.key"),
+            "--previous-key",
+            &k("ferry.pub"),
+        ]),
+        "key new-list --online",
+    );
+    let refresh = || {
+        assert_ok(
+            &server(&[
+                "refresh-head",
+                "--repo",
+                repo_s,
+                "--channel",
+                "stable",
+                "--key",
+                &k("ferry.key"),
+            ]),
+            "refresh-head --key",
+        )
+    };
+    refresh();
+    let older = inspect_head(&std::fs::read(r.publisher.head_file()).unwrap()).unwrap();
+    refresh();
+    let online = SecretKey::from_text(&std::fs::read_to_string(k("online.key")).unwrap()).unwrap();
+    let put = |h: &ferry_format::head::ChannelHead| {
+        let current = inspect_head(&std::fs::read(r.publisher.head_file()).unwrap()).unwrap();
+        let mut h = h.clone();
+        h.sequence = current.sequence + 1;
+        request(
+            &r.server.url,
+            "PUT",
+            "/channels/stable/head",
+            &[
+                ("Authorization", &bearer()),
+                ("X-Ferry-Previous-Sequence", &current.sequence.to_string()),
+            ],
+            &sign_head_unchecked(&h, &[&online]),
+        )
+    };
+    let before = std::fs::read(r.publisher.head_file()).unwrap();
+    // Releases signed by the online key.
+    let mut forged = older.clone();
+    forged.content.sequence += 10;
+    forged.resign_content(&[&online]).unwrap();
+    let (status, body) = put(&forged);
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("publishing keys"), "{body}");
+    // Older publisher content in a fresh online-signed head.
+    let (status, body) = put(&older);
+    assert_eq!(status, 409, "{body}");
+    assert!(body.contains("cannot be revived"), "{body}");
+    assert_eq!(std::fs::read(r.publisher.head_file()).unwrap(), before);
+}

@@ -139,7 +139,7 @@ fn rollback(
         let remote = remote_slot.insert(Remote::connect(&root.config)?);
         let (head, trusted) = remote.fetch_head(root)?;
         let release = head.release(&target).cloned().ok_or_else(|| {
-            let offered: Vec<&str> = head.releases.iter().map(|r| r.version.as_str()).collect();
+            let offered: Vec<&str> = head.releases().iter().map(|r| r.version.as_str()).collect();
             anyhow!(
                 "version {version} is neither retained locally ({}) nor offered by channel {} ({})",
                 list(&retained),

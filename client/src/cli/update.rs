@@ -3,6 +3,7 @@
 use std::time::Instant;
 
 use anyhow::{Context, Result};
+use ferry_format::head::rollout_bucket;
 use ferry_format::version::Version;
 use serde_json::json;
 
@@ -12,6 +13,7 @@ use super::report::{self, Out};
 use super::root::Root;
 use crate::apply::check::{Depth, check_tree};
 use crate::install::activate::current_folder;
+use crate::install::agent_id;
 use crate::install::history::{self, Event};
 use crate::install::lock::LockMode;
 use crate::install::retain::{UpdateDecision, decide_update};
@@ -134,6 +136,25 @@ fn update(
             return Ok(unchanged(false));
         }
         UpdateDecision::Install => {}
+    }
+    // Staged rollout (FORMAT.md §5.1): a repair of the active release is not an update.
+    let percent = head.rollout_of(&release.version);
+    if percent < 100 && active.as_deref() != Some(release.version.as_str()) {
+        let id = agent_id::load_or_create(&root.layout.agent_id())?;
+        let bucket = rollout_bucket(&id, &release.version);
+        if bucket >= percent {
+            let what = if percent == 0 {
+                "paused".to_string()
+            } else {
+                format!("offered to {percent}% of agents, this agent's bucket is {bucket}")
+            };
+            out.info(&format!(
+                "not selected for {}: its rollout is {what}; staying on {}",
+                release.version,
+                active.as_deref().unwrap_or("nothing installed")
+            ));
+            return Ok(unchanged(false));
+        }
     }
 
     let fetched = remote.fetch_current_manifest(root, &head, &trusted, active.as_deref(), out)?;

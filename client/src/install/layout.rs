@@ -109,6 +109,11 @@ impl Layout {
         self.keys().join(version.to_string())
     }
 
+    /// This agent's random id (FORMAT.md §5.1 rollout buckets).
+    pub fn agent_id(&self) -> PathBuf {
+        self.ferry_dir().join("agent_id")
+    }
+
     pub fn current(&self) -> PathBuf {
         self.root.join("current")
     }

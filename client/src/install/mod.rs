@@ -3,6 +3,7 @@
 //! what to roll back to and when a pin holds.
 
 pub mod activate;
+pub mod agent_id;
 pub mod config;
 pub mod history;
 pub mod layout;

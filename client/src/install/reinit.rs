@@ -89,6 +89,12 @@ pub fn forget_memory(state: &mut State, old_channel: &str, new_channel: &str) ->
         forgot.push(format!("head sequence {seq}"));
     }
     state.last_head_hash = None;
+    if let Some(seq) = state.last_content_sequence.take() {
+        forgot.push(format!("publisher sequence {seq}"));
+    }
+    state.last_content_hash = None;
+    state.rollout_seen = None;
+    state.vouched = None;
     if let Some(h) = state.highest_version.take() {
         forgot.push(format!("highest version {h}"));
     }
@@ -140,6 +146,7 @@ mod tests {
             manifest_size: 1,
             installed_at: 1,
             folder: None,
+            signed_by: Vec::new(),
         }
     }
 

@@ -6,10 +6,19 @@
 //! refused even if the update that saw the newer one later failed. `highest_version`
 //! is the anti-rollback memory: the highest version ever installed or announced as
 //! current by a verified head.
+//!
+//! Those marks are only as good as the keys that vouched for them: `vouched` records
+//! which keys signed the head and the publisher content they came from, so that when
+//! a key rotation revokes those keys the marks they set are dropped (fast-forward
+//! attack recovery, FORMAT.md §6.3). Fields added after schema 1 have serde
+//! defaults, so older state files load unchanged.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use ferry_format::envelope::TrustedKeys;
+use ferry_format::keylist::TrustRoot;
+use ferry_format::verified::RolloutSeen;
 use ferry_format::version::Version;
 use serde::{Deserialize, Serialize};
 
@@ -35,6 +44,33 @@ pub struct State {
     /// still be re-verified, reused and rolled back to).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub other_channels: BTreeMap<String, String>,
+    /// Highest publisher sequence accepted (the content inside heads).
+    #[serde(default)]
+    pub last_content_sequence: Option<u64>,
+    /// blake3 hex of the publisher content accepted with `last_content_sequence`.
+    #[serde(default)]
+    pub last_content_hash: Option<String>,
+    /// Effective rollout accepted with the last head (an online key may not raise it
+    /// again for the same content).
+    #[serde(default)]
+    pub rollout_seen: Option<RolloutSeen>,
+    /// Who signed what set the marks above.
+    #[serde(default)]
+    pub vouched: Option<Vouched>,
+}
+
+/// The keys behind the anti-replay and anti-rollback marks.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Vouched {
+    /// The key list version the signatures were checked with.
+    pub key_list: u64,
+    /// Key ids (hex) that signed the head's freshness layer: they vouch for
+    /// `last_sequence` and `last_head_hash`.
+    pub head: Vec<String>,
+    /// Key ids (hex) that signed the publisher content: they vouch for
+    /// `last_content_sequence`, `last_content_hash` and the current version that
+    /// raised `highest_version`.
+    pub content: Vec<String>,
 }
 
 /// Set by a rollback: updates stay on `version` until a release newer than
@@ -58,6 +94,10 @@ pub struct ReleaseRecord {
     /// Absent in files of older agents, which always used the version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub folder: Option<String>,
+    /// Key ids (hex) whose signatures on the manifest verified at install; empty for
+    /// releases installed before this was recorded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub signed_by: Vec<String>,
 }
 
 impl ReleaseRecord {
@@ -79,6 +119,10 @@ impl Default for State {
             last_check: None,
             releases: Vec::new(),
             other_channels: BTreeMap::new(),
+            last_content_sequence: None,
+            last_content_hash: None,
+            rollout_seen: None,
+            vouched: None,
         }
     }
 }
@@ -131,6 +175,56 @@ impl State {
             .map_or(configured, String::as_str)
     }
 
+    /// FORMAT.md §6.3, fast-forward recovery (TUF 5.3.11): after the client moved to
+    /// `trust`, drops the marks whose signers no longer meet a threshold of it, so a
+    /// head signed with a since-revoked key and carrying a huge sequence or version
+    /// cannot lock this root out. `highest_version` falls back to the highest
+    /// installed release whose manifest signers are still trusted (or unrecorded).
+    /// Returns what was forgotten, for the operator.
+    pub fn forget_revoked_marks(&mut self, trust: &TrustRoot) -> Vec<String> {
+        let Some(v) = self.vouched.clone() else {
+            return Vec::new();
+        };
+        if v.key_list >= trust.version() {
+            return Vec::new();
+        }
+        let publishers = trust.publishers();
+        let mut notes = Vec::new();
+        let head_ok = v.head.is_empty()
+            || meets(&v.head, &publishers)
+            || trust.online().is_some_and(|o| meets(&v.head, &o));
+        if !head_ok {
+            notes.push(format!(
+                "forgetting head sequence {} (key list {} no longer trusts the keys that signed it)",
+                self.last_sequence.map_or("none".into(), |s| s.to_string()),
+                trust.version()
+            ));
+            self.last_sequence = None;
+            self.last_head_hash = None;
+            self.rollout_seen = None;
+        }
+        if !v.content.is_empty() && !meets(&v.content, &publishers) {
+            let highest = self
+                .releases
+                .iter()
+                .filter(|r| r.signed_by.is_empty() || meets(&r.signed_by, &publishers))
+                .filter_map(|r| Version::parse(&r.version).ok())
+                .max();
+            notes.push(format!(
+                "forgetting publisher sequence {} and highest version {} (key list {} no longer trusts the keys that signed them); highest trusted installed release: {}",
+                self.last_content_sequence.map_or("none".into(), |s| s.to_string()),
+                self.highest_version.as_deref().unwrap_or("none"),
+                trust.version(),
+                highest.as_ref().map_or("none".into(), Version::to_string)
+            ));
+            self.last_content_sequence = None;
+            self.last_content_hash = None;
+            self.rollout_seen = None;
+            self.highest_version = highest.map(|h| h.to_string());
+        }
+        notes
+    }
+
     /// Retained versions, ascending. Unparseable entries (hand-edited state) are skipped.
     pub fn retained(&self) -> Vec<Version> {
         let mut v: Vec<Version> = self
@@ -141,6 +235,12 @@ impl State {
         v.sort();
         v
     }
+}
+
+/// At least a threshold of `keys` signed, given their hex ids.
+fn meets(ids: &[String], keys: &TrustedKeys) -> bool {
+    let trusted: Vec<String> = keys.key_ids().iter().map(|k| k.to_hex()).collect();
+    ids.iter().filter(|id| trusted.contains(id)).count() >= keys.threshold()
 }
 
 #[cfg(test)]
@@ -167,6 +267,7 @@ mod tests {
             manifest_size: 3,
             installed_at: 9,
             folder: Some("1.0.0+2".into()),
+            signed_by: vec!["ab".into()],
         });
         s.raise_highest(&Version::parse("2.0.0").unwrap());
         s.raise_highest(&Version::parse("1.5").unwrap());
@@ -191,5 +292,47 @@ mod tests {
         std::fs::write(&p, text.replace("\"schema\": 1", "\"schema\": 9")).unwrap();
         let e = State::load(&p).unwrap_err().to_string();
         assert!(e.contains("schema 9"), "{e}");
+    }
+
+    #[test]
+    fn marks_vouched_by_revoked_keys_are_forgotten() {
+        use ferry_format::keylist::KeyList;
+        use ferry_format::keys::SecretKey;
+        let k = |n: u8| SecretKey::from_seed([n; 32]).public();
+        let hex = |n: u8| k(n).id().to_hex();
+        let list = |v, publishers: &[ferry_format::keys::PublicKey]| {
+            TrustRoot::List(KeyList::new(v, 0, &[k(9)], 1, publishers, 1).unwrap())
+        };
+        let release = |v: &str, by: u8| ReleaseRecord {
+            version: v.into(),
+            manifest_hash: "ab".into(),
+            manifest_size: 1,
+            installed_at: 1,
+            folder: None,
+            signed_by: vec![hex(by)],
+        };
+        let poisoned = State {
+            last_sequence: Some(1_000_000),
+            last_head_hash: Some("x".into()),
+            last_content_sequence: Some(1_000_000),
+            highest_version: Some("99.0".into()),
+            releases: vec![release("1.0", 1), release("99.0", 2)],
+            vouched: Some(Vouched {
+                key_list: 1,
+                head: vec![hex(2)],
+                content: vec![hex(2)],
+            }),
+            ..State::default()
+        };
+        // Same key list, or a newer one still listing key 2: nothing forgotten.
+        let mut s = poisoned.clone();
+        assert!(s.forget_revoked_marks(&list(1, &[k(1), k(2)])).is_empty());
+        assert!(s.forget_revoked_marks(&list(2, &[k(1), k(2)])).is_empty());
+        assert_eq!(s, poisoned);
+        // Key 2 revoked: its marks go, the highest trusted installed release stays.
+        let notes = s.forget_revoked_marks(&list(2, &[k(1)]));
+        assert_eq!(notes.len(), 2, "{notes:?}");
+        assert_eq!((s.last_sequence, s.last_content_sequence), (None, None));
+        assert_eq!(s.highest_version.as_deref(), Some("1.0"));
     }
 }

@@ -12,7 +12,8 @@ use ferry_format::delta::encode::{Sinks, encode};
 use ferry_format::delta::manifest_diff::encode_manifest_diff;
 use ferry_format::delta::pack::{object_in_memory, pack_in_memory};
 use ferry_format::delta::{BSDIFF_V2, DiffHeader, DiffRef, ManifestDiffRef, missing_chunks};
-use ferry_format::head::{ChannelHead, ReleaseRef};
+use ferry_format::envelope::CLIENT_FORMAT;
+use ferry_format::head::{ChannelHead, HeadContent, ReleaseRef};
 use ferry_format::id::{ChunkId, Digest, ObjectRef};
 use ferry_format::keys::SecretKey;
 use ferry_format::layout::{head_path, object_path};
@@ -241,17 +242,18 @@ impl Repo {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_secs();
-        let head = ChannelHead {
+        let content = HeadContent {
             channel: "stable".into(),
             sequence: self.sequence,
             issued_at: now - 10,
-            expires_at: now + 3600,
-            min_client_format: 1,
+            expires_at: now + 7200,
+            min_client_format: CLIENT_FORMAT,
             releases,
-            key_list: None,
             manifest_diffs: self.manifest_diffs.clone(),
+            rollout: vec![],
         };
-        let bytes = head.sign(&[&self.key]).unwrap();
+        let bytes =
+            ChannelHead::publish(&content, self.sequence, now + 3600, None, &[&self.key]).unwrap();
         self.put(&head_path("stable"), &bytes);
         self.heads.push(bytes);
     }

@@ -81,9 +81,9 @@ pub struct DiffSummary {
 /// damaged old release must not stop a new one.
 pub fn load_bases(repo: &Repo, head: &ChannelHead, depth: usize) -> Vec<BaseRelease> {
     let mut out = Vec::new();
-    for r in head.releases.iter().rev().take(depth) {
+    for r in head.releases().iter().rev().take(depth) {
         let loaded = repo.read_object(&r.manifest, "manifest").and_then(|bytes| {
-            let m = verify_pinned_manifest(&bytes, r, &head.channel)?;
+            let m = verify_pinned_manifest(&bytes, r, head.channel())?;
             Ok((bytes, (*m).clone()))
         });
         let (manifest_bytes, manifest) = match loaded {

@@ -30,12 +30,12 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ferry_format::chunking::{ChunkParams, chunk_reader};
-use ferry_format::envelope::{FORMAT_VERSION, ObjectKind, TrustedKeys};
-use ferry_format::head::{ChannelHead, ReleaseRef};
+use ferry_format::envelope::{CLIENT_FORMAT, ObjectKind, TrustedKeys};
+use ferry_format::head::{ChannelHead, HeadContent, ReleaseRef, Rollout};
 use ferry_format::id::{Digest, ObjectRef};
 use ferry_format::keys::SecretKey;
 use ferry_format::manifest::{Entry, EntryKind, MAX_DIFFS, Manifest};
-use ferry_format::verified::{verify_own_head, verify_pinned_manifest};
+use ferry_format::verified::verify_pinned_manifest;
 use ferry_format::version::{Version, check_channel};
 use serde::Serialize;
 
@@ -48,6 +48,9 @@ use walk::SourceKind;
 /// Default lifetime of a head: clients refuse it afterwards, so a publisher must
 /// re-publish (or refresh) at least this often.
 pub const DEFAULT_EXPIRES_IN: Duration = Duration::from_secs(7 * 86_400);
+/// Default lifetime of the publisher-signed content of a head: an online key may keep
+/// the head fresh until then, never longer.
+pub const DEFAULT_CONTENT_EXPIRES_IN: Duration = Duration::from_secs(90 * 86_400);
 /// Default number of releases a head keeps listing (rollback targets).
 pub const DEFAULT_RETAIN: usize = 10;
 /// Releases before a diff's base whose chunks an agent on that base may still hold
@@ -65,6 +68,10 @@ pub struct PublishOptions<'a> {
     pub channel: String,
     pub version: String,
     pub expires_in: Duration,
+    /// Lifetime of the publisher-signed content (at least `expires_in`).
+    pub content_expires_in: Duration,
+    /// Share of agents (0-100) the new release is offered to.
+    pub rollout: u8,
     pub retain: usize,
     pub zstd_level: i32,
     /// A regular file or a directory.
@@ -112,17 +119,12 @@ pub fn previous(repo: &Repo, channel: &str, key: &SecretKey) -> Result<Option<Pr
     let Some(bytes) = repo.read_head(channel)? else {
         return Ok(None);
     };
-    let trusted = crate::trust::trust_for_head(repo, &bytes, key.public())?;
-    let head = verify_own_head(&bytes, &trusted).map_err(|source| Error::KeyMismatch {
-        channel: channel.to_string(),
-        key_id: key.public().id().to_hex(),
-        source,
-    })?;
-    if head.channel != channel {
+    let head = crate::trust::verify_publisher_head(repo, channel, &bytes, key)?;
+    if head.channel() != channel {
         return Err(repo.broken(format!(
             "the head at {} is for channel {:?}",
             repo.head_file(channel).display(),
-            head.channel
+            head.channel()
         )));
     }
     let current = head.current().clone();
@@ -140,7 +142,7 @@ pub fn previous(repo: &Repo, channel: &str, key: &SecretKey) -> Result<Option<Pr
             }
         })?;
     Ok(Some(Previous {
-        head: (*head).clone(),
+        head,
         manifest: (*manifest).clone(),
     }))
 }
@@ -154,6 +156,13 @@ pub fn publish(opts: &PublishOptions<'_>) -> Result<PublishReport> {
         return Err(Error::Unsupported {
             path: opts.repo.clone(),
             reason: format!("--diff-depth is at most {MAX_DIFFS}"),
+        });
+    }
+    check_lifetimes(&opts.repo, opts.expires_in, opts.content_expires_in)?;
+    if opts.rollout > 100 {
+        return Err(Error::Unsupported {
+            path: opts.repo.clone(),
+            reason: format!("--rollout {} is above 100%", opts.rollout),
         });
     }
     if opts.retain == 0 {
@@ -277,7 +286,7 @@ pub fn publish(opts: &PublishOptions<'_>) -> Result<PublishReport> {
         Some(p) if opts.diff_depth > 0 => {
             let recent: Vec<&str> = p
                 .head
-                .releases
+                .releases()
                 .iter()
                 .rev()
                 .take(opts.diff_depth)
@@ -302,17 +311,10 @@ pub fn publish(opts: &PublishOptions<'_>) -> Result<PublishReport> {
     let manifest_diff_objects: Vec<_> = manifest_diffs.iter().map(|d| d.object).collect();
 
     // Step 4: the head, last.
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_err(|_| {
-            io_err("read", std::path::Path::new("the system clock"))(std::io::Error::other(
-                "clock is before 1970",
-            ))
-        })?
-        .as_secs();
+    let now = unix_now()?;
     let mut releases = prev
         .as_ref()
-        .map(|p| p.head.releases.clone())
+        .map(|p| p.head.releases().to_vec())
         .unwrap_or_default();
     releases.push(ReleaseRef {
         version: opts.version.clone(),
@@ -320,26 +322,48 @@ pub fn publish(opts: &PublishOptions<'_>) -> Result<PublishReport> {
     });
     let keep_from = releases.len().saturating_sub(opts.retain);
     releases.drain(..keep_from);
-    let head = ChannelHead {
+    // Older releases keep the rollout in force (a pause by the online role becomes
+    // the publisher's); the new one gets --rollout.
+    let mut rollout: Vec<Rollout> = prev
+        .as_ref()
+        .map(|p| p.head.effective_rollout())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|r| releases.iter().any(|rel| rel.version == r.version))
+        .collect();
+    if opts.rollout < 100 {
+        rollout.push(Rollout {
+            version: opts.version.clone(),
+            percent: opts.rollout,
+        });
+    }
+    let content = HeadContent {
         channel: opts.channel.clone(),
-        sequence: prev.as_ref().map_or(0, |p| p.head.sequence) + 1,
+        sequence: prev.as_ref().map_or(0, |p| p.head.content.sequence) + 1,
         issued_at: now,
-        expires_at: now.saturating_add(opts.expires_in.as_secs()),
-        min_client_format: FORMAT_VERSION,
+        expires_at: now.saturating_add(opts.content_expires_in.as_secs()),
+        min_client_format: CLIENT_FORMAT,
         releases,
-        key_list: key_list.map(|(r, _, _)| r),
         manifest_diffs,
+        rollout,
     };
-    let head_bytes = head.sign(&signers)?;
+    let sequence = prev.as_ref().map_or(0, |p| p.head.sequence) + 1;
+    let head_bytes = ChannelHead::publish(
+        &content,
+        sequence,
+        now.saturating_add(opts.expires_in.as_secs()),
+        key_list.map(|(r, _, _)| r),
+        &signers,
+    )?;
     crash_point!("server::publish::head_signed");
-    head_readable(&head, &head_bytes, &opts.version)?;
+    head_readable(&content, &head_bytes, &opts.version)?;
     repo.write_head(&opts.channel, &head_bytes)?;
 
     let chunks_carried = table.carried.len();
     Ok(PublishReport {
         channel: opts.channel.clone(),
         version: opts.version.clone(),
-        sequence: head.sequence,
+        sequence,
         manifest: manifest_ref.hash.to_hex(),
         manifest_size: manifest_ref.size,
         archive: archive.hash.to_hex(),
@@ -379,7 +403,7 @@ fn readable(manifest: &Manifest, signatures: usize, files: usize) -> Result<()> 
 
 /// Refuses a signed head agents would refuse to read (over [`ObjectKind::max_size`]),
 /// naming both sizes.
-fn head_readable(head: &ChannelHead, bytes: &[u8], version: &str) -> Result<()> {
+fn head_readable(head: &HeadContent, bytes: &[u8], version: &str) -> Result<()> {
     ObjectKind::ChannelHead
         .check_size(bytes.len() as u64)
         .map_err(|source| Error::FormatContext {
@@ -395,6 +419,33 @@ fn head_readable(head: &ChannelHead, bytes: &[u8], version: &str) -> Result<()> 
             ),
             source,
         })
+}
+
+/// Unix seconds now.
+pub fn unix_now() -> Result<u64> {
+    Ok(SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_err(|_| {
+            io_err("read", std::path::Path::new("the system clock"))(std::io::Error::other(
+                "clock is before 1970",
+            ))
+        })?
+        .as_secs())
+}
+
+/// A head cannot outlive the publisher content it carries.
+pub fn check_lifetimes(repo: &std::path::Path, head: Duration, content: Duration) -> Result<()> {
+    if head > content {
+        return Err(Error::Unsupported {
+            path: repo.to_path_buf(),
+            reason: format!(
+                "--expires-in {}s is longer than --content-expires-in {}s: a head cannot outlive the publisher content it carries",
+                head.as_secs(),
+                content.as_secs()
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// An entry whose chunk indexes are not final yet.
@@ -463,12 +514,12 @@ mod tests {
     #[test]
     fn a_head_over_the_agents_limit_is_refused() {
         let key = SecretKey::from_seed([1; 32]);
-        let head = ChannelHead {
+        let head = HeadContent {
             channel: "stable".into(),
             sequence: 1,
             issued_at: 1_700_000_000,
             expires_at: 1_700_604_800,
-            min_client_format: FORMAT_VERSION,
+            min_client_format: CLIENT_FORMAT,
             releases: (1..=MAX_RELEASES)
                 .map(|k| ReleaseRef {
                     version: format!("{k}.0.0-{}", "r".repeat(50)),
@@ -478,10 +529,10 @@ mod tests {
                     },
                 })
                 .collect(),
-            key_list: None,
             manifest_diffs: vec![],
+            rollout: vec![],
         };
-        let largest = head.sign(&[&key]).unwrap();
+        let largest = ChannelHead::publish(&head, 1, 1_700_604_800, None, &[&key]).unwrap();
         head_readable(&head, &largest, "1024.0.0").unwrap();
 
         let limit = ObjectKind::ChannelHead.max_size();

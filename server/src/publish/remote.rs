@@ -33,7 +33,7 @@ use ferry_format::envelope::ObjectKind;
 use ferry_format::head::ReleaseRef;
 use ferry_format::id::{Digest, ObjectRef};
 use ferry_format::layout::{head_path, key_list_path, object_path};
-use ferry_format::verified::{verify_own_head, verify_pinned_manifest};
+use ferry_format::verified::verify_pinned_manifest;
 use ferry_format::version::check_channel;
 use reqwest::StatusCode;
 use reqwest::header::{AUTHORIZATION, CONTENT_LENGTH, RETRY_AFTER};
@@ -167,6 +167,8 @@ pub fn publish_to(remote: &RemoteOptions, opts: &PublishOptions<'_>) -> Result<P
         channel: opts.channel.clone(),
         version: opts.version.clone(),
         expires_in: opts.expires_in,
+        content_expires_in: opts.content_expires_in,
+        rollout: opts.rollout,
         retain: opts.retain,
         zstd_level: opts.zstd_level,
         source: opts.source.clone(),
@@ -299,12 +301,7 @@ impl Server {
         // Verified before anything it names is fetched; `previous` checks it again
         // together with the manifest.
         let key = opts.key;
-        let trusted = crate::trust::trust_for_head(staging, &head_bytes, key.public())?;
-        let head = verify_own_head(&head_bytes, &trusted).map_err(|source| Error::KeyMismatch {
-            channel: channel.clone(),
-            key_id: key.public().id().to_hex(),
-            source,
-        })?;
+        let head = crate::trust::verify_publisher_head(staging, channel, &head_bytes, key)?;
         self.materialise(staging, cache, &head.current().manifest, "manifest")
             .await?;
         let prev = previous(staging, channel, key)?
@@ -313,8 +310,8 @@ impl Server {
             .await?;
         // The releases before the current one that diffs are made from. Best effort:
         // publish leaves out a base it cannot read, with a warning.
-        let depth = opts.diff_depth.min(head.releases.len());
-        for r in head.releases.iter().rev().take(depth).skip(1) {
+        let depth = opts.diff_depth.min(head.releases().len());
+        for r in head.releases().iter().rev().take(depth).skip(1) {
             if let Err(e) = self.mirror_release(staging, cache, r, channel).await {
                 tracing::warn!(base = r.version, "cannot mirror this diff base: {e:#}");
             }

@@ -26,6 +26,7 @@ pub mod access_log;
 pub mod conns;
 pub mod quota;
 pub mod range;
+pub mod refresh;
 pub mod routes;
 pub mod tls;
 pub mod upload;
@@ -380,6 +381,7 @@ pub fn run_cli(
     opts: &ServeOptions,
     tls: Option<&tls::TlsFiles>,
     uploads: Option<upload::Uploads>,
+    refresher: Option<refresh::Refresher>,
 ) -> Result<()> {
     // Certificate problems are reported before anything is bound.
     let acceptor = tls.map(tls::acceptor).transpose()?;
@@ -409,7 +411,12 @@ pub fn run_cli(
             .map_err(io_err("write", std::path::Path::new("stdout")))?;
         drop(stdout);
         tracing::info!(%addr, repo = %opts.repo.display(), "serving");
-        server.run(shutdown).await
+        let refreshing = refresher.map(|r| tokio::spawn(r.run()));
+        let result = server.run(shutdown).await;
+        if let Some(task) = refreshing {
+            task.abort();
+        }
+        result
     })
 }
 

@@ -43,6 +43,7 @@ use ferry_format::FormatError;
 use ferry_format::envelope::{ObjectKind, TrustedKeys};
 use ferry_format::head::ChannelHead;
 use ferry_format::id::{Digest, ObjectRef};
+use ferry_format::keylist::HeadKeys;
 use ferry_format::keys::PublicKey;
 use ferry_format::layout::{RepoPath, parse_repo_path};
 use ferry_format::verified::{verify_manifest, verify_own_head};
@@ -646,13 +647,13 @@ where
             ),
         ));
     }
-    if head.channel != channel {
+    if head.channel() != channel {
         return Err(refuse(
             StatusCode::UNPROCESSABLE_ENTITY,
             Reason::Invalid,
             format!(
                 "the head is for channel {:?}, uploaded to channel {channel:?}",
-                head.channel
+                head.channel()
             ),
         ));
     }
@@ -671,8 +672,19 @@ where
         ));
     }
 
+    if now >= head.content.expires_at {
+        return Err(refuse(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Reason::Invalid,
+            format!(
+                "the head's publisher content expired at {} (unix time), it is now {now}: clients would refuse it",
+                head.content.expires_at
+            ),
+        ));
+    }
+
     // Objects first, head last: the current release must be complete and verify.
-    check_release(&repo, &trusted, &head).await?;
+    check_release(&repo, &trusted.publishers, &head).await?;
 
     let lock = up.channel_lock(channel);
     let _held = lock.lock().await;
@@ -686,7 +698,7 @@ where
     let r = repo.clone();
     let ch = channel.to_string();
     let current = blocking(move || r.read_head(&ch)).await.map_err(internal)?;
-    let current_sequence = match current {
+    let current_head = match current {
         None => None,
         Some(b) => Some(
             verify_own_head(&b, &crate::trust::trust_for_head(&Repo::new(repo_root), &b, up.anchor).unwrap_or_else(|_| trusted.clone()))
@@ -699,11 +711,26 @@ where
                              cannot compare sequences; the server operator must add the key that signed it"
                         ),
                     )
-                })?
-                .sequence,
+                })?,
         ),
     };
-    check_sequence(expected, current_sequence, head.sequence)?;
+    check_sequence(
+        expected,
+        current_head.as_ref().map(|h| h.sequence),
+        head.sequence,
+    )?;
+    if let Some(current) = &current_head
+        && head.content.sequence < current.content.sequence
+    {
+        return Err(refuse(
+            StatusCode::CONFLICT,
+            Reason::Conflict,
+            format!(
+                "the head carries publisher sequence {}, the channel is at {}: older publisher content cannot be revived",
+                head.content.sequence, current.content.sequence
+            ),
+        ));
+    }
     let ch = channel.to_string();
     crash_point!("server::upload::head_swap");
     blocking(move || repo.write_head(&ch, &bytes))
@@ -722,7 +749,7 @@ where
 /// must name: the configured keys while the repository has no key list; once it has,
 /// the newest key list that chains from the first configured key, each step checked
 /// exactly as agents check it (FORMAT.md §6.3).
-async fn current_trust(repo: &Repo, up: &Uploads) -> Result<(TrustedKeys, u64), Refusal> {
+async fn current_trust(repo: &Repo, up: &Uploads) -> Result<(HeadKeys, u64), Refusal> {
     let repo = repo.clone();
     let anchor = up.anchor;
     let walked = blocking(move || {
@@ -751,8 +778,8 @@ async fn current_trust(repo: &Repo, up: &Uploads) -> Result<(TrustedKeys, u64), 
         )
     })?;
     match walked {
-        (_, 0) => Ok((up.trusted.clone(), 0)),
-        (trust, _) => Ok((trust.publishers(), trust.version())),
+        (_, 0) => Ok((up.trusted.clone().into(), 0)),
+        (trust, _) => Ok((trust.head_keys(), trust.version())),
     }
 }
 
@@ -794,7 +821,7 @@ async fn check_release(
         }
         Ok(_) => tokio::fs::read(&manifest_file).await.map_err(internal)?,
     };
-    let manifest = verify_manifest(&bytes, &release, &head.channel, trusted)
+    let manifest = verify_manifest(&bytes, &release, head.channel(), trusted)
         .map_err(|e| verification(e, "manifest", StatusCode::UNPROCESSABLE_ENTITY))?;
     match tokio::fs::metadata(repo.object_file(&manifest.archive.hash)).await {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Err(missing("archive", &manifest.archive)),

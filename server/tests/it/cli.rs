@@ -237,6 +237,6 @@ fn a_second_publisher_waits_for_the_first_instead_of_losing_its_release() {
     assert!(status.success());
     let head = read_head(&repo, "stable");
     assert_eq!(head.sequence, 2);
-    let versions: Vec<&str> = head.releases.iter().map(|r| r.version.as_str()).collect();
+    let versions: Vec<&str> = head.releases().iter().map(|r| r.version.as_str()).collect();
     assert_eq!(versions, ["1.0.0", "2.0.0"]);
 }

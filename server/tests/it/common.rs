@@ -81,6 +81,8 @@ pub fn try_publish_depth(
         channel: channel.into(),
         version: version.into(),
         expires_in: std::time::Duration::from_secs(3600),
+        content_expires_in: std::time::Duration::from_secs(7200),
+        rollout: 100,
         retain,
         zstd_level: 3,
         source: source.to_path_buf(),
@@ -97,7 +99,7 @@ pub fn read_head(repo: &Path, channel: &str) -> ChannelHead {
 pub fn read_manifest(repo: &Path, channel: &str, version: &str) -> Manifest {
     let head = read_head(repo, channel);
     let r = head
-        .releases
+        .releases()
         .iter()
         .find(|r| r.version == version)
         .unwrap()

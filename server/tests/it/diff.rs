@@ -133,8 +133,8 @@ fn third_release_has_diffs_from_both_earlier_ones() {
     let head = read_head(&repo, "stable");
     let bases: Vec<&str> = m3.diffs.iter().map(|d| d.base_version.as_str()).collect();
     assert_eq!(bases, ["1.0.0", "2.0.0"], "ascending by base version");
-    assert_eq!(m3.diffs[0].base_manifest, head.releases[0].manifest.hash);
-    assert_eq!(m3.diffs[1].base_manifest, head.releases[1].manifest.hash);
+    assert_eq!(m3.diffs[0].base_manifest, head.releases()[0].manifest.hash);
+    assert_eq!(m3.diffs[1].base_manifest, head.releases()[1].manifest.hash);
     // The report lists them newest base first, with the sizes the manifest gives.
     let reported: Vec<(&str, u64)> = r3.diffs.iter().map(|d| (d.base.as_str(), d.size)).collect();
     assert_eq!(
@@ -163,14 +163,16 @@ fn third_release_has_diffs_from_both_earlier_ones() {
     // turns the base's manifest bytes into the current manifest with the ids of the
     // chunks that base lacks zeroed (a skeleton), and pins the data diff from that
     // base, whose chunks' ids fill the holes back to exactly the manifest's bytes.
-    assert_eq!(head.manifest_diffs.len(), 2);
+    assert_eq!(head.content.manifest_diffs.len(), 2);
     assert_eq!(r3.manifest_diffs, 2);
-    assert!(head.manifest_diffs[0].base_manifest < head.manifest_diffs[1].base_manifest);
+    assert!(
+        head.content.manifest_diffs[0].base_manifest < head.content.manifest_diffs[1].base_manifest
+    );
     let current = head.current().manifest;
     let new_bytes = object(&repo, &current.hash);
-    for md in &head.manifest_diffs {
+    for md in &head.content.manifest_diffs {
         let base = head
-            .releases
+            .releases()
             .iter()
             .find(|r| r.manifest.hash == md.base_manifest)
             .expect("a manifest diff from a listed release");
@@ -224,7 +226,7 @@ fn depth_limits_the_bases() {
     let bases: Vec<&str> = m3.diffs.iter().map(|d| d.base_version.as_str()).collect();
     assert_eq!(bases, ["2.0.0"]);
     assert_eq!((r3.diffs.len(), r3.manifest_diffs), (1, 1));
-    assert_eq!(read_head(&repo, "stable").manifest_diffs.len(), 1);
+    assert_eq!(read_head(&repo, "stable").content.manifest_diffs.len(), 1);
 }
 
 #[test]
@@ -238,7 +240,7 @@ fn depth_zero_writes_no_diffs() {
     }
     let m3 = read_manifest(&repo, "stable", "3.0.0");
     assert!(m3.diffs.is_empty());
-    assert!(read_head(&repo, "stable").manifest_diffs.is_empty());
+    assert!(read_head(&repo, "stable").content.manifest_diffs.is_empty());
     let objects = files_under(&repo.join("objects"));
     assert_eq!(
         objects.len(),
@@ -260,7 +262,7 @@ fn identical_release_gets_no_diff_object() {
     assert!(m2.diffs.is_empty());
     assert_eq!(r2.chunks_new, 0);
     // The manifest still changed (its version), so the head carries a manifest diff.
-    assert_eq!(read_head(&repo, "stable").manifest_diffs.len(), 1);
+    assert_eq!(read_head(&repo, "stable").content.manifest_diffs.len(), 1);
     let objects = files_under(&repo.join("objects"));
     assert_eq!(
         objects.len(),

@@ -112,7 +112,7 @@ fn two_releases_chain_generations() {
 
     let head = read_head(&repo, "stable");
     assert_eq!(head.sequence, 2);
-    let versions: Vec<&str> = head.releases.iter().map(|r| r.version.as_str()).collect();
+    let versions: Vec<&str> = head.releases().iter().map(|r| r.version.as_str()).collect();
     assert_eq!(versions, ["1.0.0", "2.0.0"]);
     assert_eq!(head.expires_at - head.issued_at, 3600);
 
@@ -195,7 +195,7 @@ fn two_releases_chain_generations() {
     fs::write(src.join("bin/app"), noise(1, 600_000)).unwrap();
     let r3 = try_publish(&repo, &src, "stable", "3.0.0", &key(), 2).unwrap();
     let head = read_head(&repo, "stable");
-    let versions: Vec<&str> = head.releases.iter().map(|r| r.version.as_str()).collect();
+    let versions: Vec<&str> = head.releases().iter().map(|r| r.version.as_str()).collect();
     assert_eq!(versions, ["2.0.0", "3.0.0"]);
     let m3 = read_manifest(&repo, "stable", "3.0.0");
     assert_eq!(m3.generation, 3);

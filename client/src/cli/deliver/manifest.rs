@@ -301,6 +301,7 @@ fn manifest_diff_base<'h>(
         .filter_map(|r| {
             let hash = Digest::from_hex(&r.manifest_hash).ok()?;
             let diff = head
+                .content
                 .manifest_diffs
                 .iter()
                 .find(|d| d.base_manifest == hash)?;

@@ -25,7 +25,7 @@ use ferry_format::keylist::{TrustRoot, check_ref};
 use ferry_format::layout::{head_path, key_list_path, object_path};
 use ferry_format::manifest::Manifest;
 use ferry_format::plan::{DEFAULT_MAX_GAP, FetchRange, plan_archive};
-use ferry_format::verified::{HeadPolicy, Verified, verify_head, verify_manifest};
+use ferry_format::verified::{HeadPolicy, RolloutSeen, Verified, verify_head, verify_manifest};
 use ferry_format::version::Version;
 
 use super::plan::{DiffChoice, archive_line, choose_diff, diff_line};
@@ -44,7 +44,7 @@ use crate::install::config::Config;
 use crate::install::layout::Layout;
 use crate::install::retain::prune_selection;
 use crate::install::space;
-use crate::install::state::ReleaseRecord;
+use crate::install::state::{ReleaseRecord, Vouched};
 
 /// A key list accepted while following a rotation: its version and exact bytes.
 type AcceptedKeyList = (u64, Vec<u8>);
@@ -106,16 +106,26 @@ impl Remote {
         let (trust, new_lists) = self.follow_key_lists(root, &bytes)?;
         let trusted = trust.publishers();
         let now = report::unix_now();
+        // Marks set by keys this trust root no longer accepts are dropped before they
+        // are compared (fast-forward recovery); kept only if the head verifies.
+        let mut state = root.state.clone();
+        let forgotten = state.forget_revoked_marks(&trust);
         let policy = HeadPolicy {
             channel: &channel,
             now,
             max_skew: root.config.max_clock_skew_secs,
-            last_sequence: root.state.last_sequence,
+            last_sequence: state.last_sequence,
             key_list_version: trust.version(),
+            last_content_sequence: state.last_content_sequence,
+            rollout_seen: state.rollout_seen.as_ref(),
         };
-        let head = verify_head(&bytes, &trusted, &policy).with_context(|| {
+        let head = verify_head(&bytes, &trust.head_keys(), &policy).with_context(|| {
             format!("verifying channel head from {}", self.transport.url(&path))
         })?;
+        for note in forgotten {
+            tracing::warn!("{note}");
+        }
+        root.state = state;
         // The chain is trusted once the head it leads to verifies; keep it from now on.
         if !new_lists.is_empty() {
             fsutil::create_dir_all(&root.layout.keys())?;
@@ -136,8 +146,34 @@ impl Remote {
                 head.sequence
             );
         }
+        let signers = head.head_signers().clone();
+        let content_hash = signers.content_hash.to_hex();
+        if root.state.last_content_sequence == Some(head.content.sequence)
+            && root
+                .state
+                .last_content_hash
+                .as_deref()
+                .is_some_and(|h| h != content_hash)
+        {
+            bail!(
+                "publisher sequence {} was already seen with different content: the publisher's keys signed two different channel states with one sequence number",
+                head.content.sequence
+            );
+        }
+        let hex = |ids: &[ferry_format::keys::KeyId]| ids.iter().map(|k| k.to_hex()).collect();
         root.state.last_sequence = Some(head.sequence);
         root.state.last_head_hash = Some(hash);
+        root.state.last_content_sequence = Some(head.content.sequence);
+        root.state.last_content_hash = Some(content_hash);
+        root.state.rollout_seen = Some(RolloutSeen {
+            content_sequence: head.content.sequence,
+            rollout: head.effective_rollout(),
+        });
+        root.state.vouched = Some(Vouched {
+            key_list: trust.version(),
+            head: hex(head.signed_by()),
+            content: hex(&signers.content),
+        });
         root.state.last_check = Some(now);
         root.save_state()?;
         Ok((head, trusted))
@@ -571,13 +607,22 @@ pub fn activate(
 ) -> Result<()> {
     let version = manifest.version.clone();
     let now = report::unix_now();
-    let installed_at = root.state.release(&version).map_or(now, |r| r.installed_at);
+    let previous = root.state.release(&version);
+    let installed_at = previous.map_or(now, |r| r.installed_at);
+    // A manifest re-read from local storage carries no fresh signature check: keep
+    // the signers recorded when it was verified from the network.
+    let signed_by = if manifest.signed_by().is_empty() {
+        previous.map(|r| r.signed_by.clone()).unwrap_or_default()
+    } else {
+        manifest.signed_by().iter().map(|k| k.to_hex()).collect()
+    };
     root.state.record_release(ReleaseRecord {
         version: version.clone(),
         manifest_hash: manifest.object_hash().to_hex(),
         manifest_size,
         installed_at,
         folder: Some(folder.to_string()),
+        signed_by,
     });
     // The record is saved before the switch: a crash right after it leaves a state
     // that knows the release `current` points to, which the next command adopts
