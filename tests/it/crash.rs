@@ -452,6 +452,21 @@ fn crash_at_every_write_step_of_update() {
             "{case}: the rerun downloaded {again} bytes with {stored} already stored; a fresh update downloads {fresh_bytes}"
         );
         assert_eq!(active_release(&root, &known, &case), v(2), "{case}");
+        // Converged means cleaned up too, also when the killed run had already switched
+        // and the rerun found nothing to install.
+        assert!(
+            !root.join(".ferry/staging").exists(),
+            "{case}: the rerun left staging behind"
+        );
+        let folders: Vec<String> = std::fs::read_dir(root.join("versions"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.starts_with('.'))
+            .collect();
+        assert!(
+            folders.iter().all(|f| f == "1.0.0" || f == "2.0.0"),
+            "{case}: release folders after the rerun: {folders:?}"
+        );
         std::fs::remove_dir_all(&root).unwrap();
     }
     report("update", &sites, missed);

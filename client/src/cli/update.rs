@@ -126,6 +126,9 @@ fn update(
     match decision {
         UpdateDecision::UpToDate => {
             out.info(&format!("already up to date ({})", release.version));
+            // A run killed after its switch left staging or a superseded folder:
+            // nothing new to install, so this run finishes that one's cleanup.
+            deliver::cleanup_and_prune(root)?;
             return Ok(unchanged(false));
         }
         UpdateDecision::Pinned(pin) => {
@@ -133,6 +136,7 @@ fn update(
                 "pinned to {} (rolled back from {}); newest is {}; use --force",
                 pin.version, pin.rolled_back_from, release.version
             ));
+            deliver::cleanup_and_prune(root)?;
             return Ok(unchanged(false));
         }
         UpdateDecision::Install => {}

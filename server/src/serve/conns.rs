@@ -9,7 +9,7 @@
 //!   its response body was sent or dropped), and since when it has had none;
 //! - the time its socket last moved a byte, in either direction ([`Watched`]).
 //!
-//! Rules, applied by the connection's own task ([`super::serve_connection`]):
+//! Rules, applied by the connection's own task (`serve_connection` in `serve/mod.rs`):
 //!
 //! - **Idle** ([`IDLE_TIMEOUT`]): no request in flight for that long (a keep-alive
 //!   connection between requests, HTTP/1.1 or HTTP/2, or one still sending its first
