@@ -1,5 +1,6 @@
 //! The `ferry-server` binary: parse the command line, run it, report the error once.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -15,6 +16,8 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, never into files and pipes.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let cli = ferry_server::cli::Cli::parse();
     match ferry_server::run(cli) {

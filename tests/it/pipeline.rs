@@ -230,3 +230,65 @@ fn damaged_local_release_is_repaired_from_the_archive() {
         "damaged chunks come from the archive ({ranges} ranges)"
     );
 }
+
+/// Logs and output go to files and pipes in fleets (journald, CI logs): with stderr
+/// and stdout not a terminal, neither binary writes ANSI colour codes, even with
+/// every log line switched on.
+#[test]
+fn output_has_no_colour_codes_when_not_a_terminal() {
+    let publisher = Publisher::new("stable");
+    let sources = Sources::app(2);
+    let (repo, key) = (publisher.repo(), publisher.key());
+    let verbose = [("FERRY_LOG", Some("debug"))];
+    let mut outputs = Vec::new();
+    for version in [v(1), v(2)] {
+        let src = sources.release(if version == v(1) { 1 } else { 2 });
+        let out = ferry_tests::process::run_env(
+            ferry_tests::bin("ferry-server"),
+            &[
+                "publish",
+                "--repo",
+                repo.to_str().unwrap(),
+                "--key",
+                key.to_str().unwrap(),
+                "--channel",
+                "stable",
+                "--version",
+                &version,
+                "--zstd-level",
+                "3",
+                src.to_str().unwrap(),
+            ],
+            &verbose,
+        );
+        ferry_tests::assert_ok(&out, "publish");
+        outputs.push(("publish", out));
+    }
+    let server = publisher.serve();
+    let agent = Agent::init(&server.url, "stable", &publisher.public_key(), &[]);
+    let root = agent.root().to_str().unwrap().to_string();
+    let out = ferry_tests::process::run_env(
+        ferry_tests::bin("ferry"),
+        &["update", "--root", &root],
+        &verbose,
+    );
+    ferry_tests::assert_ok(&out, "update");
+    outputs.push(("update", out));
+    // The second publish logs its diffs, the update its requests.
+    for (what, out) in &outputs[1..] {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.lines().count() > 1,
+            "{what}: expected log lines at FERRY_LOG=debug, got {stderr:?}"
+        );
+    }
+    for (what, out) in &outputs {
+        for (stream, bytes) in [("stdout", &out.stdout), ("stderr", &out.stderr)] {
+            assert!(
+                !bytes.contains(&0x1b),
+                "{what} wrote an escape code to its {stream}: {}",
+                String::from_utf8_lossy(bytes)
+            );
+        }
+    }
+}
