@@ -8,6 +8,7 @@ mod plan;
 mod report;
 mod rollback;
 mod root;
+mod size;
 mod status;
 mod update;
 mod verify;
@@ -105,6 +106,10 @@ pub struct UpdateArgs {
     /// Update even if a rollback pinned this root.
     #[arg(long)]
     pub force: bool,
+    /// Refuse a plan that needs to download more than SIZE (e.g. 5MiB), before
+    /// downloading it [default: the root's `max_download`, else no limit].
+    #[arg(long, value_name = "SIZE", value_parser = size::parse_size)]
+    pub max_download: Option<u64>,
 }
 
 #[derive(Debug, Args)]

@@ -28,6 +28,10 @@ struct Outcome {
 
 pub fn run(args: &UpdateArgs) -> Result<()> {
     let mut root = Root::open(&args.root, LockMode::Exclusive, &args.lock)?;
+    if args.max_download.is_some() {
+        // For this run only: the configuration file is not rewritten.
+        root.config.max_download = args.max_download;
+    }
     let started = Instant::now();
     let out = Out { json: args.json };
     let from = root.state.active.clone();

@@ -28,11 +28,13 @@ use std::time::{Duration, Instant, SystemTime};
 use futures_util::future::BoxFuture;
 use futures_util::stream::StreamExt;
 use reqwest::StatusCode;
-use reqwest::header::{CONTENT_RANGE, RANGE, RETRY_AFTER};
+use reqwest::header::{CONTENT_RANGE, ETAG, IF_NONE_MATCH, RANGE, RETRY_AFTER};
 
 use super::retry::{self, Policy, parse_retry_after, transient_status};
 use super::speed::{LowSpeed, Monitor, TooSlow};
-use super::{Body, Counters, FetchError, Transport, Want, error_chain, join_url, read_all, shape};
+use super::{
+    Body, Conditional, Counters, FetchError, Transport, Want, error_chain, join_url, read_all, shape,
+};
 
 /// How long establishing a connection (TCP, proxy tunnel, TLS) may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -213,10 +215,33 @@ impl HttpTransport {
         max_len: u64,
         what: &'static str,
     ) -> Result<Body, FetchError> {
+        match self.get_tagged(path, range, None, max_len, what).await? {
+            Some((body, _)) => Ok(body),
+            None => Err(FetchError::Status {
+                url: self.url(path),
+                status: 304,
+            }),
+        }
+    }
+
+    /// One GET, with `If-None-Match: etag` when given: `None` on 304 Not Modified,
+    /// else the body and the response's strong entity tag (a weak `W/` one says
+    /// nothing about the bytes and is dropped).
+    async fn get_tagged(
+        &self,
+        path: &str,
+        range: Option<(u64, u64)>,
+        etag: Option<&str>,
+        max_len: u64,
+        what: &'static str,
+    ) -> Result<Option<(Body, Option<String>)>, FetchError> {
         let url = self.url(path);
         let resp = self
             .send(&url, || {
-                let req = self.client.get(&url);
+                let mut req = self.client.get(&url);
+                if let Some(tag) = etag {
+                    req = req.header(IF_NONE_MATCH, tag);
+                }
                 match range {
                     Some((start, end)) => req.header(RANGE, format!("bytes={start}-{}", end - 1)),
                     None => req,
@@ -224,6 +249,15 @@ impl HttpTransport {
             })
             .await?;
         let status = resp.status();
+        if status == StatusCode::NOT_MODIFIED && etag.is_some() {
+            return Ok(None);
+        }
+        let tag = resp
+            .headers()
+            .get(ETAG)
+            .and_then(|v| v.to_str().ok())
+            .filter(|t| t.starts_with('"') && t.len() <= MAX_ETAG)
+            .map(str::to_string);
         let partial = status == StatusCode::PARTIAL_CONTENT;
         if status != StatusCode::OK && !partial {
             return Err(FetchError::Status {
@@ -247,13 +281,59 @@ impl HttpTransport {
             });
         }
         let raw = counted(resp, self.counters.clone(), url.clone(), self.low_speed);
-        Ok(match range {
+        let body = match range {
             Some((start, end)) if partial => shape(raw, 0, Want::Exact(end - start), url),
             Some((start, end)) => shape(raw, start, Want::Exact(end - start), url),
             None => shape(raw, 0, Want::AtMost(max_len, what), url),
-        })
+        };
+        Ok(Some((body, tag)))
+    }
+
+    /// A whole object, fetched again when its body breaks off, under the retry policy.
+    async fn whole(
+        &self,
+        path: &str,
+        etag: Option<&str>,
+        max_len: u64,
+        what: &'static str,
+    ) -> Result<Conditional, FetchError> {
+        let mut failures = 0;
+        let mut waited = Duration::ZERO;
+        loop {
+            let Some((body, tag)) = self.get_tagged(path, None, etag, max_len, what).await? else {
+                return Ok(Conditional::Unchanged);
+            };
+            let e = match read_all(body).await {
+                Ok(bytes) => return Ok(Conditional::Fetched { bytes, etag: tag }),
+                Err(e) if retry::body_may_resume(&e) => e,
+                Err(e) => return Err(e),
+            };
+            failures += 1;
+            match self
+                .retry
+                .next_delay(failures, waited, None, retry::random())
+            {
+                Ok(delay) => {
+                    tracing::warn!(
+                        "{e}; fetching it again in {:.1}s (attempt {} of {})",
+                        delay.as_secs_f64(),
+                        failures + 1,
+                        self.retry.attempts
+                    );
+                    tokio::time::sleep(delay).await;
+                    waited += delay;
+                }
+                Err(give_up) => {
+                    tracing::warn!("{e}; {give_up}");
+                    return Err(e);
+                }
+            }
+        }
     }
 }
+
+/// Longest entity tag kept; a longer one is not stored (the next check fetches whole).
+const MAX_ETAG: usize = 256;
 
 impl Transport for HttpTransport {
     /// A range's body is handed out as it streams (its caller continues a broken one
@@ -271,37 +351,26 @@ impl Transport for HttpTransport {
             if range.is_some() {
                 return self.get_once(path, range, max_len, what).await;
             }
-            let mut failures = 0;
-            let mut waited = Duration::ZERO;
-            loop {
-                let body = self.get_once(path, None, max_len, what).await?;
-                let e = match read_all(body).await {
-                    Ok(bytes) => return Ok(futures_util::stream::once(async { Ok(bytes) }).boxed()),
-                    Err(e) if retry::body_may_resume(&e) => e,
-                    Err(e) => return Err(e),
-                };
-                failures += 1;
-                match self
-                    .retry
-                    .next_delay(failures, waited, None, retry::random())
-                {
-                    Ok(delay) => {
-                        tracing::warn!(
-                            "{e}; fetching it again in {:.1}s (attempt {} of {})",
-                            delay.as_secs_f64(),
-                            failures + 1,
-                            self.retry.attempts
-                        );
-                        tokio::time::sleep(delay).await;
-                        waited += delay;
-                    }
-                    Err(give_up) => {
-                        tracing::warn!("{e}; {give_up}");
-                        return Err(e);
-                    }
+            match self.whole(path, None, max_len, what).await? {
+                Conditional::Fetched { bytes, .. } => {
+                    Ok(futures_util::stream::once(async { Ok(bytes) }).boxed())
                 }
+                Conditional::Unchanged => Err(FetchError::Status {
+                    url: self.url(path),
+                    status: 304,
+                }),
             }
         })
+    }
+
+    fn get_if_changed<'a>(
+        &'a self,
+        path: &'a str,
+        etag: Option<&'a str>,
+        max_len: u64,
+        what: &'static str,
+    ) -> BoxFuture<'a, Result<Conditional, FetchError>> {
+        Box::pin(self.whole(path, etag, max_len, what))
     }
 
     fn counters(&self) -> Arc<Counters> {

@@ -106,6 +106,15 @@ impl Counters {
     }
 }
 
+/// The answer to [`Transport::get_if_changed`].
+#[derive(Debug)]
+pub enum Conditional {
+    /// 304 Not Modified: the object still has the tag that was sent.
+    Unchanged,
+    /// The object's bytes, and its entity tag when the server sent a strong one.
+    Fetched { bytes: Vec<u8>, etag: Option<String> },
+}
+
 /// A source of repository objects addressed by layout paths (`objects/..`, `channels/..`).
 pub trait Transport: Send + Sync {
     /// Fetches `path`. With `range = Some((start, end))` the body yields exactly
@@ -119,6 +128,23 @@ pub trait Transport: Send + Sync {
         max_len: u64,
         what: &'static str,
     ) -> BoxFuture<'a, Result<Body, FetchError>>;
+
+    /// Fetches a whole small object (a channel head) unless it still has the entity
+    /// tag `etag` (`If-None-Match`). A transport without entity tags (files) always
+    /// fetches and returns no tag.
+    fn get_if_changed<'a>(
+        &'a self,
+        path: &'a str,
+        etag: Option<&'a str>,
+        max_len: u64,
+        what: &'static str,
+    ) -> BoxFuture<'a, Result<Conditional, FetchError>> {
+        let _ = etag;
+        Box::pin(async move {
+            let bytes = read_all(self.get(path, None, max_len, what).await?).await?;
+            Ok(Conditional::Fetched { bytes, etag: None })
+        })
+    }
 
     /// The counters of everything fetched through this transport.
     fn counters(&self) -> Arc<Counters>;

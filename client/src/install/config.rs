@@ -41,6 +41,10 @@ pub struct Config {
     /// once); unset means [`lock::DEFAULT_TIMEOUT`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lock_timeout_secs: Option<u64>,
+    /// Most bytes one update may download; a plan that needs more is refused before
+    /// its download (`ferry update --max-download` overrides it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_download: Option<u64>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -93,6 +97,7 @@ impl Config {
             max_clock_skew_secs: 0,
             carry: Vec::new(),
             lock_timeout_secs: None,
+            max_download: None,
         }
     }
 

@@ -45,6 +45,16 @@ impl Layout {
         self.ferry_dir().join("state.json")
     }
 
+    /// The last verified channel head, kept so that a 304 can be answered from it.
+    pub fn head(&self) -> PathBuf {
+        self.ferry_dir().join("head")
+    }
+
+    /// The entity tag the server sent with [`Self::head`].
+    pub fn head_etag(&self) -> PathBuf {
+        self.ferry_dir().join("head.etag")
+    }
+
     pub fn history(&self) -> PathBuf {
         self.ferry_dir().join("history.jsonl")
     }

@@ -212,7 +212,7 @@ impl Remote {
                 report::bytes(object.size)
             )));
         }
-        out.info(&format!(
+        let plan = format!(
             "plan: {} -> {}: reuse {} chunks ({}) from local releases, download diff from {} ({}) in 1 request",
             from.unwrap_or("none"),
             sk.version,
@@ -220,7 +220,9 @@ impl Remote {
             report::bytes(archive.reuse_bytes),
             c.base_version,
             report::bytes(object.size),
-        ));
+        );
+        super::check_budget(root, object.size, Some(&plan), out)?;
+        out.info(&plan);
         space::check_room(
             &root.layout,
             &space::Needs::build(sk, object.size, archive.reuse_bytes, true),

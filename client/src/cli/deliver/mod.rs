@@ -37,7 +37,7 @@ use crate::apply::diff::{DiffSpool, Want, apply_to_spool, verify_object};
 use crate::apply::source::LocalChunks;
 use crate::apply::{carry, pattern};
 use crate::fetch::ranges::range_file;
-use crate::fetch::{self, Counters, FetchError, Transport};
+use crate::fetch::{self, Conditional, Counters, FetchError, Transport};
 use crate::fsutil;
 use crate::install::activate::{current_folder, current_version, switch_current};
 use crate::install::config::Config;
@@ -102,7 +102,26 @@ impl Remote {
     pub fn fetch_head(&self, root: &mut Root) -> Result<(Verified<ChannelHead>, TrustedKeys)> {
         let channel = root.config.channel.clone();
         let path = head_path(&channel);
-        let bytes = self.get_all(&path, ObjectKind::ChannelHead.max_size(), "channel head")?;
+        let stored = stored_head(root);
+        let t = &*self.transport;
+        let fetched = self
+            .rt
+            .block_on(t.get_if_changed(
+                &path,
+                stored.as_ref().map(|(tag, _)| tag.as_str()),
+                ObjectKind::ChannelHead.max_size(),
+                "channel head",
+            ))
+            .with_context(|| format!("fetching channel head from {}", t.url(&path)))?;
+        // 304 says only that the bytes did not change: they are verified again below
+        // (locally, against the same policy), so an expired head is refused even so.
+        let (bytes, etag) = match (fetched, stored) {
+            (Conditional::Fetched { bytes, etag }, _) => (bytes, etag),
+            (Conditional::Unchanged, Some((_, bytes))) => (bytes, None),
+            (Conditional::Unchanged, None) => {
+                bail!("{}: 304 Not Modified to a request without If-None-Match", t.url(&path))
+            }
+        };
         let (trust, new_lists) = self.follow_key_lists(root, &bytes)?;
         let trusted = trust.publishers();
         let now = report::unix_now();
@@ -176,6 +195,12 @@ impl Remote {
         });
         root.state.last_check = Some(now);
         root.save_state()?;
+        if let Some(tag) = etag {
+            // After the state: a head file whose hash the state does not record is
+            // never used (see `stored_head`).
+            fsutil::write_atomic(&root.layout.head(), &bytes)?;
+            fsutil::write_atomic(&root.layout.head_etag(), tag.as_bytes())?;
+        }
         Ok((head, trusted))
     }
 
@@ -292,6 +317,17 @@ impl Remote {
     }
 }
 
+/// The entity tag and bytes of the last verified head, if both are stored and the
+/// bytes are the head the state last accepted (anything else is ignored: the head is
+/// then fetched whole).
+fn stored_head(root: &Root) -> Option<(String, Vec<u8>)> {
+    let tag = std::fs::read_to_string(root.layout.head_etag()).ok()?;
+    let bytes = std::fs::read(root.layout.head()).ok()?;
+    let hash = ferry_format::id::Digest::of(&bytes).to_hex();
+    let recorded = root.state.last_head_hash.as_deref()?;
+    (recorded == hash && tag.starts_with('"')).then_some((tag, bytes))
+}
+
 /// Where an install starts: the active release, and whether its `carry` paths go
 /// into the new one (an update: yes; a rollback returns to a release's own files).
 #[derive(Debug, Clone, Copy)]
@@ -396,6 +432,12 @@ fn build_release(
         Err(_) => ranges.iter().map(|r| r.end - r.start).sum(),
     };
     let with_diff = choice.is_ok() || spool.is_some();
+    let plan_line = match &choice {
+        Ok(c) => Some(diff_line(from, &version, &archive_plan, c)),
+        Err(_) if spool.is_none() => Some(archive_line(from, &version, &archive_plan)),
+        Err(_) => None,
+    };
+    check_budget(root, download, plan_line.as_deref(), out)?;
     space::check_room(
         layout,
         &space::Needs::build(manifest, download, archive_plan.reuse_bytes, with_diff),
@@ -462,6 +504,26 @@ fn build_release(
         bytes_reused: archive_plan.reuse_bytes,
         folder,
     })
+}
+
+/// Refuses a plan that needs more than the root's download budget (`max_download`,
+/// or `ferry update --max-download`), printing the plan first; nothing has been
+/// downloaded for it yet.
+pub(super) fn check_budget(root: &Root, need: u64, plan: Option<&str>, out: Out) -> Result<()> {
+    let Some(budget) = root.config.max_download else {
+        return Ok(());
+    };
+    if need <= budget {
+        return Ok(());
+    }
+    if let Some(line) = plan {
+        out.info(line);
+    }
+    bail!(
+        "the plan needs {} ({need} bytes) but the download budget is {} ({budget} bytes): refused; raise max_download or pass --max-download",
+        report::bytes(need),
+        report::bytes(budget),
+    )
 }
 
 /// What `versions/` already holds of a release.
