@@ -3,10 +3,12 @@
 
 mod it {
     pub mod app_files;
+    pub mod budget;
     pub mod crash;
     pub mod diffs;
     pub mod fixtures;
     pub mod flaky_network;
+    pub mod head_check;
     pub mod hostile_clients;
     pub mod http_semantics;
     pub mod keys;

@@ -148,6 +148,15 @@ impl Agent {
         serde_json::from_slice(&out.stdout).expect("update --json prints JSON")
     }
 
+    /// `ferry update --json ARGS`, asserting success.
+    pub fn update_with(&self, args: &[&str]) -> Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let out = self.ferry("update", &all);
+        assert_ok(&out, "update");
+        serde_json::from_slice(&out.stdout).expect("update --json prints JSON")
+    }
+
     /// `ferry update`, asserting failure; returns stderr.
     pub fn update_fails(&self) -> String {
         let out = self.ferry("update", &[]);

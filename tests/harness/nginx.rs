@@ -12,6 +12,8 @@ pub struct Nginx {
     child: Child,
     pub url: String,
     pub access_log: PathBuf,
+    /// Every request's bytes on the wire, headers included (see [`Nginx::wire`]).
+    pub wire_log: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -35,6 +37,7 @@ impl Nginx {
             .port();
         let d = dir.path();
         let access_log = d.join("access.log");
+        let wire_log = d.join("wire.log");
         let conf = format!(
             r#"daemon off;
 worker_processes 1;
@@ -44,6 +47,8 @@ events {{ worker_connections 64; }}
 http {{
   log_format ferry '$request_method $uri $status $body_bytes_sent "$http_range"';
   access_log {log} ferry;
+  log_format wire '$request_method $uri $status $bytes_sent $request_length';
+  access_log {wire} wire;
   client_body_temp_path {d}/body;
   proxy_temp_path {d}/proxy;
   fastcgi_temp_path {d}/fastcgi;
@@ -58,6 +63,7 @@ http {{
 "#,
             d = d.display(),
             log = access_log.display(),
+            wire = wire_log.display(),
             repo = repo.display(),
         );
         let conf_path = d.join("nginx.conf");
@@ -76,6 +82,7 @@ http {{
             child,
             url: format!("http://127.0.0.1:{port}"),
             access_log,
+            wire_log,
             _dir: dir,
         };
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
@@ -110,6 +117,43 @@ http {{
                     status,
                     bytes,
                     range: (range != "-" && !range.is_empty()).then(|| range.to_string()),
+                })
+            })
+            .collect()
+    }
+}
+
+/// One request as it crossed the wire: nginx's `$bytes_sent` (response, headers
+/// included) and `$request_length` (request line, headers and body).
+#[derive(Clone, Debug)]
+pub struct WireRequest {
+    pub method: String,
+    pub path: String,
+    pub status: u16,
+    pub bytes_sent: u64,
+    pub request_length: u64,
+}
+
+impl WireRequest {
+    /// Both directions together.
+    pub fn total(&self) -> u64 {
+        self.bytes_sent + self.request_length
+    }
+}
+
+impl Nginx {
+    /// Requests from the wire log, in the order they completed.
+    pub fn wire(&self) -> Vec<WireRequest> {
+        let text = std::fs::read_to_string(&self.wire_log).unwrap_or_default();
+        text.lines()
+            .filter_map(|l| {
+                let mut it = l.split(' ');
+                Some(WireRequest {
+                    method: it.next()?.to_string(),
+                    path: it.next()?.to_string(),
+                    status: it.next()?.parse().ok()?,
+                    bytes_sent: it.next()?.parse().ok()?,
+                    request_length: it.next()?.parse().ok()?,
                 })
             })
             .collect()

@@ -17,7 +17,11 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "K" | "KiB" => 10,
         "M" | "MiB" => 20,
         "G" | "GiB" => 30,
-        other => return Err(format!("unknown size unit {other:?}: use B, KiB, MiB or GiB")),
+        other => {
+            return Err(format!(
+                "unknown size unit {other:?}: use B, KiB, MiB or GiB"
+            ));
+        }
     };
     n.checked_mul(1 << shift)
         .ok_or_else(|| format!("{s:?} is too large"))
@@ -39,7 +43,15 @@ mod tests {
 
     #[test]
     fn bad_sizes_are_refused() {
-        for bad in ["", "MiB", "5TB", "5mb", "-1", "1.5MiB", "99999999999999999999"] {
+        for bad in [
+            "",
+            "MiB",
+            "5TB",
+            "5mb",
+            "-1",
+            "1.5MiB",
+            "99999999999999999999",
+        ] {
             assert!(parse_size(bad).is_err(), "{bad}");
         }
         assert!(parse_size("17179869184GiB").is_err());

@@ -33,7 +33,8 @@ use reqwest::header::{CONTENT_RANGE, ETAG, IF_NONE_MATCH, RANGE, RETRY_AFTER};
 use super::retry::{self, Policy, parse_retry_after, transient_status};
 use super::speed::{LowSpeed, Monitor, TooSlow};
 use super::{
-    Body, Conditional, Counters, FetchError, Transport, Want, error_chain, join_url, read_all, shape,
+    Body, Conditional, Counters, FetchError, Transport, Want, error_chain, join_url, read_all,
+    shape,
 };
 
 /// How long establishing a connection (TCP, proxy tunnel, TLS) may take.

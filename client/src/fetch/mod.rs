@@ -112,7 +112,10 @@ pub enum Conditional {
     /// 304 Not Modified: the object still has the tag that was sent.
     Unchanged,
     /// The object's bytes, and its entity tag when the server sent a strong one.
-    Fetched { bytes: Vec<u8>, etag: Option<String> },
+    Fetched {
+        bytes: Vec<u8>,
+        etag: Option<String>,
+    },
 }
 
 /// A source of repository objects addressed by layout paths (`objects/..`, `channels/..`).

@@ -29,6 +29,8 @@ use crate::install::space;
 pub struct PreparedDiff {
     pub(super) base: String,
     pub(super) spool: DiffSpool,
+    /// Bytes the diff object took to download (it counts against the budget).
+    pub(super) size: u64,
 }
 
 /// What fetching the manifest already learned about the data diff.
@@ -269,6 +271,7 @@ impl Remote {
                 PreparedDiff {
                     base: c.base_version.to_string(),
                     spool,
+                    size: object.size,
                 },
             ))
         })();

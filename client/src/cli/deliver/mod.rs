@@ -119,7 +119,10 @@ impl Remote {
             (Conditional::Fetched { bytes, etag }, _) => (bytes, etag),
             (Conditional::Unchanged, Some((_, bytes))) => (bytes, None),
             (Conditional::Unchanged, None) => {
-                bail!("{}: 304 Not Modified to a request without If-None-Match", t.url(&path))
+                bail!(
+                    "{}: 304 Not Modified to a request without If-None-Match",
+                    t.url(&path)
+                )
             }
         };
         let (trust, new_lists) = self.follow_key_lists(root, &bytes)?;
@@ -402,6 +405,7 @@ fn build_release(
 
     let mut ranges = archive_plan.ranges.clone();
     let mut spool = None;
+    let mut spent = 0;
     let choice = match hint {
         DiffHint::Prepared(p) => {
             // Planned and printed when the diff was fetched; only a rest can be new.
@@ -419,6 +423,7 @@ fn build_release(
                 ));
             }
             ranges = rest.ranges;
+            spent = p.size;
             spool = Some(p.spool);
             Err(Vec::new())
         }
@@ -437,7 +442,8 @@ fn build_release(
         Err(_) if spool.is_none() => Some(archive_line(from, &version, &archive_plan)),
         Err(_) => None,
     };
-    check_budget(root, download, plan_line.as_deref(), out)?;
+    // A diff applied while the manifest was rebuilt was checked then; it counts too.
+    check_budget(root, spent + download, plan_line.as_deref(), out)?;
     space::check_room(
         layout,
         &space::Needs::build(manifest, download, archive_plan.reuse_bytes, with_diff),
