@@ -3,6 +3,7 @@
 
 mod it {
     pub mod app_files;
+    pub mod config_file;
     pub mod crash;
     pub mod diffs;
     pub mod fixtures;
