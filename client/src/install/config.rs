@@ -399,6 +399,16 @@ mod tests {
         assert!(err.contains("servers"), "{err}");
     }
 
+    #[test]
+    fn the_example_in_contrib_sets_every_key() {
+        let c = Config::parse(include_str!("../../../contrib/config.toml")).unwrap();
+        assert_eq!(c.servers.len(), 2);
+        assert_eq!(c.max_clock_skew_secs, 300);
+        assert_eq!(c.lock_timeout_secs, Some(600));
+        // Every key is set, so none is left to list as a comment.
+        assert!(!c.to_toml().contains("shown with their defaults"));
+    }
+
     const OLD: &str = r#"{"schema":1,"server":"https://h/r","channel":"stable","public_key":"k","keep":4,
         "ca_certs":"-----BEGIN CERTIFICATE-----\nMII\n-----END CERTIFICATE-----\n","proxy":"http://p:1",
         "low_speed_limit":10,"low_speed_time_secs":60,"max_clock_skew_secs":300,
