@@ -202,15 +202,19 @@ impl Config {
         if config.keep == 0 {
             return Err("`keep` must be at least 1".into());
         }
+        if config.low_speed_time_secs == Some(0) {
+            return Err("`low_speed_time` must be at least 1s".into());
+        }
         Ok(config)
     }
 
     /// The file's text: the keys that are set, then every other key as a comment
     /// showing its default, so an operator sees everything there is to set.
-    pub fn to_toml(&self) -> String {
-        // Serialising plain structs of strings and numbers cannot fail.
-        let set = toml::to_string(self).expect("serialisable");
-        let table: toml::Table = toml::from_str(&set).expect("own output parses");
+    /// Fails only for a number TOML cannot hold (above 2^63 - 1), which the
+    /// serialiser may write but no reader accepts: reading the text back checks it.
+    pub fn to_toml(&self) -> Result<String, String> {
+        let set = toml::to_string(self).map_err(|e| e.to_string())?;
+        let table: toml::Table = toml::from_str(&set).map_err(|e| e.to_string())?;
         let mut text = String::from(
             "# ferry: the configuration of this install root. Every key is described in\n\
              # docs/AGENT.md; command-line flags override it.\n\n",
@@ -246,11 +250,15 @@ impl Config {
                 text.push_str(&format!("# {key} = {default}\n"));
             }
         }
-        text
+        Ok(text)
     }
 
     pub fn save(&self, path: &Path) -> Result<(), StoreError> {
-        Ok(fsutil::write_atomic(path, self.to_toml().as_bytes())?)
+        let text = self.to_toml().map_err(|reason| StoreError::Config {
+            path: path.to_path_buf(),
+            reason,
+        })?;
+        Ok(fsutil::write_atomic(path, text.as_bytes())?)
     }
 }
 
@@ -332,7 +340,7 @@ mod tests {
 
     #[test]
     fn init_writes_the_given_keys_and_lists_the_others_with_defaults() {
-        let text = config().to_toml();
+        let text = config().to_toml().unwrap();
         assert!(text.contains("channel = \"stable\"\n"), "{text}");
         assert!(text.contains("servers = [\"https://h/r\"]\n"), "{text}");
         assert!(text.contains("keep = 3\n"), "{text}");
@@ -362,7 +370,7 @@ mod tests {
         c.proxy = Some("http://proxy:3128".into());
         c.carry = vec!["logs/".into(), "*.db".into()];
         c.servers.push("https://mirror/r".into());
-        let text = c.to_toml();
+        let text = c.to_toml().unwrap();
         assert!(text.contains("max_clock_skew = \"5m\"\n"), "{text}");
         assert!(text.contains("lock_timeout = \"0s\"\n"), "{text}");
         assert!(text.contains("low_speed_time = \"90s\"\n"), "{text}");
@@ -393,10 +401,26 @@ mod tests {
         assert!(err.contains("lock_timeout"), "{err}");
         let err = Config::parse(&format!("{base}low_speed_time = \"30\"\n")).unwrap_err();
         assert!(err.contains("invalid duration \"30\""), "{err}");
+        let err = Config::parse(&format!("{base}low_speed_time = \"0s\"\n")).unwrap_err();
+        assert!(
+            err.contains("`low_speed_time` must be at least 1s"),
+            "{err}"
+        );
         let err = Config::parse("channel = \"stable\"\nservers = []\n").unwrap_err();
         assert!(err.contains("`servers` is empty"), "{err}");
         let err = Config::parse("channel = \"stable\"\n").unwrap_err();
         assert!(err.contains("servers"), "{err}");
+    }
+
+    #[test]
+    fn a_number_toml_cannot_hold_is_an_error_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        let mut c = config();
+        c.low_speed_limit = Some(u64::MAX);
+        let err = c.save(&path).unwrap_err().to_string();
+        assert!(err.contains("config.toml"), "{err}");
+        assert!(!path.exists());
     }
 
     #[test]
@@ -406,7 +430,7 @@ mod tests {
         assert_eq!(c.max_clock_skew_secs, 300);
         assert_eq!(c.lock_timeout_secs, Some(600));
         // Every key is set, so none is left to list as a comment.
-        assert!(!c.to_toml().contains("shown with their defaults"));
+        assert!(!c.to_toml().unwrap().contains("shown with their defaults"));
     }
 
     const OLD: &str = r#"{"schema":1,"server":"https://h/r","channel":"stable","public_key":"k","keep":4,
