@@ -58,7 +58,7 @@ pub fn run(args: &InitArgs) -> Result<()> {
     fsutil::create_dir_all(&layout.ferry_dir())?;
     // A root of an older ferry is converted first, so that `--force` compares with,
     // and the lock timeout comes from, its configuration.
-    config::migrate(&layout)?;
+    config::migrate(&layout).context("converting .ferry/config.json to config.toml")?;
     let timeout = match args.lock.lock_timeout {
         Some(t) => t,
         None => Config::load(&layout.config()).map_or(DEFAULT_TIMEOUT, |c| c.lock_timeout()),

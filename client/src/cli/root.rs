@@ -31,7 +31,7 @@ impl Root {
     /// says, else as the root's configuration says.
     pub fn open(root: &Path, mode: LockMode, lock: &LockArgs) -> Result<Root> {
         let layout = Layout::new(root);
-        config::migrate(&layout)?;
+        config::migrate(&layout).context("converting .ferry/config.json to config.toml")?;
         if !layout.config().exists() {
             bail!(
                 "{} is not a ferry root (no .ferry/config.toml): run `ferry init` first",
