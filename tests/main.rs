@@ -4,6 +4,7 @@
 mod it {
     pub mod app_files;
     pub mod budget;
+    pub mod config_file;
     pub mod crash;
     pub mod diffs;
     pub mod fixtures;

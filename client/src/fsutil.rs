@@ -147,7 +147,8 @@ pub fn create_dir_all(dir: &Path) -> Result<(), FsError> {
     ctx("creating directory", dir, fs::create_dir_all(dir))
 }
 
-fn parent_of(path: &Path) -> &Path {
+/// The folder holding `path` (`.` for a bare file name).
+pub fn parent_of(path: &Path) -> &Path {
     match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),

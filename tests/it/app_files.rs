@@ -126,8 +126,8 @@ fn carry_copies_configured_paths_into_the_next_release_and_rollback_returns_to_e
     let srv = p.serve();
     let carry = ["--carry", "logs/", "--carry", "*.db"];
     let agent = Agent::init(&srv.url, "stable", &p.public_key(), &carry);
-    let config = read(agent.root(), ".ferry/config.json");
-    assert!(config.contains(r#""carry": ["#), "{config}");
+    let config = read(agent.root(), ".ferry/config.toml");
+    assert!(config.contains(r#"carry = ["logs/", "*.db"]"#), "{config}");
     agent.update();
     let cur = agent.current();
     write(&cur, "logs/app.log", b"started in 1\n");

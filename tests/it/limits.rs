@@ -274,11 +274,17 @@ fn a_second_command_waits_a_bounded_time_naming_the_holder_and_a_dead_holder_blo
     let proxy = FaultProxy::start(&scene.srv.url);
     let agent = &scene.agent;
     let url = proxy.url.clone();
-    let config = agent.root().join(".ferry/config.json");
-    let mut c: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
-    c["server"] = url.into();
-    std::fs::write(&config, c.to_string()).unwrap();
+    let config = agent.root().join(".ferry/config.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let text: Vec<String> = text
+        .lines()
+        .map(|l| match l.starts_with("servers = ") {
+            true => format!("servers = [{url:?}]"),
+            false => l.to_string(),
+        })
+        .collect();
+    let mut text = text.join("\n");
+    std::fs::write(&config, &text).unwrap();
 
     // An update holds the root, stalled in its download.
     proxy.arm_stall(1000);
@@ -297,8 +303,8 @@ fn a_second_command_waits_a_bounded_time_naming_the_holder_and_a_dead_holder_blo
     assert!(started.elapsed() < Duration::from_secs(5));
 
     // The configured timeout: waits, says for what, then gives up.
-    c["lock_timeout_secs"] = 2.into();
-    std::fs::write(&config, c.to_string()).unwrap();
+    text.push_str("\nlock_timeout = \"2s\"\n");
+    std::fs::write(&config, &text).unwrap();
     let started = Instant::now();
     let out = agent.ferry("rollback", &[]);
     let waited = started.elapsed();

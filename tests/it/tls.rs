@@ -205,7 +205,7 @@ fn init_refuses_an_unusable_ca_file_or_proxy() {
         args.extend(&extra);
         let out = ferry_tests::run(bin("ferry"), &args);
         assert!(!out.status.success(), "{extra:?} was accepted");
-        assert!(!root.join(".ferry/config.json").exists());
+        assert!(!root.join(".ferry/config.toml").exists());
     }
 }
 

@@ -9,7 +9,7 @@ use ferry_format::version::check_channel;
 use super::InitArgs;
 use crate::fsutil;
 use crate::install::StoreError;
-use crate::install::config::{Config, TransportConfig};
+use crate::install::config::{self, CA_FILE, Config};
 use crate::install::layout::Layout;
 use crate::install::lock::{DEFAULT_TIMEOUT, LockMode, RootLock};
 use crate::install::reinit;
@@ -17,12 +17,14 @@ use crate::install::state::State;
 
 pub fn run(args: &InitArgs) -> Result<()> {
     check_channel(&args.channel)?;
-    let server = args.server.trim().to_string();
-    if !["http://", "https://", "file://"]
-        .iter()
-        .any(|p| server.starts_with(p))
-    {
-        bail!("unsupported server URL {server:?}: expected http://, https:// or file://");
+    let servers: Vec<String> = args.server.iter().map(|s| s.trim().to_string()).collect();
+    for server in &servers {
+        if !["http://", "https://", "file://"]
+            .iter()
+            .any(|p| server.starts_with(p))
+        {
+            bail!("unsupported server URL {server:?}: expected http://, https:// or file://");
+        }
     }
     let key_text = match &args.public_key {
         Some(path) => {
@@ -51,9 +53,12 @@ pub fn run(args: &InitArgs) -> Result<()> {
         None => None,
     };
     crate::apply::pattern::parse_all(&args.carry)?;
-    let transport = transport_config(args, &server)?;
+    let ca_certs = ca_certs(args, &servers)?;
     let layout = Layout::new(&args.root);
     fsutil::create_dir_all(&layout.ferry_dir())?;
+    // A root of an older ferry is converted first, so that `--force` compares with,
+    // and the lock timeout comes from, its configuration.
+    config::migrate(&layout).context("converting .ferry/config.json to config.toml")?;
     let timeout = match args.lock.lock_timeout {
         Some(t) => t,
         None => Config::load(&layout.config()).map_or(DEFAULT_TIMEOUT, |c| c.lock_timeout()),
@@ -73,12 +78,17 @@ pub fn run(args: &InitArgs) -> Result<()> {
     };
     let keep = usize::try_from(args.keep).unwrap_or(usize::MAX);
     let mut config = Config::new(
-        server,
+        servers,
         args.channel.clone(),
         key_text.trim().to_string(),
         keep,
-    )
-    .with_transport(transport);
+    );
+    config.proxy = args.proxy.clone();
+    config.low_speed_limit = args.low_speed_limit;
+    config.low_speed_time_secs = args.low_speed_time.map(|d| d.as_secs());
+    if ca_certs.is_some() {
+        config.ca_file = Some(CA_FILE.into());
+    }
     config.max_clock_skew_secs = args.max_clock_skew.map_or(0, |d| d.as_secs());
     config.carry = args.carry.clone();
     config.lock_timeout_secs = args.lock.lock_timeout.map(|d| d.as_secs());
@@ -91,12 +101,15 @@ pub fn run(args: &InitArgs) -> Result<()> {
         fsutil::create_dir_all(&layout.keys())?;
         fsutil::write_atomic(&layout.key_list(*version), bytes)?;
     }
+    if let Some(pem) = &ca_certs {
+        fsutil::write_atomic(&layout.ferry_dir().join(CA_FILE), pem.as_bytes())?;
+    }
     config.save(&layout.config())?;
     println!(
         "initialised {} for channel {} from {}",
         args.root.display(),
         args.channel,
-        args.server
+        args.server.join(", ")
     );
     Ok(())
 }
@@ -160,9 +173,9 @@ fn reinitialise(
     Ok(())
 }
 
-/// The transport settings, read and checked (by building the HTTP client they
-/// describe) before anything is written.
-fn transport_config(args: &InitArgs, server: &str) -> Result<TransportConfig> {
+/// The CA file's text, read and checked with the proxy (by building the HTTP client
+/// they describe) before anything is written.
+fn ca_certs(args: &InitArgs, servers: &[String]) -> Result<Option<String>> {
     let ca_certs = match &args.ca_file {
         Some(path) => Some(
             std::fs::read_to_string(path)
@@ -175,23 +188,22 @@ fn transport_config(args: &InitArgs, server: &str) -> Result<TransportConfig> {
     {
         bail!("unsupported proxy URL {proxy:?}: expected http:// or https://");
     }
-    let transport = TransportConfig {
-        ca_certs,
-        proxy: args.proxy.clone(),
-        low_speed_limit: args.low_speed_limit,
-        low_speed_time_secs: args.low_speed_time.map(|d| d.as_secs()),
-    };
-    transport
+    let mut check = Config::new(Vec::new(), String::new(), String::new(), 1);
+    check.ca_certs.clone_from(&ca_certs);
+    check.proxy.clone_from(&args.proxy);
+    check
         .http_options()
         .check()
         .with_context(|| match &args.ca_file {
             Some(path) => format!("checking {} and the proxy", path.display()),
             None => "checking the proxy".to_string(),
         })?;
-    if args.ca_file.is_some() && !server.starts_with("https://") {
-        eprintln!("warning: --ca-file only applies to an https:// server, not {server}");
+    if args.ca_file.is_some() {
+        for server in servers.iter().filter(|s| !s.starts_with("https://")) {
+            eprintln!("warning: --ca-file only applies to an https:// server, not {server}");
+        }
     }
-    Ok(transport)
+    Ok(ca_certs)
 }
 
 /// A `--low-speed-time` window: a duration with a unit, at least one second.

@@ -27,7 +27,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Configure an install root (writes ROOT/.ferry/config.json; no network).
+    /// Configure an install root (writes ROOT/.ferry/config.toml; no network).
     Init(InitArgs),
     /// Install the channel's current release, reusing local chunks.
     Update(UpdateArgs),
@@ -48,9 +48,10 @@ pub struct InitArgs {
     pub root: PathBuf,
     #[command(flatten)]
     pub lock: LockArgs,
-    /// Repository base URL: http://, https:// or file://.
-    #[arg(long)]
-    pub server: String,
+    /// Repository base URL: http://, https:// or file://. Repeatable: every one is
+    /// written to `servers`, and requests go to the first.
+    #[arg(long, required = true)]
+    pub server: Vec<String>,
     /// Channel to follow.
     #[arg(long)]
     pub channel: String,
@@ -77,7 +78,7 @@ pub struct InitArgs {
     #[arg(long)]
     pub force: bool,
     /// PEM file of the CA certificate(s) to trust for an https:// server instead of
-    /// the system's roots (its text is copied into the configuration).
+    /// the system's roots (copied to ROOT/.ferry/ca.pem, named by `ca_file`).
     #[arg(long, value_name = "FILE")]
     pub ca_file: Option<PathBuf>,
     /// Proxy for every request, e.g. http://proxy:3128 (default: HTTPS_PROXY,
@@ -167,7 +168,7 @@ pub struct VerifyArgs {
 #[derive(Debug, Args)]
 pub struct LockArgs {
     /// How long to wait for another ferry command holding this root, e.g. 30s or 0s
-    /// (fail at once) [default: the root's `lock_timeout_secs`, else 10m].
+    /// (fail at once) [default: the root's `lock_timeout`, else 10m].
     #[arg(long, value_name = "DURATION", value_parser = parse_lock_timeout)]
     pub lock_timeout: Option<std::time::Duration>,
 }

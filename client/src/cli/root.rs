@@ -13,7 +13,7 @@ use ferry_format::verified::{Verified, verify_pinned_manifest};
 use super::LockArgs;
 use crate::apply::source::LocalRelease;
 use crate::install::activate::{current_folder, current_version};
-use crate::install::config::Config;
+use crate::install::config::{self, Config};
 use crate::install::layout::Layout;
 use crate::install::lock::{LockMode, RootLock};
 use crate::install::state::{ReleaseRecord, State};
@@ -31,9 +31,10 @@ impl Root {
     /// says, else as the root's configuration says.
     pub fn open(root: &Path, mode: LockMode, lock: &LockArgs) -> Result<Root> {
         let layout = Layout::new(root);
+        config::migrate(&layout).context("converting .ferry/config.json to config.toml")?;
         if !layout.config().exists() {
             bail!(
-                "{} is not a ferry root (no .ferry/config.json): run `ferry init` first",
+                "{} is not a ferry root (no .ferry/config.toml): run `ferry init` first",
                 root.display()
             );
         }

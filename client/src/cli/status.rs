@@ -17,7 +17,8 @@ pub fn run(args: &StatusArgs) -> Result<()> {
     if args.json {
         let v = json!({
             "channel": root.config.channel,
-            "server": root.config.server,
+            "server": root.config.server(),
+            "servers": root.config.servers,
             "active": s.active,
             "active_folder": active_folder,
             "retained": retained,
@@ -30,7 +31,7 @@ pub fn run(args: &StatusArgs) -> Result<()> {
     }
     let or_none = |o: Option<String>| o.unwrap_or_else(|| "none".into());
     println!("channel:       {}", root.config.channel);
-    println!("server:        {}", root.config.server);
+    println!("server:        {}", root.config.server());
     println!(
         "active:        {}",
         or_none(s.active.as_ref().map(|v| match active_folder {

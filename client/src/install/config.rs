@@ -1,62 +1,74 @@
-//! `ROOT/.ferry/config.json`: what `ferry init` was told. Nothing here is checked
-//! against the server; a wrong key or URL surfaces at the first `ferry update`.
+//! `ROOT/.ferry/config.toml`: what `ferry init` was told, in a file operators edit by
+//! hand. Keys are flat and named as in docs/AGENT.md, which documents every one; an
+//! unknown key is an error naming it, so a typo never silently does nothing. Nothing
+//! here is checked against the server; a wrong key or URL surfaces at the first
+//! `ferry update`.
 //!
-//! The transport fields (`ca_certs`, `proxy`, `low_speed_*`) were added within schema
-//! 1: they are optional, left out when unset, and a file without them reads as the
-//! defaults, so older files stay valid and files without them stay readable by older
-//! agents. `carry` was added the same way (absent means nothing is carried).
+//! Roots made before this file existed have `config.json` instead; [`migrate`] turns
+//! it into `config.toml` on first use (see there for why that is crash-safe).
 
-use std::path::Path;
+use std::io;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{SCHEMA, StoreError, lock, read_json, write_json};
+use super::layout::Layout;
+use super::{StoreError, lock, read_json};
 use crate::fetch::http::HttpOptions;
 use crate::fetch::speed::LowSpeed;
+use crate::fsutil;
+
+/// Where `ferry init --ca-file` copies the CA certificates, relative to `ROOT/.ferry`:
+/// the root keeps working if the operator's file moves.
+pub const CA_FILE: &str = "ca.pem";
+
+const DEFAULT_KEEP: usize = 3;
 
 /// The root's configuration.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Config {
-    pub schema: u32,
-    /// Base URL of the repository (`http://`, `https://` or `file://`), maybe with a path.
-    pub server: String,
     pub channel: String,
-    /// The text of the trusted public key file.
+    /// Base URLs of the repository (`http://`, `https://` or `file://`), maybe with a
+    /// path. Only the first is used for requests today; failing over to the others
+    /// is a later step of the agent (issue 9).
+    pub servers: Vec<String>,
+    /// The text of the trusted public key file; empty when the root trusts the key
+    /// list it was initialised with (kept in `.ferry/keys/`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub public_key: String,
     /// How many releases to keep installed.
+    #[serde(default = "default_keep")]
     pub keep: usize,
-    /// How to reach an `http://` or `https://` server (stored flat, beside the above).
-    #[serde(flatten)]
-    pub transport: TransportConfig,
     /// Seconds of clock skew tolerated when checking a head's expiry. 0 unless the
     /// operator configures it: a tolerance is also extra life for a frozen repository.
-    #[serde(default, skip_serializing_if = "is_zero")]
+    #[serde(
+        default,
+        rename = "max_clock_skew",
+        with = "secs",
+        skip_serializing_if = "is_zero"
+    )]
     pub max_clock_skew_secs: u64,
-    /// Patterns of the application's own files (`logs/`, `*.db`) copied from the
-    /// active release into each new one before the switch (apply/pattern.rs).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub carry: Vec<String>,
     /// Seconds a command waits for another one holding the root's lock (0: fail at
     /// once); unset means [`lock::DEFAULT_TIMEOUT`].
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "lock_timeout",
+        with = "opt_secs",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub lock_timeout_secs: Option<u64>,
     /// Most bytes one update may download; a plan that needs more is refused before
     /// its download (`ferry update --max-download` overrides it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_download: Option<u64>,
-}
-
-fn is_zero(n: &u64) -> bool {
-    *n == 0
-}
-
-/// The optional transport settings; unset ones take the transport's defaults.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TransportConfig {
-    /// PEM text of the CA certificates trusted for `https://` (instead of the
-    /// platform's roots); copied from `ferry init --ca-file`.
+    /// PEM file of the CA certificates trusted for `https://` (instead of the
+    /// platform's roots); a relative path is relative to `ROOT/.ferry`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// The text of `ca_file`, read by [`Config::load`].
+    #[serde(skip)]
     pub ca_certs: Option<String>,
     /// Proxy URL for every request, replacing `HTTPS_PROXY` and friends.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -65,12 +77,101 @@ pub struct TransportConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub low_speed_limit: Option<u64>,
     /// Low-speed window in seconds.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "low_speed_time",
+        with = "opt_secs",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub low_speed_time_secs: Option<u64>,
+    /// Patterns of the application's own files (`logs/`, `*.db`) copied from the
+    /// active release into each new one before the switch (apply/pattern.rs).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub carry: Vec<String>,
 }
 
-impl TransportConfig {
-    /// The HTTP transport's options.
+fn default_keep() -> usize {
+    DEFAULT_KEEP
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// A span in seconds written as the largest whole unit: `5m`, `30s`, `2h`.
+pub fn format_secs(secs: u64) -> String {
+    match secs {
+        0 => "0s".into(),
+        s if s % 86_400 == 0 => format!("{}d", s / 86_400),
+        s if s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
+/// Durations as strings like `"5m"` (format/src/duration.rs), stored as seconds.
+mod secs {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(secs: &u64, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&super::format_secs(*secs))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        let text = String::deserialize(d)?;
+        ferry_format::duration::parse_duration(&text)
+            .map(|d| d.as_secs())
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+mod opt_secs {
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(secs: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
+        match secs {
+            Some(n) => super::secs::serialize(n, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+        super::secs::deserialize(d).map(Some)
+    }
+}
+
+impl Config {
+    pub fn new(servers: Vec<String>, channel: String, public_key: String, keep: usize) -> Self {
+        Config {
+            channel,
+            servers,
+            public_key,
+            keep,
+            max_clock_skew_secs: 0,
+            lock_timeout_secs: None,
+            ca_file: None,
+            ca_certs: None,
+            proxy: None,
+            low_speed_limit: None,
+            low_speed_time_secs: None,
+            carry: Vec::new(),
+            max_download: None,
+        }
+    }
+
+    /// The server requests go to: the first of `servers` ([`Config::load`] refuses an
+    /// empty list).
+    pub fn server(&self) -> &str {
+        self.servers.first().map_or("", String::as_str)
+    }
+
+    /// How long commands on this root wait for its lock unless told otherwise.
+    pub fn lock_timeout(&self) -> Duration {
+        self.lock_timeout_secs
+            .map_or(lock::DEFAULT_TIMEOUT, Duration::from_secs)
+    }
+
+    /// The HTTP transport's options; unset ones take the transport's defaults.
     pub fn http_options(&self) -> HttpOptions {
         HttpOptions {
             ca_certs: self.ca_certs.clone(),
@@ -83,88 +184,319 @@ impl TransportConfig {
             },
         }
     }
-}
 
-impl Config {
-    pub fn new(server: String, channel: String, public_key: String, keep: usize) -> Self {
-        Config {
-            schema: SCHEMA,
-            server,
-            channel,
-            public_key,
-            keep,
-            transport: TransportConfig::default(),
-            max_clock_skew_secs: 0,
-            carry: Vec::new(),
-            lock_timeout_secs: None,
-            max_download: None,
-        }
-    }
-
-    /// How long commands on this root wait for its lock unless told otherwise.
-    pub fn lock_timeout(&self) -> Duration {
-        self.lock_timeout_secs
-            .map_or(lock::DEFAULT_TIMEOUT, Duration::from_secs)
-    }
-
-    #[must_use]
-    pub fn with_transport(mut self, transport: TransportConfig) -> Config {
-        self.transport = transport;
-        self
-    }
-
+    /// Reads `config.toml` and the CA file it names.
     pub fn load(path: &Path) -> Result<Config, StoreError> {
-        read_json(path, |c: &Config| c.schema)
+        let text = fsutil::ctx("reading", path, std::fs::read_to_string(path))?;
+        let mut config = Config::parse(&text).map_err(|reason| StoreError::Config {
+            path: path.to_path_buf(),
+            reason,
+        })?;
+        if let Some(ca) = &config.ca_file {
+            let ca = fsutil::parent_of(path).join(ca);
+            config.ca_certs = Some(fsutil::ctx("reading", &ca, std::fs::read_to_string(&ca))?);
+        }
+        Ok(config)
+    }
+
+    fn parse(text: &str) -> Result<Config, String> {
+        let config: Config = toml::from_str(text).map_err(|e| e.to_string())?;
+        if config.servers.is_empty() {
+            return Err("`servers` is empty: name at least one repository URL".into());
+        }
+        if config.keep == 0 {
+            return Err("`keep` must be at least 1".into());
+        }
+        if config.low_speed_time_secs == Some(0) {
+            return Err("`low_speed_time` must be at least 1s".into());
+        }
+        Ok(config)
+    }
+
+    /// The file's text: the keys that are set, then every other key as a comment
+    /// showing its default, so an operator sees everything there is to set.
+    /// Fails only for a number TOML cannot hold (above 2^63 - 1), which the
+    /// serialiser may write but no reader accepts: reading the text back checks it.
+    pub fn to_toml(&self) -> Result<String, String> {
+        let set = toml::to_string(self).map_err(|e| e.to_string())?;
+        let table: toml::Table = toml::from_str(&set).map_err(|e| e.to_string())?;
+        let mut text = String::from(
+            "# ferry: the configuration of this install root. Every key is described in\n\
+             # docs/AGENT.md; command-line flags override it.\n\n",
+        );
+        text.push_str(&set);
+        let lock = format_secs(lock::DEFAULT_TIMEOUT.as_secs());
+        let speed_time = format_secs(LowSpeed::DEFAULT.time.as_secs());
+        let speed_limit = LowSpeed::DEFAULT.limit.to_string();
+        let others = [
+            ("public_key", "\"ferry-public-key:v1:...\"".to_string()),
+            ("keep", DEFAULT_KEEP.to_string()),
+            ("max_clock_skew", "\"0s\"".into()),
+            ("lock_timeout", format!("\"{lock}\"")),
+            (
+                "ca_file",
+                format!("\"{CA_FILE}\"   # default: the system's roots"),
+            ),
+            (
+                "proxy",
+                "\"http://proxy:3128\"   # default: HTTPS_PROXY / NO_PROXY".into(),
+            ),
+            ("low_speed_limit", speed_limit),
+            ("low_speed_time", format!("\"{speed_time}\"")),
+            ("carry", "[]".into()),
+            (
+                "max_download",
+                "5242880   # bytes; default: no limit".into(),
+            ),
+        ];
+        let unset: Vec<_> = others
+            .iter()
+            .filter(|(key, _)| !table.contains_key(*key))
+            .collect();
+        if !unset.is_empty() {
+            text.push_str("\n# Not set here, shown with their defaults:\n");
+            for (key, default) in unset {
+                text.push_str(&format!("# {key} = {default}\n"));
+            }
+        }
+        Ok(text)
     }
 
     pub fn save(&self, path: &Path) -> Result<(), StoreError> {
-        write_json(path, self)
+        let text = self.to_toml().map_err(|reason| StoreError::Config {
+            path: path.to_path_buf(),
+            reason,
+        })?;
+        Ok(fsutil::write_atomic(path, text.as_bytes())?)
     }
+}
+
+/// `config.json` as ferry wrote it before `config.toml`.
+#[derive(Deserialize)]
+struct LegacyConfig {
+    schema: u32,
+    server: String,
+    channel: String,
+    public_key: String,
+    keep: usize,
+    #[serde(default)]
+    ca_certs: Option<String>,
+    #[serde(default)]
+    proxy: Option<String>,
+    #[serde(default)]
+    low_speed_limit: Option<u64>,
+    #[serde(default)]
+    low_speed_time_secs: Option<u64>,
+    #[serde(default)]
+    max_clock_skew_secs: u64,
+    #[serde(default)]
+    carry: Vec<String>,
+    #[serde(default)]
+    lock_timeout_secs: Option<u64>,
+}
+
+/// Turns a root's `config.json` (written by an older ferry) into `config.toml`, if
+/// there is one; says so once on stderr. Returns whether it converted a file.
+///
+/// The order makes every crash harmless: the CA text and then `config.toml` are
+/// written atomically before `config.json` is removed, and a `config.toml` that
+/// exists is the configuration — a `config.json` beside it is a leftover of a
+/// migration that stopped before removing it, and is removed. Two commands migrating
+/// at once write the same file.
+pub fn migrate(layout: &Layout) -> Result<bool, StoreError> {
+    let json = layout.legacy_config();
+    if !json.exists() {
+        return Ok(false);
+    }
+    let toml_path = layout.config();
+    let converted = !toml_path.exists();
+    if converted {
+        let old: LegacyConfig = read_json(&json, |c: &LegacyConfig| c.schema)?;
+        let mut config = Config::new(vec![old.server], old.channel, old.public_key, old.keep);
+        config.max_clock_skew_secs = old.max_clock_skew_secs;
+        config.lock_timeout_secs = old.lock_timeout_secs;
+        config.proxy = old.proxy;
+        config.low_speed_limit = old.low_speed_limit;
+        config.low_speed_time_secs = old.low_speed_time_secs;
+        config.carry = old.carry;
+        if let Some(pem) = old.ca_certs {
+            fsutil::write_atomic(&layout.ferry_dir().join(CA_FILE), pem.as_bytes())?;
+            config.ca_file = Some(CA_FILE.into());
+        }
+        config.save(&toml_path)?;
+    }
+    match std::fs::remove_file(&json) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        r => fsutil::ctx("removing", &json, r)?,
+    }
+    if converted {
+        eprintln!(
+            "converted {} to {} (this ferry's configuration format; see docs/AGENT.md)",
+            json.display(),
+            toml_path.display()
+        );
+    }
+    Ok(converted)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_file_without_transport_fields_reads_as_defaults_and_round_trips() {
-        let old =
-            r#"{"schema":1,"server":"https://h/r","channel":"stable","public_key":"k","keep":3}"#;
-        let c: Config = serde_json::from_str(old).unwrap();
-        assert_eq!(
-            c,
-            Config::new("https://h/r".into(), "stable".into(), "k".into(), 3)
-        );
-        assert_eq!(c.transport.http_options(), HttpOptions::default());
-        // Unset fields are not written, so the file is what an older ferry wrote.
-        let v: serde_json::Value = serde_json::to_value(&c).unwrap();
-        assert_eq!(v.as_object().unwrap().len(), 5);
-
-        let c = c.with_transport(TransportConfig {
-            proxy: Some("http://proxy:3128".into()),
-            low_speed_limit: Some(0),
-            low_speed_time_secs: Some(5),
-            ..TransportConfig::default()
-        });
-        let text = serde_json::to_string(&c).unwrap();
-        assert!(text.contains(r#""proxy":"http://proxy:3128""#), "{text}");
-        let back: Config = serde_json::from_str(&text).unwrap();
-        assert_eq!(back, c);
-        let o = back.transport.http_options();
-        assert_eq!(o.proxy.as_deref(), Some("http://proxy:3128"));
-        assert_eq!((o.low_speed.limit, o.low_speed.time.as_secs()), (0, 5));
-        assert!(!o.low_speed.enabled());
+    fn config() -> Config {
+        Config::new(vec!["https://h/r".into()], "stable".into(), "k".into(), 3)
     }
 
     #[test]
-    fn carry_is_optional_and_round_trips() {
-        let old =
-            r#"{"schema":1,"server":"https://h/r","channel":"stable","public_key":"k","keep":3}"#;
-        let mut c: Config = serde_json::from_str(old).unwrap();
-        assert!(c.carry.is_empty());
+    fn init_writes_the_given_keys_and_lists_the_others_with_defaults() {
+        let text = config().to_toml().unwrap();
+        assert!(text.contains("channel = \"stable\"\n"), "{text}");
+        assert!(text.contains("servers = [\"https://h/r\"]\n"), "{text}");
+        assert!(text.contains("keep = 3\n"), "{text}");
+        for key in [
+            "max_clock_skew",
+            "lock_timeout",
+            "ca_file",
+            "proxy",
+            "carry",
+        ] {
+            assert!(text.contains(&format!("\n# {key} = ")), "{key}: {text}");
+        }
+        assert!(text.contains("# lock_timeout = \"10m\"\n"), "{text}");
+        assert!(text.contains("# low_speed_time = \"30s\"\n"), "{text}");
+        assert_eq!(Config::parse(&text).unwrap(), config());
+        // A key that is set is not listed again as a comment.
+        assert!(!text.contains("# keep"), "{text}");
+    }
+
+    #[test]
+    fn durations_are_written_and_read_with_units() {
+        let mut c = config();
+        c.max_clock_skew_secs = 300;
+        c.lock_timeout_secs = Some(0);
+        c.low_speed_time_secs = Some(90);
+        c.low_speed_limit = Some(0);
+        c.proxy = Some("http://proxy:3128".into());
         c.carry = vec!["logs/".into(), "*.db".into()];
-        let text = serde_json::to_string(&c).unwrap();
-        assert!(text.contains(r#""carry":["logs/","*.db"]"#), "{text}");
-        assert_eq!(serde_json::from_str::<Config>(&text).unwrap(), c);
+        c.servers.push("https://mirror/r".into());
+        let text = c.to_toml().unwrap();
+        assert!(text.contains("max_clock_skew = \"5m\"\n"), "{text}");
+        assert!(text.contains("lock_timeout = \"0s\"\n"), "{text}");
+        assert!(text.contains("low_speed_time = \"90s\"\n"), "{text}");
+        assert!(text.contains("carry = [\"logs/\", \"*.db\"]\n"), "{text}");
+        assert!(!text.contains("# proxy"), "{text}");
+        let back = Config::parse(&text).unwrap();
+        assert_eq!(back, c);
+        assert_eq!(back.server(), "https://h/r");
+        let o = back.http_options();
+        assert_eq!(o.proxy.as_deref(), Some("http://proxy:3128"));
+        assert_eq!((o.low_speed.limit, o.low_speed.time.as_secs()), (0, 90));
+
+        let hand = "channel = \"stable\"\nservers = [\"https://h/r\"]\nmax_clock_skew = \"2h\"\n";
+        let c = Config::parse(hand).unwrap();
+        assert_eq!((c.max_clock_skew_secs, c.keep), (7200, 3));
+        assert_eq!(c.http_options(), HttpOptions::default());
+    }
+
+    #[test]
+    fn an_unknown_key_or_a_bad_value_is_an_error_naming_it() {
+        let base = "channel = \"stable\"\nservers = [\"https://h/r\"]\n";
+        let err = Config::parse(&format!("{base}kep = 5\n")).unwrap_err();
+        assert!(err.contains("unknown field `kep`"), "{err}");
+        // The old `*_secs` numbers are accepted only when migrating config.json.
+        let err = Config::parse(&format!("{base}max_clock_skew_secs = 300\n")).unwrap_err();
+        assert!(err.contains("max_clock_skew_secs"), "{err}");
+        let err = Config::parse(&format!("{base}lock_timeout = 30\n")).unwrap_err();
+        assert!(err.contains("lock_timeout"), "{err}");
+        let err = Config::parse(&format!("{base}low_speed_time = \"30\"\n")).unwrap_err();
+        assert!(err.contains("invalid duration \"30\""), "{err}");
+        let err = Config::parse(&format!("{base}low_speed_time = \"0s\"\n")).unwrap_err();
+        assert!(
+            err.contains("`low_speed_time` must be at least 1s"),
+            "{err}"
+        );
+        let err = Config::parse("channel = \"stable\"\nservers = []\n").unwrap_err();
+        assert!(err.contains("`servers` is empty"), "{err}");
+        let err = Config::parse("channel = \"stable\"\n").unwrap_err();
+        assert!(err.contains("servers"), "{err}");
+    }
+
+    #[test]
+    fn a_number_toml_cannot_hold_is_an_error_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        let mut c = config();
+        c.low_speed_limit = Some(u64::MAX);
+        let err = c.save(&path).unwrap_err().to_string();
+        assert!(err.contains("config.toml"), "{err}");
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn the_example_in_contrib_sets_every_key() {
+        let c = Config::parse(include_str!("../../../contrib/config.toml")).unwrap();
+        assert_eq!(c.servers.len(), 2);
+        assert_eq!(c.max_clock_skew_secs, 300);
+        assert_eq!(c.lock_timeout_secs, Some(600));
+        // Every key is set, so none is left to list as a comment.
+        assert!(!c.to_toml().unwrap().contains("shown with their defaults"));
+    }
+
+    const OLD: &str = r#"{"schema":1,"server":"https://h/r","channel":"stable","public_key":"k","keep":4,
+        "ca_certs":"-----BEGIN CERTIFICATE-----\nMII\n-----END CERTIFICATE-----\n","proxy":"http://p:1",
+        "low_speed_limit":10,"low_speed_time_secs":60,"max_clock_skew_secs":300,
+        "carry":["logs/"],"lock_timeout_secs":0}"#;
+
+    #[test]
+    fn a_json_root_is_migrated_once_and_every_crash_point_is_harmless() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::new(dir.path());
+        fsutil::create_dir_all(&layout.ferry_dir()).unwrap();
+        std::fs::write(layout.legacy_config(), OLD).unwrap();
+
+        assert!(migrate(&layout).unwrap());
+        assert!(!layout.legacy_config().exists());
+        let c = Config::load(&layout.config()).unwrap();
+        let mut want = config();
+        want.keep = 4;
+        want.ca_file = Some(CA_FILE.into());
+        want.ca_certs =
+            Some("-----BEGIN CERTIFICATE-----\nMII\n-----END CERTIFICATE-----\n".into());
+        want.proxy = Some("http://p:1".into());
+        want.low_speed_limit = Some(10);
+        want.low_speed_time_secs = Some(60);
+        want.max_clock_skew_secs = 300;
+        want.carry = vec!["logs/".into()];
+        want.lock_timeout_secs = Some(0);
+        assert_eq!(c, want);
+        let text = std::fs::read_to_string(layout.config()).unwrap();
+        assert!(text.contains("low_speed_time = \"1m\"\n"), "{text}");
+        assert!(text.contains("ca_file = \"ca.pem\"\n"), "{text}");
+        // Nothing left to do the second time.
+        assert!(!migrate(&layout).unwrap());
+
+        // A crash after writing config.toml, before removing config.json: the toml
+        // wins (even if edited since) and the json is removed.
+        let mut edited = want.clone();
+        edited.keep = 7;
+        edited.save(&layout.config()).unwrap();
+        std::fs::write(layout.legacy_config(), OLD).unwrap();
+        assert!(!migrate(&layout).unwrap());
+        assert!(!layout.legacy_config().exists());
+        assert_eq!(Config::load(&layout.config()).unwrap().keep, 7);
+
+        // A crash before config.toml was renamed into place leaves only config.json
+        // (and maybe a temporary file, or ca.pem): the migration runs again.
+        std::fs::remove_file(layout.config()).unwrap();
+        std::fs::write(layout.legacy_config(), OLD).unwrap();
+        assert!(migrate(&layout).unwrap());
+        assert_eq!(Config::load(&layout.config()).unwrap(), want);
+
+        // A damaged config.json is reported and left in place.
+        std::fs::remove_file(layout.config()).unwrap();
+        std::fs::write(layout.legacy_config(), "{").unwrap();
+        let err = migrate(&layout).unwrap_err().to_string();
+        assert!(err.contains("config.json is damaged"), "{err}");
+        assert!(layout.legacy_config().exists() && !layout.config().exists());
     }
 }

@@ -3,7 +3,8 @@
 //! ```text
 //! ROOT/current -> versions/<folder>    the active release (relative symlink)
 //! ROOT/versions/<folder>/              release trees, never written once renamed in
-//! ROOT/.ferry/config.json              what init wrote
+//! ROOT/.ferry/config.toml              what init wrote, edited by hand (config.rs)
+//! ROOT/.ferry/ca.pem                   CA certificates copied by init --ca-file
 //! ROOT/.ferry/state.json               what updates learned (state.rs)
 //! ROOT/.ferry/manifests/<version>      signed manifest bytes of each retained release
 //! ROOT/.ferry/history.jsonl            one JSON event per line
@@ -38,6 +39,11 @@ impl Layout {
     }
 
     pub fn config(&self) -> PathBuf {
+        self.ferry_dir().join("config.toml")
+    }
+
+    /// The configuration of roots made before `config.toml` (config.rs migrates it).
+    pub fn legacy_config(&self) -> PathBuf {
         self.ferry_dir().join("config.json")
     }
 

@@ -38,7 +38,7 @@ pub enum LockError {
     },
     /// Another process held the lock for longer than the timeout.
     #[error(
-        "gave up after {waited}: {holder} is holding {path} (wait longer with --lock-timeout, or the `lock_timeout_secs` key in .ferry/config.json)",
+        "gave up after {waited}: {holder} is holding {path} (wait longer with --lock-timeout, or the `lock_timeout` key in .ferry/config.toml)",
         waited = seconds(*timeout)
     )]
     Timeout {

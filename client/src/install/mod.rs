@@ -34,6 +34,9 @@ pub enum StoreError {
         #[source]
         source: serde_json::Error,
     },
+    /// `config.toml` is not TOML of the documented keys (docs/AGENT.md).
+    #[error("{path}: {reason}")]
+    Config { path: PathBuf, reason: String },
     /// The file was written by a ferry with another schema.
     #[error("{path} has schema {found}, this ferry reads schema {SCHEMA}")]
     Schema { path: PathBuf, found: u32 },

@@ -74,7 +74,7 @@ impl Remote {
             .context("starting the async runtime")?;
         let transport = {
             let _guard = rt.enter();
-            fetch::connect(&config.server, &config.transport.http_options())?
+            fetch::connect(config.server(), &config.http_options())?
         };
         let counters = transport.counters();
         Ok(Remote {
