@@ -12,6 +12,7 @@ mod it {
     pub mod head_check;
     pub mod hostile_clients;
     pub mod http_semantics;
+    pub mod identity;
     pub mod keys;
     pub mod limits;
     pub mod online;

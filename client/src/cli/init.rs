@@ -9,6 +9,7 @@ use ferry_format::version::check_channel;
 use super::InitArgs;
 use crate::fsutil;
 use crate::install::StoreError;
+use crate::install::agent_id;
 use crate::install::config::{self, CA_FILE, Config};
 use crate::install::layout::Layout;
 use crate::install::lock::{DEFAULT_TIMEOUT, LockMode, RootLock};
@@ -104,12 +105,16 @@ pub fn run(args: &InitArgs) -> Result<()> {
     if let Some(pem) = &ca_certs {
         fsutil::write_atomic(&layout.ferry_dir().join(CA_FILE), pem.as_bytes())?;
     }
+    // Made now, so the id an operator sees after init is the one the agent reports
+    // and places in rollouts (a re-init keeps it).
+    let id = agent_id::load_or_create(&layout.agent_id())?;
     config.save(&layout.config())?;
     println!(
-        "initialised {} for channel {} from {}",
+        "initialised {} for channel {} from {} (agent id {})",
         args.root.display(),
         args.channel,
-        args.server.join(", ")
+        args.server.join(", "),
+        agent_id::hex(&id)
     );
     Ok(())
 }

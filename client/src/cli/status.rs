@@ -6,6 +6,7 @@ use serde_json::json;
 use super::StatusArgs;
 use super::report;
 use super::root::Root;
+use crate::install::agent_id;
 use crate::install::lock::LockMode;
 
 pub fn run(args: &StatusArgs) -> Result<()> {
@@ -14,8 +15,10 @@ pub fn run(args: &StatusArgs) -> Result<()> {
     let retained: Vec<String> = s.retained().iter().map(ToString::to_string).collect();
     // Where the active release lives: `versions/<version>`, or `<version>+<n>` after a repair.
     let active_folder = s.active.as_deref().and_then(|v| s.folder_of(v));
+    let id = agent_id::hex(&agent_id::load_or_create(&root.layout.agent_id())?);
     if args.json {
         let v = json!({
+            "agent_id": id,
             "channel": root.config.channel,
             "server": root.config.server(),
             "servers": root.config.servers,
@@ -30,6 +33,7 @@ pub fn run(args: &StatusArgs) -> Result<()> {
         return Ok(());
     }
     let or_none = |o: Option<String>| o.unwrap_or_else(|| "none".into());
+    println!("agent id:      {id}");
     println!("channel:       {}", root.config.channel);
     println!("server:        {}", root.config.server());
     println!(
