@@ -33,6 +33,7 @@
 
 #[macro_use]
 pub mod failpoint;
+pub mod agent;
 pub mod apply;
 pub mod cli;
 pub mod fetch;

@@ -7,6 +7,7 @@
 //! Roots made before this file existed have `config.json` instead; [`migrate`] turns
 //! it into `config.toml` on first use (see there for why that is crash-safe).
 
+use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -88,7 +89,69 @@ pub struct Config {
     /// active release into each new one before the switch (apply/pattern.rs).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub carry: Vec<String>,
+    /// `ferry agent`: time between checks of the channel head [default: 15m].
+    #[serde(
+        default,
+        rename = "interval",
+        with = "opt_secs",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub interval_secs: Option<u64>,
+    /// `ferry agent`: each wait is the interval plus or minus up to this percentage of
+    /// it, at random, so a fleet started together does not check together [default: 20].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jitter: Option<u8>,
+    /// `ferry agent`: when a switch may happen, e.g. `"Mon-Fri 02:00-04:00"`
+    /// (agent/window.rs); empty means any time.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub windows: Vec<String>,
+    /// The time zone of `windows`: `local` (the system's) or `UTC` [default: local].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<String>,
+    /// `ferry agent`: outside a window, download and build the next release so the
+    /// switch inside it is quick [default: true].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prestage: Option<bool>,
+    /// Command (`/bin/sh -c`) run before `current` switches; failing cancels the switch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pre_switch: Option<String>,
+    /// Command run after `current` switched (e.g. `systemctl restart myapp`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub post_switch: Option<String>,
+    /// Command that exits 0 when the new release works; failing switches back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<String>,
+    /// How long one run of `health_check` may take [default: 60s].
+    #[serde(
+        default,
+        rename = "health_timeout",
+        with = "opt_secs",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub health_timeout_secs: Option<u64>,
+    /// Runs of `health_check` before the release counts as failed [default: 3].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_retries: Option<u32>,
+    /// Wait before each run of `health_check` [default: 5s].
+    #[serde(
+        default,
+        rename = "health_delay",
+        with = "opt_secs",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub health_delay_secs: Option<u64>,
+    /// This agent's labels as `key=value`, matched against a release's free-form
+    /// requirements (`ferry-server publish --requires role=edge`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub labels: Vec<String>,
 }
+
+/// Defaults of the agent's keys.
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(15 * 60);
+pub const DEFAULT_JITTER: u8 = 20;
+pub const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DEFAULT_HEALTH_RETRIES: u32 = 3;
+pub const DEFAULT_HEALTH_DELAY: Duration = Duration::from_secs(5);
 
 fn default_keep() -> usize {
     DEFAULT_KEEP
@@ -156,7 +219,55 @@ impl Config {
             low_speed_time_secs: None,
             carry: Vec::new(),
             max_download: None,
+            interval_secs: None,
+            jitter: None,
+            windows: Vec::new(),
+            timezone: None,
+            prestage: None,
+            pre_switch: None,
+            post_switch: None,
+            health_check: None,
+            health_timeout_secs: None,
+            health_retries: None,
+            health_delay_secs: None,
+            labels: Vec::new(),
         }
+    }
+
+    /// `labels` as a map (checked by [`Config::load`]).
+    pub fn label_map(&self) -> BTreeMap<String, String> {
+        self.labels
+            .iter()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+            .collect()
+    }
+
+    pub fn interval(&self) -> Duration {
+        self.interval_secs
+            .map_or(DEFAULT_INTERVAL, Duration::from_secs)
+    }
+
+    pub fn jitter(&self) -> u8 {
+        self.jitter.unwrap_or(DEFAULT_JITTER)
+    }
+
+    pub fn prestage(&self) -> bool {
+        self.prestage.unwrap_or(true)
+    }
+
+    pub fn health_timeout(&self) -> Duration {
+        self.health_timeout_secs
+            .map_or(DEFAULT_HEALTH_TIMEOUT, Duration::from_secs)
+    }
+
+    pub fn health_retries(&self) -> u32 {
+        self.health_retries.unwrap_or(DEFAULT_HEALTH_RETRIES)
+    }
+
+    pub fn health_delay(&self) -> Duration {
+        self.health_delay_secs
+            .map_or(DEFAULT_HEALTH_DELAY, Duration::from_secs)
     }
 
     /// The server requests go to: the first of `servers` ([`Config::load`] refuses an
@@ -210,6 +321,30 @@ impl Config {
         if config.low_speed_time_secs == Some(0) {
             return Err("`low_speed_time` must be at least 1s".into());
         }
+        if config.interval_secs == Some(0) {
+            return Err("`interval` must be at least 1s".into());
+        }
+        if config.jitter.is_some_and(|j| j > 100) {
+            return Err("`jitter` is a percentage of `interval`: at most 100".into());
+        }
+        if config.health_retries == Some(0) {
+            return Err("`health_retries` must be at least 1".into());
+        }
+        if config.health_timeout_secs == Some(0) {
+            return Err("`health_timeout` must be at least 1s".into());
+        }
+        let mut seen = std::collections::HashSet::new();
+        for label in &config.labels {
+            match label.split_once('=') {
+                Some((k, _)) if !k.trim().is_empty() && seen.insert(k.trim()) => {}
+                Some((k, _)) if !k.trim().is_empty() => {
+                    return Err(format!("`labels` sets {:?} twice", k.trim()));
+                }
+                _ => return Err(format!("`labels`: {label:?} is not key=value")),
+            }
+        }
+        crate::agent::window::Schedule::parse(&config.windows, config.timezone.as_deref())
+            .map_err(|e| e.to_string())?;
         Ok(config)
     }
 
@@ -248,6 +383,42 @@ impl Config {
                 "max_download",
                 "5242880   # bytes; default: no limit".into(),
             ),
+            (
+                "interval",
+                format!("\"{}\"", format_secs(DEFAULT_INTERVAL.as_secs())),
+            ),
+            (
+                "jitter",
+                format!("{DEFAULT_JITTER}   # percent of interval"),
+            ),
+            (
+                "windows",
+                "[\"Mon-Fri 02:00-04:00\", \"Sat,Sun 00:00-06:00\"]   # default: any time".into(),
+            ),
+            ("timezone", "\"local\"   # or \"UTC\"".into()),
+            ("prestage", "true".into()),
+            (
+                "pre_switch",
+                "\"systemctl stop myapp\"   # default: none".into(),
+            ),
+            (
+                "post_switch",
+                "\"systemctl restart myapp\"   # default: none".into(),
+            ),
+            (
+                "health_check",
+                "\"curl -fsS http://127.0.0.1:8000/health\"   # default: none".into(),
+            ),
+            (
+                "health_timeout",
+                format!("\"{}\"", format_secs(DEFAULT_HEALTH_TIMEOUT.as_secs())),
+            ),
+            ("health_retries", DEFAULT_HEALTH_RETRIES.to_string()),
+            (
+                "health_delay",
+                format!("\"{}\"", format_secs(DEFAULT_HEALTH_DELAY.as_secs())),
+            ),
+            ("labels", "[\"role=edge\", \"region=eu\"]".into()),
         ];
         let unset: Vec<_> = others
             .iter()
