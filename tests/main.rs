@@ -2,6 +2,7 @@
 //! over loopback. Build the binaries first: `cargo build --workspace --bins`.
 
 mod it {
+    pub mod agent;
     pub mod app_files;
     pub mod budget;
     pub mod config_file;

@@ -45,19 +45,41 @@ pub fn run(cli: cli::Cli) -> anyhow::Result<()> {
     // reqwest is built without a default crypto provider; installing ring twice (as
     // tests do) is harmless, so the result is ignored.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let _ = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        // Colour codes only for a person at a terminal, never into files and pipes.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
-                // The platform verifier logs its own copy of a certificate error that
-                // ferry already reports with context.
-                .unwrap_or_else(|_| {
-                    tracing_subscriber::EnvFilter::new("warn,rustls_platform_verifier=off")
-                }),
-        )
-        .without_time()
-        .try_init();
+    init_logging(&cli);
     cli::dispatch(cli)
+}
+
+/// Logs go to stderr: text (colour only on a terminal) or one JSON object per line.
+/// The agent logs its checks at `info`; one-shot commands print their own summary and
+/// log only warnings. `FERRY_LOG` (an `EnvFilter`) overrides either.
+fn init_logging(cli: &cli::Cli) {
+    let default = match cli.command {
+        cli::Command::Agent(_) => "info",
+        _ => "warn",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG").unwrap_or_else(|_| {
+        // The platform verifier logs its own copy of a certificate error that ferry
+        // already reports with context.
+        tracing_subscriber::EnvFilter::new(format!("{default},rustls_platform_verifier=off"))
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter);
+    let _ = match cli.log_format {
+        cli::LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init(),
+        cli::LogFormat::Text => {
+            let agent = matches!(cli.command, cli::Command::Agent(_));
+            let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            if agent {
+                // A service's log wants times; a one-shot command's stderr does not.
+                builder.with_ansi(ansi).with_target(false).try_init()
+            } else {
+                builder.with_ansi(ansi).without_time().try_init()
+            }
+        }
+    };
 }

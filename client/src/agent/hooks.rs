@@ -213,7 +213,13 @@ mod tests {
     fn a_hook_sees_the_switch_in_its_environment_and_runs_in_the_root() {
         let dir = tempfile::tempdir().unwrap();
         let cmd = "echo \"$FERRY_FROM $FERRY_TO $FERRY_ROOT $FERRY_CURRENT\" > seen";
-        run("post_switch", cmd, &env(dir.path()), Duration::from_secs(10)).unwrap();
+        run(
+            "post_switch",
+            cmd,
+            &env(dir.path()),
+            Duration::from_secs(10),
+        )
+        .unwrap();
         let seen = std::fs::read_to_string(dir.path().join("seen")).unwrap();
         let root = dir.path().display();
         assert_eq!(seen.trim(), format!("1.0.0 1.1.0 {root} {root}/current"));

@@ -1,6 +1,7 @@
 //! The command line: argument definitions and one module per command. Commands use
 //! `anyhow` and add context; the library modules below them return typed errors.
 
+mod agent;
 mod deliver;
 mod history;
 mod init;
@@ -10,6 +11,7 @@ mod rollback;
 mod root;
 mod size;
 mod status;
+mod switch;
 mod update;
 mod verify;
 
@@ -23,6 +25,15 @@ use clap::{Args, Parser, Subcommand};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// Log lines as text or as one JSON object each (for log collectors).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -39,6 +50,24 @@ pub enum Command {
     Status(StatusArgs),
     /// Check the active release on disk against its signed manifest.
     Verify(VerifyArgs),
+    /// Keep the root updated in the background: check every `interval`, switch inside
+    /// the update windows with the hooks, pre-stage outside them.
+    Agent(AgentArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// Install root.
+    #[arg(long)]
+    pub root: PathBuf,
+    #[command(flatten)]
+    pub lock: LockArgs,
+    /// One check, then exit (for cron and tests); the exit status says how it went.
+    #[arg(long)]
+    pub once: bool,
+    /// Time between checks, e.g. 30s or 15m [default: the root's `interval`, else 15m].
+    #[arg(long, value_name = "DURATION", value_parser = ferry_format::duration::parse_duration)]
+    pub interval: Option<std::time::Duration>,
 }
 
 #[derive(Debug, Args)]
@@ -190,5 +219,6 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::History(a) => history::run(&a),
         Command::Status(a) => status::run(&a),
         Command::Verify(a) => verify::run(&a),
+        Command::Agent(a) => agent::run(&a),
     }
 }

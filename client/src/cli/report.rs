@@ -46,15 +46,31 @@ pub fn utc(secs: u64) -> String {
     )
 }
 
-/// Where progress lines go: stdout normally, stderr when stdout carries JSON.
+/// Where progress lines go: stdout normally, stderr when stdout carries JSON, the log
+/// for `ferry agent` (a service's stdout is nobody's terminal).
 #[derive(Clone, Copy, Debug)]
 pub struct Out {
     pub json: bool,
+    pub log: bool,
 }
 
 impl Out {
+    pub fn new(json: bool) -> Out {
+        Out { json, log: false }
+    }
+
+    /// Lines become `info` events of the log.
+    pub fn log() -> Out {
+        Out {
+            json: false,
+            log: true,
+        }
+    }
+
     pub fn info(&self, line: &str) {
-        if self.json {
+        if self.log {
+            tracing::info!("{line}");
+        } else if self.json {
             eprintln!("{line}");
         } else {
             println!("{line}");

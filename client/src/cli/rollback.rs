@@ -28,7 +28,7 @@ struct Outcome {
 pub fn run(args: &RollbackArgs) -> Result<()> {
     let mut root = Root::open(&args.root, LockMode::Exclusive, &args.lock)?;
     let started = Instant::now();
-    let out = Out { json: args.json };
+    let out = Out::new(args.json);
     let from = root.state.active.clone();
     let mut remote: Option<Remote> = None;
     let mut target: Option<String> = None;

@@ -28,6 +28,9 @@ pub fn run(args: &StatusArgs) -> Result<()> {
             "pinned": s.pin,
             "last_check": s.last_check,
             "last_sequence": s.last_sequence,
+            "bad": s.bad,
+            "staged": s.staged.as_ref().map(|st| &st.version),
+            "held_back": s.held_back,
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
@@ -64,5 +67,22 @@ pub fn run(args: &StatusArgs) -> Result<()> {
         "last sequence: {}",
         or_none(s.last_sequence.map(|n| n.to_string()))
     );
+    if let Some(st) = &s.staged {
+        println!(
+            "staged:        {} (in versions/{}, waiting for an update window)",
+            st.version, st.folder
+        );
+    }
+    for h in &s.held_back {
+        println!("newer:         {} not taken: {}", h.version, h.reason);
+    }
+    for b in &s.bad {
+        println!(
+            "marked bad:    {} at {}: {}",
+            b.version,
+            report::utc(b.at),
+            b.reason
+        );
+    }
     Ok(())
 }

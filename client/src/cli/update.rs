@@ -1,9 +1,13 @@
-//! `ferry update`: move the root to the channel's current release.
+//! `ferry update` and each check of `ferry agent`: move the root to the newest
+//! release of the channel it may run (install/choose.rs), switching with the hooks
+//! (switch.rs). By hand every check switches at once; the agent passes its update
+//! windows, outside which it only pre-stages the release beside the active one.
 
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use ferry_format::head::rollout_bucket;
+use ferry_format::head::{ChannelHead, rollout_bucket};
+use ferry_format::verified::Verified;
 use ferry_format::version::Version;
 use serde_json::json;
 
@@ -11,19 +15,79 @@ use super::UpdateArgs;
 use super::deliver::{self, Remote};
 use super::report::{self, Out};
 use super::root::Root;
+use super::switch::{self, Switched};
+use crate::agent::window::Schedule;
 use crate::apply::check::{Depth, check_tree};
 use crate::install::activate::current_folder;
 use crate::install::agent_id;
+use crate::install::choose::{Offer, choose};
 use crate::install::history::{self, Event};
 use crate::install::lock::LockMode;
-use crate::install::retain::{UpdateDecision, decide_update};
+use crate::install::retain::{RuleError, UpdateDecision, decide_update};
+use crate::install::state::{HeldBack, Staged};
 
-/// What one update did, for the summary and `--json`.
-struct Outcome {
-    from: Option<String>,
-    to: String,
-    bytes_reused: u64,
-    installed: bool,
+/// How a check may act.
+#[derive(Debug, Clone, Copy)]
+pub struct Mode<'a> {
+    /// Overrides a rollback's pin and this root's bad marks.
+    pub force: bool,
+    /// Switch only while one of these windows is open (`None`: at once).
+    pub schedule: Option<&'a Schedule>,
+    /// Outside a window, build the release beside the active one.
+    pub prestage: bool,
+}
+
+/// What a check did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    Installed,
+    UpToDate,
+    Pinned,
+    /// No release newer than the active one is open to this root.
+    NothingEligible,
+    /// Built beside the active release; waiting for a window.
+    Staged,
+    /// Outside every window, not pre-staging (or already staged).
+    Waiting,
+    /// Installed, failed its hooks, and the previous release is active again.
+    SwitchedBack(String),
+}
+
+impl Step {
+    /// The word the agent's log and JSON use.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Step::Installed => "installed",
+            Step::UpToDate => "up-to-date",
+            Step::Pinned => "pinned",
+            Step::NothingEligible => "nothing-eligible",
+            Step::Staged => "staged",
+            Step::Waiting => "waiting-for-window",
+            Step::SwitchedBack(_) => "rolled-back",
+        }
+    }
+}
+
+/// What one check did, for the summary, history and the agent's log.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub from: Option<String>,
+    /// The release active now.
+    pub to: Option<String>,
+    /// The release the check aimed at.
+    pub target: Option<String>,
+    pub bytes_reused: u64,
+    pub step: Step,
+}
+
+/// One check with what it cost.
+pub struct Attempt {
+    pub from: Option<String>,
+    pub target: Option<String>,
+    pub result: Result<Outcome>,
+    pub requests: u64,
+    pub bytes: u64,
+    pub seconds: f64,
 }
 
 pub fn run(args: &UpdateArgs) -> Result<()> {
@@ -32,141 +96,303 @@ pub fn run(args: &UpdateArgs) -> Result<()> {
         // For this run only: the configuration file is not rewritten.
         root.config.max_download = args.max_download;
     }
+    let out = Out::new(args.json);
+    let mode = Mode {
+        force: args.force,
+        schedule: None,
+        prestage: false,
+    };
+    let a = attempt(&mut root, &mode, out);
+    let o = a.result?;
+    if args.json {
+        let v = json!({
+            "from": o.from,
+            "to": o.to,
+            "result": o.step.name(),
+            "bytes_downloaded": a.bytes,
+            "requests": a.requests,
+            "bytes_reused": o.bytes_reused,
+            "seconds": a.seconds,
+        });
+        println!("{v}");
+    } else if o.step == Step::Installed {
+        println!(
+            "updated {} -> {}: downloaded {} in {} requests, reused {}, {:.1} s",
+            o.from.as_deref().unwrap_or("none"),
+            o.to.as_deref().unwrap_or("none"),
+            report::bytes(a.bytes),
+            a.requests,
+            report::bytes(o.bytes_reused),
+            a.seconds,
+        );
+    }
+    if let Step::SwitchedBack(reason) = &o.step {
+        anyhow::bail!(
+            "{} was installed but failed ({reason}); {} is active again",
+            o.target.as_deref().unwrap_or("the new release"),
+            o.to.as_deref().unwrap_or("nothing")
+        );
+    }
+    Ok(())
+}
+
+/// Runs one check on an open root and records it in history.
+pub fn attempt(root: &mut Root, mode: &Mode<'_>, out: Out) -> Attempt {
     let started = Instant::now();
-    let out = Out { json: args.json };
     let from = root.state.active.clone();
     let mut target: Option<String> = None;
     let remote = Remote::connect(&root.config);
     let result = match &remote {
-        Ok(r) => update(&mut root, r, args, out, &mut target),
+        Ok(r) => update(root, r, mode, out, &mut target),
         Err(e) => Err(anyhow::anyhow!("{e:#}")),
     };
     let (requests, bytes) = remote.as_ref().map_or((0, 0), Remote::counts);
-    let kind = if from.is_none() { "install" } else { "update" };
+    drop(remote);
+    let a = Attempt {
+        from,
+        target,
+        result,
+        requests,
+        bytes,
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    if let Err(e) = record(root, &a) {
+        tracing::warn!("recording history: {e:#}");
+    }
+    a
+}
+
+fn record(root: &Root, a: &Attempt) -> Result<()> {
+    let kind = if a.from.is_none() {
+        "install"
+    } else {
+        "update"
+    };
     let mut event = Event::new(kind, report::unix_now(), &root.key_id());
-    event.from = from;
-    event.requests = requests;
-    event.bytes_downloaded = bytes;
-    match result {
-        Err(e) => {
-            event.to = target;
-            event.result = format!("error: {e:#}");
-            if let Err(h) = history::append(&root.layout.history(), &event) {
-                tracing::warn!("recording the failure in history: {h}");
-            }
-            Err(e)
-        }
-        Ok(o) => {
-            let seconds = started.elapsed().as_secs_f64();
-            if o.installed {
-                event.to = Some(o.to.clone());
-                history::append(&root.layout.history(), &event).context("recording history")?;
-            }
-            if args.json {
-                let v = json!({
-                    "from": o.from,
-                    "to": o.to,
-                    "bytes_downloaded": bytes,
-                    "requests": requests,
-                    "bytes_reused": o.bytes_reused,
-                    "seconds": seconds,
-                });
-                println!("{v}");
-            } else if o.installed {
-                println!(
-                    "updated {} -> {}: downloaded {} in {requests} requests, reused {}, {seconds:.1} s",
-                    o.from.as_deref().unwrap_or("none"),
-                    o.to,
-                    report::bytes(bytes),
-                    report::bytes(o.bytes_reused),
+    event.from = a.from.clone();
+    event.requests = a.requests;
+    event.bytes_downloaded = a.bytes;
+    event.to = a.target.clone();
+    match &a.result {
+        Err(e) => event.result = format!("error: {e:#}"),
+        Ok(o) => match &o.step {
+            Step::Installed => {}
+            Step::SwitchedBack(reason) => {
+                event.event = "auto-rollback".into();
+                event.result = format!(
+                    "{reason}; switched back to {}, {} marked bad",
+                    o.to.as_deref().unwrap_or("nothing"),
+                    o.target.as_deref().unwrap_or("?")
                 );
             }
-            Ok(())
-        }
+            _ => return Ok(()),
+        },
     }
+    history::append(&root.layout.history(), &event).context("recording history")
 }
 
 fn update(
     root: &mut Root,
     remote: &Remote,
-    args: &UpdateArgs,
+    mode: &Mode<'_>,
     out: Out,
     target_slot: &mut Option<String>,
 ) -> Result<Outcome> {
     let (head, trusted) = remote.fetch_head(root)?;
-    let release = head.current().clone();
-    *target_slot = Some(release.version.clone());
-    let target = Version::parse(&release.version)?;
     let active = root.state.active.clone();
-    let active_v = active.as_deref().and_then(|v| Version::parse(v).ok());
-    let highest = root
+    let mut outcome = Outcome {
+        from: active.clone(),
+        to: active.clone(),
+        target: None,
+        bytes_reused: 0,
+        step: Step::UpToDate,
+    };
+    // A run killed while hooks ran finishes its trial before anything else.
+    if let Some(Switched::SwitchedBack(reason)) = switch::resume_trial(root, out)? {
+        outcome.target = active;
+        outcome.to = root.state.active.clone();
+        outcome.step = Step::SwitchedBack(reason);
+        *target_slot = outcome.target.clone();
+        deliver::cleanup_and_prune(root)?;
+        return Ok(outcome);
+    }
+
+    // The head's current release may never go below what this root has seen (the
+    // rollback-attack check), whichever release this root then chooses.
+    let current = Version::parse(&head.current().version)?;
+    if let Some(h) = root
         .state
         .highest_version
         .as_deref()
-        .and_then(|v| Version::parse(v).ok());
+        .and_then(|v| Version::parse(v).ok())
+        && current < h
+    {
+        return Err(RuleError::OlderRelease {
+            target: current.to_string(),
+            highest: h.to_string(),
+        }
+        .into());
+    }
+    root.state.raise_highest(&current);
+
+    let chosen = choose_release(root, &head, mode, out)?;
+    root.save_state()?;
+    let Some(version) = chosen else {
+        outcome.step = Step::NothingEligible;
+        deliver::cleanup_and_prune(root)?;
+        return Ok(outcome);
+    };
+    *target_slot = Some(version.clone());
+    outcome.target = Some(version.clone());
+    let target = Version::parse(&version)?;
+    let active_v = active.as_deref().and_then(|v| Version::parse(v).ok());
+    if version != head.current().version && active_v.as_ref().is_some_and(|a| *a > target) {
+        // Held back from the current release but already on something newer than
+        // what this root may take (a rollout lowered after it updated): no downgrade.
+        outcome.step = Step::NothingEligible;
+        deliver::cleanup_and_prune(root)?;
+        return Ok(outcome);
+    }
     let mut decision = decide_update(
         &target,
         active_v.as_ref(),
-        highest.as_ref(),
+        None,
         root.state.pin.as_ref(),
-        args.force,
+        mode.force,
     )?;
-    if decision == UpdateDecision::UpToDate && !active_intact(root, &release.version) {
+    if decision == UpdateDecision::UpToDate && !active_intact(root, &version) {
         out.info(&format!(
-            "{} is active but damaged on disk: building a new copy beside it",
-            release.version
+            "{version} is active but damaged on disk: building a new copy beside it"
         ));
         decision = UpdateDecision::Install;
     }
-    // Seen as current and accepted: later heads may never go below it.
-    root.state.raise_highest(&target);
-    root.save_state()?;
-    let unchanged = |installed| Outcome {
-        from: active.clone(),
-        to: active.clone().unwrap_or_else(|| release.version.clone()),
-        bytes_reused: 0,
-        installed,
-    };
     match decision {
         UpdateDecision::UpToDate => {
-            out.info(&format!("already up to date ({})", release.version));
+            out.info(&format!("already up to date ({version})"));
             // A run killed after its switch left staging or a superseded folder:
             // nothing new to install, so this run finishes that one's cleanup.
             deliver::cleanup_and_prune(root)?;
-            return Ok(unchanged(false));
+            return Ok(outcome);
         }
         UpdateDecision::Pinned(pin) => {
             out.info(&format!(
-                "pinned to {} (rolled back from {}); newest is {}; use --force",
-                pin.version, pin.rolled_back_from, release.version
+                "pinned to {} (rolled back from {}); newest is {version}; use --force",
+                pin.version, pin.rolled_back_from
             ));
+            outcome.step = Step::Pinned;
             deliver::cleanup_and_prune(root)?;
-            return Ok(unchanged(false));
+            return Ok(outcome);
         }
         UpdateDecision::Install => {}
     }
-    // Staged rollout (FORMAT.md §5.1): a repair of the active release is not an update.
-    let percent = head.rollout_of(&release.version);
-    if percent < 100 && active.as_deref() != Some(release.version.as_str()) {
-        let id = agent_id::load_or_create(&root.layout.agent_id())?;
-        let bucket = rollout_bucket(&id, &release.version);
-        if bucket >= percent {
-            let what = if percent == 0 {
-                "paused".to_string()
+
+    if root
+        .state
+        .staged
+        .as_ref()
+        .is_some_and(|s| s.version != version)
+    {
+        // Superseded while it waited: pruning removes its folder.
+        root.state.staged = None;
+    }
+    let window_open = mode
+        .schedule
+        .is_none_or(|s| s.is_open(jiff::Timestamp::now()));
+    let staged = root
+        .state
+        .staged
+        .clone()
+        .filter(|s| s.version == version && staged_intact(root, s));
+    if !window_open && (staged.is_some() || !mode.prestage) {
+        out.info(&format!(
+            "{version} is {}; waiting for an update window ({})",
+            if staged.is_some() {
+                "staged"
             } else {
-                format!("offered to {percent}% of agents, this agent's bucket is {bucket}")
-            };
-            out.info(&format!(
-                "not selected for {}: its rollout is {what}; staying on {}",
-                release.version,
-                active.as_deref().unwrap_or("nothing installed")
-            ));
-            return Ok(unchanged(false));
-        }
+                "available"
+            },
+            mode.schedule.map_or(String::new(), Schedule::describe)
+        ));
+        outcome.step = Step::Waiting;
+        return Ok(outcome);
     }
 
-    let fetched = remote.fetch_current_manifest(root, &head, &trusted, active.as_deref(), out)?;
-    let (bytes, manifest) = (fetched.bytes, fetched.manifest);
+    let (manifest, manifest_size, folder, bytes_reused) = match staged {
+        Some(s) => {
+            let manifest = root.load_manifest(&s.record())?;
+            out.info(&format!(
+                "plan: {} -> {version}: built beside it in versions/{} while waiting, nothing to download",
+                active.as_deref().unwrap_or("none"),
+                s.folder
+            ));
+            let reused = manifest.total_file_bytes();
+            (manifest, s.manifest_size, s.folder, reused)
+        }
+        None => build(root, remote, &head, &trusted, &version, out)?,
+    };
+    if !window_open {
+        root.state.staged = Some(Staged {
+            version: version.clone(),
+            folder,
+            manifest_hash: manifest.object_hash().to_hex(),
+            manifest_size,
+        });
+        root.save_state()?;
+        out.info(&format!(
+            "{version} staged; switching in the next update window ({})",
+            mode.schedule.map_or(String::new(), Schedule::describe)
+        ));
+        deliver::cleanup_and_prune(root)?;
+        outcome.step = Step::Staged;
+        outcome.bytes_reused = bytes_reused;
+        return Ok(outcome);
+    }
+    // Kept until the switch: a cancelled `pre_switch` leaves it for the next check.
+    root.state.staged = Some(Staged {
+        version: version.clone(),
+        folder: folder.clone(),
+        manifest_hash: manifest.object_hash().to_hex(),
+        manifest_size,
+    });
+    root.save_state()?;
+    let switched = switch::switch_with_hooks(root, &manifest, manifest_size, &folder, out)?;
+    root.state.staged = None;
+    root.state.pin = None;
+    root.save_state()?;
+    deliver::cleanup_and_prune(root)?;
+    outcome.to = root.state.active.clone();
+    outcome.bytes_reused = bytes_reused;
+    outcome.step = match switched {
+        Switched::Stayed => Step::Installed,
+        Switched::SwitchedBack(reason) => Step::SwitchedBack(reason),
+    };
+    Ok(outcome)
+}
+
+/// Builds `version` into a folder of `versions/`: (manifest, its size, folder, bytes reused).
+fn build(
+    root: &mut Root,
+    remote: &Remote,
+    head: &Verified<ChannelHead>,
+    trusted: &ferry_format::envelope::TrustedKeys,
+    version: &str,
+    out: Out,
+) -> Result<(Verified<ferry_format::manifest::Manifest>, u64, String, u64)> {
+    let active = root.state.active.clone();
+    let (bytes, manifest, hint) = if head.current().version == version {
+        let f = remote.fetch_current_manifest(root, head, trusted, active.as_deref(), out)?;
+        (f.bytes, f.manifest, f.hint)
+    } else {
+        let release = head
+            .releases()
+            .iter()
+            .find(|r| r.version == version)
+            .cloned()
+            .context("chosen release missing from the head")?;
+        let channel = root.config.channel.clone();
+        let (bytes, manifest) = remote.fetch_manifest(&release, &channel, trusted)?;
+        (bytes, manifest, deliver::DiffHint::Nothing)
+    };
     let stats = deliver::install_release(
         root,
         remote,
@@ -177,18 +403,55 @@ fn update(
             carry: true,
         },
         out,
-        fetched.hint,
+        hint,
     )?;
-    deliver::activate(root, &manifest, bytes.len() as u64, &stats.folder)?;
-    root.state.pin = None;
-    root.save_state()?;
-    deliver::cleanup_and_prune(root)?;
-    Ok(Outcome {
-        from: active,
-        to: release.version,
-        bytes_reused: stats.bytes_reused,
-        installed: true,
-    })
+    Ok((
+        manifest,
+        bytes.len() as u64,
+        stats.folder,
+        stats.bytes_reused,
+    ))
+}
+
+/// Picks the newest release this root may run (install/choose.rs) and keeps the newer
+/// ones it passed over in the state for `ferry status`.
+fn choose_release(
+    root: &mut Root,
+    head: &ChannelHead,
+    mode: &Mode<'_>,
+    out: Out,
+) -> Result<Option<String>> {
+    let needs_id = head
+        .releases()
+        .iter()
+        .any(|r| head.rollout_of(&r.version) < 100);
+    let id = if needs_id {
+        Some(agent_id::load_or_create(&root.layout.agent_id())?)
+    } else {
+        None
+    };
+    let state = &root.state;
+    let offers = head.releases().iter().rev().map(|r| Offer {
+        version: &r.version,
+        percent: head.rollout_of(&r.version),
+        bucket: id.as_ref().map_or(0, |id| rollout_bucket(id, &r.version)),
+        bad: state.bad_reason(&r.version),
+        unmet: Vec::new(),
+    });
+    let choice = choose(offers, mode.force);
+    let active = state.active.as_deref().and_then(|v| Version::parse(v).ok());
+    let newer = |h: &HeldBack| {
+        let v = Version::parse(&h.version).ok();
+        active
+            .as_ref()
+            .is_none_or(|a| v.as_ref().is_some_and(|v| v > a))
+    };
+    let held_back: Vec<HeldBack> = choice.held_back.into_iter().filter(newer).collect();
+    for h in &held_back {
+        out.info(&format!("not selected for {}: {}", h.version, h.reason));
+    }
+    root.state.held_back = held_back;
+    Ok(choice.target)
 }
 
 /// `current` points at the recorded folder of `version` and the tree has the
@@ -202,6 +465,17 @@ fn active_intact(root: &Root, version: &str) -> bool {
     }
     match root.load_manifest(record) {
         Ok(m) => check_tree(&m, &root.release_dir(record), Depth::Shape).is_intact(),
+        Err(_) => false,
+    }
+}
+
+/// The staged folder still holds exactly its release (the switch must not activate a
+/// tree someone changed while it waited).
+fn staged_intact(root: &Root, staged: &Staged) -> bool {
+    match root.load_manifest(&staged.record()) {
+        Ok(m) => {
+            check_tree(&m, &root.layout.release_dir(&staged.folder), Depth::Content).is_intact()
+        }
         Err(_) => false,
     }
 }

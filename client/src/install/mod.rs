@@ -4,6 +4,7 @@
 
 pub mod activate;
 pub mod agent_id;
+pub mod choose;
 pub mod config;
 pub mod history;
 pub mod layout;

@@ -57,6 +57,73 @@ pub struct State {
     /// Who signed what set the marks above.
     #[serde(default)]
     pub vouched: Option<Vouched>,
+    /// Releases that failed their health check on this root: never installed again
+    /// (by the agent or `ferry update`) unless `--force`; a newer release is.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bad: Vec<BadRelease>,
+    /// A release built beside the active one, waiting for an update window
+    /// (`prestage`) or a retried `pre_switch`; pruning keeps its folder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub staged: Option<Staged>,
+    /// Releases newer than the one chosen at the last check, and why this root did not
+    /// take them (rollout, bad mark, requirements): `ferry status` shows them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub held_back: Vec<HeldBack>,
+    /// A switch whose `post_switch` and `health_check` have not passed yet: a run
+    /// killed during them finishes them next time instead of trusting the release.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trial: Option<Trial>,
+}
+
+/// The release on trial and the one to switch back to if it fails.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Trial {
+    pub version: String,
+    pub previous: Option<String>,
+}
+
+/// Most bad marks kept; the oldest go first (they name releases long superseded).
+pub const MAX_BAD: usize = 32;
+
+/// A release marked bad on this root.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BadRelease {
+    pub version: String,
+    pub reason: String,
+    /// Unix seconds.
+    pub at: u64,
+}
+
+/// A release built in `versions/<folder>` but not switched to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Staged {
+    pub version: String,
+    pub folder: String,
+    /// The signed manifest it was built from (stored in `manifests/<version>`), so the
+    /// switch re-verifies it locally instead of fetching it again.
+    pub manifest_hash: String,
+    pub manifest_size: u64,
+}
+
+impl Staged {
+    /// As a release record, to load and re-verify its stored manifest.
+    pub fn record(&self) -> ReleaseRecord {
+        ReleaseRecord {
+            version: self.version.clone(),
+            manifest_hash: self.manifest_hash.clone(),
+            manifest_size: self.manifest_size,
+            installed_at: 0,
+            folder: Some(self.folder.clone()),
+            signed_by: Vec::new(),
+        }
+    }
+}
+
+/// A newer release this root did not take, and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldBack {
+    pub version: String,
+    pub reason: String,
 }
 
 /// The keys behind the anti-replay and anti-rollback marks.
@@ -123,6 +190,10 @@ impl Default for State {
             last_content_hash: None,
             rollout_seen: None,
             vouched: None,
+            bad: Vec::new(),
+            staged: None,
+            held_back: Vec::new(),
+            trial: None,
         }
     }
 }
@@ -143,6 +214,27 @@ impl State {
 
     pub fn release(&self, version: &str) -> Option<&ReleaseRecord> {
         self.releases.iter().find(|r| r.version == version)
+    }
+
+    /// Why `version` is marked bad on this root, if it is.
+    pub fn bad_reason(&self, version: &str) -> Option<&str> {
+        self.bad
+            .iter()
+            .find(|b| b.version == version)
+            .map(|b| b.reason.as_str())
+    }
+
+    /// Marks `version` bad (replacing an older mark of it), keeping at most [`MAX_BAD`].
+    pub fn mark_bad(&mut self, version: &str, reason: String, at: u64) {
+        self.bad.retain(|b| b.version != version);
+        self.bad.push(BadRelease {
+            version: version.to_string(),
+            reason,
+            at,
+        });
+        if self.bad.len() > MAX_BAD {
+            self.bad.remove(0);
+        }
     }
 
     /// The folder recorded for `version`, if it is retained.

@@ -438,18 +438,22 @@ pub fn cleanup_and_prune(root: &mut Root) -> Result<()> {
     // points to; a superseded (repaired) copy is removed only once neither names it.
     // Manifests: one per retained version.
     let linked = current_folder(&root.layout);
+    // A staged release waits for its window in its folder.
+    let staged = root.state.staged.as_ref();
     let keep_folders: Vec<String> = root
         .state
         .releases
         .iter()
         .map(|r| r.folder().to_string())
         .chain(linked.clone())
+        .chain(staged.map(|s| s.folder.clone()))
         .collect();
     let keep_manifests: Vec<String> = root
         .state
         .releases
         .iter()
         .map(|r| r.version.clone())
+        .chain(staged.map(|s| s.version.clone()))
         .chain(
             linked
                 .as_deref()

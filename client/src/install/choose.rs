@@ -1,0 +1,139 @@
+//! Which of a channel's releases this root should run (pure). The head lists the
+//! channel's retained releases; the newest one this root may take wins: not outside
+//! its staged rollout (FORMAT.md §5.1), not marked bad here after a failed health
+//! check, not requiring what this agent lacks. So an agent left out of the newest
+//! release's rollout — a fresh one included — still installs the newest release it is
+//! eligible for, and the newer ones it skipped are kept for `ferry status`.
+
+use super::state::HeldBack;
+
+/// One release of the head, newest first, with what this root knows about it.
+#[derive(Debug, Clone)]
+pub struct Offer<'a> {
+    pub version: &'a str,
+    /// Effective rollout percentage (100: everyone).
+    pub percent: u8,
+    /// This agent's rollout bucket for the release (0-99).
+    pub bucket: u8,
+    /// Why it is marked bad on this root, if it is.
+    pub bad: Option<&'a str>,
+    /// Requirements this agent does not meet, one line each.
+    pub unmet: Vec<String>,
+}
+
+/// The release to run and the newer ones passed over.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Choice {
+    pub target: Option<String>,
+    pub held_back: Vec<HeldBack>,
+}
+
+/// Picks the newest eligible release from `offers` (newest first). `force` (the
+/// operator's `ferry update --force`) overrides bad marks, never rollout or
+/// requirements: those are the publisher's word.
+pub fn choose<'a>(offers: impl IntoIterator<Item = Offer<'a>>, force: bool) -> Choice {
+    let mut held_back = Vec::new();
+    for offer in offers {
+        match why_not(&offer, force) {
+            None => {
+                return Choice {
+                    target: Some(offer.version.to_string()),
+                    held_back,
+                };
+            }
+            Some(reason) => held_back.push(HeldBack {
+                version: offer.version.to_string(),
+                reason,
+            }),
+        }
+    }
+    Choice {
+        target: None,
+        held_back,
+    }
+}
+
+fn why_not(offer: &Offer<'_>, force: bool) -> Option<String> {
+    if !offer.unmet.is_empty() {
+        return Some(format!(
+            "incompatible with this agent: {}",
+            offer.unmet.join("; ")
+        ));
+    }
+    if offer.percent == 0 {
+        return Some("its rollout is paused".into());
+    }
+    if offer.bucket >= offer.percent {
+        return Some(format!(
+            "offered to {}% of agents, this agent's bucket is {} (not yet in)",
+            offer.percent, offer.bucket
+        ));
+    }
+    if let Some(reason) = offer.bad.filter(|_| !force) {
+        return Some(format!(
+            "marked bad on this root ({reason}); `ferry update --force` installs it anyway"
+        ));
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn offer(version: &str, percent: u8, bucket: u8) -> Offer<'_> {
+        Offer {
+            version,
+            percent,
+            bucket,
+            bad: None,
+            unmet: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_newest_eligible_release_wins_and_the_skipped_ones_say_why() {
+        let c = choose(
+            [
+                offer("3.0.0", 30, 57),
+                offer("2.0.0", 0, 1),
+                offer("1.0.0", 100, 99),
+            ],
+            false,
+        );
+        assert_eq!(c.target.as_deref(), Some("1.0.0"));
+        assert_eq!(c.held_back.len(), 2);
+        assert!(c.held_back[0].reason.contains("30%"), "{:?}", c.held_back);
+        assert!(c.held_back[0].reason.contains("57"));
+        assert!(c.held_back[1].reason.contains("paused"));
+        let in_rollout = choose([offer("3.0.0", 30, 29), offer("1.0.0", 100, 0)], false);
+        assert_eq!(in_rollout.target.as_deref(), Some("3.0.0"));
+        assert!(in_rollout.held_back.is_empty());
+    }
+
+    #[test]
+    fn a_bad_release_is_skipped_unless_forced_and_requirements_never_are() {
+        let mut bad = offer("2.0.0", 100, 5);
+        bad.bad = Some("health check failed");
+        let older = offer("1.0.0", 100, 5);
+        let c = choose([bad.clone(), older.clone()], false);
+        assert_eq!(c.target.as_deref(), Some("1.0.0"));
+        assert!(c.held_back[0].reason.contains("marked bad"));
+        assert_eq!(
+            choose([bad, older.clone()], true).target.as_deref(),
+            Some("2.0.0")
+        );
+        let mut needs = offer("2.0.0", 100, 5);
+        needs.unmet = vec!["requires arch=aarch64, this agent is x86_64".into()];
+        let c = choose([needs, older], true);
+        assert_eq!(c.target.as_deref(), Some("1.0.0"));
+        assert!(c.held_back[0].reason.contains("arch=aarch64"));
+    }
+
+    #[test]
+    fn nothing_eligible_is_no_target() {
+        let c = choose([offer("1.0.0", 10, 50)], false);
+        assert_eq!(c.target, None);
+        assert_eq!(c.held_back.len(), 1);
+    }
+}
