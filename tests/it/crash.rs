@@ -553,6 +553,93 @@ fn crash_at_every_write_step_of_rollback() {
     report("rollback", &sites, missed);
 }
 
+/// `ferry agent --once` with hooks: killed at every write step (and between its hooks),
+/// the active release is one of the two and verifies, and the next check converges on
+/// release 2 with its trial finished (never trusted because a health check was cut off).
+#[test]
+fn crash_at_every_write_step_of_an_agent_check_with_hooks() {
+    let releases = Releases::new();
+    let p = Publisher::new("stable");
+    p.publish(&v(1), &releases.src(1));
+    let srv = p.serve();
+    let agent = Agent::init(&srv.url, "stable", &p.public_key(), &["--keep", "1"]);
+    agent.update();
+    let cfg = agent.root().join(".ferry/config.toml");
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text.push_str(
+        "post_switch = \"echo \\\"$FERRY_FROM>$FERRY_TO\\\" >> ../hooks.log\"\n\
+         health_check = \"test -f \\\"$FERRY_CURRENT/bin/app\\\"\"\n\
+         health_delay = \"0s\"\n",
+    );
+    std::fs::write(&cfg, text).unwrap();
+    p.publish(&v(2), &releases.src(2));
+    let work = tempfile::tempdir().unwrap();
+    let known = [(v(1), releases.src(1)), (v(2), releases.src(2))];
+
+    let fresh = work.path().join("fresh");
+    copy_tree(agent.root(), &fresh);
+    let trace = work.path().join("fresh.trace");
+    succeeded(
+        run_in(
+            &fresh.with_extension("run"),
+            "ferry",
+            &["agent", "--once", "--root", fresh.to_str().unwrap()],
+            &[(TRACE_VAR, trace.to_str().unwrap())],
+        ),
+        "reference check",
+    );
+    let sites = sites(&read_trace(&trace));
+    for must in [
+        "client::switch_current::renamed",
+        "client::hooks::post_switch_ran",
+        "client::hooks::health_passed",
+    ] {
+        assert!(
+            sites.iter().any(|s| s.point == must),
+            "the agent never passes {must}"
+        );
+    }
+
+    let mut missed = 0;
+    for (i, site) in sites.iter().enumerate() {
+        let case = format!("agent killed at {} pass {}", site.point, site.pass);
+        let root = work.path().join(format!("case-{i}"));
+        copy_tree(agent.root(), &root);
+        let root_s = root.to_str().unwrap();
+        let dir = root.with_extension("kill");
+        if !kill_at(
+            &dir,
+            "ferry",
+            &["agent", "--once", "--root", root_s],
+            site,
+            &case,
+        ) {
+            missed += 1;
+        }
+        active_release(&root, &known, &case);
+        succeeded(
+            run_in(
+                &root.with_extension("rerun"),
+                "ferry",
+                &["agent", "--once", "--root", root_s],
+                &[],
+            ),
+            &format!("{case}: rerun"),
+        );
+        assert_eq!(active_release(&root, &known, &case), v(2), "{case}");
+        let state: Value =
+            serde_json::from_slice(&std::fs::read(root.join(".ferry/state.json")).unwrap())
+                .unwrap();
+        assert!(state["trial"].is_null(), "{case}: trial left open: {state}");
+        assert!(
+            state["bad"].is_null(),
+            "{case}: a healthy release marked bad"
+        );
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+    report("agent --once", &sites, missed);
+}
+
 /// `ferry-server publish` of release 2 into `repo`.
 fn publish_args<'a>(key: &'a str, repo: &'a str, src: &'a str, v2: &'a str) -> Vec<&'a str> {
     vec![

@@ -113,6 +113,7 @@ fn post_switch_then_health(root: &Root, env: &HookEnv) -> Result<(), String> {
     let timeout = root.config.health_timeout();
     if let Some(cmd) = &root.config.post_switch {
         hooks::run("post_switch", cmd, env, timeout).map_err(|e| e.to_string())?;
+        crash_point!("client::hooks::post_switch_ran");
     }
     let Some(cmd) = &root.config.health_check else {
         return Ok(());
@@ -122,7 +123,10 @@ fn post_switch_then_health(root: &Root, env: &HookEnv) -> Result<(), String> {
     for n in 1..=tries {
         std::thread::sleep(root.config.health_delay());
         match hooks::run("health_check", cmd, env, timeout) {
-            Ok(()) => return Ok(()),
+            Ok(()) => {
+                crash_point!("client::hooks::health_passed");
+                return Ok(());
+            }
             Err(e) => {
                 tracing::warn!("health check {n} of {tries} failed: {e}");
                 last = e.to_string();
