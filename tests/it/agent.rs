@@ -330,6 +330,12 @@ fn a_failing_health_check_switches_back_marks_the_release_bad_and_the_next_good_
     // through rollback --to): marks never block a deliberate choice.
     let forced = agent.ferry("rollback", &["--to", "2.0.0"]);
     assert_ok(&forced, "rollback --to a bad release");
+    assert_eq!(agent.active().as_deref(), Some("2.0.0"));
+    let hooks = std::fs::read_to_string(agent.root().join("hooks.log")).unwrap();
+    assert!(
+        hooks.ends_with("1.0.0>3.0.0\n3.0.0>2.0.0\n"),
+        "post_switch runs after a rollback too: {hooks}"
+    );
 }
 
 #[test]

@@ -130,6 +130,7 @@ fn rollback(
         }
     }
     let bytes_reused = if let (Some(record), Some(manifest)) = (&retained_record, local) {
+        super::switch::run_pre_switch(root, Some(&active), &version)?;
         root.state.pin = Some(pin);
         root.save_state()?;
         switch_current(&root.layout, record.folder())?;
@@ -162,6 +163,7 @@ fn rollback(
             out,
             deliver::DiffHint::Nothing,
         )?;
+        super::switch::run_pre_switch(root, Some(&active), &version)?;
         root.state.pin = Some(pin);
         deliver::activate(root, &manifest, bytes.len() as u64, &stats.folder)?;
         stats.bytes_reused
@@ -172,7 +174,10 @@ fn rollback(
         )
     };
     root.state.raise_highest(&target);
+    // An operator's rollback ends any trial: the release they chose is not on trial.
+    root.state.trial = None;
     root.save_state()?;
+    super::switch::run_post_switch(root, Some(&active), &version, out);
     deliver::cleanup_and_prune(root)?;
     Ok(Outcome {
         to: version,

@@ -60,6 +60,33 @@ pub fn switch_with_hooks(
     finish_trial(root, out)
 }
 
+/// `pre_switch` for a switch the operator asked for (`ferry rollback`): failing
+/// cancels it.
+pub fn run_pre_switch(root: &Root, from: Option<&str>, to: &str) -> Result<()> {
+    let Some(cmd) = root.config.pre_switch.as_deref() else {
+        return Ok(());
+    };
+    let env = hook_env(root, from.map(str::to_string), to);
+    hooks::run("pre_switch", cmd, &env, root.config.health_timeout()).with_context(|| {
+        format!(
+            "switch to {to} cancelled; {} stays active",
+            from.unwrap_or("nothing")
+        )
+    })
+}
+
+/// `post_switch` after a switch the operator asked for: the switch is done, so a
+/// failure is reported, not undone (no health check: the operator chose the release).
+pub fn run_post_switch(root: &Root, from: Option<&str>, to: &str, out: Out) {
+    let Some(cmd) = root.config.post_switch.as_deref() else {
+        return;
+    };
+    let env = hook_env(root, from.map(str::to_string), to);
+    if let Err(e) = hooks::run("post_switch", cmd, &env, root.config.health_timeout()) {
+        out.info(&format!("warning: {e}"));
+    }
+}
+
 /// Finishes a trial a killed run left (see the module comment); `None` when there is none.
 pub fn resume_trial(root: &mut Root, out: Out) -> Result<Option<Switched>> {
     match &root.state.trial {
