@@ -489,3 +489,32 @@ fn a_cancelling_pre_switch_keeps_the_active_release_and_the_build_for_the_next_c
     );
     tree_eq(&agent.current(), &sources.release(2));
 }
+
+#[test]
+fn a_plan_over_the_data_budget_is_refused_by_the_agent_before_its_download() {
+    let publisher = Publisher::new("stable");
+    let sources = Sources::app(2);
+    publisher.publish(&v(1), &sources.release(1));
+    let srv = publisher.serve();
+    let agent = Agent::init(&srv.url, "stable", &publisher.public_key(), &[]);
+    once(&agent);
+    configure(&agent, &["max_download = 100"]);
+    publisher.publish(&v(2), &sources.release(2));
+    let before = srv.requests().len();
+    let out = agent.ferry("agent", &["--once"]);
+    assert!(!out.status.success());
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("download budget is 100 B"), "{log}");
+    assert!(
+        log.contains("plan: 1.0.0 -> 2.0.0"),
+        "the plan is printed: {log}"
+    );
+    assert_eq!(agent.active().as_deref(), Some("1.0.0"));
+    verify_ok(&agent);
+    let run = srv.requests()[before..].to_vec();
+    let bytes: u64 = run.iter().map(|r| r.bytes).sum();
+    assert!(
+        run.len() <= 2 && bytes < 20_000,
+        "head and manifest diff only: {run:?}"
+    );
+}
