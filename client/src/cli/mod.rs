@@ -2,6 +2,7 @@
 //! `anyhow` and add context; the library modules below them return typed errors.
 
 mod deliver;
+mod doctor;
 mod history;
 mod init;
 mod plan;
@@ -39,6 +40,9 @@ pub enum Command {
     Status(StatusArgs),
     /// Check the active release on disk against its signed manifest.
     Verify(VerifyArgs),
+    /// Check what the next update needs (servers, keys, clock, disk, lock, hooks);
+    /// changes nothing, exits 1 when a check fails.
+    Doctor(DoctorArgs),
 }
 
 #[derive(Debug, Args)]
@@ -164,6 +168,16 @@ pub struct VerifyArgs {
     pub lock: LockArgs,
 }
 
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Install root.
+    #[arg(long)]
+    pub root: PathBuf,
+    /// Print one JSON object on stdout instead of one line per check.
+    #[arg(long)]
+    pub json: bool,
+}
+
 /// `--lock-timeout`, on every command that takes the root's lock.
 #[derive(Debug, Args)]
 pub struct LockArgs {
@@ -190,5 +204,6 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::History(a) => history::run(&a),
         Command::Status(a) => status::run(&a),
         Command::Verify(a) => verify::run(&a),
+        Command::Doctor(a) => doctor::run(&a),
     }
 }
