@@ -246,10 +246,7 @@ async fn probe(server: &str, config: &Config, cfg: &str) -> (Check, Option<(Sour
         None => match connect(&url).await {
             Ok(steps) => found.extend(steps),
             Err((detail, hint)) => {
-                return (
-                    Check::fail(name, detail, format!("{hint}; {fix_url}")),
-                    None,
-                );
+                return (Check::fail(name, detail, format!("{hint} {fix_url}")), None);
             }
         },
     }
@@ -337,7 +334,7 @@ async fn probe(server: &str, config: &Config, cfg: &str) -> (Check, Option<(Sour
 async fn connect(url: &Url) -> Result<Vec<String>, (String, String)> {
     let port = url.port_or_known_default().unwrap_or(80);
     let Some(raw) = url.host_str() else {
-        return Err(("the URL has no host".into(), "give a host".into()));
+        return Err(("the URL has no host".into(), "give one;".into()));
     };
     let literal = raw.trim_start_matches('[').trim_end_matches(']');
     let (host, addrs) = match literal.parse::<std::net::IpAddr>() {
@@ -357,13 +354,13 @@ async fn connect(url: &Url) -> Result<Vec<String>, (String, String)> {
                             "DNS: resolving {d} took more than {}s",
                             DNS_TIMEOUT.as_secs()
                         ),
-                        "check this machine's DNS servers (/etc/resolv.conf)".into(),
+                        "check this machine's DNS servers (/etc/resolv.conf);".into(),
                     ));
                 }
                 Ok(Err(e)) => {
                     return Err((
                         format!("DNS: cannot resolve {d}: {e}"),
-                        "check the host name, and this machine's DNS (/etc/resolv.conf)".into(),
+                        "check the host name, and this machine's DNS (/etc/resolv.conf);".into(),
                     ));
                 }
                 Ok(Ok(a)) => a.collect(),
@@ -386,13 +383,13 @@ async fn connect(url: &Url) -> Result<Vec<String>, (String, String)> {
             Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
                 last = Some((
                     format!("connection refused by {addr}"),
-                    "is the server running, and on this port?".to_string(),
+                    "is the server running?".to_string(),
                 ));
             }
             Ok(Err(e)) => {
                 last = Some((
                     format!("TCP connect to {addr}: {e}"),
-                    "check the network path to the server".to_string(),
+                    "check the network path to the server;".to_string(),
                 ));
             }
             Err(_) => {
@@ -401,7 +398,7 @@ async fn connect(url: &Url) -> Result<Vec<String>, (String, String)> {
                         "TCP connect to {addr}: no answer within {}s",
                         TCP_TIMEOUT.as_secs()
                     ),
-                    "the host is down, or a firewall drops the connection".to_string(),
+                    "the host is down, or a firewall drops the connection;".to_string(),
                 ));
             }
         }
@@ -409,7 +406,7 @@ async fn connect(url: &Url) -> Result<Vec<String>, (String, String)> {
     Err(last.unwrap_or_else(|| {
         (
             format!("DNS: {host} has no address"),
-            "check the host name".into(),
+            "check the host name;".into(),
         )
     }))
 }
