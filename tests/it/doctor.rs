@@ -364,3 +364,35 @@ fn doctor_names_who_holds_the_lock_and_only_warns() {
     );
     assert!(out.status.success(), "a warning alone exits 0:\n{text}");
 }
+
+#[test]
+fn doctor_checks_tls_with_the_roots_ca_file() {
+    let pki = super::tls::Pki::new();
+    let p = Publisher::new("stable");
+    let sources = Sources::app(1);
+    p.publish(&v(1), &sources.release(1));
+    let srv = pki.serve(&p);
+    assert!(srv.url.starts_with("https://"), "{}", srv.url);
+    let trusting = Agent::init(
+        &srv.url,
+        "stable",
+        &p.public_key(),
+        &["--ca-file", &pki.ca()],
+    );
+    let out = doctor(&trusting, &[], &[]);
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}");
+    let l = line(&text, &format!("server {}", srv.url));
+    assert!(
+        l.contains("TLS verified with ca_file") && l.contains("HTTP 200"),
+        "{l}"
+    );
+
+    let untrusting = Agent::init(&srv.url, "stable", &p.public_key(), &[]);
+    let out = doctor(&untrusting, &[], &[]);
+    assert_fails(
+        &out,
+        &format!("server {}", srv.url),
+        &["TLS handshake failed", "`ca_file`"],
+    );
+}
