@@ -396,3 +396,94 @@ fn doctor_checks_tls_with_the_roots_ca_file() {
         &["TLS handshake failed", "`ca_file`"],
     );
 }
+
+#[test]
+fn doctor_follows_a_key_rotation_in_memory_and_stores_nothing() {
+    let p = Publisher::new("stable");
+    let sources = Sources::app(2);
+    p.publish(&v(1), &sources.release(1));
+    let srv = p.serve();
+    let agent = Agent::init(&srv.url, "stable", &p.public_key(), &[]);
+    agent.update();
+    // Key list 1 (a root key and a new publishing key), signed by the single key the
+    // root trusts; release 2 signed only by the new publishing key.
+    let keys = p.dir.path().join("keys");
+    let k = |f: &str| keys.join(f).to_str().unwrap().to_string();
+    for name in ["root1", "pub2"] {
+        let out = ferry_tests::run(
+            bin("ferry-server"),
+            &[
+                "key",
+                "gen",
+                "--out",
+                keys.to_str().unwrap(),
+                "--name",
+                name,
+            ],
+        );
+        ferry_tests::assert_ok(&out, "key gen");
+    }
+    let repo = p.repo();
+    let out = ferry_tests::run(
+        bin("ferry-server"),
+        &[
+            "key",
+            "new-list",
+            "--repo",
+            repo.to_str().unwrap(),
+            "--root",
+            &k("root1.pub"),
+            "--publisher",
+            &k("pub2.pub"),
+            "--sign",
+            &k("ferry.key"),
+            "--sign",
+            &k("root1.key"),
+            "--previous-key",
+            &k("ferry.pub"),
+        ],
+    );
+    ferry_tests::assert_ok(&out, "key new-list");
+    let src = sources.release(2);
+    let out = ferry_tests::run(
+        bin("ferry-server"),
+        &[
+            "publish",
+            "--repo",
+            repo.to_str().unwrap(),
+            "--key",
+            &k("pub2.key"),
+            "--channel",
+            "stable",
+            "--version",
+            &v(2),
+            "--zstd-level",
+            "3",
+            src.to_str().unwrap(),
+        ],
+    );
+    ferry_tests::assert_ok(&out, "publish 2 with the new key");
+
+    let before = ferry_files(agent.root());
+    let out = doctor(&agent, &[], &[]);
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}");
+    let l = line(&text, &format!("head {}", srv.url));
+    assert!(
+        l.contains("verified with key list 1") && l.contains("key lists 1..1 followed"),
+        "{l}"
+    );
+    assert!(
+        line(&text, "disk").contains("release 2.0.0 needs"),
+        "{text}"
+    );
+    assert_eq!(
+        ferry_files(agent.root()),
+        before,
+        "doctor stored a key list or state"
+    );
+    assert!(!agent.root().join(".ferry/keys").exists());
+    // The update follows the same chain, and stores it.
+    assert_eq!(agent.update()["to"], v(2));
+    assert!(agent.root().join(".ferry/keys/1").exists());
+}
