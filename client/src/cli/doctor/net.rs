@@ -113,13 +113,32 @@ impl Source {
     }
 }
 
+/// The runtime of the checks. Dropping a tokio runtime waits for its blocking
+/// threads, and a name lookup that timed out may still sit in getaddrinfo there for
+/// as long as the resolver likes; doctor leaves it behind instead.
+pub struct Rt(Option<Runtime>);
+
+impl Rt {
+    fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.0.as_ref().expect("runtime until drop").block_on(f)
+    }
+}
+
+impl Drop for Rt {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
 /// A server whose channel head verified: what the clock and disk checks work from.
 pub struct Found {
     pub server: String,
     pub head: Verified<ChannelHead>,
     pub trust: TrustRoot,
     source: Source,
-    rt: std::sync::Arc<Runtime>,
+    rt: std::sync::Arc<Rt>,
 }
 
 impl Found {
@@ -144,7 +163,7 @@ pub fn probe_all(
         .enable_all()
         .build()
     {
-        Ok(rt) => std::sync::Arc::new(rt),
+        Ok(rt) => std::sync::Arc::new(Rt(Some(rt))),
         Err(e) => {
             checks.push(Check::fail(
                 "server",
