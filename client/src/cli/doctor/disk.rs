@@ -102,7 +102,28 @@ pub fn check(layout: &Layout, config: &Config, state: &State, found: &Found) -> 
             );
         }
     };
-    verdict(layout, &manifest, &room, &config_hint(layout))
+    let mut c = verdict(layout, &manifest, &room, &config_hint(layout));
+    c.detail.push_str(&notes(found, state));
+    c
+}
+
+/// Why the next update might not install the current release after all.
+fn notes(found: &Found, state: &State) -> String {
+    let version = &found.head.content.current().version;
+    let mut s = String::new();
+    if let Some(pin) = &state.pin {
+        s.push_str(&format!(
+            " (the root is pinned to {} by a rollback: `ferry update` installs nothing without --force)",
+            pin.version
+        ));
+    }
+    let percent = found.head.rollout_of(version);
+    if percent < 100 {
+        s.push_str(&format!(
+            " ({version} is offered to {percent}% of agents: this one may not take it yet)"
+        ));
+    }
+    s
 }
 
 fn verdict(layout: &Layout, manifest: &Manifest, room: &Room, cfg: &str) -> Check {
