@@ -384,6 +384,23 @@ mod tests {
     }
 
     #[test]
+    fn a_missing_or_old_root_is_named_and_left_as_it_is() {
+        let t = tempfile::tempdir().unwrap();
+        let checks = diagnose(&t.path().join("nope"));
+        assert_eq!(checks.len(), 1);
+        assert_eq!(checks[0].status, Status::Fail);
+        let layout = Layout::new(t.path());
+        std::fs::create_dir_all(layout.ferry_dir()).unwrap();
+        let c = &diagnose(t.path())[0];
+        assert!(c.detail.contains("not a ferry root"), "{c}");
+        std::fs::write(layout.legacy_config(), "{}").unwrap();
+        let c = &diagnose(t.path())[0];
+        assert!(c.detail.contains("config.json"), "{c}");
+        assert!(c.hint.as_deref().unwrap().contains("ferry status"), "{c}");
+        assert!(!layout.config().exists(), "doctor does not convert it");
+    }
+
+    #[test]
     fn the_write_check_leaves_nothing_behind() {
         let t = tempfile::tempdir().unwrap();
         let layout = Layout::new(t.path());
