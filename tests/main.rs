@@ -8,6 +8,7 @@ mod it {
     pub mod config_file;
     pub mod crash;
     pub mod diffs;
+    pub mod doctor;
     pub mod fixtures;
     pub mod flaky_network;
     pub mod head_check;

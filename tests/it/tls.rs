@@ -21,12 +21,12 @@ use super::fixtures::{Sources, tree_eq, v};
 
 /// A private CA and a server certificate it issued for 127.0.0.1 and localhost, as
 /// PEM files: `ca.pem`, `cert.pem` (leaf then CA) and `key.pem`.
-struct Pki {
+pub struct Pki {
     dir: TempDir,
 }
 
 impl Pki {
-    fn new() -> Pki {
+    pub fn new() -> Pki {
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
@@ -59,12 +59,12 @@ impl Pki {
         self.dir.path().join(name)
     }
 
-    fn ca(&self) -> String {
+    pub fn ca(&self) -> String {
         self.path("ca.pem").to_str().unwrap().to_string()
     }
 
     /// `ferry-server serve` with this certificate.
-    fn serve(&self, publisher: &Publisher) -> Server {
+    pub fn serve(&self, publisher: &Publisher) -> Server {
         let (cert, key) = (self.path("cert.pem"), self.path("key.pem"));
         Server::start_with(
             &publisher.repo(),

@@ -3,6 +3,7 @@
 
 mod agent;
 mod deliver;
+mod doctor;
 mod history;
 mod init;
 mod plan;
@@ -50,6 +51,9 @@ pub enum Command {
     Status(StatusArgs),
     /// Check the active release on disk against its signed manifest.
     Verify(VerifyArgs),
+    /// Check what the next update needs (servers, keys, clock, disk, lock, hooks);
+    /// changes nothing, exits 1 when a check fails.
+    Doctor(DoctorArgs),
     /// Keep the root updated in the background: check every `interval`, switch inside
     /// the update windows with the hooks, pre-stage outside them.
     Agent(AgentArgs),
@@ -193,6 +197,16 @@ pub struct VerifyArgs {
     pub lock: LockArgs,
 }
 
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Install root.
+    #[arg(long)]
+    pub root: PathBuf,
+    /// Print one JSON object on stdout instead of one line per check.
+    #[arg(long)]
+    pub json: bool,
+}
+
 /// `--lock-timeout`, on every command that takes the root's lock.
 #[derive(Debug, Args)]
 pub struct LockArgs {
@@ -220,5 +234,6 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Status(a) => status::run(&a),
         Command::Verify(a) => verify::run(&a),
         Command::Agent(a) => agent::run(&a),
+        Command::Doctor(a) => doctor::run(&a),
     }
 }

@@ -96,37 +96,10 @@ impl Root {
             .context("saving state")
     }
 
-    pub fn public_key(&self) -> Result<PublicKey> {
-        if self.config.public_key.trim().is_empty() {
-            bail!(
-                "no trusted key: the key list this root was initialised with is missing from .ferry/keys/"
-            );
-        }
-        PublicKey::from_text(&self.config.public_key)
-            .with_context(|| format!("public key in {}", self.layout.config().display()))
-    }
-
     /// The root of trust: the newest key list this root has accepted (stored in
     /// `.ferry/keys/`), or the single public key of `ferry init`.
     pub fn trust(&self) -> Result<TrustRoot> {
-        let dir = self.layout.keys();
-        let newest = match std::fs::read_dir(&dir) {
-            Ok(items) => items
-                .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok())
-                .max(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
-        };
-        match newest {
-            Some(v) => {
-                let path = self.layout.key_list(v);
-                let bytes =
-                    std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-                TrustRoot::from_stored(&bytes)
-                    .with_context(|| format!("trusted key list {}", path.display()))
-            }
-            None => Ok(TrustRoot::SingleKey(self.public_key()?)),
-        }
+        trust_of(&self.layout, &self.config)
     }
 
     /// What history records as the signer: the single key's id, or the key list version.
@@ -178,6 +151,40 @@ impl Root {
                 }
             })
             .collect()
+    }
+}
+
+/// The single public key of `ferry init`, from a root's configuration.
+pub fn public_key_of(layout: &Layout, config: &Config) -> Result<PublicKey> {
+    if config.public_key.trim().is_empty() {
+        bail!(
+            "no trusted key: the key list this root was initialised with is missing from .ferry/keys/"
+        );
+    }
+    PublicKey::from_text(&config.public_key)
+        .with_context(|| format!("public key in {}", layout.config().display()))
+}
+
+/// [`Root::trust`] from a root's files, without holding its lock (`ferry doctor`
+/// must not wait for a running update).
+pub fn trust_of(layout: &Layout, config: &Config) -> Result<TrustRoot> {
+    let dir = layout.keys();
+    let newest = match std::fs::read_dir(&dir) {
+        Ok(items) => items
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok())
+            .max(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
+    };
+    match newest {
+        Some(v) => {
+            let path = layout.key_list(v);
+            let bytes =
+                std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+            TrustRoot::from_stored(&bytes)
+                .with_context(|| format!("trusted key list {}", path.display()))
+        }
+        None => Ok(TrustRoot::SingleKey(public_key_of(layout, config)?)),
     }
 }
 

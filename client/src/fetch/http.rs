@@ -63,7 +63,7 @@ impl HttpOptions {
         self.client().map(drop)
     }
 
-    fn client(&self) -> Result<reqwest::Client, FetchError> {
+    pub(crate) fn client(&self) -> Result<reqwest::Client, FetchError> {
         let mut builder = reqwest::Client::builder()
             .user_agent(concat!("ferry/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(CONNECT_TIMEOUT)

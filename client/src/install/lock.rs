@@ -130,7 +130,7 @@ fn command() -> String {
 
 /// `ferry update (pid 1234)` from the lock file, or a plain description when it
 /// names no process that is still running.
-fn holder(file: &File) -> String {
+pub fn holder(file: &File) -> String {
     let mut buf = [0u8; 512];
     let n = file.read_at(&mut buf, 0).unwrap_or(0);
     let text = String::from_utf8_lossy(&buf[..n]);

@@ -196,7 +196,7 @@ pub fn after_failure(
 }
 
 /// Bytes of the files under `dir` (0 if it does not exist).
-fn tree_bytes(dir: &Path) -> u64 {
+pub fn tree_bytes(dir: &Path) -> u64 {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return 0;
     };

@@ -41,6 +41,8 @@ mod remote;
 
 pub use manifest::DiffHint;
 pub use remote::Remote;
+// `ferry doctor` follows key lists within the same bound.
+pub(crate) use remote::MAX_KEY_LIST_STEPS;
 
 /// Where an install starts: the active release, and whether its `carry` paths go
 /// into the new one (an update: yes; a rollback returns to a release's own files).

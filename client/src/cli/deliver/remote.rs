@@ -29,7 +29,7 @@ type AcceptedKeyList = (u64, Vec<u8>);
 
 /// Most key list versions one update follows; a longer chain is more likely an attack
 /// than an agent that slept through a hundred rotations.
-const MAX_KEY_LIST_STEPS: u64 = 100;
+pub(crate) const MAX_KEY_LIST_STEPS: u64 = 100;
 
 /// A connected repository plus the runtime its transport runs on. Everything else
 /// in ferry is synchronous; only fetching is async.
