@@ -8,7 +8,7 @@
 //! dropped, so a chatty hook never blocks on a full pipe.
 
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -191,15 +191,10 @@ fn collect(out: Captured, err: Captured) -> String {
     text
 }
 
-/// Whether `path` is an executable regular file.
-pub fn is_executable(path: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     fn env(dir: &Path) -> HookEnv {
         HookEnv {
