@@ -188,7 +188,7 @@ fn an_online_key_alone_cannot_publish_change_raise_resume_or_revive() {
     // Pin the agent into the 50%: the rules below are about the head, not luck.
     let id = (0u8..=255)
         .map(|n| [n; 16])
-        .find(|id| rollout_bucket(id, &v(2)) < 50)
+        .find(|id| rollout_bucket(id, "stable", &v(2)) < 50)
         .unwrap();
     let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
     std::fs::write(agent.root().join(".ferry/agent_id"), hex).unwrap();
@@ -346,7 +346,7 @@ fn p_publish_with_key(p: &Publisher, sources: &Sources, key: &str) -> std::proce
 fn agent_id(version: &str, percent: u8, selected: bool) -> String {
     let id = (0u8..=255)
         .map(|n| [n; 16])
-        .find(|id| (rollout_bucket(id, version) < percent) == selected)
+        .find(|id| (rollout_bucket(id, "stable", version) < percent) == selected)
         .unwrap();
     id.iter().map(|b| format!("{b:02x}")).collect()
 }

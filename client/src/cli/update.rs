@@ -149,7 +149,7 @@ fn update(
     let percent = head.rollout_of(&release.version);
     if percent < 100 && active.as_deref() != Some(release.version.as_str()) {
         let id = agent_id::load_or_create(&root.layout.agent_id())?;
-        let bucket = rollout_bucket(&id, &release.version);
+        let bucket = rollout_bucket(&id, head.channel(), &release.version);
         if bucket >= percent {
             let what = if percent == 0 {
                 "paused".to_string()
