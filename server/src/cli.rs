@@ -106,6 +106,13 @@ pub enum Command {
         #[arg(long, value_name = "PCT", default_value_t = 100,
               value_parser = clap::value_parser!(u8).range(0..=100))]
         rollout: u8,
+        /// What the release requires of an agent, as KEY=VALUE (repeat): os=linux,
+        /// arch=x86_64, min-agent=0.3.0 (the agent's version), disk=500MiB (free space);
+        /// any other key is a label the agent's configured `labels` must have with this
+        /// value (role=edge). Agents that do not meet them refuse the release before
+        /// downloading it; agents older than requirements stop with "upgrade ferry".
+        #[arg(long = "requires", value_name = "KEY=VALUE", value_parser = parse_requirement)]
+        requires: Vec<ferry_format::requirements::Requirement>,
         /// How many releases the channel head keeps listing (rollback targets).
         #[arg(long, default_value_t = crate::publish::DEFAULT_RETAIN,
               value_parser = clap::value_parser!(u16).range(1..=1024).map(usize::from))]
@@ -192,6 +199,10 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         key: Option<PathBuf>,
     },
+}
+
+fn parse_requirement(s: &str) -> Result<ferry_format::requirements::Requirement, String> {
+    ferry_format::requirements::Requirement::parse(s).map_err(|e| e.to_string())
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {

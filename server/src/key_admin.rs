@@ -221,8 +221,9 @@ pub fn refresh_head(
     if let Some(percent) = opts.rollout {
         set_rollout(&mut content.rollout, &old.current().version, percent, 100)?;
     }
-    let bytes = ChannelHead::publish(
+    let bytes = ChannelHead::publish_with(
         &content,
+        old.requirements(),
         old.sequence + 1,
         now.saturating_add(expires_in.as_secs()),
         latest.map(|(r, _, _)| r),

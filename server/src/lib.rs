@@ -35,6 +35,7 @@
 //!     expires_in: ferry_server::publish::DEFAULT_EXPIRES_IN,
 //!     content_expires_in: ferry_server::publish::DEFAULT_CONTENT_EXPIRES_IN,
 //!     rollout: 100,
+//!     requires: Default::default(),
 //!     retain: 10,
 //!     zstd_level: 19,
 //!     source: "build/out".into(),
@@ -103,12 +104,15 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             expires_in,
             content_expires_in,
             rollout,
+            requires,
             retain,
             zstd_level,
             diff_depth,
             json,
             path,
         } => {
+            let requires =
+                ferry_format::requirements::Requirements::new(requires).context("--requires")?;
             let mut keys = key
                 .iter()
                 .map(|k| keygen::read_secret(k))
@@ -124,6 +128,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 expires_in,
                 content_expires_in,
                 rollout,
+                requires,
                 retain,
                 zstd_level,
                 source: path,
