@@ -20,7 +20,8 @@
 //! - [`serve`]: the repository over HTTP/1.1 and h2c with Range, ETag and
 //!   cache headers, a connection cap, an access log and graceful shutdown;
 //!   [`serve::upload`]: the token-guarded `PUT` API that accepts only verified heads.
-//! - [`ls`]: what a repository's channels offer.
+//! - [`ls`]: what a repository's channels offer; [`rollout`]: `ferry-server rollout`
+//!   (raise, lower, pause, resume the newest release's rollout).
 //! - [`cli`] and [`run`]: the command line the `ferry-server` binary hands over.
 //!
 //! ```no_run
@@ -56,6 +57,7 @@ pub mod keygen;
 pub mod ls;
 pub mod publish;
 pub mod repo;
+pub mod rollout;
 pub mod serve;
 pub mod trust;
 
@@ -82,7 +84,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             let opts = key_admin::RefreshOptions {
                 expires_in,
                 content_expires_in,
-                rollout,
+                rollout: rollout.map(key_admin::RolloutChange::Percent),
             };
             let repo = repo::Repo::new(repo);
             let text = match timestamp_key {
@@ -92,6 +94,47 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 None => key_admin::refresh_head(&repo, &channel, &read_secrets(&key)?, opts)?,
             };
             print!("{text}");
+        }
+        Command::Rollout {
+            repo,
+            channel,
+            key,
+            timestamp_key,
+            percent,
+            pause,
+            resume,
+            json,
+        } => {
+            // clap requires exactly one of the three.
+            let change = match (percent, pause, resume) {
+                (Some(p), _, _) => key_admin::RolloutChange::Percent(p),
+                (None, true, _) => key_admin::RolloutChange::Pause,
+                (None, false, true) => key_admin::RolloutChange::Resume,
+                (None, false, false) => anyhow::bail!("give --percent, --pause or --resume"),
+            };
+            let repo = repo::Repo::new(repo);
+            let report = match timestamp_key {
+                Some(k) => rollout::rollout(
+                    &repo,
+                    &channel,
+                    rollout::Signer::Online(&keygen::read_secret(&k)?),
+                    change,
+                )?,
+                None => rollout::rollout(
+                    &repo,
+                    &channel,
+                    rollout::Signer::Publishing(&read_secrets(&key)?),
+                    change,
+                )?,
+            };
+            let text = if json {
+                serde_json::to_string(&report).context("cannot encode the report")? + "\n"
+            } else {
+                report.line()
+            };
+            std::io::stdout()
+                .write_all(text.as_bytes())
+                .context("cannot write to stdout")?;
         }
         Command::Publish {
             repo,
