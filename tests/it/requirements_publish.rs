@@ -5,7 +5,7 @@
 //! `a_format_2_agent_reads_plain_heads_and_refuses_heads_with_requirements`.)
 
 use ferry_format::envelope::{Envelope, ObjectKind};
-use ferry_tests::{Publisher, assert_ok, bin, run};
+use ferry_tests::{Publisher, Server, assert_ok, bin, run};
 
 use super::fixtures::{Sources, v};
 use super::online::head;
@@ -136,4 +136,63 @@ fn invalid_requirements_are_refused_with_the_reason() {
         before,
         "nothing published"
     );
+}
+
+/// `publish --to` carries them through the upload API, which verifies the format 3
+/// content like any other, and the next remote publish keeps them.
+#[test]
+fn requirements_travel_through_the_upload_api() {
+    let sources = Sources::app(2);
+    let p = Publisher::new("stable");
+    std::fs::create_dir_all(p.repo()).unwrap();
+    let token = p.dir.path().join("token");
+    std::fs::write(&token, "upload-token-requirements-0123456789\n").unwrap();
+    let srv = Server::start_with(
+        &p.repo(),
+        &[
+            "--upload-token-file",
+            token.to_str().unwrap(),
+            "--public-key",
+            p.public_key().to_str().unwrap(),
+        ],
+    );
+    let key = p.key();
+    let publish = |version: &str, k: u64, extra: &[&str]| {
+        let source = sources.release(k);
+        let mut args = vec![
+            "publish",
+            "--to",
+            &srv.url,
+            "--token-file",
+            token.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+            "--channel",
+            "stable",
+            "--version",
+            version,
+            "--zstd-level",
+            "3",
+        ];
+        args.extend_from_slice(extra);
+        args.push(source.to_str().unwrap());
+        assert_ok(&run(bin("ferry-server"), &args), "publish --to");
+    };
+    publish(
+        &v(1),
+        1,
+        &["--requires", "arch=aarch64", "--requires", "role=edge"],
+    );
+    assert_eq!(
+        head(&p).requirements_of(&v(1)).to_string(),
+        "arch=aarch64 role=edge"
+    );
+    publish(&v(2), 2, &[]);
+    let h = head(&p);
+    assert_eq!(
+        h.requirements_of(&v(1)).to_string(),
+        "arch=aarch64 role=edge"
+    );
+    assert!(h.requirements_of(&v(2)).is_empty());
+    assert!(ls(&p).contains("requires arch=aarch64 role=edge"));
 }
