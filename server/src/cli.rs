@@ -68,7 +68,8 @@ pub enum Command {
     /// content signed before --pause. With the online key (--timestamp-key): --percent
     /// may only lower, --resume is refused. --pause, with either key, sets 0% in the
     /// head's freshness layer and leaves the content's percentage as it was, so a
-    /// later `--resume --key` restores it.
+    /// later `--resume --key` restores it (`refresh-head --key` signs a pause into the
+    /// content as 0%: after it, set the percentage with --percent).
     #[command(group(clap::ArgGroup::new("change").required(true).args(["percent", "pause", "resume"])))]
     Rollout {
         /// Repository root.
