@@ -22,8 +22,10 @@ mod it {
     pub mod pipeline;
     pub mod publish_limits;
     pub mod reinit;
+    pub mod requirements_publish;
     pub mod resume;
     pub mod rollback;
+    pub mod rollout_cmd;
     pub mod static_host;
     pub mod tamper;
     pub mod tls;

@@ -84,20 +84,35 @@ impl ObjectKind {
         Ok(())
     }
 
-    /// The format version this build writes for this kind, and the highest it reads.
+    /// The highest format version this build reads for this kind, and the one it
+    /// writes, except channel content: written as format 2 unless a release carries
+    /// requirements (format 3, FORMAT.md §5.2), so a channel without requirements stays
+    /// readable by agents of format 2.
     pub fn format_version(self) -> u16 {
         match self {
-            ObjectKind::ChannelHead | ObjectKind::ChannelContent | ObjectKind::KeyList => 2,
+            ObjectKind::ChannelHead | ObjectKind::KeyList => 2,
+            ObjectKind::ChannelContent => 3,
             ObjectKind::Manifest => FORMAT_VERSION,
+        }
+    }
+
+    /// The format version [`Envelope::sign`] writes: [`ObjectKind::format_version`],
+    /// but 2 for channel content (the head's signing chooses 3 when needed).
+    pub fn written_version(self) -> u16 {
+        match self {
+            ObjectKind::ChannelContent => 2,
+            k => k.format_version(),
         }
     }
 
     /// The oldest format version still read: key lists are never rewritten, so
     /// version 1 lists (no online role) stay readable; a version 1 head (one layer,
-    /// before the online role) is not, the publisher re-signs it.
+    /// before the online role) is not, the publisher re-signs it. Channel content of
+    /// format 2 (no requirements) is what most channels carry.
     pub fn oldest_version(self) -> u16 {
         match self {
             ObjectKind::KeyList => 1,
+            ObjectKind::ChannelContent => 2,
             k => k.format_version(),
         }
     }
@@ -174,7 +189,7 @@ fn signed_message(kind: ObjectKind, format: u16, body: &[u8]) -> Vec<u8> {
 impl Envelope {
     /// Signs `body` with every key in `keys`.
     pub fn sign(kind: ObjectKind, body: Vec<u8>, keys: &[&SecretKey]) -> Self {
-        Self::sign_as(kind, kind.format_version(), body, keys)
+        Self::sign_as(kind, kind.written_version(), body, keys)
     }
 
     /// Signs as format `format` (tests of older formats).
@@ -225,6 +240,17 @@ impl Envelope {
     /// Like [`Envelope::decode`], accepting formats from `oldest` on: for the
     /// publisher's migration of format 1 heads only.
     pub(crate) fn decode_from(kind: ObjectKind, bytes: &[u8], oldest: u16) -> Result<Self> {
+        Self::decode_range(kind, bytes, oldest, kind.format_version())
+    }
+
+    /// Like [`Envelope::decode_from`], reading formats up to `newest` only: what a
+    /// build of an earlier format does, for the tests of that rule.
+    pub(crate) fn decode_range(
+        kind: ObjectKind,
+        bytes: &[u8],
+        oldest: u16,
+        newest: u16,
+    ) -> Result<Self> {
         let name = kind.name();
         kind.check_size(bytes.len() as u64)?;
         let mut r = Reader::new(name, bytes);
@@ -232,11 +258,11 @@ impl Envelope {
             return Err(FormatError::BadMagic { kind: name });
         }
         let format = r.u16("format version")?;
-        if format > kind.format_version() {
+        if format > newest {
             return Err(FormatError::UnsupportedFormat {
                 kind: name,
                 found: format,
-                supported: kind.format_version(),
+                supported: newest,
             });
         }
         if format < oldest.max(1) {

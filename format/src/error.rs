@@ -54,6 +54,14 @@ pub enum FormatError {
     /// A channel name does not follow the channel grammar.
     #[error("invalid channel name {0:?}: use 1-64 of [A-Za-z0-9._-], not starting with '.'")]
     BadChannel(String),
+    /// A size such as `500MiB` could not be parsed.
+    #[error(
+        "invalid size {0:?}: expected a whole number of bytes with an optional unit (KiB, MiB, GiB, TiB, KB, MB, GB, TB), like 500MiB"
+    )]
+    BadSize(String),
+    /// A release requirement (FORMAT.md §5.2) that breaks its grammar or limits.
+    #[error("invalid requirement {found:?}: {reason}")]
+    BadRequirement { found: String, reason: String },
     /// A duration string such as `7d` could not be parsed.
     #[error("invalid duration {0:?}: expected a number and a unit (s, m, h, d), like 90s or 7d")]
     BadDuration(String),

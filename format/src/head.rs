@@ -8,6 +8,12 @@
 //! list's online keys. So a key on the serving machine can keep a head fresh and lower
 //! or pause a rollout, but cannot add, change, raise or revive a release: those live in
 //! bytes only publishing keys sign.
+//!
+//! The content may also say what each release requires of the agent (§5.2,
+//! [`ReleaseRequirements`]). Content with requirements is encoded as format 3 (the
+//! format 2 body followed by the requirements list); content without stays format 2,
+//! byte for byte what agents of format 2 read, while they refuse format 3 with
+//! "upgrade ferry" before looking at any release.
 
 use serde::{Deserialize, Serialize};
 
@@ -18,6 +24,7 @@ use crate::error::{FormatError, Result};
 use crate::id::ObjectRef;
 use crate::keylist::KeyListRef;
 use crate::keys::SecretKey;
+use crate::requirements::Requirements;
 use crate::version::{Version, check_channel};
 
 /// Most releases a head may list.
@@ -59,6 +66,61 @@ pub struct Rollout {
     pub percent: u8,
 }
 
+/// What one listed release requires of the agent that installs it (FORMAT.md §5.2),
+/// signed by the publishing keys with the release.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseRequirements {
+    pub version: String,
+    /// Never empty (a release without requirements is not listed).
+    pub requirements: Requirements,
+}
+
+/// Content of format 3: the format 2 body followed by the requirements.
+#[derive(Serialize, Deserialize)]
+struct ContentV3 {
+    content: HeadContent,
+    requirements: Vec<ReleaseRequirements>,
+}
+
+/// The content format that holds `requirements`: 2 (byte-compatible with format 2
+/// agents) when there are none.
+fn content_format(requirements: &[ReleaseRequirements]) -> u16 {
+    if requirements.is_empty() { 2 } else { 3 }
+}
+
+/// Requirement lists are ascending by version, name listed releases, are not empty.
+fn check_requirements(
+    kind: &'static str,
+    list: &[ReleaseRequirements],
+    releases: &[ReleaseRef],
+) -> Result<()> {
+    let mut prev: Option<Version> = None;
+    for r in list {
+        let v = Version::parse(&r.version)?;
+        if prev.as_ref().is_some_and(|p| *p >= v) {
+            return Err(malformed(
+                kind,
+                format!("requirements not ascending at {v} or repeated"),
+            ));
+        }
+        if !releases.iter().any(|rel| rel.version == r.version) {
+            return Err(malformed(
+                kind,
+                format!("requirements name {v}, which is not a listed release"),
+            ));
+        }
+        if r.requirements.is_empty() {
+            return Err(malformed(
+                kind,
+                format!("empty requirements listed for {v} (absence means none)"),
+            ));
+        }
+        r.requirements.validate()?;
+        prev = Some(v);
+    }
+    Ok(())
+}
+
 /// The encoded body of a head (`FRYH`, format 2).
 #[derive(Serialize, Deserialize)]
 struct HeadBody {
@@ -87,6 +149,8 @@ pub struct ChannelHead {
     pub rollout: Vec<Rollout>,
     /// Decoded from [`ChannelHead::content_bytes`]; trusted only once a head verified.
     pub content: HeadContent,
+    /// Signed with the content; see [`ChannelHead::requirements_of`].
+    requirements: Vec<ReleaseRequirements>,
     content_bytes: Vec<u8>,
 }
 
@@ -191,22 +255,57 @@ impl HeadContent {
         Ok(())
     }
 
-    /// Validates, signs with every given key and encodes the `FRYC` envelope.
+    /// Validates, signs with every given key and encodes the `FRYC` envelope (format
+    /// 2: no release has requirements).
     pub fn sign(&self, keys: &[&SecretKey]) -> Result<Vec<u8>> {
-        self.validate()?;
-        Ok(Envelope::sign(ObjectKind::ChannelContent, codec::encode(self), keys).encode())
+        self.sign_with(&[], keys)
     }
 
-    pub(crate) fn decode_body(body: &[u8]) -> Result<Self> {
-        let c: HeadContent = codec::decode("channel content", body)?;
+    /// Like [`HeadContent::sign`], with the releases' requirements (format 3 when
+    /// there are any, FORMAT.md §5.2).
+    pub fn sign_with(
+        &self,
+        requirements: &[ReleaseRequirements],
+        keys: &[&SecretKey],
+    ) -> Result<Vec<u8>> {
+        self.validate()?;
+        check_requirements("channel content", requirements, &self.releases)?;
+        let format = content_format(requirements);
+        let body = if format == 2 {
+            codec::encode(self)
+        } else {
+            codec::encode(&ContentV3 {
+                content: self.clone(),
+                requirements: requirements.to_vec(),
+            })
+        };
+        Ok(Envelope::sign_as(ObjectKind::ChannelContent, format, body, keys).encode())
+    }
+
+    pub(crate) fn decode_body(
+        format: u16,
+        body: &[u8],
+    ) -> Result<(Self, Vec<ReleaseRequirements>)> {
+        const K: &str = "channel content";
+        let (c, requirements) = if format >= 3 {
+            let v3: ContentV3 = codec::decode(K, body)?;
+            if v3.requirements.is_empty() {
+                // One value, one encoding: content without requirements is format 2.
+                return Err(malformed(K, "format 3 without requirements".into()));
+            }
+            (v3.content, v3.requirements)
+        } else {
+            (codec::decode::<HeadContent>(K, body)?, Vec::new())
+        };
         c.validate()?;
+        check_requirements(K, &requirements, &c.releases)?;
         if c.min_client_format > CLIENT_FORMAT {
             return Err(FormatError::ClientTooOld {
                 required: c.min_client_format,
                 supported: CLIENT_FORMAT,
             });
         }
-        Ok(c)
+        Ok((c, requirements))
     }
 }
 
@@ -223,7 +322,7 @@ impl ChannelHead {
         rollout: Vec<Rollout>,
     ) -> Result<Self> {
         let env = Envelope::decode(ObjectKind::ChannelContent, &content_bytes)?;
-        let content = HeadContent::decode_body(&env.body)?;
+        let (content, requirements) = HeadContent::decode_body(env.format, &env.body)?;
         let head = ChannelHead {
             sequence,
             issued_at,
@@ -231,6 +330,7 @@ impl ChannelHead {
             key_list,
             rollout,
             content,
+            requirements,
             content_bytes,
         };
         head.validate()?;
@@ -265,6 +365,28 @@ impl ChannelHead {
             .find(|r| Version::parse(&r.version).is_ok_and(|v| v == *version))
     }
 
+    /// The requirements of every release that has some, ascending by version.
+    pub fn requirements(&self) -> &[ReleaseRequirements] {
+        &self.requirements
+    }
+
+    /// What the release `version` requires of the agent (FORMAT.md §5.2); empty when
+    /// nothing (or when `version` is not listed). An agent checks this with
+    /// [`Requirements::unmet`] before downloading anything of the release.
+    pub fn requirements_of(&self, version: &str) -> &Requirements {
+        static NONE: Requirements = Requirements::none();
+        self.requirements
+            .iter()
+            .find(|r| r.version == version)
+            .map_or(&NONE, |r| &r.requirements)
+    }
+
+    /// Replaces the requirements to sign with [`ChannelHead::resign_content`]
+    /// (publisher tools and tests; checked when signing).
+    pub fn set_requirements(&mut self, requirements: Vec<ReleaseRequirements>) {
+        self.requirements = requirements;
+    }
+
     /// The rollout percentage in force for `version`: the head's override if it has
     /// one (never above the publisher's), else the publisher's.
     pub fn rollout_of(&self, version: &str) -> u8 {
@@ -290,6 +412,7 @@ impl ChannelHead {
     pub fn validate(&self) -> Result<()> {
         const K: &str = "channel head";
         self.content.validate()?;
+        check_requirements(K, &self.requirements, &self.content.releases)?;
         if self.expires_at <= self.issued_at {
             return Err(malformed(K, "expires before it is issued".into()));
         }
@@ -313,10 +436,11 @@ impl ChannelHead {
         Ok(())
     }
 
-    /// Re-encodes [`ChannelHead::content`] and signs it with `keys` (publishing keys):
-    /// for the publisher's tools and tests that edit a head's content.
+    /// Re-encodes [`ChannelHead::content`] with its requirements and signs it with
+    /// `keys` (publishing keys): for the publisher's tools and tests that edit a
+    /// head's content.
     pub fn resign_content(&mut self, keys: &[&SecretKey]) -> Result<()> {
-        self.content_bytes = self.content.sign(keys)?;
+        self.content_bytes = self.content.sign_with(&self.requirements, keys)?;
         Ok(())
     }
 
@@ -348,8 +472,20 @@ impl ChannelHead {
         key_list: Option<KeyListRef>,
         keys: &[&SecretKey],
     ) -> Result<Vec<u8>> {
+        Self::publish_with(content, &[], sequence, expires_at, key_list, keys)
+    }
+
+    /// [`ChannelHead::publish`] with the releases' requirements.
+    pub fn publish_with(
+        content: &HeadContent,
+        requirements: &[ReleaseRequirements],
+        sequence: u64,
+        expires_at: u64,
+        key_list: Option<KeyListRef>,
+        keys: &[&SecretKey],
+    ) -> Result<Vec<u8>> {
         let head = ChannelHead::new(
-            content.sign(keys)?,
+            content.sign_with(requirements, keys)?,
             sequence,
             content.issued_at,
             expires_at,
@@ -362,8 +498,19 @@ impl ChannelHead {
     /// Decodes the freshness layer and the content envelope's framing; the caller
     /// checks the content's signatures before calling [`PartialHead::finish`].
     pub(crate) fn decode_layers(body: &[u8]) -> Result<(Envelope, PartialHead)> {
+        Self::decode_layers_up_to(body, ObjectKind::ChannelContent.format_version())
+    }
+
+    /// [`ChannelHead::decode_layers`] as a build reading content formats up to
+    /// `newest` does (tests of what an agent of an earlier format does).
+    fn decode_layers_up_to(body: &[u8], newest: u16) -> Result<(Envelope, PartialHead)> {
         let b: HeadBody = codec::decode("channel head", body)?;
-        let env = Envelope::decode(ObjectKind::ChannelContent, &b.content)?;
+        let env = Envelope::decode_range(
+            ObjectKind::ChannelContent,
+            &b.content,
+            ObjectKind::ChannelContent.oldest_version(),
+            newest,
+        )?;
         Ok((env, PartialHead(b)))
     }
 }
@@ -375,7 +522,8 @@ impl PartialHead {
     /// Decodes and validates the content (whose signatures the caller checked).
     pub(crate) fn finish(self, content_env: &Envelope) -> Result<ChannelHead> {
         let b = self.0;
-        let content = HeadContent::decode_body(&content_env.body)?;
+        let (content, requirements) =
+            HeadContent::decode_body(content_env.format, &content_env.body)?;
         let head = ChannelHead {
             sequence: b.sequence,
             issued_at: b.issued_at,
@@ -383,6 +531,7 @@ impl PartialHead {
             key_list: b.key_list,
             rollout: b.rollout,
             content,
+            requirements,
             content_bytes: b.content,
         };
         head.validate()?;
@@ -463,13 +612,17 @@ pub fn claimed_key_list(bytes: &[u8]) -> Result<Option<KeyListRef>> {
     Ok(head.key_list)
 }
 
-/// The rollout bucket of an agent for a release (FORMAT.md §5.1): the first 8 bytes of
-/// blake3(agent id ‖ version) as a little-endian u64, mod 100. The agent takes the
-/// release when its bucket is below the release's percentage, so raising the
-/// percentage only adds agents, and each release draws a different share.
-pub fn rollout_bucket(agent_id: &[u8; 16], version: &str) -> u8 {
+/// The rollout bucket of an agent for a release of a channel (FORMAT.md §5.1): the
+/// first 8 bytes of blake3(agent id ‖ channel ‖ 0x00 ‖ version) as a little-endian
+/// u64, mod 100 (the id has 16 bytes and a channel name no NUL, so the input is
+/// unambiguous). The agent takes the release when its bucket is below the release's
+/// percentage, so raising the percentage only adds agents, and each release of each
+/// channel draws a different share.
+pub fn rollout_bucket(agent_id: &[u8; 16], channel: &str, version: &str) -> u8 {
     let mut h = blake3::Hasher::new();
     h.update(agent_id);
+    h.update(channel.as_bytes());
+    h.update(&[0]);
     h.update(version.as_bytes());
     let d = h.finalize();
     let mut first = [0u8; 8];
@@ -543,14 +696,183 @@ mod tests {
     #[test]
     fn buckets_are_stable_and_spread() {
         let id = [7u8; 16];
-        assert_eq!(rollout_bucket(&id, "1.0"), rollout_bucket(&id, "1.0"));
+        assert_eq!(
+            rollout_bucket(&id, "stable", "1.0"),
+            rollout_bucket(&id, "stable", "1.0")
+        );
         let mut seen = [0u32; 100];
         for i in 0..2000u32 {
             let mut a = [0u8; 16];
             a[..4].copy_from_slice(&i.to_le_bytes());
-            seen[rollout_bucket(&a, "2.0") as usize] += 1;
+            seen[rollout_bucket(&a, "stable", "2.0") as usize] += 1;
         }
         assert!(seen.iter().all(|&n| n > 0), "{seen:?}");
+    }
+
+    /// FORMAT.md §5.1 spelled out: blake3(id ‖ channel ‖ 0x00 ‖ version), first 8
+    /// bytes little-endian, mod 100. The channel takes part, and the separator keeps
+    /// ("ab", "1") and ("a", "b1") apart.
+    #[test]
+    fn buckets_follow_the_spec_and_depend_on_the_channel() {
+        let id = [7u8; 16];
+        let mut input = id.to_vec();
+        input.extend_from_slice(b"stable\x002.0");
+        let d = blake3::hash(&input);
+        let expected = (u64::from_le_bytes(d.as_bytes()[..8].try_into().unwrap()) % 100) as u8;
+        assert_eq!(rollout_bucket(&id, "stable", "2.0"), expected);
+        let differs = |f: &dyn Fn(&[u8; 16]) -> (u8, u8)| {
+            (0..200u8).any(|i| {
+                let (a, b) = f(&[i; 16]);
+                a != b
+            })
+        };
+        assert!(differs(&|a| (
+            rollout_bucket(a, "stable", "2.0"),
+            rollout_bucket(a, "beta", "2.0")
+        )));
+        assert!(differs(&|a| (
+            rollout_bucket(a, "ab", "1"),
+            rollout_bucket(a, "a", "b1")
+        )));
+    }
+
+    fn reqs(version: &str, items: &[&str]) -> ReleaseRequirements {
+        ReleaseRequirements {
+            version: version.into(),
+            requirements: Requirements::parse(items).unwrap(),
+        }
+    }
+
+    #[test]
+    fn requirements_travel_in_format_3_content_and_only_then() {
+        let k = SecretKey::from_seed([1; 32]);
+        let c = content();
+        // Without requirements: format 2, the same bytes as before requirements existed.
+        let plain = c.sign(&[&k]).unwrap();
+        assert_eq!(plain, c.sign_with(&[], &[&k]).unwrap());
+        assert_eq!(u16::from_le_bytes([plain[4], plain[5]]), 2);
+        let r = vec![reqs("2.0", &["os=linux", "disk=500MiB", "role=edge"])];
+        let with = c.sign_with(&r, &[&k]).unwrap();
+        assert_eq!(u16::from_le_bytes([with[4], with[5]]), 3);
+        // The format 3 body is the format 2 body followed by the list.
+        let body2 = Envelope::decode(ObjectKind::ChannelContent, &plain)
+            .unwrap()
+            .body;
+        let body3 = Envelope::decode(ObjectKind::ChannelContent, &with)
+            .unwrap()
+            .body;
+        assert_eq!(&body3[..body2.len()], &body2[..]);
+        assert_eq!(&body3[body2.len()..], &codec::encode(&r)[..]);
+
+        let mut h = ChannelHead::new(with, 9, 100, 200, None, vec![]).unwrap();
+        assert_eq!(h.requirements(), &r[..]);
+        assert_eq!(h.requirements_of("2.0"), &r[0].requirements);
+        assert!(h.requirements_of("1.0").is_empty());
+        assert!(h.requirements_of("9.9").is_empty());
+        // Re-signing the content keeps them, and the head round-trips through verification.
+        h.content.sequence += 1;
+        h.resign_content(&[&k]).unwrap();
+        let bytes = h.sign(&[&k]).unwrap();
+        let keys = crate::keylist::HeadKeys::from(crate::envelope::TrustedKeys::single(k.public()));
+        let policy = crate::verified::HeadPolicy {
+            channel: "stable",
+            now: 150,
+            max_skew: 0,
+            last_sequence: None,
+            key_list_version: 0,
+            last_content_sequence: None,
+            rollout_seen: None,
+        };
+        let v = crate::verified::verify_head(&bytes, &keys, &policy).unwrap();
+        assert_eq!(
+            v.requirements_of("2.0").to_string(),
+            "disk=500 MiB os=linux role=edge"
+        );
+        assert_eq!(inspect_head(&bytes).unwrap(), h);
+    }
+
+    #[test]
+    fn malformed_requirements_are_refused() {
+        let k = SecretKey::from_seed([1; 32]);
+        let c = content();
+        let e = |r: Vec<ReleaseRequirements>| c.sign_with(&r, &[&k]).unwrap_err().to_string();
+        assert!(e(vec![reqs("3.0", &["os=linux"])]).contains("not a listed release"));
+        assert!(
+            e(vec![reqs("2.0", &["os=linux"]), reqs("1.0", &["os=linux"])])
+                .contains("not ascending")
+        );
+        assert!(e(vec![reqs("2.0", &[])]).contains("absence means none"));
+        // Format 3 without requirements has a second encoding of format 2 content.
+        let body = codec::encode(&ContentV3 {
+            content: c.clone(),
+            requirements: vec![],
+        });
+        let env = Envelope::sign_as(ObjectKind::ChannelContent, 3, body, &[&k]).encode();
+        let err = ChannelHead::new(env, 9, 100, 200, None, vec![]).unwrap_err();
+        assert!(
+            err.to_string().contains("format 3 without requirements"),
+            "{err}"
+        );
+        // A format 3 body labelled format 2 does not decode (trailing bytes).
+        let body = codec::encode(&ContentV3 {
+            content: c.clone(),
+            requirements: vec![reqs("2.0", &["os=linux"])],
+        });
+        let env = Envelope::sign_as(ObjectKind::ChannelContent, 2, body, &[&k]).encode();
+        assert!(ChannelHead::new(env, 9, 100, 200, None, vec![]).is_err());
+        // Dropping the release drops the reason to list its requirements.
+        let mut h = ChannelHead::new(
+            c.sign_with(&[reqs("1.0", &["arch=x86_64"])], &[&k])
+                .unwrap(),
+            9,
+            100,
+            200,
+            None,
+            vec![],
+        )
+        .unwrap();
+        h.content.releases.remove(0);
+        h.content.rollout.clear();
+        assert!(h.resign_content(&[&k]).is_err());
+    }
+
+    /// FORMAT.md §9: an agent of format 2 (content format 2 at most) reads heads
+    /// without requirements as before, and stops at a head with requirements with
+    /// "upgrade ferry", before any release of it is considered.
+    #[test]
+    fn a_format_2_agent_reads_plain_heads_and_refuses_heads_with_requirements() {
+        let k = SecretKey::from_seed([1; 32]);
+        let c = content();
+        let as_format_2 = |content_bytes: Vec<u8>| {
+            let head = ChannelHead::new(content_bytes, 9, 100, 200, None, vec![]).unwrap();
+            let signed = head.sign(&[&k]).unwrap();
+            let env = Envelope::decode(ObjectKind::ChannelHead, &signed).unwrap();
+            assert_eq!(env.format, 2, "the freshness layer stays format 2");
+            ChannelHead::decode_layers_up_to(&env.body, 2)
+                .and_then(|(content_env, partial)| partial.finish(&content_env))
+        };
+        let plain = as_format_2(c.sign(&[&k]).unwrap()).unwrap();
+        assert_eq!(plain.content, c);
+        let e = as_format_2(
+            c.sign_with(&[reqs("2.0", &["min-agent=0.3.0"])], &[&k])
+                .unwrap(),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                FormatError::UnsupportedFormat {
+                    kind: "channel content",
+                    found: 3,
+                    supported: 2
+                }
+            ),
+            "{e}"
+        );
+        assert_eq!(
+            e.to_string(),
+            "channel content uses format version 3, this ferry reads up to version 2: upgrade ferry"
+        );
     }
 
     #[test]

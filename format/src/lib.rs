@@ -11,7 +11,8 @@
 //! - [`delta`]: binary diffs between releases and manifest diffs (§3.6, §3.7).
 //! - [`envelope`] and [`keys`]: signed objects, domain tags, ed25519 keys (§4);
 //!   [`keylist`]: rotating root of trust with thresholds (§4.5).
-//! - [`head`]: the signed, sequenced, expiring channel head (§5).
+//! - [`head`]: the signed, sequenced, expiring channel head (§5);
+//!   [`requirements`]: what a release requires of the agent (§5.2), [`size`]: `500MiB`-style sizes.
 //! - [`verified`]: `Verified<T>`, the only way from bytes to trusted values (§6).
 //! - [`layout`]: repository paths (§7); [`plan`]: archive range planning (§8);
 //!   [`content_range`]: the one HTTP header a client must parse to trust a range.
@@ -51,6 +52,8 @@ pub mod layout;
 pub mod manifest;
 pub mod path;
 pub mod plan;
+pub mod requirements;
+pub mod size;
 #[cfg(feature = "test-support")]
 pub mod test_support;
 pub mod verified;

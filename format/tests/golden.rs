@@ -17,11 +17,12 @@ use ferry_format::delta::manifest_diff::{apply_manifest_diff, encode_manifest_di
 use ferry_format::delta::pack::{object_in_memory, pack_in_memory};
 use ferry_format::delta::{BSDIFF_V2, DiffHeader, DiffLayout, DiffRef};
 use ferry_format::envelope::CLIENT_FORMAT;
-use ferry_format::head::{ChannelHead, HeadContent, ReleaseRef, Rollout};
+use ferry_format::head::{ChannelHead, HeadContent, ReleaseRef, ReleaseRequirements, Rollout};
 use ferry_format::id::{ChunkId, Digest, ObjectRef};
 use ferry_format::keylist::KeyList;
 use ferry_format::keys::SecretKey;
 use ferry_format::manifest::{ChunkRecord, Entry, EntryKind, Manifest};
+use ferry_format::requirements::Requirements;
 
 fn vectors() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../testdata/vectors")
@@ -114,6 +115,58 @@ fn golden_head() {
     check(
         "head_stable_seq7_seed01.hex",
         &head.sign(&[&SecretKey::from_seed([2; 32])]).unwrap(),
+    );
+}
+
+/// The content of `golden_head` (format 2 there) with requirements on 1.1.0, which
+/// makes it format 3 (FORMAT.md §5.2); publisher and freshness layer signed by key 1.
+#[test]
+fn golden_head_with_requirements() {
+    let content = HeadContent {
+        channel: "stable".into(),
+        sequence: 5,
+        issued_at: 1_700_000_000,
+        expires_at: 1_707_776_000,
+        min_client_format: CLIENT_FORMAT,
+        releases: vec![ReleaseRef {
+            version: "1.1.0".into(),
+            manifest: ObjectRef {
+                hash: Digest([0x22; 32]),
+                size: 5678,
+            },
+        }],
+        manifest_diffs: vec![],
+        rollout: vec![],
+    };
+    let requirements = vec![ReleaseRequirements {
+        version: "1.1.0".into(),
+        requirements: Requirements::parse(&[
+            "os=linux",
+            "arch=x86_64",
+            "min-agent=0.3.0",
+            "disk=500MiB",
+            "role=edge",
+        ])
+        .unwrap(),
+    }];
+    let bytes = ChannelHead::publish_with(
+        &content,
+        &requirements,
+        7,
+        1_700_604_800,
+        None,
+        &[&SecretKey::from_seed([1; 32])],
+    )
+    .unwrap();
+    check("head_stable_requirements_seed01.hex", &bytes);
+    let head = ferry_format::head::inspect_head(&from_hex_lines(&stored(
+        "head_stable_requirements_seed01.hex",
+        &bytes,
+    )))
+    .unwrap();
+    assert_eq!(
+        head.requirements_of("1.1.0").to_string(),
+        "arch=x86_64 disk=500 MiB min-agent=0.3.0 os=linux role=edge"
     );
 }
 

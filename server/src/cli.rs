@@ -62,6 +62,45 @@ pub enum Command {
         #[arg(long, value_name = "PCT", value_parser = clap::value_parser!(u8).range(0..=100))]
         rollout: Option<u8>,
     },
+    /// Change the share of agents offered a channel's newest release, re-signing its
+    /// head in the local repository. With publishing keys (--key): --percent signs any
+    /// percentage into new publisher content, --resume restores the percentage the
+    /// content signed before --pause. With the online key (--timestamp-key): --percent
+    /// may only lower, --resume is refused. --pause, with either key, sets 0% in the
+    /// head's freshness layer and leaves the content's percentage as it was, so a
+    /// later `--resume --key` restores it (`refresh-head --key` signs a pause into the
+    /// content as 0%: after it, set the percentage with --percent).
+    #[command(group(clap::ArgGroup::new("change").required(true).args(["percent", "pause", "resume"])))]
+    Rollout {
+        /// Repository root.
+        #[arg(long, value_name = "DIR")]
+        repo: PathBuf,
+        #[arg(long)]
+        channel: String,
+        /// Publishing secret key; repeat to meet a key list threshold.
+        #[arg(
+            long,
+            value_name = "FILE",
+            required_unless_present = "timestamp_key",
+            conflicts_with = "timestamp_key"
+        )]
+        key: Vec<PathBuf>,
+        /// Online secret key (listed with `key new-list --online`): may only lower or pause.
+        #[arg(long, value_name = "FILE")]
+        timestamp_key: Option<PathBuf>,
+        /// Share of agents (0-100) offered the newest release.
+        #[arg(long, value_name = "PCT", value_parser = clap::value_parser!(u8).range(0..=100))]
+        percent: Option<u8>,
+        /// Offer the newest release to no more agents (0%) until --resume.
+        #[arg(long)]
+        pause: bool,
+        /// Lift a --pause: back to the percentage the publisher signed (needs --key).
+        #[arg(long)]
+        resume: bool,
+        /// Print one JSON object instead of the line.
+        #[arg(long)]
+        json: bool,
+    },
     /// Publish a file or directory as a new release of a channel.
     Publish {
         /// Repository root (created if missing).
@@ -106,6 +145,13 @@ pub enum Command {
         #[arg(long, value_name = "PCT", default_value_t = 100,
               value_parser = clap::value_parser!(u8).range(0..=100))]
         rollout: u8,
+        /// What the release requires of an agent, as KEY=VALUE (repeat): os=linux,
+        /// arch=x86_64, min-agent=0.3.0 (the agent's version), disk=500MiB (free space);
+        /// any other key is a label the agent's configured `labels` must have with this
+        /// value (role=edge). Agents that do not meet them refuse the release before
+        /// downloading it; agents older than requirements stop with "upgrade ferry".
+        #[arg(long = "requires", value_name = "KEY=VALUE", value_parser = parse_requirement)]
+        requires: Vec<ferry_format::requirements::Requirement>,
         /// How many releases the channel head keeps listing (rollback targets).
         #[arg(long, default_value_t = crate::publish::DEFAULT_RETAIN,
               value_parser = clap::value_parser!(u16).range(1..=1024).map(usize::from))]
@@ -192,6 +238,10 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         key: Option<PathBuf>,
     },
+}
+
+fn parse_requirement(s: &str) -> Result<ferry_format::requirements::Requirement, String> {
+    ferry_format::requirements::Requirement::parse(s).map_err(|e| e.to_string())
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {

@@ -153,11 +153,37 @@ pub struct RefreshOptions {
     pub expires_in: Option<Duration>,
     /// Lifetime of re-signed publisher content (publishing keys only).
     pub content_expires_in: Option<Duration>,
-    /// New rollout percentage of the current release.
-    pub rollout: Option<u8>,
+    /// What to do with the current release's rollout; `None`: keep it.
+    pub rollout: Option<RolloutChange>,
 }
 
-fn read_verified_head(repo: &Repo, channel: &str, key: &SecretKey) -> Result<ChannelHead> {
+/// A change to the current release's rollout (`refresh-head --rollout`,
+/// `ferry-server rollout`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RolloutChange {
+    /// Publishing keys sign this percentage into new content (no override); the online
+    /// key may only lower, as an override.
+    Percent(u8),
+    /// An override of 0% in the freshness layer (signed by whichever key is given):
+    /// the content keeps the percentage `Resume` restores.
+    Pause,
+    /// Publishing keys only: new content with the percentage the content signed
+    /// before the pause, and no override.
+    Resume,
+}
+
+/// Whether the current release is paused: 0% in force while the publisher's content
+/// offers it to more.
+pub fn is_paused(head: &ChannelHead) -> bool {
+    let current = &head.current().version;
+    head.rollout_of(current) == 0 && head.content.rollout_of(current) > 0
+}
+
+pub(crate) fn read_verified_head(
+    repo: &Repo,
+    channel: &str,
+    key: &SecretKey,
+) -> Result<ChannelHead> {
     let bytes = repo
         .read_head(channel)?
         .ok_or_else(|| repo.broken(format!("channel {channel:?} has no head")))?;
@@ -191,6 +217,17 @@ pub fn refresh_head(
     keys: &[SecretKey],
     opts: RefreshOptions,
 ) -> Result<String> {
+    let head = resign_publisher(repo, channel, keys, opts)?;
+    Ok(describe_head("refreshed", channel, &head))
+}
+
+/// [`refresh_head`], returning the head written.
+pub fn resign_publisher(
+    repo: &Repo,
+    channel: &str,
+    keys: &[SecretKey],
+    opts: RefreshOptions,
+) -> Result<ChannelHead> {
     ferry_format::version::check_channel(channel)?;
     let first = keys.first().ok_or_else(|| Error::Unsupported {
         path: repo.root().to_path_buf(),
@@ -218,19 +255,56 @@ pub fn refresh_head(
     content.issued_at = now;
     content.expires_at = now.saturating_add(content_expires_in.as_secs());
     content.rollout = old.effective_rollout();
-    if let Some(percent) = opts.rollout {
-        set_rollout(&mut content.rollout, &old.current().version, percent, 100)?;
+    let current = old.current().version.clone();
+    let mut overrides = Vec::new();
+    match opts.rollout {
+        None => {}
+        Some(RolloutChange::Percent(percent)) => {
+            set_rollout(&mut content.rollout, &current, percent, 100)?;
+        }
+        Some(change @ (RolloutChange::Pause | RolloutChange::Resume)) => {
+            if change == RolloutChange::Resume && !is_paused(&old) {
+                return Err(not_paused(repo, channel, &old));
+            }
+            // The content keeps (or gets back) what the publisher signed before the
+            // pause; a pause is only the freshness layer's override.
+            let signed = old.content.rollout_of(&current);
+            set_rollout(&mut content.rollout, &current, signed, 100)?;
+            if change == RolloutChange::Pause {
+                set_rollout(&mut overrides, &current, 0, 101)?;
+            }
+        }
     }
-    let bytes = ChannelHead::publish(
-        &content,
+    let head = ChannelHead::new(
+        content.sign_with(old.requirements(), &signers)?,
         old.sequence + 1,
+        content.issued_at,
         now.saturating_add(expires_in.as_secs()),
         latest.map(|(r, _, _)| r),
-        &signers,
+        overrides,
     )?;
+    let bytes = head.sign(&signers)?;
     repo.write_head(channel, &bytes)?;
-    let head = ferry_format::head::inspect_head(&bytes)?;
-    Ok(describe_head("refreshed", channel, &head))
+    Ok(head)
+}
+
+fn not_paused(repo: &Repo, channel: &str, head: &ChannelHead) -> Error {
+    let current = &head.current().version;
+    let signed = head.content.rollout_of(current);
+    let reason = if signed == 0 {
+        format!(
+            "{current} of channel {channel:?} is not paused: the publisher signed 0% for it, so there is nothing to resume to; set a percentage with --percent"
+        )
+    } else {
+        format!(
+            "{current} of channel {channel:?} is not paused: it is at {}%; --resume only lifts a --pause",
+            head.rollout_of(current)
+        )
+    };
+    Error::Unsupported {
+        path: repo.head_file(channel),
+        reason,
+    }
 }
 
 /// Sets `version`'s entry in a rollout list (absent means `full`).
@@ -300,6 +374,17 @@ pub fn refresh_online(
     key: &SecretKey,
     opts: RefreshOptions,
 ) -> Result<String> {
+    let head = resign_online(repo, channel, key, opts)?;
+    Ok(describe_head("refreshed (online)", channel, &head))
+}
+
+/// [`refresh_online`], returning the head written.
+pub fn resign_online(
+    repo: &Repo,
+    channel: &str,
+    key: &SecretKey,
+    opts: RefreshOptions,
+) -> Result<ChannelHead> {
     ferry_format::version::check_channel(channel)?;
     let refuse = |reason: String| Error::Unsupported {
         path: repo.head_file(channel),
@@ -328,15 +413,29 @@ pub fn refresh_online(
         .max(1);
     let expires_at = now.saturating_add(lifetime).min(old.content.expires_at);
     let mut rollout = old.rollout.clone();
-    if let Some(percent) = opts.rollout {
-        let version = old.current().version.clone();
-        let in_force = old.rollout_of(&version);
-        if percent > in_force {
+    let version = old.current().version.clone();
+    let in_force = old.rollout_of(&version);
+    match opts.rollout {
+        None => {}
+        Some(RolloutChange::Resume) => {
             return Err(refuse(format!(
-                "{version} is at {in_force}%: the online role can only lower or pause a rollout, raising or resuming it to {percent}% needs publishing keys (refresh-head --key --rollout)"
+                "resuming {version} needs publishing keys (--key): the online role can only lower or pause a rollout{}",
+                if is_paused(&old) {
+                    String::new()
+                } else {
+                    format!(", and {version} is not paused (at {in_force}%)")
+                }
             )));
         }
-        set_rollout(&mut rollout, &version, percent, 101)?;
+        Some(RolloutChange::Percent(percent)) if percent > in_force => {
+            return Err(refuse(format!(
+                "{version} is at {in_force}%: the online role can only lower or pause a rollout, raising or resuming it to {percent}% needs publishing keys (--key)"
+            )));
+        }
+        Some(RolloutChange::Percent(percent)) => {
+            set_rollout(&mut rollout, &version, percent, 101)?;
+        }
+        Some(RolloutChange::Pause) => set_rollout(&mut rollout, &version, 0, 101)?,
     }
     let head = ChannelHead::new(
         old.content_bytes().to_vec(),
@@ -357,5 +456,5 @@ pub fn refresh_online(
         source,
     })?;
     repo.write_head(channel, &bytes)?;
-    Ok(describe_head("refreshed (online)", channel, &head))
+    Ok(head)
 }

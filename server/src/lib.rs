@@ -20,7 +20,8 @@
 //! - [`serve`]: the repository over HTTP/1.1 and h2c with Range, ETag and
 //!   cache headers, a connection cap, an access log and graceful shutdown;
 //!   [`serve::upload`]: the token-guarded `PUT` API that accepts only verified heads.
-//! - [`ls`]: what a repository's channels offer.
+//! - [`ls`]: what a repository's channels offer; [`rollout`]: `ferry-server rollout`
+//!   (raise, lower, pause, resume the newest release's rollout).
 //! - [`cli`] and [`run`]: the command line the `ferry-server` binary hands over.
 //!
 //! ```no_run
@@ -35,6 +36,7 @@
 //!     expires_in: ferry_server::publish::DEFAULT_EXPIRES_IN,
 //!     content_expires_in: ferry_server::publish::DEFAULT_CONTENT_EXPIRES_IN,
 //!     rollout: 100,
+//!     requires: Default::default(),
 //!     retain: 10,
 //!     zstd_level: 19,
 //!     source: "build/out".into(),
@@ -55,6 +57,7 @@ pub mod keygen;
 pub mod ls;
 pub mod publish;
 pub mod repo;
+pub mod rollout;
 pub mod serve;
 pub mod trust;
 
@@ -81,7 +84,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             let opts = key_admin::RefreshOptions {
                 expires_in,
                 content_expires_in,
-                rollout,
+                rollout: rollout.map(key_admin::RolloutChange::Percent),
             };
             let repo = repo::Repo::new(repo);
             let text = match timestamp_key {
@@ -91,6 +94,47 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 None => key_admin::refresh_head(&repo, &channel, &read_secrets(&key)?, opts)?,
             };
             print!("{text}");
+        }
+        Command::Rollout {
+            repo,
+            channel,
+            key,
+            timestamp_key,
+            percent,
+            pause,
+            resume,
+            json,
+        } => {
+            // clap requires exactly one of the three.
+            let change = match (percent, pause, resume) {
+                (Some(p), _, _) => key_admin::RolloutChange::Percent(p),
+                (None, true, _) => key_admin::RolloutChange::Pause,
+                (None, false, true) => key_admin::RolloutChange::Resume,
+                (None, false, false) => anyhow::bail!("give --percent, --pause or --resume"),
+            };
+            let repo = repo::Repo::new(repo);
+            let report = match timestamp_key {
+                Some(k) => rollout::rollout(
+                    &repo,
+                    &channel,
+                    rollout::Signer::Online(&keygen::read_secret(&k)?),
+                    change,
+                )?,
+                None => rollout::rollout(
+                    &repo,
+                    &channel,
+                    rollout::Signer::Publishing(&read_secrets(&key)?),
+                    change,
+                )?,
+            };
+            let text = if json {
+                serde_json::to_string(&report).context("cannot encode the report")? + "\n"
+            } else {
+                report.line()
+            };
+            std::io::stdout()
+                .write_all(text.as_bytes())
+                .context("cannot write to stdout")?;
         }
         Command::Publish {
             repo,
@@ -103,12 +147,15 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             expires_in,
             content_expires_in,
             rollout,
+            requires,
             retain,
             zstd_level,
             diff_depth,
             json,
             path,
         } => {
+            let requires =
+                ferry_format::requirements::Requirements::new(requires).context("--requires")?;
             let mut keys = key
                 .iter()
                 .map(|k| keygen::read_secret(k))
@@ -124,6 +171,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 expires_in,
                 content_expires_in,
                 rollout,
+                requires,
                 retain,
                 zstd_level,
                 source: path,

@@ -143,6 +143,10 @@ pub fn ls(repo: &Repo, channel: Option<&str>, key: Option<&PublicKey>) -> Result
                 "  {:<16} manifest {} ({} bytes)  {detail}{mark}",
                 r.version, r.manifest.hash, r.manifest.size
             );
+            let requires = head.requirements_of(&r.version);
+            if !requires.is_empty() {
+                let _ = writeln!(out, "  {:<16} requires {requires}", "");
+            }
         }
     }
     Ok(out)

@@ -518,3 +518,97 @@ fn a_plan_over_the_data_budget_is_refused_by_the_agent_before_its_download() {
         "head and manifest diff only: {run:?}"
     );
 }
+
+#[test]
+fn an_incompatible_release_is_refused_with_its_reason_before_anything_is_downloaded() {
+    let publisher = Publisher::new("stable");
+    let sources = Sources::app(3);
+    publisher.publish(&v(1), &sources.release(1));
+    let srv = publisher.serve();
+    let edge = Agent::init(&srv.url, "stable", &publisher.public_key(), &[]);
+    let db = Agent::init(&srv.url, "stable", &publisher.public_key(), &[]);
+    configure(&edge, &["labels = [\"role=edge\"]"]);
+    configure(&db, &["labels = [\"role=db\"]"]);
+    once(&edge);
+    once(&db);
+    let other_arch = if std::env::consts::ARCH == "aarch64" {
+        "x86_64"
+    } else {
+        "aarch64"
+    };
+    let arch = format!("arch={other_arch}");
+    publisher.publish_with(&v(2), &sources.release(2), &["--requires", &arch]);
+    publisher.publish_with(
+        &v(3),
+        &sources.release(3),
+        &["--requires", "role=edge", "--requires", "os=linux"],
+    );
+
+    // 3.0.0 wants role=edge: the edge agent takes it; the db agent is refused it and,
+    // 2.0.0 being for another architecture, stays on 1.0.0 without downloading.
+    once(&edge);
+    assert_eq!(edge.active().as_deref(), Some("3.0.0"));
+    tree_eq(&edge.current(), &sources.release(3));
+    let before = srv.requests().len();
+    let log = once(&db);
+    assert_eq!(
+        srv.requests().len() - before,
+        1,
+        "only the head: {:?}",
+        srv.requests()
+    );
+    assert_eq!(db.active().as_deref(), Some("1.0.0"));
+    assert!(
+        log.contains("requires label role=edge, this agent has role=db"),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!(
+            "requires arch={other_arch}, this agent is {}",
+            std::env::consts::ARCH
+        )),
+        "{log}"
+    );
+    let status = db.status();
+    let held: Vec<&str> = status["held_back"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["version"].as_str().unwrap())
+        .collect();
+    assert_eq!(held, ["3.0.0", "2.0.0"], "{status}");
+    let refused: Vec<Value> = db
+        .history()
+        .into_iter()
+        .filter(|e| e["event"] == "refused")
+        .collect();
+    assert_eq!(refused.len(), 2, "each refusal recorded once: {refused:?}");
+    assert!(
+        refused
+            .iter()
+            .any(|e| e["to"] == "3.0.0" && e["result"].as_str().unwrap().contains("role=edge"))
+    );
+    // Checked again: not recorded again.
+    once(&db);
+    let again = db
+        .history()
+        .iter()
+        .filter(|e| e["event"] == "refused")
+        .count();
+    assert_eq!(again, 2);
+    // `ferry update` by hand follows the same rules.
+    let out = db.ferry("update", &[]);
+    assert_ok(&out, "update");
+    assert_eq!(db.active().as_deref(), Some("1.0.0"));
+
+    // Too new for this agent: min-agent above its version.
+    let sources4 = Sources::app(4);
+    publisher.publish_with(
+        &v(4),
+        &sources4.release(4),
+        &["--requires", "min-agent=99.0.0"],
+    );
+    let log = once(&edge);
+    assert!(log.contains("requires min-agent 99.0.0"), "{log}");
+    assert_eq!(edge.active().as_deref(), Some("3.0.0"));
+}

@@ -13,7 +13,7 @@ use ferry_tests::{Agent, Publisher, Server, assert_ok, bin, run};
 
 use super::fixtures::{Sources, tree_eq, v};
 
-fn key_file(p: &Publisher, name: &str) -> String {
+pub fn key_file(p: &Publisher, name: &str) -> String {
     p.dir
         .path()
         .join("keys")
@@ -23,7 +23,7 @@ fn key_file(p: &Publisher, name: &str) -> String {
         .to_string()
 }
 
-fn server(args: &[&str]) -> std::process::Output {
+pub fn server(args: &[&str]) -> std::process::Output {
     run(bin("ferry-server"), args)
 }
 
@@ -33,7 +33,7 @@ fn secret(path: &str) -> SecretKey {
 
 /// A publisher whose key list 1 has an offline root, the publisher's key and an
 /// online key (`keys/online.key`); release 1 published with `extra` arguments.
-fn publisher_with_online_role(sources: &Sources, extra: &[&str]) -> Publisher {
+pub fn publisher_with_online_role(sources: &Sources, extra: &[&str]) -> Publisher {
     let p = Publisher::new("stable");
     let dir = p.dir.path().join("keys");
     for name in ["root1", "online"] {
@@ -88,7 +88,7 @@ fn refresh(p: &Publisher, args: &[&str]) -> std::process::Output {
     server(&all)
 }
 
-fn head(p: &Publisher) -> ChannelHead {
+pub fn head(p: &Publisher) -> ChannelHead {
     inspect_head(&std::fs::read(p.head_file()).unwrap()).unwrap()
 }
 
@@ -188,7 +188,7 @@ fn an_online_key_alone_cannot_publish_change_raise_resume_or_revive() {
     // Pin the agent into the 50%: the rules below are about the head, not luck.
     let id = (0u8..=255)
         .map(|n| [n; 16])
-        .find(|id| rollout_bucket(id, &v(2)) < 50)
+        .find(|id| rollout_bucket(id, "stable", &v(2)) < 50)
         .unwrap();
     let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
     std::fs::write(agent.root().join(".ferry/agent_id"), hex).unwrap();
@@ -346,7 +346,7 @@ fn p_publish_with_key(p: &Publisher, sources: &Sources, key: &str) -> std::proce
 fn agent_id(version: &str, percent: u8, selected: bool) -> String {
     let id = (0u8..=255)
         .map(|n| [n; 16])
-        .find(|id| (rollout_bucket(id, version) < percent) == selected)
+        .find(|id| (rollout_bucket(id, "stable", version) < percent) == selected)
         .unwrap();
     id.iter().map(|b| format!("{b:02x}")).collect()
 }

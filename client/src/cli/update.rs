@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use ferry_format::head::{ChannelHead, rollout_bucket};
+use ferry_format::requirements::AgentFacts;
 use ferry_format::verified::Verified;
 use ferry_format::version::Version;
 use serde_json::json;
@@ -20,10 +21,11 @@ use crate::agent::window::Schedule;
 use crate::apply::check::{Depth, check_tree};
 use crate::install::activate::current_folder;
 use crate::install::agent_id;
-use crate::install::choose::{Offer, choose};
+use crate::install::choose::{INCOMPATIBLE, Offer, choose};
 use crate::install::history::{self, Event};
 use crate::install::lock::LockMode;
 use crate::install::retain::{RuleError, UpdateDecision, decide_update};
+use crate::install::space;
 use crate::install::state::{HeldBack, Staged};
 
 /// How a check may act.
@@ -430,13 +432,29 @@ fn choose_release(
     } else {
         None
     };
+    let labels = root.config.label_map();
+    let free_disk = space::available(root.layout.root());
+    let facts = AgentFacts {
+        os: std::env::consts::OS,
+        arch: std::env::consts::ARCH,
+        agent_version: env!("CARGO_PKG_VERSION"),
+        free_disk,
+        labels: &labels,
+    };
     let state = &root.state;
     let offers = head.releases().iter().rev().map(|r| Offer {
         version: &r.version,
         percent: head.rollout_of(&r.version),
-        bucket: id.as_ref().map_or(0, |id| rollout_bucket(id, &r.version)),
+        bucket: id
+            .as_ref()
+            .map_or(0, |id| rollout_bucket(id, head.channel(), &r.version)),
         bad: state.bad_reason(&r.version),
-        unmet: Vec::new(),
+        unmet: head
+            .requirements_of(&r.version)
+            .unmet(&facts)
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
     });
     let choice = choose(offers, mode.force);
     let active = state.active.as_deref().and_then(|v| Version::parse(v).ok());
@@ -449,6 +467,17 @@ fn choose_release(
     let held_back: Vec<HeldBack> = choice.held_back.into_iter().filter(newer).collect();
     for h in &held_back {
         out.info(&format!("not selected for {}: {}", h.version, h.reason));
+        // A release refused for its requirements is an event of this root's history,
+        // recorded once, not at every check.
+        if h.reason.starts_with(INCOMPATIBLE) && !root.state.held_back.contains(h) {
+            let mut event = Event::new("refused", report::unix_now(), &root.key_id());
+            event.from = root.state.active.clone();
+            event.to = Some(h.version.clone());
+            event.result = h.reason.clone();
+            if let Err(e) = history::append(&root.layout.history(), &event) {
+                tracing::warn!("recording the refusal in history: {e}");
+            }
+        }
     }
     root.state.held_back = held_back;
     Ok(choice.target)

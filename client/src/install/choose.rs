@@ -7,6 +7,9 @@
 
 use super::state::HeldBack;
 
+/// How a held-back reason for unmet requirements starts.
+pub const INCOMPATIBLE: &str = "incompatible with this agent";
+
 /// One release of the head, newest first, with what this root knows about it.
 #[derive(Debug, Clone)]
 pub struct Offer<'a> {
@@ -55,10 +58,7 @@ pub fn choose<'a>(offers: impl IntoIterator<Item = Offer<'a>>, force: bool) -> C
 
 fn why_not(offer: &Offer<'_>, force: bool) -> Option<String> {
     if !offer.unmet.is_empty() {
-        return Some(format!(
-            "incompatible with this agent: {}",
-            offer.unmet.join("; ")
-        ));
+        return Some(format!("{INCOMPATIBLE}: {}", offer.unmet.join("; ")));
     }
     if offer.percent == 0 {
         return Some("its rollout is paused".into());

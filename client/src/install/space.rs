@@ -95,6 +95,12 @@ pub enum SpaceError {
 
 /// Refuses `needs` when the filesystem holding the root has less room available
 /// (to unprivileged users: the reserved blocks are the system's last resort).
+/// Bytes available to unprivileged users on the filesystem holding `path`.
+pub fn available(path: &Path) -> Option<u64> {
+    let st = rustix::fs::statvfs(path).ok()?;
+    Some(st.f_bavail.saturating_mul(st.f_frsize.max(512)))
+}
+
 pub fn check_room(layout: &Layout, needs: &Needs) -> Result<(), SpaceError> {
     let path = layout.root().to_path_buf();
     let st = rustix::fs::statvfs(&path).map_err(|e| SpaceError::Statvfs {

@@ -31,10 +31,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ferry_format::chunking::{ChunkParams, chunk_reader};
 use ferry_format::envelope::{CLIENT_FORMAT, ObjectKind, TrustedKeys};
-use ferry_format::head::{ChannelHead, HeadContent, ReleaseRef, Rollout};
+use ferry_format::head::{ChannelHead, HeadContent, ReleaseRef, ReleaseRequirements, Rollout};
 use ferry_format::id::{Digest, ObjectRef};
 use ferry_format::keys::SecretKey;
 use ferry_format::manifest::{Entry, EntryKind, MAX_DIFFS, Manifest};
+use ferry_format::requirements::Requirements;
 use ferry_format::verified::verify_pinned_manifest;
 use ferry_format::version::{Version, check_channel};
 use serde::Serialize;
@@ -72,6 +73,8 @@ pub struct PublishOptions<'a> {
     pub content_expires_in: Duration,
     /// Share of agents (0-100) the new release is offered to.
     pub rollout: u8,
+    /// What the new release requires of agents (FORMAT.md §5.2); empty: nothing.
+    pub requires: Requirements,
     pub retain: usize,
     pub zstd_level: i32,
     /// A regular file or a directory.
@@ -98,6 +101,8 @@ pub struct PublishReport {
     pub diffs: Vec<diff::DiffSummary>,
     /// Manifest diffs the head lists.
     pub manifest_diffs: usize,
+    /// The new release's requirements as `key=value` (FORMAT.md §5.2).
+    pub requires: Vec<String>,
     #[serde(skip)]
     pub manifest_diff_objects: Vec<ferry_format::id::ObjectRef>,
     #[serde(skip)]
@@ -337,6 +342,20 @@ pub fn publish(opts: &PublishOptions<'_>) -> Result<PublishReport> {
             percent: opts.rollout,
         });
     }
+    // Older releases keep their requirements while they are listed.
+    let mut requirements: Vec<ReleaseRequirements> = prev
+        .as_ref()
+        .map(|p| p.head.requirements().to_vec())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|r| releases.iter().any(|rel| rel.version == r.version))
+        .collect();
+    if !opts.requires.is_empty() {
+        requirements.push(ReleaseRequirements {
+            version: opts.version.clone(),
+            requirements: opts.requires.clone(),
+        });
+    }
     let content = HeadContent {
         channel: opts.channel.clone(),
         sequence: prev.as_ref().map_or(0, |p| p.head.content.sequence) + 1,
@@ -348,8 +367,9 @@ pub fn publish(opts: &PublishOptions<'_>) -> Result<PublishReport> {
         rollout,
     };
     let sequence = prev.as_ref().map_or(0, |p| p.head.sequence) + 1;
-    let head_bytes = ChannelHead::publish(
+    let head_bytes = ChannelHead::publish_with(
         &content,
+        &requirements,
         sequence,
         now.saturating_add(opts.expires_in.as_secs()),
         key_list.map(|(r, _, _)| r),
@@ -373,6 +393,7 @@ pub fn publish(opts: &PublishOptions<'_>) -> Result<PublishReport> {
         bytes_total: manifest.total_file_bytes(),
         diffs,
         manifest_diffs: manifest_diff_objects.len(),
+        requires: opts.requires.iter().map(|r| r.to_string()).collect(),
         manifest_diff_objects,
         files,
         generation,
@@ -484,7 +505,13 @@ impl PublishReport {
              manifest: {manifest} ({manifest_size} bytes)\n\
              diffs:    {diffs}\n\
              manifest diffs: {manifest_diffs}\n\
+             {requires}\
              time:     {secs:.2}s\n",
+            requires = if self.requires.is_empty() {
+                String::new()
+            } else {
+                format!("requires: {}\n", self.requires.join(" "))
+            },
             channel = self.channel,
             version = self.version,
             seq = self.sequence,

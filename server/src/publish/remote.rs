@@ -169,6 +169,7 @@ pub fn publish_to(remote: &RemoteOptions, opts: &PublishOptions<'_>) -> Result<P
         expires_in: opts.expires_in,
         content_expires_in: opts.content_expires_in,
         rollout: opts.rollout,
+        requires: opts.requires.clone(),
         retain: opts.retain,
         zstd_level: opts.zstd_level,
         source: opts.source.clone(),

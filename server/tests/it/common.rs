@@ -83,6 +83,7 @@ pub fn try_publish_depth(
         expires_in: std::time::Duration::from_secs(3600),
         content_expires_in: std::time::Duration::from_secs(7200),
         rollout: 100,
+        requires: Default::default(),
         retain,
         zstd_level: 3,
         source: source.to_path_buf(),
