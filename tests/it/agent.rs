@@ -382,18 +382,18 @@ fn twenty_roots_follow_a_30_percent_rollout_and_raising_it_only_adds_agents() {
     let out = ferry_tests::run(
         bin("ferry-server"),
         &[
-            "refresh-head",
+            "rollout",
             "--repo",
             publisher.repo().to_str().unwrap(),
             "--channel",
             "stable",
             "--key",
             publisher.key().to_str().unwrap(),
-            "--rollout",
+            "--percent",
             "100",
         ],
     );
-    assert_ok(&out, "refresh-head --rollout 100");
+    assert_ok(&out, "rollout --percent 100");
     for (a, took) in agents.iter().zip(&first) {
         let before = a.history().len();
         once(a);
