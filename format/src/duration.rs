@@ -69,7 +69,15 @@ mod tests {
         assert_eq!(parse_duration_ms("0ms").unwrap(), Duration::ZERO);
         assert_eq!(parse_duration_ms("20s").unwrap(), Duration::from_secs(20));
         assert_eq!(parse_duration_ms("2m").unwrap(), Duration::from_secs(120));
-        for s in ["250", "ms", "1.5ms", "-1ms", "250 ms", "1us", "99999999999999999999ms"] {
+        for s in [
+            "250",
+            "ms",
+            "1.5ms",
+            "-1ms",
+            "250 ms",
+            "1us",
+            "99999999999999999999ms",
+        ] {
             assert!(parse_duration_ms(s).is_err(), "{s:?}");
         }
     }

@@ -306,3 +306,199 @@ impl Transport for Mirrors {
         Mirrors::url(self, path)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fetch::file::FileTransport;
+    use crate::fetch::http::HttpTransport;
+    use crate::fetch::read_all;
+    use std::path::Path;
+    use std::sync::atomic::AtomicU32;
+
+    const FAST: Policy = Policy {
+        attempts: 2,
+        base: Duration::from_millis(5),
+        max_delay: Duration::from_millis(50),
+        budget: Duration::from_secs(1),
+    };
+
+    fn rt() -> tokio::runtime::Runtime {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    /// A loopback URL nothing listens on: a listener bound, then closed.
+    fn closed_port() -> String {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        drop(l);
+        format!("http://127.0.0.1:{port}/repo")
+    }
+
+    fn http(url: &str, c: &Arc<Counters>) -> Box<dyn Transport> {
+        Box::new(
+            HttpTransport::new(url, &HttpOptions::default())
+                .unwrap()
+                .with_retry(FAST)
+                .with_counters(c.clone()),
+        )
+    }
+
+    /// A repository folder holding `objects/x` = `bytes`.
+    fn repo(dir: &Path, name: &str, bytes: &[u8]) -> String {
+        let root = dir.join(name);
+        std::fs::create_dir_all(root.join("objects")).unwrap();
+        std::fs::write(root.join("objects/x"), bytes).unwrap();
+        format!("file://{}", root.display())
+    }
+
+    fn file(url: &str, c: &Arc<Counters>) -> Box<dyn Transport> {
+        Box::new(FileTransport::new(url).unwrap().with_counters(c.clone()))
+    }
+
+    async fn get(m: &Mirrors, path: &str) -> Result<Vec<u8>, FetchError> {
+        read_all(m.get(path, None, 1 << 20, "object").await?).await
+    }
+
+    #[test]
+    fn a_server_that_is_down_is_failed_over_and_the_one_that_worked_goes_first() {
+        let rt = rt();
+        let dir = tempfile::tempdir().unwrap();
+        let c = Arc::<Counters>::default();
+        let down = closed_port();
+        let good = repo(dir.path(), "good", b"object");
+        let m = Mirrors::from_transports(
+            vec![http(&down, &c), file(&good, &c)],
+            c.clone(),
+            FAST,
+            Duration::from_secs(5),
+        );
+        assert_eq!(m.url("objects/x"), format!("{down}/objects/x"));
+        assert_eq!(rt.block_on(get(&m, "objects/x")).unwrap(), b"object");
+        // Two attempts on the dead server (its requests count too), then one here.
+        assert_eq!((c.requests(), c.bytes()), (3, 6));
+        assert_eq!(m.preferred(), 1);
+        assert_eq!(m.url("objects/x"), format!("{good}/objects/x"));
+        // The next request starts with the server that worked: no new attempt on
+        // the dead one.
+        assert_eq!(rt.block_on(get(&m, "objects/x")).unwrap(), b"object");
+        assert_eq!(c.requests(), 4);
+    }
+
+    #[test]
+    fn when_every_server_is_unreachable_it_gives_up_after_the_bound_naming_each() {
+        let rt = rt();
+        let c = Arc::<Counters>::default();
+        let (a, b) = (closed_port(), closed_port());
+        let bound = Duration::from_millis(400);
+        let m = Mirrors::from_transports(vec![http(&a, &c), http(&b, &c)], c.clone(), FAST, bound);
+        let started = Instant::now();
+        let e = rt.block_on(get(&m, "objects/x")).unwrap_err();
+        let took = started.elapsed();
+        assert!(took >= bound, "{took:?}");
+        assert!(took < Duration::from_secs(5), "{took:?}");
+        let FetchError::Unreachable { servers, .. } = &e else {
+            panic!("{e}")
+        };
+        let names: Vec<&str> = servers.iter().map(|(s, _)| s.as_str()).collect();
+        assert_eq!(names, [format!("{a}/"), format!("{b}/")], "{e}");
+        assert!(
+            servers
+                .iter()
+                .all(|(_, why)| why.contains("onnection refused")),
+            "{e}"
+        );
+        assert!(e.to_string().starts_with("no server reachable"), "{e}");
+        // More than one round: unreachable servers are tried again, paced.
+        assert!(c.requests() > 4, "{}", c.requests());
+        let wrapped = anyhow::Error::new(e).context("fetching channel head");
+        assert!(crate::fetch::is_offline(&wrapped));
+        assert!(!crate::fetch::is_offline(&anyhow::anyhow!("disk full")));
+    }
+
+    #[test]
+    fn data_failing_verification_is_failed_over_and_bad_answers_are_not_asked_again() {
+        let rt = rt();
+        let dir = tempfile::tempdir().unwrap();
+        let c = Arc::<Counters>::default();
+        let tampered = repo(dir.path(), "tampered", b"0bject");
+        let good = repo(dir.path(), "good", b"object");
+        let m = Mirrors::from_transports(
+            vec![file(&tampered, &c), file(&good, &c)],
+            c.clone(),
+            FAST,
+            Duration::from_secs(60),
+        );
+        let want = ferry_format::id::Digest::of(b"object");
+        let verified = |m: &Mirrors| {
+            rt.block_on(m.run(|t| async move {
+                let bytes = read_all(
+                    t.get("objects/x", None, 100, "object")
+                        .await
+                        .map_err(Failed::<FetchError>::fetch)?,
+                )
+                .await
+                .map_err(Failed::fetch)?;
+                if ferry_format::id::Digest::of(&bytes) != want {
+                    return Err(Failed {
+                        fault: Fault::BadAnswer,
+                        error: FetchError::NotFound {
+                            url: t.url("objects/x"),
+                        },
+                    });
+                }
+                Ok(bytes)
+            }))
+        };
+        assert_eq!(verified(&m).unwrap(), b"object");
+        assert_eq!(m.preferred(), 1);
+
+        // Servers that answer, badly, are asked once each: the request fails at once
+        // with the last answer, which is not "offline".
+        let m = Mirrors::from_transports(
+            vec![file(&tampered, &c), file(&tampered, &c)],
+            c.clone(),
+            FAST,
+            Duration::from_secs(60),
+        );
+        let before = c.requests();
+        let started = Instant::now();
+        let f = verified(&m).unwrap_err();
+        assert_eq!(f.fault, Fault::BadAnswer);
+        assert_eq!(c.requests() - before, 2);
+        assert!(started.elapsed() < Duration::from_secs(1));
+        let missing = rt.block_on(get(&m, "objects/none")).unwrap_err();
+        assert!(matches!(missing, FetchError::NotFound { .. }), "{missing}");
+    }
+
+    #[test]
+    fn a_local_failure_ends_the_request_without_trying_other_servers() {
+        let rt = rt();
+        let dir = tempfile::tempdir().unwrap();
+        let c = Arc::<Counters>::default();
+        let good = repo(dir.path(), "good", b"object");
+        let m = Mirrors::from_transports(
+            vec![file(&good, &c), file(&good, &c)],
+            c.clone(),
+            FAST,
+            Duration::from_secs(60),
+        );
+        let calls = AtomicU32::new(0);
+        let calls = &calls;
+        let f = rt
+            .block_on(m.run(|_| async move {
+                calls.fetch_add(1, Ordering::Relaxed);
+                Err::<(), _>(Failed::<FetchError>::fetch(FetchError::Io {
+                    path: "/full".into(),
+                    source: std::io::Error::other("no space left"),
+                }))
+            }))
+            .unwrap_err();
+        assert_eq!(f.fault, Fault::Local);
+        assert_eq!(calls.load(Ordering::Relaxed), 1);
+    }
+}

@@ -105,8 +105,12 @@ fn unreachable_message(servers: &[(String, String)], after_secs: u64) -> String 
 /// with something wrong or a local failure. `ferry` exits with code 3 then; `ferry
 /// agent` keeps its release and tries again later.
 pub fn is_offline(err: &anyhow::Error) -> bool {
-    err.chain()
-        .any(|e| matches!(e.downcast_ref::<FetchError>(), Some(FetchError::Unreachable { .. })))
+    err.chain().any(|e| {
+        matches!(
+            e.downcast_ref::<FetchError>(),
+            Some(FetchError::Unreachable { .. })
+        )
+    })
 }
 
 /// Requests made and body bytes received, shared by a transport and its bodies.
@@ -212,7 +216,9 @@ pub fn connect_with(
                 .with_counters(counters),
         ))
     } else if base.starts_with("file://") {
-        Ok(Box::new(file::FileTransport::new(base)?.with_counters(counters)))
+        Ok(Box::new(
+            file::FileTransport::new(base)?.with_counters(counters),
+        ))
     } else {
         connect(base, options)
     }

@@ -203,7 +203,7 @@ mod tests {
             "archive range",
             Policy::DEFAULT,
         ))
-            .unwrap();
+        .unwrap();
         assert_eq!(c.requests(), 1, "complete range reused without a request");
     }
 

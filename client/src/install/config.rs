@@ -237,7 +237,8 @@ mod opt_millis {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
         let text = String::deserialize(d)?;
-        let d = ferry_format::duration::parse_duration_ms(&text).map_err(serde::de::Error::custom)?;
+        let d =
+            ferry_format::duration::parse_duration_ms(&text).map_err(serde::de::Error::custom)?;
         u64::try_from(d.as_millis())
             .map(Some)
             .map_err(|_| serde::de::Error::custom(format!("duration {text:?} is too long")))
@@ -697,6 +698,45 @@ mod tests {
         assert!(err.contains("`servers` is empty"), "{err}");
         let err = Config::parse("channel = \"stable\"\n").unwrap_err();
         assert!(err.contains("servers"), "{err}");
+    }
+
+    #[test]
+    fn the_retry_keys_take_milliseconds_and_are_checked() {
+        let base = "channel = \"stable\"\nservers = [\"https://h/r\", \"https://m/r\"]\n";
+        let c = Config::parse(base).unwrap();
+        assert_eq!(c.retry_policy(), Policy::DEFAULT);
+        assert_eq!(c.give_up_after(), DEFAULT_GIVE_UP_AFTER);
+        let text = c.to_toml().unwrap();
+        assert!(text.contains("# retry_base = \"250ms\"\n"), "{text}");
+        assert!(text.contains("# retry_max_delay = \"20s\"\n"), "{text}");
+        assert!(text.contains("# give_up_after = \"30s\"\n"), "{text}");
+
+        let c = Config::parse(&format!(
+            "{base}retry_base = \"100ms\"\nretry_max_delay = \"1500ms\"\ngive_up_after = \"3s\"\n"
+        ))
+        .unwrap();
+        let p = c.retry_policy();
+        assert_eq!(p.base, Duration::from_millis(100));
+        assert_eq!(p.max_delay, Duration::from_millis(1500));
+        assert_eq!(p.attempts, Policy::DEFAULT.attempts);
+        assert_eq!(c.give_up_after(), Duration::from_secs(3));
+        let text = c.to_toml().unwrap();
+        assert!(text.contains("retry_base = \"100ms\"\n"), "{text}");
+        assert!(text.contains("retry_max_delay = \"1500ms\"\n"), "{text}");
+        assert!(text.contains("give_up_after = \"3s\"\n"), "{text}");
+        assert_eq!(Config::parse(&text).unwrap(), c);
+
+        for (bad, says) in [
+            ("retry_base = \"0ms\"", "at least 1ms"),
+            ("retry_base = \"30s\"", "shorter than `retry_base`"),
+            ("retry_max_delay = \"10ms\"", "shorter than `retry_base`"),
+            ("retry_base = \"250\"", "invalid duration"),
+            // Only the retry keys are finer than a second.
+            ("give_up_after = \"500ms\"", "invalid duration"),
+        ] {
+            let err = Config::parse(&format!("{base}{bad}\n")).unwrap_err();
+            assert!(err.contains(says), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -301,7 +301,9 @@ impl Remote {
             .block_on(self.transport.run(|t| async move {
                 fetch::ranges::download(t, &archive, ranges, dir, "archive range", policy)
                     .await
-                    .map_err(|e| fetch_failed(e, || format!("downloading archive {}", t.url(path))))?;
+                    .map_err(|e| {
+                        fetch_failed(e, || format!("downloading archive {}", t.url(path)))
+                    })?;
                 if check {
                     check_ranges(manifest, ranges, dir).map_err(|f| Failed {
                         fault: f.fault,
@@ -474,8 +476,12 @@ fn check_ranges(
 /// Whether the low-speed limit ended the transfer (which ends the update: see
 /// fetch/retry.rs), rather than a missing or damaged object.
 fn too_slow(e: &anyhow::Error) -> bool {
-    e.chain()
-        .any(|c| matches!(c.downcast_ref::<FetchError>(), Some(FetchError::TooSlow { .. })))
+    e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<FetchError>(),
+            Some(FetchError::TooSlow { .. })
+        )
+    })
 }
 
 /// The entity tag and bytes of the last verified head, if both are stored and the
