@@ -158,6 +158,11 @@ impl HttpTransport {
                     (format!("HTTP {}", resp.status()), retry_after, Ok(resp))
                 }
                 Err((e, true)) => (e.to_string(), None, Err(e)),
+                // Another server may be fine: this one is not asked again for the
+                // request (fetch/mirrors.rs).
+                Err((FetchError::Request { url, reason }, false)) => {
+                    return Err(FetchError::Refused { url, reason });
+                }
                 Err((e, false)) => return Err(e),
             };
             failures += 1;

@@ -15,7 +15,7 @@
 //!   going straight on means one dead mirror costs an update two refused connections.
 //! - **Why it failed** ([`Fault`]): unreachable (connection refused, reset or timed
 //!   out; `408`, `429`, `5xx`), a bad answer (data that fails verification, `404`, a
-//!   wrong range, the low-speed limit), or a local failure (a write to disk), which
+//!   wrong range, the low-speed limit, a rejected TLS certificate), or a local failure (a write to disk), which
 //!   ends the request at once since another server cannot help.
 //! - **When all failed.** If any server answered badly, the request fails with that
 //!   answer's error after one round: asking the same servers again gets the same bytes.
@@ -72,6 +72,7 @@ impl Fault {
                 Fault::Unreachable
             }
             FetchError::Status { .. }
+            | FetchError::Refused { .. }
             | FetchError::NotFound { .. }
             | FetchError::TooLarge { .. }
             | FetchError::BadRange { .. }

@@ -31,6 +31,10 @@ pub enum FetchError {
     /// The server could not be reached or the transfer broke off.
     #[error("{url}: {reason}")]
     Request { url: String, reason: String },
+    /// The request failed in a way that does not pass by itself: the server's TLS
+    /// certificate was rejected, a redirect loop. Not retried.
+    #[error("{url}: {reason}")]
+    Refused { url: String, reason: String },
     /// The server answered with an HTTP error status.
     #[error("{url}: server answered HTTP {status}")]
     Status { url: String, status: u16 },
