@@ -217,7 +217,7 @@ mod secs {
 
 /// A span in milliseconds: `250ms`, or the largest whole unit (`20s`, `2m`).
 pub fn format_millis(ms: u64) -> String {
-    if ms % 1000 == 0 {
+    if ms.is_multiple_of(1000) {
         format_secs(ms / 1000)
     } else {
         format!("{ms}ms")
