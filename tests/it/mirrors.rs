@@ -224,6 +224,20 @@ fn no_server_reachable_exits_3_within_give_up_after_and_keeps_the_release() {
     assert_eq!(agent.active().as_deref(), Some("1.0.0"));
     tree_eq(&agent.current(), &sources.release(1));
     verified(&agent);
+
+    // `rollback --to` a release that is not retained needs the servers too.
+    let started = Instant::now();
+    let out = agent.ferry("rollback", &["--to", &v(2)]);
+    let took = started.elapsed();
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(took < Duration::from_secs(10), "gave up in time: {took:?}");
+    assert!(
+        stderr(&out).contains("no server reachable"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(agent.active().as_deref(), Some("1.0.0"));
+    verified(&agent);
 }
 
 /// A server answering every request with `503` and `Retry-After: 1`.
