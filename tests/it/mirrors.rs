@@ -75,6 +75,16 @@ fn flip_byte(path: &Path, from_end: usize) {
     std::fs::write(path, data).unwrap();
 }
 
+fn objects(repo: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for fan in std::fs::read_dir(repo.join("objects")).unwrap().flatten() {
+        for obj in std::fs::read_dir(fan.path()).unwrap().flatten() {
+            out.push(obj.path());
+        }
+    }
+    out
+}
+
 fn verified(agent: &Agent) {
     assert_ok(&agent.ferry("verify", &[]), "verify");
 }
@@ -111,7 +121,7 @@ fn the_first_server_down_fails_over_to_the_second() {
 #[test]
 fn a_mirror_serving_tampered_objects_is_failed_over_and_named() {
     let p = Publisher::new("stable");
-    let sources = Sources::app(2);
+    let sources = Sources::app(3);
     let first = p.publish_with(&v(1), &sources.release(1), NO_DIFFS);
     let good = p.serve();
     // The mirror is a copy of the repository whose release 1 manifest is damaged:
@@ -185,6 +195,47 @@ fn a_mirror_serving_tampered_objects_is_failed_over_and_named() {
     assert!(
         good.requests().iter().any(|r| r.path == archive_path),
         "the corrupt ranges were fetched again from the good server"
+    );
+
+    // Release 3, by diff: the mirror's data diff is damaged. The good server's copy
+    // is used, so the update still goes by diff, not by the archive.
+    let third = p.publish(&v(3), &sources.release(3));
+    drop(mirror);
+    std::fs::remove_dir_all(&mirror_repo).unwrap();
+    copy_tree(&p.repo(), &mirror_repo);
+    let size = third["diffs"][0]["size"].as_u64().unwrap();
+    let diff = objects(&mirror_repo)
+        .into_iter()
+        .find(|f| std::fs::metadata(f).unwrap().len() == size)
+        .expect("the diff object");
+    flip_byte(&diff, 1);
+    let diff_path = format!("/{}", diff.strip_prefix(&mirror_repo).unwrap().display());
+    let mirror = Server::start(&mirror_repo);
+    set_servers(&agent, &[&mirror.url, &good.url], "");
+    let before = good.requests().len();
+    let (report, err) = update(&agent);
+    assert_eq!(report["to"], "3.0.0", "{report}");
+    tree_eq(&agent.current(), &sources.release(3));
+    verified(&agent);
+    assert!(
+        err.contains(&format!("server {}/ failed (diff object from", mirror.url))
+            && err.contains("mismatch"),
+        "the mirror that served the bad diff is named: {err}"
+    );
+    let archive_path = format!(
+        "/{}",
+        ferry_format::layout::object_path(
+            &ferry_format::id::Digest::from_hex(third["archive"].as_str().unwrap()).unwrap()
+        )
+    );
+    let paths: Vec<String> = good.requests()[before..]
+        .iter()
+        .map(|r| r.path.clone())
+        .collect();
+    assert!(paths.contains(&diff_path), "{paths:?}");
+    assert!(
+        !paths.contains(&archive_path),
+        "no fallback to the archive: {paths:?}"
     );
 }
 

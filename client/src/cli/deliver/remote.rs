@@ -10,6 +10,7 @@ use ferry_format::delta::DiffRef;
 use ferry_format::envelope::{ObjectKind, TrustedKeys};
 use ferry_format::head::claimed_key_list;
 use ferry_format::head::{ChannelHead, ReleaseRef};
+use ferry_format::id::ObjectRef;
 use ferry_format::keylist::{TrustRoot, check_ref};
 use ferry_format::layout::{head_path, key_list_path, object_path};
 use ferry_format::manifest::Manifest;
@@ -107,13 +108,21 @@ impl Remote {
         (self.counters.requests(), self.counters.bytes())
     }
 
-    /// A whole object, from the first server that has it (see [`Mirrors`]); the
-    /// caller verifies it.
-    pub(super) fn get_all(&self, path: &str, max_len: u64, what: &'static str) -> Result<Vec<u8>> {
-        let t = &self.transport;
+    /// A whole content-addressed object, from the first server whose copy matches
+    /// `object` (its signed reference): one whose copy does not is failed over.
+    pub(super) fn get_object(&self, object: &ObjectRef, what: &'static str) -> Result<Vec<u8>> {
+        let path = object_path(&object.hash);
+        let path = &path;
         self.rt
-            .block_on(async { fetch::read_all(t.get(path, None, max_len, what).await?).await })
-            .with_context(|| format!("fetching {what} from {}", t.url(path)))
+            .block_on(self.transport.run(|t| async move {
+                let bytes = read_whole(t, path, object.size, what).await?;
+                object
+                    .check(what, &bytes)
+                    .with_context(|| format!("{what} from {}", t.url(path)))
+                    .map_err(bad_answer)?;
+                Ok(bytes)
+            }))
+            .map_err(|f| f.error)
     }
 
     /// Fetches and verifies the channel head (following key list rotations it names),
