@@ -384,3 +384,35 @@ fn a_503_with_retry_after_is_waited_for_then_failed_over() {
     // Two attempts, then every request went to the server that answered.
     assert_eq!(busy.requests.load(Ordering::Relaxed), 2);
 }
+
+#[test]
+fn a_stale_mirror_with_an_older_head_is_failed_over() {
+    let p = Publisher::new("stable");
+    let sources = Sources::app(2);
+    p.publish(&v(1), &sources.release(1));
+    // A mirror that stopped syncing after release 1.
+    let stale_dir = tempfile::tempdir().unwrap();
+    let stale_repo = stale_dir.path().join("repo");
+    copy_tree(&p.repo(), &stale_repo);
+    p.publish(&v(2), &sources.release(2));
+    let good = p.serve();
+    let agent = Agent::init(&good.url, "stable", &p.public_key(), &[]);
+    update(&agent);
+    assert_eq!(agent.active().as_deref(), Some("2.0.0"));
+
+    // Its validly signed but older head is refused (rollback protection) like any bad
+    // data, and the good server's is used: nothing goes back to release 1.
+    let stale = Server::start(&stale_repo);
+    set_servers(&agent, &[&stale.url, &good.url], "");
+    let (report, err) = update(&agent);
+    assert_eq!(report["to"], "2.0.0", "{report}");
+    assert_eq!(agent.active().as_deref(), Some("2.0.0"));
+    tree_eq(&agent.current(), &sources.release(2));
+    assert!(
+        err.contains(&format!(
+            "server {}/ failed (verifying channel head",
+            stale.url
+        )),
+        "the stale mirror is named: {err}"
+    );
+}

@@ -1,6 +1,8 @@
 //! Getting repository objects: a [`Transport`] trait and its two implementations,
 //! [`http::HttpTransport`] (reqwest) and [`file::FileTransport`] (a repository folder,
-//! for offline use and tests), plus resumable archive-range downloads in [`ranges`].
+//! for offline use and tests), plus resumable archive-range downloads in [`ranges`],
+//! retries with backoff in [`retry`], and failover between the configured servers in
+//! [`mirrors`] (with [`is_offline`] telling "no server reachable" from other errors).
 //!
 //! Nothing here parses or trusts what it fetches: bytes go to the format crate's
 //! verifiers or, for archive ranges, to disk where every chunk is checked by
