@@ -36,6 +36,12 @@ impl FileTransport {
             counters: Arc::default(),
         })
     }
+
+    /// Counts into `counters` (shared with the other servers of a [`super::mirrors::Mirrors`]).
+    pub fn with_counters(mut self, counters: Arc<Counters>) -> Self {
+        self.counters = counters;
+        self
+    }
 }
 
 impl Transport for FileTransport {

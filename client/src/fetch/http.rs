@@ -122,6 +122,18 @@ impl HttpTransport {
         })
     }
 
+    /// Counts into `counters` (shared with the other servers of a [`super::mirrors::Mirrors`]).
+    pub fn with_counters(mut self, counters: Arc<Counters>) -> Self {
+        self.counters = counters;
+        self
+    }
+
+    /// Retries transient failures under `policy` instead of [`Policy::DEFAULT`].
+    pub fn with_retry(mut self, policy: Policy) -> Self {
+        self.retry = policy;
+        self
+    }
+
     /// Sends the request `make` builds, again after a transient failure (see
     /// [`retry`](super::retry)), until it gets an answer that is not transient or the
     /// retry bounds are reached; then the last answer or error is returned. Each
@@ -146,6 +158,11 @@ impl HttpTransport {
                     (format!("HTTP {}", resp.status()), retry_after, Ok(resp))
                 }
                 Err((e, true)) => (e.to_string(), None, Err(e)),
+                // Another server may be fine: this one is not asked again for the
+                // request (fetch/mirrors.rs).
+                Err((FetchError::Request { url, reason }, false)) => {
+                    return Err(FetchError::Refused { url, reason });
+                }
                 Err((e, false)) => return Err(e),
             };
             failures += 1;

@@ -1,6 +1,8 @@
 //! Getting repository objects: a [`Transport`] trait and its two implementations,
 //! [`http::HttpTransport`] (reqwest) and [`file::FileTransport`] (a repository folder,
-//! for offline use and tests), plus resumable archive-range downloads in [`ranges`].
+//! for offline use and tests), plus resumable archive-range downloads in [`ranges`],
+//! retries with backoff in [`retry`], and failover between the configured servers in
+//! [`mirrors`] (with [`is_offline`] telling "no server reachable" from other errors).
 //!
 //! Nothing here parses or trusts what it fetches: bytes go to the format crate's
 //! verifiers or, for archive ranges, to disk where every chunk is checked by
@@ -9,6 +11,7 @@
 
 pub mod file;
 pub mod http;
+pub mod mirrors;
 pub mod ranges;
 pub mod retry;
 pub mod speed;
@@ -30,6 +33,10 @@ pub enum FetchError {
     /// The server could not be reached or the transfer broke off.
     #[error("{url}: {reason}")]
     Request { url: String, reason: String },
+    /// The request failed in a way that does not pass by itself: the server's TLS
+    /// certificate was rejected, a redirect loop. Not retried.
+    #[error("{url}: {reason}")]
+    Refused { url: String, reason: String },
     /// The server answered with an HTTP error status.
     #[error("{url}: server answered HTTP {status}")]
     Status { url: String, status: u16 },
@@ -79,6 +86,37 @@ pub enum FetchError {
         #[source]
         source: std::io::Error,
     },
+    /// No server could be reached for `give_up_after` ([`mirrors`]): each server's base
+    /// URL and why its last attempt failed, in the order they were tried.
+    #[error("{}", unreachable_message(servers, *after_secs))]
+    Unreachable {
+        servers: Vec<(String, String)>,
+        after_secs: u64,
+    },
+}
+
+fn unreachable_message(servers: &[(String, String)], after_secs: u64) -> String {
+    let each: Vec<String> = servers
+        .iter()
+        .map(|(url, reason)| format!("{url} ({reason})"))
+        .collect();
+    format!(
+        "no server reachable (gave up after {after_secs}s): {}",
+        each.join("; ")
+    )
+}
+
+/// Whether `err` (anywhere in its chain) says that no server could be reached: the
+/// machine is offline or every mirror is down, as opposed to a server that answered
+/// with something wrong or a local failure. `ferry` exits with code 3 then; `ferry
+/// agent` keeps its release and tries again later.
+pub fn is_offline(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| {
+        matches!(
+            e.downcast_ref::<FetchError>(),
+            Some(FetchError::Unreachable { .. })
+        )
+    })
 }
 
 /// Requests made and body bytes received, shared by a transport and its bodies.
@@ -167,6 +205,28 @@ pub fn connect(base: &str, options: &http::HttpOptions) -> Result<Box<dyn Transp
             url: base.to_string(),
             reason: "expected http://, https:// or file://".into(),
         })
+    }
+}
+
+/// Like [`connect`], counting into `counters` and retrying HTTP requests under `retry`.
+pub fn connect_with(
+    base: &str,
+    options: &http::HttpOptions,
+    retry: retry::Policy,
+    counters: Arc<Counters>,
+) -> Result<Box<dyn Transport>, FetchError> {
+    if base.starts_with("http://") || base.starts_with("https://") {
+        Ok(Box::new(
+            http::HttpTransport::new(base, options)?
+                .with_retry(retry)
+                .with_counters(counters),
+        ))
+    } else if base.starts_with("file://") {
+        Ok(Box::new(
+            file::FileTransport::new(base)?.with_counters(counters),
+        ))
+    } else {
+        connect(base, options)
     }
 }
 

@@ -26,19 +26,20 @@ pub fn range_file(dir: &Path, archive: &Digest, r: &FetchRange) -> PathBuf {
 }
 
 /// Downloads every range of object `archive` not already complete in `dir`; `what`
-/// names the object in errors.
+/// names the object in errors. A body that breaks off is continued under `policy`.
 pub async fn download(
     t: &dyn Transport,
     archive: &Digest,
     ranges: &[FetchRange],
     dir: &Path,
     what: &'static str,
+    policy: Policy,
 ) -> Result<(), FetchError> {
     let path = ferry_format::layout::object_path(archive);
     futures_util::stream::iter(
         ranges
             .iter()
-            .map(|r| fetch_one(t, &path, archive, r, dir, what)),
+            .map(|r| fetch_one(t, &path, archive, r, dir, what, policy)),
     )
     .buffer_unordered(PARALLEL)
     .try_collect::<Vec<()>>()
@@ -53,6 +54,7 @@ async fn fetch_one(
     r: &FetchRange,
     dir: &Path,
     what: &'static str,
+    policy: Policy,
 ) -> Result<(), FetchError> {
     let io = |p: &Path| {
         let p = p.to_path_buf();
@@ -85,7 +87,6 @@ async fn fetch_one(
     // restarts whenever bytes arrived, so a long download on a flaky link goes on as
     // long as it progresses. Errors of the request itself were already retried by
     // the transport and end the download.
-    let policy = Policy::DEFAULT;
     let mut failures = 0;
     let mut waited = std::time::Duration::ZERO;
     while have < r.len() {
@@ -186,6 +187,7 @@ mod tests {
             std::slice::from_ref(&r),
             &dl,
             "archive range",
+            Policy::DEFAULT,
         ))
         .unwrap();
         assert_eq!(std::fs::read(&done).unwrap(), &archive_bytes[100..600]);
@@ -193,8 +195,15 @@ mod tests {
         assert_eq!((c.requests(), c.bytes()), (1, 300), "only the missing tail");
         assert!(!std::path::Path::new(&part).exists());
 
-        rt.block_on(download(&tr, &archive, &[r], &dl, "archive range"))
-            .unwrap();
+        rt.block_on(download(
+            &tr,
+            &archive,
+            &[r],
+            &dl,
+            "archive range",
+            Policy::DEFAULT,
+        ))
+        .unwrap();
         assert_eq!(c.requests(), 1, "complete range reused without a request");
     }
 
@@ -286,6 +295,7 @@ mod tests {
             std::slice::from_ref(&r),
             &dl,
             "archive range",
+            Policy::DEFAULT,
         ))
         .unwrap();
         assert_eq!(

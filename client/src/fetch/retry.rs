@@ -16,7 +16,11 @@
 //! bounds; one that asks for more than the bounds allow ends the retries at once (the
 //! error says how long the server asked for). Bounds: at most [`Policy::attempts`]
 //! attempts in a row without progress, and at most [`Policy::budget`] of waiting in
-//! all, so a dead server fails an update in about a minute instead of never.
+//! all. The agent's servers ([`mirrors`](super::mirrors)) send a request at most twice
+//! to one server before trying the next, and go around all of them again with this
+//! backoff until `give_up_after`, so a dead network fails an update in bounded time
+//! instead of never. `base` and `max_delay` are the config keys `retry_base` and
+//! `retry_max_delay`.
 
 use std::hash::{BuildHasher, Hasher};
 use std::time::{Duration, SystemTime};

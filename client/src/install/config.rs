@@ -17,6 +17,8 @@ use serde::{Deserialize, Serialize};
 use super::layout::Layout;
 use super::{StoreError, lock, read_json};
 use crate::fetch::http::HttpOptions;
+use crate::fetch::mirrors::DEFAULT_GIVE_UP_AFTER;
+use crate::fetch::retry::Policy;
 use crate::fetch::speed::LowSpeed;
 use crate::fsutil;
 
@@ -32,8 +34,7 @@ const DEFAULT_KEEP: usize = 3;
 pub struct Config {
     pub channel: String,
     /// Base URLs of the repository (`http://`, `https://` or `file://`), maybe with a
-    /// path. Only the first is used for requests today; failing over to the others
-    /// is a later step of the agent (issue 9).
+    /// path: mirrors of one repository, tried in order (fetch/mirrors.rs).
     pub servers: Vec<String>,
     /// The text of the trusted public key file; empty when the root trusts the key
     /// list it was initialised with (kept in `.ferry/keys/`).
@@ -85,6 +86,32 @@ pub struct Config {
         skip_serializing_if = "Option::is_none"
     )]
     pub low_speed_time_secs: Option<u64>,
+    /// The ceiling of the first random retry delay, doubled for each further one
+    /// (exponential backoff with full jitter, fetch/retry.rs) [default: 250ms].
+    #[serde(
+        default,
+        rename = "retry_base",
+        with = "opt_millis",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub retry_base_ms: Option<u64>,
+    /// The largest single retry delay [default: 20s].
+    #[serde(
+        default,
+        rename = "retry_max_delay",
+        with = "opt_millis",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub retry_max_delay_ms: Option<u64>,
+    /// How long `ferry update` and `rollback --to` keep trying when no server is
+    /// reachable before failing with exit code 3 [default: 30s].
+    #[serde(
+        default,
+        rename = "give_up_after",
+        with = "opt_secs",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub give_up_after_secs: Option<u64>,
     /// Patterns of the application's own files (`logs/`, `*.db`) copied from the
     /// active release into each new one before the switch (apply/pattern.rs).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -188,6 +215,36 @@ mod secs {
     }
 }
 
+/// A span in milliseconds: `250ms`, or the largest whole unit (`20s`, `2m`).
+pub fn format_millis(ms: u64) -> String {
+    if ms.is_multiple_of(1000) {
+        format_secs(ms / 1000)
+    } else {
+        format!("{ms}ms")
+    }
+}
+
+/// Durations finer than a second (`"250ms"`, `"20s"`), stored as milliseconds.
+mod opt_millis {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(ms: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
+        match ms {
+            Some(n) => s.serialize_str(&super::format_millis(*n)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+        let text = String::deserialize(d)?;
+        let d =
+            ferry_format::duration::parse_duration_ms(&text).map_err(serde::de::Error::custom)?;
+        u64::try_from(d.as_millis())
+            .map(Some)
+            .map_err(|_| serde::de::Error::custom(format!("duration {text:?} is too long")))
+    }
+}
+
 mod opt_secs {
     use serde::{Deserializer, Serializer};
 
@@ -217,6 +274,9 @@ impl Config {
             proxy: None,
             low_speed_limit: None,
             low_speed_time_secs: None,
+            retry_base_ms: None,
+            retry_max_delay_ms: None,
+            give_up_after_secs: None,
             carry: Vec::new(),
             max_download: None,
             interval_secs: None,
@@ -270,10 +330,29 @@ impl Config {
             .map_or(DEFAULT_HEALTH_DELAY, Duration::from_secs)
     }
 
-    /// The server requests go to: the first of `servers` ([`Config::load`] refuses an
-    /// empty list).
+    /// The first of `servers` ([`Config::load`] refuses an empty list), where requests
+    /// start.
     pub fn server(&self) -> &str {
         self.servers.first().map_or("", String::as_str)
+    }
+
+    /// The backoff of retries: `retry_base` and `retry_max_delay` over the defaults.
+    pub fn retry_policy(&self) -> Policy {
+        Policy {
+            base: self
+                .retry_base_ms
+                .map_or(Policy::DEFAULT.base, Duration::from_millis),
+            max_delay: self
+                .retry_max_delay_ms
+                .map_or(Policy::DEFAULT.max_delay, Duration::from_millis),
+            ..Policy::DEFAULT
+        }
+    }
+
+    /// How long one-shot commands keep trying when no server is reachable.
+    pub fn give_up_after(&self) -> Duration {
+        self.give_up_after_secs
+            .map_or(DEFAULT_GIVE_UP_AFTER, Duration::from_secs)
     }
 
     /// How long commands on this root wait for its lock unless told otherwise.
@@ -320,6 +399,17 @@ impl Config {
         }
         if config.low_speed_time_secs == Some(0) {
             return Err("`low_speed_time` must be at least 1s".into());
+        }
+        if config.retry_base_ms == Some(0) {
+            return Err("`retry_base` must be at least 1ms".into());
+        }
+        let retry = config.retry_policy();
+        if retry.max_delay < retry.base {
+            return Err(format!(
+                "`retry_max_delay` ({}) is shorter than `retry_base` ({})",
+                format_millis(retry.max_delay.as_millis() as u64),
+                format_millis(retry.base.as_millis() as u64)
+            ));
         }
         if config.interval_secs == Some(0) {
             return Err("`interval` must be at least 1s".into());
@@ -378,6 +468,24 @@ impl Config {
             ),
             ("low_speed_limit", speed_limit),
             ("low_speed_time", format!("\"{speed_time}\"")),
+            (
+                "retry_base",
+                format!(
+                    "\"{}\"",
+                    format_millis(Policy::DEFAULT.base.as_millis() as u64)
+                ),
+            ),
+            (
+                "retry_max_delay",
+                format!(
+                    "\"{}\"",
+                    format_millis(Policy::DEFAULT.max_delay.as_millis() as u64)
+                ),
+            ),
+            (
+                "give_up_after",
+                format!("\"{}\"", format_secs(DEFAULT_GIVE_UP_AFTER.as_secs())),
+            ),
             ("carry", "[]".into()),
             (
                 "max_download",
@@ -590,6 +698,45 @@ mod tests {
         assert!(err.contains("`servers` is empty"), "{err}");
         let err = Config::parse("channel = \"stable\"\n").unwrap_err();
         assert!(err.contains("servers"), "{err}");
+    }
+
+    #[test]
+    fn the_retry_keys_take_milliseconds_and_are_checked() {
+        let base = "channel = \"stable\"\nservers = [\"https://h/r\", \"https://m/r\"]\n";
+        let c = Config::parse(base).unwrap();
+        assert_eq!(c.retry_policy(), Policy::DEFAULT);
+        assert_eq!(c.give_up_after(), DEFAULT_GIVE_UP_AFTER);
+        let text = c.to_toml().unwrap();
+        assert!(text.contains("# retry_base = \"250ms\"\n"), "{text}");
+        assert!(text.contains("# retry_max_delay = \"20s\"\n"), "{text}");
+        assert!(text.contains("# give_up_after = \"30s\"\n"), "{text}");
+
+        let c = Config::parse(&format!(
+            "{base}retry_base = \"100ms\"\nretry_max_delay = \"1500ms\"\ngive_up_after = \"3s\"\n"
+        ))
+        .unwrap();
+        let p = c.retry_policy();
+        assert_eq!(p.base, Duration::from_millis(100));
+        assert_eq!(p.max_delay, Duration::from_millis(1500));
+        assert_eq!(p.attempts, Policy::DEFAULT.attempts);
+        assert_eq!(c.give_up_after(), Duration::from_secs(3));
+        let text = c.to_toml().unwrap();
+        assert!(text.contains("retry_base = \"100ms\"\n"), "{text}");
+        assert!(text.contains("retry_max_delay = \"1500ms\"\n"), "{text}");
+        assert!(text.contains("give_up_after = \"3s\"\n"), "{text}");
+        assert_eq!(Config::parse(&text).unwrap(), c);
+
+        for (bad, says) in [
+            ("retry_base = \"0ms\"", "at least 1ms"),
+            ("retry_base = \"30s\"", "shorter than `retry_base`"),
+            ("retry_max_delay = \"10ms\"", "shorter than `retry_base`"),
+            ("retry_base = \"250\"", "invalid duration"),
+            // Only the retry keys are finer than a second.
+            ("give_up_after = \"500ms\"", "invalid duration"),
+        ] {
+            let err = Config::parse(&format!("{base}{bad}\n")).unwrap_err();
+            assert!(err.contains(says), "{bad}: {err}");
+        }
     }
 
     #[test]

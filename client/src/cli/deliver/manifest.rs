@@ -128,9 +128,8 @@ impl Remote {
     ) -> Result<Result<FetchedManifest>> {
         let path = object_path(&c.diff.object.hash);
         let rebuilt = self
-            .get_all(&path, c.diff.object.size, "manifest diff")
+            .get_object(&c.diff.object, "manifest diff")
             .and_then(|bytes| {
-                c.diff.object.check("manifest diff", &bytes)?;
                 Ok(apply_manifest_diff(
                     c.base,
                     &bytes,
