@@ -32,8 +32,13 @@ pub fn run(args: &AgentArgs) -> Result<()> {
         if args.once {
             return result;
         }
-        if let Err(e) = &result {
-            tracing::warn!("check failed: {e:#}; next try in {}s", wait.as_secs());
+        match &result {
+            Err(e) if crate::fetch::is_offline(e) => tracing::warn!(
+                "offline: no server reachable; keeping the active release, next try in {}s",
+                wait.as_secs()
+            ),
+            Err(e) => tracing::warn!("check failed: {e:#}; next try in {}s", wait.as_secs()),
+            Ok(()) => {}
         }
         std::thread::sleep(wait);
     }
