@@ -103,12 +103,29 @@ pub struct HeadPolicy<'a> {
 /// Steps 1-4 of FORMAT.md §6.1, shared by agents and publishers: framing, the
 /// freshness layer's signatures (publishing keys, else online keys), the content's
 /// signatures (publishing keys only), then both bodies.
-fn verify_layers(bytes: &[u8], keys: &HeadKeys) -> Result<Verified<ChannelHead>> {
+/// How signatures are checked: with ed25519, or — for the exact bytes of a head
+/// verified before with the same keys — by recalling which trusted keys signed.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Signatures {
+    Check,
+    Remembered,
+}
+
+impl Signatures {
+    fn signers(self, env: &Envelope, keys: &TrustedKeys) -> Result<Vec<KeyId>> {
+        match self {
+            Signatures::Check => env.verify(keys),
+            Signatures::Remembered => env.remembered_signers(keys),
+        }
+    }
+}
+
+fn verify_layers(bytes: &[u8], keys: &HeadKeys, sigs: Signatures) -> Result<Verified<ChannelHead>> {
     let env = Envelope::decode(ObjectKind::ChannelHead, bytes)?;
-    let (signed_by, role) = match env.verify(&keys.publishers) {
+    let (signed_by, role) = match sigs.signers(&env, &keys.publishers) {
         Ok(ids) => (ids, HeadRole::Publisher),
         Err(by_publishers) => match &keys.online {
-            Some(online) => match env.verify(online) {
+            Some(online) => match sigs.signers(&env, online) {
                 Ok(ids) => (ids, HeadRole::Online),
                 Err(by_online) => {
                     return Err(FormatError::BadSignature {
@@ -124,12 +141,12 @@ fn verify_layers(bytes: &[u8], keys: &HeadKeys) -> Result<Verified<ChannelHead>>
     };
     let (content_env, partial) = ChannelHead::decode_layers(&env.body)?;
     // The content answers to publishing keys only: an online key cannot sign releases.
-    let content = content_env
-        .verify(&keys.publishers)
-        .map_err(|e| FormatError::BadSignature {
-            kind: "channel content",
-            reason: format!("the releases of a head must be signed by publishing keys: {e}"),
-        })?;
+    let content =
+        sigs.signers(&content_env, &keys.publishers)
+            .map_err(|e| FormatError::BadSignature {
+                kind: "channel content",
+                reason: format!("the releases of a head must be signed by publishing keys: {e}"),
+            })?;
     let head = partial.finish(&content_env)?;
     let content_hash = Digest::of(head.content_bytes());
     Ok(Verified {
@@ -150,9 +167,38 @@ pub fn verify_head(
     keys: &HeadKeys,
     policy: &HeadPolicy<'_>,
 ) -> Result<Verified<ChannelHead>> {
+    verify_head_with(bytes, keys, policy, Signatures::Check)
+}
+
+/// [`verify_head`] for a head this agent already holds: when `bytes` hash to
+/// `remembered` — the hash of a head that `verify_head` accepted with these same
+/// `keys` — the signatures are not checked again (identical bytes carry identical,
+/// already checked signatures); every other step is, expiry first among them. Other
+/// bytes are verified in full. An idle agent's `304 Not Modified` thus costs no
+/// signature work and still refuses a head that expired meanwhile.
+pub fn verify_remembered_head(
+    bytes: &[u8],
+    remembered: &Digest,
+    keys: &HeadKeys,
+    policy: &HeadPolicy<'_>,
+) -> Result<Verified<ChannelHead>> {
+    let sigs = if Digest::of(bytes) == *remembered {
+        Signatures::Remembered
+    } else {
+        Signatures::Check
+    };
+    verify_head_with(bytes, keys, policy, sigs)
+}
+
+fn verify_head_with(
+    bytes: &[u8],
+    keys: &HeadKeys,
+    policy: &HeadPolicy<'_>,
+    sigs: Signatures,
+) -> Result<Verified<ChannelHead>> {
     // Steps 1-3: framing, signatures of both layers, bodies (rollout overrides never
     // above the publisher's, min client format).
-    let verified = verify_layers(bytes, keys)?;
+    let verified = verify_layers(bytes, keys, sigs)?;
     let head = &verified.value;
     // Step 4: the head names the key list its signatures were checked against, so a
     // head cannot fall back to an older (perhaps compromised) key list.
@@ -291,7 +337,7 @@ pub fn verify_own_head<K: AsHeadKeys + ?Sized>(
     bytes: &[u8],
     keys: &K,
 ) -> Result<Verified<ChannelHead>> {
-    verify_layers(bytes, &keys.as_head_keys())
+    verify_layers(bytes, &keys.as_head_keys(), Signatures::Check)
 }
 
 /// What [`verify_own_head`] checks a head with: publishing keys alone, or both roles.
@@ -413,6 +459,42 @@ mod tests {
             last_content_sequence: None,
             rollout_seen: None,
         }
+    }
+
+    #[test]
+    fn a_remembered_head_skips_the_signature_check_and_nothing_else() {
+        let good = head(&content(3, 100), 1, 9, None, 1);
+        let remembered = Digest::of(&good);
+        let full = verify_head(&good, &keys(), &policy(200)).unwrap();
+        let again = verify_remembered_head(&good, &remembered, &keys(), &policy(200)).unwrap();
+        assert_eq!(again.signed_by(), full.signed_by());
+        assert_eq!(*again, *full);
+        let (a, b) = (again.head_signers(), full.head_signers());
+        assert!(a.role == b.role && a.content == b.content && a.content_hash == b.content_hash);
+        // Expiry and every other rule still apply.
+        assert!(matches!(
+            verify_remembered_head(&good, &remembered, &keys(), &policy(600)),
+            Err(FormatError::Expired { .. })
+        ));
+        let mut seen = policy(200);
+        seen.last_sequence = Some(10);
+        assert!(verify_remembered_head(&good, &remembered, &keys(), &seen).is_err());
+        // No ed25519 work: a signature byte flipped in bytes remembered as they are
+        // passes, which the full check refuses...
+        let mut forged = good.clone();
+        let last = forged.len() - 1;
+        forged[last] ^= 1;
+        assert!(verify_head(&forged, &keys(), &policy(200)).is_err());
+        assert!(
+            verify_remembered_head(&forged, &Digest::of(&forged), &keys(), &policy(200)).is_ok()
+        );
+        // ...so only bytes hashing to the remembered head skip it: others are checked.
+        assert!(verify_remembered_head(&forged, &remembered, &keys(), &policy(200)).is_err());
+        // And a head by an untrusted key is refused even when "remembered".
+        let other = head(&content(3, 100), 7, 9, None, 7);
+        assert!(
+            verify_remembered_head(&other, &Digest::of(&other), &keys(), &policy(200)).is_err()
+        );
     }
 
     #[test]

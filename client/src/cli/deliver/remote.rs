@@ -10,12 +10,14 @@ use ferry_format::delta::DiffRef;
 use ferry_format::envelope::{ObjectKind, TrustedKeys};
 use ferry_format::head::claimed_key_list;
 use ferry_format::head::{ChannelHead, ReleaseRef};
-use ferry_format::id::ObjectRef;
+use ferry_format::id::{Digest, ObjectRef};
 use ferry_format::keylist::{TrustRoot, check_ref};
 use ferry_format::layout::{head_path, key_list_path, object_path};
 use ferry_format::manifest::Manifest;
 use ferry_format::plan::FetchRange;
-use ferry_format::verified::{HeadPolicy, RolloutSeen, Verified, verify_head, verify_manifest};
+use ferry_format::verified::{
+    HeadPolicy, RolloutSeen, Verified, verify_head, verify_manifest, verify_remembered_head,
+};
 
 use super::super::report::{self};
 use super::super::root::Root;
@@ -348,9 +350,9 @@ async fn head_from(
         .map_err(|e| fetch_failed(e, || format!("fetching channel head from {}", t.url(path))))?;
     // 304 says only that the bytes did not change: they are verified again below
     // (locally, against the same policy), so an expired head is refused even so.
-    let (bytes, etag) = match (fetched, stored) {
-        (Conditional::Fetched { bytes, etag }, _) => (bytes, etag),
-        (Conditional::Unchanged, Some((_, bytes))) => (bytes.clone(), None),
+    let (bytes, etag, unchanged) = match (fetched, stored) {
+        (Conditional::Fetched { bytes, etag }, _) => (bytes, etag, false),
+        (Conditional::Unchanged, Some((_, bytes))) => (bytes.clone(), None, true),
         (Conditional::Unchanged, None) => {
             return Err(bad_answer(anyhow::anyhow!(
                 "{}: 304 Not Modified to a request without If-None-Match",
@@ -372,7 +374,25 @@ async fn head_from(
         last_content_sequence: state.last_content_sequence,
         rollout_seen: state.rollout_seen.as_ref(),
     };
-    let head = verify_head(&bytes, &trust.head_keys(), &policy)
+    // The kept head's signatures were checked when it was accepted, with the keys
+    // trusted now: an idle check re-checks everything but them (expiry included).
+    let remembered = state
+        .last_head_hash
+        .as_deref()
+        .and_then(|h| Digest::from_hex(h).ok())
+        .filter(|_| {
+            unchanged
+                && forgotten.is_empty()
+                && state
+                    .vouched
+                    .as_ref()
+                    .is_some_and(|v| v.key_list == trust.version())
+        });
+    let verified = match &remembered {
+        Some(hash) => verify_remembered_head(&bytes, hash, &trust.head_keys(), &policy),
+        None => verify_head(&bytes, &trust.head_keys(), &policy),
+    };
+    let head = verified
         .with_context(|| format!("verifying channel head from {}", t.url(path)))
         .map_err(bad_answer)?;
     Ok(FetchedHead {
