@@ -52,6 +52,7 @@ pub mod layout;
 pub mod manifest;
 pub mod path;
 pub mod plan;
+pub mod report;
 pub mod requirements;
 pub mod size;
 #[cfg(feature = "test-support")]
