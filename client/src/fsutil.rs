@@ -34,6 +34,12 @@ pub fn ctx<T>(op: &'static str, path: &Path, r: io::Result<T>) -> Result<T, FsEr
 /// Replaces `path` with `bytes` so that readers and crashes see either the old or the
 /// new content, never a mix.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), FsError> {
+    write_atomic_mode(path, bytes, 0o644)
+}
+
+/// [`write_atomic`] with the permission bits of the new file (`0o600` for a secret:
+/// the file never exists with wider ones).
+pub fn write_atomic_mode(path: &Path, bytes: &[u8], mode: u32) -> Result<(), FsError> {
     let dir = parent_of(path);
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
     let tmp = dir.join(format!(
@@ -48,7 +54,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), FsError> {
         OpenOptions::new()
             .write(true)
             .create_new(true)
-            .mode(0o644)
+            .mode(mode)
             .custom_flags(libc::O_NOFOLLOW)
             .open(&tmp),
     )?;

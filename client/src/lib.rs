@@ -14,6 +14,7 @@
 //!   checking a tree against its manifest ([`apply::check`]).
 //! - [`install`]: the root's layout, lock, config, state, history, the atomic
 //!   `current` switch, and the pure keep/rollback/pin rules ([`install::retain`]).
+//! - [`report`]: the agent's reports to the fleet server, queued on disk.
 //! - [`fsutil`]: atomic writes and fsync, the one place durable changes are made.
 //! - [`failpoint`]: `crash_point!`, the crash-injection points of the kill tests
 //!   (compiled in only with the `failpoints` feature).
@@ -39,6 +40,7 @@ pub mod cli;
 pub mod fetch;
 pub mod fsutil;
 pub mod install;
+pub mod report;
 
 /// Runs a parsed command line.
 pub fn run(cli: cli::Cli) -> anyhow::Result<()> {

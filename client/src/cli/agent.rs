@@ -15,6 +15,7 @@ use std::time::Duration;
 use anyhow::Result;
 
 use super::AgentArgs;
+use super::fleet::{self, Reporter};
 use super::report::Out;
 use super::root::Root;
 use super::update::{self, Attempt, Mode, Step};
@@ -27,11 +28,14 @@ const FAILURE_BASE: Duration = Duration::from_secs(5);
 
 pub fn run(args: &AgentArgs) -> Result<()> {
     let mut failures = 0u32;
+    let mut reporter = Reporter::default();
     loop {
-        let (result, wait) = check(args, &mut failures);
+        let (result, wait) = check(args, &mut failures, &mut reporter);
         if args.once {
+            reporter.flush(fleet::ONCE_BUDGET);
             return result;
         }
+        reporter.flush(fleet::FLUSH_BUDGET);
         match &result {
             Err(e) if crate::fetch::is_offline(e) => tracing::warn!(
                 "offline: no server reachable; keeping the active release, next try in {}s",
@@ -40,12 +44,13 @@ pub fn run(args: &AgentArgs) -> Result<()> {
             Err(e) => tracing::warn!("check failed: {e:#}; next try in {}s", wait.as_secs()),
             Ok(()) => {}
         }
-        std::thread::sleep(wait);
+        // Heartbeats fall due while it waits for the next check.
+        reporter.sleep(wait);
     }
 }
 
 /// One check: the result, and how long to sleep before the next.
-fn check(args: &AgentArgs, failures: &mut u32) -> (Result<()>, Duration) {
+fn check(args: &AgentArgs, failures: &mut u32, reporter: &mut Reporter) -> (Result<()>, Duration) {
     let mut root = match Root::open(&args.root, LockMode::Exclusive, &args.lock) {
         Ok(r) => r,
         Err(e) => {
@@ -68,6 +73,7 @@ fn check(args: &AgentArgs, failures: &mut u32) -> (Result<()>, Duration) {
     };
     let a = update::attempt(&mut root, &mode, Out::log());
     log_check(&root, &a);
+    reporter.checked(&root, &a);
     let mut wait = jittered(interval, root.config.jitter());
     let result = match a.result {
         Ok(o) => {

@@ -4,6 +4,7 @@
 mod agent;
 mod deliver;
 mod doctor;
+mod fleet;
 mod history;
 mod init;
 mod plan;

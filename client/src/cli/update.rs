@@ -79,6 +79,9 @@ pub struct Outcome {
     /// The release the check aimed at.
     pub target: Option<String>,
     pub bytes_reused: u64,
+    /// The size of the release's archive when this check downloaded and built it (what
+    /// a full download would have cost, for the fleet's bytes saved); else 0.
+    pub bytes_full: u64,
     pub step: Step,
 }
 
@@ -207,6 +210,7 @@ fn update(
         to: active.clone(),
         target: None,
         bytes_reused: 0,
+        bytes_full: 0,
         step: Step::UpToDate,
     };
     // A run killed while hooks ran finishes its trial before anything else.
@@ -330,7 +334,11 @@ fn update(
             let reused = manifest.total_file_bytes();
             (manifest, s.manifest_size, s.folder, reused)
         }
-        None => build(root, remote, &head, &trusted, &version, out)?,
+        None => {
+            let built = build(root, remote, &head, &trusted, &version, out)?;
+            outcome.bytes_full = built.0.archive.size;
+            built
+        }
     };
     if !window_open {
         root.state.staged = Some(Staged {

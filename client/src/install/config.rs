@@ -171,6 +171,21 @@ pub struct Config {
     /// requirements (`ferry-server publish --requires role=edge`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub labels: Vec<String>,
+    /// `ferry agent`: time between heartbeat reports to the fleet server, also when
+    /// nothing changed [default: 5m]; only with `token_file`.
+    #[serde(
+        default,
+        rename = "heartbeat",
+        with = "opt_secs",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub heartbeat_secs: Option<u64>,
+    /// File holding the fleet token that enrolls this agent with the fleet server
+    /// (`<first server>/v1/reports`); unset, the agent sends no reports. A relative
+    /// path is relative to `ROOT/.ferry`. Read at every enrollment, so a renewed
+    /// token takes effect without a restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
 }
 
 /// Defaults of the agent's keys.
@@ -179,6 +194,7 @@ pub const DEFAULT_JITTER: u8 = 20;
 pub const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_HEALTH_RETRIES: u32 = 3;
 pub const DEFAULT_HEALTH_DELAY: Duration = Duration::from_secs(5);
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5 * 60);
 
 fn default_keep() -> usize {
     DEFAULT_KEEP
@@ -291,6 +307,8 @@ impl Config {
             health_retries: None,
             health_delay_secs: None,
             labels: Vec::new(),
+            heartbeat_secs: None,
+            token_file: None,
         }
     }
 
@@ -310,6 +328,16 @@ impl Config {
 
     pub fn jitter(&self) -> u8 {
         self.jitter.unwrap_or(DEFAULT_JITTER)
+    }
+
+    pub fn heartbeat(&self) -> Duration {
+        self.heartbeat_secs
+            .map_or(DEFAULT_HEARTBEAT, Duration::from_secs)
+    }
+
+    /// `token_file` resolved against `ferry_dir` (`ROOT/.ferry`), when reports are on.
+    pub fn token_path(&self, ferry_dir: &Path) -> Option<PathBuf> {
+        self.token_file.as_ref().map(|t| ferry_dir.join(t))
     }
 
     pub fn prestage(&self) -> bool {
@@ -423,6 +451,16 @@ impl Config {
         if config.health_timeout_secs == Some(0) {
             return Err("`health_timeout` must be at least 1s".into());
         }
+        if config.heartbeat_secs == Some(0) {
+            return Err("`heartbeat` must be at least 1s".into());
+        }
+        if config
+            .token_file
+            .as_ref()
+            .is_some_and(|t| t.as_os_str().is_empty())
+        {
+            return Err("`token_file` is empty: name the file holding the fleet token".into());
+        }
         let mut seen = std::collections::HashSet::new();
         for label in &config.labels {
             match label.split_once('=') {
@@ -527,6 +565,14 @@ impl Config {
                 format!("\"{}\"", format_secs(DEFAULT_HEALTH_DELAY.as_secs())),
             ),
             ("labels", "[\"role=edge\", \"region=eu\"]".into()),
+            (
+                "heartbeat",
+                format!("\"{}\"", format_secs(DEFAULT_HEARTBEAT.as_secs())),
+            ),
+            (
+                "token_file",
+                "\"fleet-token\"   # default: none (no reports)".into(),
+            ),
         ];
         let unset: Vec<_> = others
             .iter()
@@ -733,6 +779,41 @@ mod tests {
             ("retry_base = \"250\"", "invalid duration"),
             // Only the retry keys are finer than a second.
             ("give_up_after = \"500ms\"", "invalid duration"),
+        ] {
+            let err = Config::parse(&format!("{base}{bad}\n")).unwrap_err();
+            assert!(err.contains(says), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn heartbeat_and_token_file_have_defaults_and_are_checked() {
+        let base = "channel = \"stable\"\nservers = [\"https://h/r\"]\n";
+        let c = Config::parse(base).unwrap();
+        assert_eq!(c.heartbeat(), DEFAULT_HEARTBEAT);
+        assert_eq!(c.token_path(Path::new("/r/.ferry")), None);
+        let text = c.to_toml().unwrap();
+        assert!(text.contains("# heartbeat = \"5m\"\n"), "{text}");
+        assert!(text.contains("# token_file = "), "{text}");
+
+        let c = Config::parse(&format!(
+            "{base}heartbeat = \"1s\"\ntoken_file = \"fleet-token\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.heartbeat(), Duration::from_secs(1));
+        assert_eq!(
+            c.token_path(Path::new("/r/.ferry")),
+            Some(PathBuf::from("/r/.ferry/fleet-token"))
+        );
+        assert_eq!(Config::parse(&c.to_toml().unwrap()).unwrap(), c);
+        let abs = Config::parse(&format!("{base}token_file = \"/etc/ferry/token\"\n")).unwrap();
+        assert_eq!(
+            abs.token_path(Path::new("/r/.ferry")),
+            Some(PathBuf::from("/etc/ferry/token"))
+        );
+        for (bad, says) in [
+            ("heartbeat = \"0s\"", "`heartbeat` must be at least 1s"),
+            ("heartbeat = \"5\"", "invalid duration"),
+            ("token_file = \"\"", "`token_file` is empty"),
         ] {
             let err = Config::parse(&format!("{base}{bad}\n")).unwrap_err();
             assert!(err.contains(says), "{bad}: {err}");
