@@ -23,6 +23,7 @@ mod it {
     pub mod pipeline;
     pub mod publish_limits;
     pub mod reinit;
+    pub mod reports;
     pub mod requirements_publish;
     pub mod resume;
     pub mod rollback;
