@@ -140,6 +140,15 @@ impl Reporter {
             self.next_heartbeat = None;
             return;
         }
+        let server = root.config.server();
+        if !(server.starts_with("http://") || server.starts_with("https://")) {
+            // Nowhere to deliver: queueing would only fill the queue.
+            tracing::warn!(
+                "token_file is set but reports need an http:// or https:// first server, not {server}; no report"
+            );
+            self.sink = None;
+            return;
+        }
         let id = match agent_id::load_or_create(&root.layout.agent_id()) {
             Ok(id) => agent_id::hex(&id),
             Err(e) => {
