@@ -25,6 +25,12 @@ pub struct Tokens {
     digests: Vec<Digest>,
 }
 
+impl std::fmt::Debug for Tokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Tokens({} digests)", self.digests.len())
+    }
+}
+
 impl Tokens {
     /// Reads a token file: one token per line, surrounding whitespace ignored, empty
     /// lines and `#` comments skipped. A file without any token is refused: it would
