@@ -106,6 +106,21 @@ impl Fleet {
     }
 }
 
+/// The report ids the fleet database stored for `agent`, in the order it stored them
+/// (read-only, beside the running server: the database is in WAL mode).
+fn stored_reports(db: &Path, agent: &str) -> Vec<String> {
+    let conn =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap();
+    let mut stmt = conn
+        .prepare("SELECT report_id FROM reports WHERE agent_id = ?1 ORDER BY id")
+        .unwrap();
+    stmt.query_map([agent], |r| r.get::<_, String>(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
 impl Drop for Fleet {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -281,6 +296,9 @@ fn reports_wait_on_disk_while_the_fleet_server_is_down_and_all_arrive_later() {
     once(&agent);
     assert_eq!(queued(&agent), 0);
     assert_eq!(fleet.report_posts(), [201, 200, 200, 200, 200]);
+    // Stored in the order they were made, none missing.
+    let want: Vec<String> = (1..=5).map(|n| format!("{id}-{n}")).collect();
+    assert_eq!(stored_reports(&dir.path().join("fleet.db"), &id), want);
     let a = fleet.agent(&id).unwrap();
     assert_eq!(a["active"], "2.0.0", "{a}");
     assert_eq!(a["previous"], "1.0.0", "{a}");
