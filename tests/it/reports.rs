@@ -409,3 +409,38 @@ fn a_running_agent_sends_heartbeats_while_idle() {
         std::panic::resume_unwind(e);
     }
 }
+
+#[test]
+fn a_release_refused_for_its_requirements_is_reported_with_its_reason() {
+    let publisher = Publisher::new("stable");
+    let sources = Sources::app(2);
+    publisher.publish(&v(1), &sources.release(1));
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("agent-tokens"), "fleet-token-1\n").unwrap();
+    let fleet = Fleet::start(&publisher.repo(), dir.path(), "127.0.0.1:0");
+    let agent = Agent::init(&fleet.url, "stable", &publisher.public_key(), &[]);
+    enable_reports(&agent, "fleet-token-1", &["labels = [\"role=db\"]"]);
+    let id = agent_id(&agent);
+    once(&agent);
+    publisher.publish_with(&v(2), &sources.release(2), &["--requires", "role=edge"]);
+    once(&agent);
+    assert_eq!(agent.active().as_deref(), Some("1.0.0"));
+
+    let a = fleet.agent(&id).unwrap();
+    assert_eq!(a["state"], "refused", "{a}");
+    assert_eq!(a["active"], "1.0.0", "{a}");
+    let (status, body) = get(&fleet.addr(), "/v1/fleet", OPERATOR);
+    assert_eq!(status, 200, "{body}");
+    let f: Value = serde_json::from_str(&body).unwrap();
+    let refusals = &f["channels"][0]["refusals"];
+    assert_eq!(refusals.as_array().map(Vec::len), Some(1), "{f}");
+    assert_eq!(refusals[0]["agent_id"], id.as_str(), "{f}");
+    assert_eq!(refusals[0]["release"], "2.0.0", "{f}");
+    assert!(
+        refusals[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("role=edge"),
+        "{f}"
+    );
+}
