@@ -444,3 +444,57 @@ fn a_release_refused_for_its_requirements_is_reported_with_its_reason() {
         "{f}"
     );
 }
+
+#[test]
+fn a_release_that_fails_its_health_check_is_reported_rolled_back() {
+    let publisher = Publisher::new("stable");
+    let sources = Sources::app(2);
+    std::fs::write(sources.release(1).join("healthy"), "ok").unwrap();
+    publisher.publish(&v(1), &sources.release(1));
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("agent-tokens"), "fleet-token-1\n").unwrap();
+    let fleet = Fleet::start(&publisher.repo(), dir.path(), "127.0.0.1:0");
+    let agent = Agent::init(&fleet.url, "stable", &publisher.public_key(), &[]);
+    enable_reports(
+        &agent,
+        "fleet-token-1",
+        &[
+            "health_check = \"test -f \\\"$FERRY_CURRENT/healthy\\\"\"",
+            "health_retries = 1",
+            "health_delay = \"0s\"",
+        ],
+    );
+    let id = agent_id(&agent);
+    once(&agent);
+    // Release 2 ships without the file the health check looks for.
+    publisher.publish(&v(2), &sources.release(2));
+    once(&agent);
+    assert_eq!(agent.active().as_deref(), Some("1.0.0"));
+
+    let a = fleet.agent(&id).unwrap();
+    assert_eq!(a["state"], "rolled-back", "{a}");
+    assert_eq!(a["last_result"], "rolled-back", "{a}");
+    assert_eq!(a["active"], "1.0.0", "{a}");
+    assert_eq!(a["previous"], "2.0.0", "{a}");
+    assert!(
+        a["last_error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("health check"),
+        "{a}"
+    );
+    let (status, body) = get(&fleet.addr(), "/v1/fleet", OPERATOR);
+    assert_eq!(status, 200, "{body}");
+    let f: Value = serde_json::from_str(&body).unwrap();
+    let stable = &f["channels"][0];
+    let two = stable["releases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["version"] == "2.0.0")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(two["rolled_back"], 1, "{f}");
+    assert_eq!(stable["failures"][0]["release"], "2.0.0", "{f}");
+    assert_eq!(stable["failures"][0]["state"], "rolled-back", "{f}");
+}
