@@ -459,6 +459,11 @@ fn a_rollout_halts_itself_when_failures_pass_the_threshold_until_resumed() {
         200
     );
     assert_eq!(head_of(&repo).sequence, sequence);
+    let again = halted()["halt_reason"].clone();
+    assert_eq!(
+        again, r["halt_reason"],
+        "one halt recorded, not one per report"
+    );
 
     // A publisher resumes: the halt is lifted, and the failures before it do not
     // halt again (only reports after the halt count, and min=5 of them).

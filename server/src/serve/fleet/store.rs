@@ -365,3 +365,78 @@ fn parse(json: &str) -> Result<Report, FleetError> {
         ))
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_format::report::{AgentState, REPORT_SCHEMA};
+
+    fn report(agent: u8, seq: u64, time: u64, state: AgentState) -> Report {
+        let agent_id = format!("{agent:032x}");
+        Report {
+            schema: REPORT_SCHEMA,
+            report_id: format!("{agent_id}-{seq}"),
+            agent_id,
+            hostname: "h".into(),
+            labels: Default::default(),
+            channel: "stable".into(),
+            kind: ReportKind::Attempt,
+            state,
+            time,
+            active: Some("1.0.0".into()),
+            previous: None,
+            target: Some("2.0.0".into()),
+            result: "x".into(),
+            error: None,
+            last_check: None,
+            bytes_downloaded: 0,
+            bytes_reused: 0,
+            bytes_full: 0,
+            requests: 0,
+            duration_ms: 0,
+            held_back: vec![],
+            ferry_version: "0.1.0".into(),
+        }
+    }
+
+    fn put(s: &mut Store, r: &Report, received_at: u64) -> bool {
+        let json = String::from_utf8(r.to_json().unwrap()).unwrap();
+        s.store(r, &json, received_at, None).unwrap()
+    }
+
+    #[test]
+    fn duplicates_late_reports_credentials_and_retention() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fleet.db");
+        let mut s = Store::open(&path).unwrap();
+        let newest = report(1, 2, 200, AgentState::RolledBack);
+        assert!(put(&mut s, &newest, 1000));
+        assert!(!put(&mut s, &newest, 1001), "same report_id: stored once");
+        // A queued report arriving late moves last_seen, not the described state.
+        assert!(put(&mut s, &report(1, 1, 100, AgentState::Idle), 1500));
+        let agents = s.agents().unwrap();
+        assert_eq!(agents.len(), 1);
+        assert_eq!(agents[0].report.state, AgentState::RolledBack);
+        assert_eq!(agents[0].last_seen, 1500);
+        // Outcomes count the newest report per agent (arrival order).
+        assert_eq!(s.outcomes("stable", "2.0.0", 0).unwrap().0, 0);
+
+        // Enrollment binds a credential; a new one replaces it.
+        let r = report(2, 1, 100, AgentState::Idle);
+        let json = String::from_utf8(r.to_json().unwrap()).unwrap();
+        s.store(&r, &json, 1000, Some(&[1; 32])).unwrap();
+        assert_eq!(s.agent_of(&[1; 32]).unwrap(), Some(r.agent_id.clone()));
+        s.store(&r, &json, 1000, Some(&[2; 32])).unwrap();
+        assert_eq!(s.agent_of(&[1; 32]).unwrap(), None);
+        assert_eq!(s.agent_of(&[2; 32]).unwrap(), Some(r.agent_id.clone()));
+
+        // Retention: reports received before the cut go, and agents silent since then.
+        assert_eq!(s.prune(1200).unwrap(), (2, 1));
+        assert_eq!(s.agents().unwrap().len(), 1, "agent 1 reported at 1500");
+        drop(s);
+        // Reopened: the schema is kept, nothing is lost.
+        let s = Store::open(&path).unwrap();
+        assert_eq!(s.agents().unwrap().len(), 1);
+        assert_eq!(s.attempts("stable").unwrap().len(), 1);
+    }
+}
