@@ -11,6 +11,10 @@
 //!   views filter on; `report_id` is unique, so a report delivered twice is stored once.
 //! - `agents`: each agent's newest report (by the agent's `time`), kept apart from
 //!   `reports` so pruning old reports never forgets an agent that still reports.
+//! - `latest`: per agent, channel and release, the row of the agent's newest report
+//!   naming the release as `target` (`via` = 'target') or as `target` or `active`
+//!   ('either'), with its state: the fleet counts and the halt rule read this, so their
+//!   cost grows with the number of agents, not of reports.
 //! - `credentials`: the digest of each agent's credential, one per agent id.
 //! - `halts`: the rollouts `--halt-when` paused (see [`super::halt`]).
 
@@ -38,6 +42,15 @@ CREATE TABLE IF NOT EXISTS reports (
 );
 CREATE INDEX IF NOT EXISTS reports_by_channel ON reports(channel, agent_id, id);
 CREATE INDEX IF NOT EXISTS reports_by_received ON reports(received_at);
+CREATE TABLE IF NOT EXISTS latest (
+    agent_id TEXT NOT NULL,
+    channel TEXT NOT NULL,
+    release TEXT NOT NULL,
+    via TEXT NOT NULL,
+    report_row INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    PRIMARY KEY (channel, release, via, agent_id)
+);
 CREATE TABLE IF NOT EXISTS agents (
     agent_id TEXT PRIMARY KEY,
     time INTEGER NOT NULL,
@@ -179,6 +192,39 @@ impl Store {
             )
             .map_err(db("cannot store a report"))?
             == 1;
+        if inserted {
+            let row = tx.last_insert_rowid();
+            let mark = |release: &str, via: &str| {
+                tx.execute(
+                    "INSERT INTO latest (agent_id, channel, release, via, report_row, state)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                     ON CONFLICT(channel, release, via, agent_id) DO UPDATE SET
+                        report_row = excluded.report_row, state = excluded.state
+                     WHERE excluded.report_row > latest.report_row",
+                    params![
+                        report.agent_id,
+                        report.channel,
+                        release,
+                        via,
+                        row,
+                        report.state.name()
+                    ],
+                )
+                .map(|_| ())
+                .map_err(db("cannot index a report"))
+            };
+            if let Some(target) = &report.target {
+                mark(target, "target")?;
+                mark(target, "either")?;
+            }
+            if let Some(active) = report
+                .active
+                .as_ref()
+                .filter(|a| Some(*a) != report.target.as_ref())
+            {
+                mark(active, "either")?;
+            }
+        }
         // last_seen moves with every report; the described state only with a report
         // at least as new as the one kept (queued reports arrive late, in order).
         tx.execute(
@@ -224,6 +270,11 @@ impl Store {
                 params![before as i64],
             )
             .map_err(db("cannot prune agents"))?;
+        tx.execute(
+            "DELETE FROM latest WHERE NOT EXISTS (SELECT 1 FROM reports WHERE id = latest.report_row)",
+            [],
+        )
+        .map_err(db("cannot prune the report index"))?;
         tx.commit().map_err(db("cannot commit pruning"))?;
         Ok((reports, agents))
     }
@@ -252,10 +303,8 @@ impl Store {
     /// it (the reports' order of arrival, which each agent's queue keeps).
     pub fn latest_per_target(&self, channel: &str) -> Result<Vec<Report>, FleetError> {
         self.reports(
-            "SELECT r.json FROM reports r JOIN (
-                SELECT max(id) AS id FROM reports
-                WHERE channel = ?1 AND target IS NOT NULL GROUP BY agent_id, target
-             ) l ON r.id = l.id ORDER BY r.id",
+            "SELECT r.json FROM latest l JOIN reports r ON r.id = l.report_row
+             WHERE l.channel = ?1 AND l.via = 'target' ORDER BY r.id",
             params![channel],
         )
     }
@@ -280,10 +329,11 @@ impl Store {
         Ok(out)
     }
 
-    /// For the halt rule: of the agents whose reports after row `after` concern
-    /// `release` of `channel` (as target or active), how many tried it, and how many
-    /// of those have a newest such report saying failed or rolled back. Returns
-    /// (failed, tried, newest row counted).
+    /// For the halt rule: of the agents whose newest report concerning `release` of
+    /// `channel` (as target or active) came after row `after`, how many there are
+    /// (they tried it) and how many of those reports say failed or rolled back (the
+    /// same as counting only the reports after `after`). Returns (failed, tried, newest
+    /// row counted).
     pub fn outcomes(
         &self,
         channel: &str,
@@ -292,12 +342,8 @@ impl Store {
     ) -> Result<(u64, u64, i64), FleetError> {
         self.conn
             .query_row(
-                "SELECT coalesce(sum(r.state IN ('failed', 'rolled-back')), 0), count(*), coalesce(max(r.id), 0)
-                 FROM reports r JOIN (
-                    SELECT max(id) AS id FROM reports
-                    WHERE channel = ?1 AND id > ?3 AND (target = ?2 OR active = ?2)
-                    GROUP BY agent_id
-                 ) l ON r.id = l.id",
+                "SELECT coalesce(sum(state IN ('failed', 'rolled-back')), 0), count(*), coalesce(max(report_row), 0)
+                 FROM latest WHERE channel = ?1 AND release = ?2 AND via = 'either' AND report_row > ?3",
                 params![channel, release, after],
                 |r| {
                     Ok((
@@ -418,8 +464,21 @@ mod tests {
         assert_eq!(agents.len(), 1);
         assert_eq!(agents[0].report.state, AgentState::RolledBack);
         assert_eq!(agents[0].last_seen, 1500);
-        // Outcomes count the newest report per agent (arrival order).
+        // Outcomes count the newest report per agent (arrival order): the late idle one.
         assert_eq!(s.outcomes("stable", "2.0.0", 0).unwrap().0, 0);
+        assert_eq!(
+            s.outcomes("stable", "1.0.0", 0).unwrap().1,
+            1,
+            "active counts as tried"
+        );
+        assert!(put(&mut s, &report(1, 3, 300, AgentState::Failed), 1600));
+        let (failed, tried, newest) = s.outcomes("stable", "2.0.0", 0).unwrap();
+        assert_eq!((failed, tried), (1, 1));
+        assert_eq!(s.outcomes("stable", "2.0.0", newest).unwrap(), (0, 0, 0));
+        assert_eq!(
+            s.latest_per_target("stable").unwrap()[0].state,
+            AgentState::Failed
+        );
 
         // Enrollment binds a credential; a new one replaces it.
         let r = report(2, 1, 100, AgentState::Idle);
@@ -432,11 +491,12 @@ mod tests {
 
         // Retention: reports received before the cut go, and agents silent since then.
         assert_eq!(s.prune(1200).unwrap(), (2, 1));
-        assert_eq!(s.agents().unwrap().len(), 1, "agent 1 reported at 1500");
+        assert_eq!(s.agents().unwrap().len(), 1, "agent 1 reported at 1600");
+        assert_eq!(s.outcomes("stable", "2.0.0", 0).unwrap().0, 1);
         drop(s);
         // Reopened: the schema is kept, nothing is lost.
         let s = Store::open(&path).unwrap();
         assert_eq!(s.agents().unwrap().len(), 1);
-        assert_eq!(s.attempts("stable").unwrap().len(), 1);
+        assert_eq!(s.attempts("stable").unwrap().len(), 2);
     }
 }
