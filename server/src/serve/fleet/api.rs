@@ -430,3 +430,57 @@ fn internal(e: &FleetError) -> Response<Body> {
     tracing::error!("fleet API: {e}");
     error(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::serve::fleet::FleetOptions;
+    use http::header::AUTHORIZATION;
+
+    #[tokio::test]
+    async fn a_body_without_a_length_is_cut_at_64_kib_and_bad_json_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = dir.path().join("repo");
+        std::fs::create_dir(&repo).unwrap();
+        std::fs::write(dir.path().join("agents"), "tok\n").unwrap();
+        std::fs::write(dir.path().join("operators"), "op\n").unwrap();
+        let fleet = Arc::new(
+            Fleet::open(FleetOptions {
+                repo,
+                agent_tokens: dir.path().join("agents"),
+                operator_tokens: dir.path().join("operators"),
+                db: dir.path().join("fleet.db"),
+                heartbeat: super::super::DEFAULT_HEARTBEAT,
+                retention: std::time::Duration::from_secs(3600),
+                halt: None,
+            })
+            .unwrap(),
+        );
+        let req = Request::post("/v1/reports")
+            .header(AUTHORIZATION, "Bearer tok")
+            .body(())
+            .unwrap();
+        let big = Full::new(Bytes::from(vec![b' '; MAX_REPORT_SIZE + 1]));
+        assert_eq!(
+            handle(&fleet, &req, big).await.status(),
+            StatusCode::PAYLOAD_TOO_LARGE
+        );
+        let bad = Full::new(Bytes::from_static(b"{\"schema\": 1}"));
+        let resp = handle(&fleet, &req, bad).await;
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert!(
+            String::from_utf8_lossy(&body).contains("not a report"),
+            "{body:?}"
+        );
+        let get = Request::get("/v1/fleet")
+            .header(AUTHORIZATION, "Bearer tok")
+            .body(())
+            .unwrap();
+        let empty = Full::new(Bytes::new());
+        assert_eq!(
+            handle(&fleet, &get, empty).await.status(),
+            StatusCode::UNAUTHORIZED
+        );
+    }
+}
