@@ -19,7 +19,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::auth::{bearer, credential_digest, new_credential};
-use super::store::Store;
+use super::store::{Store, Stored};
 use super::{Fleet, FleetError, halt, now};
 use crate::serve::routes::Body;
 
@@ -143,10 +143,11 @@ where
     let stored = fleet
         .with_store(move |s| {
             let stored = s.store(&report, &json, now(), digest.as_ref())?;
-            if stored {
+            if stored == Stored::New {
                 halt::after_report(&fleet2, s, &report.channel);
             }
-            Ok(stored)
+            // A refreshed heartbeat was recorded too (as the agent's last contact).
+            Ok(stored != Stored::Duplicate)
         })
         .await;
     match (stored, credential) {

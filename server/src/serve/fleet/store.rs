@@ -106,6 +106,17 @@ pub struct Halt {
     pub reason: String,
 }
 
+/// What [`Store::store`] did with a report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stored {
+    /// Kept as a new row.
+    New,
+    /// Its `report_id` was stored before: nothing changed.
+    Duplicate,
+    /// A heartbeat repeating the agent's newest report: only `last_seen` moved.
+    Refreshed,
+}
+
 /// The open database.
 pub struct Store {
     conn: Connection,
@@ -141,7 +152,7 @@ impl Store {
         Ok(Store { conn })
     }
 
-    /// Stores a report from an agent; false when its `report_id` was stored before.
+    /// Stores a report from an agent.
     /// `credential`: a new credential digest to bind to the report's agent id
     /// (enrollment), replacing any earlier one, in the same transaction.
     pub fn store(
@@ -150,7 +161,7 @@ impl Store {
         json: &str,
         received_at: u64,
         credential: Option<&[u8; 32]>,
-    ) -> Result<bool, FleetError> {
+    ) -> Result<Stored, FleetError> {
         let tx = self
             .conn
             .transaction()
@@ -171,7 +182,24 @@ impl Store {
             ReportKind::Attempt => "attempt",
             ReportKind::Heartbeat => "heartbeat",
         };
-        let inserted = tx
+        // A heartbeat that repeats what the agent's newest report says only refreshes
+        // last_seen: keeping it as a row would grow the table by every agent every
+        // interval, and would make an old failure look new to the halt rule's window.
+        let previous: Option<String> = tx
+            .query_row(
+                "SELECT json FROM agents WHERE agent_id = ?1",
+                params![report.agent_id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(db("cannot read an agent"))?;
+        let repeats = report.kind == ReportKind::Heartbeat
+            && previous
+                .as_deref()
+                .and_then(|j| Report::from_json(j.as_bytes()).ok())
+                .is_some_and(|p| same_state(&p, report));
+        let inserted = !repeats
+            && tx
             .execute(
                 "INSERT INTO reports (report_id, agent_id, received_at, time, channel, kind, state, active, target, result, json)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
@@ -237,7 +265,21 @@ impl Store {
         )
         .map_err(db("cannot update an agent"))?;
         tx.commit().map_err(db("cannot commit a report"))?;
-        Ok(inserted)
+        Ok(if inserted {
+            Stored::New
+        } else if repeats {
+            Stored::Refreshed
+        } else {
+            Stored::Duplicate
+        })
+    }
+
+    /// How many reports are kept (all kinds).
+    pub fn report_count(&self) -> Result<u64, FleetError> {
+        self.conn
+            .query_row("SELECT count(*) FROM reports", [], |r| r.get::<_, i64>(0))
+            .map(|n| n.max(0) as u64)
+            .map_err(db("cannot count reports"))
     }
 
     /// The agent id a credential digest is bound to.
@@ -402,6 +444,17 @@ impl Store {
     }
 }
 
+/// Whether `b` says nothing `a` did not: same channel, state, releases and outcome.
+fn same_state(a: &Report, b: &Report) -> bool {
+    a.channel == b.channel
+        && a.state == b.state
+        && a.active == b.active
+        && a.previous == b.previous
+        && a.target == b.target
+        && a.result == b.result
+        && a.error == b.error
+}
+
 /// A stored report's JSON: validated when it was received, so an error here means
 /// the file was changed behind the server's back.
 fn parse(json: &str) -> Result<Report, FleetError> {
@@ -447,7 +500,7 @@ mod tests {
 
     fn put(s: &mut Store, r: &Report, received_at: u64) -> bool {
         let json = String::from_utf8(r.to_json().unwrap()).unwrap();
-        s.store(r, &json, received_at, None).unwrap()
+        s.store(r, &json, received_at, None).unwrap() == Stored::New
     }
 
     #[test]
@@ -480,6 +533,26 @@ mod tests {
             AgentState::Failed
         );
 
+        // A heartbeat repeating the newest state is not kept as a row, one saying
+        // something new is.
+        let count = s.report_count().unwrap();
+        let mut beat = report(1, 4, 400, AgentState::Failed);
+        beat.kind = ReportKind::Heartbeat;
+        let json = String::from_utf8(beat.to_json().unwrap()).unwrap();
+        assert_eq!(
+            s.store(&beat, &json, 1650, None).unwrap(),
+            Stored::Refreshed
+        );
+        assert_eq!(s.report_count().unwrap(), count);
+        assert_eq!(s.agents().unwrap()[0].last_seen, 1650);
+        assert_eq!(s.outcomes("stable", "2.0.0", newest).unwrap(), (0, 0, 0));
+        beat.report_id.push('5');
+        beat.state = AgentState::Idle;
+        beat.result = "up-to-date".into();
+        let json = String::from_utf8(beat.to_json().unwrap()).unwrap();
+        assert_eq!(s.store(&beat, &json, 1660, None).unwrap(), Stored::New);
+        assert_eq!(s.report_count().unwrap(), count + 1);
+
         // Enrollment binds a credential; a new one replaces it.
         let r = report(2, 1, 100, AgentState::Idle);
         let json = String::from_utf8(r.to_json().unwrap()).unwrap();
@@ -492,7 +565,9 @@ mod tests {
         // Retention: reports received before the cut go, and agents silent since then.
         assert_eq!(s.prune(1200).unwrap(), (2, 1));
         assert_eq!(s.agents().unwrap().len(), 1, "agent 1 reported at 1600");
-        assert_eq!(s.outcomes("stable", "2.0.0", 0).unwrap().0, 1);
+        // Agent 1's newest report on 2.0.0 is the idle heartbeat: tried, not failed.
+        let (failed, tried, _) = s.outcomes("stable", "2.0.0", 0).unwrap();
+        assert_eq!((failed, tried), (0, 1));
         drop(s);
         // Reopened: the schema is kept, nothing is lost.
         let s = Store::open(&path).unwrap();
