@@ -53,6 +53,9 @@ pub mod event {
     /// The oldest head kept in the log, when it is not the channel's first: the state
     /// the events after it start from.
     pub const BASELINE: &str = "baseline";
+    /// A file in the head log that is not a head the repository's keys signed
+    /// (altered, misnamed, signed by no trusted key): reported, never read as events.
+    pub const INVALID_LOG_ENTRY: &str = "invalid-log-entry";
     /// The server halted a rollout by itself (its record in the fleet database).
     pub const HALTED: &str = "halted";
     /// An agent's report of an attempt, by its state: `agent-` and the state name

@@ -225,6 +225,12 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         timestamp_key: Option<PathBuf>,
     },
+    /// Audit reports: who signed which head, when (from the repository's head log),
+    /// as JSON (signed with --sign) or CSV; verify a signed report; prune old records.
+    Audit {
+        #[command(subcommand)]
+        command: crate::audit::command::AuditCommand,
+    },
     /// List a repository's channels and their releases.
     Ls {
         /// Repository root.

@@ -5,8 +5,8 @@
 use std::path::{Path, PathBuf};
 
 use ferry_format::envelope::ObjectKind;
-use ferry_format::id::{Digest, ObjectRef};
 use ferry_format::head::claimed_sequence;
+use ferry_format::id::{Digest, ObjectRef};
 use ferry_format::layout::{head_log_dir, head_log_path, head_path, object_path};
 use tempfile::NamedTempFile;
 
