@@ -359,3 +359,118 @@ fn a_forged_log_entry_is_reported_not_believed() {
         "{report:#}"
     );
 }
+
+/// With the fleet database: every agent outcome and the halt of `--halt-when`, read
+/// while `serve` writes, beside the online key's pause in the head log; pruning drops
+/// them past the retention.
+#[test]
+fn audit_export_adds_agent_outcomes_and_halts_from_the_fleet_database() {
+    use ferry_format::report::AgentState;
+
+    use super::fleet::{FleetServer, report};
+
+    let sources = Sources::app(2);
+    let p = publisher_with_online_role(&sources, &[]);
+    p.publish_with(&v(2), &sources.release(2), &["--rollout", "50"]);
+    let online = key_file(&p, "online.key");
+    let f = FleetServer::start(
+        &p.repo(),
+        &[
+            "--timestamp-key",
+            &online,
+            "--halt-when",
+            "failed>20%,min=5",
+        ],
+    );
+    for n in 1..=4 {
+        f.enroll(&report(n, 1, AgentState::Idle, "2.0.0", Some("2.0.0")));
+    }
+    f.enroll(&report(
+        5,
+        1,
+        AgentState::RolledBack,
+        "1.0.0",
+        Some("2.0.0"),
+    ));
+    f.enroll(&report(6, 1, AgentState::Failed, "1.0.0", Some("2.0.0")));
+    let db = f.dir.path().join("fleet.db");
+    let db = db.to_str().unwrap();
+
+    let report = export_json(&p, &["--since", "2020-01-01", "--fleet-db", db]);
+    let counts = &report["counts"];
+    assert_eq!(
+        counts,
+        &serde_json::json!({
+            "published": 2, "paused": 1, "halted": 1,
+            "agent-idle": 4, "agent-rolled-back": 1, "agent-failed": 1,
+        }),
+        "{report:#}"
+    );
+    assert_eq!(report["fleet_db"], db);
+    let events = report["events"].as_array().unwrap();
+    let find = |kind: &str| events.iter().find(|e| e["event"] == kind).unwrap();
+    let paused = find("paused");
+    assert_eq!(
+        (&paused["release"], &paused["role"], &paused["key_ids"][0]),
+        (
+            &Value::from(v(2)),
+            &Value::from("online"),
+            &Value::from(key_id(&key_file(&p, "online.pub")))
+        )
+    );
+    let halted = find("halted");
+    assert_eq!(halted["release"], v(2));
+    let why = halted["detail"].as_str().unwrap();
+    assert!(why.contains("2 of 6"), "{why}");
+    let failed = find("agent-failed");
+    assert_eq!(failed["hostname"], "host-6");
+    assert_eq!(failed["release"], v(2));
+    assert_eq!(failed["agent_id"], format!("{:032x}", 6));
+    assert_eq!(failed["agent_report_id"], format!("{:032x}-1", 6));
+    assert_eq!(failed["detail"], "agent 6: health check failed");
+    let times: Vec<u64> = events.iter().map(|e| e["time"].as_u64().unwrap()).collect();
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "{times:?}");
+    // The CSV has a row for each.
+    let out = export(
+        &p,
+        &["--since", "2020-01-01", "--fleet-db", db, "--format", "csv"],
+    );
+    assert_ok(&out, "audit export --format csv --fleet-db");
+    let csv = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(
+        csv.split_terminator("\r\n").count(),
+        1 + events.len(),
+        "{csv}"
+    );
+    assert!(csv.contains(",agent-failed,stable,2.0.0,"), "{csv}");
+    // A database that is not there is an error, not an empty report.
+    let e = refused(&export(
+        &p,
+        &[
+            "--since",
+            "2020-01-01",
+            "--fleet-db",
+            "/nonexistent/fleet.db",
+        ],
+    ));
+    assert!(e.contains("no fleet database"), "{e}");
+
+    // Past the retention: the database's halts and reports go, and with them their
+    // events; the head log keeps the current head.
+    std::thread::sleep(Duration::from_millis(2100));
+    let out = server(&[
+        "audit",
+        "prune",
+        "--repo",
+        p.repo().to_str().unwrap(),
+        "--fleet-db",
+        db,
+        "--audit-retention",
+        "1s",
+    ]);
+    assert_ok(&out, "audit prune --fleet-db");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("1 halts and 6 reports"), "{said}");
+    let after = export_json(&p, &["--since", "2020-01-01", "--fleet-db", db]);
+    assert_eq!(kinds(&after), [("baseline".to_string(), v(2))], "{after:#}");
+}

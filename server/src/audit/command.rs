@@ -43,6 +43,10 @@ pub enum AuditCommand {
         /// heads are verified with.
         #[arg(long, value_name = "PUB")]
         public_key: Option<PathBuf>,
+        /// The fleet database of `serve --fleet-db`: adds agent outcomes (one event per
+        /// attempt report) and the halts of `--halt-when`.
+        #[arg(long, value_name = "PATH")]
+        fleet_db: Option<PathBuf>,
     },
     /// Check a signed audit report: exit 0 with a summary, or fail naming the problem
     /// (edited report, signature, another key).
@@ -60,6 +64,10 @@ pub enum AuditCommand {
         /// Repository root.
         #[arg(long, value_name = "DIR")]
         repo: PathBuf,
+        /// The fleet database of `serve --fleet-db`: its halts and reports older than the
+        /// retention are deleted too.
+        #[arg(long, value_name = "PATH")]
+        fleet_db: Option<PathBuf>,
         /// How long audit records are kept, e.g. 365d.
         #[arg(long, value_name = "DURATION", default_value = "365d",
               value_parser = parse_retention)]
@@ -92,6 +100,7 @@ pub fn run(command: AuditCommand) -> anyhow::Result<()> {
             format,
             sign,
             public_key,
+            fleet_db,
         } => {
             if sign.is_some() && format != Format::Json {
                 anyhow::bail!("--sign signs JSON reports only: use --format json");
@@ -102,6 +111,7 @@ pub fn run(command: AuditCommand) -> anyhow::Result<()> {
                 .transpose()?;
             let opts = super::ExportOptions {
                 repo,
+                fleet_db,
                 public_key: public_key
                     .as_deref()
                     .map(crate::keygen::read_public)
@@ -127,16 +137,28 @@ pub fn run(command: AuditCommand) -> anyhow::Result<()> {
         }
         AuditCommand::Prune {
             repo,
+            fleet_db,
             audit_retention,
         } => {
             let repo = crate::repo::Repo::new(repo);
             let before = super::cutoff(audit_retention);
-            let pruned = super::prune(&repo, before)?;
+            let mut pruned = super::prune(&repo, before)?;
+            if let Some(db) = &fleet_db {
+                (pruned.halts, pruned.reports) = super::fleet::prune(db, before)?;
+            }
             stdout(
                 format!(
-                    "pruned {} head log entries issued before {}\n",
+                    "pruned {} head log entries issued before {}{}\n",
                     pruned.log_entries,
-                    super::time::utc(before)
+                    super::time::utc(before),
+                    if fleet_db.is_some() {
+                        format!(
+                            ", {} halts and {} reports recorded before it",
+                            pruned.halts, pruned.reports
+                        )
+                    } else {
+                        String::new()
+                    }
                 )
                 .as_bytes(),
             )

@@ -4,13 +4,15 @@
 //! report (signed with `--sign`, FORMAT.md §11) or CSV; `audit verify` checks a signed
 //! report; `audit prune` drops what is older than the retention.
 //!
-//! - [`log`]: the head log as events; [`csv`]: the CSV rows; [`time`]: the dates.
+//! - [`log`]: the head log as events; [`fleet`]: agent outcomes and halts from the
+//!   fleet database; [`csv`]: the CSV rows; [`time`]: the dates.
 //!
 //! Export only reads files (the log's entries are immutable, written before the head
 //! they hold becomes current), so it runs while `serve` and publishers write.
 
 pub mod command;
 pub mod csv;
+pub mod fleet;
 pub mod log;
 pub mod time;
 
@@ -37,6 +39,8 @@ pub struct ExportOptions {
     /// Unix seconds: events with `since` ≤ time < `until` (`until` defaults to now).
     pub since: u64,
     pub until: Option<u64>,
+    /// The fleet database of `serve --fleet-db`, for agent outcomes and halts.
+    pub fleet_db: Option<PathBuf>,
 }
 
 fn now() -> u64 {
@@ -81,6 +85,9 @@ pub fn export(opts: &ExportOptions) -> Result<AuditReport> {
             &time::utc,
         )?);
     }
+    if let Some(db) = &opts.fleet_db {
+        events.extend(fleet::events(db, opts.since, until, &time::utc)?);
+    }
     events.retain(|e| opts.since <= e.time && e.time < until);
     // Stable: within one instant, a channel's events keep their log order.
     events.sort_by_key(|e| e.time);
@@ -94,7 +101,7 @@ pub fn export(opts: &ExportOptions) -> Result<AuditReport> {
         until,
         until_utc: time::utc(until),
         repository: opts.repo.display().to_string(),
-        fleet_db: None,
+        fleet_db: opts.fleet_db.as_ref().map(|p| p.display().to_string()),
         counts: AuditReport::count(&events),
         events,
     })
@@ -152,6 +159,8 @@ pub fn summary(v: &VerifiedReport) -> String {
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Pruned {
     pub log_entries: usize,
+    pub halts: usize,
+    pub reports: usize,
 }
 
 /// Removes head log entries whose head was issued before `before` (unix seconds),
