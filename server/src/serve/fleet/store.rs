@@ -442,6 +442,72 @@ impl Store {
             .map_err(db("cannot record a halt"))?;
         Ok(())
     }
+
+    // Read by `ferry-server audit export` (server/src/audit/fleet.rs).
+
+    /// Attempt reports received (server clock) in `since..until`, oldest first, each
+    /// with its receipt time.
+    pub fn attempts_received(
+        &self,
+        since: u64,
+        until: u64,
+    ) -> Result<Vec<(u64, Report)>, FleetError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT received_at, json FROM reports
+                 WHERE kind = 'attempt' AND received_at >= ?1 AND received_at < ?2 ORDER BY id",
+            )
+            .map_err(db("cannot read reports"))?;
+        let rows = stmt
+            .query_map(params![since as i64, until as i64], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+            })
+            .map_err(db("cannot read reports"))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (at, json) = row.map_err(db("cannot read reports"))?;
+            out.push((at.max(0) as u64, parse(&json)?));
+        }
+        Ok(out)
+    }
+
+    /// Halts recorded in `since..until`, oldest first.
+    pub fn halts_between(&self, since: u64, until: u64) -> Result<Vec<Halt>, FleetError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT channel, release, content_sequence, halted_at, last_report, failed, tried, reason
+                 FROM halts WHERE halted_at >= ?1 AND halted_at < ?2 ORDER BY id",
+            )
+            .map_err(db("cannot read halts"))?;
+        let rows = stmt
+            .query_map(params![since as i64, until as i64], |r| {
+                Ok(Halt {
+                    channel: r.get(0)?,
+                    release: r.get(1)?,
+                    content_sequence: r.get::<_, i64>(2)? as u64,
+                    halted_at: r.get::<_, i64>(3)? as u64,
+                    last_report: r.get(4)?,
+                    failed: r.get::<_, i64>(5)? as u64,
+                    tried: r.get::<_, i64>(6)? as u64,
+                    reason: r.get(7)?,
+                })
+            })
+            .map_err(db("cannot read halts"))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(db("cannot read halts"))
+    }
+
+    /// Deletes halts recorded before `before` (`audit prune`).
+    pub fn prune_halts(&mut self, before: u64) -> Result<usize, FleetError> {
+        self.conn
+            .execute(
+                "DELETE FROM halts WHERE halted_at < ?1",
+                params![before as i64],
+            )
+            .map_err(db("cannot prune halts"))
+    }
 }
 
 /// Whether `b` says nothing `a` did not: same channel, state, releases and outcome.
