@@ -17,6 +17,7 @@ mod it {
     pub mod identity;
     pub mod keys;
     pub mod limits;
+    pub mod metrics;
     pub mod mirrors;
     pub mod online;
     pub mod paths;

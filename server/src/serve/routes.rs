@@ -57,14 +57,12 @@ pub async fn handle<B>(state: &State, req: &Request<B>) -> Response<Body> {
     match path {
         "/healthz" => return text(StatusCode::OK, "ok", head_only),
         "/metrics" => {
-            let mut metrics = state.metrics.render();
-            if let Some(uploads) = &state.upload {
-                metrics.push_str(&uploads.render_metrics());
-            }
+            let uploads = state.upload.as_ref().map(|u| u.counts());
+            let metrics = state.metrics.render(uploads.as_ref());
             let mut r = text(StatusCode::OK, metrics, head_only);
             r.headers_mut().insert(
                 CONTENT_TYPE,
-                HeaderValue::from_static("text/plain; version=0.0.4"),
+                HeaderValue::from_static(super::metrics::CONTENT_TYPE),
             );
             return r;
         }
