@@ -25,6 +25,7 @@
 pub mod access_log;
 pub mod conns;
 pub mod metrics;
+pub mod page;
 pub mod quota;
 pub mod range;
 pub mod refresh;

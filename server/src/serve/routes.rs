@@ -1,5 +1,5 @@
-//! Request routing: `/healthz`, `/metrics` and the two repository path shapes of
-//! FORMAT.md §7. Nothing else maps to a file.
+//! Request routing: `/healthz`, `/metrics`, the fleet page ([`super::page`]) and the
+//! two repository path shapes of FORMAT.md §7. Nothing else maps to a file.
 //!
 //! The request path is handed, still percent-encoded, to
 //! `ferry_format::layout::parse_repo_path`, which accepts only
@@ -54,6 +54,9 @@ pub async fn handle<B>(state: &State, req: &Request<B>) -> Response<Body> {
         }
     };
     let path = req.uri().path();
+    if let Some(page) = super::page::serve(path, head_only) {
+        return page;
+    }
     match path {
         "/healthz" => return text(StatusCode::OK, "ok", head_only),
         "/metrics" => {
