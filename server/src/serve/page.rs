@@ -74,7 +74,10 @@ mod tests {
         ] {
             let r = serve(path, false).unwrap();
             let h = r.headers();
-            assert!(h[CONTENT_TYPE].to_str().unwrap().starts_with(kind), "{path}");
+            assert!(
+                h[CONTENT_TYPE].to_str().unwrap().starts_with(kind),
+                "{path}"
+            );
             assert_eq!(h["content-security-policy"], CSP, "{path}");
             assert_eq!(h["x-content-type-options"], "nosniff", "{path}");
         }
