@@ -11,6 +11,7 @@ mod it {
     pub mod doctor;
     pub mod fixtures;
     pub mod flaky_network;
+    pub mod fleet;
     pub mod fleet_page;
     pub mod head_check;
     pub mod hostile_clients;

@@ -224,6 +224,31 @@ pub enum Command {
         /// does not freeze between releases (never past the publisher's content expiry).
         #[arg(long, value_name = "FILE")]
         timestamp_key: Option<PathBuf>,
+        /// Fleet API (docs/FLEET.md): agents enroll and report (`POST /v1/reports`)
+        /// with a fleet token from this file (one per line); needs
+        /// --operator-token-file and --fleet-db.
+        #[arg(long, value_name = "FILE", requires_all = ["operator_token_file", "fleet_db"])]
+        agent_token_file: Option<PathBuf>,
+        /// Fleet API: operators read `GET /v1/agents` and `GET /v1/fleet` with a token
+        /// from this file (one per line).
+        #[arg(long, value_name = "FILE", requires_all = ["agent_token_file", "fleet_db"])]
+        operator_token_file: Option<PathBuf>,
+        /// Fleet API: the database of reports, credentials and halts (SQLite); never
+        /// inside --repo, which any static host may publish.
+        #[arg(long, value_name = "PATH", requires_all = ["agent_token_file", "operator_token_file"])]
+        fleet_db: Option<PathBuf>,
+        /// The agents' heartbeat interval: an agent silent for 3 of them is offline.
+        #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
+        heartbeat_interval: Duration,
+        /// Reports older than this are deleted from the fleet database.
+        #[arg(long, value_name = "DURATION", default_value = "90d", value_parser = parse_duration)]
+        report_retention: Duration,
+        /// Pause the newest release's rollout (with --timestamp-key, the online key)
+        /// when more than P% of the agents that tried it failed or rolled back, once
+        /// at least N tried it: 'failed>P%,min=N'.
+        #[arg(long, value_name = "RULE", requires_all = ["fleet_db", "timestamp_key"],
+              value_parser = crate::serve::fleet::HaltRule::parse)]
+        halt_when: Option<crate::serve::fleet::HaltRule>,
     },
     /// List a repository's channels and their releases.
     Ls {

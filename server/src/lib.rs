@@ -210,7 +210,32 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             upload_bytes_per_hour,
             upload_requests_per_minute,
             timestamp_key,
+            agent_token_file,
+            operator_token_file,
+            fleet_db,
+            heartbeat_interval,
+            report_retention,
+            halt_when,
         } => {
+            let fleet = match (agent_token_file, operator_token_file, fleet_db) {
+                (Some(agent_tokens), Some(operator_tokens), Some(db)) => {
+                    // clap requires --timestamp-key with --halt-when.
+                    let halt = match (halt_when, &timestamp_key) {
+                        (Some(rule), Some(k)) => Some((rule, keygen::read_secret(k)?)),
+                        _ => None,
+                    };
+                    Some(serve::fleet::Fleet::open(serve::fleet::FleetOptions {
+                        repo: repo.clone(),
+                        agent_tokens,
+                        operator_tokens,
+                        db,
+                        heartbeat: heartbeat_interval,
+                        retention: report_retention,
+                        halt,
+                    })?)
+                }
+                _ => None,
+            };
             let limits = serve::quota::Limits {
                 bytes_per_hour: upload_bytes_per_hour,
                 requests_per_minute: upload_requests_per_minute,
@@ -241,6 +266,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 tls.as_ref(),
                 uploads,
                 refresher,
+                fleet,
             )?;
         }
         Command::Ls { repo, channel, key } => {

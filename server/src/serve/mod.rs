@@ -24,6 +24,7 @@
 
 pub mod access_log;
 pub mod conns;
+pub mod fleet;
 pub mod metrics;
 pub mod page;
 pub mod quota;
@@ -87,6 +88,8 @@ pub struct State {
     /// The upload API (`PUT`), when `--upload-token-file` enabled it.
     pub upload: Option<upload::Uploads>,
     pub conns: Arc<conns::Conns>,
+    /// The fleet API (`/v1/`), when `--fleet-db` and its token files enabled it.
+    pub fleet: Option<Arc<fleet::Fleet>>,
 }
 
 /// A bound, not yet running server.
@@ -125,6 +128,7 @@ impl Server {
                 metrics: Metrics::new(),
                 upload: None,
                 conns: Arc::default(),
+                fleet: None,
             }),
             max_connections: opts.max_connections.max(1),
             tls: None,
@@ -137,6 +141,15 @@ impl Server {
         // The state is shared only once `run` starts, so it can still be changed here.
         if let Some(state) = Arc::get_mut(&mut self.state) {
             state.upload = Some(uploads);
+        }
+        self
+    }
+
+    /// Answers the fleet API (`/v1/`, see [`fleet`]) besides serving the repository.
+    #[must_use]
+    pub fn with_fleet(mut self, fleet: Arc<fleet::Fleet>) -> Server {
+        if let Some(state) = Arc::get_mut(&mut self.state) {
+            state.fleet = Some(fleet);
         }
         self
     }
@@ -348,8 +361,11 @@ async fn answer(state: &State, req: Request<Incoming>) -> Response<Body> {
     // upload (`PUT`, when enabled) reads its body.
     let (parts, body) = req.into_parts();
     let req = Request::from_parts(parts, ());
-    let resp = match &state.upload {
-        Some(uploads) if req.method() == Method::PUT => {
+    let resp = match (&state.upload, &state.fleet) {
+        (_, Some(fleet)) if fleet::api::owns(req.uri().path()) => {
+            fleet::api::handle(fleet, &req, body).await
+        }
+        (Some(uploads), _) if req.method() == Method::PUT => {
             upload::handle(&state.repo, uploads, &req, body).await
         }
         _ => routes::handle(state, &req).await,
@@ -389,6 +405,7 @@ pub fn run_cli(
     tls: Option<&tls::TlsFiles>,
     uploads: Option<upload::Uploads>,
     refresher: Option<refresh::Refresher>,
+    fleet: Option<fleet::Fleet>,
 ) -> Result<()> {
     // Certificate problems are reported before anything is bound.
     let acceptor = tls.map(tls::acceptor).transpose()?;
@@ -409,6 +426,10 @@ pub fn run_cli(
         if let Some(uploads) = uploads {
             server = server.with_uploads(uploads);
         }
+        let fleet = fleet.map(Arc::new);
+        if let Some(fleet) = &fleet {
+            server = server.with_fleet(fleet.clone());
+        }
         // After the `with_` calls, which need the state unshared.
         reopen_log_on_sighup(server.state.clone())?;
         let addr = server.local_addr()?;
@@ -419,8 +440,9 @@ pub fn run_cli(
         drop(stdout);
         tracing::info!(%addr, repo = %opts.repo.display(), "serving");
         let refreshing = refresher.map(|r| tokio::spawn(r.run()));
+        let pruning = fleet.map(|f| tokio::spawn(f.prune_loop()));
         let result = server.run(shutdown).await;
-        if let Some(task) = refreshing {
+        for task in [refreshing, pruning].into_iter().flatten() {
             task.abort();
         }
         result
