@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -23,8 +24,10 @@ const OPERATOR_TOKEN: &str = "fleet-operator-token-fedcba9876543210";
 /// What an agent could send as its hostname: it must show as text, never as markup.
 const HOSTILE_HOST: &str = "<img src=x id=pwned onerror=alert(1)>";
 
-/// `chromedriver --port=P` on loopback, with its own TMPDIR (Chromium's
-/// `org.chromium.Chromium.*` folders land there and go with it); killed on drop.
+/// `chromedriver --port=P` on loopback, in a process group of its own with the
+/// Chromium it starts, and with its own TMPDIR and HOME (Chromium's
+/// `org.chromium.Chromium.*` folders and crash database land there and go with it).
+/// On drop the whole group is killed, so a failing test leaves no browser behind.
 struct Driver {
     child: Child,
     port: u16,
@@ -41,7 +44,11 @@ impl Driver {
         let tmp = tempfile::tempdir().unwrap();
         let child = Command::new("chromedriver")
             .arg(format!("--port={port}"))
+            .process_group(0)
             .env("TMPDIR", tmp.path())
+            .env("HOME", tmp.path())
+            .env_remove("XDG_CONFIG_HOME")
+            .env_remove("XDG_CACHE_HOME")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -87,7 +94,9 @@ impl Driver {
 
 impl Drop for Driver {
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        // The group's id is chromedriver's pid (process_group(0)).
+        let group = format!("-{}", self.child.id());
+        let _ = Command::new("kill").args(["-9", "--", &group]).status();
         let _ = self.child.wait();
     }
 }
@@ -343,6 +352,15 @@ async fn drive(c: &Client, url: &str, agents: &mut [SimAgent]) -> Result<(), Str
     )
     .await;
     wait_text(c, "#total-agents", "4", t).await;
+    // The form is gone once the data shows, and no badge claims a halt or a pause.
+    assert!(!displayed(c, "login").await, "token form still shown");
+    for badge in ["rollout-halted", "rollout-paused"] {
+        let e = c
+            .find(Locator::Css(&format!(r#"{ch} [data-field="{badge}"]"#)))
+            .await
+            .map_err(fail)?;
+        assert!(!e.is_displayed().await.map_err(fail)?, "{badge} shown");
+    }
     // Bytes saved: 4 reports of 10,000 full against 1,000 downloaded.
     let saved = attr(
         c,
