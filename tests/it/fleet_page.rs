@@ -305,6 +305,9 @@ async fn fleet_page_shows_the_reported_counts_in_chromium() {
     let _ = c.close().await;
     drop(driver);
     result.unwrap_or_else(|e| panic!("{e}"));
+    // /metrics of a server with the fleet API on is valid too.
+    let (_, metrics) = super::metrics::get(&url, "/metrics");
+    super::metrics::promtool_check(&metrics);
     let took = started.elapsed();
     eprintln!("fleet page test took {took:?}");
     assert!(took < Duration::from_secs(60), "took {took:?}");

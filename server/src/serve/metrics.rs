@@ -154,6 +154,61 @@ pub struct AgentCount {
     pub agents: u64,
 }
 
+impl FleetGauges {
+    /// The gauges from the two operator views of the fleet API (FLEET-API contract):
+    /// `GET /v1/fleet` gives each channel's rollout, offline count and bytes saved,
+    /// `GET /v1/agents` each agent's channel, active release and state. Fields that
+    /// are missing or of another type count as absent, never as an error: metrics
+    /// must not fail a request.
+    pub fn from_views(fleet: &serde_json::Value, agents: &serde_json::Value) -> FleetGauges {
+        use std::collections::BTreeMap;
+        let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
+        let mut counts: BTreeMap<(String, String, AgentState), u64> = BTreeMap::new();
+        for a in agents["agents"].as_array().into_iter().flatten() {
+            let state = serde_json::from_value::<AgentState>(a["state"].clone());
+            if let Ok(state) = state {
+                let key = (text(&a["channel"]), text(&a["active"]), state);
+                *counts.entry(key).or_default() += 1;
+            }
+        }
+        let mut channels: Vec<ChannelGauges> = Vec::new();
+        for c in fleet["channels"].as_array().into_iter().flatten() {
+            let r = &c["rollout"];
+            let rollout = r["release"].as_str().map(|release| RolloutGauge {
+                release: release.to_string(),
+                percent: r["percent"].as_u64().map_or(0, |p| p.min(100) as u8),
+                paused: r["paused"].as_bool().unwrap_or(false),
+                halted: r["halted"].as_bool().unwrap_or(false),
+            });
+            channels.push(ChannelGauges {
+                channel: text(&c["channel"]),
+                rollout,
+                agents: Vec::new(),
+                offline: c["offline"].as_array().map_or(0, |o| o.len() as u64),
+                bytes_saved: c["bytes_saved"].as_u64().unwrap_or(0),
+            });
+        }
+        for ((channel, release, state), n) in counts {
+            let i = match channels.iter().position(|c| c.channel == channel) {
+                Some(i) => i,
+                None => {
+                    channels.push(ChannelGauges {
+                        channel,
+                        ..ChannelGauges::default()
+                    });
+                    channels.len() - 1
+                }
+            };
+            channels[i].agents.push(AgentCount {
+                release,
+                state,
+                agents: n,
+            });
+        }
+        FleetGauges { channels }
+    }
+}
+
 /// Upload counters (`--upload-token-file`), read at scrape time.
 #[derive(Clone, Debug, Default)]
 pub struct UploadCounts {
@@ -690,6 +745,56 @@ mod tests {
             !m.render(None).contains("ferry_agents{"),
             "gone with the channel"
         );
+    }
+
+    #[test]
+    fn fleet_gauges_come_from_the_fleet_and_agents_views() {
+        let fleet = serde_json::json!({"generated_at": 1, "channels": [{
+            "channel": "stable",
+            "rollout": {"release": "2.0.0", "percent": 50, "paused": true, "halted": true,
+                        "halt_reason": "failed 3 of 4"},
+            "releases": [],
+            "offline": [{"agent_id": "a", "hostname": "h", "last_seen": 1}],
+            "bytes_saved": 900
+        }]});
+        let agent = |channel: &str, active: &str, state: &str| serde_json::json!({"channel": channel, "active": active, "state": state});
+        let agents = serde_json::json!({"agents": [
+            agent("stable", "1.0.0", "rolled-back"),
+            agent("stable", "1.0.0", "rolled-back"),
+            agent("stable", "2.0.0", "idle"),
+            agent("beta", "3.0.0", "health-checking"),
+            agent("stable", "1.0.0", "no-such-state"),
+        ]});
+        let g = FleetGauges::from_views(&fleet, &agents);
+        assert_eq!(g.channels.len(), 2);
+        let stable = &g.channels[0];
+        assert_eq!(
+            stable.rollout,
+            Some(RolloutGauge {
+                release: "2.0.0".into(),
+                percent: 50,
+                paused: true,
+                halted: true
+            })
+        );
+        assert_eq!((stable.offline, stable.bytes_saved), (1, 900));
+        assert_eq!(
+            stable.agents,
+            vec![
+                AgentCount {
+                    release: "1.0.0".into(),
+                    state: AgentState::RolledBack,
+                    agents: 2
+                },
+                AgentCount {
+                    release: "2.0.0".into(),
+                    state: AgentState::Idle,
+                    agents: 1
+                },
+            ]
+        );
+        assert_eq!(g.channels[1].channel, "beta");
+        assert_eq!(g.channels[1].agents[0].state, AgentState::HealthChecking);
     }
 
     #[test]
