@@ -2,7 +2,7 @@
 //! `prometheus-client` (no global registry: one [`Metrics`] per server) and rendered
 //! in the Prometheus text format 0.0.4, which every scraper reads and `promtool check
 //! metrics` checks. (The crate writes OpenMetrics, whose counter families are named
-//! without their `_total`; [`to_prometheus_text`] converts.)
+//! without their `_total`; `to_prometheus_text` converts.)
 //!
 //! Three kinds of source feed it:
 //! - the request path ([`Metrics::record`], [`Metrics::connection`], [`Metrics::shed`]),
