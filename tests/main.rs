@@ -4,6 +4,7 @@
 mod it {
     pub mod agent;
     pub mod app_files;
+    pub mod audit;
     pub mod budget;
     pub mod config_file;
     pub mod crash;

@@ -612,6 +612,19 @@ pub fn claimed_key_list(bytes: &[u8]) -> Result<Option<KeyListRef>> {
     Ok(head.key_list)
 }
 
+/// Reads the head sequence a head claims, without checking any signature: the name
+/// of its head log entry (FORMAT.md §7), so that every head written is logged even
+/// when it is a format 1 head a publisher mirrors to migrate it.
+pub fn claimed_sequence(bytes: &[u8]) -> Result<u64> {
+    let env = Envelope::decode_from(ObjectKind::ChannelHead, bytes, 1)?;
+    if env.format == 1 {
+        let head: HeadV1 = codec::decode("channel head", &env.body)?;
+        return Ok(head.sequence);
+    }
+    let head: HeadBody = codec::decode("channel head", &env.body)?;
+    Ok(head.sequence)
+}
+
 /// The rollout bucket of an agent for a release of a channel (FORMAT.md §5.1): the
 /// first 8 bytes of blake3(agent id ‖ channel ‖ 0x00 ‖ version) as a little-endian
 /// u64, mod 100 (the id has 16 bytes and a channel name no NUL, so the input is

@@ -14,8 +14,9 @@
 //! - [`head`]: the signed, sequenced, expiring channel head (§5);
 //!   [`requirements`]: what a release requires of the agent (§5.2), [`size`]: `500MiB`-style sizes.
 //! - [`verified`]: `Verified<T>`, the only way from bytes to trusted values (§6).
-//! - [`layout`]: repository paths (§7); [`plan`]: archive range planning (§8);
+//! - [`layout`]: repository paths (§7), the head log among them; [`plan`]: archive range planning (§8);
 //!   [`content_range`]: the one HTTP header a client must parse to trust a range.
+//! - [`report`]: agent reports (§10); [`audit`]: signed audit reports (§11).
 //!
 //! ```
 //! use ferry_format::{head::*, id::ObjectRef, keys::SecretKey, envelope::*, keylist::HeadKeys, verified::*};
@@ -35,6 +36,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod chunking;
 pub mod codec;
 pub mod content_range;

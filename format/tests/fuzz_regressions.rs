@@ -23,7 +23,9 @@ use ferry_format::head::claimed_key_list;
 use ferry_format::id::{ChunkId, Digest, ObjectRef};
 use ferry_format::keylist::{TrustRoot, inspect, key_list_ref};
 use ferry_format::keys::SecretKey;
-use ferry_format::layout::{RepoPath, head_path, key_list_path, object_path, parse_repo_path};
+use ferry_format::layout::{
+    RepoPath, head_log_path, head_path, key_list_path, object_path, parse_repo_path,
+};
 use ferry_format::manifest::{ChunkRecord, Manifest};
 use ferry_format::path::check_path;
 use ferry_format::plan::plan_archive;
@@ -224,6 +226,9 @@ fn paths(text: &str) {
             Some(RepoPath::Object(d)) => assert_eq!(unrooted, object_path(&d)),
             Some(RepoPath::Head(c)) => assert_eq!(unrooted, head_path(&c)),
             Some(RepoPath::KeyList(v)) => assert_eq!(unrooted, key_list_path(v)),
+            Some(RepoPath::HeadLog(c, seq, hash)) => {
+                assert_eq!(unrooted, head_log_path(&c, seq, &hash))
+            }
         }
     }
 }

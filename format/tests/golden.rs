@@ -386,3 +386,23 @@ fn golden_diff_object() {
     );
     assert_eq!(apply_object(&base, &fresh).1, target);
 }
+
+/// A signed audit report (FORMAT.md §11) over fixed report bytes, signed by key 1,
+/// and the head log entry name of `golden_head`'s head (§7): a verifier of this format
+/// must accept exactly these bytes.
+#[test]
+fn golden_signed_audit_report() {
+    use ferry_format::audit::{sign_report, verify_signed_report};
+    let report = br#"{"schema":1,"report_id":"00112233445566778899aabbccddeeff","generated_at":1700000100,"generated_at_utc":"2023-11-14T22:15:00Z","since":1699920000,"since_utc":"2023-11-14T00:00:00Z","until":1700000100,"until_utc":"2023-11-14T22:15:00Z","repository":"repo","fleet_db":null,"counts":{"published":1},"events":[{"time":1700000000,"time_utc":"2023-11-14T22:13:20Z","event":"published","channel":"stable","release":"1.1.0","head_sequence":7,"publisher_sequence":5,"head":null,"role":"publisher","key_ids":[],"content_key_ids":[],"percent":50,"previous_percent":null,"expires_at":1700604800,"agent_id":null,"hostname":null,"agent_report_id":null,"result":null,"detail":null}]}"#;
+    let key = SecretKey::from_seed([1; 32]);
+    let signed = sign_report(report, &key).unwrap();
+    check("audit_report_signed_seed01.hex", &signed);
+    let stored = from_hex_lines(&stored("audit_report_signed_seed01.hex", &signed));
+    let v = verify_signed_report(&stored, &key.public()).unwrap();
+    assert_eq!(v.bytes, report);
+    assert_eq!(v.report.events[0].percent, Some(50));
+    assert_eq!(
+        ferry_format::layout::head_log_name(7, &Digest([0x33; 32])),
+        format!("00000000000000000007-{}", "33".repeat(32))
+    );
+}

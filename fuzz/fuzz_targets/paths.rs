@@ -3,7 +3,9 @@
 #![no_main]
 
 use ferry_format::id::Digest;
-use ferry_format::layout::{RepoPath, head_path, key_list_path, object_path, parse_repo_path};
+use ferry_format::layout::{
+    RepoPath, head_log_path, head_path, key_list_path, object_path, parse_repo_path,
+};
 use ferry_format::path::{check_path, check_symlink_target};
 use ferry_format::version::{Version, check_channel};
 use libfuzzer_sys::fuzz_target;
@@ -45,6 +47,9 @@ fuzz_target!(|text: &str| {
             Some(RepoPath::Object(d)) => assert_eq!(unrooted, object_path(&d)),
             Some(RepoPath::Head(c)) => assert_eq!(unrooted, head_path(&c)),
             Some(RepoPath::KeyList(v)) => assert_eq!(unrooted, key_list_path(v)),
+            Some(RepoPath::HeadLog(c, seq, hash)) => {
+                assert_eq!(unrooted, head_log_path(&c, seq, &hash))
+            }
         }
         let v = u64::from_le_bytes(*d.0.first_chunk().unwrap()).max(1);
         assert_eq!(

@@ -250,6 +250,12 @@ pub enum Command {
               value_parser = crate::serve::fleet::HaltRule::parse)]
         halt_when: Option<crate::serve::fleet::HaltRule>,
     },
+    /// Audit reports: who signed which head, when (from the repository's head log),
+    /// as JSON (signed with --sign) or CSV; verify a signed report; prune old records.
+    Audit {
+        #[command(subcommand)]
+        command: crate::audit::command::AuditCommand,
+    },
     /// List a repository's channels and their releases.
     Ls {
         /// Repository root.

@@ -22,6 +22,8 @@
 //!   [`serve::upload`]: the token-guarded `PUT` API that accepts only verified heads.
 //! - [`ls`]: what a repository's channels offer; [`rollout`]: `ferry-server rollout`
 //!   (raise, lower, pause, resume the newest release's rollout).
+//! - [`audit`]: `ferry-server audit export|verify|prune`, from the head log every head
+//!   write leaves (FORMAT.md §7.1, §11).
 //! - [`cli`] and [`run`]: the command line the `ferry-server` binary hands over.
 //!
 //! ```no_run
@@ -49,6 +51,7 @@
 
 #[macro_use]
 pub mod failpoint;
+pub mod audit;
 pub mod cli;
 pub mod error;
 pub mod fsutil;
@@ -269,6 +272,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 fleet,
             )?;
         }
+        Command::Audit { command } => audit::command::run(command)?,
         Command::Ls { repo, channel, key } => {
             let key = key.as_deref().map(ls::read_public).transpose()?;
             let text = ls::ls(&repo::Repo::new(repo), channel.as_deref(), key.as_ref())?;

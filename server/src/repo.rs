@@ -5,8 +5,9 @@
 use std::path::{Path, PathBuf};
 
 use ferry_format::envelope::ObjectKind;
+use ferry_format::head::claimed_sequence;
 use ferry_format::id::{Digest, ObjectRef};
-use ferry_format::layout::{head_path, object_path};
+use ferry_format::layout::{head_log_dir, head_log_path, head_path, object_path};
 use tempfile::NamedTempFile;
 
 use crate::error::{Error, Result, io_err};
@@ -97,8 +98,27 @@ impl Repo {
         Ok(r)
     }
 
-    /// Atomically replaces the head of `channel`.
+    /// The folder of `channel`'s head log (FORMAT.md §7.1).
+    pub fn head_log_dir(&self, channel: &str) -> PathBuf {
+        self.root.join(head_log_dir(channel))
+    }
+
+    /// Atomically replaces the head of `channel`, after storing the new head in the
+    /// channel's head log (FORMAT.md §7.1), so that every head ever signed for the
+    /// repository stays on record for `audit export`. A crash between the two leaves a
+    /// log entry whose head never became current: still a head the keys signed.
     pub fn write_head(&self, channel: &str, bytes: &[u8]) -> Result<()> {
+        let sequence = claimed_sequence(bytes).map_err(|source| Error::FormatContext {
+            context: format!("the head to write for channel {channel:?}"),
+            source,
+        })?;
+        let entry = self
+            .root
+            .join(head_log_path(channel, sequence, &Digest::of(bytes)));
+        if let Some(dir) = entry.parent() {
+            fsutil::ensure_dir(dir, DIR_MODE)?;
+        }
+        fsutil::write_atomic(&entry, bytes, FILE_MODE, Place::KeepExisting)?;
         crash_point!("server::head::write");
         fsutil::write_atomic(&self.head_file(channel), bytes, FILE_MODE, Place::Replace)?;
         Ok(())

@@ -437,8 +437,9 @@ fn kill_9_during_the_health_check_then_restart_finishes_the_trial() {
     );
     publisher.publish(&v(2), &sources.release(2));
     let mut running = Running::start(&agent, &[]);
+    // On trial and switched to: the trial is saved just before `current` switches.
     wait_until("2.0.0 on trial", Duration::from_secs(30), || {
-        state(&agent)["trial"]["version"] == "2.0.0"
+        state(&agent)["trial"]["version"] == "2.0.0" && agent.active().as_deref() == Some("2.0.0")
     });
     running.kill();
     // The hook's process group outlives a killed agent; it does not matter here.

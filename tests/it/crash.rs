@@ -17,10 +17,10 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ferry_format::head::claimed_key_list;
-use ferry_format::id::ObjectRef;
+use ferry_format::id::{Digest, ObjectRef};
 use ferry_format::keylist::TrustRoot;
 use ferry_format::keys::PublicKey;
-use ferry_format::layout::{head_path, key_list_path, object_path};
+use ferry_format::layout::{head_log_path, head_path, key_list_path, object_path};
 use ferry_format::verified::{HeadPolicy, verify_head, verify_manifest, verify_pinned_manifest};
 use ferry_tests::tree::{noise, put, snapshot};
 use ferry_tests::{Agent, Publisher, Server, bin};
@@ -327,6 +327,14 @@ fn walk_repo(repo: &Path, public_key: &Path, case: &str) -> BTreeMap<String, Str
         let trusted = trust.publishers();
         let head = verify_head(&bytes, &trust.head_keys(), &policy)
             .unwrap_or_else(|e| panic!("{case}: head of {channel}: {e}"));
+        // The head log holds the current head (it is written first, FORMAT.md §7.1).
+        let logged = repo.join(head_log_path(&channel, head.sequence, &Digest::of(&bytes)));
+        assert_eq!(
+            std::fs::read(&logged).ok().as_deref(),
+            Some(&bytes[..]),
+            "{case}: the current head of {channel} is not in the head log ({})",
+            logged.display()
+        );
         for d in &head.content.manifest_diffs {
             object(&d.object, "manifest diff");
             if let Some(c) = &d.chunk_diff {

@@ -408,8 +408,12 @@ fn a_rollout_halts_itself_when_failures_pass_the_threshold_until_resumed() {
     );
     let halted = || f.get("/v1/fleet")["channels"][0]["rollout"].clone();
     // 4 install 2.0.0, 1 rolls back: 1 of 5 is not above 20%.
+    let mut creds = BTreeMap::new();
     for n in 1..=4 {
-        f.enroll(&report(n, 1, AgentState::Idle, "2.0.0", Some("2.0.0")));
+        creds.insert(
+            n,
+            f.enroll(&report(n, 1, AgentState::Idle, "2.0.0", Some("2.0.0"))),
+        );
     }
     let cred5 = f.enroll(&report(
         5,
@@ -424,7 +428,10 @@ fn a_rollout_halts_itself_when_failures_pass_the_threshold_until_resumed() {
     f.enroll(&report(20, 1, AgentState::Idle, "1.0.0", None));
     assert_eq!(head_of(&repo).rollout_of(&v(2)), 50);
     // A sixth that failed: 2 of 6 is: the head is paused by the online key.
-    f.enroll(&report(6, 1, AgentState::Failed, "1.0.0", Some("2.0.0")));
+    creds.insert(
+        6,
+        f.enroll(&report(6, 1, AgentState::Failed, "1.0.0", Some("2.0.0"))),
+    );
     let head = head_of(&repo);
     assert_eq!(head.rollout_of(&v(2)), 0, "paused");
     assert_eq!(
@@ -459,6 +466,11 @@ fn a_rollout_halts_itself_when_failures_pass_the_threshold_until_resumed() {
         200
     );
     assert_eq!(head_of(&repo).sequence, sequence);
+    let again = halted()["halt_reason"].clone();
+    assert_eq!(
+        again, r["halt_reason"],
+        "one halt recorded, not one per report"
+    );
 
     // A publisher resumes: the halt is lifted, and the failures before it do not
     // halt again (only reports after the halt count, and min=5 of them).
@@ -491,6 +503,25 @@ fn a_rollout_halts_itself_when_failures_pass_the_threshold_until_resumed() {
         50,
         "not halted again on old failures"
     );
+    // Heartbeats repeating the state of before the halt (agent 6 still failed, 1-4 on
+    // 2.0.0) are not new outcomes either.
+    for (n, (state, active)) in [(6, (AgentState::Failed, "1.0.0"))]
+        .into_iter()
+        .chain((1..=4).map(|n| (n, (AgentState::Idle, "2.0.0"))))
+    {
+        let mut beat = report(n, 9, state, active, Some("2.0.0"));
+        beat.kind = ReportKind::Heartbeat;
+        assert_eq!(
+            f.post(&creds[&n], &beat),
+            (200, serde_json::json!({"stored": true}))
+        );
+    }
+    assert_eq!(
+        head_of(&repo).rollout_of(&v(2)),
+        50,
+        "not halted again by heartbeats"
+    );
+    assert_eq!(halted()["halted"], false);
     // New failures after the resume halt it again.
     for n in 30..34 {
         f.enroll(&report(

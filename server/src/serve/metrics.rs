@@ -560,7 +560,8 @@ fn upload_registry(u: &UploadCounts) -> Registry {
 /// archive's chunks) counts as an archive. A missing object is `other`.
 pub async fn object_kind(repo: &Path, path: &str) -> Kind {
     match parse_repo_path(path) {
-        Some(RepoPath::Head(_)) => Kind::head,
+        // A head log entry is a past head, kept byte for byte.
+        Some(RepoPath::Head(_) | RepoPath::HeadLog(..)) => Kind::head,
         Some(RepoPath::KeyList(_)) => Kind::key_list,
         Some(RepoPath::Object(hash)) => {
             let mut magic = [0u8; 4];

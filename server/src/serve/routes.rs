@@ -3,7 +3,8 @@
 //!
 //! The request path is handed, still percent-encoded, to
 //! `ferry_format::layout::parse_repo_path`, which accepts only
-//! `objects/<2 hex>/<64 hex>` and `channels/<channel>/head`; the file read is then
+//! `objects/<2 hex>/<64 hex>`, `channels/<channel>/head`, `keys/<n>` and the head log's
+//! `channels/<channel>/log/<20 digits>-<64 hex>`; the file read is then
 //! rebuilt from the parsed value, never from the request text. So `..`, encoded
 //! slashes or any other trick is simply a 404.
 
@@ -12,7 +13,9 @@ use std::io;
 use bytes::Bytes;
 use ferry_format::envelope::ObjectKind;
 use ferry_format::id::Digest;
-use ferry_format::layout::{RepoPath, head_path, key_list_path, object_path, parse_repo_path};
+use ferry_format::layout::{
+    RepoPath, head_log_path, head_path, key_list_path, object_path, parse_repo_path,
+};
 use futures_util::TryStreamExt;
 use http::header::{
     ACCEPT_RANGES, ALLOW, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, ETAG,
@@ -72,7 +75,14 @@ pub async fn handle<B>(state: &State, req: &Request<B>) -> Response<Body> {
         _ => {}
     }
     let result = match parse_repo_path(path) {
-        Some(RepoPath::Object(hash)) => object(state, req, &hash, head_only).await,
+        Some(RepoPath::Object(hash)) => {
+            immutable(state, req, &object_path(&hash), &hash, head_only).await
+        }
+        // A head log entry is named by its hash, so it is as immutable as an object.
+        Some(RepoPath::HeadLog(channel, sequence, hash)) => {
+            let path = head_log_path(&channel, sequence, &hash);
+            immutable(state, req, &path, &hash, head_only).await
+        }
         Some(RepoPath::Head(channel)) => {
             small_file(
                 state,
@@ -115,13 +125,15 @@ enum Source {
     Memory(Bytes),
 }
 
-async fn object<B>(
+/// A content-addressed file: an object or a head log entry named by `hash`.
+async fn immutable<B>(
     state: &State,
     req: &Request<B>,
+    relative: &str,
     hash: &Digest,
     head_only: bool,
 ) -> io::Result<Response<Body>> {
-    let path = state.repo.join(object_path(hash));
+    let path = state.repo.join(relative);
     let file = tokio::fs::File::open(&path).await?;
     let meta = file.metadata().await?;
     if !meta.is_file() {

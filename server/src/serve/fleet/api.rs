@@ -19,7 +19,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::auth::{bearer, credential_digest, new_credential};
-use super::store::Store;
+use super::store::{Store, Stored};
 use super::{Fleet, FleetError, halt, now};
 use crate::serve::routes::Body;
 
@@ -143,10 +143,11 @@ where
     let stored = fleet
         .with_store(move |s| {
             let stored = s.store(&report, &json, now(), digest.as_ref())?;
-            if stored {
+            if stored == Stored::New {
                 halt::after_report(&fleet2, s, &report.channel);
             }
-            Ok(stored)
+            // A refreshed heartbeat was recorded too (as the agent's last contact).
+            Ok(stored != Stored::Duplicate)
         })
         .await;
     match (stored, credential) {
@@ -429,4 +430,58 @@ fn not_allowed(allow: &'static str) -> Response<Body> {
 fn internal(e: &FleetError) -> Response<Body> {
     tracing::error!("fleet API: {e}");
     error(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::serve::fleet::FleetOptions;
+    use http::header::AUTHORIZATION;
+
+    #[tokio::test]
+    async fn a_body_without_a_length_is_cut_at_64_kib_and_bad_json_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = dir.path().join("repo");
+        std::fs::create_dir(&repo).unwrap();
+        std::fs::write(dir.path().join("agents"), "tok\n").unwrap();
+        std::fs::write(dir.path().join("operators"), "op\n").unwrap();
+        let fleet = Arc::new(
+            Fleet::open(FleetOptions {
+                repo,
+                agent_tokens: dir.path().join("agents"),
+                operator_tokens: dir.path().join("operators"),
+                db: dir.path().join("fleet.db"),
+                heartbeat: super::super::DEFAULT_HEARTBEAT,
+                retention: std::time::Duration::from_secs(3600),
+                halt: None,
+            })
+            .unwrap(),
+        );
+        let req = Request::post("/v1/reports")
+            .header(AUTHORIZATION, "Bearer tok")
+            .body(())
+            .unwrap();
+        let big = Full::new(Bytes::from(vec![b' '; MAX_REPORT_SIZE + 1]));
+        assert_eq!(
+            handle(&fleet, &req, big).await.status(),
+            StatusCode::PAYLOAD_TOO_LARGE
+        );
+        let bad = Full::new(Bytes::from_static(b"{\"schema\": 1}"));
+        let resp = handle(&fleet, &req, bad).await;
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert!(
+            String::from_utf8_lossy(&body).contains("not a report"),
+            "{body:?}"
+        );
+        let get = Request::get("/v1/fleet")
+            .header(AUTHORIZATION, "Bearer tok")
+            .body(())
+            .unwrap();
+        let empty = Full::new(Bytes::new());
+        assert_eq!(
+            handle(&fleet, &get, empty).await.status(),
+            StatusCode::UNAUTHORIZED
+        );
+    }
 }

@@ -11,6 +11,10 @@
 //!   views filter on; `report_id` is unique, so a report delivered twice is stored once.
 //! - `agents`: each agent's newest report (by the agent's `time`), kept apart from
 //!   `reports` so pruning old reports never forgets an agent that still reports.
+//! - `latest`: per agent, channel and release, the row of the agent's newest report
+//!   naming the release as `target` (`via` = 'target') or as `target` or `active`
+//!   ('either'), with its state: the fleet counts and the halt rule read this, so their
+//!   cost grows with the number of agents, not of reports.
 //! - `credentials`: the digest of each agent's credential, one per agent id.
 //! - `halts`: the rollouts `--halt-when` paused (see [`super::halt`]).
 
@@ -38,6 +42,15 @@ CREATE TABLE IF NOT EXISTS reports (
 );
 CREATE INDEX IF NOT EXISTS reports_by_channel ON reports(channel, agent_id, id);
 CREATE INDEX IF NOT EXISTS reports_by_received ON reports(received_at);
+CREATE TABLE IF NOT EXISTS latest (
+    agent_id TEXT NOT NULL,
+    channel TEXT NOT NULL,
+    release TEXT NOT NULL,
+    via TEXT NOT NULL,
+    report_row INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    PRIMARY KEY (channel, release, via, agent_id)
+);
 CREATE TABLE IF NOT EXISTS agents (
     agent_id TEXT PRIMARY KEY,
     time INTEGER NOT NULL,
@@ -93,6 +106,17 @@ pub struct Halt {
     pub reason: String,
 }
 
+/// What [`Store::store`] did with a report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stored {
+    /// Kept as a new row.
+    New,
+    /// Its `report_id` was stored before: nothing changed.
+    Duplicate,
+    /// A heartbeat repeating the agent's newest report: only `last_seen` moved.
+    Refreshed,
+}
+
 /// The open database.
 pub struct Store {
     conn: Connection,
@@ -128,7 +152,7 @@ impl Store {
         Ok(Store { conn })
     }
 
-    /// Stores a report from an agent; false when its `report_id` was stored before.
+    /// Stores a report from an agent.
     /// `credential`: a new credential digest to bind to the report's agent id
     /// (enrollment), replacing any earlier one, in the same transaction.
     pub fn store(
@@ -137,7 +161,7 @@ impl Store {
         json: &str,
         received_at: u64,
         credential: Option<&[u8; 32]>,
-    ) -> Result<bool, FleetError> {
+    ) -> Result<Stored, FleetError> {
         let tx = self
             .conn
             .transaction()
@@ -158,7 +182,24 @@ impl Store {
             ReportKind::Attempt => "attempt",
             ReportKind::Heartbeat => "heartbeat",
         };
-        let inserted = tx
+        // A heartbeat that repeats what the agent's newest report says only refreshes
+        // last_seen: keeping it as a row would grow the table by every agent every
+        // interval, and would make an old failure look new to the halt rule's window.
+        let previous: Option<String> = tx
+            .query_row(
+                "SELECT json FROM agents WHERE agent_id = ?1",
+                params![report.agent_id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(db("cannot read an agent"))?;
+        let repeats = report.kind == ReportKind::Heartbeat
+            && previous
+                .as_deref()
+                .and_then(|j| Report::from_json(j.as_bytes()).ok())
+                .is_some_and(|p| same_state(&p, report));
+        let inserted = !repeats
+            && tx
             .execute(
                 "INSERT INTO reports (report_id, agent_id, received_at, time, channel, kind, state, active, target, result, json)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
@@ -179,6 +220,39 @@ impl Store {
             )
             .map_err(db("cannot store a report"))?
             == 1;
+        if inserted {
+            let row = tx.last_insert_rowid();
+            let mark = |release: &str, via: &str| {
+                tx.execute(
+                    "INSERT INTO latest (agent_id, channel, release, via, report_row, state)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                     ON CONFLICT(channel, release, via, agent_id) DO UPDATE SET
+                        report_row = excluded.report_row, state = excluded.state
+                     WHERE excluded.report_row > latest.report_row",
+                    params![
+                        report.agent_id,
+                        report.channel,
+                        release,
+                        via,
+                        row,
+                        report.state.name()
+                    ],
+                )
+                .map(|_| ())
+                .map_err(db("cannot index a report"))
+            };
+            if let Some(target) = &report.target {
+                mark(target, "target")?;
+                mark(target, "either")?;
+            }
+            if let Some(active) = report
+                .active
+                .as_ref()
+                .filter(|a| Some(*a) != report.target.as_ref())
+            {
+                mark(active, "either")?;
+            }
+        }
         // last_seen moves with every report; the described state only with a report
         // at least as new as the one kept (queued reports arrive late, in order).
         tx.execute(
@@ -191,7 +265,21 @@ impl Store {
         )
         .map_err(db("cannot update an agent"))?;
         tx.commit().map_err(db("cannot commit a report"))?;
-        Ok(inserted)
+        Ok(if inserted {
+            Stored::New
+        } else if repeats {
+            Stored::Refreshed
+        } else {
+            Stored::Duplicate
+        })
+    }
+
+    /// How many reports are kept (all kinds).
+    pub fn report_count(&self) -> Result<u64, FleetError> {
+        self.conn
+            .query_row("SELECT count(*) FROM reports", [], |r| r.get::<_, i64>(0))
+            .map(|n| n.max(0) as u64)
+            .map_err(db("cannot count reports"))
     }
 
     /// The agent id a credential digest is bound to.
@@ -224,6 +312,11 @@ impl Store {
                 params![before as i64],
             )
             .map_err(db("cannot prune agents"))?;
+        tx.execute(
+            "DELETE FROM latest WHERE NOT EXISTS (SELECT 1 FROM reports WHERE id = latest.report_row)",
+            [],
+        )
+        .map_err(db("cannot prune the report index"))?;
         tx.commit().map_err(db("cannot commit pruning"))?;
         Ok((reports, agents))
     }
@@ -252,10 +345,8 @@ impl Store {
     /// it (the reports' order of arrival, which each agent's queue keeps).
     pub fn latest_per_target(&self, channel: &str) -> Result<Vec<Report>, FleetError> {
         self.reports(
-            "SELECT r.json FROM reports r JOIN (
-                SELECT max(id) AS id FROM reports
-                WHERE channel = ?1 AND target IS NOT NULL GROUP BY agent_id, target
-             ) l ON r.id = l.id ORDER BY r.id",
+            "SELECT r.json FROM latest l JOIN reports r ON r.id = l.report_row
+             WHERE l.channel = ?1 AND l.via = 'target' ORDER BY r.id",
             params![channel],
         )
     }
@@ -280,10 +371,11 @@ impl Store {
         Ok(out)
     }
 
-    /// For the halt rule: of the agents whose reports after row `after` concern
-    /// `release` of `channel` (as target or active), how many tried it, and how many
-    /// of those have a newest such report saying failed or rolled back. Returns
-    /// (failed, tried, newest row counted).
+    /// For the halt rule: of the agents whose newest report concerning `release` of
+    /// `channel` (as target or active) came after row `after`, how many there are
+    /// (they tried it) and how many of those reports say failed or rolled back (the
+    /// same as counting only the reports after `after`). Returns (failed, tried, newest
+    /// row counted).
     pub fn outcomes(
         &self,
         channel: &str,
@@ -292,12 +384,8 @@ impl Store {
     ) -> Result<(u64, u64, i64), FleetError> {
         self.conn
             .query_row(
-                "SELECT coalesce(sum(r.state IN ('failed', 'rolled-back')), 0), count(*), coalesce(max(r.id), 0)
-                 FROM reports r JOIN (
-                    SELECT max(id) AS id FROM reports
-                    WHERE channel = ?1 AND id > ?3 AND (target = ?2 OR active = ?2)
-                    GROUP BY agent_id
-                 ) l ON r.id = l.id",
+                "SELECT coalesce(sum(state IN ('failed', 'rolled-back')), 0), count(*), coalesce(max(report_row), 0)
+                 FROM latest WHERE channel = ?1 AND release = ?2 AND via = 'either' AND report_row > ?3",
                 params![channel, release, after],
                 |r| {
                     Ok((
@@ -354,6 +442,83 @@ impl Store {
             .map_err(db("cannot record a halt"))?;
         Ok(())
     }
+
+    // Read by `ferry-server audit export` (server/src/audit/fleet.rs).
+
+    /// Attempt reports received (server clock) in `since..until`, oldest first, each
+    /// with its receipt time.
+    pub fn attempts_received(
+        &self,
+        since: u64,
+        until: u64,
+    ) -> Result<Vec<(u64, Report)>, FleetError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT received_at, json FROM reports
+                 WHERE kind = 'attempt' AND received_at >= ?1 AND received_at < ?2 ORDER BY id",
+            )
+            .map_err(db("cannot read reports"))?;
+        let rows = stmt
+            .query_map(params![since as i64, until as i64], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+            })
+            .map_err(db("cannot read reports"))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (at, json) = row.map_err(db("cannot read reports"))?;
+            out.push((at.max(0) as u64, parse(&json)?));
+        }
+        Ok(out)
+    }
+
+    /// Halts recorded in `since..until`, oldest first.
+    pub fn halts_between(&self, since: u64, until: u64) -> Result<Vec<Halt>, FleetError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT channel, release, content_sequence, halted_at, last_report, failed, tried, reason
+                 FROM halts WHERE halted_at >= ?1 AND halted_at < ?2 ORDER BY id",
+            )
+            .map_err(db("cannot read halts"))?;
+        let rows = stmt
+            .query_map(params![since as i64, until as i64], |r| {
+                Ok(Halt {
+                    channel: r.get(0)?,
+                    release: r.get(1)?,
+                    content_sequence: r.get::<_, i64>(2)? as u64,
+                    halted_at: r.get::<_, i64>(3)? as u64,
+                    last_report: r.get(4)?,
+                    failed: r.get::<_, i64>(5)? as u64,
+                    tried: r.get::<_, i64>(6)? as u64,
+                    reason: r.get(7)?,
+                })
+            })
+            .map_err(db("cannot read halts"))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(db("cannot read halts"))
+    }
+
+    /// Deletes halts recorded before `before` (`audit prune`).
+    pub fn prune_halts(&mut self, before: u64) -> Result<usize, FleetError> {
+        self.conn
+            .execute(
+                "DELETE FROM halts WHERE halted_at < ?1",
+                params![before as i64],
+            )
+            .map_err(db("cannot prune halts"))
+    }
+}
+
+/// Whether `b` says nothing `a` did not: same channel, state, releases and outcome.
+fn same_state(a: &Report, b: &Report) -> bool {
+    a.channel == b.channel
+        && a.state == b.state
+        && a.active == b.active
+        && a.previous == b.previous
+        && a.target == b.target
+        && a.result == b.result
+        && a.error == b.error
 }
 
 /// A stored report's JSON: validated when it was received, so an error here means
@@ -364,4 +529,115 @@ fn parse(json: &str) -> Result<Report, FleetError> {
             "the fleet database holds an unreadable report: {e}"
         ))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_format::report::{AgentState, REPORT_SCHEMA};
+
+    fn report(agent: u8, seq: u64, time: u64, state: AgentState) -> Report {
+        let agent_id = format!("{agent:032x}");
+        Report {
+            schema: REPORT_SCHEMA,
+            report_id: format!("{agent_id}-{seq}"),
+            agent_id,
+            hostname: "h".into(),
+            labels: Default::default(),
+            channel: "stable".into(),
+            kind: ReportKind::Attempt,
+            state,
+            time,
+            active: Some("1.0.0".into()),
+            previous: None,
+            target: Some("2.0.0".into()),
+            result: "x".into(),
+            error: None,
+            last_check: None,
+            bytes_downloaded: 0,
+            bytes_reused: 0,
+            bytes_full: 0,
+            requests: 0,
+            duration_ms: 0,
+            held_back: vec![],
+            ferry_version: "0.1.0".into(),
+        }
+    }
+
+    fn put(s: &mut Store, r: &Report, received_at: u64) -> bool {
+        let json = String::from_utf8(r.to_json().unwrap()).unwrap();
+        s.store(r, &json, received_at, None).unwrap() == Stored::New
+    }
+
+    #[test]
+    fn duplicates_late_reports_credentials_and_retention() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fleet.db");
+        let mut s = Store::open(&path).unwrap();
+        let newest = report(1, 2, 200, AgentState::RolledBack);
+        assert!(put(&mut s, &newest, 1000));
+        assert!(!put(&mut s, &newest, 1001), "same report_id: stored once");
+        // A queued report arriving late moves last_seen, not the described state.
+        assert!(put(&mut s, &report(1, 1, 100, AgentState::Idle), 1500));
+        let agents = s.agents().unwrap();
+        assert_eq!(agents.len(), 1);
+        assert_eq!(agents[0].report.state, AgentState::RolledBack);
+        assert_eq!(agents[0].last_seen, 1500);
+        // Outcomes count the newest report per agent (arrival order): the late idle one.
+        assert_eq!(s.outcomes("stable", "2.0.0", 0).unwrap().0, 0);
+        assert_eq!(
+            s.outcomes("stable", "1.0.0", 0).unwrap().1,
+            1,
+            "active counts as tried"
+        );
+        assert!(put(&mut s, &report(1, 3, 300, AgentState::Failed), 1600));
+        let (failed, tried, newest) = s.outcomes("stable", "2.0.0", 0).unwrap();
+        assert_eq!((failed, tried), (1, 1));
+        assert_eq!(s.outcomes("stable", "2.0.0", newest).unwrap(), (0, 0, 0));
+        assert_eq!(
+            s.latest_per_target("stable").unwrap()[0].state,
+            AgentState::Failed
+        );
+
+        // A heartbeat repeating the newest state is not kept as a row, one saying
+        // something new is.
+        let count = s.report_count().unwrap();
+        let mut beat = report(1, 4, 400, AgentState::Failed);
+        beat.kind = ReportKind::Heartbeat;
+        let json = String::from_utf8(beat.to_json().unwrap()).unwrap();
+        assert_eq!(
+            s.store(&beat, &json, 1650, None).unwrap(),
+            Stored::Refreshed
+        );
+        assert_eq!(s.report_count().unwrap(), count);
+        assert_eq!(s.agents().unwrap()[0].last_seen, 1650);
+        assert_eq!(s.outcomes("stable", "2.0.0", newest).unwrap(), (0, 0, 0));
+        beat.report_id.push('5');
+        beat.state = AgentState::Idle;
+        beat.result = "up-to-date".into();
+        let json = String::from_utf8(beat.to_json().unwrap()).unwrap();
+        assert_eq!(s.store(&beat, &json, 1660, None).unwrap(), Stored::New);
+        assert_eq!(s.report_count().unwrap(), count + 1);
+
+        // Enrollment binds a credential; a new one replaces it.
+        let r = report(2, 1, 100, AgentState::Idle);
+        let json = String::from_utf8(r.to_json().unwrap()).unwrap();
+        s.store(&r, &json, 1000, Some(&[1; 32])).unwrap();
+        assert_eq!(s.agent_of(&[1; 32]).unwrap(), Some(r.agent_id.clone()));
+        s.store(&r, &json, 1000, Some(&[2; 32])).unwrap();
+        assert_eq!(s.agent_of(&[1; 32]).unwrap(), None);
+        assert_eq!(s.agent_of(&[2; 32]).unwrap(), Some(r.agent_id.clone()));
+
+        // Retention: reports received before the cut go, and agents silent since then.
+        assert_eq!(s.prune(1200).unwrap(), (2, 1));
+        assert_eq!(s.agents().unwrap().len(), 1, "agent 1 reported at 1600");
+        // Agent 1's newest report on 2.0.0 is the idle heartbeat: tried, not failed.
+        let (failed, tried, _) = s.outcomes("stable", "2.0.0", 0).unwrap();
+        assert_eq!((failed, tried), (0, 1));
+        drop(s);
+        // Reopened: the schema is kept, nothing is lost.
+        let s = Store::open(&path).unwrap();
+        assert_eq!(s.agents().unwrap().len(), 1);
+        assert_eq!(s.attempts("stable").unwrap().len(), 2);
+    }
 }
