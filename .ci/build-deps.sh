@@ -1,15 +1,27 @@
 #!/usr/bin/env bash
 # Installs the Debian packages building ferry needs: libclang-dev, for bindgen in the
-# bundled bzip3 build (diff streams). With --nginx, also nginx, for the end-to-end
-# tests against a real static host. Does nothing when they are already there.
+# bundled bzip3 build (diff streams). Flags add what the end-to-end tests use:
+# --nginx (a real static host), --prometheus (promtool, which checks /metrics),
+# --chromium (chromium and chromium-driver, which drive the fleet page). Does nothing
+# when they are already there.
 set -euo pipefail
 want=()
 ldconfig -p 2>/dev/null | grep -Eq 'libclang(-[0-9.]+)?\.so ' || want+=(libclang-dev)
-if [ "${1:-}" = "--nginx" ] && ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ]; then
-  want+=(nginx)
-fi
+for flag in "$@"; do
+  case "$flag" in
+    --nginx)
+      command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || want+=(nginx) ;;
+    --prometheus)
+      command -v promtool >/dev/null || want+=(prometheus) ;;
+    --chromium)
+      [ -x /usr/lib/chromium/chromium ] || want+=(chromium)
+      command -v chromedriver >/dev/null || want+=(chromium-driver) ;;
+    *) echo "build-deps.sh: unknown flag $flag (--nginx, --prometheus, --chromium)" >&2; exit 2 ;;
+  esac
+done
 [ ${#want[@]} -eq 0 ] && exit 0
 echo "--- installing ${want[*]}"
 SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
 $SUDO apt-get update -qq
-DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${want[@]}" >/dev/null
+# No recommends: prometheus would otherwise pull a node exporter and a web UI.
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${want[@]}" >/dev/null

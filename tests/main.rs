@@ -13,12 +13,14 @@ mod it {
     pub mod fixtures;
     pub mod flaky_network;
     pub mod fleet;
+    pub mod fleet_page;
     pub mod head_check;
     pub mod hostile_clients;
     pub mod http_semantics;
     pub mod identity;
     pub mod keys;
     pub mod limits;
+    pub mod metrics;
     pub mod mirrors;
     pub mod online;
     pub mod paths;

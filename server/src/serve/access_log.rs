@@ -1,12 +1,11 @@
 //! The access log (one JSON object per line, written whole and unbuffered so that a
-//! reader tailing the file never sees half a line) and the `/metrics` counters.
+//! reader tailing the file never sees half a line).
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Serialize;
 
@@ -69,61 +68,4 @@ fn open_log(path: &Path) -> Result<File> {
         .mode(0o644)
         .open(path)
         .map_err(io_err("open access log", path))
-}
-
-/// Request counters for `/metrics`.
-#[derive(Debug, Default)]
-pub struct Metrics {
-    /// Responses by status class: 1xx..5xx.
-    by_class: [AtomicU64; 5],
-    bytes: AtomicU64,
-    connections: AtomicU64,
-    shed: AtomicU64,
-}
-
-impl Metrics {
-    pub fn record(&self, status: u16, bytes: u64) {
-        let class = usize::from(status / 100).clamp(1, 5) - 1;
-        self.by_class[class].fetch_add(1, Ordering::Relaxed);
-        self.bytes.fetch_add(bytes, Ordering::Relaxed);
-    }
-
-    pub fn connection(&self) {
-        self.connections.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// An idle connection was closed to make room for a new one.
-    pub fn shed(&self) {
-        self.shed.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Prometheus text exposition format 0.0.4.
-    pub fn render(&self) -> String {
-        let mut out = String::from(
-            "# HELP ferry_requests_total Responses sent, by status class.\n\
-             # TYPE ferry_requests_total counter\n",
-        );
-        for (i, n) in self.by_class.iter().enumerate() {
-            out.push_str(&format!(
-                "ferry_requests_total{{class=\"{}xx\"}} {}\n",
-                i + 1,
-                n.load(Ordering::Relaxed)
-            ));
-        }
-        out.push_str(&format!(
-            "# HELP ferry_response_bytes_total Body bytes of responses.\n\
-             # TYPE ferry_response_bytes_total counter\n\
-             ferry_response_bytes_total {}\n\
-             # HELP ferry_connections_total Connections accepted.\n\
-             # TYPE ferry_connections_total counter\n\
-             ferry_connections_total {}\n\
-             # HELP ferry_connections_shed_total Idle connections closed to make room.\n\
-             # TYPE ferry_connections_shed_total counter\n\
-             ferry_connections_shed_total {}\n",
-            self.bytes.load(Ordering::Relaxed),
-            self.connections.load(Ordering::Relaxed),
-            self.shed.load(Ordering::Relaxed)
-        ));
-        out
-    }
 }

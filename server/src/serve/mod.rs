@@ -25,6 +25,8 @@
 pub mod access_log;
 pub mod conns;
 pub mod fleet;
+pub mod metrics;
+pub mod page;
 pub mod quota;
 pub mod range;
 pub mod refresh;
@@ -52,7 +54,8 @@ use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 
 use crate::error::{Error, Result, io_err};
-use access_log::{AccessLog, LogLine, Metrics};
+use access_log::{AccessLog, LogLine};
+use metrics::Metrics;
 use routes::Body;
 
 /// How long in-flight connections get to finish after a shutdown signal.
@@ -122,7 +125,7 @@ impl Server {
             state: Arc::new(State {
                 repo: opts.repo.clone(),
                 log,
-                metrics: Metrics::default(),
+                metrics: Metrics::new(),
                 upload: None,
                 conns: Arc::default(),
                 fleet: None,
@@ -376,7 +379,11 @@ async fn answer(state: &State, req: Request<Incoming>) -> Response<Body> {
             .and_then(|v| v.to_str().ok()?.parse().ok())
             .unwrap_or(0)
     };
-    state.metrics.record(status.as_u16(), bytes);
+    let kind = match *req.method() {
+        Method::GET | Method::HEAD => metrics::object_kind(&state.repo, req.uri().path()).await,
+        _ => metrics::Kind::other,
+    };
+    state.metrics.record(kind, status.as_u16(), bytes);
     let range = req.headers().get(RANGE).and_then(|v| v.to_str().ok());
     tracing::debug!(method = %req.method(), path = req.uri().path(), status = status.as_u16(), bytes, "request");
     if let Some(log) = &state.log {

@@ -1,5 +1,5 @@
-//! Request routing: `/healthz`, `/metrics` and the two repository path shapes of
-//! FORMAT.md §7. Nothing else maps to a file.
+//! Request routing: `/healthz`, `/metrics`, the fleet page ([`super::page`]) and the
+//! two repository path shapes of FORMAT.md §7. Nothing else maps to a file.
 //!
 //! The request path is handed, still percent-encoded, to
 //! `ferry_format::layout::parse_repo_path`, which accepts only
@@ -57,17 +57,18 @@ pub async fn handle<B>(state: &State, req: &Request<B>) -> Response<Body> {
         }
     };
     let path = req.uri().path();
+    if let Some(page) = super::page::serve(path, head_only) {
+        return page;
+    }
     match path {
         "/healthz" => return text(StatusCode::OK, "ok", head_only),
         "/metrics" => {
-            let mut metrics = state.metrics.render();
-            if let Some(uploads) = &state.upload {
-                metrics.push_str(&uploads.render_metrics());
-            }
+            let uploads = state.upload.as_ref().map(|u| u.counts());
+            let metrics = state.metrics.render(uploads.as_ref());
             let mut r = text(StatusCode::OK, metrics, head_only);
             r.headers_mut().insert(
                 CONTENT_TYPE,
-                HeaderValue::from_static("text/plain; version=0.0.4"),
+                HeaderValue::from_static(super::metrics::CONTENT_TYPE),
             );
             return r;
         }

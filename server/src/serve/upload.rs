@@ -31,7 +31,6 @@
 //! the loser gets 409 and publishes again on top of the winner.
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -196,9 +195,9 @@ impl Uploads {
         locks.entry(channel.to_string()).or_default().clone()
     }
 
-    /// The upload counters in Prometheus text format, appended to `/metrics`.
-    pub fn render_metrics(&self) -> String {
-        self.counters.render()
+    /// The upload counters, for `/metrics`.
+    pub fn counts(&self) -> super::metrics::UploadCounts {
+        self.counters.counts()
     }
 }
 
@@ -239,30 +238,16 @@ const REASONS: [&str; 10] = [
 ];
 
 impl Counters {
-    fn render(&self) -> String {
-        let mut out = String::from(
-            "# HELP ferry_uploads_total Uploads accepted, by kind.\n\
-             # TYPE ferry_uploads_total counter\n",
-        );
-        for (kind, n) in [("object", &self.objects), ("head", &self.heads)] {
-            let _ = writeln!(
-                out,
-                "ferry_uploads_total{{kind=\"{kind}\"}} {}",
-                n.load(Ordering::Relaxed)
-            );
+    fn counts(&self) -> super::metrics::UploadCounts {
+        super::metrics::UploadCounts {
+            objects: self.objects.load(Ordering::Relaxed),
+            heads: self.heads.load(Ordering::Relaxed),
+            refused: REASONS
+                .iter()
+                .zip(&self.refused)
+                .map(|(name, n)| (*name, n.load(Ordering::Relaxed)))
+                .collect(),
         }
-        out.push_str(
-            "# HELP ferry_upload_refused_total Uploads refused, by reason.\n\
-             # TYPE ferry_upload_refused_total counter\n",
-        );
-        for (name, n) in REASONS.iter().zip(&self.refused) {
-            let _ = writeln!(
-                out,
-                "ferry_upload_refused_total{{reason=\"{name}\"}} {}",
-                n.load(Ordering::Relaxed)
-            );
-        }
-        out
     }
 }
 

@@ -196,8 +196,13 @@ async fn serves_the_repository_and_nothing_else() {
 
     let r = request(addr, "GET", "/metrics", &[]).await;
     let text = String::from_utf8(r.body).unwrap();
+    // Requests are counted by object kind and status class.
     assert!(
-        text.contains("ferry_requests_total{class=\"2xx\"}"),
+        text.contains("ferry_requests_total{kind=\"archive\",class=\"2xx\"}"),
+        "{text}"
+    );
+    assert!(
+        text.contains("ferry_requests_total{kind=\"head\",class=\"3xx\"} 1\n"),
         "{text}"
     );
 
