@@ -46,6 +46,20 @@ pub fn http(url: &str, method: &str, path: &str, token: Option<&str>, body: &[u8
     (status, serde_json::from_str(body).unwrap_or(Value::Null))
 }
 
+/// The text of `GET /metrics`.
+fn metrics_text(url: &str) -> String {
+    let addr = url.strip_prefix("http://").expect("http URL");
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let head = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(head.as_bytes()).unwrap();
+    let mut resp = Vec::new();
+    let _ = s.read_to_end(&mut resp);
+    let text = String::from_utf8_lossy(&resp).into_owned();
+    text.split_once("\r\n\r\n")
+        .map_or(String::new(), |(_, b)| b.to_string())
+}
+
 /// A report of agent number `n` (its id is `n` in hex).
 pub fn report(n: u64, seq: u64, state: AgentState, active: &str, target: Option<&str>) -> Report {
     let agent_id = format!("{n:032x}");
@@ -454,6 +468,24 @@ fn a_rollout_halts_itself_when_failures_pass_the_threshold_until_resumed() {
     );
     let ls = server(&["ls", "--repo", repo.to_str().unwrap()]);
     assert_ok(&ls, "ls");
+    // /metrics counts the reports, the halt and the agents the fleet view shows.
+    let metrics = metrics_text(&f.srv.url);
+    for line in [
+        "ferry_rollout_halts_total{channel=\"stable\"} 1",
+        "ferry_reports_received_total{result=\"enrolled\"} 7",
+        "ferry_rollout_halted{channel=\"stable\"} 1",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "{line} not in:\n{metrics}"
+        );
+    }
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("ferry_agents{") && l.contains("state=\"rolled-back\"")),
+        "{metrics}"
+    );
     // Halting again is idempotent: more failures do not re-sign the head.
     let sequence = head.sequence;
     f.enroll(&report(7, 1, AgentState::Failed, "1.0.0", Some("2.0.0")));

@@ -363,7 +363,7 @@ async fn answer(state: &State, req: Request<Incoming>) -> Response<Body> {
     let req = Request::from_parts(parts, ());
     let resp = match (&state.upload, &state.fleet) {
         (_, Some(fleet)) if fleet::api::owns(req.uri().path()) => {
-            fleet::api::handle(fleet, &req, body).await
+            fleet::api::handle(fleet, &state.metrics, &req, body).await
         }
         (Some(uploads), _) if req.method() == Method::PUT => {
             upload::handle(&state.repo, uploads, &req, body).await

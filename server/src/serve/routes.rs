@@ -63,6 +63,11 @@ pub async fn handle<B>(state: &State, req: &Request<B>) -> Response<Body> {
     match path {
         "/healthz" => return text(StatusCode::OK, "ok", head_only),
         "/metrics" => {
+            if let Some(fleet) = &state.fleet
+                && let Some(gauges) = super::fleet::api::gauges(fleet).await
+            {
+                state.metrics.set_fleet(&gauges);
+            }
             let uploads = state.upload.as_ref().map(|u| u.counts());
             let metrics = state.metrics.render(uploads.as_ref());
             let mut r = text(StatusCode::OK, metrics, head_only);

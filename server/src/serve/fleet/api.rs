@@ -21,6 +21,7 @@ use serde_json::{Value, json};
 use super::auth::{bearer, credential_digest, new_credential};
 use super::store::{Store, Stored};
 use super::{Fleet, FleetError, halt, now};
+use crate::serve::metrics::{FleetGauges, Metrics, ReportResult};
 use crate::serve::routes::Body;
 
 /// Whether the fleet API answers `path`.
@@ -29,7 +30,12 @@ pub fn owns(path: &str) -> bool {
 }
 
 /// Answers one request under `/v1/`.
-pub async fn handle<B>(fleet: &Arc<Fleet>, req: &Request<()>, body: B) -> Response<Body>
+pub async fn handle<B>(
+    fleet: &Arc<Fleet>,
+    metrics: &Metrics,
+    req: &Request<()>,
+    body: B,
+) -> Response<Body>
 where
     B: hyper::body::Body<Data = Bytes> + Send + 'static,
     B::Error: std::error::Error + Send + Sync + 'static,
@@ -37,7 +43,17 @@ where
     let path = req.uri().path();
     let method = req.method();
     match (path, method) {
-        ("/v1/reports", &Method::POST) => post_report(fleet, req, body).await,
+        ("/v1/reports", &Method::POST) => {
+            let (resp, stored) = post_report(fleet, req, body).await;
+            metrics.report_received(report_result(resp.status(), stored.is_some()));
+            if let Some((report, halted)) = stored {
+                metrics.observe_report(&report);
+                if halted {
+                    metrics.rollout_halted(&report.channel);
+                }
+            }
+            resp
+        }
         ("/v1/agents" | "/v1/fleet", &Method::GET | &Method::HEAD) => {
             match bearer(req.headers()) {
                 Some(t) if fleet.operator_tokens.contains(t) => {}
@@ -65,7 +81,59 @@ where
     }
 }
 
-async fn post_report<B>(fleet: &Arc<Fleet>, req: &Request<()>, body: B) -> Response<Body>
+/// The fleet gauges of `/metrics`, from the same views as `/v1/fleet` and `/v1/agents`.
+pub async fn gauges(fleet: &Arc<Fleet>) -> Option<FleetGauges> {
+    let fleet2 = fleet.clone();
+    let views = fleet
+        .with_store(move |s| Ok((fleet_view(&fleet2, s)?, agents_view(&fleet2, s)?)))
+        .await;
+    match views {
+        Ok((f, a)) => Some(FleetGauges::from_views(&f, &a)),
+        Err(e) => {
+            tracing::warn!("fleet gauges for /metrics: {e}");
+            None
+        }
+    }
+}
+
+/// What `/metrics` counts for an answer to `POST /v1/reports`.
+fn report_result(status: StatusCode, new: bool) -> ReportResult {
+    match status {
+        StatusCode::CREATED => ReportResult::enrolled,
+        StatusCode::OK if new => ReportResult::stored,
+        StatusCode::OK => ReportResult::duplicate,
+        StatusCode::UNAUTHORIZED => ReportResult::unauthorized,
+        StatusCode::FORBIDDEN => ReportResult::forbidden,
+        StatusCode::PAYLOAD_TOO_LARGE => ReportResult::too_large,
+        StatusCode::BAD_REQUEST => ReportResult::invalid,
+        _ => ReportResult::error,
+    }
+}
+
+/// A newly stored report comes back with the response (and whether it halted a
+/// rollout), for the metrics.
+type NewReport = Option<(Report, bool)>;
+
+async fn post_report<B>(
+    fleet: &Arc<Fleet>,
+    req: &Request<()>,
+    body: B,
+) -> (Response<Body>, NewReport)
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    let mut new = None;
+    let resp = receive_report(fleet, req, body, &mut new).await;
+    (resp, new)
+}
+
+async fn receive_report<B>(
+    fleet: &Arc<Fleet>,
+    req: &Request<()>,
+    body: B,
+    new: &mut NewReport,
+) -> Response<Body>
 where
     B: hyper::body::Body<Data = Bytes> + Send + 'static,
     B::Error: std::error::Error + Send + Sync + 'static,
@@ -143,13 +211,18 @@ where
     let stored = fleet
         .with_store(move |s| {
             let stored = s.store(&report, &json, now(), digest.as_ref())?;
-            if stored == Stored::New {
-                halt::after_report(&fleet2, s, &report.channel);
-            }
+            let halted = stored == Stored::New && halt::after_report(&fleet2, s, &report.channel);
             // A refreshed heartbeat was recorded too (as the agent's last contact).
-            Ok(stored != Stored::Duplicate)
+            Ok((
+                stored != Stored::Duplicate,
+                (stored == Stored::New).then_some((report, halted)),
+            ))
         })
         .await;
+    let stored = stored.map(|(stored, fresh)| {
+        *new = fresh;
+        stored
+    });
     match (stored, credential) {
         (Err(e), _) => internal(&e),
         (Ok(_), Some(credential)) => {
@@ -463,11 +536,13 @@ mod tests {
             .unwrap();
         let big = Full::new(Bytes::from(vec![b' '; MAX_REPORT_SIZE + 1]));
         assert_eq!(
-            handle(&fleet, &req, big).await.status(),
+            handle(&fleet, &Metrics::default(), &req, big)
+                .await
+                .status(),
             StatusCode::PAYLOAD_TOO_LARGE
         );
         let bad = Full::new(Bytes::from_static(b"{\"schema\": 1}"));
-        let resp = handle(&fleet, &req, bad).await;
+        let resp = handle(&fleet, &Metrics::default(), &req, bad).await;
         assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
         let body = resp.into_body().collect().await.unwrap().to_bytes();
         assert!(
@@ -480,7 +555,9 @@ mod tests {
             .unwrap();
         let empty = Full::new(Bytes::new());
         assert_eq!(
-            handle(&fleet, &get, empty).await.status(),
+            handle(&fleet, &Metrics::default(), &get, empty)
+                .await
+                .status(),
             StatusCode::UNAUTHORIZED
         );
     }

@@ -26,13 +26,18 @@ use crate::rollout::{Signer, rollout};
 
 /// Applies `--halt-when` to `channel` after a report was stored; problems are logged,
 /// never the agent's (its report is stored either way).
-pub fn after_report(fleet: &Fleet, s: &mut Store, channel: &str) {
+/// Applies `--halt-when` after a stored report; true when it halted a rollout now.
+pub fn after_report(fleet: &Fleet, s: &mut Store, channel: &str) -> bool {
     let Some(halt) = &fleet.halt else {
-        return;
+        return false;
     };
     let (rule, key) = &**halt;
-    if let Err(e) = evaluate(fleet, *rule, key, s, channel) {
-        tracing::warn!(channel, "--halt-when could not be applied: {e}");
+    match evaluate(fleet, *rule, key, s, channel) {
+        Ok(halted) => halted,
+        Err(e) => {
+            tracing::warn!(channel, "--halt-when could not be applied: {e}");
+            false
+        }
     }
 }
 
@@ -42,14 +47,14 @@ fn evaluate(
     key: &ferry_format::keys::SecretKey,
     s: &mut Store,
     channel: &str,
-) -> Result<(), FleetError> {
+) -> Result<bool, FleetError> {
     // The report's channel came from an agent: only a valid channel name is looked up.
     if ferry_format::version::check_channel(channel).is_err() {
-        return Ok(());
+        return Ok(false);
     }
     let repo = Repo::new(&fleet.repo);
     let Some(bytes) = repo.read_head(channel)? else {
-        return Ok(());
+        return Ok(false);
     };
     let head = inspect_head(&bytes).map_err(crate::error::Error::from)?;
     let release = head.current().version.clone();
@@ -57,12 +62,12 @@ fn evaluate(
     if let Some(l) = &last
         && l.content_sequence >= head.content.sequence
     {
-        return Ok(()); // halted already, and not lifted since
+        return Ok(false); // halted already, and not lifted since
     }
     let after = last.map_or(0, |l| l.last_report);
     let (failed, tried, newest) = s.outcomes(channel, &release, after)?;
     if !rule.trips(failed, tried) {
-        return Ok(());
+        return Ok(false);
     }
     let reason = format!(
         "{failed} of {tried} agents that tried {release} failed or rolled back (--halt-when {rule})"
@@ -92,7 +97,7 @@ fn evaluate(
     };
     s.record_halt(&h)?;
     tracing::warn!(channel, release, failed, tried, "rollout halted: {reason}");
-    Ok(())
+    Ok(true)
 }
 
 /// The `rollout` object of a channel in `GET /v1/fleet`: from the repository's current
