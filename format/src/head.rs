@@ -425,7 +425,10 @@ impl HeadContent {
     pub(crate) fn decode_body(format: u16, body: &[u8]) -> Result<(Self, ReleaseRules)> {
         const K: &str = "channel content";
         let (c, rules) = match format {
-            ..=2 => (codec::decode::<HeadContent>(K, body)?, ReleaseRules::default()),
+            ..=2 => (
+                codec::decode::<HeadContent>(K, body)?,
+                ReleaseRules::default(),
+            ),
             3 => {
                 let v3: ContentV3 = codec::decode(K, body)?;
                 let rules = ReleaseRules {
@@ -1008,9 +1011,7 @@ mod tests {
         let k = SecretKey::from_seed([1; 32]);
         let c = content();
         let e = |r: Vec<ReleaseRequirements>| {
-            c.sign_with(&with_reqs(r), &[&k])
-                .unwrap_err()
-                .to_string()
+            c.sign_with(&with_reqs(r), &[&k]).unwrap_err().to_string()
         };
         assert!(e(vec![reqs("3.0", &["os=linux"])]).contains("not a listed release"));
         assert!(
@@ -1190,9 +1191,15 @@ mod tests {
         let k = SecretKey::from_seed([1; 32]);
         let c = content();
         let as_format_3 = |rules: &ReleaseRules| {
-            let head =
-                ChannelHead::new(c.sign_with(rules, &[&k]).unwrap(), 9, 100, 200, None, vec![])
-                    .unwrap();
+            let head = ChannelHead::new(
+                c.sign_with(rules, &[&k]).unwrap(),
+                9,
+                100,
+                200,
+                None,
+                vec![],
+            )
+            .unwrap();
             let signed = head.sign(&[&k]).unwrap();
             let env = Envelope::decode(ObjectKind::ChannelHead, &signed).unwrap();
             ChannelHead::decode_layers_up_to(&env.body, 3)
@@ -1223,17 +1230,11 @@ mod tests {
         let publisher = SecretKey::from_seed([1; 32]);
         let online = SecretKey::from_seed([2; 32]);
         let root = SecretKey::from_seed([3; 32]);
-        let list = crate::keylist::KeyList::new(
-            1,
-            100,
-            &[root.public()],
-            1,
-            &[publisher.public()],
-            1,
-        )
-        .unwrap()
-        .with_online(&[online.public()], 1)
-        .unwrap();
+        let list =
+            crate::keylist::KeyList::new(1, 100, &[root.public()], 1, &[publisher.public()], 1)
+                .unwrap()
+                .with_online(&[online.public()], 1)
+                .unwrap();
         let list_bytes = list.sign(&[&root]).unwrap();
         let trust = crate::keylist::TrustRoot::from_stored(&list_bytes).unwrap();
         let list_ref = crate::keylist::key_list_ref(&list_bytes).unwrap();
@@ -1257,13 +1258,11 @@ mod tests {
                 .sign(&[&online])
                 .unwrap()
         };
-        let ok =
-            crate::verified::verify_head(&head_with(&publisher), &trust.head_keys(), &policy)
-                .unwrap();
+        let ok = crate::verified::verify_head(&head_with(&publisher), &trust.head_keys(), &policy)
+            .unwrap();
         assert!(ok.is_revoked("2.0"));
         assert!(
-            crate::verified::verify_head(&head_with(&online), &trust.head_keys(), &policy)
-                .is_err()
+            crate::verified::verify_head(&head_with(&online), &trust.head_keys(), &policy).is_err()
         );
     }
 

@@ -143,14 +143,14 @@ fn golden_head_with_requirements() {
     let requirements = ReleaseRules {
         requirements: vec![ReleaseRequirements {
             version: "1.1.0".into(),
-        requirements: Requirements::parse(&[
-            "os=linux",
-            "arch=x86_64",
-            "min-agent=0.3.0",
-            "disk=500MiB",
-            "role=edge",
-        ])
-        .unwrap(),
+            requirements: Requirements::parse(&[
+                "os=linux",
+                "arch=x86_64",
+                "min-agent=0.3.0",
+                "disk=500MiB",
+                "role=edge",
+            ])
+            .unwrap(),
         }],
         ..ReleaseRules::default()
     };
@@ -259,7 +259,10 @@ fn key_list_with_online_role() -> Vec<u8> {
 
 #[test]
 fn golden_key_list_with_online_role() {
-    check("key_list_v2_online_seed03.hex", &key_list_with_online_role());
+    check(
+        "key_list_v2_online_seed03.hex",
+        &key_list_with_online_role(),
+    );
 }
 
 /// The online key's pause (FORMAT.md §5): the publisher content of `golden_head`
@@ -308,7 +311,10 @@ fn golden_head_paused_by_the_online_key() {
         rollout_seen: None,
     };
     let v = ferry_format::verified::verify_head(&stored, &trust.head_keys(), &policy).unwrap();
-    assert_eq!((v.rollout_of("1.1.0"), v.content.rollout_of("1.1.0")), (0, 50));
+    assert_eq!(
+        (v.rollout_of("1.1.0"), v.content.rollout_of("1.1.0")),
+        (0, 50)
+    );
 }
 
 #[test]

@@ -96,7 +96,7 @@ pub enum Command {
         #[arg(long, value_name = "PCT", value_parser = clap::value_parser!(u8).range(0..=100))]
         percent: Option<u8>,
         /// Offer the newest release to no more agents (0%) until --resume.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "percent")]
         pause: bool,
         /// Lift a --pause: back to the percentage the publisher signed (needs --key).
         #[arg(long, conflicts_with_all = ["percent", "pause"])]
@@ -133,6 +133,7 @@ pub enum Command {
         json: bool,
     },
     /// Publish a file or directory as a new release of a channel.
+    Publish {
         /// Repository root (created if missing).
         #[arg(
             long,

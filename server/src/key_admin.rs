@@ -262,7 +262,8 @@ pub fn resign_publisher_with(
         None => ferry_format::envelope::TrustedKeys::single(first.public()),
     };
     let signers: Vec<&SecretKey> = keys.iter().collect();
-    check_signers(&trust, &signers, "refresh-head --key").map_err(|e| online_not_publisher(&latest, keys, e))?;
+    check_signers(&trust, &signers, "refresh-head --key")
+        .map_err(|e| online_not_publisher(&latest, keys, e))?;
     let now = now();
     let mut content = old.content.clone();
     content.sequence += 1;
@@ -307,11 +308,7 @@ pub fn resign_publisher_with(
 /// A refusal of `--key` that names the online key when one was given: the online role
 /// only keeps heads fresh and lowers or pauses rollouts.
 fn online_not_publisher(
-    latest: &Option<(
-        ferry_format::keylist::KeyListRef,
-        TrustRoot,
-        Vec<u8>,
-    )>,
+    latest: &Option<(ferry_format::keylist::KeyListRef, TrustRoot, Vec<u8>)>,
     keys: &[SecretKey],
     e: Error,
 ) -> Error {

@@ -107,9 +107,7 @@ pub fn revoke(
                 )));
             }
             rules.revoked.push(name.to_string());
-            rules
-                .revoked
-                .sort_by_key(|v| Version::parse(v).ok());
+            rules.revoked.sort_by_key(|v| Version::parse(v).ok());
             Ok(())
         },
     )?;
