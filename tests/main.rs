@@ -26,6 +26,7 @@ mod it {
     pub mod paths;
     pub mod pipeline;
     pub mod publish_limits;
+    pub mod recall;
     pub mod reinit;
     pub mod reports;
     pub mod requirements_publish;

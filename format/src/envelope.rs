@@ -86,18 +86,19 @@ impl ObjectKind {
 
     /// The highest format version this build reads for this kind, and the one it
     /// writes, except channel content: written as format 2 unless a release carries
-    /// requirements (format 3, FORMAT.md §5.2), so a channel without requirements stays
-    /// readable by agents of format 2.
+    /// requirements (format 3, FORMAT.md §5.2) or the content revokes or targets a
+    /// release (format 4, §5.3, §5.4), so a channel without them stays readable by
+    /// agents of format 2.
     pub fn format_version(self) -> u16 {
         match self {
             ObjectKind::ChannelHead | ObjectKind::KeyList => 2,
-            ObjectKind::ChannelContent => 3,
+            ObjectKind::ChannelContent => 4,
             ObjectKind::Manifest => FORMAT_VERSION,
         }
     }
 
     /// The format version [`Envelope::sign`] writes: [`ObjectKind::format_version`],
-    /// but 2 for channel content (the head's signing chooses 3 when needed).
+    /// but 2 for channel content (the head's signing chooses 3 or 4 when needed).
     pub fn written_version(self) -> u16 {
         match self {
             ObjectKind::ChannelContent => 2,

@@ -14,6 +14,14 @@
 //! format 2 body followed by the requirements list); content without stays format 2,
 //! byte for byte what agents of format 2 read, while they refuse format 3 with
 //! "upgrade ferry" before looking at any release.
+//!
+//! Revocations (§5.3) and label targeting (§5.4) travel the same way one format up:
+//! content that revokes or targets a release is format 4 (the format 3 body, its
+//! requirements list possibly empty, followed by the revoked versions and the
+//! targeting), which agents of format 3 and before refuse with "upgrade ferry", so none
+//! ignores a recall or installs a release meant for other labels. All of it is signed
+//! by the publishing keys: the online role, which re-signs only the freshness layer,
+//! can neither revoke nor retarget.
 
 use serde::{Deserialize, Serialize};
 
@@ -24,7 +32,7 @@ use crate::error::{FormatError, Result};
 use crate::id::ObjectRef;
 use crate::keylist::KeyListRef;
 use crate::keys::SecretKey;
-use crate::requirements::Requirements;
+use crate::requirements::{Kind, Requirements};
 use crate::version::{Version, check_channel};
 
 /// Most releases a head may list.
@@ -75,6 +83,58 @@ pub struct ReleaseRequirements {
     pub requirements: Requirements,
 }
 
+/// The labels an agent must have to be offered a release (FORMAT.md §5.4), signed by
+/// the publishing keys with the release; its rollout percentage applies among them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutLabels {
+    pub version: String,
+    /// Never empty, and labels only: no key with a meaning of §5.2 (`os`, `arch`,
+    /// `min-agent`, `disk`), which are requirements.
+    pub labels: Requirements,
+}
+
+/// What the content signs about single releases besides their rollout percentage:
+/// requirements (§5.2, content format 3), revocations (§5.3) and label targeting
+/// (§5.4) (format 4). Publisher tools carry it from one content to the next.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReleaseRules {
+    /// Ascending by version, each naming a listed release.
+    pub requirements: Vec<ReleaseRequirements>,
+    /// Revoked releases: strictly ascending, each listed, never every listed release.
+    pub revoked: Vec<String>,
+    /// Ascending by version, each naming a listed release.
+    pub rollout_labels: Vec<RolloutLabels>,
+}
+
+impl ReleaseRules {
+    /// The content format that holds these rules: 2 (byte-compatible with format 2
+    /// agents) when there are none, 3 with requirements only, 4 with a revocation or
+    /// a targeting.
+    pub fn content_format(&self) -> u16 {
+        if !self.revoked.is_empty() || !self.rollout_labels.is_empty() {
+            4
+        } else if !self.requirements.is_empty() {
+            3
+        } else {
+            2
+        }
+    }
+
+    /// Forgets whatever names a release no longer listed (after retention dropped it).
+    pub fn retain_listed(&mut self, releases: &[ReleaseRef]) {
+        let listed = |v: &str| releases.iter().any(|r| r.version == v);
+        self.requirements.retain(|r| listed(&r.version));
+        self.revoked.retain(|v| listed(v));
+        self.rollout_labels.retain(|r| listed(&r.version));
+    }
+
+    fn check(&self, kind: &'static str, releases: &[ReleaseRef]) -> Result<()> {
+        check_requirements(kind, &self.requirements, releases)?;
+        check_revoked(kind, &self.revoked, releases)?;
+        check_rollout_labels(kind, &self.rollout_labels, releases)
+    }
+}
+
 /// Content of format 3: the format 2 body followed by the requirements.
 #[derive(Serialize, Deserialize)]
 struct ContentV3 {
@@ -82,10 +142,87 @@ struct ContentV3 {
     requirements: Vec<ReleaseRequirements>,
 }
 
-/// The content format that holds `requirements`: 2 (byte-compatible with format 2
-/// agents) when there are none.
-fn content_format(requirements: &[ReleaseRequirements]) -> u16 {
-    if requirements.is_empty() { 2 } else { 3 }
+/// Content of format 4: the format 3 body (requirements possibly empty) followed by
+/// the revoked versions and the label targeting.
+#[derive(Serialize, Deserialize)]
+struct ContentV4 {
+    content: HeadContent,
+    requirements: Vec<ReleaseRequirements>,
+    revoked: Vec<String>,
+    rollout_labels: Vec<RolloutLabels>,
+}
+
+/// Revoked versions are strictly ascending, listed, and leave a release to run.
+fn check_revoked(kind: &'static str, revoked: &[String], releases: &[ReleaseRef]) -> Result<()> {
+    let mut prev: Option<Version> = None;
+    for r in revoked {
+        let v = Version::parse(r)?;
+        if prev.as_ref().is_some_and(|p| *p >= v) {
+            return Err(malformed(
+                kind,
+                format!("revoked versions not ascending at {v} or repeated"),
+            ));
+        }
+        if !releases.iter().any(|rel| rel.version == *r) {
+            return Err(malformed(
+                kind,
+                format!("revokes {v}, which is not a listed release"),
+            ));
+        }
+        prev = Some(v);
+    }
+    if !releases.is_empty() && revoked.len() >= releases.len() {
+        return Err(malformed(
+            kind,
+            "every listed release is revoked: agents would have none to run".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Targetings are ascending by version, name listed releases, hold labels only.
+fn check_rollout_labels(
+    kind: &'static str,
+    list: &[RolloutLabels],
+    releases: &[ReleaseRef],
+) -> Result<()> {
+    let mut prev: Option<Version> = None;
+    for r in list {
+        let v = Version::parse(&r.version)?;
+        if prev.as_ref().is_some_and(|p| *p >= v) {
+            return Err(malformed(
+                kind,
+                format!("rollout labels not ascending at {v} or repeated"),
+            ));
+        }
+        if !releases.iter().any(|rel| rel.version == r.version) {
+            return Err(malformed(
+                kind,
+                format!("rollout labels name {v}, which is not a listed release"),
+            ));
+        }
+        if r.labels.is_empty() {
+            return Err(malformed(
+                kind,
+                format!("empty rollout labels listed for {v} (absence means every agent)"),
+            ));
+        }
+        r.labels.validate()?;
+        if let Some(l) = r
+            .labels
+            .iter()
+            .find(|l| !matches!(l.kind(), Kind::Label { .. }))
+        {
+            return Err(malformed(
+                kind,
+                format!(
+                    "rollout labels of {v} hold {l}, which is not a label (os, arch, min-agent and disk are requirements)"
+                ),
+            ));
+        }
+        prev = Some(v);
+    }
+    Ok(())
 }
 
 /// Requirement lists are ascending by version, name listed releases, are not empty.
@@ -149,8 +286,9 @@ pub struct ChannelHead {
     pub rollout: Vec<Rollout>,
     /// Decoded from [`ChannelHead::content_bytes`]; trusted only once a head verified.
     pub content: HeadContent,
-    /// Signed with the content; see [`ChannelHead::requirements_of`].
-    requirements: Vec<ReleaseRequirements>,
+    /// Signed with the content; see [`ChannelHead::requirements_of`],
+    /// [`ChannelHead::is_revoked`], [`ChannelHead::rollout_labels_of`].
+    rules: ReleaseRules,
     content_bytes: Vec<u8>,
 }
 
@@ -256,56 +394,82 @@ impl HeadContent {
     }
 
     /// Validates, signs with every given key and encodes the `FRYC` envelope (format
-    /// 2: no release has requirements).
+    /// 2: no release has requirements, none is revoked or targeted).
     pub fn sign(&self, keys: &[&SecretKey]) -> Result<Vec<u8>> {
-        self.sign_with(&[], keys)
+        self.sign_with(&ReleaseRules::default(), keys)
     }
 
-    /// Like [`HeadContent::sign`], with the releases' requirements (format 3 when
-    /// there are any, FORMAT.md §5.2).
-    pub fn sign_with(
-        &self,
-        requirements: &[ReleaseRequirements],
-        keys: &[&SecretKey],
-    ) -> Result<Vec<u8>> {
+    /// Like [`HeadContent::sign`], with the releases' requirements, revocations and
+    /// targeting, in the lowest content format that holds them
+    /// ([`ReleaseRules::content_format`]).
+    pub fn sign_with(&self, rules: &ReleaseRules, keys: &[&SecretKey]) -> Result<Vec<u8>> {
         self.validate()?;
-        check_requirements("channel content", requirements, &self.releases)?;
-        let format = content_format(requirements);
-        let body = if format == 2 {
-            codec::encode(self)
-        } else {
-            codec::encode(&ContentV3 {
+        rules.check("channel content", &self.releases)?;
+        let format = rules.content_format();
+        let body = match format {
+            2 => codec::encode(self),
+            3 => codec::encode(&ContentV3 {
                 content: self.clone(),
-                requirements: requirements.to_vec(),
-            })
+                requirements: rules.requirements.clone(),
+            }),
+            _ => codec::encode(&ContentV4 {
+                content: self.clone(),
+                requirements: rules.requirements.clone(),
+                revoked: rules.revoked.clone(),
+                rollout_labels: rules.rollout_labels.clone(),
+            }),
         };
         Ok(Envelope::sign_as(ObjectKind::ChannelContent, format, body, keys).encode())
     }
 
-    pub(crate) fn decode_body(
-        format: u16,
-        body: &[u8],
-    ) -> Result<(Self, Vec<ReleaseRequirements>)> {
+    pub(crate) fn decode_body(format: u16, body: &[u8]) -> Result<(Self, ReleaseRules)> {
         const K: &str = "channel content";
-        let (c, requirements) = if format >= 3 {
-            let v3: ContentV3 = codec::decode(K, body)?;
-            if v3.requirements.is_empty() {
-                // One value, one encoding: content without requirements is format 2.
-                return Err(malformed(K, "format 3 without requirements".into()));
+        let (c, rules) = match format {
+            ..=2 => (
+                codec::decode::<HeadContent>(K, body)?,
+                ReleaseRules::default(),
+            ),
+            3 => {
+                let v3: ContentV3 = codec::decode(K, body)?;
+                let rules = ReleaseRules {
+                    requirements: v3.requirements,
+                    ..ReleaseRules::default()
+                };
+                (v3.content, rules)
             }
-            (v3.content, v3.requirements)
-        } else {
-            (codec::decode::<HeadContent>(K, body)?, Vec::new())
+            _ => {
+                let v4: ContentV4 = codec::decode(K, body)?;
+                let rules = ReleaseRules {
+                    requirements: v4.requirements,
+                    revoked: v4.revoked,
+                    rollout_labels: v4.rollout_labels,
+                };
+                (v4.content, rules)
+            }
         };
+        if rules.content_format() != format.max(2) {
+            // One value, one encoding: the lowest format that holds the rules.
+            return Err(malformed(
+                K,
+                format!(
+                    "format {format} {}",
+                    if format == 3 {
+                        "without requirements"
+                    } else {
+                        "without a revocation or rollout labels"
+                    }
+                ),
+            ));
+        }
         c.validate()?;
-        check_requirements(K, &requirements, &c.releases)?;
+        rules.check(K, &c.releases)?;
         if c.min_client_format > CLIENT_FORMAT {
             return Err(FormatError::ClientTooOld {
                 required: c.min_client_format,
                 supported: CLIENT_FORMAT,
             });
         }
-        Ok((c, requirements))
+        Ok((c, rules))
     }
 }
 
@@ -322,7 +486,7 @@ impl ChannelHead {
         rollout: Vec<Rollout>,
     ) -> Result<Self> {
         let env = Envelope::decode(ObjectKind::ChannelContent, &content_bytes)?;
-        let (content, requirements) = HeadContent::decode_body(env.format, &env.body)?;
+        let (content, rules) = HeadContent::decode_body(env.format, &env.body)?;
         let head = ChannelHead {
             sequence,
             issued_at,
@@ -330,7 +494,7 @@ impl ChannelHead {
             key_list,
             rollout,
             content,
-            requirements,
+            rules,
             content_bytes,
         };
         head.validate()?;
@@ -367,7 +531,43 @@ impl ChannelHead {
 
     /// The requirements of every release that has some, ascending by version.
     pub fn requirements(&self) -> &[ReleaseRequirements] {
-        &self.requirements
+        &self.rules.requirements
+    }
+
+    /// Everything the content signs about single releases (requirements, revocations,
+    /// targeting): what a publisher carries into the next content.
+    pub fn rules(&self) -> &ReleaseRules {
+        &self.rules
+    }
+
+    /// Replaces the rules to sign with [`ChannelHead::resign_content`] (publisher
+    /// tools and tests; checked when signing).
+    pub fn set_rules(&mut self, rules: ReleaseRules) {
+        self.rules = rules;
+    }
+
+    /// Whether the publisher revoked the release `version` (FORMAT.md §5.3): no agent
+    /// installs it, and agents running it go to the newest release they may run that
+    /// is not revoked, even an older one.
+    pub fn is_revoked(&self, version: &str) -> bool {
+        self.rules.revoked.iter().any(|v| v == version)
+    }
+
+    /// The revoked releases, ascending.
+    pub fn revoked(&self) -> &[String] {
+        &self.rules.revoked
+    }
+
+    /// The labels an agent must have to be offered `version` (FORMAT.md §5.4); empty
+    /// when every agent is (or when `version` is not listed). Check it with
+    /// [`Requirements::unmet`]: every entry is a label.
+    pub fn rollout_labels_of(&self, version: &str) -> &Requirements {
+        static EVERYONE: Requirements = Requirements::none();
+        self.rules
+            .rollout_labels
+            .iter()
+            .find(|r| r.version == version)
+            .map_or(&EVERYONE, |r| &r.labels)
     }
 
     /// What the release `version` requires of the agent (FORMAT.md §5.2); empty when
@@ -375,7 +575,8 @@ impl ChannelHead {
     /// [`Requirements::unmet`] before downloading anything of the release.
     pub fn requirements_of(&self, version: &str) -> &Requirements {
         static NONE: Requirements = Requirements::none();
-        self.requirements
+        self.rules
+            .requirements
             .iter()
             .find(|r| r.version == version)
             .map_or(&NONE, |r| &r.requirements)
@@ -384,7 +585,7 @@ impl ChannelHead {
     /// Replaces the requirements to sign with [`ChannelHead::resign_content`]
     /// (publisher tools and tests; checked when signing).
     pub fn set_requirements(&mut self, requirements: Vec<ReleaseRequirements>) {
-        self.requirements = requirements;
+        self.rules.requirements = requirements;
     }
 
     /// The rollout percentage in force for `version`: the head's override if it has
@@ -412,7 +613,7 @@ impl ChannelHead {
     pub fn validate(&self) -> Result<()> {
         const K: &str = "channel head";
         self.content.validate()?;
-        check_requirements(K, &self.requirements, &self.content.releases)?;
+        self.rules.check(K, &self.content.releases)?;
         if self.expires_at <= self.issued_at {
             return Err(malformed(K, "expires before it is issued".into()));
         }
@@ -436,11 +637,11 @@ impl ChannelHead {
         Ok(())
     }
 
-    /// Re-encodes [`ChannelHead::content`] with its requirements and signs it with
+    /// Re-encodes [`ChannelHead::content`] with its rules and signs it with
     /// `keys` (publishing keys): for the publisher's tools and tests that edit a
     /// head's content.
     pub fn resign_content(&mut self, keys: &[&SecretKey]) -> Result<()> {
-        self.content_bytes = self.content.sign_with(&self.requirements, keys)?;
+        self.content_bytes = self.content.sign_with(&self.rules, keys)?;
         Ok(())
     }
 
@@ -472,20 +673,28 @@ impl ChannelHead {
         key_list: Option<KeyListRef>,
         keys: &[&SecretKey],
     ) -> Result<Vec<u8>> {
-        Self::publish_with(content, &[], sequence, expires_at, key_list, keys)
+        Self::publish_with(
+            content,
+            &ReleaseRules::default(),
+            sequence,
+            expires_at,
+            key_list,
+            keys,
+        )
     }
 
-    /// [`ChannelHead::publish`] with the releases' requirements.
+    /// [`ChannelHead::publish`] with the releases' requirements, revocations and
+    /// targeting.
     pub fn publish_with(
         content: &HeadContent,
-        requirements: &[ReleaseRequirements],
+        rules: &ReleaseRules,
         sequence: u64,
         expires_at: u64,
         key_list: Option<KeyListRef>,
         keys: &[&SecretKey],
     ) -> Result<Vec<u8>> {
         let head = ChannelHead::new(
-            content.sign_with(requirements, keys)?,
+            content.sign_with(rules, keys)?,
             sequence,
             content.issued_at,
             expires_at,
@@ -522,8 +731,7 @@ impl PartialHead {
     /// Decodes and validates the content (whose signatures the caller checked).
     pub(crate) fn finish(self, content_env: &Envelope) -> Result<ChannelHead> {
         let b = self.0;
-        let (content, requirements) =
-            HeadContent::decode_body(content_env.format, &content_env.body)?;
+        let (content, rules) = HeadContent::decode_body(content_env.format, &content_env.body)?;
         let head = ChannelHead {
             sequence: b.sequence,
             issued_at: b.issued_at,
@@ -531,7 +739,7 @@ impl PartialHead {
             key_list: b.key_list,
             rollout: b.rollout,
             content,
-            requirements,
+            rules,
             content_bytes: b.content,
         };
         head.validate()?;
@@ -756,16 +964,23 @@ mod tests {
         }
     }
 
+    fn with_reqs(requirements: Vec<ReleaseRequirements>) -> ReleaseRules {
+        ReleaseRules {
+            requirements,
+            ..ReleaseRules::default()
+        }
+    }
+
     #[test]
     fn requirements_travel_in_format_3_content_and_only_then() {
         let k = SecretKey::from_seed([1; 32]);
         let c = content();
         // Without requirements: format 2, the same bytes as before requirements existed.
         let plain = c.sign(&[&k]).unwrap();
-        assert_eq!(plain, c.sign_with(&[], &[&k]).unwrap());
+        assert_eq!(plain, c.sign_with(&ReleaseRules::default(), &[&k]).unwrap());
         assert_eq!(u16::from_le_bytes([plain[4], plain[5]]), 2);
         let r = vec![reqs("2.0", &["os=linux", "disk=500MiB", "role=edge"])];
-        let with = c.sign_with(&r, &[&k]).unwrap();
+        let with = c.sign_with(&with_reqs(r.clone()), &[&k]).unwrap();
         assert_eq!(u16::from_le_bytes([with[4], with[5]]), 3);
         // The format 3 body is the format 2 body followed by the list.
         let body2 = Envelope::decode(ObjectKind::ChannelContent, &plain)
@@ -808,7 +1023,9 @@ mod tests {
     fn malformed_requirements_are_refused() {
         let k = SecretKey::from_seed([1; 32]);
         let c = content();
-        let e = |r: Vec<ReleaseRequirements>| c.sign_with(&r, &[&k]).unwrap_err().to_string();
+        let e = |r: Vec<ReleaseRequirements>| {
+            c.sign_with(&with_reqs(r), &[&k]).unwrap_err().to_string()
+        };
         assert!(e(vec![reqs("3.0", &["os=linux"])]).contains("not a listed release"));
         assert!(
             e(vec![reqs("2.0", &["os=linux"]), reqs("1.0", &["os=linux"])])
@@ -835,7 +1052,7 @@ mod tests {
         assert!(ChannelHead::new(env, 9, 100, 200, None, vec![]).is_err());
         // Dropping the release drops the reason to list its requirements.
         let mut h = ChannelHead::new(
-            c.sign_with(&[reqs("1.0", &["arch=x86_64"])], &[&k])
+            c.sign_with(&with_reqs(vec![reqs("1.0", &["arch=x86_64"])]), &[&k])
                 .unwrap(),
             9,
             100,
@@ -867,7 +1084,7 @@ mod tests {
         let plain = as_format_2(c.sign(&[&k]).unwrap()).unwrap();
         assert_eq!(plain.content, c);
         let e = as_format_2(
-            c.sign_with(&[reqs("2.0", &["min-agent=0.3.0"])], &[&k])
+            c.sign_with(&with_reqs(vec![reqs("2.0", &["min-agent=0.3.0"])]), &[&k])
                 .unwrap(),
         )
         .unwrap_err();
@@ -885,6 +1102,180 @@ mod tests {
         assert_eq!(
             e.to_string(),
             "channel content uses format version 3, this ferry reads up to version 2: upgrade ferry"
+        );
+    }
+
+    fn recall_rules() -> ReleaseRules {
+        ReleaseRules {
+            requirements: vec![],
+            revoked: vec!["2.0".into()],
+            rollout_labels: vec![RolloutLabels {
+                version: "1.0".into(),
+                labels: Requirements::parse(&["region=eu"]).unwrap(),
+            }],
+        }
+    }
+
+    #[test]
+    fn revocations_and_rollout_labels_travel_in_format_4_content_and_only_then() {
+        let k = SecretKey::from_seed([1; 32]);
+        let c = content();
+        let rules = recall_rules();
+        let with = c.sign_with(&rules, &[&k]).unwrap();
+        assert_eq!(u16::from_le_bytes([with[4], with[5]]), 4);
+        // The format 4 body is the format 2 body, the (empty) requirements, then the
+        // revoked versions and the targeting.
+        let body2 = codec::encode(&c);
+        let body4 = Envelope::decode(ObjectKind::ChannelContent, &with)
+            .unwrap()
+            .body;
+        assert_eq!(&body4[..body2.len()], &body2[..]);
+        let mut tail = codec::encode(&Vec::<ReleaseRequirements>::new());
+        tail.extend(codec::encode(&rules.revoked));
+        tail.extend(codec::encode(&rules.rollout_labels));
+        assert_eq!(&body4[body2.len()..], &tail[..]);
+
+        let mut h = ChannelHead::new(with, 9, 100, 200, None, vec![]).unwrap();
+        assert!(h.is_revoked("2.0") && !h.is_revoked("1.0") && !h.is_revoked("9.9"));
+        assert_eq!(h.revoked(), ["2.0".to_string()]);
+        assert_eq!(h.rollout_labels_of("1.0").to_string(), "region=eu");
+        assert!(h.rollout_labels_of("2.0").is_empty());
+        // Re-signing keeps every rule, and requirements join them in format 4.
+        let mut more = rules.clone();
+        more.requirements = vec![reqs("2.0", &["os=linux"])];
+        h.set_rules(more.clone());
+        h.content.sequence += 1;
+        h.resign_content(&[&k]).unwrap();
+        let bytes = h.sign(&[&k]).unwrap();
+        let back = inspect_head(&bytes).unwrap();
+        assert_eq!(back.rules(), &more);
+        // Without revocation and targeting the same rules are format 3 again.
+        more.revoked.clear();
+        more.rollout_labels.clear();
+        let three = c.sign_with(&more, &[&k]).unwrap();
+        assert_eq!(u16::from_le_bytes([three[4], three[5]]), 3);
+    }
+
+    #[test]
+    fn malformed_revocations_and_rollout_labels_are_refused() {
+        let k = SecretKey::from_seed([1; 32]);
+        let c = content();
+        let e = |f: &dyn Fn(&mut ReleaseRules)| {
+            let mut r = recall_rules();
+            f(&mut r);
+            c.sign_with(&r, &[&k]).unwrap_err().to_string()
+        };
+        assert!(e(&|r| r.revoked = vec!["3.0".into()]).contains("not a listed release"));
+        assert!(e(&|r| r.revoked = vec!["2.0".into(), "1.0".into()]).contains("not ascending"));
+        assert!(
+            e(&|r| r.revoked = vec!["1.0".into(), "2.0".into()]).contains("every listed release")
+        );
+        assert!(e(&|r| r.rollout_labels[0].version = "3.0".into()).contains("not a listed"));
+        assert!(
+            e(&|r| r.rollout_labels[0].labels = Requirements::none())
+                .contains("absence means every agent")
+        );
+        let not_label = e(&|r| {
+            r.rollout_labels[0].labels = Requirements::parse(&["os=linux"]).unwrap();
+        });
+        assert!(not_label.contains("not a label"), "{not_label}");
+        // Format 4 holding only requirements is a second encoding of format 3.
+        let body = codec::encode(&ContentV4 {
+            content: c.clone(),
+            requirements: vec![reqs("2.0", &["os=linux"])],
+            revoked: vec![],
+            rollout_labels: vec![],
+        });
+        let env = Envelope::sign_as(ObjectKind::ChannelContent, 4, body, &[&k]).encode();
+        let err = ChannelHead::new(env, 9, 100, 200, None, vec![]).unwrap_err();
+        assert!(err.to_string().contains("format 4 without"), "{err}");
+        // Dropping a revoked release from the list drops its revocation with it.
+        let mut r = recall_rules();
+        r.retain_listed(&c.releases[..1]);
+        assert!(r.revoked.is_empty() && r.rollout_labels.len() == 1);
+    }
+
+    /// FORMAT.md §9: an agent of the previous format (content format 3 at most) stops
+    /// at a head that revokes or targets a release with "upgrade ferry", before any
+    /// release of it is considered: it neither ignores the recall nor takes a release
+    /// meant for other labels.
+    #[test]
+    fn a_format_3_agent_refuses_heads_with_revocations_or_rollout_labels() {
+        let k = SecretKey::from_seed([1; 32]);
+        let c = content();
+        let as_format_3 = |rules: &ReleaseRules| {
+            let head = ChannelHead::new(
+                c.sign_with(rules, &[&k]).unwrap(),
+                9,
+                100,
+                200,
+                None,
+                vec![],
+            )
+            .unwrap();
+            let signed = head.sign(&[&k]).unwrap();
+            let env = Envelope::decode(ObjectKind::ChannelHead, &signed).unwrap();
+            ChannelHead::decode_layers_up_to(&env.body, 3)
+                .and_then(|(content_env, partial)| partial.finish(&content_env))
+        };
+        assert!(as_format_3(&ReleaseRules::default()).is_ok());
+        let only_revoked = ReleaseRules {
+            revoked: vec!["2.0".into()],
+            ..ReleaseRules::default()
+        };
+        let only_labels = ReleaseRules {
+            revoked: vec![],
+            ..recall_rules()
+        };
+        for rules in [only_revoked, only_labels] {
+            let e = as_format_3(&rules).unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                "channel content uses format version 4, this ferry reads up to version 3: upgrade ferry"
+            );
+        }
+    }
+
+    /// Only publishing keys revoke or retarget: content carrying a revocation signed
+    /// by the online key alone is refused, whatever the freshness layer says.
+    #[test]
+    fn the_online_key_cannot_revoke() {
+        let publisher = SecretKey::from_seed([1; 32]);
+        let online = SecretKey::from_seed([2; 32]);
+        let root = SecretKey::from_seed([3; 32]);
+        let list =
+            crate::keylist::KeyList::new(1, 100, &[root.public()], 1, &[publisher.public()], 1)
+                .unwrap()
+                .with_online(&[online.public()], 1)
+                .unwrap();
+        let list_bytes = list.sign(&[&root]).unwrap();
+        let trust = crate::keylist::TrustRoot::from_stored(&list_bytes).unwrap();
+        let list_ref = crate::keylist::key_list_ref(&list_bytes).unwrap();
+        let policy = crate::verified::HeadPolicy {
+            channel: "stable",
+            now: 150,
+            max_skew: 0,
+            last_sequence: None,
+            key_list_version: 1,
+            last_content_sequence: None,
+            rollout_seen: None,
+        };
+        let head_with = |content_key: &SecretKey| {
+            let rules = ReleaseRules {
+                revoked: vec!["2.0".into()],
+                ..ReleaseRules::default()
+            };
+            let content_bytes = content().sign_with(&rules, &[content_key]).unwrap();
+            ChannelHead::new(content_bytes, 9, 100, 200, Some(list_ref), vec![])
+                .unwrap()
+                .sign(&[&online])
+                .unwrap()
+        };
+        let ok = crate::verified::verify_head(&head_with(&publisher), &trust.head_keys(), &policy)
+            .unwrap();
+        assert!(ok.is_revoked("2.0"));
+        assert!(
+            crate::verified::verify_head(&head_with(&online), &trust.head_keys(), &policy).is_err()
         );
     }
 

@@ -17,7 +17,9 @@ use ferry_format::delta::manifest_diff::{apply_manifest_diff, encode_manifest_di
 use ferry_format::delta::pack::{object_in_memory, pack_in_memory};
 use ferry_format::delta::{BSDIFF_V2, DiffHeader, DiffLayout, DiffRef};
 use ferry_format::envelope::CLIENT_FORMAT;
-use ferry_format::head::{ChannelHead, HeadContent, ReleaseRef, ReleaseRequirements, Rollout};
+use ferry_format::head::{
+    ChannelHead, HeadContent, ReleaseRef, ReleaseRequirements, ReleaseRules, Rollout, RolloutLabels,
+};
 use ferry_format::id::{ChunkId, Digest, ObjectRef};
 use ferry_format::keylist::KeyList;
 use ferry_format::keys::SecretKey;
@@ -138,17 +140,20 @@ fn golden_head_with_requirements() {
         manifest_diffs: vec![],
         rollout: vec![],
     };
-    let requirements = vec![ReleaseRequirements {
-        version: "1.1.0".into(),
-        requirements: Requirements::parse(&[
-            "os=linux",
-            "arch=x86_64",
-            "min-agent=0.3.0",
-            "disk=500MiB",
-            "role=edge",
-        ])
-        .unwrap(),
-    }];
+    let requirements = ReleaseRules {
+        requirements: vec![ReleaseRequirements {
+            version: "1.1.0".into(),
+            requirements: Requirements::parse(&[
+                "os=linux",
+                "arch=x86_64",
+                "min-agent=0.3.0",
+                "disk=500MiB",
+                "role=edge",
+            ])
+            .unwrap(),
+        }],
+        ..ReleaseRules::default()
+    };
     let bytes = ChannelHead::publish_with(
         &content,
         &requirements,
@@ -170,18 +175,145 @@ fn golden_head_with_requirements() {
     );
 }
 
+fn release(version: &str, fill: u8) -> ReleaseRef {
+    ReleaseRef {
+        version: version.into(),
+        manifest: ObjectRef {
+            hash: Digest([fill; 32]),
+            size: 1000 + u64::from(fill),
+        },
+    }
+}
+
+/// Content format 4 (FORMAT.md §5.3, §5.4): 1.0.0, 1.1.0 (revoked) and 1.2.0, offered
+/// to 50% of the agents labelled region=eu and tier=canary, requirements on 1.0.0;
+/// publisher and freshness layer signed by key 1.
+#[test]
+fn golden_head_with_revocation_and_rollout_labels() {
+    let content = HeadContent {
+        channel: "stable".into(),
+        sequence: 6,
+        issued_at: 1_700_000_000,
+        expires_at: 1_707_776_000,
+        min_client_format: CLIENT_FORMAT,
+        releases: vec![
+            release("1.0.0", 0x11),
+            release("1.1.0", 0x22),
+            release("1.2.0", 0x33),
+        ],
+        manifest_diffs: vec![],
+        rollout: vec![Rollout {
+            version: "1.2.0".into(),
+            percent: 50,
+        }],
+    };
+    let rules = ReleaseRules {
+        requirements: vec![ReleaseRequirements {
+            version: "1.0.0".into(),
+            requirements: Requirements::parse(&["os=linux"]).unwrap(),
+        }],
+        revoked: vec!["1.1.0".into()],
+        rollout_labels: vec![RolloutLabels {
+            version: "1.2.0".into(),
+            labels: Requirements::parse(&["tier=canary", "region=eu"]).unwrap(),
+        }],
+    };
+    let bytes = ChannelHead::publish_with(
+        &content,
+        &rules,
+        8,
+        1_700_604_800,
+        None,
+        &[&SecretKey::from_seed([1; 32])],
+    )
+    .unwrap();
+    check("head_stable_revoked_labels_seed01.hex", &bytes);
+    let stored = from_hex_lines(&stored("head_stable_revoked_labels_seed01.hex", &bytes));
+    assert_eq!(u16::from_le_bytes([stored[4], stored[5]]), 2, "head format");
+    let head = ferry_format::head::inspect_head(&stored).unwrap();
+    let content_bytes = head.content_bytes();
+    assert_eq!(
+        u16::from_le_bytes([content_bytes[4], content_bytes[5]]),
+        4,
+        "content format"
+    );
+    assert!(head.is_revoked("1.1.0") && !head.is_revoked("1.2.0"));
+    assert_eq!(
+        head.rollout_labels_of("1.2.0").to_string(),
+        "region=eu tier=canary"
+    );
+    assert!(head.rollout_labels_of("1.0.0").is_empty());
+    assert_eq!(head.rules(), &rules);
+}
+
 /// Key list 2 with an online role: roots {3} 1-of-1, publishers {1}, online {2},
 /// signed by key 3.
-#[test]
-fn golden_key_list_with_online_role() {
+fn key_list_with_online_role() -> Vec<u8> {
     let k = |n: u8| SecretKey::from_seed([n; 32]).public();
     let list = KeyList::new(2, 1_700_000_000, &[k(3)], 1, &[k(1)], 1)
         .unwrap()
         .with_online(&[k(2)], 1)
         .unwrap();
+    list.sign(&[&SecretKey::from_seed([3; 32])]).unwrap()
+}
+
+#[test]
+fn golden_key_list_with_online_role() {
     check(
         "key_list_v2_online_seed03.hex",
-        &list.sign(&[&SecretKey::from_seed([3; 32])]).unwrap(),
+        &key_list_with_online_role(),
+    );
+}
+
+/// The online key's pause (FORMAT.md §5): the publisher content of `golden_head`
+/// (1.1.0 at 50%, key 1) under a freshness layer naming key list 2 (the vector above)
+/// and signed by its online key 2 alone, with 1.1.0 overridden to 0%.
+#[test]
+fn golden_head_paused_by_the_online_key() {
+    let list = key_list_with_online_role();
+    let content = HeadContent {
+        channel: "stable".into(),
+        sequence: 5,
+        issued_at: 1_700_000_000,
+        expires_at: 1_707_776_000,
+        min_client_format: CLIENT_FORMAT,
+        releases: vec![release("1.0.0", 0x11), release("1.1.0", 0x22)],
+        manifest_diffs: vec![],
+        rollout: vec![Rollout {
+            version: "1.1.0".into(),
+            percent: 50,
+        }],
+    };
+    let head = ChannelHead::new(
+        content.sign(&[&SecretKey::from_seed([1; 32])]).unwrap(),
+        9,
+        1_700_100_000,
+        1_700_704_800,
+        Some(ferry_format::keylist::key_list_ref(&list).unwrap()),
+        vec![Rollout {
+            version: "1.1.0".into(),
+            percent: 0,
+        }],
+    )
+    .unwrap();
+    let fresh = head.sign(&[&SecretKey::from_seed([2; 32])]).unwrap();
+    check("head_stable_online_pause_seed02.hex", &fresh);
+    let stored = from_hex_lines(&stored("head_stable_online_pause_seed02.hex", &fresh));
+    // An agent trusting key list 2 accepts it, paused, as the online key signed it.
+    let trust = ferry_format::keylist::TrustRoot::from_stored(&list).unwrap();
+    let policy = ferry_format::verified::HeadPolicy {
+        channel: "stable",
+        now: 1_700_200_000,
+        max_skew: 0,
+        last_sequence: None,
+        key_list_version: 2,
+        last_content_sequence: None,
+        rollout_seen: None,
+    };
+    let v = ferry_format::verified::verify_head(&stored, &trust.head_keys(), &policy).unwrap();
+    assert_eq!(
+        (v.rollout_of("1.1.0"), v.content.rollout_of("1.1.0")),
+        (0, 50)
     );
 }
 

@@ -70,7 +70,11 @@ pub enum Command {
     /// head's freshness layer and leaves the content's percentage as it was, so a
     /// later `--resume --key` restores it (`refresh-head --key` signs a pause into the
     /// content as 0%: after it, set the percentage with --percent).
-    #[command(group(clap::ArgGroup::new("change").required(true).args(["percent", "pause", "resume"])))]
+    ///
+    /// --labels (with --key) sets the labels an agent must have to be offered the
+    /// newest release, replacing any before; --every-agent drops them.
+    #[command(group(clap::ArgGroup::new("change").required(true).multiple(true)
+        .args(["percent", "pause", "resume", "labels", "every_agent"])))]
     Rollout {
         /// Repository root.
         #[arg(long, value_name = "DIR")]
@@ -92,11 +96,38 @@ pub enum Command {
         #[arg(long, value_name = "PCT", value_parser = clap::value_parser!(u8).range(0..=100))]
         percent: Option<u8>,
         /// Offer the newest release to no more agents (0%) until --resume.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "percent")]
         pause: bool,
         /// Lift a --pause: back to the percentage the publisher signed (needs --key).
-        #[arg(long)]
+        #[arg(long, conflicts_with_all = ["percent", "pause"])]
         resume: bool,
+        /// Offer the newest release only to agents with this label, as KEY=VALUE
+        /// (repeat: all of them); the percentage applies among them. Needs --key.
+        #[arg(long = "labels", value_name = "KEY=VALUE", value_parser = parse_requirement,
+              conflicts_with = "every_agent")]
+        labels: Vec<ferry_format::requirements::Requirement>,
+        /// Offer the newest release to agents whatever their labels again (needs --key).
+        #[arg(long)]
+        every_agent: bool,
+        /// Print one JSON object instead of the line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke (recall) a release of a channel: agents never install it again, and
+    /// agents running it switch to the newest release they may run that is not revoked,
+    /// even an older one. Re-signs the publisher content (publishing keys only).
+    Revoke {
+        /// Repository root.
+        #[arg(long, value_name = "DIR")]
+        repo: PathBuf,
+        #[arg(long)]
+        channel: String,
+        /// Publishing secret key; repeat to meet a key list threshold.
+        #[arg(long, value_name = "FILE", required = true)]
+        key: Vec<PathBuf>,
+        /// The release to revoke (listed in the channel's head).
+        #[arg(long)]
+        version: String,
         /// Print one JSON object instead of the line.
         #[arg(long)]
         json: bool,
@@ -152,6 +183,11 @@ pub enum Command {
         /// downloading it; agents older than requirements stop with "upgrade ferry".
         #[arg(long = "requires", value_name = "KEY=VALUE", value_parser = parse_requirement)]
         requires: Vec<ferry_format::requirements::Requirement>,
+        /// Offer the release only to agents with this label, as KEY=VALUE (repeat: all
+        /// of them); --rollout applies among them. Agents older than targeting stop
+        /// with "upgrade ferry".
+        #[arg(long = "rollout-labels", value_name = "KEY=VALUE", value_parser = parse_requirement)]
+        rollout_labels: Vec<ferry_format::requirements::Requirement>,
         /// How many releases the channel head keeps listing (rollback targets).
         #[arg(long, default_value_t = crate::publish::DEFAULT_RETAIN,
               value_parser = clap::value_parser!(u16).range(1..=1024).map(usize::from))]

@@ -16,7 +16,7 @@
 use std::fmt::Write as _;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use ferry_format::head::{ChannelHead, Rollout};
+use ferry_format::head::{ChannelHead, HeadContent, ReleaseRules, Rollout};
 use ferry_format::keylist::{KeyList, TrustRoot, inspect, key_list_ref};
 use ferry_format::keys::{PublicKey, SecretKey};
 use ferry_format::verified::verify_own_head;
@@ -228,6 +228,20 @@ pub fn resign_publisher(
     keys: &[SecretKey],
     opts: RefreshOptions,
 ) -> Result<ChannelHead> {
+    resign_publisher_with(repo, channel, keys, opts, |_, _, _| Ok(()))
+}
+
+/// What `refresh-head --key` does, with `edit` changing the new publisher content and
+/// its rules (revocations, targeting) before they are signed: the one place that
+/// re-signs a channel's content without a new release (`revoke`, `rollout --labels`).
+/// `edit` sees the verified old head.
+pub fn resign_publisher_with(
+    repo: &Repo,
+    channel: &str,
+    keys: &[SecretKey],
+    opts: RefreshOptions,
+    edit: impl FnOnce(&ChannelHead, &mut HeadContent, &mut ReleaseRules) -> Result<()>,
+) -> Result<ChannelHead> {
     ferry_format::version::check_channel(channel)?;
     let first = keys.first().ok_or_else(|| Error::Unsupported {
         path: repo.root().to_path_buf(),
@@ -248,7 +262,8 @@ pub fn resign_publisher(
         None => ferry_format::envelope::TrustedKeys::single(first.public()),
     };
     let signers: Vec<&SecretKey> = keys.iter().collect();
-    check_signers(&trust, &signers, "refresh-head --key")?;
+    check_signers(&trust, &signers, "refresh-head --key")
+        .map_err(|e| online_not_publisher(&latest, keys, e))?;
     let now = now();
     let mut content = old.content.clone();
     content.sequence += 1;
@@ -275,8 +290,10 @@ pub fn resign_publisher(
             }
         }
     }
+    let mut rules = old.rules().clone();
+    edit(&old, &mut content, &mut rules)?;
     let head = ChannelHead::new(
-        content.sign_with(old.requirements(), &signers)?,
+        content.sign_with(&rules, &signers)?,
         old.sequence + 1,
         content.issued_at,
         now.saturating_add(expires_in.as_secs()),
@@ -286,6 +303,29 @@ pub fn resign_publisher(
     let bytes = head.sign(&signers)?;
     repo.write_head(channel, &bytes)?;
     Ok(head)
+}
+
+/// A refusal of `--key` that names the online key when one was given: the online role
+/// only keeps heads fresh and lowers or pauses rollouts.
+fn online_not_publisher(
+    latest: &Option<(ferry_format::keylist::KeyListRef, TrustRoot, Vec<u8>)>,
+    keys: &[SecretKey],
+    e: Error,
+) -> Error {
+    let online = latest.as_ref().and_then(|(_, root, _)| root.online());
+    let Some(k) = online.and_then(|o| {
+        let ids = o.key_ids();
+        keys.iter().find(|k| ids.contains(&k.public().id()))
+    }) else {
+        return e;
+    };
+    Error::Unsupported {
+        path: "--key".into(),
+        reason: format!(
+            "key {} is the repository's online key: it may only keep heads fresh and lower or pause a rollout; re-signing the publisher content (publishing, revoking, retargeting, raising or resuming a rollout) needs publishing keys",
+            &k.public().id().to_hex()[..16]
+        ),
+    }
 }
 
 fn not_paused(repo: &Repo, channel: &str, head: &ChannelHead) -> Error {

@@ -21,7 +21,8 @@
 //!   cache headers, a connection cap, an access log and graceful shutdown;
 //!   [`serve::upload`]: the token-guarded `PUT` API that accepts only verified heads.
 //! - [`ls`]: what a repository's channels offer; [`rollout`]: `ferry-server rollout`
-//!   (raise, lower, pause, resume the newest release's rollout).
+//!   (raise, lower, pause, resume the newest release's rollout, target labels);
+//!   [`revoke`]: `ferry-server revoke` (recall a release).
 //! - [`audit`]: `ferry-server audit export|verify|prune`, from the head log every head
 //!   write leaves (FORMAT.md §7.1, §11).
 //! - [`cli`] and [`run`]: the command line the `ferry-server` binary hands over.
@@ -39,6 +40,7 @@
 //!     content_expires_in: ferry_server::publish::DEFAULT_CONTENT_EXPIRES_IN,
 //!     rollout: 100,
 //!     requires: Default::default(),
+//!     rollout_labels: Default::default(),
 //!     retain: 10,
 //!     zstd_level: 19,
 //!     source: "build/out".into(),
@@ -60,6 +62,7 @@ pub mod keygen;
 pub mod ls;
 pub mod publish;
 pub mod repo;
+pub mod revoke;
 pub mod rollout;
 pub mod serve;
 pub mod trust;
@@ -106,30 +109,63 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             percent,
             pause,
             resume,
+            labels,
+            every_agent,
             json,
         } => {
-            // clap requires exactly one of the three.
+            // clap allows at most one of the three, and requires a change.
             let change = match (percent, pause, resume) {
-                (Some(p), _, _) => key_admin::RolloutChange::Percent(p),
-                (None, true, _) => key_admin::RolloutChange::Pause,
-                (None, false, true) => key_admin::RolloutChange::Resume,
-                (None, false, false) => anyhow::bail!("give --percent, --pause or --resume"),
+                (Some(p), _, _) => Some(key_admin::RolloutChange::Percent(p)),
+                (None, true, _) => Some(key_admin::RolloutChange::Pause),
+                (None, false, true) => Some(key_admin::RolloutChange::Resume),
+                (None, false, false) => None,
+            };
+            let labels = if every_agent {
+                Some(ferry_format::requirements::Requirements::none())
+            } else if labels.is_empty() {
+                None
+            } else {
+                Some(ferry_format::requirements::Requirements::new(labels).context("--labels")?)
             };
             let repo = repo::Repo::new(repo);
             let report = match timestamp_key {
-                Some(k) => rollout::rollout(
+                Some(k) => rollout::retarget(
                     &repo,
                     &channel,
                     rollout::Signer::Online(&keygen::read_secret(&k)?),
                     change,
+                    labels,
                 )?,
-                None => rollout::rollout(
+                None => rollout::retarget(
                     &repo,
                     &channel,
                     rollout::Signer::Publishing(&read_secrets(&key)?),
                     change,
+                    labels,
                 )?,
             };
+            let text = if json {
+                serde_json::to_string(&report).context("cannot encode the report")? + "\n"
+            } else {
+                report.line()
+            };
+            std::io::stdout()
+                .write_all(text.as_bytes())
+                .context("cannot write to stdout")?;
+        }
+        Command::Revoke {
+            repo,
+            channel,
+            key,
+            version,
+            json,
+        } => {
+            let report = revoke::revoke(
+                &repo::Repo::new(repo),
+                &channel,
+                &read_secrets(&key)?,
+                &version,
+            )?;
             let text = if json {
                 serde_json::to_string(&report).context("cannot encode the report")? + "\n"
             } else {
@@ -151,6 +187,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             content_expires_in,
             rollout,
             requires,
+            rollout_labels,
             retain,
             zstd_level,
             diff_depth,
@@ -159,6 +196,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let requires =
                 ferry_format::requirements::Requirements::new(requires).context("--requires")?;
+            let rollout_labels = ferry_format::requirements::Requirements::new(rollout_labels)
+                .context("--rollout-labels")?;
             let mut keys = key
                 .iter()
                 .map(|k| keygen::read_secret(k))
@@ -175,6 +214,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 content_expires_in,
                 rollout,
                 requires,
+                rollout_labels,
                 retain,
                 zstd_level,
                 source: path,

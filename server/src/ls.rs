@@ -147,6 +147,13 @@ pub fn ls(repo: &Repo, channel: Option<&str>, key: Option<&PublicKey>) -> Result
             if !requires.is_empty() {
                 let _ = writeln!(out, "  {:<16} requires {requires}", "");
             }
+            let labels = head.rollout_labels_of(&r.version);
+            if !labels.is_empty() {
+                let _ = writeln!(out, "  {:<16} offered to agents labelled {labels}", "");
+            }
+            if head.is_revoked(&r.version) {
+                let _ = writeln!(out, "  {:<16} REVOKED: agents on it go back", "");
+            }
         }
     }
     Ok(out)

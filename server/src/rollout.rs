@@ -4,14 +4,20 @@
 //! resume into new publisher content; the online key only lowers or pauses, in the
 //! freshness layer. A pause is always such an override, whoever signs it, so the
 //! content keeps the percentage `--resume` restores.
+//!
+//! `--labels` (publishing keys only) sets or replaces the labels an agent must have to
+//! be offered the newest release (FORMAT.md §5.4), in new publisher content.
 
 use serde::Serialize;
 
-use ferry_format::head::ChannelHead;
+use ferry_format::head::{ChannelHead, RolloutLabels};
 use ferry_format::keys::SecretKey;
+use ferry_format::requirements::Requirements;
 
-use crate::error::Result;
-use crate::key_admin::{RefreshOptions, RolloutChange, is_paused, resign_online, resign_publisher};
+use crate::error::{Error, Result};
+use crate::key_admin::{
+    RefreshOptions, RolloutChange, is_paused, resign_online, resign_publisher_with,
+};
 use crate::repo::Repo;
 
 /// Who signs the new head.
@@ -35,6 +41,9 @@ pub struct RolloutReport {
     pub signed_percent: u8,
     pub sequence: u64,
     pub publisher_sequence: u64,
+    /// The labels an agent must have to be offered the release (`key=value`); empty:
+    /// every agent.
+    pub labels: Vec<String>,
 }
 
 impl RolloutReport {
@@ -48,6 +57,11 @@ impl RolloutReport {
             release,
             sequence: head.sequence,
             publisher_sequence: head.content.sequence,
+            labels: head
+                .rollout_labels_of(&head.current().version)
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
         }
     }
 
@@ -58,8 +72,13 @@ impl RolloutReport {
         } else {
             format!("at {}%", self.percent)
         };
+        let among = if self.labels.is_empty() {
+            String::new()
+        } else {
+            format!(" of agents labelled {}", self.labels.join(" "))
+        };
         format!(
-            "rollout {}: {} {state} (head sequence {}, publisher sequence {})\n",
+            "rollout {}: {} {state}{among} (head sequence {}, publisher sequence {})\n",
             self.channel, self.release, self.sequence, self.publisher_sequence
         )
     }
@@ -73,12 +92,43 @@ pub fn rollout(
     signer: Signer<'_>,
     change: RolloutChange,
 ) -> Result<RolloutReport> {
+    retarget(repo, channel, signer, Some(change), None)
+}
+
+/// [`rollout`] that may also replace the labels the newest release is offered to
+/// (`labels`: `Some(empty)` offers it to every agent again; publishing keys only).
+pub fn retarget(
+    repo: &Repo,
+    channel: &str,
+    signer: Signer<'_>,
+    change: Option<RolloutChange>,
+    labels: Option<Requirements>,
+) -> Result<RolloutReport> {
     let opts = RefreshOptions {
-        rollout: Some(change),
+        rollout: change,
         ..RefreshOptions::default()
     };
     let head = match signer {
-        Signer::Publishing(keys) => resign_publisher(repo, channel, keys, opts)?,
+        Signer::Publishing(keys) => {
+            resign_publisher_with(repo, channel, keys, opts, |old, _, rules| {
+                let Some(labels) = labels else {
+                    return Ok(());
+                };
+                let version = old.current().version.clone();
+                rules.rollout_labels.retain(|r| r.version != version);
+                if !labels.is_empty() {
+                    // The current release is the newest: the list stays ascending.
+                    rules.rollout_labels.push(RolloutLabels { version, labels });
+                }
+                Ok(())
+            })?
+        }
+        Signer::Online(_) if labels.is_some() => {
+            return Err(Error::Unsupported {
+                path: repo.head_file(channel),
+                reason: "--labels needs publishing keys (--key): the online role can only lower or pause a rollout, never choose who is offered a release".into(),
+            });
+        }
         Signer::Online(key) => resign_online(repo, channel, key, opts)?,
     };
     Ok(RolloutReport::of(channel, &head))

@@ -306,6 +306,7 @@ mod tests {
             target: Some("2.0.0".into()),
             bytes_reused: 0,
             bytes_full: 0,
+            recalled_from: None,
             step,
         })
     }

@@ -2,6 +2,11 @@
 //! release of the channel it may run (install/choose.rs), switching with the hooks
 //! (switch.rs). By hand every check switches at once; the agent passes its update
 //! windows, outside which it only pre-stages the release beside the active one.
+//!
+//! A recall (FORMAT.md §5.3) is the one move to an older release a check makes by
+//! itself: when the verified head revokes the active release, the newest release this
+//! root may run that is not revoked is installed even if it is older, past the rule
+//! that a check never downgrades and past a rollback pin; it is recorded as `recall`.
 
 use std::time::Instant;
 
@@ -83,6 +88,8 @@ pub struct Outcome {
     /// a full download would have cost, for the fleet's bytes saved); else 0.
     pub bytes_full: u64,
     pub step: Step,
+    /// The revoked release this check left (a recall, FORMAT.md §5.3).
+    pub recalled_from: Option<String>,
 }
 
 /// One check with what it cost.
@@ -118,8 +125,18 @@ pub fn run(args: &UpdateArgs) -> Result<()> {
             "requests": a.requests,
             "bytes_reused": o.bytes_reused,
             "seconds": a.seconds,
+            "recalled_from": o.recalled_from,
         });
         println!("{v}");
+    } else if let (Step::Installed, Some(revoked)) = (&o.step, &o.recalled_from) {
+        println!(
+            "recalled {revoked} -> {}: {revoked} was revoked by the publisher; downloaded {} in {} requests, reused {}, {:.1} s",
+            o.to.as_deref().unwrap_or("none"),
+            report::bytes(a.bytes),
+            a.requests,
+            report::bytes(o.bytes_reused),
+            a.seconds,
+        );
     } else if o.step == Step::Installed {
         println!(
             "updated {} -> {}: downloaded {} in {} requests, reused {}, {:.1} s",
@@ -181,7 +198,12 @@ fn record(root: &Root, a: &Attempt) -> Result<()> {
     match &a.result {
         Err(e) => event.result = format!("error: {e:#}"),
         Ok(o) => match &o.step {
-            Step::Installed => {}
+            Step::Installed => {
+                if let Some(revoked) = &o.recalled_from {
+                    event.event = "recall".into();
+                    event.result = format!("{revoked} was revoked by the publisher");
+                }
+            }
             Step::SwitchedBack(reason) => {
                 event.event = "auto-rollback".into();
                 event.result = format!(
@@ -212,6 +234,7 @@ fn update(
         bytes_reused: 0,
         bytes_full: 0,
         step: Step::UpToDate,
+        recalled_from: None,
     };
     // A run killed while hooks ran finishes its trial before anything else.
     if let Some(Switched::SwitchedBack(reason)) = switch::resume_trial(root, out)? {
@@ -243,6 +266,19 @@ fn update(
 
     let chosen = choose_release(root, &head, mode, out)?;
     root.save_state()?;
+    // The active release revoked in a head that verified in full: the publishing
+    // keys' word, so the check leaves it even for an older release.
+    let recall = active.clone().filter(|a| head.is_revoked(a));
+    if let Some(revoked) = &recall {
+        match &chosen {
+            Some(v) => out.info(&format!(
+                "{revoked} was revoked by the publisher: recalling to {v}"
+            )),
+            None => out.info(&format!(
+                "{revoked} was revoked by the publisher, but no other release is open to this agent: it stays on {revoked}"
+            )),
+        }
+    }
     let Some(version) = chosen else {
         outcome.step = Step::NothingEligible;
         deliver::cleanup_and_prune(root)?;
@@ -252,20 +288,19 @@ fn update(
     outcome.target = Some(version.clone());
     let target = Version::parse(&version)?;
     let active_v = active.as_deref().and_then(|v| Version::parse(v).ok());
-    if version != head.current().version && active_v.as_ref().is_some_and(|a| *a > target) {
+    if recall.is_none()
+        && version != head.current().version
+        && active_v.as_ref().is_some_and(|a| *a > target)
+    {
         // Held back from the current release but already on something newer than
         // what this root may take (a rollout lowered after it updated): no downgrade.
         outcome.step = Step::NothingEligible;
         deliver::cleanup_and_prune(root)?;
         return Ok(outcome);
     }
-    let mut decision = decide_update(
-        &target,
-        active_v.as_ref(),
-        None,
-        root.state.pin.as_ref(),
-        mode.force,
-    )?;
+    // A recall overrides a rollback pin: the pinned release is what was revoked.
+    let pin = root.state.pin.as_ref().filter(|_| recall.is_none());
+    let mut decision = decide_update(&target, active_v.as_ref(), None, pin, mode.force)?;
     if decision == UpdateDecision::UpToDate && !active_intact(root, &version) {
         out.info(&format!(
             "{version} is active but damaged on disk: building a new copy beside it"
@@ -376,6 +411,7 @@ fn update(
         Switched::Stayed => Step::Installed,
         Switched::SwitchedBack(reason) => Step::SwitchedBack(reason),
     };
+    outcome.recalled_from = recall;
     Ok(outcome)
 }
 
@@ -459,6 +495,14 @@ fn choose_release(
         bad: state.bad_reason(&r.version),
         unmet: head
             .requirements_of(&r.version)
+            .unmet(&facts)
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
+        revoked: head.is_revoked(&r.version),
+        labels: head.rollout_labels_of(&r.version).to_string(),
+        unlabelled: head
+            .rollout_labels_of(&r.version)
             .unmet(&facts)
             .iter()
             .map(ToString::to_string)

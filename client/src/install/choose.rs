@@ -1,7 +1,8 @@
 //! Which of a channel's releases this root should run (pure). The head lists the
 //! channel's retained releases; the newest one this root may take wins: not outside
-//! its staged rollout (FORMAT.md §5.1), not marked bad here after a failed health
-//! check, not requiring what this agent lacks. So an agent left out of the newest
+//! its staged rollout (FORMAT.md §5.1) or its targeted labels (§5.4), not revoked by
+//! the publisher (§5.3), not marked bad here after a failed health check, not
+//! requiring what this agent lacks. So an agent left out of the newest
 //! release's rollout — a fresh one included — still installs the newest release it is
 //! eligible for, and the newer ones it skipped are kept for `ferry status`.
 
@@ -9,6 +10,8 @@ use super::state::HeldBack;
 
 /// How a held-back reason for unmet requirements starts.
 pub const INCOMPATIBLE: &str = "incompatible with this agent";
+/// The held-back reason of a revoked release.
+pub const REVOKED: &str = "revoked by the publisher";
 
 /// One release of the head, newest first, with what this root knows about it.
 #[derive(Debug, Clone)]
@@ -22,6 +25,12 @@ pub struct Offer<'a> {
     pub bad: Option<&'a str>,
     /// Requirements this agent does not meet, one line each.
     pub unmet: Vec<String>,
+    /// Whether the publisher revoked it (FORMAT.md §5.3).
+    pub revoked: bool,
+    /// The labels the release is offered to (`key=value …`, empty: every agent) and
+    /// the ones this agent lacks, one line each (§5.4).
+    pub labels: String,
+    pub unlabelled: Vec<String>,
 }
 
 /// The release to run and the newer ones passed over.
@@ -32,8 +41,8 @@ pub struct Choice {
 }
 
 /// Picks the newest eligible release from `offers` (newest first). `force` (the
-/// operator's `ferry update --force`) overrides bad marks, never rollout or
-/// requirements: those are the publisher's word.
+/// operator's `ferry update --force`) overrides bad marks, never revocation, rollout,
+/// targeting or requirements: those are the publisher's word.
 pub fn choose<'a>(offers: impl IntoIterator<Item = Offer<'a>>, force: bool) -> Choice {
     let mut held_back = Vec::new();
     for offer in offers {
@@ -57,8 +66,18 @@ pub fn choose<'a>(offers: impl IntoIterator<Item = Offer<'a>>, force: bool) -> C
 }
 
 fn why_not(offer: &Offer<'_>, force: bool) -> Option<String> {
+    if offer.revoked {
+        return Some(REVOKED.into());
+    }
     if !offer.unmet.is_empty() {
         return Some(format!("{INCOMPATIBLE}: {}", offer.unmet.join("; ")));
+    }
+    if !offer.unlabelled.is_empty() {
+        return Some(format!(
+            "offered only to agents labelled {}: {}",
+            offer.labels,
+            offer.unlabelled.join("; ")
+        ));
     }
     if offer.percent == 0 {
         return Some("its rollout is paused".into());
@@ -88,6 +107,9 @@ mod tests {
             bucket,
             bad: None,
             unmet: Vec::new(),
+            revoked: false,
+            labels: String::new(),
+            unlabelled: Vec::new(),
         }
     }
 
@@ -128,6 +150,38 @@ mod tests {
         let c = choose([needs, older], true);
         assert_eq!(c.target.as_deref(), Some("1.0.0"));
         assert!(c.held_back[0].reason.contains("arch=aarch64"));
+    }
+
+    #[test]
+    fn a_revoked_release_is_never_chosen_not_even_forced() {
+        let mut revoked = offer("2.0.0", 100, 5);
+        revoked.revoked = true;
+        for force in [false, true] {
+            let c = choose([revoked.clone(), offer("1.0.0", 100, 5)], force);
+            assert_eq!(c.target.as_deref(), Some("1.0.0"));
+            assert_eq!(c.held_back[0].reason, REVOKED);
+        }
+        assert_eq!(choose([revoked], true).target, None);
+    }
+
+    #[test]
+    fn a_targeted_release_waits_for_agents_with_its_labels_then_its_percentage() {
+        let mut eu = offer("2.0.0", 50, 10);
+        eu.labels = "region=eu".into();
+        eu.unlabelled = vec!["requires label region=eu, this agent has no label region".into()];
+        let c = choose([eu.clone(), offer("1.0.0", 100, 5)], true);
+        assert_eq!(c.target.as_deref(), Some("1.0.0"));
+        assert!(
+            c.held_back[0]
+                .reason
+                .starts_with("offered only to agents labelled region=eu: requires label"),
+            "{:?}",
+            c.held_back
+        );
+        eu.unlabelled.clear();
+        assert_eq!(choose([eu.clone()], false).target.as_deref(), Some("2.0.0"));
+        eu.bucket = 70;
+        assert!(choose([eu], false).held_back[0].reason.contains("50%"));
     }
 
     #[test]

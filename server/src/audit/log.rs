@@ -158,10 +158,9 @@ fn paused(head: &ChannelHead, version: &str) -> bool {
     head.rollout_of(version) == 0 && head.content.rollout_of(version) > 0
 }
 
-/// Releases a head revokes. Extension point for recalls: when the publisher content
-/// carries revoked releases, list them here and `revoked` events follow.
-fn revoked(_head: &ChannelHead) -> Vec<String> {
-    Vec::new()
+/// Releases a head revokes (FORMAT.md §5.3): each new one is a `revoked` event.
+fn revoked(head: &ChannelHead) -> Vec<String> {
+    head.revoked().to_vec()
 }
 
 fn requirements_text(head: &ChannelHead, version: &str) -> String {

@@ -31,7 +31,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ferry_format::chunking::{ChunkParams, chunk_reader};
 use ferry_format::envelope::{CLIENT_FORMAT, ObjectKind, TrustedKeys};
-use ferry_format::head::{ChannelHead, HeadContent, ReleaseRef, ReleaseRequirements, Rollout};
+use ferry_format::head::{
+    ChannelHead, HeadContent, ReleaseRef, ReleaseRequirements, ReleaseRules, Rollout, RolloutLabels,
+};
 use ferry_format::id::{Digest, ObjectRef};
 use ferry_format::keys::SecretKey;
 use ferry_format::manifest::{Entry, EntryKind, MAX_DIFFS, Manifest};
@@ -75,6 +77,9 @@ pub struct PublishOptions<'a> {
     pub rollout: u8,
     /// What the new release requires of agents (FORMAT.md §5.2); empty: nothing.
     pub requires: Requirements,
+    /// Labels an agent must have to be offered the new release (FORMAT.md §5.4);
+    /// empty: every agent.
+    pub rollout_labels: Requirements,
     pub retain: usize,
     pub zstd_level: i32,
     /// A regular file or a directory.
@@ -103,6 +108,8 @@ pub struct PublishReport {
     pub manifest_diffs: usize,
     /// The new release's requirements as `key=value` (FORMAT.md §5.2).
     pub requires: Vec<String>,
+    /// The labels the new release is offered to as `key=value` (FORMAT.md §5.4).
+    pub rollout_labels: Vec<String>,
     #[serde(skip)]
     pub manifest_diff_objects: Vec<ferry_format::id::ObjectRef>,
     #[serde(skip)]
@@ -342,18 +349,23 @@ pub fn publish(opts: &PublishOptions<'_>) -> Result<PublishReport> {
             percent: opts.rollout,
         });
     }
-    // Older releases keep their requirements while they are listed.
-    let mut requirements: Vec<ReleaseRequirements> = prev
+    // Older releases keep their requirements, revocations and targeting while they
+    // are listed.
+    let mut rules: ReleaseRules = prev
         .as_ref()
-        .map(|p| p.head.requirements().to_vec())
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|r| releases.iter().any(|rel| rel.version == r.version))
-        .collect();
+        .map(|p| p.head.rules().clone())
+        .unwrap_or_default();
+    rules.retain_listed(&releases);
     if !opts.requires.is_empty() {
-        requirements.push(ReleaseRequirements {
+        rules.requirements.push(ReleaseRequirements {
             version: opts.version.clone(),
             requirements: opts.requires.clone(),
+        });
+    }
+    if !opts.rollout_labels.is_empty() {
+        rules.rollout_labels.push(RolloutLabels {
+            version: opts.version.clone(),
+            labels: opts.rollout_labels.clone(),
         });
     }
     let content = HeadContent {
@@ -369,7 +381,7 @@ pub fn publish(opts: &PublishOptions<'_>) -> Result<PublishReport> {
     let sequence = prev.as_ref().map_or(0, |p| p.head.sequence) + 1;
     let head_bytes = ChannelHead::publish_with(
         &content,
-        &requirements,
+        &rules,
         sequence,
         now.saturating_add(opts.expires_in.as_secs()),
         key_list.map(|(r, _, _)| r),
@@ -394,6 +406,7 @@ pub fn publish(opts: &PublishOptions<'_>) -> Result<PublishReport> {
         diffs,
         manifest_diffs: manifest_diff_objects.len(),
         requires: opts.requires.iter().map(|r| r.to_string()).collect(),
+        rollout_labels: opts.rollout_labels.iter().map(|r| r.to_string()).collect(),
         manifest_diff_objects,
         files,
         generation,

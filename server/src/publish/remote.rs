@@ -170,6 +170,7 @@ pub fn publish_to(remote: &RemoteOptions, opts: &PublishOptions<'_>) -> Result<P
         content_expires_in: opts.content_expires_in,
         rollout: opts.rollout,
         requires: opts.requires.clone(),
+        rollout_labels: opts.rollout_labels.clone(),
         retain: opts.retain,
         zstd_level: opts.zstd_level,
         source: opts.source.clone(),

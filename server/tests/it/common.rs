@@ -84,6 +84,7 @@ pub fn try_publish_depth(
         content_expires_in: std::time::Duration::from_secs(7200),
         rollout: 100,
         requires: Default::default(),
+        rollout_labels: Default::default(),
         retain,
         zstd_level: 3,
         source: source.to_path_buf(),
