@@ -225,7 +225,6 @@ fn update(
     out: Out,
     target_slot: &mut Option<String>,
 ) -> Result<Outcome> {
-    let (head, trusted) = remote.fetch_head(root)?;
     let active = root.state.active.clone();
     let mut outcome = Outcome {
         from: active.clone(),
@@ -236,7 +235,8 @@ fn update(
         step: Step::UpToDate,
         recalled_from: None,
     };
-    // A run killed while hooks ran finishes its trial before anything else.
+    // A run killed while hooks ran finishes its trial before anything else, also
+    // when no server is reachable: it needs nothing from the repository.
     if let Some(Switched::SwitchedBack(reason)) = switch::resume_trial(root, out)? {
         outcome.target = active;
         outcome.to = root.state.active.clone();
@@ -246,6 +246,7 @@ fn update(
         return Ok(outcome);
     }
 
+    let (head, trusted) = remote.fetch_head(root)?;
     // The head's current release may never go below what this root has seen (the
     // rollback-attack check), whichever release this root then chooses.
     let current = Version::parse(&head.current().version)?;
@@ -343,7 +344,16 @@ fn update(
         .state
         .staged
         .clone()
-        .filter(|s| s.version == version && staged_intact(root, s));
+        // Waiting, a shape check will do (every check would otherwise re-read the
+        // whole release); the switch itself re-reads every byte first.
+        .filter(|s| {
+            let depth = if window_open {
+                Depth::Content
+            } else {
+                Depth::Shape
+            };
+            s.version == version && staged_intact(root, s, depth)
+        });
     if !window_open && (staged.is_some() || !mode.prestage) {
         out.info(&format!(
             "{version} is {}; waiting for an update window ({})",
@@ -550,13 +560,11 @@ fn active_intact(root: &Root, version: &str) -> bool {
     }
 }
 
-/// The staged folder still holds exactly its release (the switch must not activate a
-/// tree someone changed while it waited).
-fn staged_intact(root: &Root, staged: &Staged) -> bool {
+/// The staged folder still holds its release (the switch must not activate a tree
+/// someone changed while it waited).
+fn staged_intact(root: &Root, staged: &Staged, depth: Depth) -> bool {
     match root.load_manifest(&staged.record()) {
-        Ok(m) => {
-            check_tree(&m, &root.layout.release_dir(&staged.folder), Depth::Content).is_intact()
-        }
+        Ok(m) => check_tree(&m, &root.layout.release_dir(&staged.folder), depth).is_intact(),
         Err(_) => false,
     }
 }
