@@ -152,25 +152,43 @@ struct ContentV4 {
     rollout_labels: Vec<RolloutLabels>,
 }
 
+/// A per-release list of the content (rollout, targeting, requirements, revocations)
+/// is strictly ascending by version and names only listed releases. Returns each
+/// entry's version, for the list's own checks.
+fn check_per_release<'a>(
+    kind: &'static str,
+    what: &str,
+    versions: impl IntoIterator<Item = &'a str>,
+    releases: &[ReleaseRef],
+) -> Result<Vec<Version>> {
+    let mut out: Vec<Version> = Vec::new();
+    for r in versions {
+        let v = Version::parse(r)?;
+        if out.last().is_some_and(|p| *p >= v) {
+            return Err(malformed(
+                kind,
+                format!("{what} not ascending at {v} or repeated"),
+            ));
+        }
+        if !releases.iter().any(|rel| rel.version == r) {
+            return Err(malformed(
+                kind,
+                format!("{what} names {v}, which is not a listed release"),
+            ));
+        }
+        out.push(v);
+    }
+    Ok(out)
+}
+
 /// Revoked versions are strictly ascending, listed, and leave a release to run.
 fn check_revoked(kind: &'static str, revoked: &[String], releases: &[ReleaseRef]) -> Result<()> {
-    let mut prev: Option<Version> = None;
-    for r in revoked {
-        let v = Version::parse(r)?;
-        if prev.as_ref().is_some_and(|p| *p >= v) {
-            return Err(malformed(
-                kind,
-                format!("revoked versions not ascending at {v} or repeated"),
-            ));
-        }
-        if !releases.iter().any(|rel| rel.version == *r) {
-            return Err(malformed(
-                kind,
-                format!("revokes {v}, which is not a listed release"),
-            ));
-        }
-        prev = Some(v);
-    }
+    check_per_release(
+        kind,
+        "revocation",
+        revoked.iter().map(String::as_str),
+        releases,
+    )?;
     if !releases.is_empty() && revoked.len() >= releases.len() {
         return Err(malformed(
             kind,
@@ -186,21 +204,13 @@ fn check_rollout_labels(
     list: &[RolloutLabels],
     releases: &[ReleaseRef],
 ) -> Result<()> {
-    let mut prev: Option<Version> = None;
-    for r in list {
-        let v = Version::parse(&r.version)?;
-        if prev.as_ref().is_some_and(|p| *p >= v) {
-            return Err(malformed(
-                kind,
-                format!("rollout labels not ascending at {v} or repeated"),
-            ));
-        }
-        if !releases.iter().any(|rel| rel.version == r.version) {
-            return Err(malformed(
-                kind,
-                format!("rollout labels name {v}, which is not a listed release"),
-            ));
-        }
+    let versions = list.iter().map(|r| r.version.as_str());
+    for (r, v) in list.iter().zip(check_per_release(
+        kind,
+        "rollout labels",
+        versions,
+        releases,
+    )?) {
         if r.labels.is_empty() {
             return Err(malformed(
                 kind,
@@ -220,7 +230,6 @@ fn check_rollout_labels(
                 ),
             ));
         }
-        prev = Some(v);
     }
     Ok(())
 }
@@ -231,21 +240,11 @@ fn check_requirements(
     list: &[ReleaseRequirements],
     releases: &[ReleaseRef],
 ) -> Result<()> {
-    let mut prev: Option<Version> = None;
-    for r in list {
-        let v = Version::parse(&r.version)?;
-        if prev.as_ref().is_some_and(|p| *p >= v) {
-            return Err(malformed(
-                kind,
-                format!("requirements not ascending at {v} or repeated"),
-            ));
-        }
-        if !releases.iter().any(|rel| rel.version == r.version) {
-            return Err(malformed(
-                kind,
-                format!("requirements name {v}, which is not a listed release"),
-            ));
-        }
+    let versions = list.iter().map(|r| r.version.as_str());
+    for (r, v) in list
+        .iter()
+        .zip(check_per_release(kind, "requirements", versions, releases)?)
+    {
         if r.requirements.is_empty() {
             return Err(malformed(
                 kind,
@@ -253,7 +252,6 @@ fn check_requirements(
             ));
         }
         r.requirements.validate()?;
-        prev = Some(v);
     }
     Ok(())
 }
@@ -298,25 +296,14 @@ fn malformed(kind: &'static str, reason: String) -> FormatError {
 
 /// Rollout lists are ascending by version, name listed releases, and hold percentages.
 fn check_rollout(kind: &'static str, list: &[Rollout], releases: &[ReleaseRef]) -> Result<()> {
-    let mut prev: Option<Version> = None;
-    for r in list {
-        let v = Version::parse(&r.version)?;
-        if prev.as_ref().is_some_and(|p| *p >= v) {
-            return Err(malformed(
-                kind,
-                format!("rollout not ascending at {v} or repeated"),
-            ));
-        }
-        if !releases.iter().any(|rel| rel.version == r.version) {
-            return Err(malformed(
-                kind,
-                format!("rollout names {v}, which is not a listed release"),
-            ));
-        }
+    let versions = list.iter().map(|r| r.version.as_str());
+    for (r, v) in list
+        .iter()
+        .zip(check_per_release(kind, "rollout", versions, releases)?)
+    {
         if r.percent > 100 {
             return Err(malformed(kind, format!("rollout of {v} is {}%", r.percent)));
         }
-        prev = Some(v);
     }
     Ok(())
 }
