@@ -35,13 +35,13 @@ fn once(agent: &Agent) -> String {
 }
 
 /// A running `ferry agent`, killed (-9) when dropped; its log goes to a file.
-struct Running {
+pub struct Running {
     child: Child,
     log: PathBuf,
 }
 
 impl Running {
-    fn start(agent: &Agent, args: &[&str]) -> Running {
+    pub fn start(agent: &Agent, args: &[&str]) -> Running {
         let log = agent.root().with_extension("agent.log");
         let file = std::fs::File::create(&log).unwrap();
         let child = Command::new(bin("ferry"))
@@ -55,7 +55,7 @@ impl Running {
         Running { child, log }
     }
 
-    fn log(&self) -> String {
+    pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
@@ -77,7 +77,7 @@ impl Running {
         f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
     }
 
-    fn kill(&mut self) {
+    pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

@@ -28,14 +28,14 @@ const HOSTILE_HOST: &str = "<img src=x id=pwned onerror=alert(1)>";
 /// Chromium it starts, and with its own TMPDIR and HOME (Chromium's
 /// `org.chromium.Chromium.*` folders and crash database land there and go with it).
 /// On drop the whole group is killed, so a failing test leaves no browser behind.
-struct Driver {
+pub struct Driver {
     child: Child,
     port: u16,
     tmp: tempfile::TempDir,
 }
 
 impl Driver {
-    fn start() -> Driver {
+    pub fn start() -> Driver {
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -68,7 +68,7 @@ impl Driver {
         driver
     }
 
-    async fn session(&self) -> Client {
+    pub async fn session(&self) -> Client {
         let profile = self.tmp.path().join("profile");
         let mut caps = serde_json::Map::new();
         caps.insert(
@@ -198,7 +198,7 @@ impl SimAgent {
     }
 }
 
-fn output_dir() -> PathBuf {
+pub fn output_dir() -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
         || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"),
         PathBuf::from,
@@ -208,7 +208,7 @@ fn output_dir() -> PathBuf {
 
 /// The text of the first element matching `css`, waited for up to `limit` to equal
 /// `want` (the page polls the API every few seconds).
-async fn wait_text(c: &Client, css: &str, want: &str, limit: Duration) {
+pub async fn wait_text(c: &Client, css: &str, want: &str, limit: Duration) {
     let deadline = Instant::now() + limit;
     let mut last = String::new();
     loop {
@@ -226,12 +226,12 @@ async fn wait_text(c: &Client, css: &str, want: &str, limit: Duration) {
     }
 }
 
-async fn attr(c: &Client, css: &str, name: &str) -> Option<String> {
+pub async fn attr(c: &Client, css: &str, name: &str) -> Option<String> {
     let e = c.find(Locator::Css(css)).await.unwrap();
     e.attr(name).await.unwrap()
 }
 
-async fn displayed(c: &Client, id: &str) -> bool {
+pub async fn displayed(c: &Client, id: &str) -> bool {
     c.find(Locator::Id(id))
         .await
         .unwrap()

@@ -18,19 +18,24 @@ use serde_json::Value;
 
 use super::fixtures::{Sources, v};
 
-const OPERATOR: &str = "operator-secret-token";
+pub const OPERATOR: &str = "operator-secret-token";
 
 /// `ferry-server serve` with the fleet API on, on a fixed address so it can be
 /// stopped and started again where the agents expect it. Killed (-9) on drop.
-struct Fleet {
+pub struct Fleet {
     child: Child,
-    url: String,
+    pub url: String,
     access_log: PathBuf,
 }
 
 impl Fleet {
     /// `dir` holds the token files, the fleet database and the access log.
-    fn start(repo: &Path, dir: &Path, listen: &str) -> Fleet {
+    pub fn start(repo: &Path, dir: &Path, listen: &str) -> Fleet {
+        Fleet::start_with(repo, dir, listen, &[])
+    }
+
+    /// [`Fleet::start`] with more `serve` arguments (`--halt-when`, ...).
+    pub fn start_with(repo: &Path, dir: &Path, listen: &str, extra: &[&str]) -> Fleet {
         std::fs::write(dir.join("operator-tokens"), format!("{OPERATOR}\n")).unwrap();
         let access_log = dir.join("access.log");
         let mut child = Command::new(bin("ferry-server"))
@@ -44,6 +49,7 @@ impl Fleet {
             .arg(dir.join("operator-tokens"))
             .arg("--fleet-db")
             .arg(dir.join("fleet.db"))
+            .args(extra)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -74,11 +80,11 @@ impl Fleet {
         }
     }
 
-    fn addr(&self) -> String {
+    pub fn addr(&self) -> String {
         self.url.trim_start_matches("http://").to_string()
     }
 
-    fn stop(mut self) {
+    pub fn stop(mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -94,7 +100,7 @@ impl Fleet {
     }
 
     /// `GET /v1/agents` with the operator token.
-    fn agents(&self) -> Vec<Value> {
+    pub fn agents(&self) -> Vec<Value> {
         let (status, body) = get(&self.addr(), "/v1/agents", OPERATOR);
         assert_eq!(status, 200, "GET /v1/agents: {body}");
         let v: Value = serde_json::from_str(&body).unwrap();
@@ -108,7 +114,7 @@ impl Fleet {
 
 /// The report ids the fleet database stored for `agent`, in the order it stored them
 /// (read-only, beside the running server: the database is in WAL mode).
-fn stored_reports(db: &Path, agent: &str) -> Vec<String> {
+pub fn stored_reports(db: &Path, agent: &str) -> Vec<String> {
     let conn =
         rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
             .unwrap();
@@ -129,7 +135,7 @@ impl Drop for Fleet {
 }
 
 /// A GET with a bearer token, over HTTP/1.0 (no chunked body): (status, body).
-fn get(addr: &str, path: &str, token: &str) -> (u16, String) {
+pub fn get(addr: &str, path: &str, token: &str) -> (u16, String) {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     write!(
@@ -175,7 +181,7 @@ fn agent_id(agent: &Agent) -> String {
     agent.status()["agent_id"].as_str().unwrap().to_string()
 }
 
-fn queued(agent: &Agent) -> usize {
+pub fn queued(agent: &Agent) -> usize {
     std::fs::read_dir(agent.root().join(".ferry/reports"))
         .map(|d| {
             d.filter_map(Result::ok)

@@ -20,7 +20,7 @@
 
 use std::path::Path;
 
-use ferry_format::report::{Report, ReportKind};
+use ferry_format::report::{AgentState, Report, ReportKind};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::FleetError;
@@ -222,7 +222,11 @@ impl Store {
             == 1;
         if inserted {
             let row = tx.last_insert_rowid();
-            let mark = |release: &str, via: &str| {
+            // A report's state is about its target. The active release, when it is not
+            // the target, is one the agent runs: it counts as tried, never as failed —
+            // a check that failed before choosing (the repository unreachable) or a
+            // switch back to it says nothing against it.
+            let mark = |release: &str, via: &str, state: AgentState| {
                 tx.execute(
                     "INSERT INTO latest (agent_id, channel, release, via, report_row, state)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6)
@@ -235,22 +239,22 @@ impl Store {
                         release,
                         via,
                         row,
-                        report.state.name()
+                        state.name()
                     ],
                 )
                 .map(|_| ())
                 .map_err(db("cannot index a report"))
             };
             if let Some(target) = &report.target {
-                mark(target, "target")?;
-                mark(target, "either")?;
+                mark(target, "target", report.state)?;
+                mark(target, "either", report.state)?;
             }
             if let Some(active) = report
                 .active
                 .as_ref()
                 .filter(|a| Some(*a) != report.target.as_ref())
             {
-                mark(active, "either")?;
+                mark(active, "either", AgentState::Idle)?;
             }
         }
         // last_seen moves with every report; the described state only with a report
@@ -534,7 +538,7 @@ fn parse(json: &str) -> Result<Report, FleetError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ferry_format::report::{AgentState, REPORT_SCHEMA};
+    use ferry_format::report::REPORT_SCHEMA;
 
     fn report(agent: u8, seq: u64, time: u64, state: AgentState) -> Report {
         let agent_id = format!("{agent:032x}");
@@ -567,6 +571,26 @@ mod tests {
     fn put(s: &mut Store, r: &Report, received_at: u64) -> bool {
         let json = String::from_utf8(r.to_json().unwrap()).unwrap();
         s.store(r, &json, received_at, None).unwrap() == Stored::New
+    }
+
+    #[test]
+    fn a_failed_check_does_not_count_against_the_release_the_agent_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(&dir.path().join("fleet.db")).unwrap();
+        // Agent 1 runs 2.0.0; its next check fails before choosing (no target).
+        let mut on_new = report(1, 1, 100, AgentState::Idle);
+        on_new.active = Some("2.0.0".into());
+        assert!(put(&mut s, &on_new, 1000));
+        let mut offline = report(1, 2, 200, AgentState::Failed);
+        offline.active = Some("2.0.0".into());
+        offline.target = None;
+        assert!(put(&mut s, &offline, 1100));
+        // Agent 2 tried 2.0.0 and rolled back to 1.0.0: a failure of 2.0.0 only.
+        assert!(put(&mut s, &report(2, 1, 100, AgentState::RolledBack), 1000));
+        assert_eq!(s.outcomes("stable", "2.0.0", 0).unwrap().0, 1);
+        assert_eq!(s.outcomes("stable", "2.0.0", 0).unwrap().1, 2);
+        let (failed, tried, _) = s.outcomes("stable", "1.0.0", 0).unwrap();
+        assert_eq!((failed, tried), (0, 1));
     }
 
     #[test]
