@@ -100,6 +100,13 @@ struct AgentLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReleaseOutcomeLabels {
+    channel: String,
+    release: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReleaseLabels {
     channel: String,
     release: String,
@@ -134,6 +141,20 @@ pub struct ChannelGauges {
     pub offline: u64,
     /// Bytes the deltas saved against full downloads.
     pub bytes_saved: u64,
+    /// Per release, the agents of each outcome of `GET /v1/fleet`'s `releases`.
+    pub releases: Vec<ReleaseOutcome>,
+}
+
+/// The outcomes `GET /v1/fleet` counts per release: agents updating to it, staged
+/// for it, and whose newest attempt at it failed, rolled back or was refused.
+pub const RELEASE_OUTCOMES: [&str; 5] = ["updating", "staged", "failed", "rolled_back", "refused"];
+
+/// `agents` agents of `release` in `outcome` (one of [`RELEASE_OUTCOMES`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReleaseOutcome {
+    pub release: String,
+    pub outcome: &'static str,
+    pub agents: u64,
 }
 
 /// The rollout part of [`ChannelGauges`].
@@ -180,12 +201,25 @@ impl FleetGauges {
                 paused: r["paused"].as_bool().unwrap_or(false),
                 halted: r["halted"].as_bool().unwrap_or(false),
             });
+            let releases = c["releases"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|r| {
+                    RELEASE_OUTCOMES.map(|outcome| ReleaseOutcome {
+                        release: text(&r["version"]),
+                        outcome,
+                        agents: r[outcome].as_u64().unwrap_or(0),
+                    })
+                })
+                .collect();
             channels.push(ChannelGauges {
                 channel: text(&c["channel"]),
                 rollout,
                 agents: Vec::new(),
                 offline: c["offline"].as_array().map_or(0, |o| o.len() as u64),
                 bytes_saved: c["bytes_saved"].as_u64().unwrap_or(0),
+                releases,
             });
         }
         for ((channel, release, state), n) in counts {
@@ -231,6 +265,7 @@ pub struct Metrics {
     rollback_duration: Family<ChannelLabels, Histogram, DurationBuckets>,
     halts: Family<ChannelLabels, Counter>,
     agents: Family<AgentLabels, Gauge>,
+    release_agents: Family<ReleaseOutcomeLabels, Gauge>,
     offline: Family<ChannelLabels, Gauge>,
     bytes_saved: Family<ChannelLabels, Gauge>,
     rollout_percent: Family<ReleaseLabels, Gauge>,
@@ -261,6 +296,7 @@ impl Metrics {
             rollback_duration: Family::new_with_constructor(DurationBuckets),
             halts: Family::default(),
             agents: Family::default(),
+            release_agents: Family::default(),
             offline: Family::default(),
             bytes_saved: Family::default(),
             rollout_percent: Family::default(),
@@ -321,6 +357,11 @@ impl Metrics {
             "ferry_agents",
             "Agents by channel, active release and latest state (offline ones included)",
             m.agents.clone(),
+        );
+        r.register(
+            "ferry_release_agents",
+            "Agents updating to, staged for, failed, rolled back from or refusing each release (their newest attempt at it), as GET /v1/fleet counts them",
+            m.release_agents.clone(),
         );
         r.register(
             "ferry_agents_offline",
@@ -430,6 +471,7 @@ impl Metrics {
     pub fn set_fleet(&self, fleet: &FleetGauges) {
         let _whole = self.fleet.lock().unwrap_or_else(|p| p.into_inner());
         self.agents.clear();
+        self.release_agents.clear();
         self.offline.clear();
         self.bytes_saved.clear();
         self.rollout_percent.clear();
@@ -447,6 +489,15 @@ impl Metrics {
                         state: a.state.name(),
                     })
                     .inc_by(clamp(a.agents));
+            }
+            for r in &c.releases {
+                self.release_agents
+                    .get_or_create(&ReleaseOutcomeLabels {
+                        channel: c.channel.clone(),
+                        release: r.release.clone(),
+                        outcome: r.outcome,
+                    })
+                    .set(clamp(r.agents));
             }
             self.offline.get_or_create(&channel).set(clamp(c.offline));
             self.bytes_saved
@@ -630,6 +681,11 @@ mod tests {
                 }],
                 offline: 1,
                 bytes_saved: 1234,
+                releases: vec![ReleaseOutcome {
+                    release: "2.0.0".into(),
+                    outcome: "rolled_back",
+                    agents: 3,
+                }],
             }],
         }
     }
@@ -710,6 +766,10 @@ mod tests {
                 r#"ferry_agents{channel="stable",release="1.0.0",state="rolled-back"}"#,
                 "3",
             ),
+            (
+                r#"ferry_release_agents{channel="stable",release="2.0.0",outcome="rolled_back"}"#,
+                "3",
+            ),
             (r#"ferry_agents_offline{channel="stable"}"#, "1"),
             (r#"ferry_fleet_saved_bytes{channel="stable"}"#, "1234"),
             (
@@ -754,7 +814,8 @@ mod tests {
             "channel": "stable",
             "rollout": {"release": "2.0.0", "percent": 50, "paused": true, "halted": true,
                         "halt_reason": "failed 3 of 4"},
-            "releases": [],
+            "releases": [{"version": "2.0.0", "agents": 1, "updating": 0, "staged": 0,
+                          "failed": 1, "rolled_back": 2, "refused": 0, "offline": 0}],
             "offline": [{"agent_id": "a", "hostname": "h", "last_seen": 1}],
             "bytes_saved": 900
         }]});
@@ -779,6 +840,17 @@ mod tests {
             })
         );
         assert_eq!((stable.offline, stable.bytes_saved), (1, 900));
+        let outcome = |o: &str| {
+            stable
+                .releases
+                .iter()
+                .find(|r| r.release == "2.0.0" && r.outcome == o)
+                .map(|r| r.agents)
+        };
+        assert_eq!(
+            RELEASE_OUTCOMES.map(outcome),
+            [Some(0), Some(0), Some(1), Some(2), Some(0)]
+        );
         assert_eq!(
             stable.agents,
             vec![

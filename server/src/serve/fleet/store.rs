@@ -586,7 +586,11 @@ mod tests {
         offline.target = None;
         assert!(put(&mut s, &offline, 1100));
         // Agent 2 tried 2.0.0 and rolled back to 1.0.0: a failure of 2.0.0 only.
-        assert!(put(&mut s, &report(2, 1, 100, AgentState::RolledBack), 1000));
+        assert!(put(
+            &mut s,
+            &report(2, 1, 100, AgentState::RolledBack),
+            1000
+        ));
         assert_eq!(s.outcomes("stable", "2.0.0", 0).unwrap().0, 1);
         assert_eq!(s.outcomes("stable", "2.0.0", 0).unwrap().1, 2);
         let (failed, tried, _) = s.outcomes("stable", "1.0.0", 0).unwrap();
