@@ -228,8 +228,9 @@ fn agent_once_delivers_its_report_and_the_server_lists_the_agent() {
 
     once(&agent);
     assert_eq!(agent.active().as_deref(), Some("1.0.0"));
-    // Enrolled with the fleet token (201), the credential kept private.
-    assert_eq!(fleet.report_posts(), [201]);
+    // Enrolled with the fleet token (201) by the report that it started downloading,
+    // then the check's report with the credential; the credential kept private.
+    assert_eq!(fleet.report_posts(), [201, 200]);
     assert_eq!(queued(&agent), 0);
     let cred = credential(&agent);
     assert_eq!(cred["agent_id"], id.as_str());
@@ -252,9 +253,9 @@ fn agent_once_delivers_its_report_and_the_server_lists_the_agent() {
         "{a}"
     );
 
-    // The next report uses the credential (200), not the token.
+    // An idle check: one report, with the credential.
     once(&agent);
-    assert_eq!(fleet.report_posts(), [201, 200]);
+    assert_eq!(fleet.report_posts(), [201, 200, 200]);
     assert_eq!(fleet.agent(&id).unwrap()["last_result"], "up-to-date");
 }
 
@@ -279,11 +280,12 @@ fn reports_wait_on_disk_while_the_fleet_server_is_down_and_all_arrive_later() {
     enable_reports(&agent, "fleet-token-1", &["give_up_after = \"2s\""]);
     let id = agent_id(&agent);
     once(&agent);
-    assert_eq!(fleet.report_posts(), [201]);
+    assert_eq!(fleet.report_posts(), [201, 200]);
     fleet.stop();
 
-    // Three checks while it is down (one installs 2.0.0): each succeeds, warns that
-    // its report waits, and leaves it queued.
+    // Three checks while it is down (one installs 2.0.0, reporting that it started
+    // downloading first): each succeeds, warns that its reports wait, and leaves them
+    // queued.
     let out = once(&agent);
     assert!(
         stderr(&out).contains("reports not delivered"),
@@ -294,16 +296,16 @@ fn reports_wait_on_disk_while_the_fleet_server_is_down_and_all_arrive_later() {
     once(&agent);
     assert_eq!(agent.active().as_deref(), Some("2.0.0"));
     once(&agent);
-    assert_eq!(queued(&agent), 3);
+    assert_eq!(queued(&agent), 4);
 
-    // Back on the same address, with its database: the next run delivers the three
+    // Back on the same address, with its database: the next run delivers the four
     // waiting reports and its own, in order, with the credential.
     let fleet = Fleet::start(&publisher.repo(), dir.path(), &addr);
     once(&agent);
     assert_eq!(queued(&agent), 0);
-    assert_eq!(fleet.report_posts(), [201, 200, 200, 200, 200]);
+    assert_eq!(fleet.report_posts(), [201, 200, 200, 200, 200, 200, 200]);
     // Stored in the order they were made, none missing.
-    let want: Vec<String> = (1..=5).map(|n| format!("{id}-{n}")).collect();
+    let want: Vec<String> = (1..=7).map(|n| format!("{id}-{n}")).collect();
     assert_eq!(stored_reports(&dir.path().join("fleet.db"), &id), want);
     let a = fleet.agent(&id).unwrap();
     assert_eq!(a["active"], "2.0.0", "{a}");
@@ -503,4 +505,111 @@ fn a_release_that_fails_its_health_check_is_reported_rolled_back() {
     assert_eq!(two["rolled_back"], 1, "{f}");
     assert_eq!(stable["failures"][0]["release"], "2.0.0", "{f}");
     assert_eq!(stable["failures"][0]["state"], "rolled-back", "{f}");
+}
+
+/// (kind, state, target) of every report the fleet database stored for `agent`.
+fn stored_states(db: &Path, agent: &str) -> Vec<(String, String, String)> {
+    let conn =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap();
+    let mut stmt = conn
+        .prepare(
+            "SELECT kind, state, coalesce(target, '') FROM reports WHERE agent_id = ?1 ORDER BY id",
+        )
+        .unwrap();
+    stmt.query_map([agent], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+#[test]
+fn a_running_agent_reports_downloading_and_health_checking_while_it_updates() {
+    let publisher = Publisher::new("stable");
+    let sources = Sources::app(2);
+    publisher.publish(&v(1), &sources.release(1));
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("agent-tokens"), "fleet-token-1\n").unwrap();
+    let fleet = Fleet::start(&publisher.repo(), dir.path(), "127.0.0.1:0");
+    let agent = Agent::init(&fleet.url, "stable", &publisher.public_key(), &[]);
+    // The health check of 2.0.0 waits until the test opens the gate.
+    let gate = dir.path().join("gate");
+    let check = format!(
+        "health_check = \"test \\\"$FERRY_TO\\\" != 2.0.0 || while [ ! -e '{}' ]; do sleep 0.05; done\"",
+        gate.display()
+    );
+    enable_reports(
+        &agent,
+        "fleet-token-1",
+        &[
+            "interval = \"1s\"",
+            "heartbeat = \"1h\"",
+            "health_retries = 1",
+            "health_delay = \"0s\"",
+            &check,
+        ],
+    );
+    let id = agent_id(&agent);
+    let db = dir.path().join("fleet.db");
+    let mut running = super::agent::Running::start(&agent, &[]);
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        wait_until("1.0.0 reported", Duration::from_secs(30), || {
+            fleet
+                .agent(&id)
+                .is_some_and(|a| a["active"] == "1.0.0" && a["last_result"] == "installed")
+        });
+        publisher.publish(&v(2), &sources.release(2));
+        // While the health check waits: the agent is health-checking 2.0.0, and the
+        // fleet counts it as updating to 2.0.0.
+        wait_until("health-checking reported", Duration::from_secs(30), || {
+            fleet
+                .agent(&id)
+                .is_some_and(|a| a["state"] == "health-checking")
+        });
+        let a = fleet.agent(&id).unwrap();
+        assert_eq!(a["active"], "2.0.0", "{a}");
+        let (status, body) = get(&fleet.addr(), "/v1/fleet", OPERATOR);
+        assert_eq!(status, 200, "{body}");
+        let f: Value = serde_json::from_str(&body).unwrap();
+        let two = f["channels"][0]["releases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["version"] == "2.0.0")
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(two["updating"], 1, "{f}");
+        std::fs::write(&gate, "").unwrap();
+        wait_until("2.0.0 installed", Duration::from_secs(30), || {
+            fleet.agent(&id).is_some_and(|a| {
+                a["state"] == "idle" && a["last_result"] == "installed" && a["active"] == "2.0.0"
+            })
+        });
+        let states = stored_states(&db, &id);
+        let from = states
+            .iter()
+            .position(|s| s.2 == "2.0.0")
+            .expect("a report about 2.0.0");
+        let s = |k: &str, st: &str| (k.to_string(), st.to_string(), "2.0.0".to_string());
+        assert_eq!(
+            states[from..],
+            [
+                s("heartbeat", "downloading"),
+                s("heartbeat", "health-checking"),
+                s("attempt", "idle"),
+            ],
+            "{states:?}"
+        );
+        // The first check (the install of 1.0.0) said it was downloading too.
+        assert_eq!(
+            states[0],
+            ("heartbeat".into(), "downloading".into(), "1.0.0".into()),
+            "{states:?}"
+        );
+    }));
+    if let Err(e) = result {
+        eprintln!("{}", running.log());
+        running.kill();
+        std::panic::resume_unwind(e);
+    }
 }

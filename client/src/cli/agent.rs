@@ -66,10 +66,13 @@ fn check(args: &AgentArgs, failures: &mut u32, reporter: &mut Reporter) -> (Resu
         Ok(s) => s,
         Err(e) => return (Err(e.into()), interval),
     };
+    let reports = reporter.prepare(&root);
+    let progress = |state, target: &str| reporter.progress(state, target);
     let mode = Mode {
         force: false,
         schedule: (!root.config.windows.is_empty()).then_some(&schedule),
         prestage: root.config.prestage(),
+        progress: reports.then_some(&progress),
     };
     let a = update::attempt(&mut root, &mode, Out::log());
     log_check(&root, &a);

@@ -24,6 +24,9 @@ use crate::report::{Queue, SendError, Sender, send};
 pub const FLUSH_BUDGET: Duration = Duration::from_secs(10);
 /// How long `ferry agent --once` waits for the server before it exits.
 pub const ONCE_BUDGET: Duration = Duration::from_secs(5);
+/// How long a check waits to tell the server it started downloading or
+/// health-checking: the report is worth less than the check it would delay.
+pub const PROGRESS_BUDGET: Duration = Duration::from_secs(2);
 
 /// Most bytes of an error text in a report (the format's limit is 4096).
 const MAX_ERROR: usize = 2048;
@@ -119,6 +122,26 @@ fn clip(mut text: String, max: usize) -> String {
     text
 }
 
+/// Queues `report` in `sink` under the next sequence number; the report with its id.
+fn push(sink: &Sink, mut report: Report) -> Option<Report> {
+    report.report_id = format!("{}-0", report.agent_id);
+    if let Err(e) = report.validate() {
+        tracing::warn!("no report: {e}");
+        return None;
+    }
+    let pushed = sink.queue().push(|seq| {
+        let mut r = report.clone();
+        r.report_id = format!("{}-{seq}", r.agent_id);
+        // Validated above; a report never fails to encode.
+        serde_json::to_vec(&r).unwrap_or_default()
+    });
+    match pushed {
+        Ok((seq, _)) => report.report_id = format!("{}-{seq}", report.agent_id),
+        Err(e) => tracing::warn!("queueing the report: {e}"),
+    }
+    Some(report)
+}
+
 /// The newest retained release other than the active one.
 fn other_retained(state: &State) -> Option<String> {
     let active = state.active.as_deref();
@@ -134,19 +157,7 @@ impl Reporter {
     /// After a check, on its still-open root: builds the check's report and queues
     /// it (durably) when the root sets `token_file`.
     pub fn checked(&mut self, root: &Root, a: &Attempt) {
-        if root.config.token_file.is_none() {
-            self.sink = None;
-            self.last = None;
-            self.next_heartbeat = None;
-            return;
-        }
-        let server = root.config.server();
-        if !(server.starts_with("http://") || server.starts_with("https://")) {
-            // Nowhere to deliver: queueing would only fill the queue.
-            tracing::warn!(
-                "token_file is set but reports need an http:// or https:// first server, not {server}; no report"
-            );
-            self.sink = None;
+        if !self.prepare(root) {
             return;
         }
         let id = match agent_id::load_or_create(&root.layout.agent_id()) {
@@ -195,34 +206,89 @@ impl Reporter {
                 .collect(),
             ferry_version: env!("CARGO_PKG_VERSION").into(),
         };
+        self.queue(report);
+    }
+
+    /// Before a check (and by [`Reporter::checked`]): where this root's reports go, as
+    /// its configuration says now; false when it sends none.
+    pub fn prepare(&mut self, root: &Root) -> bool {
+        if root.config.token_file.is_none() {
+            self.sink = None;
+            self.last = None;
+            self.next_heartbeat = None;
+            return false;
+        }
+        let server = root.config.server();
+        if !(server.starts_with("http://") || server.starts_with("https://")) {
+            // Nowhere to deliver: queueing would only fill the queue.
+            tracing::warn!(
+                "token_file is set but reports need an http:// or https:// first server, not {server}; no report"
+            );
+            self.sink = None;
+            return false;
+        }
         self.sink = Some(Sink {
             layout: root.layout.clone(),
             config: root.config.clone(),
         });
-        self.queue(report);
+        true
     }
 
     /// Queues `report` under the next sequence number and remembers it for the
     /// heartbeat.
-    fn queue(&mut self, mut report: Report) {
+    fn queue(&mut self, report: Report) {
         let Some(sink) = &self.sink else { return };
         self.next_heartbeat = Some(Instant::now() + sink.config.heartbeat());
-        report.report_id = format!("{}-0", report.agent_id);
-        if let Err(e) = report.validate() {
-            tracing::warn!("no report: {e}");
+        if let Some(report) = push(sink, report) {
+            self.last = Some(report);
+        }
+    }
+
+    /// While a check runs, on entering a long stage for `target` (downloading it,
+    /// `pre_switch`, its health check): a heartbeat in that state, sent at once
+    /// within [`PROGRESS_BUDGET`], so the fleet view shows who is updating. Left
+    /// queued when the server does not answer; the check's own report follows it in
+    /// order. Needs [`Reporter::prepare`] before the check.
+    pub fn progress(&self, state: AgentState, target: &str) {
+        let Some(sink) = &self.sink else {
             return;
+        };
+        let id = match agent_id::load_or_create(&sink.layout.agent_id()) {
+            Ok(id) => agent_id::hex(&id),
+            Err(e) => {
+                tracing::warn!("no report: {e:#}");
+                return;
+            }
+        };
+        // The lock is held by this very check; the state file is replaced atomically.
+        let now = State::load(&sink.layout.state()).ok();
+        let r = Report {
+            schema: REPORT_SCHEMA,
+            report_id: String::new(),
+            agent_id: id,
+            hostname: crate::report::hostname(),
+            labels: sink.config.label_map(),
+            channel: sink.config.channel.clone(),
+            kind: ReportKind::Heartbeat,
+            state,
+            time: unix_now(),
+            active: now.as_ref().and_then(|s| s.active.clone()),
+            previous: self.previous.clone(),
+            target: Some(target.to_string()),
+            result: state.name().to_string(),
+            error: None,
+            last_check: now.as_ref().and_then(|s| s.last_check),
+            bytes_downloaded: 0,
+            bytes_reused: 0,
+            bytes_full: 0,
+            requests: 0,
+            duration_ms: 0,
+            held_back: vec![],
+            ferry_version: env!("CARGO_PKG_VERSION").into(),
+        };
+        if push(sink, r).is_some() {
+            self.flush(PROGRESS_BUDGET);
         }
-        let pushed = sink.queue().push(|seq| {
-            let mut r = report.clone();
-            r.report_id = format!("{}-{seq}", r.agent_id);
-            // Validated above; a report never fails to encode.
-            serde_json::to_vec(&r).unwrap_or_default()
-        });
-        match pushed {
-            Ok((seq, _)) => report.report_id = format!("{}-{seq}", report.agent_id),
-            Err(e) => tracing::warn!("queueing the report: {e}"),
-        }
-        self.last = Some(report);
     }
 
     /// Delivers the queued reports within `budget`; failing is a warning.

@@ -11,11 +11,13 @@
 
 use anyhow::{Context, Result};
 use ferry_format::manifest::Manifest;
+use ferry_format::report::AgentState;
 use ferry_format::verified::Verified;
 
 use super::deliver;
 use super::report::{self, Out};
 use super::root::Root;
+use super::update::Mode;
 use crate::agent::hooks::{self, HookEnv};
 use crate::install::state::Trial;
 
@@ -36,11 +38,13 @@ pub fn switch_with_hooks(
     manifest: &Verified<Manifest>,
     manifest_size: u64,
     folder: &str,
+    mode: &Mode<'_>,
     out: Out,
 ) -> Result<Switched> {
     let version = manifest.version.clone();
     let from = root.state.active.clone().filter(|a| *a != version);
     if let Some(cmd) = root.config.pre_switch.clone() {
+        mode.progress(AgentState::Switching, &version);
         let env = hook_env(root, from.clone(), &version);
         hooks::run("pre_switch", &cmd, &env, root.config.health_timeout()).with_context(|| {
             format!(
@@ -57,7 +61,7 @@ pub fn switch_with_hooks(
     }
     deliver::activate(root, manifest, manifest_size, folder)?;
     root.save_state()?;
-    finish_trial(root, out)
+    finish_trial(root, mode, out)
 }
 
 /// `pre_switch` for a switch the operator asked for (`ferry rollback`): failing
@@ -88,14 +92,14 @@ pub fn run_post_switch(root: &Root, from: Option<&str>, to: &str, out: Out) {
 }
 
 /// Finishes a trial a killed run left (see the module comment); `None` when there is none.
-pub fn resume_trial(root: &mut Root, out: Out) -> Result<Option<Switched>> {
+pub fn resume_trial(root: &mut Root, mode: &Mode<'_>, out: Out) -> Result<Option<Switched>> {
     match &root.state.trial {
         Some(t) if root.state.active.as_deref() == Some(t.version.as_str()) => {
             out.info(&format!(
                 "{} was switched to but its hooks did not finish: running them again",
                 t.version
             ));
-            finish_trial(root, out).map(Some)
+            finish_trial(root, mode, out).map(Some)
         }
         Some(_) => {
             // The switch itself never happened (or was undone): nothing is on trial.
@@ -121,10 +125,11 @@ fn hook_env(root: &Root, from: Option<String>, to: &str) -> HookEnv {
 
 /// Runs `post_switch` and the health check for the release on trial; switches back
 /// when either fails.
-fn finish_trial(root: &mut Root, out: Out) -> Result<Switched> {
+fn finish_trial(root: &mut Root, mode: &Mode<'_>, out: Out) -> Result<Switched> {
     let Some(trial) = root.state.trial.clone() else {
         return Ok(Switched::Stayed);
     };
+    mode.progress(AgentState::HealthChecking, &trial.version);
     let env = hook_env(root, trial.previous.clone(), &trial.version);
     let Some(reason) = post_switch_then_health(root, &env).err() else {
         root.state.trial = None;

@@ -12,6 +12,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use ferry_format::head::{ChannelHead, rollout_bucket};
+use ferry_format::report::AgentState;
 use ferry_format::requirements::AgentFacts;
 use ferry_format::verified::Verified;
 use ferry_format::version::Version;
@@ -33,8 +34,11 @@ use crate::install::retain::{RuleError, UpdateDecision, decide_update};
 use crate::install::space;
 use crate::install::state::{HeldBack, Staged};
 
+/// Told that a check entered `state` for the release `target`.
+pub type Progress<'a> = dyn Fn(AgentState, &str) + 'a;
+
 /// How a check may act.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct Mode<'a> {
     /// Overrides a rollback's pin and this root's bad marks.
     pub force: bool,
@@ -42,6 +46,17 @@ pub struct Mode<'a> {
     pub schedule: Option<&'a Schedule>,
     /// Outside a window, build the release beside the active one.
     pub prestage: bool,
+    /// Told when a check starts a long stage for a release (downloading it,
+    /// `pre_switch`, the health check), for the agent's reports.
+    pub progress: Option<&'a Progress<'a>>,
+}
+
+impl Mode<'_> {
+    pub fn progress(&self, state: AgentState, target: &str) {
+        if let Some(p) = self.progress {
+            p(state, target);
+        }
+    }
 }
 
 /// What a check did.
@@ -113,6 +128,7 @@ pub fn run(args: &UpdateArgs) -> Result<()> {
         force: args.force,
         schedule: None,
         prestage: false,
+        progress: None,
     };
     let a = attempt(&mut root, &mode, out);
     let o = a.result?;
@@ -237,7 +253,7 @@ fn update(
     };
     // A run killed while hooks ran finishes its trial before anything else, also
     // when no server is reachable: it needs nothing from the repository.
-    if let Some(Switched::SwitchedBack(reason)) = switch::resume_trial(root, out)? {
+    if let Some(Switched::SwitchedBack(reason)) = switch::resume_trial(root, mode, out)? {
         outcome.target = active;
         outcome.to = root.state.active.clone();
         outcome.step = Step::SwitchedBack(reason);
@@ -380,6 +396,7 @@ fn update(
             (manifest, s.manifest_size, s.folder, reused)
         }
         None => {
+            mode.progress(AgentState::Downloading, &version);
             let built = build(root, remote, &head, &trusted, &version, out)?;
             outcome.bytes_full = built.0.archive.size;
             built
@@ -410,7 +427,7 @@ fn update(
         manifest_size,
     });
     root.save_state()?;
-    let switched = switch::switch_with_hooks(root, &manifest, manifest_size, &folder, out)?;
+    let switched = switch::switch_with_hooks(root, &manifest, manifest_size, &folder, mode, out)?;
     root.state.staged = None;
     root.state.pin = None;
     root.save_state()?;

@@ -376,10 +376,10 @@ impl Store {
     }
 
     /// For the halt rule: of the agents whose newest report concerning `release` of
-    /// `channel` (as target or active) came after row `after`, how many there are
-    /// (they tried it) and how many of those reports say failed or rolled back (the
-    /// same as counting only the reports after `after`). Returns (failed, tried, newest
-    /// row counted).
+    /// `channel` (as target or active) came after row `after`, how many tried it
+    /// (those still downloading, staged, switching or health-checking have not yet)
+    /// and how many of those reports say failed or rolled back (the same as counting
+    /// only the reports after `after`). Returns (failed, tried, newest row counted).
     pub fn outcomes(
         &self,
         channel: &str,
@@ -388,7 +388,9 @@ impl Store {
     ) -> Result<(u64, u64, i64), FleetError> {
         self.conn
             .query_row(
-                "SELECT coalesce(sum(state IN ('failed', 'rolled-back')), 0), count(*), coalesce(max(report_row), 0)
+                "SELECT coalesce(sum(state IN ('failed', 'rolled-back')), 0),
+                        coalesce(sum(state NOT IN ('downloading', 'staged', 'switching', 'health-checking')), 0),
+                        coalesce(max(report_row), 0)
                  FROM latest WHERE channel = ?1 AND release = ?2 AND via = 'either' AND report_row > ?3",
                 params![channel, release, after],
                 |r| {
@@ -595,6 +597,16 @@ mod tests {
         assert_eq!(s.outcomes("stable", "2.0.0", 0).unwrap().1, 2);
         let (failed, tried, _) = s.outcomes("stable", "1.0.0", 0).unwrap();
         assert_eq!((failed, tried), (0, 1));
+        // Agent 3 is still health-checking 2.0.0: it has not tried it yet.
+        let mut checking = report(3, 1, 100, AgentState::HealthChecking);
+        checking.kind = ReportKind::Heartbeat;
+        checking.active = Some("2.0.0".into());
+        assert!(put(&mut s, &checking, 1200));
+        assert_eq!(s.outcomes("stable", "2.0.0", 0).unwrap().1, 2);
+        let mut done = report(3, 2, 200, AgentState::Idle);
+        done.active = Some("2.0.0".into());
+        assert!(put(&mut s, &done, 1300));
+        assert_eq!(s.outcomes("stable", "2.0.0", 0).unwrap().1, 3);
     }
 
     #[test]
