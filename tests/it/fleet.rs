@@ -390,6 +390,8 @@ fn the_fleet_view_counts_releases_outcomes_and_offline_agents() {
     // Installs: agents 9, 1, 2, 6, 7 report "installed" (durations 100, 20, 30, 70, 80).
     assert_eq!(ch["updates_succeeded"], 5);
     assert_eq!(ch["updates_failed"], 2);
+    assert_eq!(ch["update_success_rate"], 5.0 / 7.0);
+    assert_eq!(ch["checks_failed"], 0);
     assert_eq!(
         ch["update_duration_ms"],
         serde_json::json!({"median": 70, "p95": 100, "count": 5})

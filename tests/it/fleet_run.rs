@@ -384,6 +384,10 @@ fn twenty_agents_leave_a_revoked_release_and_a_failing_rollout_halts_itself() {
         .collect();
     assert_eq!(failures, bad_tried, "{ch:#}");
     assert!(ch["offline"].as_array().unwrap().is_empty(), "{ch:#}");
+    // The rollbacks are the failed updates; the checks that found no server while it
+    // was down tried no update.
+    assert_eq!(ch["updates_failed"], 3, "{ch:#}");
+    assert!(ch["checks_failed"].as_u64().unwrap() >= 1, "{ch:#}");
     let saved = ch["bytes_saved"].as_u64().unwrap();
     assert!(saved > 0, "{ch:#}");
     eprintln!("/v1/fleet stable channel: {ch:#}");
@@ -565,6 +569,7 @@ async fn drive(c: &fantoccini::Client, url: &str) -> Result<std::path::PathBuf, 
         let css = format!(r#"{} td[data-field="{field}"]"#, row(version));
         wait_text(c, &css, want, t).await;
     }
+    wait_text(c, &format!(r#"{ch} [data-field="updates-failed"]"#), "3", t).await;
     wait_text(
         c,
         &format!(r#"{ch} [data-field="rollout-release"]"#),

@@ -384,7 +384,7 @@ fn fleet_view(fleet: &Fleet, s: &mut Store) -> Result<Value, FleetError> {
         }
         let (mut downloaded, mut full, mut saved) = (0u64, 0u64, 0u64);
         let (mut updates, mut rollbacks) = (Vec::new(), Vec::new());
-        let (mut succeeded, mut failed) = (0u64, 0u64);
+        let (mut succeeded, mut failed, mut checks_failed) = (0u64, 0u64, 0u64);
         for r in s.attempts(&channel)? {
             debug_assert_eq!(r.kind, ReportKind::Attempt);
             downloaded = downloaded.saturating_add(r.bytes_downloaded);
@@ -397,6 +397,9 @@ fn fleet_view(fleet: &Fleet, s: &mut Store) -> Result<Value, FleetError> {
                     rollbacks.push(r.duration_ms);
                     failed += 1;
                 }
+                // A check that failed before it chose a release (no server reachable,
+                // say) tried no update.
+                AgentState::Failed if r.target.is_none() => checks_failed += 1,
                 AgentState::Failed => failed += 1,
                 _ if r.result == "installed" => {
                     updates.push(r.duration_ms);
@@ -430,6 +433,9 @@ fn fleet_view(fleet: &Fleet, s: &mut Store) -> Result<Value, FleetError> {
             "rollback_duration_ms": Durations::of(rollbacks),
             "updates_succeeded": succeeded,
             "updates_failed": failed,
+            "update_success_rate": (succeeded + failed > 0)
+                .then(|| succeeded as f64 / (succeeded + failed) as f64),
+            "checks_failed": checks_failed,
         }));
     }
     Ok(json!({ "generated_at": now, "channels": out }))
