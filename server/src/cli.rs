@@ -269,10 +269,13 @@ pub enum Command {
         /// from this file (one per line).
         #[arg(long, value_name = "FILE", requires_all = ["agent_token_file", "fleet_db"])]
         operator_token_file: Option<PathBuf>,
-        /// Fleet API: the database of reports, credentials and halts (SQLite); never
-        /// inside --repo, which any static host may publish.
-        #[arg(long, value_name = "PATH", requires_all = ["agent_token_file", "operator_token_file"])]
-        fleet_db: Option<PathBuf>,
+        /// Fleet API: the database of reports, credentials and halts: a SQLite file
+        /// (never inside --repo, which any static host may publish), or
+        /// postgres://user:password@host:port/database, which several servers share
+        /// (without a password in the URL, PGPASSWORD is used).
+        #[arg(long, value_name = "PATH|URL", requires_all = ["agent_token_file", "operator_token_file"],
+              value_parser = crate::serve::fleet::store::FleetDb::parse)]
+        fleet_db: Option<crate::serve::fleet::store::FleetDb>,
         /// The agents' heartbeat interval: an agent silent for 3 of them is offline.
         #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
         heartbeat_interval: Duration,

@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::{Subcommand, ValueEnum};
 
 use super::time::{End, parse};
+use crate::serve::fleet::store::FleetDb;
 
 /// Output format of `audit export`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -43,10 +44,10 @@ pub enum AuditCommand {
         /// heads are verified with.
         #[arg(long, value_name = "PUB")]
         public_key: Option<PathBuf>,
-        /// The fleet database of `serve --fleet-db`: adds agent outcomes (one event per
-        /// attempt report) and the halts of `--halt-when`.
-        #[arg(long, value_name = "PATH")]
-        fleet_db: Option<PathBuf>,
+        /// The fleet database of `serve --fleet-db` (a file or a postgres:// URL): adds
+        /// agent outcomes (one event per attempt report) and the halts of `--halt-when`.
+        #[arg(long, value_name = "PATH|URL", value_parser = FleetDb::parse)]
+        fleet_db: Option<FleetDb>,
     },
     /// Check a signed audit report: exit 0 with a summary, or fail naming the problem
     /// (edited report, signature, another key).
@@ -64,10 +65,10 @@ pub enum AuditCommand {
         /// Repository root.
         #[arg(long, value_name = "DIR")]
         repo: PathBuf,
-        /// The fleet database of `serve --fleet-db`: its halts and reports older than the
-        /// retention are deleted too.
-        #[arg(long, value_name = "PATH")]
-        fleet_db: Option<PathBuf>,
+        /// The fleet database of `serve --fleet-db` (a file or a postgres:// URL): its
+        /// halts and reports older than the retention are deleted too.
+        #[arg(long, value_name = "PATH|URL", value_parser = FleetDb::parse)]
+        fleet_db: Option<FleetDb>,
         /// How long audit records are kept, e.g. 365d.
         #[arg(long, value_name = "DURATION", default_value = "365d",
               value_parser = parse_retention)]

@@ -1,44 +1,38 @@
 //! Agent outcomes and halts from the fleet database of `serve --fleet-db`
-//! (server/src/serve/fleet/store.rs). SQLite in WAL mode lets this read while `serve`
-//! writes.
-
-use std::path::Path;
+//! (server/src/serve/fleet/store/): a SQLite file, whose WAL mode lets this read while
+//! `serve` writes, or PostgreSQL, which any number of readers share.
 
 use ferry_format::audit::{AuditEvent, event};
 
 use crate::error::{Error, Result};
-use crate::serve::fleet::store::Store;
+use crate::serve::fleet::chain;
+use crate::serve::fleet::store::{self, FleetDb, Open, Store};
 
-fn db_error(path: &Path, e: impl std::fmt::Display) -> Error {
+fn db_error(db: &FleetDb, e: &dyn std::error::Error) -> Error {
     Error::Unsupported {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
+        path: db.to_string().into(),
+        reason: chain(e),
     }
 }
 
-/// Opens an existing fleet database (never creates one: a wrong path is an error).
-pub fn open(path: &Path) -> Result<Store> {
-    if !path.is_file() {
-        return Err(db_error(
-            path,
-            "no fleet database here (serve --fleet-db makes it)",
-        ));
-    }
-    Store::open(path).map_err(|e| db_error(path, e))
+/// Opens an existing fleet database (never creates one: a wrong path or URL is an
+/// error).
+pub fn open(db: &FleetDb) -> Result<Box<Store>> {
+    store::open(db, Open::Existing).map_err(|e| db_error(db, &e))
 }
 
 /// Every attempt report received and every halt recorded in `since..until`.
 pub fn events(
-    path: &Path,
+    db: &FleetDb,
     since: u64,
     until: u64,
     utc: &dyn Fn(u64) -> String,
 ) -> Result<Vec<AuditEvent>> {
-    let store = open(path)?;
+    let mut store = open(db)?;
     let mut out = Vec::new();
     for h in store
         .halts_between(since, until)
-        .map_err(|e| db_error(path, e))?
+        .map_err(|e| db_error(db, &e))?
     {
         out.push(AuditEvent {
             time: h.halted_at,
@@ -56,7 +50,7 @@ pub fn events(
     }
     for (received, r) in store
         .attempts_received(since, until)
-        .map_err(|e| db_error(path, e))?
+        .map_err(|e| db_error(db, &e))?
     {
         out.push(AuditEvent {
             time: received,
@@ -76,9 +70,9 @@ pub fn events(
 }
 
 /// Deletes halts and reports recorded before `before`; returns (halts, reports).
-pub fn prune(path: &Path, before: u64) -> Result<(usize, usize)> {
-    let mut store = open(path)?;
-    let halts = store.prune_halts(before).map_err(|e| db_error(path, e))?;
-    let (reports, _) = store.prune(before).map_err(|e| db_error(path, e))?;
+pub fn prune(db: &FleetDb, before: u64) -> Result<(usize, usize)> {
+    let mut store = open(db)?;
+    let halts = store.prune_halts(before).map_err(|e| db_error(db, &e))?;
+    let (reports, _) = store.prune(before).map_err(|e| db_error(db, &e))?;
     Ok((halts, reports))
 }

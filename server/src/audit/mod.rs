@@ -40,7 +40,7 @@ pub struct ExportOptions {
     pub since: u64,
     pub until: Option<u64>,
     /// The fleet database of `serve --fleet-db`, for agent outcomes and halts.
-    pub fleet_db: Option<PathBuf>,
+    pub fleet_db: Option<crate::serve::fleet::store::FleetDb>,
 }
 
 fn now() -> u64 {
@@ -101,7 +101,8 @@ pub fn export(opts: &ExportOptions) -> Result<AuditReport> {
         until,
         until_utc: time::utc(until),
         repository: opts.repo.display().to_string(),
-        fleet_db: opts.fleet_db.as_ref().map(|p| p.display().to_string()),
+        // Shown without a PostgreSQL password.
+        fleet_db: opts.fleet_db.as_ref().map(ToString::to_string),
         counts: AuditReport::count(&events),
         events,
     })

@@ -25,6 +25,7 @@
 pub mod access_log;
 pub mod conns;
 pub mod fleet;
+pub mod health;
 pub mod metrics;
 pub mod page;
 pub mod quota;

@@ -61,7 +61,12 @@ pub async fn handle<B>(state: &State, req: &Request<B>) -> Response<Body> {
         return page;
     }
     match path {
-        "/healthz" => return text(StatusCode::OK, "ok", head_only),
+        "/healthz" => {
+            return match super::health::check(state).await {
+                Ok(()) => text(StatusCode::OK, "ok", head_only),
+                Err(why) => text(StatusCode::SERVICE_UNAVAILABLE, why + "\n", head_only),
+            };
+        }
         "/metrics" => {
             if let Some(fleet) = &state.fleet
                 && let Some(gauges) = super::fleet::api::gauges(fleet).await

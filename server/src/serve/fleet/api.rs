@@ -506,8 +506,17 @@ fn not_allowed(allow: &'static str) -> Response<Body> {
     r
 }
 
+/// A store failure: 503 when the database is unreachable (the agent's queue keeps the
+/// report and retries; a balancer may try another server), else 500.
 fn internal(e: &FleetError) -> Response<Body> {
-    tracing::error!("fleet API: {e}");
+    if let FleetError::Unavailable { .. } = e {
+        tracing::warn!("fleet API: {e}");
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the fleet database is unavailable; try again later",
+        );
+    }
+    tracing::error!("fleet API: {}", super::chain(e));
     error(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
 }
 
@@ -529,7 +538,7 @@ mod tests {
                 repo,
                 agent_tokens: dir.path().join("agents"),
                 operator_tokens: dir.path().join("operators"),
-                db: dir.path().join("fleet.db"),
+                db: super::super::store::FleetDb::File(dir.path().join("fleet.db")),
                 heartbeat: super::super::DEFAULT_HEARTBEAT,
                 retention: std::time::Duration::from_secs(3600),
                 halt: None,

@@ -9,6 +9,15 @@
 //! --timestamp-key` does ([`crate::rollout::rollout`]), and the halt is recorded in the
 //! fleet database (time, release, counts, reason) and logged.
 //!
+//! Once: the whole evaluation — reading the head, the last halt and the counts,
+//! re-signing the head, recording the halt — runs under the channel's halt lock
+//! ([`super::store::FleetStore::halt_locked`]: SQLite's write lock, or a PostgreSQL advisory lock
+//! shared by every `serve` on the database), in the transaction that records the halt.
+//! A second server whose reports trip the rule at the same moment waits for the lock,
+//! then finds the halt recorded for the head's content and neither re-signs nor records
+//! again. The head itself is re-signed under the repository's channel lock
+//! ([`crate::repo::Repo::lock_channel`]), as every head write is.
+//!
 //! A halt applies to the publisher content sequence of the head it paused. While the
 //! head still carries that content the halt is in force and is not repeated. A
 //! publisher lifts it with `rollout --resume --key`, which signs new content (a higher
@@ -18,40 +27,41 @@
 use ferry_format::head::inspect_head;
 use serde_json::{Value, json};
 
-use super::store::{Halt, Store};
-use super::{Fleet, FleetError, HaltRule, now};
+use super::store::{Halt, HaltLedger, Store};
+use super::{Fleet, FleetError, HaltRule, chain, now};
 use crate::key_admin::{RolloutChange, is_paused};
 use crate::repo::Repo;
 use crate::rollout::{Signer, rollout};
 
-/// Applies `--halt-when` to `channel` after a report was stored; problems are logged,
-/// never the agent's (its report is stored either way).
-/// Applies `--halt-when` after a stored report; true when it halted a rollout now.
+/// Applies `--halt-when` to `channel` after a report was stored; true when it halted
+/// a rollout now. Problems are logged, never the agent's (its report is stored either
+/// way).
 pub fn after_report(fleet: &Fleet, s: &mut Store, channel: &str) -> bool {
     let Some(halt) = &fleet.halt else {
         return false;
     };
+    // The report's channel came from an agent: only a valid channel name is looked up.
+    if ferry_format::version::check_channel(channel).is_err() {
+        return false;
+    }
     let (rule, key) = &**halt;
-    match evaluate(fleet, *rule, key, s, channel) {
+    match s.halt_locked(channel, &mut |l| evaluate(fleet, *rule, key, l, channel)) {
         Ok(halted) => halted,
         Err(e) => {
-            tracing::warn!(channel, "--halt-when could not be applied: {e}");
+            tracing::warn!(channel, "--halt-when could not be applied: {}", chain(&e));
             false
         }
     }
 }
 
+/// Decides and applies a halt; runs under the channel's halt lock.
 fn evaluate(
     fleet: &Fleet,
     rule: HaltRule,
     key: &ferry_format::keys::SecretKey,
-    s: &mut Store,
+    s: &mut dyn HaltLedger,
     channel: &str,
 ) -> Result<bool, FleetError> {
-    // The report's channel came from an agent: only a valid channel name is looked up.
-    if ferry_format::version::check_channel(channel).is_err() {
-        return Ok(false);
-    }
     let repo = Repo::new(&fleet.repo);
     let Some(bytes) = repo.read_head(channel)? else {
         return Ok(false);
@@ -102,7 +112,7 @@ fn evaluate(
 
 /// The `rollout` object of a channel in `GET /v1/fleet`: from the repository's current
 /// head, `halted` from the fleet database's halt record (null without a head).
-pub fn rollout_view(fleet: &Fleet, s: &Store, channel: &str) -> Result<Value, FleetError> {
+pub fn rollout_view(fleet: &Fleet, s: &mut Store, channel: &str) -> Result<Value, FleetError> {
     if ferry_format::version::check_channel(channel).is_err() {
         return Ok(Value::Null);
     }

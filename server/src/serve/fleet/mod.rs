@@ -19,7 +19,7 @@ use ferry_format::keys::SecretKey;
 use thiserror::Error;
 
 use auth::Tokens;
-use store::Store;
+use store::{FleetDb, Store};
 
 /// Default `--heartbeat-interval`: the agents' own `heartbeat` default.
 pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5 * 60);
@@ -37,6 +37,15 @@ pub enum FleetError {
         #[source]
         source: rusqlite::Error,
     },
+    #[error("{context}")]
+    Postgres {
+        context: String,
+        #[source]
+        source: postgres::Error,
+    },
+    /// The database cannot be reached or its connection broke: worth a retry (503).
+    #[error("the fleet database {db} is unreachable: {reason}")]
+    Unavailable { db: String, reason: String },
     #[error("{0}")]
     Config(String),
     #[error(transparent)]
@@ -102,7 +111,7 @@ pub struct FleetOptions {
     pub repo: PathBuf,
     pub agent_tokens: PathBuf,
     pub operator_tokens: PathBuf,
-    pub db: PathBuf,
+    pub db: FleetDb,
     pub heartbeat: Duration,
     pub retention: Duration,
     /// `--halt-when` and the online key that signs the pause.
@@ -112,9 +121,11 @@ pub struct FleetOptions {
 /// The fleet API's state, shared by all connections.
 pub struct Fleet {
     repo: PathBuf,
+    /// `--fleet-db` as shown in messages (without a password).
+    db: String,
     agent_tokens: Tokens,
     operator_tokens: Tokens,
-    store: Arc<Mutex<Store>>,
+    store: Arc<Mutex<Box<Store>>>,
     heartbeat: Duration,
     retention: Duration,
     halt: Option<Arc<(HaltRule, SecretKey)>>,
@@ -123,16 +134,19 @@ pub struct Fleet {
 impl Fleet {
     /// Reads the token files and opens the database, refusing one inside the repository.
     pub fn open(opts: FleetOptions) -> Result<Fleet, FleetError> {
-        check_outside(&opts.db, &opts.repo)?;
+        if let FleetDb::File(path) = &opts.db {
+            check_outside(path, &opts.repo)?;
+        }
         let agent_tokens = Tokens::load(&opts.agent_tokens)?;
         let operator_tokens = Tokens::load(&opts.operator_tokens)?;
         if let Some((_, key)) = &opts.halt {
             crate::key_admin::check_online_key(&crate::repo::Repo::new(&opts.repo), key)
                 .map_err(|e| FleetError::Config(format!("--halt-when needs the online key of the newest key list as --timestamp-key: {e}")))?;
         }
-        let store = Store::open(&opts.db)?;
+        let store = store::open(&opts.db, store::Open::Create)?;
         Ok(Fleet {
             repo: opts.repo,
+            db: opts.db.to_string(),
             agent_tokens,
             operator_tokens,
             store: Arc::new(Mutex::new(store)),
@@ -151,13 +165,18 @@ impl Fleet {
     {
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || {
-            // A panic while holding the lock leaves SQLite consistent (an unfinished
-            // transaction rolls back), so the poisoned guard is still good.
+            // A panic while holding the lock leaves the database consistent (an
+            // unfinished transaction rolls back), so the poisoned guard is still good.
             let mut guard = store.lock().unwrap_or_else(|p| p.into_inner());
-            f(&mut guard)
+            f(&mut **guard)
         })
         .await
         .map_err(|e| FleetError::Config(format!("a fleet database task failed: {e}")))?
+    }
+
+    /// The fleet database, as shown in messages (without a password).
+    pub fn db(&self) -> &str {
+        &self.db
     }
 
     /// Seconds after which a silent agent counts as offline.
@@ -177,11 +196,23 @@ impl Fleet {
                     agents,
                     "pruned fleet records older than the report retention"
                 ),
-                Err(e) => tracing::warn!("cannot prune the fleet database: {e}"),
+                Err(e) => tracing::warn!("cannot prune the fleet database: {}", chain(&e)),
             }
             tokio::time::sleep(PRUNE_EVERY).await;
         }
     }
+}
+
+/// An error and its causes on one line, for logs and one-line answers.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out.replace('\n', " ")
 }
 
 /// Unix seconds now.
