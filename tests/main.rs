@@ -14,6 +14,7 @@ mod it {
     pub mod flaky_network;
     pub mod fleet;
     pub mod fleet_page;
+    pub mod fleet_pg;
     pub mod fleet_run;
     pub mod head_check;
     pub mod hostile_clients;

@@ -6,6 +6,7 @@
 pub mod connect_proxy;
 pub mod fresh;
 pub mod nginx;
+pub mod postgres;
 pub mod process;
 pub mod proxy;
 pub mod tree;

@@ -365,6 +365,15 @@ fn a_forged_log_entry_is_reported_not_believed() {
 /// them past the retention.
 #[test]
 fn audit_export_adds_agent_outcomes_and_halts_from_the_fleet_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("fleet.db");
+    let db = db.to_str().unwrap();
+    check_audit_of_fleet_db(db, db);
+}
+
+/// The audit of the fleet database `db` (a path or a postgres:// URL), which the
+/// report names as `shown` (a URL without its password).
+pub fn check_audit_of_fleet_db(db: &str, shown: &str) {
     use ferry_format::report::AgentState;
 
     use super::fleet::{FleetServer, report};
@@ -373,8 +382,9 @@ fn audit_export_adds_agent_outcomes_and_halts_from_the_fleet_database() {
     let p = publisher_with_online_role(&sources, &[]);
     p.publish_with(&v(2), &sources.release(2), &["--rollout", "50"]);
     let online = key_file(&p, "online.key");
-    let f = FleetServer::start(
+    let f = FleetServer::start_on(
         &p.repo(),
+        db,
         &[
             "--timestamp-key",
             &online,
@@ -393,8 +403,6 @@ fn audit_export_adds_agent_outcomes_and_halts_from_the_fleet_database() {
         Some("2.0.0"),
     ));
     f.enroll(&report(6, 1, AgentState::Failed, "1.0.0", Some("2.0.0")));
-    let db = f.dir.path().join("fleet.db");
-    let db = db.to_str().unwrap();
 
     let report = export_json(&p, &["--since", "2020-01-01", "--fleet-db", db]);
     let counts = &report["counts"];
@@ -406,7 +414,7 @@ fn audit_export_adds_agent_outcomes_and_halts_from_the_fleet_database() {
         }),
         "{report:#}"
     );
-    assert_eq!(report["fleet_db"], db);
+    assert_eq!(report["fleet_db"], shown);
     let events = report["events"].as_array().unwrap();
     let find = |kind: &str| events.iter().find(|e| e["event"] == kind).unwrap();
     let paused = find("paused");

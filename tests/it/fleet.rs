@@ -18,8 +18,8 @@ use tempfile::TempDir;
 use super::fixtures::{Sources, v};
 use super::online::{key_file, publisher_with_online_role, server};
 
-const AGENT_TOKEN: &str = "fleet-token-0123456789";
-const OPERATOR_TOKEN: &str = "operator-token-9876543210";
+pub const AGENT_TOKEN: &str = "fleet-token-0123456789";
+pub const OPERATOR_TOKEN: &str = "operator-token-9876543210";
 
 /// One HTTP/1.1 request over loopback: (status, JSON body or Null).
 pub fn http(url: &str, method: &str, path: &str, token: Option<&str>, body: &[u8]) -> (u16, Value) {
@@ -46,18 +46,30 @@ pub fn http(url: &str, method: &str, path: &str, token: Option<&str>, body: &[u8
     (status, serde_json::from_str(body).unwrap_or(Value::Null))
 }
 
-/// The text of `GET /metrics`.
-fn metrics_text(url: &str) -> String {
+/// `GET path` without a token: (status, body text).
+pub fn get_text(url: &str, path: &str) -> (u16, String) {
     let addr = url.strip_prefix("http://").expect("http URL");
     let mut s = TcpStream::connect(addr).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    let head = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let head = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
     s.write_all(head.as_bytes()).unwrap();
     let mut resp = Vec::new();
     let _ = s.read_to_end(&mut resp);
     let text = String::from_utf8_lossy(&resp).into_owned();
-    text.split_once("\r\n\r\n")
-        .map_or(String::new(), |(_, b)| b.to_string())
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {text:?}"));
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or(String::new(), |(_, b)| b.to_string());
+    (status, body)
+}
+
+/// The text of `GET /metrics`.
+pub fn metrics_text(url: &str) -> String {
+    get_text(url, "/metrics").1
 }
 
 /// A report of agent number `n` (its id is `n` in hex).
@@ -104,7 +116,21 @@ pub struct FleetServer {
     pub dir: TempDir,
 }
 
+/// How a test starts its fleet server: on a SQLite file in `dir` (the default) or on
+/// a shared PostgreSQL database (tests/it/fleet_pg.rs runs the same checks on it).
+pub type Start<'a> = &'a dyn Fn(&Path, &[&str]) -> FleetServer;
+
+/// The SQLite default.
+pub fn on_sqlite(repo: &Path, extra: &[&str]) -> FleetServer {
+    FleetServer::start(repo, extra)
+}
+
 pub fn fleet_args(dir: &Path) -> Vec<String> {
+    fleet_args_on(dir, dir.join("fleet.db").to_str().unwrap())
+}
+
+/// The fleet flags with `--fleet-db db` (a path or a postgres:// URL).
+pub fn fleet_args_on(dir: &Path, db: &str) -> Vec<String> {
     let agent = dir.join("agent-tokens");
     let operator = dir.join("operator-tokens");
     if !agent.exists() {
@@ -117,7 +143,7 @@ pub fn fleet_args(dir: &Path) -> Vec<String> {
         "--operator-token-file",
         operator.to_str().unwrap(),
         "--fleet-db",
-        dir.join("fleet.db").to_str().unwrap(),
+        db,
     ]
     .map(str::to_string)
     .to_vec()
@@ -130,8 +156,19 @@ impl FleetServer {
         FleetServer { srv, dir }
     }
 
+    /// A server on the fleet database `db` (a path or a postgres:// URL).
+    pub fn start_on(repo: &Path, db: &str, extra: &[&str]) -> FleetServer {
+        let dir = tempfile::tempdir().unwrap();
+        let srv = FleetServer::restart_on(repo, dir.path(), db, extra);
+        FleetServer { srv, dir }
+    }
+
     pub fn restart(repo: &Path, dir: &Path, extra: &[&str]) -> Server {
-        let mut args = fleet_args(dir);
+        FleetServer::restart_on(repo, dir, dir.join("fleet.db").to_str().unwrap(), extra)
+    }
+
+    pub fn restart_on(repo: &Path, dir: &Path, db: &str, extra: &[&str]) -> Server {
+        let mut args = fleet_args_on(dir, db);
         args.extend(extra.iter().map(|s| s.to_string()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         Server::start_with(repo, &args)
@@ -162,7 +199,7 @@ impl FleetServer {
     }
 }
 
-fn published() -> (Publisher, Sources) {
+pub fn published() -> (Publisher, Sources) {
     let sources = Sources::app(1);
     let p = Publisher::new("stable");
     p.publish(&v(1), &sources.release(1));
@@ -171,8 +208,14 @@ fn published() -> (Publisher, Sources) {
 
 #[test]
 fn reports_enroll_and_credentials_are_bound_to_their_agent() {
+    check_enrollment_and_credentials(&on_sqlite);
+}
+
+/// 401/201/200/duplicate/403/400/413; re-enrollment replaces the credential; operator
+/// and fleet tokens are not interchangeable.
+pub fn check_enrollment_and_credentials(start: Start<'_>) {
     let (p, _sources) = published();
-    let f = FleetServer::start(&p.repo(), &[]);
+    let f = start(&p.repo(), &[]);
     let a = report(1, 1, AgentState::Idle, "1.0.0", None);
     let b = report(2, 1, AgentState::Idle, "1.0.0", None);
     let url = &f.srv.url;
@@ -320,8 +363,13 @@ fn acknowledged_reports_survive_kill_9_of_the_server() {
 
 #[test]
 fn the_fleet_view_counts_releases_outcomes_and_offline_agents() {
+    check_fleet_view_counts(&on_sqlite);
+}
+
+/// `/v1/fleet` and `/v1/agents` count releases, outcomes, durations and offline agents.
+pub fn check_fleet_view_counts(start: Start<'_>) {
     let (p, _sources) = published();
-    let f = FleetServer::start(&p.repo(), &["--heartbeat-interval", "1s"]);
+    let f = start(&p.repo(), &["--heartbeat-interval", "1s"]);
     // Agent 9 reports once and then stays silent past 3 heartbeat intervals.
     f.enroll(&report(9, 1, AgentState::Idle, "1.0.0", None));
     std::thread::sleep(Duration::from_millis(3300));
@@ -402,18 +450,24 @@ fn the_fleet_view_counts_releases_outcomes_and_offline_agents() {
     );
 }
 
-fn head_of(repo: &Path) -> ferry_format::head::ChannelHead {
+pub fn head_of(repo: &Path) -> ferry_format::head::ChannelHead {
     inspect_head(&std::fs::read(repo.join("channels/stable/head")).unwrap()).unwrap()
 }
 
 #[test]
 fn a_rollout_halts_itself_when_failures_pass_the_threshold_until_resumed() {
+    check_halt_until_resumed(&on_sqlite);
+}
+
+/// `--halt-when` pauses once at the threshold, not again per report, and after a
+/// resume only failures reported after the halt count.
+pub fn check_halt_until_resumed(start: Start<'_>) {
     let sources = Sources::app(2);
     let p = publisher_with_online_role(&sources, &[]);
     p.publish_with(&v(2), &sources.release(2), &["--rollout", "50"]);
     let repo: PathBuf = p.repo();
     let online = key_file(&p, "online.key");
-    let f = FleetServer::start(
+    let f = start(
         &repo,
         &[
             "--timestamp-key",

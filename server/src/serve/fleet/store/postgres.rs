@@ -202,7 +202,12 @@ impl Errs {
     fn ctx(&self, context: &'static str) -> impl FnOnce(postgres::Error) -> FleetError + '_ {
         move |e| {
             let io = std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>());
-            if e.is_closed() || io {
+            // SQLSTATE class 08 (connection exception) and 57P (the server shutting
+            // down or starting: `pg_ctl stop` ends sessions with 57P01).
+            let down = e
+                .code()
+                .is_some_and(|c| c.code().starts_with("08") || c.code().starts_with("57P"));
+            if e.is_closed() || io || down {
                 FleetError::Unavailable {
                     db: self.db.clone(),
                     reason: chain(&e),
