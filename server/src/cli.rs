@@ -273,9 +273,10 @@ pub enum Command {
         /// (never inside --repo, which any static host may publish), or
         /// postgres://user:password@host:port/database, which several servers share
         /// (without a password in the URL, PGPASSWORD is used).
-        #[arg(long, value_name = "PATH|URL", requires_all = ["agent_token_file", "operator_token_file"],
-              value_parser = crate::serve::fleet::store::FleetDb::parse)]
-        fleet_db: Option<crate::serve::fleet::store::FleetDb>,
+        // Parsed after clap (FleetDb::parse), whose errors would echo the value and so
+        // a password in it.
+        #[arg(long, value_name = "PATH|URL", requires_all = ["agent_token_file", "operator_token_file"])]
+        fleet_db: Option<String>,
         /// The agents' heartbeat interval: an agent silent for 3 of them is offline.
         #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
         heartbeat_interval: Duration,

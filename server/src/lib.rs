@@ -262,6 +262,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let fleet = match (agent_token_file, operator_token_file, fleet_db) {
                 (Some(agent_tokens), Some(operator_tokens), Some(db)) => {
+                    let db = audit::command::parse_fleet_db(&db)?;
                     // clap requires --timestamp-key with --halt-when.
                     let halt = match (halt_when, &timestamp_key) {
                         (Some(rule), Some(k)) => Some((rule, keygen::read_secret(k)?)),

@@ -337,4 +337,11 @@ fn fleet_db_urls_of_other_schemes_and_unreachable_databases_are_named() {
         "{err}"
     );
     assert!(!err.contains("pw-not-shown"), "{err}");
+    // A URL that does not parse is named without echoing it (or its password).
+    let err = serve("postgres://ferry:pw-not-shown@127.0.0.1:port/fleet");
+    assert!(
+        err.contains("--fleet-db: not a usable postgres:// URL"),
+        "{err}"
+    );
+    assert!(!err.contains("pw-not-shown"), "{err}");
 }

@@ -46,8 +46,8 @@ pub enum AuditCommand {
         public_key: Option<PathBuf>,
         /// The fleet database of `serve --fleet-db` (a file or a postgres:// URL): adds
         /// agent outcomes (one event per attempt report) and the halts of `--halt-when`.
-        #[arg(long, value_name = "PATH|URL", value_parser = FleetDb::parse)]
-        fleet_db: Option<FleetDb>,
+        #[arg(long, value_name = "PATH|URL")]
+        fleet_db: Option<String>,
     },
     /// Check a signed audit report: exit 0 with a summary, or fail naming the problem
     /// (edited report, signature, another key).
@@ -67,8 +67,8 @@ pub enum AuditCommand {
         repo: PathBuf,
         /// The fleet database of `serve --fleet-db` (a file or a postgres:// URL): its
         /// halts and reports older than the retention are deleted too.
-        #[arg(long, value_name = "PATH|URL", value_parser = FleetDb::parse)]
-        fleet_db: Option<FleetDb>,
+        #[arg(long, value_name = "PATH|URL")]
+        fleet_db: Option<String>,
         /// How long audit records are kept, e.g. 365d.
         #[arg(long, value_name = "DURATION", default_value = "365d",
               value_parser = parse_retention)]
@@ -82,6 +82,11 @@ fn parse_retention(s: &str) -> Result<Duration, String> {
         return Err("must be longer than 0s".into());
     }
     Ok(d)
+}
+
+/// `--fleet-db`, read after clap, whose errors would echo a password in the URL.
+pub fn parse_fleet_db(s: &str) -> anyhow::Result<FleetDb> {
+    FleetDb::parse(s).map_err(|e| anyhow::anyhow!("--fleet-db: {e}"))
 }
 
 fn stdout(bytes: &[u8]) -> anyhow::Result<()> {
@@ -112,7 +117,7 @@ pub fn run(command: AuditCommand) -> anyhow::Result<()> {
                 .transpose()?;
             let opts = super::ExportOptions {
                 repo,
-                fleet_db,
+                fleet_db: fleet_db.as_deref().map(parse_fleet_db).transpose()?,
                 public_key: public_key
                     .as_deref()
                     .map(crate::keygen::read_public)
@@ -143,6 +148,7 @@ pub fn run(command: AuditCommand) -> anyhow::Result<()> {
         } => {
             let repo = crate::repo::Repo::new(repo);
             let before = super::cutoff(audit_retention);
+            let fleet_db = fleet_db.as_deref().map(parse_fleet_db).transpose()?;
             let mut pruned = super::prune(&repo, before)?;
             if let Some(db) = &fleet_db {
                 (pruned.halts, pruned.reports) = super::fleet::prune(db, before)?;

@@ -30,7 +30,7 @@ use super::FleetError;
 #[derive(Clone, Debug)]
 pub enum FleetDb {
     File(PathBuf),
-    Postgres(postgres::PgTarget),
+    Postgres(Box<postgres::PgTarget>),
 }
 
 impl FleetDb {
@@ -43,7 +43,7 @@ impl FleetDb {
                 if scheme.eq_ignore_ascii_case("postgres")
                     || scheme.eq_ignore_ascii_case("postgresql") =>
             {
-                postgres::PgTarget::parse(s).map(FleetDb::Postgres)
+                postgres::PgTarget::parse(s).map(|t| FleetDb::Postgres(Box::new(t)))
             }
             Some(scheme) => Err(format!(
                 "unsupported URL scheme {scheme}:// — give a file path (SQLite) or postgres://user:password@host:port/database"
