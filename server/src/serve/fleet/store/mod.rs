@@ -43,7 +43,10 @@ impl FleetDb {
                 if scheme.eq_ignore_ascii_case("postgres")
                     || scheme.eq_ignore_ascii_case("postgresql") =>
             {
-                postgres::PgTarget::parse(s).map(|t| FleetDb::Postgres(Box::new(t)))
+                // Schemes are case-insensitive (RFC 3986); the parser wants lower case.
+                let rest = &s[scheme.len()..];
+                postgres::PgTarget::parse(&format!("{}{rest}", scheme.to_ascii_lowercase()))
+                    .map(|t| FleetDb::Postgres(Box::new(t)))
             }
             Some(scheme) => Err(format!(
                 "unsupported URL scheme {scheme}:// — give a file path (SQLite) or postgres://user:password@host:port/database"
