@@ -294,6 +294,9 @@ fn healthz_fails_naming_the_database_while_postgres_is_down() {
     assert!(why.contains("repository"), "{why}");
     std::fs::rename(&moved, p.repo()).unwrap();
     assert_eq!(get_text(&f.srv.url, "/healthz").0, 200);
+    // SIGTERM: a clean exit, the database connection closed on the way out.
+    let FleetServer { srv, dir: _dir } = f;
+    assert!(srv.terminate().success(), "serve exits 0 on SIGTERM");
 }
 
 #[test]
