@@ -4,6 +4,7 @@
 mod agent;
 mod deliver;
 mod doctor;
+pub mod exit;
 mod fleet;
 mod history;
 mod init;
@@ -23,7 +24,7 @@ use clap::{Args, Parser, Subcommand};
 
 /// ferry: delta updates from a signed repository into an install root.
 #[derive(Debug, Parser)]
-#[command(name = "ferry", version, about, long_about = None)]
+#[command(name = "ferry", version, about, long_about = None, after_help = exit::HELP)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

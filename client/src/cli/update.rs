@@ -20,6 +20,7 @@ use serde_json::json;
 
 use super::UpdateArgs;
 use super::deliver::{self, Remote};
+use super::exit::{self, Class};
 use super::report::{self, Out};
 use super::root::Root;
 use super::switch::{self, Switched};
@@ -165,10 +166,13 @@ pub fn run(args: &UpdateArgs) -> Result<()> {
         );
     }
     if let Step::SwitchedBack(reason) = &o.step {
-        anyhow::bail!(
-            "{} was installed but failed ({reason}); {} is active again",
-            o.target.as_deref().unwrap_or("the new release"),
-            o.to.as_deref().unwrap_or("nothing")
+        return exit::refuse(
+            Class::Policy,
+            format!(
+                "{} was installed but failed ({reason}); {} is active again",
+                o.target.as_deref().unwrap_or("the new release"),
+                o.to.as_deref().unwrap_or("nothing")
+            ),
         );
     }
     Ok(())

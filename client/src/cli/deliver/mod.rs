@@ -15,12 +15,13 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use ferry_format::manifest::Manifest;
 use ferry_format::plan::{DEFAULT_MAX_GAP, plan_archive};
 use ferry_format::verified::Verified;
 use ferry_format::version::Version;
 
+use super::exit::{self, Class};
 use super::plan::{DiffChoice, archive_line, choose_diff, diff_line};
 use super::report::{self, Out};
 use super::root::Root;
@@ -238,10 +239,13 @@ pub(super) fn check_budget(root: &Root, need: u64, plan: Option<&str>, out: Out)
     if let Some(line) = plan {
         out.info(line);
     }
-    bail!(
-        "the plan needs {} ({need} bytes) but the download budget is {} ({budget} bytes): refused; raise max_download or pass --max-download",
-        report::bytes(need),
-        report::bytes(budget),
+    exit::refuse(
+        Class::Policy,
+        format!(
+            "the plan needs {} ({need} bytes) but the download budget is {} ({budget} bytes): refused; raise max_download or pass --max-download",
+            report::bytes(need),
+            report::bytes(budget),
+        ),
     )
 }
 

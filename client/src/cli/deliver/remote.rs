@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use ferry_format::delta::DiffRef;
 use ferry_format::envelope::{ObjectKind, TrustedKeys};
 use ferry_format::head::claimed_key_list;
@@ -19,6 +19,7 @@ use ferry_format::verified::{
     HeadPolicy, RolloutSeen, Verified, verify_head, verify_manifest, verify_remembered_head,
 };
 
+use super::super::exit::{self, Class};
 use super::super::report::{self};
 use super::super::root::Root;
 use crate::apply::ApplyError;
@@ -174,9 +175,12 @@ impl Remote {
                 .as_deref()
                 .is_some_and(|h| h != hash)
         {
-            bail!(
-                "channel head sequence {} was already seen with different content: the repository is equivocating (two heads signed with one sequence number)",
-                head.sequence
+            return exit::refuse(
+                Class::Verification,
+                format!(
+                    "channel head sequence {} was already seen with different content: the repository is equivocating (two heads signed with one sequence number)",
+                    head.sequence
+                ),
             );
         }
         let signers = head.head_signers().clone();
@@ -188,9 +192,12 @@ impl Remote {
                 .as_deref()
                 .is_some_and(|h| h != content_hash)
         {
-            bail!(
-                "publisher sequence {} was already seen with different content: the publisher's keys signed two different channel states with one sequence number",
-                head.content.sequence
+            return exit::refuse(
+                Class::Verification,
+                format!(
+                    "publisher sequence {} was already seen with different content: the publisher's keys signed two different channel states with one sequence number",
+                    head.content.sequence
+                ),
             );
         }
         let hex = |ids: &[ferry_format::keys::KeyId]| ids.iter().map(|k| k.to_hex()).collect();
