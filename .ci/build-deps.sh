@@ -2,8 +2,8 @@
 # Installs the Debian packages building ferry needs: libclang-dev, for bindgen in the
 # bundled bzip3 build (diff streams). Flags add what the end-to-end tests use:
 # --nginx (a real static host), --prometheus (promtool, which checks /metrics),
-# --chromium (chromium and chromium-driver, which drive the fleet page). Does nothing
-# when they are already there.
+# --chromium (chromium and chromium-driver, which drive the fleet page), --man (groff,
+# which renders the generated manual pages). Does nothing when they are already there.
 set -euo pipefail
 want=()
 ldconfig -p 2>/dev/null | grep -Eq 'libclang(-[0-9.]+)?\.so ' || want+=(libclang-dev)
@@ -16,7 +16,9 @@ for flag in "$@"; do
     --chromium)
       [ -x /usr/lib/chromium/chromium ] || want+=(chromium)
       command -v chromedriver >/dev/null || want+=(chromium-driver) ;;
-    *) echo "build-deps.sh: unknown flag $flag (--nginx, --prometheus, --chromium)" >&2; exit 2 ;;
+    --man)
+      command -v groff >/dev/null || want+=(groff-base) ;;
+    *) echo "build-deps.sh: unknown flag $flag (--nginx, --prometheus, --chromium, --man)" >&2; exit 2 ;;
   esac
 done
 [ ${#want[@]} -eq 0 ] && exit 0

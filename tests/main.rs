@@ -22,6 +22,7 @@ mod it {
     pub mod identity;
     pub mod keys;
     pub mod limits;
+    pub mod manual;
     pub mod metrics;
     pub mod mirrors;
     pub mod online;

@@ -8,6 +8,7 @@ pub mod exit;
 mod fleet;
 mod history;
 mod init;
+mod manual;
 mod plan;
 mod report;
 mod rollback;
@@ -59,6 +60,25 @@ pub enum Command {
     /// Keep the root updated in the background: check every `interval`, switch inside
     /// the update windows with the hooks, pre-stage outside them.
     Agent(AgentArgs),
+    /// Print the shell completion script for bash, zsh, fish, elvish or powershell
+    /// (e.g. `ferry completions bash > /etc/bash_completion.d/ferry`).
+    Completions(CompletionsArgs),
+    /// Print the manual page, or write one page per command into a folder.
+    Man(ManArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// Write ferry.1 and ferry-COMMAND.1 into this folder instead of printing ferry.1.
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -237,5 +257,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Verify(a) => verify::run(&a),
         Command::Agent(a) => agent::run(&a),
         Command::Doctor(a) => doctor::run(&a),
+        Command::Completions(a) => manual::completions(&a),
+        Command::Man(a) => manual::man(&a),
     }
 }
