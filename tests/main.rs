@@ -10,6 +10,7 @@ mod it {
     pub mod crash;
     pub mod diffs;
     pub mod doctor;
+    pub mod dry_run;
     pub mod exit_codes;
     pub mod fixtures;
     pub mod flaky_network;

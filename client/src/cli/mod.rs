@@ -4,6 +4,7 @@
 mod agent;
 mod deliver;
 mod doctor;
+mod dry_run;
 pub mod exit;
 mod fleet;
 mod history;
@@ -166,6 +167,10 @@ pub struct UpdateArgs {
     /// downloading it [default: the root's `max_download`, else no limit].
     #[arg(long, value_name = "SIZE", value_parser = size::parse_size)]
     pub max_download: Option<u64>,
+    /// Print the plan and what it would download, from the head and the manifest
+    /// alone (at most 2 requests); change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Args)]
@@ -250,6 +255,7 @@ fn parse_lock_timeout(s: &str) -> Result<std::time::Duration, String> {
 pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Init(a) => init::run(&a),
+        Command::Update(a) if a.dry_run => dry_run::run(&a),
         Command::Update(a) => update::run(&a),
         Command::Rollback(a) => rollback::run(&a),
         Command::History(a) => history::run(&a),

@@ -267,25 +267,8 @@ fn update(
     }
 
     let (head, trusted) = remote.fetch_head(root)?;
-    // The head's current release may never go below what this root has seen (the
-    // rollback-attack check), whichever release this root then chooses.
-    let current = Version::parse(&head.current().version)?;
-    if let Some(h) = root
-        .state
-        .highest_version
-        .as_deref()
-        .and_then(|v| Version::parse(v).ok())
-        && current < h
-    {
-        return Err(RuleError::OlderRelease {
-            target: current.to_string(),
-            highest: h.to_string(),
-        }
-        .into());
-    }
-    root.state.raise_highest(&current);
-
-    let chosen = choose_release(root, &head, mode, out)?;
+    refuse_older(root, &head)?;
+    let chosen = choose_release(root, &head, mode, out, true)?;
     root.save_state()?;
     // The active release revoked in a head that verified in full: the publishing
     // keys' word, so the check leaves it even for an older release.
@@ -307,27 +290,11 @@ fn update(
     };
     *target_slot = Some(version.clone());
     outcome.target = Some(version.clone());
-    let target = Version::parse(&version)?;
-    let active_v = active.as_deref().and_then(|v| Version::parse(v).ok());
-    if recall.is_none()
-        && version != head.current().version
-        && active_v.as_ref().is_some_and(|a| *a > target)
-    {
-        // Held back from the current release but already on something newer than
-        // what this root may take (a rollout lowered after it updated): no downgrade.
+    let Some(decision) = decide(root, &head, &version, recall.is_some(), mode.force, out)? else {
         outcome.step = Step::NothingEligible;
         deliver::cleanup_and_prune(root)?;
         return Ok(outcome);
-    }
-    // A recall overrides a rollback pin: the pinned release is what was revoked.
-    let pin = root.state.pin.as_ref().filter(|_| recall.is_none());
-    let mut decision = decide_update(&target, active_v.as_ref(), None, pin, mode.force)?;
-    if decision == UpdateDecision::UpToDate && !active_intact(root, &version) {
-        out.info(&format!(
-            "{version} is active but damaged on disk: building a new copy beside it"
-        ));
-        decision = UpdateDecision::Install;
-    }
+    };
     match decision {
         UpdateDecision::UpToDate => {
             out.info(&format!("already up to date ({version})"));
@@ -446,6 +413,62 @@ fn update(
     Ok(outcome)
 }
 
+/// The rollback-attack check: the head's current release may never go below what this
+/// root has seen, whichever release this root then chooses. Raises the highest seen.
+pub(super) fn refuse_older(root: &mut Root, head: &ChannelHead) -> Result<()> {
+    let current = Version::parse(&head.current().version)?;
+    if let Some(h) = root
+        .state
+        .highest_version
+        .as_deref()
+        .and_then(|v| Version::parse(v).ok())
+        && current < h
+    {
+        return Err(RuleError::OlderRelease {
+            target: current.to_string(),
+            highest: h.to_string(),
+        }
+        .into());
+    }
+    root.state.raise_highest(&current);
+    Ok(())
+}
+
+/// What to do about `version`, the release chosen for this root: `None` when it is
+/// older than the active one and the root is only held back from the newest (a
+/// rollout lowered after it updated: no downgrade, unless `recall`).
+pub(super) fn decide(
+    root: &Root,
+    head: &ChannelHead,
+    version: &str,
+    recall: bool,
+    force: bool,
+    out: Out,
+) -> Result<Option<UpdateDecision>> {
+    let target = Version::parse(version)?;
+    let active_v = root
+        .state
+        .active
+        .as_deref()
+        .and_then(|v| Version::parse(v).ok());
+    if !recall
+        && version != head.current().version
+        && active_v.as_ref().is_some_and(|a| *a > target)
+    {
+        return Ok(None);
+    }
+    // A recall overrides a rollback pin: the pinned release is what was revoked.
+    let pin = root.state.pin.as_ref().filter(|_| !recall);
+    let decision = decide_update(&target, active_v.as_ref(), None, pin, force)?;
+    if decision == UpdateDecision::UpToDate && !active_intact(root, version) {
+        out.info(&format!(
+            "{version} is active but damaged on disk: building a new copy beside it"
+        ));
+        return Ok(Some(UpdateDecision::Install));
+    }
+    Ok(Some(decision))
+}
+
 /// Builds `version` into a folder of `versions/`: (manifest, its size, folder, bytes reused).
 fn build(
     root: &mut Root,
@@ -492,11 +515,14 @@ fn build(
 
 /// Picks the newest release this root may run (install/choose.rs) and keeps the newer
 /// ones it passed over in the state for `ferry status`.
-fn choose_release(
+/// The release this root takes from `head`, recording what it is held back from;
+/// `record` also writes a refusal for its requirements into the history once.
+pub(super) fn choose_release(
     root: &mut Root,
     head: &ChannelHead,
     mode: &Mode<'_>,
     out: Out,
+    record: bool,
 ) -> Result<Option<String>> {
     let needs_id = head
         .releases()
@@ -552,7 +578,7 @@ fn choose_release(
         out.info(&format!("not selected for {}: {}", h.version, h.reason));
         // A release refused for its requirements is an event of this root's history,
         // recorded once, not at every check.
-        if h.reason.starts_with(INCOMPATIBLE) && !root.state.held_back.contains(h) {
+        if record && h.reason.starts_with(INCOMPATIBLE) && !root.state.held_back.contains(h) {
             let mut event = Event::new("refused", report::unix_now(), &root.key_id());
             event.from = root.state.active.clone();
             event.to = Some(h.version.clone());

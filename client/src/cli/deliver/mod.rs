@@ -226,6 +226,70 @@ fn build_release(
     })
 }
 
+/// What building a release would take, planned from what is on disk and nothing
+/// else (`ferry update --dry-run`): no file is written.
+pub struct BuildPlan {
+    /// The plan line the update prints.
+    pub line: String,
+    /// How the missing bytes would come: `on-disk`, `diff` or `archive`.
+    pub via: &'static str,
+    /// Bytes of release data to download (the diff object and archive ranges).
+    pub download: u64,
+    /// Requests for them.
+    pub requests: u64,
+    /// Bytes of chunks found in local releases.
+    pub reuse: u64,
+}
+
+/// Plans the build of `manifest` as [`install_release`] would without a diff hint.
+pub fn plan_build(root: &Root, manifest: &Manifest, from: Option<&str>) -> Result<BuildPlan> {
+    let version = &manifest.version;
+    if let OnDisk::Intact(folder) = intact_copy(root, manifest)? {
+        return Ok(BuildPlan {
+            line: format!(
+                "plan: {} -> {version}: release already on disk and intact in {}, nothing to download",
+                from.unwrap_or("none"),
+                root.layout.release_dir(&folder).display()
+            ),
+            via: "on-disk",
+            download: 0,
+            requests: 0,
+            reuse: manifest.total_file_bytes(),
+        });
+    }
+    let releases = root.local_releases();
+    let mut local = LocalChunks::index(&releases);
+    local.verify_wanted(manifest);
+    let archive_plan = plan_archive(manifest, |id| local.has(id), DEFAULT_MAX_GAP);
+    let choice = choose_diff(manifest, &releases, &local, &archive_plan, from, None);
+    let plan = match &choice {
+        Ok(c) => BuildPlan {
+            line: diff_line(from, version, &archive_plan, c),
+            via: "diff",
+            download: c.diff.object.size + c.rest.download_bytes,
+            requests: 1 + c.rest.ranges.len() as u64,
+            reuse: archive_plan.reuse_bytes,
+        },
+        Err(_) => BuildPlan {
+            line: archive_line(from, version, &archive_plan),
+            via: "archive",
+            download: archive_plan.download_bytes,
+            requests: archive_plan.ranges.len() as u64,
+            reuse: archive_plan.reuse_bytes,
+        },
+    };
+    Ok(plan)
+}
+
+/// The checks an update makes of its plan before downloading: the download budget
+/// and the free space.
+pub fn check_plan(root: &Root, manifest: &Manifest, plan: &BuildPlan) -> Result<()> {
+    check_budget(root, plan.download, None, Out::new(false))?;
+    let needs = space::Needs::build(manifest, plan.download, plan.reuse, plan.via == "diff");
+    space::check_room(&root.layout, &needs)?;
+    Ok(())
+}
+
 /// Refuses a plan that needs more than the root's download budget (`max_download`,
 /// or `ferry update --max-download`), printing the plan first; nothing has been
 /// downloaded for it yet.

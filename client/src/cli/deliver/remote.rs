@@ -133,6 +133,16 @@ impl Remote {
     /// Returns the head and the keys that must sign its manifests. A server whose head
     /// (or key list) does not verify is failed over like one that is down.
     pub fn fetch_head(&self, root: &mut Root) -> Result<(Verified<ChannelHead>, TrustedKeys)> {
+        self.head(root, true)
+    }
+
+    /// [`Remote::fetch_head`] for a dry run: the same checks, but nothing it learns is
+    /// written (state, key lists, the kept head); `root.state` changes in memory only.
+    pub fn peek_head(&self, root: &mut Root) -> Result<(Verified<ChannelHead>, TrustedKeys)> {
+        self.head(root, false)
+    }
+
+    fn head(&self, root: &mut Root, persist: bool) -> Result<(Verified<ChannelHead>, TrustedKeys)> {
         let channel = root.config.channel.clone();
         let path = head_path(&channel);
         let stored = stored_head(root);
@@ -161,7 +171,7 @@ impl Remote {
         }
         root.state = state;
         // The chain is trusted once the head it leads to verifies; keep it from now on.
-        if !new_lists.is_empty() {
+        if persist && !new_lists.is_empty() {
             fsutil::create_dir_all(&root.layout.keys())?;
             for (version, list) in &new_lists {
                 fsutil::write_atomic(&root.layout.key_list(*version), list)?;
@@ -215,6 +225,9 @@ impl Remote {
             content: hex(&signers.content),
         });
         root.state.last_check = Some(now);
+        if !persist {
+            return Ok((head, trusted));
+        }
         root.save_state()?;
         if let Some(tag) = etag {
             // After the state: a head file whose hash the state does not record is
