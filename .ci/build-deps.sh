@@ -3,7 +3,8 @@
 # bundled bzip3 build (diff streams). Flags add what the end-to-end tests use:
 # --nginx (a real static host), --prometheus (promtool, which checks /metrics),
 # --chromium (chromium and chromium-driver, which drive the fleet page), --man (groff,
-# which renders the generated manual pages). Does nothing when they are already there.
+# which renders the generated manual pages), --tmux (a real terminal for the progress
+# display). Does nothing when they are already there.
 set -euo pipefail
 want=()
 ldconfig -p 2>/dev/null | grep -Eq 'libclang(-[0-9.]+)?\.so ' || want+=(libclang-dev)
@@ -18,7 +19,9 @@ for flag in "$@"; do
       command -v chromedriver >/dev/null || want+=(chromium-driver) ;;
     --man)
       command -v groff >/dev/null || want+=(groff-base) ;;
-    *) echo "build-deps.sh: unknown flag $flag (--nginx, --prometheus, --chromium, --man)" >&2; exit 2 ;;
+    --tmux)
+      command -v tmux >/dev/null || want+=(tmux) ;;
+    *) echo "build-deps.sh: unknown flag $flag (--nginx, --prometheus, --chromium, --man, --tmux)" >&2; exit 2 ;;
   esac
 done
 [ ${#want[@]} -eq 0 ] && exit 0

@@ -39,6 +39,7 @@ mod it {
     pub mod rollout_cmd;
     pub mod static_host;
     pub mod tamper;
+    pub mod terminal;
     pub mod tls;
     pub mod upload;
 }

@@ -133,7 +133,7 @@ impl Drop for SmallDisk {
 }
 
 /// Release 1 published and release 2 (1 with a new 3 MB file) ready to publish.
-fn sources_with_big_release_2() -> Sources {
+pub fn sources_with_big_release_2() -> Sources {
     let sources = Sources::app(2);
     put(
         &sources.release(2),

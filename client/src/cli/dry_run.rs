@@ -25,7 +25,7 @@ pub fn run(args: &UpdateArgs) -> Result<()> {
     if args.max_download.is_some() {
         root.config.max_download = args.max_download;
     }
-    let out = Out::new(args.json);
+    let out = Out::new(args.json).quiet(args.quiet);
     let remote = Remote::connect(&root.config)?;
     let outcome = plan(&mut root, &remote, args.force, out);
     let (requests, bytes) = remote.counts();

@@ -11,6 +11,7 @@ mod history;
 mod init;
 mod manual;
 mod plan;
+mod progress;
 mod report;
 mod rollback;
 mod root;
@@ -171,6 +172,9 @@ pub struct UpdateArgs {
     /// alone (at most 2 requests); change nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Print nothing but errors (no plan, progress bar or summary).
+    #[arg(long, short)]
+    pub quiet: bool,
 }
 
 #[derive(Debug, Args)]

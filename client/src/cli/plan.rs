@@ -103,21 +103,41 @@ pub fn base_intact(base: &LocalRelease) -> bool {
 
 /// `plan: 1.0.0 -> 2.0.0: reuse 812 chunks (52.1 MB) from local releases, download
 /// 40 chunks (1.2 MB) in 1 request(s)`.
-pub fn archive_line(from: Option<&str>, to: &str, plan: &ArchivePlan) -> String {
+pub fn archive_line(from: Option<&str>, to: &str, plan: &ArchivePlan, archive: u64) -> String {
     format!(
-        "plan: {} -> {to}: reuse {} chunks ({}) from local releases, download {} chunks ({}) in {} request(s)",
+        "plan: {} -> {to}: reuse {} chunks ({}) from local releases, download {} chunks ({}) in {} request(s){}",
         from.unwrap_or("none"),
         plan.reuse_chunks,
         report::bytes(plan.reuse_bytes),
         plan.fetch_chunks,
         report::bytes(plan.download_bytes),
         plan.ranges.len(),
+        saved(plan.download_bytes, archive),
+    )
+}
+
+/// `; 96% saved against the whole archive (52.1 MB)`, or nothing for a first install
+/// that needs all of it.
+fn saved(download: u64, archive: u64) -> String {
+    if archive == 0 || download >= archive {
+        return String::new();
+    }
+    let pct = (archive - download) * 100 / archive;
+    format!(
+        "; {pct}% saved against the whole archive ({})",
+        report::bytes(archive)
     )
 }
 
 /// `plan: 1.0.0 -> 2.0.0: reuse 812 chunks (52.1 MB) from local releases, download
 /// diff from 1.0.0 (231.4 KB) in 1 request`, plus any archive rest.
-pub fn diff_line(from: Option<&str>, to: &str, local: &ArchivePlan, c: &DiffChoice) -> String {
+pub fn diff_line(
+    from: Option<&str>,
+    to: &str,
+    local: &ArchivePlan,
+    c: &DiffChoice,
+    archive: u64,
+) -> String {
     let mut line = format!(
         "plan: {} -> {to}: reuse {} chunks ({}) from local releases, download diff from {} ({}) in 1 request",
         from.unwrap_or("none"),
@@ -134,5 +154,6 @@ pub fn diff_line(from: Option<&str>, to: &str, local: &ArchivePlan, c: &DiffChoi
             c.rest.ranges.len()
         ));
     }
+    line.push_str(&saved(c.diff.object.size + c.rest.download_bytes, archive));
     line
 }

@@ -124,7 +124,7 @@ pub fn run(args: &UpdateArgs) -> Result<()> {
         // For this run only: the configuration file is not rewritten.
         root.config.max_download = args.max_download;
     }
-    let out = Out::new(args.json);
+    let out = Out::new(args.json).quiet(args.quiet);
     let mode = Mode {
         force: args.force,
         schedule: None,
@@ -145,6 +145,7 @@ pub fn run(args: &UpdateArgs) -> Result<()> {
             "recalled_from": o.recalled_from,
         });
         println!("{v}");
+    } else if args.quiet {
     } else if let (Step::Installed, Some(revoked)) = (&o.step, &o.recalled_from) {
         println!(
             "recalled {revoked} -> {}: {revoked} was revoked by the publisher; downloaded {} in {} requests, reused {}, {:.1} s",

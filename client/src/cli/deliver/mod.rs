@@ -23,6 +23,7 @@ use ferry_format::version::Version;
 
 use super::exit::{self, Class};
 use super::plan::{DiffChoice, archive_line, choose_diff, diff_line};
+use super::progress::Download;
 use super::report::{self, Out};
 use super::root::Root;
 use crate::apply::build::{Downloaded, build_tree};
@@ -152,8 +153,19 @@ fn build_release(
     };
     let with_diff = choice.is_ok() || spool.is_some();
     let plan_line = match &choice {
-        Ok(c) => Some(diff_line(from, &version, &archive_plan, c)),
-        Err(_) if spool.is_none() => Some(archive_line(from, &version, &archive_plan)),
+        Ok(c) => Some(diff_line(
+            from,
+            &version,
+            &archive_plan,
+            c,
+            manifest.archive.size,
+        )),
+        Err(_) if spool.is_none() => Some(archive_line(
+            from,
+            &version,
+            &archive_plan,
+            manifest.archive.size,
+        )),
         Err(_) => None,
     };
     // A diff applied while the manifest was rebuilt was checked then; it counts too.
@@ -162,9 +174,16 @@ fn build_release(
         layout,
         &space::Needs::build(manifest, download, archive_plan.reuse_bytes, with_diff),
     )?;
+    let bar = Download::start(&remote.counters, download, out);
     match choice {
         Ok(choice) => {
-            out.info(&diff_line(from, &version, &archive_plan, &choice));
+            out.info(&diff_line(
+                from,
+                &version,
+                &archive_plan,
+                &choice,
+                manifest.archive.size,
+            ));
             let applied = match remote.download_diff(choice.diff, &downloads)? {
                 Some(file) => apply_diff(root, manifest, &choice, &file),
                 None => Err(anyhow::anyhow!("the repository does not have it")),
@@ -179,7 +198,12 @@ fn build_release(
                         "diff from {} not used, falling back to the archive: {e:#}",
                         choice.base.version
                     );
-                    out.info(&archive_line(from, &version, &archive_plan));
+                    out.info(&archive_line(
+                        from,
+                        &version,
+                        &archive_plan,
+                        manifest.archive.size,
+                    ));
                 }
             }
         }
@@ -188,13 +212,19 @@ fn build_release(
                 out.info(&format!("not using a diff: {n}"));
             }
             if spool.is_none() {
-                out.info(&archive_line(from, &version, &archive_plan));
+                out.info(&archive_line(
+                    from,
+                    &version,
+                    &archive_plan,
+                    manifest.archive.size,
+                ));
             }
         }
     }
     if !ranges.is_empty() {
         remote.download(manifest, &ranges, &downloads)?;
     }
+    drop(bar);
     let downloaded = Downloaded::new(&downloads, manifest, &ranges).with_spool(spool);
     downloaded
         .verify_all(manifest)
@@ -264,14 +294,14 @@ pub fn plan_build(root: &Root, manifest: &Manifest, from: Option<&str>) -> Resul
     let choice = choose_diff(manifest, &releases, &local, &archive_plan, from, None);
     let plan = match &choice {
         Ok(c) => BuildPlan {
-            line: diff_line(from, version, &archive_plan, c),
+            line: diff_line(from, version, &archive_plan, c, manifest.archive.size),
             via: "diff",
             download: c.diff.object.size + c.rest.download_bytes,
             requests: 1 + c.rest.ranges.len() as u64,
             reuse: archive_plan.reuse_bytes,
         },
         Err(_) => BuildPlan {
-            line: archive_line(from, version, &archive_plan),
+            line: archive_line(from, version, &archive_plan, manifest.archive.size),
             via: "archive",
             download: archive_plan.download_bytes,
             requests: archive_plan.ranges.len() as u64,
