@@ -4,10 +4,10 @@
 //! stderr is not a terminal). It reads the transport's byte counter, so it shows what
 //! arrived, retries included, and nothing else has to report to it.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
-use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
@@ -140,7 +140,10 @@ mod tests {
         let at = |ms: u64| start + Duration::from_millis(ms);
         assert_eq!(r.update(at(0), 0, 10_000_000), "");
         // 1 MB/s for two seconds: 8 s left.
-        assert_eq!(r.update(at(2000), 2_000_000, 10_000_000), "1.0 MB/s, 8s left");
+        assert_eq!(
+            r.update(at(2000), 2_000_000, 10_000_000),
+            "1.0 MB/s, 8s left"
+        );
         // Then nothing for six seconds: the window only holds the stall.
         for ms in (2100..=8000).step_by(100) {
             r.update(at(ms), 2_000_000, 10_000_000);
