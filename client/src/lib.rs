@@ -41,6 +41,7 @@ pub mod fetch;
 pub mod fsutil;
 pub mod install;
 pub mod report;
+pub mod updater;
 
 /// Runs a parsed command line.
 pub fn run(cli: cli::Cli) -> anyhow::Result<()> {

@@ -4,7 +4,7 @@
 mod agent;
 mod deliver;
 mod doctor;
-mod dry_run;
+pub(crate) mod dry_run;
 pub mod exit;
 mod fleet;
 mod history;
@@ -12,13 +12,13 @@ mod init;
 mod manual;
 mod plan;
 mod progress;
-mod report;
-mod rollback;
+pub(crate) mod report;
+pub(crate) mod rollback;
 mod root;
 mod size;
-mod status;
+pub(crate) mod status;
 mod switch;
-mod update;
+pub(crate) mod update;
 mod verify;
 
 use std::path::PathBuf;
@@ -239,7 +239,7 @@ pub struct DoctorArgs {
 }
 
 /// `--lock-timeout`, on every command that takes the root's lock.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Default, Args)]
 pub struct LockArgs {
     /// How long to wait for another ferry command holding this root, e.g. 30s or 0s
     /// (fail at once) [default: the root's `lock_timeout`, else 10m].

@@ -34,6 +34,7 @@ use crate::install::lock::LockMode;
 use crate::install::retain::{RuleError, UpdateDecision, decide_update};
 use crate::install::space;
 use crate::install::state::{HeldBack, Staged};
+use crate::updater::{Applied, Updater};
 
 /// Told that a check entered `state` for the release `target`.
 pub type Progress<'a> = dyn Fn(AgentState, &str) + 'a;
@@ -118,54 +119,67 @@ pub struct Attempt {
     pub seconds: f64,
 }
 
+/// `ferry update`: [`perform`] through the library's [`Updater`], then the summary.
 pub fn run(args: &UpdateArgs) -> Result<()> {
-    let mut root = Root::open(&args.root, LockMode::Exclusive, &args.lock)?;
-    if args.max_download.is_some() {
+    let updater = Updater::open(&args.root)?
+        .force(args.force)
         // For this run only: the configuration file is not rewritten.
-        root.config.max_download = args.max_download;
-    }
+        .max_download(args.max_download)
+        .lock_timeout(args.lock.lock_timeout);
     let out = Out::new(args.json).quiet(args.quiet);
+    let a = perform(&updater, &|_, _| {}, out)?;
+    if args.json {
+        let v = json!({
+            "from": a.from,
+            "to": a.to,
+            "result": a.result,
+            "bytes_downloaded": a.bytes_downloaded,
+            "requests": a.requests,
+            "bytes_reused": a.bytes_reused,
+            "seconds": a.seconds,
+            "recalled_from": a.recalled_from,
+        });
+        println!("{v}");
+    } else if args.quiet || a.result != Step::Installed.name() {
+    } else if let Some(revoked) = &a.recalled_from {
+        println!(
+            "recalled {revoked} -> {}: {revoked} was revoked by the publisher; downloaded {} in {} requests, reused {}, {:.1} s",
+            a.to.as_deref().unwrap_or("none"),
+            report::bytes(a.bytes_downloaded),
+            a.requests,
+            report::bytes(a.bytes_reused),
+            a.seconds,
+        );
+    } else {
+        println!(
+            "updated {} -> {}: downloaded {} in {} requests, reused {}, {:.1} s",
+            a.from.as_deref().unwrap_or("none"),
+            a.to.as_deref().unwrap_or("none"),
+            report::bytes(a.bytes_downloaded),
+            a.requests,
+            report::bytes(a.bytes_reused),
+            a.seconds,
+        );
+    }
+    Ok(())
+}
+
+/// One update of `u`'s root to the newest release it may run, switching at once with
+/// the hooks; `progress` hears each long stage. A release switched back from after
+/// its health check is an error (refused by policy).
+pub(crate) fn perform(u: &Updater, progress: &Progress<'_>, out: Out) -> Result<Applied> {
+    let mut root = Root::open(u.root(), LockMode::Exclusive, u.lock())?;
+    if let Some(budget) = u.download_budget() {
+        root.config.max_download = Some(budget);
+    }
     let mode = Mode {
-        force: args.force,
+        force: u.forced(),
         schedule: None,
         prestage: false,
-        progress: None,
+        progress: Some(progress),
     };
     let a = attempt(&mut root, &mode, out);
     let o = a.result?;
-    if args.json {
-        let v = json!({
-            "from": o.from,
-            "to": o.to,
-            "result": o.step.name(),
-            "bytes_downloaded": a.bytes,
-            "requests": a.requests,
-            "bytes_reused": o.bytes_reused,
-            "seconds": a.seconds,
-            "recalled_from": o.recalled_from,
-        });
-        println!("{v}");
-    } else if args.quiet {
-    } else if let (Step::Installed, Some(revoked)) = (&o.step, &o.recalled_from) {
-        println!(
-            "recalled {revoked} -> {}: {revoked} was revoked by the publisher; downloaded {} in {} requests, reused {}, {:.1} s",
-            o.to.as_deref().unwrap_or("none"),
-            report::bytes(a.bytes),
-            a.requests,
-            report::bytes(o.bytes_reused),
-            a.seconds,
-        );
-    } else if o.step == Step::Installed {
-        println!(
-            "updated {} -> {}: downloaded {} in {} requests, reused {}, {:.1} s",
-            o.from.as_deref().unwrap_or("none"),
-            o.to.as_deref().unwrap_or("none"),
-            report::bytes(a.bytes),
-            a.requests,
-            report::bytes(o.bytes_reused),
-            a.seconds,
-        );
-    }
     if let Step::SwitchedBack(reason) = &o.step {
         return exit::refuse(
             Class::Policy,
@@ -176,7 +190,17 @@ pub fn run(args: &UpdateArgs) -> Result<()> {
             ),
         );
     }
-    Ok(())
+    Ok(Applied {
+        changed: o.step == Step::Installed,
+        from: o.from,
+        to: o.to,
+        result: o.step.name().to_string(),
+        recalled_from: o.recalled_from,
+        bytes_downloaded: a.bytes,
+        requests: a.requests,
+        bytes_reused: o.bytes_reused,
+        seconds: a.seconds,
+    })
 }
 
 /// Runs one check on an open root and records it in history.
