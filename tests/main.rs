@@ -1,5 +1,5 @@
 //! End-to-end tests: one binary driving the real `ferry-server`, nginx and `ferry`
-//! over loopback. Build the binaries first: `cargo build --workspace --bins`.
+//! over loopback. Build the binaries first: `cargo build --workspace --bins --examples`.
 
 mod it {
     pub mod agent;
@@ -37,6 +37,7 @@ mod it {
     pub mod resume;
     pub mod rollback;
     pub mod rollout_cmd;
+    pub mod self_update;
     pub mod static_host;
     pub mod tamper;
     pub mod terminal;

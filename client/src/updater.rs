@@ -77,6 +77,7 @@ impl From<anyhow::Error> for Error {
 
 /// How the missing bytes of a release would come.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Via {
     /// A copy already on disk (staged, or left by an interrupted run).
     OnDisk,
@@ -104,6 +105,7 @@ pub struct Plan {
 
 /// What [`Updater::check`] found.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub enum Check {
     /// A release to install, and its plan.
     Available(Plan),
@@ -117,6 +119,7 @@ pub enum Check {
 
 /// A stage of [`Updater::apply`], as it starts.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Stage {
     /// Fetching and building `version` beside the active release.
     Downloading { version: String },
@@ -168,6 +171,9 @@ pub struct Updater {
 impl Updater {
     /// The root at `root`; it must have been made by `ferry init`.
     pub fn open(root: impl Into<PathBuf>) -> Result<Updater, Error> {
+        // reqwest is built without a default TLS crypto provider: the library installs
+        // ring, as the binary does (a second install is harmless and ignored).
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let root = root.into();
         if !Layout::new(&root).config().exists() {
             return Err(Error::Other(format!(
