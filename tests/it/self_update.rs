@@ -94,3 +94,84 @@ fn the_example_updates_itself_twice_while_running_and_rolls_itself_back() {
     );
     assert_ok(&agent.ferry("verify", &[]), "verify");
 }
+
+/// Release `version` of ferry itself: the `ferry` executable under test.
+fn ferry_release(dir: &Path, version: &str) -> std::path::PathBuf {
+    let tree = dir.join(format!("ferry-{version}"));
+    std::fs::create_dir_all(tree.join("bin")).unwrap();
+    std::fs::copy(bin("ferry"), tree.join("bin/ferry")).unwrap();
+    std::fs::write(tree.join("VERSION"), format!("{version}\n")).unwrap();
+    tree
+}
+
+#[test]
+fn ferry_updates_itself_from_its_own_channel_and_exits_for_its_service_manager() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Publisher::new("ferry");
+    p.publish("1.0.0", &ferry_release(dir.path(), "1.0.0"));
+    let srv = p.serve();
+    let agent = Agent::init(&srv.url, "ferry", &p.public_key(), &[]);
+    agent.update();
+    let config = agent.root().join(".ferry/config.toml");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("interval = \"1s\"\njitter = 0\n");
+    std::fs::write(&config, text).unwrap();
+
+    // As contrib/ferry-self.service starts it: the agent from the root it updates.
+    let log = dir.path().join("agent.log");
+    let mut child = std::process::Command::new(agent.root().join("current/bin/ferry"))
+        .args(["agent", "--root", agent.root().to_str().unwrap()])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    let start = std::time::Instant::now();
+    while !read_log().contains("check finished") {
+        assert!(start.elapsed().as_secs() < 30, "no check: {}", read_log());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    p.publish("2.0.0", &ferry_release(dir.path(), "2.0.0"));
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if start.elapsed().as_secs() > 60 {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "the agent did not exit after replacing itself: {}",
+                read_log()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let text = read_log();
+    assert!(status.success(), "{status}: {text}");
+    assert!(
+        text.contains("this agent's own release was replaced"),
+        "{text}"
+    );
+    assert_eq!(agent.active().as_deref(), Some("2.0.0"));
+    // What the service manager then starts is the new release's program.
+    let exe = agent.root().join("current/bin/ferry");
+    assert!(
+        exe.canonicalize().unwrap().starts_with(
+            agent
+                .root()
+                .join("versions")
+                .canonicalize()
+                .unwrap()
+                .join("2.0.0")
+        ),
+        "{}",
+        exe.display()
+    );
+    let out = run(
+        exe,
+        &["agent", "--root", agent.root().to_str().unwrap(), "--once"],
+    );
+    assert_ok(&out, "the new agent");
+    assert_ok(&agent.ferry("verify", &[]), "verify");
+}
