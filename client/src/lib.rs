@@ -87,7 +87,12 @@ fn init_logging(cli: &cli::Cli) {
                 // A service's log wants times; a one-shot command's stderr does not.
                 builder.with_ansi(ansi).with_target(false).try_init()
             } else {
-                builder.with_ansi(ansi).without_time().try_init()
+                // A person reads it: the level and the message, no module path.
+                builder
+                    .with_ansi(ansi)
+                    .without_time()
+                    .with_target(false)
+                    .try_init()
             }
         }
     };
