@@ -1,5 +1,5 @@
 //! End-to-end tests: one binary driving the real `ferry-server`, nginx and `ferry`
-//! over loopback. Build the binaries first: `cargo build --workspace --bins`.
+//! over loopback. Build the binaries first: `cargo build --workspace --bins --examples`.
 
 mod it {
     pub mod agent;
@@ -10,6 +10,8 @@ mod it {
     pub mod crash;
     pub mod diffs;
     pub mod doctor;
+    pub mod dry_run;
+    pub mod exit_codes;
     pub mod fixtures;
     pub mod flaky_network;
     pub mod fleet;
@@ -22,6 +24,7 @@ mod it {
     pub mod identity;
     pub mod keys;
     pub mod limits;
+    pub mod manual;
     pub mod metrics;
     pub mod mirrors;
     pub mod online;
@@ -35,8 +38,10 @@ mod it {
     pub mod resume;
     pub mod rollback;
     pub mod rollout_cmd;
+    pub mod self_update;
     pub mod static_host;
     pub mod tamper;
+    pub mod terminal;
     pub mod tls;
     pub mod upload;
 }

@@ -41,6 +41,7 @@ pub mod fetch;
 pub mod fsutil;
 pub mod install;
 pub mod report;
+pub mod updater;
 
 /// Runs a parsed command line.
 pub fn run(cli: cli::Cli) -> anyhow::Result<()> {
@@ -51,7 +52,13 @@ pub fn run(cli: cli::Cli) -> anyhow::Result<()> {
     cli::dispatch(cli)
 }
 
-/// Logs go to stderr: text (colour only on a terminal) or one JSON object per line.
+/// `NO_COLOR` set to anything but the empty string (no-color.org).
+pub fn no_color() -> bool {
+    std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty())
+}
+
+/// Logs go to stderr: text (colour only on a terminal, without `NO_COLOR`) or one JSON
+/// object per line.
 /// The agent logs its checks at `info`; one-shot commands print their own summary and
 /// log only warnings. `FERRY_LOG` (an `EnvFilter`) overrides either.
 fn init_logging(cli: &cli::Cli) {
@@ -75,12 +82,17 @@ fn init_logging(cli: &cli::Cli) {
             .try_init(),
         cli::LogFormat::Text => {
             let agent = matches!(cli.command, cli::Command::Agent(_));
-            let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr()) && !no_color();
             if agent {
                 // A service's log wants times; a one-shot command's stderr does not.
                 builder.with_ansi(ansi).with_target(false).try_init()
             } else {
-                builder.with_ansi(ansi).without_time().try_init()
+                // A person reads it: the level and the message, no module path.
+                builder
+                    .with_ansi(ansi)
+                    .without_time()
+                    .with_target(false)
+                    .try_init()
             }
         }
     };

@@ -10,8 +10,14 @@ use std::fs;
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use std::collections::HashSet;
+
 use ferry_format::head::inspect_head;
+use ferry_format::id::ChunkId;
 use ferry_format::keys::{PublicKey, SecretKey};
+use ferry_format::manifest::Manifest;
+use ferry_format::plan::{DEFAULT_MAX_GAP, DiffOption, plan_update};
+use ferry_format::verified::Verified;
 use ferry_format::verified::{verify_own_head, verify_pinned_manifest};
 use ferry_format::version::check_channel;
 
@@ -99,7 +105,9 @@ pub fn ls(repo: &Repo, channel: Option<&str>, key: Option<&PublicKey>) -> Result
         let _ = writeln!(
             out,
             "channel {name}  sequence {}  issued {}  expires {} ({expiry})  [{checked}]",
-            head.sequence, head.issued_at, head.expires_at
+            head.sequence,
+            utc(head.issued_at),
+            utc(head.expires_at)
         );
         let content_expiry = if head.content.expires_at <= now {
             "EXPIRED".to_string()
@@ -109,16 +117,23 @@ pub fn ls(repo: &Repo, channel: Option<&str>, key: Option<&PublicKey>) -> Result
         let _ = writeln!(
             out,
             "  publisher sequence {}  content expires {} ({content_expiry})",
-            head.content.sequence, head.content.expires_at
+            head.content.sequence,
+            utc(head.content.expires_at)
         );
         let current = head.current().version.clone();
-        for r in head.releases() {
-            // A release whose manifest is gone or damaged is listed, not fatal: ls is
-            // the tool one uses to find out what is wrong.
-            let detail = match repo
-                .read_object(&r.manifest, "manifest")
-                .and_then(|b| Ok(verify_pinned_manifest(&b, r, &name)?))
-            {
+        // A release whose manifest is gone or damaged is listed, not fatal: ls is the
+        // tool one uses to find out what is wrong.
+        let manifests: Vec<std::result::Result<Verified<Manifest>, String>> = head
+            .releases()
+            .iter()
+            .map(|r| {
+                repo.read_object(&r.manifest, "manifest")
+                    .and_then(|b| Ok(verify_pinned_manifest(&b, r, &name)?))
+                    .map_err(|e| e.to_string())
+            })
+            .collect();
+        for (i, r) in head.releases().iter().enumerate() {
+            let detail = match &manifests[i] {
                 Ok(m) => format!(
                     "{} bytes in {} entries, archive {} bytes",
                     m.total_file_bytes(),
@@ -154,9 +169,57 @@ pub fn ls(repo: &Repo, channel: Option<&str>, key: Option<&PublicKey>) -> Result
             if head.is_revoked(&r.version) {
                 let _ = writeln!(out, "  {:<16} REVOKED: agents on it go back", "");
             }
+            // What an agent on each older listed release downloads for this one.
+            if let Ok(m) = &manifests[i] {
+                for (base, older) in head.releases().iter().zip(&manifests).take(i) {
+                    let Ok(older) = older else { continue };
+                    let _ = writeln!(
+                        out,
+                        "  {:<16} from {}: {}",
+                        "",
+                        base.version,
+                        cost_from(m, older)
+                    );
+                }
+            }
         }
     }
     Ok(out)
+}
+
+/// What updating from `base` to `target` downloads (release data, beyond the head and
+/// the manifest or its diff), as the agent's planner would choose it with `base`
+/// intact and nothing else on disk.
+fn cost_from(target: &Manifest, base: &Verified<Manifest>) -> String {
+    let hash = base.object_hash();
+    let base: &Manifest = base;
+    let have: HashSet<ChunkId> = base.chunks.iter().map(|c| c.id).collect();
+    let diff = target.diffs.iter().find(|d| d.base_manifest == hash);
+    let options: Vec<DiffOption> = diff.iter().map(|diff| DiffOption { diff, base }).collect();
+    let plan = plan_update(target, |id| have.contains(id), &options, DEFAULT_MAX_GAP);
+    let archive = &plan.archive;
+    match plan.diffs.first() {
+        Some(d) => format!(
+            "diff {} bytes in {} request(s) (archive ranges would be {} bytes)",
+            d.download_bytes, d.requests, archive.download_bytes
+        ),
+        None if archive.fetch_chunks == 0 => "nothing to download".to_string(),
+        None => format!(
+            "archive ranges {} bytes in {} request(s){}",
+            archive.download_bytes,
+            archive.ranges.len(),
+            if diff.is_some() {
+                " (its diff is not smaller)"
+            } else {
+                " (no diff)"
+            }
+        ),
+    }
+}
+
+/// Unix seconds as an RFC 3339 UTC time.
+fn utc(seconds: u64) -> String {
+    crate::audit::time::utc(seconds)
 }
 
 fn human_secs(s: u64) -> String {

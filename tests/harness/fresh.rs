@@ -16,7 +16,7 @@ use std::time::SystemTime;
 /// The workspace crates each binary is built from, for when no `.d` file exists.
 pub fn crates_of(binary: &str) -> &'static [&'static str] {
     match binary {
-        "ferry" => &["client", "format"],
+        "ferry" | "examples/self_update" => &["client", "format"],
         "ferry-server" => &["server", "format"],
         _ => &["format"],
     }
@@ -99,7 +99,7 @@ pub fn check_fresh(binary: &Path, workspace: &Path, crates: &[&str]) -> Result<(
     match newest_source(binary, workspace, crates) {
         Some((source, changed)) if changed > built => Err(format!(
             "{} is stale: {} changed after it was built; the tests would run old code. \
-             Rebuild with `cargo build --workspace --bins` (add `--release` for release tests)",
+             Rebuild with `cargo build --workspace --bins --examples` (add `--release` for release tests)",
             binary.display(),
             source.display()
         )),
@@ -165,7 +165,10 @@ mod tests {
         let err = check_fresh(&bin, ws.path(), crates_of("ferry")).unwrap_err();
         assert!(err.contains("target/debug/ferry is stale"), "{err}");
         assert!(err.contains("client/src/with space.rs changed"), "{err}");
-        assert!(err.contains("cargo build --workspace --bins"), "{err}");
+        assert!(
+            err.contains("cargo build --workspace --bins --examples"),
+            "{err}"
+        );
 
         touch(&bin, at(70));
         check_fresh(&bin, ws.path(), crates_of("ferry")).unwrap();

@@ -169,6 +169,14 @@ impl Agent {
         String::from_utf8_lossy(&out.stderr).into_owned()
     }
 
+    /// [`Agent::update_fails`], asserting the exit status (`ferry --help` lists them).
+    pub fn update_fails_with(&self, code: i32) -> String {
+        let out = self.ferry("update", &[]);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(code), "exit status of: {err}");
+        err
+    }
+
     pub fn rollback(&self, args: &[&str]) -> Value {
         let mut all = args.to_vec();
         all.push("--json");

@@ -9,7 +9,7 @@ use crate::fresh;
 use std::time::Duration;
 
 /// Path of a workspace binary (`ferry` or `ferry-server`) of the profile the tests run
-/// in. `.ci/run` builds them before the tests (`cargo build --workspace --bins`); a
+/// in. `.ci/run` builds them before the tests (`cargo build --workspace --bins --examples`); a
 /// binary older than a source it is built from is refused ([`fresh`]).
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
@@ -21,7 +21,7 @@ pub fn bin(name: &str) -> PathBuf {
     let path = dir.join(name);
     assert!(
         path.exists(),
-        "{} not found: build the binaries first with `cargo build --workspace --bins`",
+        "{} not found: build the binaries first with `cargo build --workspace --bins --examples`",
         path.display()
     );
     // Once per binary per test process (nextest runs one test per process).

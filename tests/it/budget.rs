@@ -9,10 +9,13 @@ use ferry_tests::{Agent, Publisher};
 use super::fixtures::{Sources, tree_eq, v};
 
 fn refused(out: &Output) -> (String, String) {
-    assert!(
-        !out.status.success(),
-        "update should have been refused; stdout: {}",
-        String::from_utf8_lossy(&out.stdout)
+    // 6: refused by policy (`ferry --help`).
+    assert_eq!(
+        out.status.code(),
+        Some(6),
+        "update should have been refused; stdout: {} stderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
     );
     (
         String::from_utf8_lossy(&out.stdout).into_owned(),

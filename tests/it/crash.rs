@@ -7,7 +7,7 @@
 //! verifies, a rerun converges to the new one without downloading again what the
 //! killed run had stored, and no head in the repository names a missing or wrong
 //! object. A failpoint added anywhere on these paths is exercised without editing
-//! this file. The binaries must carry failpoints: `cargo build --workspace --bins`
+//! this file. The binaries must carry failpoints: `cargo build --workspace --bins --examples`
 //! turns them on through the tests crate's dependency on the `failpoints` features.
 
 use std::collections::BTreeMap;
@@ -203,7 +203,7 @@ fn reached(trace: &Path, site: &Site) -> bool {
 fn sites(trace: &[String]) -> Vec<Site> {
     assert!(
         !trace.is_empty(),
-        "no failpoint was passed: the binaries were built without failpoints; build them with `cargo build --workspace --bins`"
+        "no failpoint was passed: the binaries were built without failpoints; build them with `cargo build --workspace --bins --examples`"
     );
     let mut passes: Vec<(String, usize)> = Vec::new();
     for p in trace {

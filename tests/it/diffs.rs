@@ -31,6 +31,18 @@ fn next_and_two_back_each_take_a_manifest_diff_and_one_diff_object() {
     // The diff is what makes the update small: far below the archive tail it replaces.
     let diff_size = second["diffs"][0]["size"].as_u64().unwrap();
     assert!(reqs[2].bytes == diff_size, "{reqs:?} vs {second}");
+    // `ferry-server ls` prices each base as the agent's planner does.
+    let ls = ferry_tests::run(
+        ferry_tests::bin("ferry-server"),
+        &["ls", "--repo", p.repo().to_str().unwrap()],
+    );
+    let ls = String::from_utf8_lossy(&ls.stdout);
+    assert!(
+        ls.contains(&format!(
+            "from 1.0.0: diff {diff_size} bytes in 1 request(s)"
+        )),
+        "{ls}"
+    );
 
     let third = p.publish(&v(3), &sources.release(3));
     let before = srv.requests().len();

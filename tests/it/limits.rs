@@ -133,7 +133,7 @@ impl Drop for SmallDisk {
 }
 
 /// Release 1 published and release 2 (1 with a new 3 MB file) ready to publish.
-fn sources_with_big_release_2() -> Sources {
+pub fn sources_with_big_release_2() -> Sources {
     let sources = Sources::app(2);
     put(
         &sources.release(2),
@@ -174,7 +174,7 @@ fn an_update_larger_than_the_free_space_is_refused_before_downloading() {
     // Release 2 needs its 3 MB new file downloaded and a 4.8 MB tree built.
     disk.fill_leaving(3_000_000);
     let before = srv.requests().len();
-    let err = agent.update_fails();
+    let err = agent.update_fails_with(7);
     let root = agent.root().display().to_string();
     for part in [
         "not enough disk space to install 2.0.0",
@@ -246,7 +246,7 @@ fn a_disk_that_fills_during_the_download_leaves_no_staging_and_the_active_releas
     let status = wait_bounded(&mut child, Duration::from_secs(60));
     let err: Vec<String> = lines.try_iter().collect();
     let err = err.join("\n");
-    assert!(!status.success(), "{err}");
+    assert_eq!(status.code(), Some(7), "{err}");
     for part in [
         &format!("the disk holding {} is full", agent.root().display()),
         "installing 2.0.0 stopped",
@@ -298,7 +298,7 @@ fn a_second_command_waits_a_bounded_time_naming_the_holder_and_a_dead_holder_blo
     let started = Instant::now();
     let out = agent.ferry("status", &["--lock-timeout", "0"]);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(8), "{err}");
     assert!(err.contains(&named), "{err}");
     assert!(started.elapsed() < Duration::from_secs(5));
 

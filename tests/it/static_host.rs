@@ -58,7 +58,7 @@ fn corrupt_object_from_a_static_host_is_refused() {
     let n = data.len();
     data[n - 10] ^= 1;
     std::fs::write(&archive, data).unwrap();
-    let err = agent.update_fails();
+    let err = agent.update_fails_with(5);
     assert!(err.contains("corrupt"), "{err}");
     tree_eq(&agent.current(), &sources.release(1));
 }
@@ -72,7 +72,7 @@ fn endless_metadata_from_a_static_host_is_cut_off() {
     let agent = Agent::init(&nginx.url, "stable", &publisher.public_key(), &[]);
     // A compromised mirror serves a 64 MiB "head": the agent stops at the 1 MiB bound.
     std::fs::write(publisher.head_file(), vec![0u8; 64 << 20]).unwrap();
-    let err = agent.update_fails();
+    let err = agent.update_fails_with(5);
     assert!(err.contains("larger than"), "{err}");
     let logged: u64 = nginx.requests().iter().map(|r| r.bytes).sum();
     assert!(

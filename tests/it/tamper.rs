@@ -1,5 +1,5 @@
-//! Attacks and corruption: each is refused with a clear error, a non-zero exit, and
-//! the active release intact.
+//! Attacks and corruption: each is refused with a clear error, exit status 5
+//! (verification), and the active release intact.
 
 use ferry_format::envelope::TrustedKeys;
 use ferry_format::head::ChannelHead;
@@ -40,7 +40,7 @@ fn scene() -> Scene {
 
 impl Scene {
     fn assert_refused(&self, expect: &str) {
-        let err = self.agent.update_fails();
+        let err = self.agent.update_fails_with(5);
         assert!(
             err.to_lowercase().contains(&expect.to_lowercase()),
             "error should mention {expect:?}: {err}"
@@ -152,7 +152,7 @@ fn replayed_older_head_is_refused() {
     let r = s.agent.update();
     assert_eq!(r["to"], v(3));
     std::fs::write(s.publisher.head_file(), &old_head_still).unwrap();
-    let err = s.agent.update_fails();
+    let err = s.agent.update_fails_with(5);
     assert!(err.contains("replayed"), "{err}");
     assert_eq!(s.agent.active().as_deref(), Some("3.0.0"));
     tree_eq(&s.agent.current(), &sources3.release(3));

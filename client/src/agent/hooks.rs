@@ -54,11 +54,14 @@ pub struct HookEnv {
 
 impl HookEnv {
     fn apply(&self, cmd: &mut Command) {
-        cmd.current_dir(&self.root)
-            .env("FERRY_ROOT", &self.root)
+        // The hook runs in the root: a root given as a relative path (`--root
+        // opt/myapp`) would name something else from there.
+        let root = std::path::absolute(&self.root).unwrap_or_else(|_| self.root.clone());
+        cmd.current_dir(&root)
+            .env("FERRY_ROOT", &root)
             .env("FERRY_FROM", self.from.as_deref().unwrap_or(""))
             .env("FERRY_TO", &self.to)
-            .env("FERRY_CURRENT", self.root.join("current"));
+            .env("FERRY_CURRENT", root.join("current"));
     }
 }
 
@@ -218,6 +221,26 @@ mod tests {
         let seen = std::fs::read_to_string(dir.path().join("seen")).unwrap();
         let root = dir.path().display();
         assert_eq!(seen.trim(), format!("1.0.0 1.1.0 {root} {root}/current"));
+    }
+
+    #[test]
+    fn a_relative_root_reaches_the_hook_as_an_absolute_path() {
+        let dir = tempfile::tempdir().unwrap();
+        // The same folder named from the working directory: up to `/`, then down.
+        let cwd = std::env::current_dir().unwrap();
+        let up: PathBuf = cwd.components().skip(1).map(|_| "..").collect();
+        let relative = &up.join(dir.path().strip_prefix("/").unwrap());
+        assert!(relative.is_relative());
+        run(
+            "post_switch",
+            "test -d \"$FERRY_ROOT\" && echo \"$FERRY_CURRENT\" > seen",
+            &env(relative),
+            Duration::from_secs(10),
+        )
+        .unwrap();
+        let seen = std::fs::read_to_string(dir.path().join("seen")).unwrap();
+        let absolute = std::path::absolute(relative).unwrap();
+        assert_eq!(seen.trim(), format!("{}/current", absolute.display()));
     }
 
     #[test]

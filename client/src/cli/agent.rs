@@ -10,6 +10,7 @@
 //! release and waits with exponential backoff and full jitter, capped by the
 //! interval, so an offline agent neither spins nor hammers a server that comes back.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Result;
@@ -29,6 +30,7 @@ const FAILURE_BASE: Duration = Duration::from_secs(5);
 pub fn run(args: &AgentArgs) -> Result<()> {
     let mut failures = 0u32;
     let mut reporter = Reporter::default();
+    let own = std::env::current_exe().and_then(|e| e.canonicalize()).ok();
     loop {
         let (result, wait) = check(args, &mut failures, &mut reporter);
         if args.once {
@@ -36,6 +38,17 @@ pub fn run(args: &AgentArgs) -> Result<()> {
             return result;
         }
         reporter.flush(fleet::FLUSH_BUDGET);
+        if let Some(now) = own.as_deref().and_then(|own| replaced(&args.root, own)) {
+            // The service manager starts the new program (Restart=always in
+            // contrib/ferry-self.service); this one would keep running the old file.
+            tracing::info!(
+                "this agent's own release was replaced ({} is now {}): exiting so that the service manager starts the new one",
+                own.as_deref()
+                    .map_or(String::new(), |p| p.display().to_string()),
+                now.display()
+            );
+            return Ok(());
+        }
         match &result {
             Err(e) if crate::fetch::is_offline(e) => tracing::warn!(
                 "offline: no server reachable; keeping the active release, next try in {}s",
@@ -47,6 +60,18 @@ pub fn run(args: &AgentArgs) -> Result<()> {
         // Heartbeats fall due while it waits for the next check.
         reporter.sleep(wait);
     }
+}
+
+/// When this agent runs from a release of the root it updates (ferry updating itself
+/// from its own channel) and `current` now holds another copy of its executable: that
+/// copy. `own` is the canonical path of the running executable.
+fn replaced(root: &Path, own: &Path) -> Option<PathBuf> {
+    let versions = root.join("versions").canonicalize().ok()?;
+    let inside = own.strip_prefix(&versions).ok()?;
+    // versions/<folder>/<path in the release>
+    let in_release: PathBuf = inside.components().skip(1).collect();
+    let now = root.join("current").join(in_release).canonicalize().ok()?;
+    (now != own).then_some(now)
 }
 
 /// One check: the result, and how long to sleep before the next.

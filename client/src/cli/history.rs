@@ -19,12 +19,18 @@ pub fn run(args: &HistoryArgs) -> Result<()> {
         println!("no history yet");
     }
     for e in events {
+        let from = e.from.as_deref().unwrap_or("none");
+        let to = e.to.as_deref().unwrap_or("?");
+        // An automatic rollback tried `to` and is back on `from`.
+        let moves = if e.event == "auto-rollback" {
+            format!("{from} -> {to} -> {from}")
+        } else {
+            format!("{from} -> {to}")
+        };
         println!(
-            "{}  {:<8} {} -> {}  {} in {} requests  key {}  {}",
+            "{}  {:<8} {moves}  {} in {} requests  key {}  {}",
             report::utc(e.time),
             e.event,
-            e.from.as_deref().unwrap_or("none"),
-            e.to.as_deref().unwrap_or("?"),
             report::bytes(e.bytes_downloaded),
             e.requests,
             e.key_id,

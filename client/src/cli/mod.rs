@@ -4,17 +4,21 @@
 mod agent;
 mod deliver;
 mod doctor;
+pub(crate) mod dry_run;
+pub mod exit;
 mod fleet;
 mod history;
 mod init;
+mod manual;
 mod plan;
-mod report;
-mod rollback;
+mod progress;
+pub(crate) mod report;
+pub(crate) mod rollback;
 mod root;
 mod size;
-mod status;
+pub(crate) mod status;
 mod switch;
-mod update;
+pub(crate) mod update;
 mod verify;
 
 use std::path::PathBuf;
@@ -23,7 +27,7 @@ use clap::{Args, Parser, Subcommand};
 
 /// ferry: delta updates from a signed repository into an install root.
 #[derive(Debug, Parser)]
-#[command(name = "ferry", version, about, long_about = None)]
+#[command(name = "ferry", version, about, long_about = None, after_help = exit::HELP)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -58,6 +62,25 @@ pub enum Command {
     /// Keep the root updated in the background: check every `interval`, switch inside
     /// the update windows with the hooks, pre-stage outside them.
     Agent(AgentArgs),
+    /// Print the shell completion script for bash, zsh, fish, elvish or powershell
+    /// (e.g. `ferry completions bash > /etc/bash_completion.d/ferry`).
+    Completions(CompletionsArgs),
+    /// Print the manual page, or write one page per command into a folder.
+    Man(ManArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// Write ferry.1 and ferry-COMMAND.1 into this folder instead of printing ferry.1.
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -145,6 +168,13 @@ pub struct UpdateArgs {
     /// downloading it [default: the root's `max_download`, else no limit].
     #[arg(long, value_name = "SIZE", value_parser = size::parse_size)]
     pub max_download: Option<u64>,
+    /// Print the plan and what it would download, from the head and the manifest
+    /// alone (at most 2 requests); change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print nothing but errors (no plan, progress bar or summary).
+    #[arg(long, short)]
+    pub quiet: bool,
 }
 
 #[derive(Debug, Args)]
@@ -209,7 +239,7 @@ pub struct DoctorArgs {
 }
 
 /// `--lock-timeout`, on every command that takes the root's lock.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Default, Args)]
 pub struct LockArgs {
     /// How long to wait for another ferry command holding this root, e.g. 30s or 0s
     /// (fail at once) [default: the root's `lock_timeout`, else 10m].
@@ -229,6 +259,7 @@ fn parse_lock_timeout(s: &str) -> Result<std::time::Duration, String> {
 pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Init(a) => init::run(&a),
+        Command::Update(a) if a.dry_run => dry_run::run(&a),
         Command::Update(a) => update::run(&a),
         Command::Rollback(a) => rollback::run(&a),
         Command::History(a) => history::run(&a),
@@ -236,5 +267,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Verify(a) => verify::run(&a),
         Command::Agent(a) => agent::run(&a),
         Command::Doctor(a) => doctor::run(&a),
+        Command::Completions(a) => manual::completions(&a),
+        Command::Man(a) => manual::man(&a),
     }
 }

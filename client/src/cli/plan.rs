@@ -9,12 +9,10 @@
 //! publisher to have diffed against, leaves the archive tail, never a full download
 //! unless nothing is local.
 
-use std::collections::HashSet;
-
-use ferry_format::delta::{DiffRef, missing_chunks};
-use ferry_format::id::{ChunkId, Digest};
+use ferry_format::delta::DiffRef;
+use ferry_format::id::Digest;
 use ferry_format::manifest::{EntryKind, Manifest};
-use ferry_format::plan::{ArchivePlan, DEFAULT_MAX_GAP, plan_archive};
+use ferry_format::plan::{ArchivePlan, DEFAULT_MAX_GAP, DiffOption, plan_update};
 
 use super::report;
 use crate::apply::check::hash_file;
@@ -30,7 +28,9 @@ pub struct DiffChoice<'a> {
 }
 
 /// Picks the cheapest usable diff for the chunks `archive` would download, or `None`
-/// with the reasons no diff is used (one line each, for the log).
+/// with the reasons no diff is used (one line each, for the log). The costs come from
+/// the pure planner ([`plan_update`]); this only adds what needs the disk: a base must
+/// still hash to its manifest.
 pub fn choose_diff<'a>(
     manifest: &'a Manifest,
     releases: &'a [LocalRelease],
@@ -43,7 +43,8 @@ pub fn choose_diff<'a>(
         return Err(Vec::new());
     }
     let mut notes = Vec::new();
-    let mut candidates = Vec::new();
+    let mut bases: Vec<&LocalRelease> = Vec::new();
+    let mut options: Vec<DiffOption<'a>> = Vec::new();
     for base in releases {
         let hash = base.manifest.object_hash();
         let Some(diff) = manifest.diffs.iter().find(|d| d.base_manifest == hash) else {
@@ -56,34 +57,33 @@ pub fn choose_diff<'a>(
             notes.push(format!("the diff from {} already failed", base.version));
             continue;
         }
-        let produced: HashSet<ChunkId> = missing_chunks(manifest, &base.manifest)
-            .into_iter()
-            .map(|i| manifest.chunks[i].id)
-            .collect();
-        let rest = plan_archive(
-            manifest,
-            |id| local.has(id) || produced.contains(id),
-            DEFAULT_MAX_GAP,
-        );
-        let cost = diff.object.size.saturating_add(rest.download_bytes);
-        if cost >= archive.download_bytes {
+        bases.push(base);
+        options.push(DiffOption {
+            diff,
+            base: &base.manifest,
+        });
+    }
+    let plan = plan_update(manifest, |id| local.has(id), &options, DEFAULT_MAX_GAP);
+    for (i, base) in bases.iter().enumerate() {
+        if !plan.diffs.iter().any(|d| d.option == i) {
             notes.push(format!(
-                "the diff from {} ({}) is not smaller than the archive ranges ({})",
+                "the diff from {} is not smaller than the archive ranges ({})",
                 base.version,
-                report::bytes(cost),
                 report::bytes(archive.download_bytes)
             ));
-            continue;
         }
-        candidates.push((cost, DiffChoice { diff, base, rest }));
     }
-    candidates.sort_by_key(|(cost, _)| *cost);
     // Hash bases only now, cheapest first, and stop at the first intact one.
-    for (_, choice) in candidates {
-        if base_intact(choice.base) {
-            return Ok(choice);
+    for d in plan.diffs {
+        let base = bases[d.option];
+        if base_intact(base) {
+            return Ok(DiffChoice {
+                diff: options[d.option].diff,
+                base,
+                rest: d.rest,
+            });
         }
-        notes.push(format!("{} is modified locally", choice.base.version));
+        notes.push(format!("{} is modified locally", base.version));
     }
     Err(notes)
 }
@@ -103,21 +103,41 @@ pub fn base_intact(base: &LocalRelease) -> bool {
 
 /// `plan: 1.0.0 -> 2.0.0: reuse 812 chunks (52.1 MB) from local releases, download
 /// 40 chunks (1.2 MB) in 1 request(s)`.
-pub fn archive_line(from: Option<&str>, to: &str, plan: &ArchivePlan) -> String {
+pub fn archive_line(from: Option<&str>, to: &str, plan: &ArchivePlan, archive: u64) -> String {
     format!(
-        "plan: {} -> {to}: reuse {} chunks ({}) from local releases, download {} chunks ({}) in {} request(s)",
+        "plan: {} -> {to}: reuse {} chunks ({}) from local releases, download {} chunks ({}) in {} request(s){}",
         from.unwrap_or("none"),
         plan.reuse_chunks,
         report::bytes(plan.reuse_bytes),
         plan.fetch_chunks,
         report::bytes(plan.download_bytes),
         plan.ranges.len(),
+        saved(plan.download_bytes, archive),
+    )
+}
+
+/// `; 96% saved against the whole archive (52.1 MB)`, or nothing for a first install
+/// that needs all of it.
+fn saved(download: u64, archive: u64) -> String {
+    if archive == 0 || download >= archive {
+        return String::new();
+    }
+    let pct = (archive - download) * 100 / archive;
+    format!(
+        "; {pct}% saved against the whole archive ({})",
+        report::bytes(archive)
     )
 }
 
 /// `plan: 1.0.0 -> 2.0.0: reuse 812 chunks (52.1 MB) from local releases, download
 /// diff from 1.0.0 (231.4 KB) in 1 request`, plus any archive rest.
-pub fn diff_line(from: Option<&str>, to: &str, local: &ArchivePlan, c: &DiffChoice) -> String {
+pub fn diff_line(
+    from: Option<&str>,
+    to: &str,
+    local: &ArchivePlan,
+    c: &DiffChoice,
+    archive: u64,
+) -> String {
     let mut line = format!(
         "plan: {} -> {to}: reuse {} chunks ({}) from local releases, download diff from {} ({}) in 1 request",
         from.unwrap_or("none"),
@@ -134,5 +154,6 @@ pub fn diff_line(from: Option<&str>, to: &str, local: &ArchivePlan, c: &DiffChoi
             c.rest.ranges.len()
         ));
     }
+    line.push_str(&saved(c.diff.object.size + c.rest.download_bytes, archive));
     line
 }

@@ -47,16 +47,21 @@ pub fn utc(secs: u64) -> String {
 }
 
 /// Where progress lines go: stdout normally, stderr when stdout carries JSON, the log
-/// for `ferry agent` (a service's stdout is nobody's terminal).
+/// for `ferry agent` (a service's stdout is nobody's terminal), nowhere with `--quiet`.
 #[derive(Clone, Copy, Debug)]
 pub struct Out {
     pub json: bool,
     pub log: bool,
+    pub quiet: bool,
 }
 
 impl Out {
     pub fn new(json: bool) -> Out {
-        Out { json, log: false }
+        Out {
+            json,
+            log: false,
+            quiet: false,
+        }
     }
 
     /// Lines become `info` events of the log.
@@ -64,10 +69,24 @@ impl Out {
         Out {
             json: false,
             log: true,
+            quiet: false,
         }
     }
 
+    /// Only errors are printed.
+    pub fn quiet(self, quiet: bool) -> Out {
+        Out { quiet, ..self }
+    }
+
+    /// Whether a progress bar may be drawn (it still needs stderr to be a terminal).
+    pub fn bars(&self) -> bool {
+        !(self.json || self.log || self.quiet)
+    }
+
     pub fn info(&self, line: &str) {
+        if self.quiet {
+            return;
+        }
         if self.log {
             tracing::info!("{line}");
         } else if self.json {

@@ -19,20 +19,64 @@ use crate::install::activate::switch_current;
 use crate::install::history::{self, Event};
 use crate::install::lock::LockMode;
 use crate::install::retain::{RuleError, list, pin_after_rollback, rollback_target};
+use crate::updater::{Applied, Updater};
 
 struct Outcome {
     to: String,
     bytes_reused: u64,
 }
 
+/// Where a rollback goes.
+#[derive(Clone, Debug)]
+pub enum Target {
+    /// This many retained releases down.
+    Steps(usize),
+    /// This release, retained or fetched from the channel.
+    Version(String),
+}
+
+/// `ferry rollback`: [`perform`] through the library's [`Updater`], then the summary.
 pub fn run(args: &RollbackArgs) -> Result<()> {
-    let mut root = Root::open(&args.root, LockMode::Exclusive, &args.lock)?;
+    let updater = Updater::open(&args.root)?.lock_timeout(args.lock.lock_timeout);
+    let target = match &args.to {
+        Some(v) => Target::Version(v.clone()),
+        None => Target::Steps(args.steps.unwrap_or(1)),
+    };
+    let a = perform(&updater, target, Out::new(args.json))?;
+    let (from, to) = (a.from.as_deref(), a.to.as_deref().unwrap_or("none"));
+    if args.json {
+        let v = json!({
+            "from": from,
+            "to": to,
+            "bytes_downloaded": a.bytes_downloaded,
+            "requests": a.requests,
+            "bytes_reused": a.bytes_reused,
+            "seconds": a.seconds,
+        });
+        println!("{v}");
+    } else if !a.changed {
+        println!("{to} is already active");
+    } else {
+        println!(
+            "rolled back {} -> {to}: downloaded {} in {} requests, {:.1} s; pinned (ferry update --force to leave)",
+            from.unwrap_or("none"),
+            report::bytes(a.bytes_downloaded),
+            a.requests,
+            a.seconds,
+        );
+    }
+    Ok(())
+}
+
+/// Switches `u`'s root to `target` and pins it there, recording the rollback.
+pub(crate) fn perform(u: &Updater, target: Target, out: Out) -> Result<Applied> {
+    let mut root = Root::open(u.root(), LockMode::Exclusive, u.lock())?;
     let started = Instant::now();
-    let out = Out::new(args.json);
     let from = root.state.active.clone();
     let mut remote: Option<Remote> = None;
-    let mut target: Option<String> = None;
-    let result = rollback(&mut root, args, out, &mut remote, &mut target);
+    let mut target_slot: Option<String> = None;
+    let result = rollback(&mut root, &target, out, &mut remote, &mut target_slot);
+    let target = target_slot;
     let (requests, bytes) = remote.as_ref().map_or((0, 0), Remote::counts);
     let mut event = Event::new("rollback", report::unix_now(), &root.key_id());
     event.from = from.clone();
@@ -52,37 +96,28 @@ pub fn run(args: &RollbackArgs) -> Result<()> {
         }
         Ok(o) => {
             let seconds = started.elapsed().as_secs_f64();
-            if from.as_deref() != Some(o.to.as_str()) {
+            let changed = from.as_deref() != Some(o.to.as_str());
+            if changed {
                 history::append(&root.layout.history(), &event).context("recording history")?;
             }
-            if args.json {
-                let v = json!({
-                    "from": from,
-                    "to": o.to,
-                    "bytes_downloaded": bytes,
-                    "requests": requests,
-                    "bytes_reused": o.bytes_reused,
-                    "seconds": seconds,
-                });
-                println!("{v}");
-            } else if from.as_deref() == Some(o.to.as_str()) {
-                println!("{} is already active", o.to);
-            } else {
-                println!(
-                    "rolled back {} -> {}: downloaded {} in {requests} requests, {seconds:.1} s; pinned (ferry update --force to leave)",
-                    from.as_deref().unwrap_or("none"),
-                    o.to,
-                    report::bytes(bytes),
-                );
-            }
-            Ok(())
+            Ok(Applied {
+                from,
+                to: Some(o.to),
+                result: "rolled-back".into(),
+                recalled_from: None,
+                changed,
+                bytes_downloaded: bytes,
+                requests,
+                bytes_reused: o.bytes_reused,
+                seconds,
+            })
         }
     }
 }
 
 fn rollback(
     root: &mut Root,
-    args: &RollbackArgs,
+    target: &Target,
     out: Out,
     remote_slot: &mut Option<Remote>,
     target_slot: &mut Option<String>,
@@ -94,10 +129,12 @@ fn rollback(
         .ok_or(RuleError::NothingInstalled)?;
     let active_v = Version::parse(&active)?;
     let retained = root.state.retained();
-    let target = match &args.to {
-        Some(to) => Version::parse(to)?,
-        None => rollback_target(&retained, Some(&active_v), args.steps.unwrap_or(1))?,
+    let target_version = match target {
+        Target::Version(to) => Version::parse(to)?,
+        Target::Steps(steps) => rollback_target(&retained, Some(&active_v), *steps)?,
     };
+    let by_version = matches!(target, Target::Version(_));
+    let target = target_version;
     let version = target.to_string();
     *target_slot = Some(version.clone());
     if target == active_v {
@@ -136,7 +173,7 @@ fn rollback(
         switch_current(&root.layout, record.folder())?;
         root.state.active = Some(version.clone());
         manifest.total_file_bytes()
-    } else if args.to.is_some() || retained_record.is_some() {
+    } else if by_version || retained_record.is_some() {
         let remote = remote_slot.insert(Remote::connect(&root.config)?);
         let (head, trusted) = remote.fetch_head(root)?;
         let release = head.release(&target).cloned().ok_or_else(|| {

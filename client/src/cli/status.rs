@@ -86,3 +86,16 @@ pub fn run(args: &StatusArgs) -> Result<()> {
     }
     Ok(())
 }
+
+/// [`crate::updater::Updater::status`].
+pub(crate) fn read(u: &crate::updater::Updater) -> Result<crate::updater::Status> {
+    let root = Root::open(u.root(), LockMode::Shared, u.lock())?;
+    let s = &root.state;
+    Ok(crate::updater::Status {
+        channel: root.config.channel.clone(),
+        active: s.active.clone(),
+        retained: s.retained().iter().map(ToString::to_string).collect(),
+        pinned: s.pin.as_ref().map(|p| p.version.clone()),
+        agent_id: agent_id::hex(&agent_id::load_or_create(&root.layout.agent_id())?),
+    })
+}

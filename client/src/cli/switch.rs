@@ -136,7 +136,8 @@ fn finish_trial(root: &mut Root, mode: &Mode<'_>, out: Out) -> Result<Switched> 
         root.save_state()?;
         return Ok(Switched::Stayed);
     };
-    tracing::warn!(to = trial.version.as_str(), "{reason}");
+    // The command's error (or the agent's check line) says it again with the outcome.
+    tracing::info!(to = trial.version.as_str(), "{reason}");
     switch_back(root, &trial, &reason, out)?;
     Ok(Switched::SwitchedBack(reason))
 }

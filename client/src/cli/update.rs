@@ -20,6 +20,7 @@ use serde_json::json;
 
 use super::UpdateArgs;
 use super::deliver::{self, Remote};
+use super::exit::{self, Class};
 use super::report::{self, Out};
 use super::root::Root;
 use super::switch::{self, Switched};
@@ -33,6 +34,7 @@ use crate::install::lock::LockMode;
 use crate::install::retain::{RuleError, UpdateDecision, decide_update};
 use crate::install::space;
 use crate::install::state::{HeldBack, Staged};
+use crate::updater::{Applied, Updater};
 
 /// Told that a check entered `state` for the release `target`.
 pub type Progress<'a> = dyn Fn(AgentState, &str) + 'a;
@@ -117,61 +119,88 @@ pub struct Attempt {
     pub seconds: f64,
 }
 
+/// `ferry update`: [`perform`] through the library's [`Updater`], then the summary.
 pub fn run(args: &UpdateArgs) -> Result<()> {
-    let mut root = Root::open(&args.root, LockMode::Exclusive, &args.lock)?;
-    if args.max_download.is_some() {
+    let updater = Updater::open(&args.root)?
+        .force(args.force)
         // For this run only: the configuration file is not rewritten.
-        root.config.max_download = args.max_download;
-    }
-    let out = Out::new(args.json);
-    let mode = Mode {
-        force: args.force,
-        schedule: None,
-        prestage: false,
-        progress: None,
-    };
-    let a = attempt(&mut root, &mode, out);
-    let o = a.result?;
+        .max_download(args.max_download)
+        .lock_timeout(args.lock.lock_timeout);
+    let out = Out::new(args.json).quiet(args.quiet);
+    let a = perform(&updater, &|_, _| {}, out)?;
     if args.json {
         let v = json!({
-            "from": o.from,
-            "to": o.to,
-            "result": o.step.name(),
-            "bytes_downloaded": a.bytes,
+            "from": a.from,
+            "to": a.to,
+            "result": a.result,
+            "bytes_downloaded": a.bytes_downloaded,
             "requests": a.requests,
-            "bytes_reused": o.bytes_reused,
+            "bytes_reused": a.bytes_reused,
             "seconds": a.seconds,
-            "recalled_from": o.recalled_from,
+            "recalled_from": a.recalled_from,
         });
         println!("{v}");
-    } else if let (Step::Installed, Some(revoked)) = (&o.step, &o.recalled_from) {
+    } else if args.quiet || a.result != Step::Installed.name() {
+    } else if let Some(revoked) = &a.recalled_from {
         println!(
             "recalled {revoked} -> {}: {revoked} was revoked by the publisher; downloaded {} in {} requests, reused {}, {:.1} s",
-            o.to.as_deref().unwrap_or("none"),
-            report::bytes(a.bytes),
+            a.to.as_deref().unwrap_or("none"),
+            report::bytes(a.bytes_downloaded),
             a.requests,
-            report::bytes(o.bytes_reused),
+            report::bytes(a.bytes_reused),
             a.seconds,
         );
-    } else if o.step == Step::Installed {
+    } else {
         println!(
             "updated {} -> {}: downloaded {} in {} requests, reused {}, {:.1} s",
-            o.from.as_deref().unwrap_or("none"),
-            o.to.as_deref().unwrap_or("none"),
-            report::bytes(a.bytes),
+            a.from.as_deref().unwrap_or("none"),
+            a.to.as_deref().unwrap_or("none"),
+            report::bytes(a.bytes_downloaded),
             a.requests,
-            report::bytes(o.bytes_reused),
+            report::bytes(a.bytes_reused),
             a.seconds,
-        );
-    }
-    if let Step::SwitchedBack(reason) = &o.step {
-        anyhow::bail!(
-            "{} was installed but failed ({reason}); {} is active again",
-            o.target.as_deref().unwrap_or("the new release"),
-            o.to.as_deref().unwrap_or("nothing")
         );
     }
     Ok(())
+}
+
+/// One update of `u`'s root to the newest release it may run, switching at once with
+/// the hooks; `progress` hears each long stage. A release switched back from after
+/// its health check is an error (refused by policy).
+pub(crate) fn perform(u: &Updater, progress: &Progress<'_>, out: Out) -> Result<Applied> {
+    let mut root = Root::open(u.root(), LockMode::Exclusive, u.lock())?;
+    if let Some(budget) = u.download_budget() {
+        root.config.max_download = Some(budget);
+    }
+    let mode = Mode {
+        force: u.forced(),
+        schedule: None,
+        prestage: false,
+        progress: Some(progress),
+    };
+    let a = attempt(&mut root, &mode, out);
+    let o = a.result?;
+    if let Step::SwitchedBack(reason) = &o.step {
+        return exit::refuse(
+            Class::Policy,
+            format!(
+                "{} was installed but failed ({reason}); {} is active again",
+                o.target.as_deref().unwrap_or("the new release"),
+                o.to.as_deref().unwrap_or("nothing")
+            ),
+        );
+    }
+    Ok(Applied {
+        changed: o.step == Step::Installed,
+        from: o.from,
+        to: o.to,
+        result: o.step.name().to_string(),
+        recalled_from: o.recalled_from,
+        bytes_downloaded: a.bytes,
+        requests: a.requests,
+        bytes_reused: o.bytes_reused,
+        seconds: a.seconds,
+    })
 }
 
 /// Runs one check on an open root and records it in history.
@@ -263,25 +292,8 @@ fn update(
     }
 
     let (head, trusted) = remote.fetch_head(root)?;
-    // The head's current release may never go below what this root has seen (the
-    // rollback-attack check), whichever release this root then chooses.
-    let current = Version::parse(&head.current().version)?;
-    if let Some(h) = root
-        .state
-        .highest_version
-        .as_deref()
-        .and_then(|v| Version::parse(v).ok())
-        && current < h
-    {
-        return Err(RuleError::OlderRelease {
-            target: current.to_string(),
-            highest: h.to_string(),
-        }
-        .into());
-    }
-    root.state.raise_highest(&current);
-
-    let chosen = choose_release(root, &head, mode, out)?;
+    refuse_older(root, &head)?;
+    let chosen = choose_release(root, &head, mode, out, true)?;
     root.save_state()?;
     // The active release revoked in a head that verified in full: the publishing
     // keys' word, so the check leaves it even for an older release.
@@ -303,27 +315,11 @@ fn update(
     };
     *target_slot = Some(version.clone());
     outcome.target = Some(version.clone());
-    let target = Version::parse(&version)?;
-    let active_v = active.as_deref().and_then(|v| Version::parse(v).ok());
-    if recall.is_none()
-        && version != head.current().version
-        && active_v.as_ref().is_some_and(|a| *a > target)
-    {
-        // Held back from the current release but already on something newer than
-        // what this root may take (a rollout lowered after it updated): no downgrade.
+    let Some(decision) = decide(root, &head, &version, recall.is_some(), mode.force, out)? else {
         outcome.step = Step::NothingEligible;
         deliver::cleanup_and_prune(root)?;
         return Ok(outcome);
-    }
-    // A recall overrides a rollback pin: the pinned release is what was revoked.
-    let pin = root.state.pin.as_ref().filter(|_| recall.is_none());
-    let mut decision = decide_update(&target, active_v.as_ref(), None, pin, mode.force)?;
-    if decision == UpdateDecision::UpToDate && !active_intact(root, &version) {
-        out.info(&format!(
-            "{version} is active but damaged on disk: building a new copy beside it"
-        ));
-        decision = UpdateDecision::Install;
-    }
+    };
     match decision {
         UpdateDecision::UpToDate => {
             out.info(&format!("already up to date ({version})"));
@@ -442,6 +438,62 @@ fn update(
     Ok(outcome)
 }
 
+/// The rollback-attack check: the head's current release may never go below what this
+/// root has seen, whichever release this root then chooses. Raises the highest seen.
+pub(super) fn refuse_older(root: &mut Root, head: &ChannelHead) -> Result<()> {
+    let current = Version::parse(&head.current().version)?;
+    if let Some(h) = root
+        .state
+        .highest_version
+        .as_deref()
+        .and_then(|v| Version::parse(v).ok())
+        && current < h
+    {
+        return Err(RuleError::OlderRelease {
+            target: current.to_string(),
+            highest: h.to_string(),
+        }
+        .into());
+    }
+    root.state.raise_highest(&current);
+    Ok(())
+}
+
+/// What to do about `version`, the release chosen for this root: `None` when it is
+/// older than the active one and the root is only held back from the newest (a
+/// rollout lowered after it updated: no downgrade, unless `recall`).
+pub(super) fn decide(
+    root: &Root,
+    head: &ChannelHead,
+    version: &str,
+    recall: bool,
+    force: bool,
+    out: Out,
+) -> Result<Option<UpdateDecision>> {
+    let target = Version::parse(version)?;
+    let active_v = root
+        .state
+        .active
+        .as_deref()
+        .and_then(|v| Version::parse(v).ok());
+    if !recall
+        && version != head.current().version
+        && active_v.as_ref().is_some_and(|a| *a > target)
+    {
+        return Ok(None);
+    }
+    // A recall overrides a rollback pin: the pinned release is what was revoked.
+    let pin = root.state.pin.as_ref().filter(|_| !recall);
+    let decision = decide_update(&target, active_v.as_ref(), None, pin, force)?;
+    if decision == UpdateDecision::UpToDate && !active_intact(root, version) {
+        out.info(&format!(
+            "{version} is active but damaged on disk: building a new copy beside it"
+        ));
+        return Ok(Some(UpdateDecision::Install));
+    }
+    Ok(Some(decision))
+}
+
 /// Builds `version` into a folder of `versions/`: (manifest, its size, folder, bytes reused).
 fn build(
     root: &mut Root,
@@ -488,11 +540,14 @@ fn build(
 
 /// Picks the newest release this root may run (install/choose.rs) and keeps the newer
 /// ones it passed over in the state for `ferry status`.
-fn choose_release(
+/// The release this root takes from `head`, recording what it is held back from;
+/// `record` also writes a refusal for its requirements into the history once.
+pub(super) fn choose_release(
     root: &mut Root,
     head: &ChannelHead,
     mode: &Mode<'_>,
     out: Out,
+    record: bool,
 ) -> Result<Option<String>> {
     let needs_id = head
         .releases()
@@ -548,7 +603,7 @@ fn choose_release(
         out.info(&format!("not selected for {}: {}", h.version, h.reason));
         // A release refused for its requirements is an event of this root's history,
         // recorded once, not at every check.
-        if h.reason.starts_with(INCOMPATIBLE) && !root.state.held_back.contains(h) {
+        if record && h.reason.starts_with(INCOMPATIBLE) && !root.state.held_back.contains(h) {
             let mut event = Event::new("refused", report::unix_now(), &root.key_id());
             event.from = root.state.active.clone();
             event.to = Some(h.version.clone());

@@ -15,13 +15,15 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use ferry_format::manifest::Manifest;
 use ferry_format::plan::{DEFAULT_MAX_GAP, plan_archive};
 use ferry_format::verified::Verified;
 use ferry_format::version::Version;
 
+use super::exit::{self, Class};
 use super::plan::{DiffChoice, archive_line, choose_diff, diff_line};
+use super::progress::Download;
 use super::report::{self, Out};
 use super::root::Root;
 use crate::apply::build::{Downloaded, build_tree};
@@ -151,8 +153,19 @@ fn build_release(
     };
     let with_diff = choice.is_ok() || spool.is_some();
     let plan_line = match &choice {
-        Ok(c) => Some(diff_line(from, &version, &archive_plan, c)),
-        Err(_) if spool.is_none() => Some(archive_line(from, &version, &archive_plan)),
+        Ok(c) => Some(diff_line(
+            from,
+            &version,
+            &archive_plan,
+            c,
+            manifest.archive.size,
+        )),
+        Err(_) if spool.is_none() => Some(archive_line(
+            from,
+            &version,
+            &archive_plan,
+            manifest.archive.size,
+        )),
         Err(_) => None,
     };
     // A diff applied while the manifest was rebuilt was checked then; it counts too.
@@ -161,9 +174,16 @@ fn build_release(
         layout,
         &space::Needs::build(manifest, download, archive_plan.reuse_bytes, with_diff),
     )?;
+    let bar = Download::start(&remote.counters, download, out);
     match choice {
         Ok(choice) => {
-            out.info(&diff_line(from, &version, &archive_plan, &choice));
+            out.info(&diff_line(
+                from,
+                &version,
+                &archive_plan,
+                &choice,
+                manifest.archive.size,
+            ));
             let applied = match remote.download_diff(choice.diff, &downloads)? {
                 Some(file) => apply_diff(root, manifest, &choice, &file),
                 None => Err(anyhow::anyhow!("the repository does not have it")),
@@ -178,7 +198,12 @@ fn build_release(
                         "diff from {} not used, falling back to the archive: {e:#}",
                         choice.base.version
                     );
-                    out.info(&archive_line(from, &version, &archive_plan));
+                    out.info(&archive_line(
+                        from,
+                        &version,
+                        &archive_plan,
+                        manifest.archive.size,
+                    ));
                 }
             }
         }
@@ -187,13 +212,19 @@ fn build_release(
                 out.info(&format!("not using a diff: {n}"));
             }
             if spool.is_none() {
-                out.info(&archive_line(from, &version, &archive_plan));
+                out.info(&archive_line(
+                    from,
+                    &version,
+                    &archive_plan,
+                    manifest.archive.size,
+                ));
             }
         }
     }
     if !ranges.is_empty() {
         remote.download(manifest, &ranges, &downloads)?;
     }
+    drop(bar);
     let downloaded = Downloaded::new(&downloads, manifest, &ranges).with_spool(spool);
     downloaded
         .verify_all(manifest)
@@ -225,6 +256,70 @@ fn build_release(
     })
 }
 
+/// What building a release would take, planned from what is on disk and nothing
+/// else (`ferry update --dry-run`): no file is written.
+pub struct BuildPlan {
+    /// The plan line the update prints.
+    pub line: String,
+    /// How the missing bytes would come: `on-disk`, `diff` or `archive`.
+    pub via: &'static str,
+    /// Bytes of release data to download (the diff object and archive ranges).
+    pub download: u64,
+    /// Requests for them.
+    pub requests: u64,
+    /// Bytes of chunks found in local releases.
+    pub reuse: u64,
+}
+
+/// Plans the build of `manifest` as [`install_release`] would without a diff hint.
+pub fn plan_build(root: &Root, manifest: &Manifest, from: Option<&str>) -> Result<BuildPlan> {
+    let version = &manifest.version;
+    if let OnDisk::Intact(folder) = intact_copy(root, manifest)? {
+        return Ok(BuildPlan {
+            line: format!(
+                "plan: {} -> {version}: release already on disk and intact in {}, nothing to download",
+                from.unwrap_or("none"),
+                root.layout.release_dir(&folder).display()
+            ),
+            via: "on-disk",
+            download: 0,
+            requests: 0,
+            reuse: manifest.total_file_bytes(),
+        });
+    }
+    let releases = root.local_releases();
+    let mut local = LocalChunks::index(&releases);
+    local.verify_wanted(manifest);
+    let archive_plan = plan_archive(manifest, |id| local.has(id), DEFAULT_MAX_GAP);
+    let choice = choose_diff(manifest, &releases, &local, &archive_plan, from, None);
+    let plan = match &choice {
+        Ok(c) => BuildPlan {
+            line: diff_line(from, version, &archive_plan, c, manifest.archive.size),
+            via: "diff",
+            download: c.diff.object.size + c.rest.download_bytes,
+            requests: 1 + c.rest.ranges.len() as u64,
+            reuse: archive_plan.reuse_bytes,
+        },
+        Err(_) => BuildPlan {
+            line: archive_line(from, version, &archive_plan, manifest.archive.size),
+            via: "archive",
+            download: archive_plan.download_bytes,
+            requests: archive_plan.ranges.len() as u64,
+            reuse: archive_plan.reuse_bytes,
+        },
+    };
+    Ok(plan)
+}
+
+/// The checks an update makes of its plan before downloading: the download budget
+/// and the free space.
+pub fn check_plan(root: &Root, manifest: &Manifest, plan: &BuildPlan) -> Result<()> {
+    check_budget(root, plan.download, None, Out::new(false))?;
+    let needs = space::Needs::build(manifest, plan.download, plan.reuse, plan.via == "diff");
+    space::check_room(&root.layout, &needs)?;
+    Ok(())
+}
+
 /// Refuses a plan that needs more than the root's download budget (`max_download`,
 /// or `ferry update --max-download`), printing the plan first; nothing has been
 /// downloaded for it yet.
@@ -238,10 +333,13 @@ pub(super) fn check_budget(root: &Root, need: u64, plan: Option<&str>, out: Out)
     if let Some(line) = plan {
         out.info(line);
     }
-    bail!(
-        "the plan needs {} ({need} bytes) but the download budget is {} ({budget} bytes): refused; raise max_download or pass --max-download",
-        report::bytes(need),
-        report::bytes(budget),
+    exit::refuse(
+        Class::Policy,
+        format!(
+            "the plan needs {} ({need} bytes) but the download budget is {} ({budget} bytes): refused; raise max_download or pass --max-download",
+            report::bytes(need),
+            report::bytes(budget),
+        ),
     )
 }
 

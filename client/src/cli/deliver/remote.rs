@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use ferry_format::delta::DiffRef;
 use ferry_format::envelope::{ObjectKind, TrustedKeys};
 use ferry_format::head::claimed_key_list;
@@ -19,6 +19,7 @@ use ferry_format::verified::{
     HeadPolicy, RolloutSeen, Verified, verify_head, verify_manifest, verify_remembered_head,
 };
 
+use super::super::exit::{self, Class};
 use super::super::report::{self};
 use super::super::root::Root;
 use crate::apply::ApplyError;
@@ -132,6 +133,16 @@ impl Remote {
     /// Returns the head and the keys that must sign its manifests. A server whose head
     /// (or key list) does not verify is failed over like one that is down.
     pub fn fetch_head(&self, root: &mut Root) -> Result<(Verified<ChannelHead>, TrustedKeys)> {
+        self.head(root, true)
+    }
+
+    /// [`Remote::fetch_head`] for a dry run: the same checks, but nothing it learns is
+    /// written (state, key lists, the kept head); `root.state` changes in memory only.
+    pub fn peek_head(&self, root: &mut Root) -> Result<(Verified<ChannelHead>, TrustedKeys)> {
+        self.head(root, false)
+    }
+
+    fn head(&self, root: &mut Root, persist: bool) -> Result<(Verified<ChannelHead>, TrustedKeys)> {
         let channel = root.config.channel.clone();
         let path = head_path(&channel);
         let stored = stored_head(root);
@@ -160,7 +171,7 @@ impl Remote {
         }
         root.state = state;
         // The chain is trusted once the head it leads to verifies; keep it from now on.
-        if !new_lists.is_empty() {
+        if persist && !new_lists.is_empty() {
             fsutil::create_dir_all(&root.layout.keys())?;
             for (version, list) in &new_lists {
                 fsutil::write_atomic(&root.layout.key_list(*version), list)?;
@@ -174,9 +185,12 @@ impl Remote {
                 .as_deref()
                 .is_some_and(|h| h != hash)
         {
-            bail!(
-                "channel head sequence {} was already seen with different content: the repository is equivocating (two heads signed with one sequence number)",
-                head.sequence
+            return exit::refuse(
+                Class::Verification,
+                format!(
+                    "channel head sequence {} was already seen with different content: the repository is equivocating (two heads signed with one sequence number)",
+                    head.sequence
+                ),
             );
         }
         let signers = head.head_signers().clone();
@@ -188,9 +202,12 @@ impl Remote {
                 .as_deref()
                 .is_some_and(|h| h != content_hash)
         {
-            bail!(
-                "publisher sequence {} was already seen with different content: the publisher's keys signed two different channel states with one sequence number",
-                head.content.sequence
+            return exit::refuse(
+                Class::Verification,
+                format!(
+                    "publisher sequence {} was already seen with different content: the publisher's keys signed two different channel states with one sequence number",
+                    head.content.sequence
+                ),
             );
         }
         let hex = |ids: &[ferry_format::keys::KeyId]| ids.iter().map(|k| k.to_hex()).collect();
@@ -208,6 +225,9 @@ impl Remote {
             content: hex(&signers.content),
         });
         root.state.last_check = Some(now);
+        if !persist {
+            return Ok((head, trusted));
+        }
         root.save_state()?;
         if let Some(tag) = etag {
             // After the state: a head file whose hash the state does not record is
