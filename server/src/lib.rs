@@ -353,8 +353,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Audit { command } => audit::command::run(command, &options)?,
         Command::Ls { repo, channel, key } => {
             let key = key.as_deref().map(ls::read_public).transpose()?;
-            let text = open(&repo)?.read(store::Mirror::Heads(channel.as_deref()), |repo| {
-                ls::ls(repo, channel.as_deref(), key.as_ref())
+            let store = open(&repo)?;
+            let text = store.read(store::Mirror::Listing(channel.as_deref()), |repo| {
+                Ok(store.relocate(repo, ls::ls(repo, channel.as_deref(), key.as_ref())?))
             })?;
             print!("{text}");
         }

@@ -8,6 +8,7 @@ pub mod fresh;
 pub mod nginx;
 pub mod process;
 pub mod proxy;
+pub mod seaweedfs;
 pub mod tree;
 
 use std::os::unix::fs::PermissionsExt;

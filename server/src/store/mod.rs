@@ -128,6 +128,9 @@ pub enum Mirror<'a> {
     Keys,
     /// The key lists and the head of one channel, or of every channel.
     Heads(Option<&'a str>),
+    /// What `ls` reads: the key lists, the head of one channel or of every channel,
+    /// and the manifests of the releases the heads list.
+    Listing(Option<&'a str>),
     /// The key lists, every head and every head log entry.
     Logs,
     /// What `publish` reads: the key lists, the channel's head, its current release

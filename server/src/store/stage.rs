@@ -77,22 +77,49 @@ pub fn write<T>(
     mut f: impl FnMut(&Repo) -> Result<T>,
 ) -> Result<T> {
     let mut attempt = 1;
+    let mut lost: Option<(String, String)> = None;
     loop {
         let stage = Stage::mirror(o, mirror)?;
-        let out = f(&stage.repo).map_err(|e| stage.relocate(e))?;
+        let out = match f(&stage.repo) {
+            Ok(out) => out,
+            // On the head another writer left, the command may no longer apply (its
+            // version no longer sorts last...): that is the conflict's outcome.
+            Err(e) => {
+                let e = stage.relocate(e);
+                return Err(match lost {
+                    Some((channel, detail)) => Error::Conflict {
+                        repo: o.url().to_string(),
+                        channel,
+                        detail: format!("{detail}; run again on the new head, it fails: {e:#}"),
+                    },
+                    None => e,
+                });
+            }
+        };
         match stage.commit() {
             Ok(()) => return Ok(out),
             Err(Error::Conflict {
                 repo,
                 channel,
                 detail,
-            }) if attempt < ATTEMPTS => {
+            }) => {
+                if attempt == ATTEMPTS {
+                    return Err(Error::Conflict {
+                        repo,
+                        channel,
+                        detail: format!(
+                            "{detail}; gave up after {ATTEMPTS} attempts, each overtaken by \
+                             another writer"
+                        ),
+                    });
+                }
                 tracing::warn!(
                     repo,
                     channel,
                     "{detail}; running again on the new head (attempt {} of {ATTEMPTS})",
                     attempt + 1
                 );
+                lost = Some((channel, detail));
                 attempt += 1;
             }
             Err(e) => return Err(e),
@@ -114,7 +141,10 @@ pub async fn channels(o: &ObjectRepo) -> Result<Vec<String>> {
 }
 
 /// The bucket's head swap: the head log entry first (put-if-absent, as the folder's
-/// `write_head` does), then the head itself, conditional on `expected`.
+/// `write_head` does), then the head itself, conditional on `expected`. A lost swap
+/// takes its log entry back: it names a head that never became current, and racing
+/// writers would otherwise fill the audit trail with them (a crash between the two
+/// writes can still leave one, as on a folder).
 pub async fn swap_head(
     o: &ObjectRepo,
     channel: &str,
@@ -130,7 +160,13 @@ pub async fn swap_head(
         .await?;
     crash_point!("server::head::write");
     let limit = ObjectKind::ChannelHead.max_size();
-    o.swap(&head_path(channel), bytes, expected, limit).await
+    let swapped = o.swap(&head_path(channel), bytes, expected, limit).await?;
+    if let Swapped::Lost(_) = swapped
+        && let Err(e) = o.delete(&entry).await
+    {
+        tracing::warn!("cannot remove the log entry of a head that lost its swap: {e:#}");
+    }
+    Ok(swapped)
 }
 
 /// A temporary folder holding what a command reads of the bucket.
@@ -174,6 +210,30 @@ impl<'a> Stage<'a> {
             Mirror::Heads(None) => {
                 for channel in channels(self.o).await? {
                     self.head(&channel).await?;
+                }
+            }
+            Mirror::Listing(only) => {
+                let names = match only {
+                    Some(c) => {
+                        check_channel(c)?;
+                        vec![c.to_string()]
+                    }
+                    None => channels(self.o).await?,
+                };
+                for channel in names {
+                    let Some(bytes) = self.head(&channel).await? else {
+                        continue;
+                    };
+                    // Unverified here, as `ls` without --key lists it; a manifest
+                    // that cannot be fetched shows as unreadable in the listing.
+                    let Ok(head) = ferry_format::head::inspect_head(&bytes) else {
+                        continue;
+                    };
+                    for r in head.releases() {
+                        if let Err(e) = self.object(&r.manifest, "manifest").await {
+                            tracing::debug!(release = r.version, "manifest not mirrored: {e:#}");
+                        }
+                    }
                 }
             }
             Mirror::Logs => {
@@ -502,16 +562,16 @@ impl<'a> Stage<'a> {
 fn conflict(o: &ObjectRepo, channel: &str, ours: &[u8], now: Option<&[u8]>) -> Error {
     let ours = claimed_sequence(ours).unwrap_or(0);
     let now = match now.map(claimed_sequence) {
-        None => "no head".to_string(),
-        Some(Ok(s)) => format!("a head of sequence {s}"),
-        Some(Err(_)) => "an unreadable head".to_string(),
+        None => "removed the head".to_string(),
+        Some(Ok(s)) => format!("wrote head sequence {s}"),
+        Some(Err(_)) => "wrote an unreadable head".to_string(),
     };
     Error::Conflict {
         repo: o.url().to_string(),
         channel: channel.to_string(),
         detail: format!(
-            "another writer changed the channel's head while this command ran (its head of \
-             sequence {ours} was not written; the channel now has {now})"
+            "another writer {now} after this command read the head, so its own head \
+             (sequence {ours}) was not written"
         ),
     }
 }
