@@ -77,13 +77,13 @@ pub enum Error {
     /// The object store cannot be configured as given.
     #[error("cannot use {url}: {reason}")]
     StoreConfig { url: String, reason: String },
-    /// A request to the object store failed.
-    #[error("cannot {action} {url}")]
+    /// A request to the object store failed; `reason` is the innermost cause
+    /// (`object_store` repeats each cause in the message of every layer above it).
+    #[error("cannot {action} {url}: {reason}")]
     Store {
         action: &'static str,
         url: String,
-        #[source]
-        source: Box<object_store::Error>,
+        reason: String,
     },
     /// Another writer changed what this command was changing, after it read it; the
     /// command wrote nothing that any head names. `channel` is empty for a key list.
@@ -96,6 +96,16 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The innermost cause of `e`: for the object store's errors, the part that says
+/// what went wrong ("Connection refused", the server's XML error).
+pub fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut last = e;
+    while let Some(next) = last.source() {
+        last = next;
+    }
+    last.to_string().trim().to_string()
+}
 
 /// A closure turning an `io::Error` into [`Error::Io`] for `path`.
 pub fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Error + 'a {

@@ -285,28 +285,35 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             cache_size,
         } => {
             let store = open(&repo)?;
+            let fleet_repo = match (&store, &fleet_db) {
+                (_, None) => None,
+                (store::Store::Local(r), Some(_)) => Some(r.root().to_path_buf()),
+                (store::Store::Object(_), Some(_)) => anyhow::bail!(
+                    "the fleet API (--fleet-db) needs a local --repo for now: with --repo {} \
+                     the fleet data must live in a database every server shares, which is \
+                     not available yet",
+                    store.name()
+                ),
+            };
             if let Some(dir) = &cache_dir {
                 store
                     .use_cache(dir, cache_size)
                     .with_context(|| format!("--cache-dir {}", dir.display()))?;
             }
-            let fleet = match (agent_token_file, operator_token_file, fleet_db) {
-                (Some(agent_tokens), Some(operator_tokens), Some(db)) => {
-                    let store::Store::Local(local) = &store else {
-                        anyhow::bail!(
-                            "the fleet API (--fleet-db) needs a local --repo for now: with \
-                             --repo {} the fleet data must live in a database every server \
-                             shares, which is not available yet",
-                            store.name()
-                        );
-                    };
+            store.check()?;
+            let fleet = match (
+                agent_token_file,
+                operator_token_file,
+                fleet_db.zip(fleet_repo),
+            ) {
+                (Some(agent_tokens), Some(operator_tokens), Some((db, fleet_repo))) => {
                     // clap requires --timestamp-key with --halt-when.
                     let halt = match (halt_when, &timestamp_key) {
                         (Some(rule), Some(k)) => Some((rule, keygen::read_secret(k)?)),
                         _ => None,
                     };
                     Some(serve::fleet::Fleet::open(serve::fleet::FleetOptions {
-                        repo: local.root().to_path_buf(),
+                        repo: fleet_repo,
                         agent_tokens,
                         operator_tokens,
                         db,

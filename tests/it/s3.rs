@@ -452,3 +452,69 @@ fn repo_urls_with_typos_or_unknown_schemes_are_refused_not_made_folders() {
     let left: Vec<_> = std::fs::read_dir(cwd.path()).unwrap().collect();
     assert!(left.is_empty(), "folders were created: {left:?}");
 }
+
+/// `serve` with a bucket it cannot use fails at start naming why, instead of
+/// answering every request with an error: an unreachable endpoint, `--cache-dir` on a
+/// folder (read from disk already), the fleet API on a bucket (its data needs a
+/// database every server shares).
+#[test]
+fn serve_refuses_at_start_what_it_cannot_do_with_the_repository() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, "agent-token-0123456789abcdef\n").unwrap();
+    let tokens = tokens.to_str().unwrap();
+    let fleet_db = dir.path().join("fleet.db");
+    let folder = dir.path().join("repo");
+    std::fs::create_dir(&folder).unwrap();
+    let cache = dir.path().join("cache");
+    // Nothing listens on port 1 of the loopback interface.
+    let unreachable = [
+        ("AWS_ACCESS_KEY_ID", Some("k")),
+        ("AWS_SECRET_ACCESS_KEY", Some("s")),
+        ("AWS_ENDPOINT_URL", Some("http://127.0.0.1:1")),
+        ("AWS_ALLOW_HTTP", Some("true")),
+    ];
+    let cases: [(Vec<&str>, &str); 3] = [
+        (
+            vec!["serve", "--repo", "s3://ferry/x", "--listen", "127.0.0.1:0"],
+            "cannot list s3://ferry/x/channels: Connection refused",
+        ),
+        (
+            vec![
+                "serve",
+                "--repo",
+                folder.to_str().unwrap(),
+                "--listen",
+                "127.0.0.1:0",
+                "--cache-dir",
+                cache.to_str().unwrap(),
+            ],
+            "--cache-dir caches object storage",
+        ),
+        (
+            vec![
+                "serve",
+                "--repo",
+                "s3://ferry/x",
+                "--listen",
+                "127.0.0.1:0",
+                "--agent-token-file",
+                tokens,
+                "--operator-token-file",
+                tokens,
+                "--fleet-db",
+                fleet_db.to_str().unwrap(),
+            ],
+            "the fleet API (--fleet-db) needs a local --repo",
+        ),
+    ];
+    for (args, want) in cases {
+        let started = Instant::now();
+        let out = run_env(bin("ferry-server"), &args, &unreachable);
+        let err = stderr(&out);
+        assert!(!out.status.success(), "{args:?} started");
+        assert!(err.contains(want), "{args:?}: {err}");
+        assert!(started.elapsed() < Duration::from_secs(60), "{args:?}");
+    }
+    assert!(!fleet_db.exists() && !cache.exists());
+}

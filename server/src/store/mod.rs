@@ -406,6 +406,15 @@ impl Store {
         }
     }
 
+    /// Checks that the repository can be read (a bucket answers a listing with these
+    /// credentials), so that `serve` fails at start, not on every request.
+    pub fn check(&self) -> Result<()> {
+        match self {
+            Store::Local(_) => Ok(()),
+            Store::Object(o) => o.block_on(o.list("channels")).map(|_| ()),
+        }
+    }
+
     /// Keeps the bucket's objects `serve` reads in `dir`, at most `capacity` bytes.
     pub fn use_cache(&self, dir: &Path, capacity: u64) -> Result<()> {
         match self {

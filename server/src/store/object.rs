@@ -164,7 +164,7 @@ impl ObjectRepo {
         move |source| Error::Store {
             action,
             url,
-            source: Box::new(source),
+            reason: crate::error::root_cause(&source),
         }
     }
 
