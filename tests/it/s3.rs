@@ -518,3 +518,74 @@ fn serve_refuses_at_start_what_it_cannot_do_with_the_repository() {
     }
     assert!(!fleet_db.exists() && !cache.exists());
 }
+
+/// Key lists written into a bucket (`key new-list`, `key show`), and `serve
+/// --timestamp-key` on the bucket re-signing a short-lived head through the store,
+/// so agents reading the bucket's head past its first expiry still update.
+#[test]
+fn key_lists_and_the_online_role_work_on_a_bucket() {
+    let b = Bucket::new("online", 1);
+    let keys = b.p.dir.path().join("keys");
+    let key = |name: &str| keys.join(name).to_str().unwrap().to_string();
+    for name in ["root1", "online"] {
+        let out = b.server(&[
+            "key",
+            "gen",
+            "--out",
+            keys.to_str().unwrap(),
+            "--name",
+            name,
+        ]);
+        assert_ok(&out, "key gen");
+    }
+    let out = b.server(&[
+        "key",
+        "new-list",
+        "--repo",
+        &b.repo,
+        "--root",
+        &key("root1.pub"),
+        "--publisher",
+        &key("ferry.pub"),
+        "--online",
+        &key("online.pub"),
+        "--sign",
+        &key("ferry.key"),
+        "--sign",
+        &key("root1.key"),
+        "--previous-key",
+        &key("ferry.pub"),
+    ]);
+    assert_ok(&out, "key new-list on the bucket");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!("written:   {}/keys/1", b.repo)),
+        "{text}"
+    );
+    let out = b.server(&["key", "show", "--repo", &b.repo]);
+    assert_ok(&out, "key show");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("online:    1 of ["));
+
+    b.publish_with(1, &["--expires-in", "4s"]);
+    let sequence = || -> u64 {
+        let text = b.ls();
+        let line = text.lines().next().unwrap_or_default().to_string();
+        let mut words = line.split_whitespace().skip_while(|w| *w != "sequence");
+        words
+            .nth(1)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{text}"))
+    };
+    assert_eq!(sequence(), 1);
+    let srv = b.serve(&["--timestamp-key", &key("online.key")]);
+    let agent = Agent::init(&b.s3.http(&b.prefix), "stable", &b.p.public_key(), &[]);
+    // Past the head's 4 s lifetime: only the server on the bucket re-signed it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while sequence() < 3 {
+        assert!(Instant::now() < deadline, "the head was not re-signed");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    agent.update();
+    tree_eq(&agent.current(), &b.sources.release(1));
+    srv.terminate();
+}

@@ -41,11 +41,17 @@ const PART_SIZE: usize = 8 << 20;
 const PARTS_IN_FLIGHT: usize = 4;
 
 /// A bucket (and key prefix) holding a repository.
+///
+/// Every request runs on the store's own small runtime, whatever runtime (or plain
+/// thread) asks: the HTTP client keeps connections in a pool, and a pooled connection
+/// is served by a task of the runtime that opened it, so requests made from two
+/// runtimes (the command line's, `serve`'s) would hang on connections whose runtime
+/// no longer runs. Response bodies are then read from anywhere.
 pub struct ObjectRepo {
     inner: Arc<dyn ObjectStore>,
     url: ObjectUrl,
-    /// For callers outside any tokio runtime (the command line): made on first use.
-    rt: OnceLock<tokio::runtime::Runtime>,
+    /// Taken out only when dropped (see `Drop`).
+    rt: Option<tokio::runtime::Runtime>,
     /// `serve --cache-dir`: local copies of objects.
     cache: OnceLock<Arc<DiskCache>>,
     /// The first bytes of objects `serve` looked at (their kind, for metrics).
@@ -96,10 +102,16 @@ impl ObjectRepo {
                 Arc::new(b.build().map_err(|e| bad(e.to_string()))?)
             }
         };
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("ferry-store")
+            .enable_all()
+            .build()
+            .map_err(io_err("start", Path::new("the object store's runtime")))?;
         Ok(ObjectRepo {
             inner,
             url: url.clone(),
-            rt: OnceLock::new(),
+            rt: Some(rt),
             cache: OnceLock::new(),
             magic: Mutex::new(HashMap::new()),
         })
@@ -168,21 +180,40 @@ impl ObjectRepo {
         }
     }
 
+    fn rt(&self) -> &tokio::runtime::Runtime {
+        // Only `Drop` takes it out.
+        self.rt
+            .as_ref()
+            .expect("the store's runtime lives as long as the store")
+    }
+
     /// Runs `f` to completion from synchronous code: on the current runtime when
-    /// called from one of its blocking threads (`spawn_blocking`), else on a runtime
-    /// of this store's own.
+    /// called from one of its blocking threads (`spawn_blocking`), else on the
+    /// store's. The requests inside run on the store's runtime either way.
     pub fn block_on<F: Future>(&self, f: F) -> F::Output {
         match tokio::runtime::Handle::try_current() {
             Ok(h) => h.block_on(f),
-            Err(_) => self
-                .rt
-                .get_or_init(|| {
-                    tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                        .expect("a tokio runtime starts") // only fails without OS resources
-                })
-                .block_on(f),
+            Err(_) => self.rt().block_on(f),
+        }
+    }
+
+    /// Runs a request on the store's runtime.
+    async fn run<T: Send + 'static>(
+        &self,
+        f: impl Future<Output = T> + Send + 'static,
+    ) -> io::Result<T> {
+        self.rt()
+            .spawn(f)
+            .await
+            .map_err(|e| io::Error::other(format!("an object store request stopped: {e}")))
+    }
+
+    fn stopped(&self, rel: &str) -> impl FnOnce(io::Error) -> Error {
+        let url = format!("{}/{rel}", self.url);
+        move |e| Error::Store {
+            action: "finish a request to",
+            url,
+            reason: e.to_string(),
         }
     }
 
@@ -192,25 +223,37 @@ impl ObjectRepo {
         rel: &str,
         limit: u64,
     ) -> Result<Option<(Vec<u8>, Option<String>)>> {
-        let r = match self.inner.get(&self.key(rel)).await {
-            Ok(r) => r,
-            Err(object_store::Error::NotFound { .. }) => return Ok(None),
-            Err(e) => return Err(self.err("read", rel)(e)),
-        };
-        if r.meta.size > limit {
-            return Err(Error::Unsupported {
+        let (inner, key) = (self.inner.clone(), self.key(rel));
+        let got = self
+            .run(async move {
+                let r = inner.get(&key).await?;
+                if r.meta.size > limit {
+                    return Ok(Err(r.meta.size));
+                }
+                let e_tag = r.meta.e_tag.clone();
+                Ok(Ok((r.bytes().await?, e_tag)))
+            })
+            .await
+            .map_err(self.stopped(rel))?;
+        match got {
+            Ok(Ok((bytes, e_tag))) => Ok(Some((bytes.to_vec(), e_tag))),
+            Ok(Err(size)) => Err(Error::Unsupported {
                 path: format!("{}/{rel}", self.url).into(),
-                reason: format!("{} bytes, more than the {limit} allowed", r.meta.size),
-            });
+                reason: format!("{size} bytes, more than the {limit} allowed"),
+            }),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.err("read", rel)(e)),
         }
-        let e_tag = r.meta.e_tag.clone();
-        let bytes = r.bytes().await.map_err(self.err("read", rel))?;
-        Ok(Some((bytes.to_vec(), e_tag)))
     }
 
     /// The size of `rel`, if it exists.
     pub async fn len(&self, rel: &str) -> Result<Option<u64>> {
-        match self.inner.head(&self.key(rel)).await {
+        let (inner, key) = (self.inner.clone(), self.key(rel));
+        let head = self
+            .run(async move { inner.head(&key).await })
+            .await
+            .map_err(self.stopped(rel))?;
+        match head {
             Ok(m) => Ok(Some(m.size)),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(self.err("look up", rel)(e)),
@@ -230,7 +273,11 @@ impl ObjectRepo {
             range: Some(GetRange::Bounded(range)),
             ..GetOptions::default()
         };
-        match self.inner.get_opts(&self.key(rel), opts).await {
+        let (inner, key) = (self.inner.clone(), self.key(rel));
+        match self
+            .run(async move { inner.get_opts(&key, opts).await })
+            .await?
+        {
             Ok(r) => Ok(r.into_stream().map_err(io::Error::other).boxed()),
             Err(object_store::Error::NotFound { .. }) => Err(io::ErrorKind::NotFound.into()),
             Err(e) => Err(io::Error::other(e)),
@@ -244,11 +291,12 @@ impl ObjectRepo {
             attributes: attributes(caching),
             ..PutOptions::default()
         };
-        match self
-            .inner
-            .put_opts(&self.key(rel), PutPayload::from(bytes), opts)
+        let (inner, key) = (self.inner.clone(), self.key(rel));
+        let put = self
+            .run(async move { inner.put_opts(&key, PutPayload::from(bytes), opts).await })
             .await
-        {
+            .map_err(self.stopped(rel))?;
+        match put {
             Ok(_) => Ok(Placed::Created),
             Err(object_store::Error::AlreadyExists { .. }) => Ok(Placed::Existed),
             Err(e) => Err(self.err("write", rel)(e)),
@@ -278,35 +326,46 @@ impl ObjectRepo {
             attributes: attributes(caching),
             ..PutMultipartOptions::default()
         };
-        let upload = self
-            .inner
-            .put_multipart_opts(&self.key(rel), opts)
-            .await
-            .map_err(self.err("start uploading", rel))?;
-        let mut w = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
-        let mut file = std::fs::File::open(path).map_err(io_err("open", path))?;
-        let mut buf = vec![0u8; 1 << 20];
-        let sent: Result<()> = async {
-            loop {
-                let n = file.read(&mut buf).map_err(io_err("read", path))?;
-                if n == 0 {
-                    return Ok(());
-                }
-                w.wait_for_capacity(PARTS_IN_FLIGHT)
-                    .await
-                    .map_err(self.err("upload", rel))?;
-                w.write(&buf[..n]);
+        let (inner, key) = (self.inner.clone(), self.key(rel));
+        let (url, path) = (format!("{}/{rel}", self.url), path.to_path_buf());
+        let store_err = move |action| {
+            let url = url.clone();
+            move |e: object_store::Error| Error::Store {
+                action,
+                url,
+                reason: crate::error::root_cause(&e),
             }
-        }
-        .await;
-        if let Err(e) = sent {
-            let _ = w.abort().await;
-            return Err(e);
-        }
-        w.finish()
-            .await
-            .map_err(self.err("finish uploading", rel))?;
-        Ok(Placed::Created)
+        };
+        self.run(async move {
+            let upload = inner
+                .put_multipart_opts(&key, opts)
+                .await
+                .map_err(store_err("start uploading"))?;
+            let mut w = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
+            let sent: Result<()> = async {
+                let mut file = std::fs::File::open(&path).map_err(io_err("open", &path))?;
+                let mut buf = vec![0u8; 1 << 20];
+                loop {
+                    let n = file.read(&mut buf).map_err(io_err("read", &path))?;
+                    if n == 0 {
+                        return Ok(());
+                    }
+                    w.wait_for_capacity(PARTS_IN_FLIGHT)
+                        .await
+                        .map_err(store_err("upload"))?;
+                    w.write(&buf[..n]);
+                }
+            }
+            .await;
+            if let Err(e) = sent {
+                let _ = w.abort().await;
+                return Err(e);
+            }
+            w.finish().await.map_err(store_err("finish uploading"))?;
+            Ok(Placed::Created)
+        })
+        .await
+        .map_err(self.stopped(rel))?
     }
 
     /// Replaces (or creates) `rel` with `bytes` only if it is still what was read
@@ -339,7 +398,12 @@ impl ObjectRepo {
             ..PutOptions::default()
         };
         let payload = PutPayload::from(Bytes::copy_from_slice(bytes));
-        match self.inner.put_opts(&self.key(rel), payload, opts).await {
+        let (inner, key) = (self.inner.clone(), self.key(rel));
+        let put = self
+            .run(async move { inner.put_opts(&key, payload, opts).await })
+            .await
+            .map_err(self.stopped(rel))?;
+        match put {
             Ok(_) => Ok(Swapped::Done),
             Err(
                 object_store::Error::AlreadyExists { .. }
@@ -355,10 +419,11 @@ impl ObjectRepo {
     /// The names directly under the folder `dir` (a layout path, no trailing slash):
     /// sub-folders and objects with their sizes.
     pub async fn list(&self, dir: &str) -> Result<(Vec<String>, Vec<(String, u64)>)> {
+        let (inner, key) = (self.inner.clone(), self.key(dir));
         let listed = self
-            .inner
-            .list_with_delimiter(Some(&self.key(dir)))
+            .run(async move { inner.list_with_delimiter(Some(&key)).await })
             .await
+            .map_err(self.stopped(dir))?
             .map_err(self.err("list", dir))?;
         let name = |k: &Key| {
             self.rel(k)
@@ -377,24 +442,25 @@ impl ObjectRepo {
 
     /// Deletes `rel` (gone already is fine).
     pub async fn delete(&self, rel: &str) -> Result<()> {
-        match self.inner.delete(&self.key(rel)).await {
+        let (inner, key) = (self.inner.clone(), self.key(rel));
+        let deleted = self
+            .run(async move { inner.delete(&key).await })
+            .await
+            .map_err(self.stopped(rel))?;
+        match deleted {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(self.err("delete", rel)(e)),
         }
     }
+}
 
-    /// Lists every key under the folder `dir`, recursively, as layout paths.
-    pub async fn list_all(&self, dir: &str) -> Result<Vec<(String, u64)>> {
-        let key = self.key(dir);
-        let mut out = Vec::new();
-        let mut items = self.inner.list(Some(&key));
-        while let Some(m) = items.next().await {
-            let m = m.map_err(self.err("list", dir))?;
-            if let Some(rel) = self.rel(&m.location) {
-                out.push((rel.to_string(), m.size));
-            }
+impl Drop for ObjectRepo {
+    fn drop(&mut self) {
+        // Dropping a runtime waits for its tasks, which an async context forbids;
+        // `serve` drops the store inside one. Nothing is left to wait for here.
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
         }
-        Ok(out)
     }
 }
 
