@@ -588,4 +588,24 @@ fn key_lists_and_the_online_role_work_on_a_bucket() {
     agent.update();
     tree_eq(&agent.current(), &b.sources.release(1));
     srv.terminate();
+
+    // `audit prune` deletes the bucket's old head log entries, never the current one.
+    let before = b.audit()["events"].as_array().unwrap().len();
+    std::thread::sleep(Duration::from_secs(1));
+    let out = b.server(&[
+        "audit",
+        "prune",
+        "--repo",
+        &b.repo,
+        "--audit-retention",
+        "1s",
+    ]);
+    assert_ok(&out, "audit prune");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!("pruned {} head log entries", before - 1)),
+        "{before}: {text}"
+    );
+    assert_eq!(b.audit()["events"].as_array().unwrap().len(), 1);
+    b.ls();
 }

@@ -381,7 +381,8 @@ impl<'a> Stage<'a> {
             hasher.update(&chunk);
             tmp.write_all(&chunk).map_err(io_err("write", &tmp_path))?;
         }
-        // The range asked for r.size bytes: more cannot come, fewer means a shorter object.
+        // The range asked for r.size bytes: more cannot come, fewer means a shorter
+        // object, and the right r.size bytes are the object whatever may follow them.
         let damaged = |source| Error::FormatContext {
             context: format!(
                 "{what} {}/{rel} is not the object its name says",
@@ -389,7 +390,7 @@ impl<'a> Stage<'a> {
             ),
             source,
         };
-        if len != r.size || self.o.len(&rel).await? != Some(r.size) {
+        if len != r.size {
             return Err(damaged(FormatError::SizeMismatch {
                 kind: what,
                 expected: r.size,
