@@ -220,7 +220,7 @@ impl Store {
         }
     }
 
-    /// A folder repository (tests and the library's examples).
+    /// The folder repository at `path`.
     pub fn folder(path: impl Into<std::path::PathBuf>) -> Store {
         Store::Local(Repo::new(path))
     }
