@@ -38,6 +38,7 @@ mod it {
     pub mod resume;
     pub mod rollback;
     pub mod rollout_cmd;
+    pub mod s3;
     pub mod self_update;
     pub mod static_host;
     pub mod tamper;

@@ -7,6 +7,8 @@ use std::time::Duration;
 use clap::builder::TypedValueParser as _;
 use clap::{Parser, Subcommand};
 
+use crate::store::Location;
+
 /// ferry's build and distribution side: make keys, publish releases into a static
 /// repository, serve that repository over HTTP.
 #[derive(Debug, Parser)]
@@ -14,6 +16,13 @@ use clap::{Parser, Subcommand};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// Object storage setting for an s3:// --repo, as KEY=VALUE (repeat), overriding
+    /// the AWS_* environment: endpoint=http://127.0.0.1:8333, region=eu-west-1,
+    /// allow_http=true, virtual_hosted_style_request=false. Credentials only come from
+    /// the environment.
+    #[arg(long = "store-option", value_name = "KEY=VALUE", global = true,
+          value_parser = crate::store::StoreOption::parse)]
+    pub store_options: Vec<crate::store::StoreOption>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -35,9 +44,10 @@ pub enum Command {
     /// percentage; with an online key (--timestamp-key) only the head's freshness is,
     /// and --rollout may only lower or pause (0) the current release.
     RefreshHead {
-        /// Repository root.
-        #[arg(long, value_name = "DIR")]
-        repo: PathBuf,
+        /// Repository: a folder, or s3://BUCKET/PREFIX (configured by the AWS_*
+        /// environment variables and --store-option).
+        #[arg(long, value_name = "DIR|URL", value_parser = crate::store::location::parse_repo)]
+        repo: Location,
         #[arg(long)]
         channel: String,
         /// Publishing secret key; repeat to meet a key list threshold.
@@ -76,9 +86,10 @@ pub enum Command {
     #[command(group(clap::ArgGroup::new("change").required(true).multiple(true)
         .args(["percent", "pause", "resume", "labels", "every_agent"])))]
     Rollout {
-        /// Repository root.
-        #[arg(long, value_name = "DIR")]
-        repo: PathBuf,
+        /// Repository: a folder, or s3://BUCKET/PREFIX (configured by the AWS_*
+        /// environment variables and --store-option).
+        #[arg(long, value_name = "DIR|URL", value_parser = crate::store::location::parse_repo)]
+        repo: Location,
         #[arg(long)]
         channel: String,
         /// Publishing secret key; repeat to meet a key list threshold.
@@ -117,9 +128,10 @@ pub enum Command {
     /// agents running it switch to the newest release they may run that is not revoked,
     /// even an older one. Re-signs the publisher content (publishing keys only).
     Revoke {
-        /// Repository root.
-        #[arg(long, value_name = "DIR")]
-        repo: PathBuf,
+        /// Repository: a folder, or s3://BUCKET/PREFIX (configured by the AWS_*
+        /// environment variables and --store-option).
+        #[arg(long, value_name = "DIR|URL", value_parser = crate::store::location::parse_repo)]
+        repo: Location,
         #[arg(long)]
         channel: String,
         /// Publishing secret key; repeat to meet a key list threshold.
@@ -134,14 +146,16 @@ pub enum Command {
     },
     /// Publish a file or directory as a new release of a channel.
     Publish {
-        /// Repository root (created if missing).
+        /// Repository: a folder (created if missing), or s3://BUCKET/PREFIX
+        /// (configured by the AWS_* environment variables and --store-option).
         #[arg(
             long,
-            value_name = "DIR",
+            value_name = "DIR|URL",
             required_unless_present = "to",
-            conflicts_with = "to"
+            conflicts_with = "to",
+            value_parser = crate::store::location::parse_repo
         )]
-        repo: Option<PathBuf>,
+        repo: Option<Location>,
         /// Publish to a remote `ferry-server serve --upload-token-file` at this base URL
         /// instead of a local repository (replaces --repo).
         #[arg(long, value_name = "URL", requires = "token_file")]
@@ -211,9 +225,10 @@ pub enum Command {
     },
     /// Serve a repository over HTTP/1.1 and h2c, or HTTPS with --tls-cert/--tls-key.
     Serve {
-        /// Repository root.
-        #[arg(long, value_name = "DIR")]
-        repo: PathBuf,
+        /// Repository: a folder, or s3://BUCKET/PREFIX (configured by the AWS_*
+        /// environment variables and --store-option).
+        #[arg(long, value_name = "DIR|URL", value_parser = crate::store::location::parse_repo)]
+        repo: Location,
         /// Address to listen on; port 0 picks a free port (printed on stdout).
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
@@ -289,6 +304,14 @@ pub enum Command {
         #[arg(long, value_name = "RULE", requires_all = ["fleet_db", "timestamp_key"],
               value_parser = crate::serve::fleet::HaltRule::parse)]
         halt_when: Option<crate::serve::fleet::HaltRule>,
+        /// With an s3:// --repo: keep copies of the objects served in this folder, so
+        /// each is read from the bucket about once (least recently used evicted first).
+        #[arg(long, value_name = "DIR")]
+        cache_dir: Option<PathBuf>,
+        /// Most bytes --cache-dir holds, e.g. 10GiB.
+        #[arg(long, value_name = "SIZE", default_value = "10GiB", requires = "cache_dir",
+              value_parser = crate::serve::upload::parse_size)]
+        cache_size: u64,
     },
     /// Audit reports: who signed which head, when (from the repository's head log),
     /// as JSON (signed with --sign) or CSV; verify a signed report; prune old records.
@@ -298,9 +321,10 @@ pub enum Command {
     },
     /// List a repository's channels and their releases.
     Ls {
-        /// Repository root.
-        #[arg(long, value_name = "DIR")]
-        repo: PathBuf,
+        /// Repository: a folder, or s3://BUCKET/PREFIX (configured by the AWS_*
+        /// environment variables and --store-option).
+        #[arg(long, value_name = "DIR|URL", value_parser = crate::store::location::parse_repo)]
+        repo: Location,
         /// Only this channel.
         #[arg(long)]
         channel: Option<String>,
@@ -397,9 +421,10 @@ pub enum KeyCommand {
     /// Write the next key list version (first list, root rotation, adding or revoking
     /// publishing keys), signed by a threshold of the previous and the new root keys.
     NewList {
-        /// Repository root.
-        #[arg(long, value_name = "DIR")]
-        repo: PathBuf,
+        /// Repository: a folder, or s3://BUCKET/PREFIX (configured by the AWS_*
+        /// environment variables and --store-option).
+        #[arg(long, value_name = "DIR|URL", value_parser = crate::store::location::parse_repo)]
+        repo: Location,
         /// Public key file of a root key (repeat).
         #[arg(long = "root", value_name = "PUB", required = true)]
         roots: Vec<PathBuf>,
@@ -428,8 +453,10 @@ pub enum KeyCommand {
     },
     /// Print the newest key list, or version N.
     Show {
-        #[arg(long, value_name = "DIR")]
-        repo: PathBuf,
+        /// Repository: a folder, or s3://BUCKET/PREFIX (configured by the AWS_*
+        /// environment variables and --store-option).
+        #[arg(long, value_name = "DIR|URL", value_parser = crate::store::location::parse_repo)]
+        repo: Location,
         #[arg(long)]
         version: Option<u64>,
     },

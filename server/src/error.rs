@@ -71,9 +71,41 @@ pub enum Error {
     /// The repository is inconsistent (a head names a missing or altered object...).
     #[error("repository {}: {reason}", repo.display())]
     BrokenRepo { repo: PathBuf, reason: String },
+    /// `--repo` is not a folder or a supported object store URL.
+    #[error("--repo: {0}")]
+    Location(#[from] crate::store::location::LocationError),
+    /// The object store cannot be configured as given.
+    #[error("cannot use {url}: {reason}")]
+    StoreConfig { url: String, reason: String },
+    /// A request to the object store failed; `reason` is the innermost cause
+    /// (`object_store` repeats each cause in the message of every layer above it).
+    #[error("cannot {action} {url}: {reason}")]
+    Store {
+        action: &'static str,
+        url: String,
+        reason: String,
+    },
+    /// Another writer changed what this command was changing, after it read it; the
+    /// command wrote nothing that any head names. `channel` is empty for a key list.
+    #[error("conflict in {repo}{}: {detail}", if channel.is_empty() { String::new() } else { format!(", channel {channel:?}") })]
+    Conflict {
+        repo: String,
+        channel: String,
+        detail: String,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The innermost cause of `e`: for the object store's errors, the part that says
+/// what went wrong ("Connection refused", the server's XML error).
+pub fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut last = e;
+    while let Some(next) = last.source() {
+        last = next;
+    }
+    last.to_string().trim().to_string()
+}
 
 /// A closure turning an `io::Error` into [`Error::Io`] for `path`.
 pub fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Error + 'a {

@@ -65,6 +65,7 @@ pub mod repo;
 pub mod revoke;
 pub mod rollout;
 pub mod serve;
+pub mod store;
 pub mod trust;
 
 use std::io::Write;
@@ -75,9 +76,11 @@ use cli::{Cli, Command};
 
 /// Runs one command line. Command output goes to stdout; logs go to stderr.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    let options = cli.store_options;
+    let open = |location: &store::Location| store::Store::open(location, &options);
     match cli.command {
         Command::Keygen { out } => print_key_pair(&keygen::keygen(&out)?),
-        Command::Key { command } => key_command(command)?,
+        Command::Key { command } => key_command(command, &options)?,
         Command::RefreshHead {
             repo,
             channel,
@@ -92,13 +95,22 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 content_expires_in,
                 rollout: rollout.map(key_admin::RolloutChange::Percent),
             };
-            let repo = repo::Repo::new(repo);
-            let text = match timestamp_key {
-                Some(k) => {
-                    key_admin::refresh_online(&repo, &channel, &keygen::read_secret(&k)?, opts)?
-                }
-                None => key_admin::refresh_head(&repo, &channel, &read_secrets(&key)?, opts)?,
+            let store = open(&repo)?;
+            let online = timestamp_key
+                .as_deref()
+                .map(keygen::read_secret)
+                .transpose()?;
+            let keys = match online {
+                Some(_) => Vec::new(),
+                None => read_secrets(&key)?,
             };
+            let text = store.write(store::Mirror::Heads(Some(&channel)), |repo| {
+                let text = match &online {
+                    Some(k) => key_admin::refresh_online(repo, &channel, k, opts)?,
+                    None => key_admin::refresh_head(repo, &channel, &keys, opts)?,
+                };
+                Ok(store.relocate(repo, text))
+            })?;
             print!("{text}");
         }
         Command::Rollout {
@@ -127,23 +139,22 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 Some(ferry_format::requirements::Requirements::new(labels).context("--labels")?)
             };
-            let repo = repo::Repo::new(repo);
-            let report = match timestamp_key {
-                Some(k) => rollout::retarget(
-                    &repo,
-                    &channel,
-                    rollout::Signer::Online(&keygen::read_secret(&k)?),
-                    change,
-                    labels,
-                )?,
-                None => rollout::retarget(
-                    &repo,
-                    &channel,
-                    rollout::Signer::Publishing(&read_secrets(&key)?),
-                    change,
-                    labels,
-                )?,
+            let store = open(&repo)?;
+            let online = timestamp_key
+                .as_deref()
+                .map(keygen::read_secret)
+                .transpose()?;
+            let keys = match online {
+                Some(_) => Vec::new(),
+                None => read_secrets(&key)?,
             };
+            let report = store.write(store::Mirror::Heads(Some(&channel)), |repo| {
+                let signer = match &online {
+                    Some(k) => rollout::Signer::Online(k),
+                    None => rollout::Signer::Publishing(&keys),
+                };
+                rollout::retarget(repo, &channel, signer, change, labels.clone())
+            })?;
             let text = if json {
                 serde_json::to_string(&report).context("cannot encode the report")? + "\n"
             } else {
@@ -160,12 +171,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             version,
             json,
         } => {
-            let report = revoke::revoke(
-                &repo::Repo::new(repo),
-                &channel,
-                &read_secrets(&key)?,
-                &version,
-            )?;
+            let keys = read_secrets(&key)?;
+            let report = open(&repo)?.write(store::Mirror::Heads(Some(&channel)), |repo| {
+                revoke::revoke(repo, &channel, &keys, &version)
+            })?;
             let text = if json {
                 serde_json::to_string(&report).context("cannot encode the report")? + "\n"
             } else {
@@ -203,9 +212,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 .map(|k| keygen::read_secret(k))
                 .collect::<Result<Vec<_>, _>>()?;
             let key = keys.remove(0);
-            let opts = publish::PublishOptions {
-                // Without --to clap requires --repo; with --to a staging folder is used.
-                repo: repo.unwrap_or_default(),
+            let mut opts = publish::PublishOptions {
+                // Set below for --repo; with --to a staging folder is used.
+                repo: Default::default(),
                 key: &key,
                 extra_keys: &keys,
                 channel,
@@ -229,7 +238,20 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                     },
                     &opts,
                 )?,
-                None => publish::publish(&opts)?,
+                // Without --to clap requires --repo.
+                None => {
+                    let store = open(&repo.context("--repo or --to is required")?)?;
+                    let channel = opts.channel.clone();
+                    let mirror = store::Mirror::Release {
+                        channel: &channel,
+                        key: &key,
+                        diff_depth: opts.diff_depth,
+                    };
+                    store.write(mirror, |repo| {
+                        opts.repo = repo.root().to_path_buf();
+                        publish::publish(&opts)
+                    })?
+                }
             };
             let text = if json {
                 serde_json::to_string(&report).context("cannot encode the report")? + "\n"
@@ -259,9 +281,32 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             heartbeat_interval,
             report_retention,
             halt_when,
+            cache_dir,
+            cache_size,
         } => {
-            let fleet = match (agent_token_file, operator_token_file, fleet_db) {
-                (Some(agent_tokens), Some(operator_tokens), Some(db)) => {
+            let store = open(&repo)?;
+            let fleet_repo = match (&store, &fleet_db) {
+                (_, None) => None,
+                (store::Store::Local(r), Some(_)) => Some(r.root().to_path_buf()),
+                (store::Store::Object(_), Some(_)) => anyhow::bail!(
+                    "the fleet API (--fleet-db) needs a local --repo for now: with --repo {} \
+                     the fleet data must live in a database every server shares, which is \
+                     not available yet",
+                    store.name()
+                ),
+            };
+            if let Some(dir) = &cache_dir {
+                store
+                    .use_cache(dir, cache_size)
+                    .with_context(|| format!("--cache-dir {}", dir.display()))?;
+            }
+            store.check()?;
+            let fleet = match (
+                agent_token_file,
+                operator_token_file,
+                fleet_db.zip(fleet_repo),
+            ) {
+                (Some(agent_tokens), Some(operator_tokens), Some((db, fleet_repo))) => {
                     let db = audit::command::parse_fleet_db(&db)?;
                     // clap requires --timestamp-key with --halt-when.
                     let halt = match (halt_when, &timestamp_key) {
@@ -269,7 +314,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                         _ => None,
                     };
                     Some(serve::fleet::Fleet::open(serve::fleet::FleetOptions {
-                        repo: repo.clone(),
+                        repo: fleet_repo,
                         agent_tokens,
                         operator_tokens,
                         db,
@@ -287,7 +332,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             let refresher = timestamp_key
                 .map(|k| -> anyhow::Result<_> {
                     let key = keygen::read_secret(&k)?;
-                    serve::refresh::Refresher::new(&repo, key)
+                    serve::refresh::Refresher::new(&store, key)
                         .with_context(|| format!("--timestamp-key {}", k.display()))
                 })
                 .transpose()?;
@@ -302,7 +347,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 .map(|(cert, key)| serve::tls::TlsFiles { cert, key });
             serve::run_cli(
                 &serve::ServeOptions {
-                    repo,
+                    store,
                     listen,
                     max_connections,
                     access_log,
@@ -313,10 +358,13 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 fleet,
             )?;
         }
-        Command::Audit { command } => audit::command::run(command)?,
+        Command::Audit { command } => audit::command::run(command, &options)?,
         Command::Ls { repo, channel, key } => {
             let key = key.as_deref().map(ls::read_public).transpose()?;
-            let text = ls::ls(&repo::Repo::new(repo), channel.as_deref(), key.as_ref())?;
+            let store = open(&repo)?;
+            let text = store.read(store::Mirror::Listing(channel.as_deref()), |repo| {
+                Ok(store.relocate(repo, ls::ls(repo, channel.as_deref(), key.as_ref())?))
+            })?;
             print!("{text}");
         }
     }
@@ -341,7 +389,7 @@ fn read_secrets(
         .collect::<Result<Vec<_>, _>>()?)
 }
 
-fn key_command(command: cli::KeyCommand) -> anyhow::Result<()> {
+fn key_command(command: cli::KeyCommand, options: &[store::StoreOption]) -> anyhow::Result<()> {
     match command {
         cli::KeyCommand::Gen { out, name } => print_key_pair(&keygen::keygen_named(&out, &name)?),
         cli::KeyCommand::NewList {
@@ -369,23 +417,31 @@ fn key_command(command: cli::KeyCommand) -> anyhow::Result<()> {
                 .as_deref()
                 .map(keygen::read_public)
                 .transpose()?;
-            let text = key_admin::new_list(
-                &repo::Repo::new(repo),
-                &key_admin::NewList {
-                    roots: &roots,
-                    root_threshold,
-                    publishers: &publishers,
-                    threshold,
-                    online: &online,
-                    online_threshold,
-                    signers: &signers,
-                    previous_key,
-                },
-            )?;
+            let store = store::Store::open(&repo, options)?;
+            let text = store.write(store::Mirror::Keys, |repo| {
+                let text = key_admin::new_list(
+                    repo,
+                    &key_admin::NewList {
+                        roots: &roots,
+                        root_threshold,
+                        publishers: &publishers,
+                        threshold,
+                        online: &online,
+                        online_threshold,
+                        signers: &signers,
+                        previous_key,
+                    },
+                )?;
+                Ok(store.relocate(repo, text))
+            })?;
             print!("{text}");
         }
         cli::KeyCommand::Show { repo, version } => {
-            print!("{}", key_admin::show(&repo::Repo::new(repo), version)?);
+            let store = store::Store::open(&repo, options)?;
+            print!(
+                "{}",
+                store.read(store::Mirror::Keys, |repo| key_admin::show(repo, version))?
+            );
         }
     }
     Ok(())

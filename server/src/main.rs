@@ -13,7 +13,9 @@ fn main() -> ExitCode {
         .with_env_filter(
             EnvFilter::try_from_env("FERRY_LOG")
                 .or_else(|_| EnvFilter::try_from_default_env())
-                .unwrap_or_else(|_| EnvFilter::new("info")),
+                // object_store logs each retry of a request at info: only its
+                // outcome matters, and that is reported as an error.
+                .unwrap_or_else(|_| EnvFilter::new("info,object_store=warn")),
         )
         .with_writer(std::io::stderr)
         // Colour codes only for a person at a terminal, never into files and pipes.

@@ -9,6 +9,7 @@ pub mod nginx;
 pub mod postgres;
 pub mod process;
 pub mod proxy;
+pub mod seaweedfs;
 pub mod tree;
 
 use std::os::unix::fs::PermissionsExt;

@@ -61,6 +61,8 @@ struct Shared {
     release: AtomicBool,
     notify: Mutex<Sender<u64>>,
     requests: Mutex<Vec<String>>,
+    /// Whole request heads (request line and headers), in arrival order.
+    heads: Mutex<Vec<String>>,
 }
 
 impl FaultProxy {
@@ -82,6 +84,7 @@ impl FaultProxy {
             release: AtomicBool::new(false),
             notify: Mutex::new(tx),
             requests: Mutex::new(Vec::new()),
+            heads: Mutex::new(Vec::new()),
         });
         let s = shared.clone();
         std::thread::spawn(move || {
@@ -146,6 +149,11 @@ impl FaultProxy {
     /// Request lines seen so far.
     pub fn requests(&self) -> Vec<String> {
         self.shared.requests.lock().expect("lock").clone()
+    }
+
+    /// Whole request heads seen so far (request line and headers).
+    pub fn heads(&self) -> Vec<String> {
+        self.shared.heads.lock().expect("lock").clone()
     }
 }
 
@@ -241,6 +249,10 @@ fn serve(mut conn: TcpStream, s: &Shared) -> std::io::Result<()> {
         .unwrap_or_default()
         .to_string();
     s.requests.lock().expect("lock").push(first.clone());
+    s.heads
+        .lock()
+        .expect("lock")
+        .push(String::from_utf8_lossy(&head).into_owned());
     let fault = reset_for(s, &first, &head);
     if fault == Some(Reset::BeforeForward) {
         return reset(conn);

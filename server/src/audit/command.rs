@@ -24,9 +24,10 @@ pub enum AuditCommand {
     /// requirements, key list), from the head log of each channel. Reads files only,
     /// so it runs while `serve` and publishers work.
     Export {
-        /// Repository root.
-        #[arg(long, value_name = "DIR")]
-        repo: PathBuf,
+        /// Repository: a folder, or s3://BUCKET/PREFIX (configured by the AWS_*
+        /// environment variables and --store-option).
+        #[arg(long, value_name = "DIR|URL", value_parser = crate::store::location::parse_repo)]
+        repo: crate::store::Location,
         /// First instant: YYYY-MM-DD (midnight UTC) or RFC 3339 (2026-12-01T12:00:00Z).
         #[arg(long, value_name = "DATE")]
         since: String,
@@ -62,9 +63,10 @@ pub enum AuditCommand {
     /// Remove head log entries older than the retention (never a channel's newest
     /// entry or its current head's).
     Prune {
-        /// Repository root.
-        #[arg(long, value_name = "DIR")]
-        repo: PathBuf,
+        /// Repository: a folder, or s3://BUCKET/PREFIX (configured by the AWS_*
+        /// environment variables and --store-option).
+        #[arg(long, value_name = "DIR|URL", value_parser = crate::store::location::parse_repo)]
+        repo: crate::store::Location,
         /// The fleet database of `serve --fleet-db` (a file or a postgres:// URL): its
         /// halts and reports older than the retention are deleted too.
         #[arg(long, value_name = "PATH|URL")]
@@ -97,7 +99,7 @@ fn stdout(bytes: &[u8]) -> anyhow::Result<()> {
 }
 
 /// Runs one `audit` subcommand.
-pub fn run(command: AuditCommand) -> anyhow::Result<()> {
+pub fn run(command: AuditCommand, options: &[crate::store::StoreOption]) -> anyhow::Result<()> {
     match command {
         AuditCommand::Export {
             repo,
@@ -115,8 +117,9 @@ pub fn run(command: AuditCommand) -> anyhow::Result<()> {
                 .as_deref()
                 .map(crate::keygen::read_secret)
                 .transpose()?;
+            let store = crate::store::Store::open(&repo, options)?;
             let opts = super::ExportOptions {
-                repo,
+                repository: store.name(),
                 fleet_db: fleet_db.as_deref().map(parse_fleet_db).transpose()?,
                 public_key: public_key
                     .as_deref()
@@ -129,7 +132,9 @@ pub fn run(command: AuditCommand) -> anyhow::Result<()> {
                     .transpose()
                     .map_err(|e| anyhow::anyhow!("--until: {e}"))?,
             };
-            let report = super::export(&opts)?;
+            let report = store.read(crate::store::Mirror::Logs, |repo| {
+                super::export(repo, &opts)
+            })?;
             let bytes = match format {
                 Format::Json => super::render_json(&report, key.as_ref())?,
                 Format::Csv => super::csv::render(&report.events).into_bytes(),
@@ -146,10 +151,12 @@ pub fn run(command: AuditCommand) -> anyhow::Result<()> {
             fleet_db,
             audit_retention,
         } => {
-            let repo = crate::repo::Repo::new(repo);
+            let store = crate::store::Store::open(&repo, options)?;
             let before = super::cutoff(audit_retention);
             let fleet_db = fleet_db.as_deref().map(parse_fleet_db).transpose()?;
-            let mut pruned = super::prune(&repo, before)?;
+            let mut pruned = store.write(crate::store::Mirror::Logs, |repo| {
+                super::prune(repo, before)
+            })?;
             if let Some(db) = &fleet_db {
                 (pruned.halts, pruned.reports) = super::fleet::prune(db, before)?;
             }

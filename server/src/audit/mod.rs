@@ -33,7 +33,8 @@ pub const DEFAULT_RETENTION: Duration = Duration::from_secs(365 * 86_400);
 
 /// What `audit export` reads.
 pub struct ExportOptions {
-    pub repo: PathBuf,
+    /// How the report names the repository (its folder or URL).
+    pub repository: String,
     /// The publishing key of a single-key repository (heads naming no key list).
     pub public_key: Option<PublicKey>,
     /// Unix seconds: events with `since` ≤ time < `until` (`until` defaults to now).
@@ -59,7 +60,7 @@ fn report_id() -> Result<String> {
 }
 
 /// Builds the report of `opts`' range.
-pub fn export(opts: &ExportOptions) -> Result<AuditReport> {
+pub fn export(repo: &Repo, opts: &ExportOptions) -> Result<AuditReport> {
     let generated_at = now();
     let until = opts.until.unwrap_or(generated_at.saturating_add(1));
     if until <= opts.since {
@@ -72,14 +73,13 @@ pub fn export(opts: &ExportOptions) -> Result<AuditReport> {
             ),
         });
     }
-    let repo = Repo::new(&opts.repo);
     if !repo.root().is_dir() {
         return Err(repo.broken("no such repository folder".into()));
     }
     let mut events: Vec<AuditEvent> = Vec::new();
-    for channel in log::channels(&repo)? {
+    for channel in log::channels(repo)? {
         events.extend(log::channel_events(
-            &repo,
+            repo,
             &channel,
             opts.public_key,
             &time::utc,
@@ -100,7 +100,7 @@ pub fn export(opts: &ExportOptions) -> Result<AuditReport> {
         since_utc: time::utc(opts.since),
         until,
         until_utc: time::utc(until),
-        repository: opts.repo.display().to_string(),
+        repository: opts.repository.clone(),
         // Shown without a PostgreSQL password.
         fleet_db: opts.fleet_db.as_ref().map(ToString::to_string),
         counts: AuditReport::count(&events),

@@ -58,7 +58,7 @@ pub const DEFAULT_CONTENT_EXPIRES_IN: Duration = Duration::from_secs(90 * 86_400
 pub const DEFAULT_RETAIN: usize = 10;
 /// Releases before a diff's base whose chunks an agent on that base may still hold
 /// (`ferry init --keep` defaults to 3 installed releases).
-const HELD_RELEASES: usize = 3;
+pub(crate) const HELD_RELEASES: usize = 3;
 /// Default zstd level: publishing happens once, downloads many times.
 pub const DEFAULT_ZSTD_LEVEL: i32 = 19;
 

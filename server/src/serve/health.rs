@@ -1,5 +1,5 @@
 //! `GET /healthz`, for load balancers and supervisors (no token): `200 ok` when this
-//! server can serve — its repository folder is readable and, with the fleet API on,
+//! server can serve — its repository (folder or bucket) is readable and, with the fleet API on,
 //! the fleet database answers a cheap query in time — else `503` with one line naming
 //! what failed, so a balancer sends agents to another instance meanwhile.
 
@@ -14,10 +14,23 @@ const FLEET_TIMEOUT: Duration = Duration::from_secs(4);
 
 /// Why this server cannot serve now, if it cannot.
 pub async fn check(state: &State) -> Result<(), String> {
-    if let Err(e) = tokio::fs::read_dir(&state.repo).await {
+    // The folder itself, or one listing request to the bucket.
+    let readable = match &state.store {
+        crate::store::Store::Local(repo) => tokio::fs::read_dir(repo.root())
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+        crate::store::Store::Object(_) => state
+            .store
+            .channels()
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+    };
+    if let Err(e) = readable {
         return Err(format!(
             "the repository {} is not readable: {e}",
-            state.repo.display()
+            state.store.name()
         ));
     }
     let Some(fleet) = &state.fleet else {

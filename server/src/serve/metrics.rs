@@ -14,7 +14,6 @@
 //! - the fleet's summary, whenever it is recomputed: [`Metrics::set_fleet`] replaces
 //!   the gauges (agents by channel, release and state; rollout percentage; halts).
 
-use std::path::Path;
 use std::sync::Mutex;
 
 use ferry_format::layout::{RepoPath, object_path, parse_repo_path};
@@ -25,7 +24,6 @@ use prometheus_client::metrics::family::{Family, MetricConstructor};
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
-use tokio::io::AsyncReadExt;
 
 /// The `Content-Type` of [`Metrics::render`]'s text.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -609,26 +607,17 @@ fn upload_registry(u: &UploadCounts) -> Registry {
 /// their first bytes: a manifest's magic `FRYM`, a diff's `FRYD`; anything else in
 /// `objects/` (archives, and manifest diffs, which are bare zstd frames like an
 /// archive's chunks) counts as an archive. A missing object is `other`.
-pub async fn object_kind(repo: &Path, path: &str) -> Kind {
+pub async fn object_kind(store: &crate::store::Store, path: &str) -> Kind {
     match parse_repo_path(path) {
         // A head log entry is a past head, kept byte for byte.
         Some(RepoPath::Head(_) | RepoPath::HeadLog(..)) => Kind::head,
         Some(RepoPath::KeyList(_)) => Kind::key_list,
-        Some(RepoPath::Object(hash)) => {
-            let mut magic = [0u8; 4];
-            let read = async {
-                let mut f = tokio::fs::File::open(repo.join(object_path(&hash))).await?;
-                f.read_exact(&mut magic).await
-            };
-            match read.await {
-                Ok(_) if &magic == b"FRYM" => Kind::manifest,
-                Ok(_) if &magic == b"FRYD" => Kind::diff,
-                Ok(_) => Kind::archive,
-                // Shorter than 4 bytes: still an object, read as an archive would be.
-                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Kind::archive,
-                Err(_) => Kind::other,
-            }
-        }
+        Some(RepoPath::Object(hash)) => match store.magic(&object_path(&hash)).await {
+            Ok(Some(m)) if &m == b"FRYM" => Kind::manifest,
+            Ok(Some(m)) if &m == b"FRYD" => Kind::diff,
+            Ok(_) => Kind::archive,
+            Err(_) => Kind::other,
+        },
         None => Kind::other,
     }
 }

@@ -55,6 +55,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 
 use crate::error::{Error, Result, io_err};
+use crate::store::Store;
 use access_log::{AccessLog, LogLine};
 use metrics::Metrics;
 use routes::Body;
@@ -75,7 +76,7 @@ const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// What to serve, where.
 #[derive(Clone, Debug)]
 pub struct ServeOptions {
-    pub repo: PathBuf,
+    pub store: Store,
     pub listen: SocketAddr,
     pub max_connections: u32,
     pub access_log: Option<PathBuf>,
@@ -83,7 +84,7 @@ pub struct ServeOptions {
 
 /// Shared by every connection.
 pub struct State {
-    pub repo: PathBuf,
+    pub store: Store,
     pub log: Option<AccessLog>,
     pub metrics: Metrics,
     /// The upload API (`PUT`), when `--upload-token-file` enabled it.
@@ -104,8 +105,10 @@ pub struct Server {
 impl Server {
     /// Checks the repository and binds the listening socket.
     pub async fn bind(opts: &ServeOptions) -> Result<Server> {
-        if !opts.repo.is_dir() {
-            return Err(io_err("serve", &opts.repo)(std::io::Error::new(
+        if let Store::Local(repo) = &opts.store
+            && !repo.root().is_dir()
+        {
+            return Err(io_err("serve", repo.root())(std::io::Error::new(
                 std::io::ErrorKind::NotFound,
                 "not a directory",
             )));
@@ -124,7 +127,7 @@ impl Server {
         Ok(Server {
             listener,
             state: Arc::new(State {
-                repo: opts.repo.clone(),
+                store: opts.store.clone(),
                 log,
                 metrics: Metrics::new(),
                 upload: None,
@@ -367,7 +370,7 @@ async fn answer(state: &State, req: Request<Incoming>) -> Response<Body> {
             fleet::api::handle(fleet, &state.metrics, &req, body).await
         }
         (Some(uploads), _) if req.method() == Method::PUT => {
-            upload::handle(&state.repo, uploads, &req, body).await
+            upload::handle(&state.store, uploads, &req, body).await
         }
         _ => routes::handle(state, &req).await,
     };
@@ -381,7 +384,7 @@ async fn answer(state: &State, req: Request<Incoming>) -> Response<Body> {
             .unwrap_or(0)
     };
     let kind = match *req.method() {
-        Method::GET | Method::HEAD => metrics::object_kind(&state.repo, req.uri().path()).await,
+        Method::GET | Method::HEAD => metrics::object_kind(&state.store, req.uri().path()).await,
         _ => metrics::Kind::other,
     };
     state.metrics.record(kind, status.as_u16(), bytes);
@@ -439,7 +442,7 @@ pub fn run_cli(
             .and_then(|()| stdout.flush())
             .map_err(io_err("write", std::path::Path::new("stdout")))?;
         drop(stdout);
-        tracing::info!(%addr, repo = %opts.repo.display(), "serving");
+        tracing::info!(%addr, repo = opts.store.name(), "serving");
         let refreshing = refresher.map(|r| tokio::spawn(r.run()));
         let pruning = fleet.map(|f| tokio::spawn(f.prune_loop()));
         let result = server.run(shutdown).await;

@@ -8,7 +8,6 @@
 //! logged once; agents then refuse it, as they should.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,7 +16,7 @@ use ferry_format::keys::SecretKey;
 
 use crate::error::Result;
 use crate::key_admin::{RefreshOptions, check_online_key, refresh_online};
-use crate::repo::Repo;
+use crate::store::{Mirror, Store};
 
 /// Longest sleep between two looks at the heads: a head published meanwhile with a
 /// short lifetime is still renewed in time.
@@ -26,16 +25,16 @@ const MIN_NAP: Duration = Duration::from_millis(200);
 
 /// The online key and the repository it keeps fresh.
 pub struct Refresher {
-    repo: PathBuf,
+    store: Store,
     key: Arc<SecretKey>,
 }
 
 impl Refresher {
     /// Checks, before serving, that the key is an online key of the newest key list.
-    pub fn new(repo: &Path, key: SecretKey) -> Result<Refresher> {
-        check_online_key(&Repo::new(repo), &key)?;
+    pub fn new(store: &Store, key: SecretKey) -> Result<Refresher> {
+        store.read(Mirror::Keys, |repo| check_online_key(repo, &key))?;
         Ok(Refresher {
-            repo: repo.to_path_buf(),
+            store: store.clone(),
             key: Arc::new(key),
         })
     }
@@ -44,24 +43,13 @@ impl Refresher {
     pub async fn run(self) {
         let mut last_error: HashMap<String, String> = HashMap::new();
         loop {
-            let repo = self.repo.clone();
-            let key = self.key.clone();
-            let pass = tokio::task::spawn_blocking(move || one_pass(&repo, &key)).await;
-            let nap = match pass {
-                Ok((nap, errors)) => {
-                    for (channel, e) in &errors {
-                        if last_error.get(channel) != Some(e) {
-                            tracing::warn!(channel, "cannot refresh the head: {e}");
-                        }
-                    }
-                    last_error = errors;
-                    nap
+            let (nap, errors) = one_pass(&self.store, &self.key).await;
+            for (channel, e) in &errors {
+                if last_error.get(channel) != Some(e) {
+                    tracing::warn!(channel, "cannot refresh the head: {e}");
                 }
-                Err(e) => {
-                    tracing::warn!("head refresher failed: {e}");
-                    MAX_NAP
-                }
-            };
+            }
+            last_error = errors;
             tokio::time::sleep(nap).await;
         }
     }
@@ -69,16 +57,15 @@ impl Refresher {
 
 /// Refreshes every due head; returns how long to wait before the next look and the
 /// channels that could not be refreshed, with the reason.
-fn one_pass(repo: &Path, key: &SecretKey) -> (Duration, HashMap<String, String>) {
-    let repo = Repo::new(repo);
+async fn one_pass(store: &Store, key: &Arc<SecretKey>) -> (Duration, HashMap<String, String>) {
     let mut errors = HashMap::new();
     let mut nap = MAX_NAP;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    for channel in crate::ls::channels(&repo).unwrap_or_default() {
-        let head = match repo.read_head(&channel) {
-            Ok(Some(bytes)) => match inspect_head(&bytes) {
+    for channel in store.channels().await.unwrap_or_default() {
+        let head = match store.read_head(&channel).await {
+            Ok(Some((bytes, _))) => match inspect_head(&bytes) {
                 Ok(h) => h,
                 Err(e) => {
                     errors.insert(channel, e.to_string());
@@ -110,7 +97,23 @@ fn one_pass(repo: &Path, key: &SecretKey) -> (Duration, HashMap<String, String>)
             nap = nap.min(Duration::from_secs(due - now));
             continue;
         }
-        match refresh_online(&repo, &channel, key, RefreshOptions::default()) {
+        let (s, k, c) = (store.clone(), key.clone(), channel.clone());
+        // The refresh reads and writes files (a working copy for a bucket): off the
+        // executor. A lost swap (a publish meanwhile) re-runs it on the new head.
+        let refreshed = tokio::task::spawn_blocking(move || {
+            s.write(Mirror::Heads(Some(&c)), |repo| {
+                refresh_online(repo, &c, &k, RefreshOptions::default())
+            })
+        })
+        .await
+        .unwrap_or_else(|e| {
+            Err(crate::error::Error::Io {
+                action: "finish",
+                path: "the head refresh task".into(),
+                source: std::io::Error::other(e),
+            })
+        });
+        match refreshed {
             Ok(text) => {
                 tracing::info!("{}", text.trim_end());
                 let lifetime = head.expires_at.saturating_sub(head.issued_at);

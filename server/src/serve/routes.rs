@@ -29,14 +29,15 @@ use tokio_util::io::ReaderStream;
 
 use super::State;
 use super::range::{RangeDecision, decide, if_range_holds, none_match};
+use crate::store::{Immutable, Store};
 
 /// Every response body: streamed from a file or in memory.
 pub type Body = BoxBody<Bytes, io::Error>;
 
 /// Objects never change: any cache may keep them forever.
-const OBJECT_CACHE: &str = "public, max-age=31536000, immutable";
+const OBJECT_CACHE: &str = crate::store::IMMUTABLE_CACHE;
 /// Heads change with every publish; a short lifetime bounds how stale a cache can be.
-const HEAD_CACHE: &str = "public, max-age=10";
+const HEAD_CACHE: &str = crate::store::SHORT_CACHE;
 /// Read size for file bodies.
 const STREAM_CHUNK: usize = 64 << 10;
 
@@ -133,6 +134,8 @@ pub async fn handle<B>(state: &State, req: &Request<B>) -> Response<Body> {
 enum Source {
     File(tokio::fs::File),
     Memory(Bytes),
+    /// The layout path of a file in object storage, opened at the range answered.
+    Remote(String),
 }
 
 /// A content-addressed file: an object or a head log entry named by `hash`.
@@ -143,17 +146,16 @@ async fn immutable<B>(
     hash: &Digest,
     head_only: bool,
 ) -> io::Result<Response<Body>> {
-    let path = state.repo.join(relative);
-    let file = tokio::fs::File::open(&path).await?;
-    let meta = file.metadata().await?;
-    if !meta.is_file() {
-        return Err(io::ErrorKind::NotFound.into());
-    }
+    let (source, len) = match state.store.open_immutable(relative, hash).await? {
+        (Immutable::File(file), len) => (Source::File(file), len),
+        (Immutable::Remote, len) => (Source::Remote(relative.to_string()), len),
+    };
     let etag = format!("\"{}\"", hash.to_hex());
     respond(
+        &state.store,
         req,
-        Source::File(file),
-        meta.len(),
+        source,
+        len,
         &etag,
         OBJECT_CACHE,
         head_only,
@@ -171,24 +173,17 @@ async fn small_file<B>(
     kind: ObjectKind,
     head_only: bool,
 ) -> io::Result<Response<Body>> {
-    let path = state.repo.join(relative);
-    let meta = tokio::fs::metadata(&path).await?;
-    if !meta.is_file() {
-        return Err(io::ErrorKind::NotFound.into());
-    }
-    if meta.len() > kind.max_size() {
-        return Err(io::Error::other(format!(
-            "{} is larger than any {}",
-            path.display(),
-            kind.name()
-        )));
-    }
-    // Heads are replaced by rename, so one read sees exactly one version; hashing that
-    // same buffer keeps the ETag and the body consistent.
-    let bytes = Bytes::from(tokio::fs::read(&path).await?);
+    // Heads are replaced atomically (rename, or a single PUT), so one read sees exactly
+    // one version; hashing that same buffer keeps the ETag and the body consistent.
+    let bytes = match state.store.read_small(relative, kind.max_size()).await {
+        Ok(Some(b)) => Bytes::from(b),
+        Ok(None) => return Err(io::ErrorKind::NotFound.into()),
+        Err(e) => return Err(io::Error::other(format!("{e:#}"))),
+    };
     let etag = format!("\"{}\"", Digest::of(&bytes).to_hex());
     let len = bytes.len() as u64;
     respond(
+        &state.store,
         req,
         Source::Memory(bytes),
         len,
@@ -201,6 +196,7 @@ async fn small_file<B>(
 
 /// The common 200/206/304/416 logic of repository files.
 async fn respond<B>(
+    store: &Store,
     req: &Request<B>,
     source: Source,
     len: u64,
@@ -251,6 +247,10 @@ async fn respond<B>(
                 file.seek(io::SeekFrom::Start(start)).await?;
             }
             let stream = ReaderStream::with_capacity(file.take(count), STREAM_CHUNK);
+            StreamBody::new(stream.map_ok(Frame::data)).boxed()
+        }
+        Source::Remote(rel) => {
+            let stream = store.open_read(&rel, start..start + count).await?;
             StreamBody::new(stream.map_ok(Frame::data)).boxed()
         }
     };

@@ -44,7 +44,7 @@ use ferry_format::head::ChannelHead;
 use ferry_format::id::{Digest, ObjectRef};
 use ferry_format::keylist::HeadKeys;
 use ferry_format::keys::PublicKey;
-use ferry_format::layout::{RepoPath, parse_repo_path};
+use ferry_format::layout::{RepoPath, object_path, parse_repo_path};
 use ferry_format::verified::{verify_manifest, verify_own_head};
 use http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderMap, Request, Response, StatusCode};
@@ -55,8 +55,9 @@ use tokio::io::AsyncWriteExt;
 use super::quota::{Limits, Over, Quota, retry_after_secs};
 use super::routes::Body;
 use crate::error::{Error, Result, io_err};
-use crate::fsutil::{self, DIR_MODE, FILE_MODE, Place};
+use crate::fsutil;
 use crate::repo::Repo;
+use crate::store::{Expected, Mirror, Placed, Store, Swapped};
 
 /// The request header carrying the sequence the publisher built its head on.
 pub const PREVIOUS_SEQUENCE: &str = "x-ferry-previous-sequence";
@@ -313,7 +314,7 @@ fn internal(e: impl std::fmt::Display) -> Refusal {
 }
 
 /// Answers a `PUT`. `body` is the request body, still unread.
-pub async fn handle<B>(repo: &Path, up: &Uploads, req: &Request<()>, body: B) -> Response<Body>
+pub async fn handle<B>(repo: &Store, up: &Uploads, req: &Request<()>, body: B) -> Response<Body>
 where
     B: hyper::body::Body<Data = Bytes> + Unpin,
     B::Error: std::fmt::Display,
@@ -468,7 +469,7 @@ fn too_large(what: &str, limit: u64) -> Refusal {
 
 /// `PUT /objects/xx/<hash>`: stores the body under its name once it hashes to it.
 async fn put_object<B>(
-    repo: &Path,
+    repo: &Store,
     up: &Uploads,
     hash: Digest,
     headers: &HeaderMap,
@@ -502,7 +503,7 @@ where
 /// Streams an object of at most `limit` bytes to a temp file and places it; returns
 /// the status and its length.
 async fn store_object<B>(
-    repo: &Path,
+    repo: &Store,
     up: &Uploads,
     hash: Digest,
     body: B,
@@ -513,7 +514,6 @@ where
     B::Error: std::fmt::Display,
 {
     let limit = limit.min(up.max_object_size);
-    let repo = Repo::new(repo);
     let r = repo.clone();
     let tmp = blocking(move || r.object_temp()).await.map_err(internal)?;
     let mut file = tokio::fs::File::from_std(tmp.as_file().try_clone().map_err(internal)?);
@@ -530,20 +530,10 @@ where
             ),
         ));
     }
-    let placed = blocking(move || {
-        let dest = repo.object_file(&hash);
-        if let Some(dir) = dest.parent() {
-            fsutil::ensure_dir(dir, DIR_MODE)?;
-        }
-        crash_point!("server::upload::object_received");
-        fsutil::persist(tmp, &dest, FILE_MODE, Place::KeepExisting)
-    })
-    .await
-    .map_err(internal)?;
-    let status = if placed {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
+    let placed = repo.put_object(tmp, &hash, len).await.map_err(internal)?;
+    let status = match placed {
+        Placed::Created => StatusCode::CREATED,
+        Placed::Existed => StatusCode::OK,
     };
     Ok((status, len))
 }
@@ -589,7 +579,7 @@ fn verification(e: FormatError, what: &str, other: StatusCode) -> Refusal {
 /// `PUT /channels/<channel>/head`: verifies the head and its current release, then
 /// replaces the channel's head if nobody else did since the publisher looked.
 async fn put_head<B>(
-    repo_root: &Path,
+    store: &Store,
     up: &Uploads,
     channel: &str,
     headers: &HeaderMap,
@@ -618,7 +608,13 @@ where
 
     // The same checks a client makes (FORMAT.md §6.1 steps 1-5), minus the sequence,
     // which is the compare-and-swap below.
-    let repo = Repo::new(repo_root);
+    // The key lists in a folder the trust functions read: the repository itself, or
+    // a copy of a bucket's.
+    let s = store.clone();
+    let view = blocking(move || s.working_copy(Mirror::Keys))
+        .await
+        .map_err(internal)?;
+    let repo = view.repo().clone();
     let (trusted, key_list_version) = current_trust(&repo, up).await?;
     let head = verify_own_head(&bytes, &trusted)
         .map_err(|e| verification(e, "channel head", StatusCode::BAD_REQUEST))?;
@@ -669,24 +665,22 @@ where
     }
 
     // Objects first, head last: the current release must be complete and verify.
-    check_release(&repo, &trusted.publishers, &head).await?;
+    check_release(store, &trusted.publishers, &head).await?;
 
+    // The in-process lock orders this server's uploads; the swap below is a real
+    // compare-and-swap against other writers (a local `publish` under the channel
+    // lock, or another server on the same bucket).
     let lock = up.channel_lock(channel);
     let _held = lock.lock().await;
-    // The in-process lock orders uploads; the file lock orders them with a local
-    // `publish` or `refresh-head` on the same repository.
-    let r = repo.clone();
-    let ch = channel.to_string();
-    let _file_lock = blocking(move || r.lock_channel(&ch))
-        .await
-        .map_err(internal)?;
-    let r = repo.clone();
-    let ch = channel.to_string();
-    let current = blocking(move || r.read_head(&ch)).await.map_err(internal)?;
+    let current = store.read_head(channel).await.map_err(internal)?;
+    let (current, swap_from) = match current {
+        Some((b, e)) => (Some(b), e),
+        None => (None, Expected::Absent),
+    };
     let current_head = match current {
         None => None,
         Some(b) => Some(
-            verify_own_head(&b, &crate::trust::trust_for_head(&Repo::new(repo_root), &b, up.anchor).unwrap_or_else(|_| trusted.clone()))
+            verify_own_head(&b, &crate::trust::trust_for_head(&repo, &b, up.anchor).unwrap_or_else(|_| trusted.clone()))
                 .map_err(|e| {
                     refuse(
                         StatusCode::CONFLICT,
@@ -716,11 +710,18 @@ where
             ),
         ));
     }
-    let ch = channel.to_string();
     crash_point!("server::upload::head_swap");
-    blocking(move || repo.write_head(&ch, &bytes))
-        .await
-        .map_err(internal)?;
+    match store.swap_head(channel, bytes, &swap_from).await {
+        Ok(Swapped::Done) => {}
+        Ok(Swapped::Lost(_)) => {
+            return Err(refuse(
+                StatusCode::CONFLICT,
+                Reason::Conflict,
+                "head moved while this upload was checked: fetch the new head and publish again",
+            ));
+        }
+        Err(e) => return Err(internal(e)),
+    }
     tracing::info!(
         channel,
         sequence = head.sequence,
@@ -771,7 +772,7 @@ async fn current_trust(repo: &Repo, up: &Uploads) -> Result<(HeadKeys, u64), Ref
 /// The current release of `head` is on the server: its manifest verifies against the
 /// head's entry and its archive has the size the manifest gives.
 async fn check_release(
-    repo: &Repo,
+    repo: &Store,
     trusted: &TrustedKeys,
     head: &ChannelHead,
 ) -> Result<(), Refusal> {
@@ -786,42 +787,44 @@ async fn check_release(
             ),
         )
     };
-    let manifest_file = repo.object_file(&release.manifest.hash);
-    let bytes = match tokio::fs::metadata(&manifest_file).await {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+    let manifest_file = object_path(&release.manifest.hash);
+    let bytes = match repo.len(&manifest_file).await.map_err(internal)? {
+        None => {
             return Err(missing("manifest", &release.manifest));
         }
-        Err(e) => return Err(internal(e)),
-        Ok(m) if m.len() != release.manifest.size => {
+        Some(len) if len != release.manifest.size => {
             return Err(refuse(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 Reason::Invalid,
                 format!(
-                    "manifest {} has {} bytes on the server, the head says {}",
-                    release.manifest.hash,
-                    m.len(),
-                    release.manifest.size
+                    "manifest {} has {len} bytes on the server, the head says {}",
+                    release.manifest.hash, release.manifest.size
                 ),
             ));
         }
-        Ok(_) => tokio::fs::read(&manifest_file).await.map_err(internal)?,
+        Some(len) => repo
+            .read_small(&manifest_file, len)
+            .await
+            .map_err(internal)?
+            .ok_or_else(|| missing("manifest", &release.manifest))?,
     };
     let manifest = verify_manifest(&bytes, &release, head.channel(), trusted)
         .map_err(|e| verification(e, "manifest", StatusCode::UNPROCESSABLE_ENTITY))?;
-    match tokio::fs::metadata(repo.object_file(&manifest.archive.hash)).await {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(missing("archive", &manifest.archive)),
-        Err(e) => Err(internal(e)),
-        Ok(m) if m.len() != manifest.archive.size => Err(refuse(
+    match repo
+        .len(&object_path(&manifest.archive.hash))
+        .await
+        .map_err(internal)?
+    {
+        None => Err(missing("archive", &manifest.archive)),
+        Some(len) if len != manifest.archive.size => Err(refuse(
             StatusCode::UNPROCESSABLE_ENTITY,
             Reason::Invalid,
             format!(
-                "archive {} has {} bytes on the server, the manifest says {}",
-                manifest.archive.hash,
-                m.len(),
-                manifest.archive.size
+                "archive {} has {len} bytes on the server, the manifest says {}",
+                manifest.archive.hash, manifest.archive.size
             ),
         )),
-        Ok(_) => Ok(()),
+        Some(_) => Ok(()),
     }
 }
 
@@ -917,7 +920,8 @@ mod tests {
         let name = Digest::of(&data);
         let body = || Full::new(data.clone());
         let none = HeaderMap::new();
-        let put = |hash| put_object(d.path(), &up, hash, &none, body());
+        let store = Store::folder(d.path());
+        let put = |hash| put_object(&store, &up, hash, &none, body());
         assert_eq!(put(name).await.unwrap(), StatusCode::CREATED);
         assert_eq!(put(name).await.unwrap(), StatusCode::OK, "idempotent");
         let stored = Repo::new(d.path()).object_file(&name);
@@ -931,7 +935,7 @@ mod tests {
         );
 
         let small = Uploads::new("t", vec![SecretKey::from_seed([3; 32]).public()], 4).unwrap();
-        let e = put_object(d.path(), &small, name, &none, body())
+        let e = put_object(&store, &small, name, &none, body())
             .await
             .unwrap_err();
         assert_eq!(e.status, StatusCode::PAYLOAD_TOO_LARGE);

@@ -7,6 +7,7 @@ use std::path::Path;
 use ferry_format::id::Digest;
 use ferry_format::layout::{head_path, object_path};
 use ferry_server::serve::{ServeOptions, Server};
+use ferry_server::store::Store;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -82,7 +83,7 @@ async fn serves_the_repository_and_nothing_else() {
     let log = tmp.path().join("access.log");
 
     let server = Server::bind(&ServeOptions {
-        repo: repo.clone(),
+        store: Store::folder(&repo),
         listen: "127.0.0.1:0".parse().unwrap(),
         max_connections: 4,
         access_log: Some(log.clone()),
@@ -163,7 +164,10 @@ async fn serves_the_repository_and_nothing_else() {
     assert_eq!((r.status, &r.body), (200, &head_bytes));
     let head_etag = format!("\"{}\"", Digest::of(&head_bytes).to_hex());
     assert_eq!(r.header("etag"), Some(head_etag.as_str()));
-    assert_eq!(r.header("cache-control"), Some("public, max-age=10"));
+    assert_eq!(
+        r.header("cache-control"),
+        Some("public, max-age=10, must-revalidate")
+    );
     let r = request(
         addr,
         "GET",
@@ -237,7 +241,7 @@ async fn connection_cap_sheds_idle_connections_and_defers_behind_busy_ones() {
     fs::create_dir_all(tmp.path().join(&path).parent().unwrap()).unwrap();
     fs::write(tmp.path().join(&path), &big).unwrap();
     let server = Server::bind(&ServeOptions {
-        repo: tmp.path().to_path_buf(),
+        store: Store::folder(tmp.path()),
         listen: "127.0.0.1:0".parse().unwrap(),
         max_connections: 1,
         access_log: None,

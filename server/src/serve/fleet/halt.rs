@@ -30,8 +30,8 @@ use serde_json::{Value, json};
 use super::store::{Halt, HaltLedger, Store};
 use super::{Fleet, FleetError, HaltRule, chain, now};
 use crate::key_admin::{RolloutChange, is_paused};
-use crate::repo::Repo;
 use crate::rollout::{Signer, rollout};
+use crate::store::Mirror;
 
 /// Applies `--halt-when` to `channel` after a report was stored; true when it halted
 /// a rollout now. Problems are logged, never the agent's (its report is stored either
@@ -62,8 +62,11 @@ fn evaluate(
     s: &mut dyn HaltLedger,
     channel: &str,
 ) -> Result<bool, FleetError> {
-    let repo = Repo::new(&fleet.repo);
-    let Some(bytes) = repo.read_head(channel)? else {
+    let mirror = Mirror::Heads(Some(channel));
+    let Some(bytes) = fleet
+        .repo_store
+        .read(mirror, |repo| repo.read_head(channel))?
+    else {
         return Ok(false);
     };
     let head = inspect_head(&bytes).map_err(crate::error::Error::from)?;
@@ -85,7 +88,9 @@ fn evaluate(
     let content_sequence = if is_paused(&head) {
         head.content.sequence
     } else {
-        let done = rollout(&repo, channel, Signer::Online(key), RolloutChange::Pause)?;
+        let done = fleet.repo_store.write(mirror, |repo| {
+            rollout(repo, channel, Signer::Online(key), RolloutChange::Pause)
+        })?;
         if done.release != release {
             tracing::warn!(
                 channel,
@@ -116,8 +121,10 @@ pub fn rollout_view(fleet: &Fleet, s: &mut Store, channel: &str) -> Result<Value
     if ferry_format::version::check_channel(channel).is_err() {
         return Ok(Value::Null);
     }
-    let repo = Repo::new(&fleet.repo);
-    let Some(head) = repo.read_head(channel)?.and_then(|b| inspect_head(&b).ok()) else {
+    let head = fleet
+        .repo_store
+        .read(Mirror::Heads(Some(channel)), |repo| repo.read_head(channel))?;
+    let Some(head) = head.and_then(|b| inspect_head(&b).ok()) else {
         return Ok(Value::Null);
     };
     let release = head.current().version.clone();

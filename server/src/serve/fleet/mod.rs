@@ -123,6 +123,8 @@ pub struct Fleet {
     repo: PathBuf,
     /// `--fleet-db` as shown in messages (without a password).
     db: String,
+    /// The same repository, for writes that must go through the store (halts).
+    repo_store: crate::store::Store,
     agent_tokens: Tokens,
     operator_tokens: Tokens,
     store: Arc<Mutex<Box<Store>>>,
@@ -145,6 +147,7 @@ impl Fleet {
         }
         let store = store::open(&opts.db, store::Open::Create)?;
         Ok(Fleet {
+            repo_store: crate::store::Store::folder(&opts.repo),
             repo: opts.repo,
             db: opts.db.to_string(),
             agent_tokens,
