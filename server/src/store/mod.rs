@@ -12,7 +12,7 @@
 //!   compare, rename", and the commands work on the folder directly, as always.
 //! - In a bucket the swap is a conditional `PUT` ([`object`]). Commands that compute
 //!   over many files (publish, rollout, audit...) run unchanged on a *working copy*
-//!   ([`stage`]): the keys, heads and objects they read are mirrored into a temporary
+//!   (`stage.rs`): the keys, heads and objects they read are mirrored into a temporary
 //!   folder, the command runs there, and what it added is sent back in the
 //!   repository's write order, the head last with a compare-and-swap.
 //! - `serve` reads objects from either ([`Store::open_read`]), from a bucket through
