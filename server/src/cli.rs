@@ -313,6 +313,17 @@ pub enum Command {
               value_parser = crate::serve::upload::parse_size)]
         cache_size: u64,
     },
+    /// Print the shell completion script for bash, zsh, fish, elvish or powershell.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page, or write one page per command into a folder.
+    Man {
+        /// Write ferry-server.1 and ferry-server-COMMAND.1 into this folder.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
     /// Audit reports: who signed which head, when (from the repository's head log),
     /// as JSON (signed with --sign) or CSV; verify a signed report; prune old records.
     Audit {

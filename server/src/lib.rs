@@ -60,6 +60,7 @@ pub mod fsutil;
 pub mod key_admin;
 pub mod keygen;
 pub mod ls;
+pub mod manual;
 pub mod publish;
 pub mod repo;
 pub mod revoke;
@@ -359,6 +360,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             )?;
         }
         Command::Audit { command } => audit::command::run(command, &options)?,
+        Command::Completions { shell } => manual::completions(shell)?,
+        Command::Man { out } => manual::man(out.as_deref())?,
         Command::Ls { repo, channel, key } => {
             let key = key.as_deref().map(ls::read_public).transpose()?;
             let store = open(&repo)?;

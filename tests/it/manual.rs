@@ -100,3 +100,36 @@ fn every_manual_page_renders_with_its_options_and_the_exit_statuses() {
         "roff"
     );
 }
+
+#[test]
+fn ferry_server_has_completions_and_a_page_per_command_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(bin("ferry-server"), &["completions", "bash"]);
+    assert_ok(&out, "ferry-server completions bash");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("complete -F _ferry__server"), "{text}");
+    let syntax = Command::new("bash")
+        .args(["-n", "-c", &text])
+        .output()
+        .unwrap();
+    assert_ok(&syntax, "bash -n");
+    let out = run(
+        bin("ferry-server"),
+        &["man", "--out", dir.path().to_str().unwrap()],
+    );
+    assert_ok(&out, "ferry-server man --out");
+    for page in [
+        "ferry-server.1",
+        "ferry-server-publish.1",
+        "ferry-server-serve.1",
+        "ferry-server-audit-export.1",
+    ] {
+        let rendered = Command::new("groff")
+            .args(["-man", "-Tutf8", "-P-cbou"])
+            .arg(dir.path().join(page))
+            .output()
+            .unwrap();
+        assert_ok(&rendered, page);
+        assert!(!rendered.stdout.is_empty(), "{page}");
+    }
+}
