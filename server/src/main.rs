@@ -9,19 +9,29 @@ use tracing_subscriber::EnvFilter;
 fn main() -> ExitCode {
     #[cfg(feature = "failpoints")]
     let _failpoints = ferry_server::failpoint::setup();
+    let cli = ferry_server::cli::Cli::parse();
+    // `serve` is a service: its log is its output. A one-shot command prints its own
+    // summary, so only warnings go to stderr (FERRY_LOG=info shows the rest).
+    let default = match cli.command {
+        ferry_server::cli::Command::Serve { .. } => "info",
+        _ => "warn",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_env("FERRY_LOG")
                 .or_else(|_| EnvFilter::try_from_default_env())
                 // object_store logs each retry of a request at info: only its
                 // outcome matters, and that is reported as an error.
-                .unwrap_or_else(|_| EnvFilter::new("info,object_store=warn")),
+                .unwrap_or_else(|_| EnvFilter::new(format!("{default},object_store=warn"))),
         )
         .with_writer(std::io::stderr)
-        // Colour codes only for a person at a terminal, never into files and pipes.
-        .with_ansi(std::io::stderr().is_terminal())
+        // Colour codes only for a person at a terminal, never into files and pipes
+        // (nor with NO_COLOR set).
+        .with_ansi(
+            std::io::stderr().is_terminal()
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+        )
         .init();
-    let cli = ferry_server::cli::Cli::parse();
     match ferry_server::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
