@@ -8,6 +8,8 @@ use std::process::{Command, Stdio};
 
 use ferry_format::id::Digest;
 use ferry_format::layout::object_path;
+use ferry_tests::process::run_env;
+use ferry_tests::seaweedfs::{BUCKET, SeaweedFs};
 use ferry_tests::tree::{noise, put};
 use ferry_tests::{Agent, Publisher, Server, assert_ok, bin, run};
 
@@ -212,5 +214,84 @@ fn gc_during_a_publish_keeps_the_release_being_published() {
     let agent = Agent::init(&server.url, "stable", &p.public_key(), &[]);
     agent.update();
     assert_eq!(agent.active().as_deref(), Some(v(2).as_str()));
+    assert_ok(&agent.ferry("verify", &[]), "verify");
+}
+
+/// `ferry-server ARGS` against the bucket of `s3`.
+fn in_bucket(s3: &SeaweedFs, args: &[&str]) -> String {
+    let env = s3.env();
+    let env: Vec<(&str, Option<&str>)> = env.iter().map(|(k, v)| (*k, Some(v.as_str()))).collect();
+    let out = run_env(bin("ferry-server"), args, &env);
+    assert_ok(&out, &args[..2].join(" "));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn gc_in_a_bucket_uses_last_modified_and_keeps_what_heads_name() {
+    let s3 = SeaweedFs::start();
+    let repo = s3.repo("gc");
+    let p = Publisher::new("stable");
+    let sources = Sources::app(3);
+    let key = p.key();
+    let publish = |k: u64| -> serde_json::Value {
+        let out = in_bucket(
+            &s3,
+            &[
+                "publish",
+                "--repo",
+                &repo,
+                "--key",
+                key.to_str().unwrap(),
+                "--channel",
+                "stable",
+                "--version",
+                &v(k),
+                "--zstd-level",
+                "3",
+                "--retain",
+                "2",
+                "--json",
+                sources.release(k).to_str().unwrap(),
+            ],
+        );
+        serde_json::from_str(&out).expect("publish --json prints JSON")
+    };
+    let r1 = publish(1);
+    let r2 = publish(2);
+    let r3 = publish(3);
+    // Anonymous reads of the bucket tell whether an object is still there.
+    let present = |r: &serde_json::Value, field: &str| {
+        let got = s3
+            .get(&format!("/{BUCKET}/gc/{}", obj(&r[field])))
+            .unwrap_or_default();
+        got.starts_with("HTTP/1.1 200")
+    };
+    assert!(present(&r1, "archive"));
+
+    // Everything is younger than the default grace: nothing goes.
+    let young = in_bucket(&s3, &["gc", "--repo", &repo]);
+    assert!(young.contains("freed 0 objects"), "{young}");
+    assert!(present(&r1, "archive"), "{young}");
+
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let dry = in_bucket(&s3, &["gc", "--repo", &repo, "--grace", "1s", "--dry-run"]);
+    assert!(
+        listed(&dry, "would delete ").contains(&obj(&r1["archive"])),
+        "{dry}"
+    );
+    assert!(present(&r1, "archive"), "--dry-run deletes nothing");
+    let done = in_bucket(&s3, &["gc", "--repo", &repo, "--grace", "1s"]);
+    assert_eq!(listed(&done, "deleted "), listed(&dry, "would delete "));
+    assert!(!present(&r1, "archive"), "{done}");
+    for r in [&r2, &r3] {
+        assert!(present(r, "manifest") && present(r, "archive"), "{done}");
+    }
+
+    let env = s3.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let server = Server::start_with_env(Path::new(&repo), &[], &env);
+    let agent = Agent::init(&server.url, "stable", &p.public_key(), &[]);
+    agent.update();
+    assert_eq!(agent.active().as_deref(), Some(v(3).as_str()));
     assert_ok(&agent.ferry("verify", &[]), "verify");
 }
