@@ -120,7 +120,8 @@ fn gc_deletes_old_unreferenced_objects_and_keeps_what_heads_name() {
     for r in [&r2, &r3] {
         assert!(after.contains(&obj(&r["manifest"])), "{r}");
         assert!(after.contains(&obj(&r["archive"])), "{r}");
-        for d in r["manifest_diff_objects"].as_array().unwrap() {
+        // Absent from the report when the release has none.
+        for d in r["manifest_diff_objects"].as_array().into_iter().flatten() {
             assert!(after.contains(&obj(&d["hash"])), "{d}");
         }
     }
@@ -172,11 +173,11 @@ fn gc_during_a_publish_keeps_the_release_being_published() {
 
     // A large release, so its objects sit unreferenced for a while before its head.
     let big: PathBuf = p.dir.path().join("big");
-    for i in 0..4 {
+    for i in 0..3 {
         put(
             &big,
             &format!("data/{i}.bin"),
-            &noise(50 + i, 12 << 20),
+            &noise(50 + i, 4 << 20),
             0o644,
         );
     }
