@@ -330,6 +330,23 @@ pub enum Command {
         #[command(subcommand)]
         command: crate::audit::command::AuditCommand,
     },
+    /// Delete the objects no channel head references any more (directly or through
+    /// the manifests of the releases it lists). Heads, head log entries and key lists
+    /// are never deleted.
+    Gc {
+        /// Repository: a folder, or s3://BUCKET/PREFIX (configured by the AWS_*
+        /// environment variables and --store-option).
+        #[arg(long, value_name = "DIR|URL", value_parser = crate::store::location::parse_repo)]
+        repo: Location,
+        /// Keep unreferenced objects younger than this (by file modification time or
+        /// the bucket's last-modified): a running publish uploads its objects before
+        /// its head names them. Must outlast the longest publish.
+        #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_duration)]
+        grace: Duration,
+        /// Only list what would be deleted.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// List a repository's channels and their releases.
     Ls {
         /// Repository: a folder, or s3://BUCKET/PREFIX (configured by the AWS_*

@@ -57,6 +57,7 @@ pub mod audit;
 pub mod cli;
 pub mod error;
 pub mod fsutil;
+pub mod gc;
 pub mod key_admin;
 pub mod keygen;
 pub mod ls;
@@ -362,6 +363,21 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Audit { command } => audit::command::run(command, &options)?,
         Command::Completions { shell } => manual::completions(shell)?,
         Command::Man { out } => manual::man(out.as_deref())?,
+        Command::Gc {
+            repo,
+            grace,
+            dry_run,
+        } => {
+            let store = open(&repo)?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            let report = rt.block_on(gc::gc(&store, gc::GcOptions { grace, dry_run }))?;
+            std::io::stdout()
+                .write_all(report.text().as_bytes())
+                .context("cannot write to stdout")?;
+        }
         Command::Ls { repo, channel, key } => {
             let key = key.as_deref().map(ls::read_public).transpose()?;
             let store = open(&repo)?;

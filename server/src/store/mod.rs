@@ -406,6 +406,34 @@ impl Store {
         }
     }
 
+    /// Every file under `objects/`, as (layout path, size, last written). Names that
+    /// are not object names (a publisher's temp files) are listed too: the caller
+    /// decides what to do with them.
+    pub async fn list_objects(&self) -> Result<Vec<(String, u64, std::time::SystemTime)>> {
+        match self {
+            Store::Local(repo) => {
+                let root = repo.root().to_path_buf();
+                blocking(move || list_local_objects(&root)).await
+            }
+            Store::Object(o) => o.list_all("objects").await,
+        }
+    }
+
+    /// Deletes the file `rel` (gone already is fine).
+    pub async fn delete(&self, rel: &str) -> Result<()> {
+        match self {
+            Store::Local(repo) => {
+                let path = repo.root().join(rel);
+                match tokio::fs::remove_file(&path).await {
+                    Ok(()) => Ok(()),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                    Err(e) => Err(crate::error::io_err("delete", &path)(e)),
+                }
+            }
+            Store::Object(o) => o.delete(rel).await,
+        }
+    }
+
     /// Checks that the repository can be read (a bucket answers a listing with these
     /// credentials), so that `serve` fails at start, not on every request.
     pub fn check(&self) -> Result<()> {
@@ -523,6 +551,50 @@ fn local_swap(repo: &Repo, channel: &str, bytes: &[u8], expected: &Expected) -> 
     }
     repo.write_head(channel, bytes)?;
     Ok(Swapped::Done)
+}
+
+/// The files of a folder repository's `objects/` (one fan-out level, as the layout
+/// has), with their sizes and modification times.
+fn list_local_objects(root: &Path) -> Result<Vec<(String, u64, std::time::SystemTime)>> {
+    let objects = root.join("objects");
+    let read = |dir: &Path| match std::fs::read_dir(dir) {
+        Ok(items) => Ok(Some(items)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(crate::error::io_err("list", dir)(e)),
+    };
+    let mut out = Vec::new();
+    let Some(fans) = read(&objects)? else {
+        return Ok(out);
+    };
+    for fan in fans {
+        let fan = fan.map_err(crate::error::io_err("list", &objects))?;
+        let fan_path = fan.path();
+        if !fan_path.is_dir() {
+            continue;
+        }
+        let Some(items) = read(&fan_path)? else {
+            continue;
+        };
+        for item in items {
+            let item = item.map_err(crate::error::io_err("list", &fan_path))?;
+            let meta = item
+                .metadata()
+                .map_err(crate::error::io_err("read", &item.path()))?;
+            if !meta.is_file() {
+                continue;
+            }
+            let modified = meta
+                .modified()
+                .map_err(crate::error::io_err("read", &item.path()))?;
+            let rel = format!(
+                "objects/{}/{}",
+                fan.file_name().to_string_lossy(),
+                item.file_name().to_string_lossy()
+            );
+            out.push((rel, meta.len(), modified));
+        }
+    }
+    Ok(out)
 }
 
 /// Runs blocking file work off the async executor.

@@ -440,6 +440,24 @@ impl ObjectRepo {
         Ok((dirs, files))
     }
 
+    /// Every key under the folder `dir` (a layout path), at any depth, as layout paths
+    /// with their sizes and when they were last written.
+    pub async fn list_all(&self, dir: &str) -> Result<Vec<(String, u64, std::time::SystemTime)>> {
+        let (inner, key) = (self.inner.clone(), self.key(dir));
+        let listed: Vec<object_store::ObjectMeta> = self
+            .run(async move { inner.list(Some(&key)).try_collect().await })
+            .await
+            .map_err(self.stopped(dir))?
+            .map_err(self.err("list", dir))?;
+        Ok(listed
+            .into_iter()
+            .filter_map(|m| {
+                let rel = self.rel(&m.location)?.to_string();
+                Some((rel, m.size, std::time::SystemTime::from(m.last_modified)))
+            })
+            .collect())
+    }
+
     /// Deletes `rel` (gone already is fine).
     pub async fn delete(&self, rel: &str) -> Result<()> {
         let (inner, key) = (self.inner.clone(), self.key(rel));

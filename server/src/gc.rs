@@ -1,0 +1,159 @@
+//! `ferry-server gc`: deletes the objects nothing a channel head names any more.
+//!
+//! What is kept: for every channel, its head's key list and manifest diffs (with
+//! their chunk diffs and base manifests), and for every release the head lists, its
+//! manifest, archive, diff objects and the manifests those diffs are based on. Heads,
+//! head log entries (`audit prune` owns those) and key lists are never touched; only
+//! names under `objects/` are candidates.
+//!
+//! A publisher uploads its objects before its head names them, so an unreferenced
+//! object may belong to a publish in progress: it is deleted only once it is older
+//! than the grace period. The objects are listed *before* the heads are read, so an
+//! object a head names by the time gc reads it is kept whatever its age.
+
+use std::collections::HashSet;
+use std::fmt::Write as _;
+use std::time::{Duration, SystemTime};
+
+use ferry_format::envelope::ObjectKind;
+use ferry_format::head::inspect_head;
+use ferry_format::id::Digest;
+use ferry_format::layout::{RepoPath, head_path, object_path, parse_repo_path};
+use ferry_format::verified::verify_pinned_manifest;
+
+use crate::error::{Error, Result};
+use crate::store::Store;
+
+/// What `gc` does.
+#[derive(Clone, Copy, Debug)]
+pub struct GcOptions {
+    /// Unreferenced objects younger than this are kept (a publish may be under way).
+    pub grace: Duration,
+    /// List what would be deleted; delete nothing.
+    pub dry_run: bool,
+}
+
+/// What `gc` found and did.
+#[derive(Debug, Default)]
+pub struct GcReport {
+    /// Deleted (or, with `--dry-run`, deletable) objects: layout path and size.
+    pub freed: Vec<(String, u64)>,
+    pub referenced: usize,
+    /// Unreferenced but younger than the grace period.
+    pub young: usize,
+    pub dry_run: bool,
+}
+
+impl GcReport {
+    pub fn text(&self) -> String {
+        let mut out = String::new();
+        let verb = if self.dry_run {
+            "would delete"
+        } else {
+            "deleted"
+        };
+        for (rel, size) in &self.freed {
+            let _ = writeln!(out, "{verb} {rel} ({size} bytes)");
+        }
+        let bytes: u64 = self.freed.iter().map(|(_, s)| s).sum();
+        let _ = writeln!(
+            out,
+            "{} {} objects, {bytes} bytes; kept {} referenced and {} unreferenced younger \
+             than the grace period",
+            if self.dry_run { "would free" } else { "freed" },
+            self.freed.len(),
+            self.referenced,
+            self.young
+        );
+        out
+    }
+}
+
+/// Runs gc on `store`.
+pub async fn gc(store: &Store, opts: GcOptions) -> Result<GcReport> {
+    // Listed first: anything a publisher adds later is not a candidate, and anything
+    // its head names by the time the heads are read below is referenced.
+    let listed = store.list_objects().await?;
+    let referenced = referenced(store).await?;
+    let now = SystemTime::now();
+    let mut report = GcReport {
+        dry_run: opts.dry_run,
+        ..GcReport::default()
+    };
+    for (rel, size, modified) in listed {
+        // Only names the layout gives objects: a temp file of a running publish (in
+        // `objects/` on a folder) is not ours to remove.
+        let Some(RepoPath::Object(hash)) = parse_repo_path(&rel) else {
+            continue;
+        };
+        if referenced.contains(&hash) {
+            report.referenced += 1;
+            continue;
+        }
+        // A time in the future (clock skew) counts as young.
+        let old = now
+            .duration_since(modified)
+            .is_ok_and(|age| age >= opts.grace);
+        if !old {
+            report.young += 1;
+            continue;
+        }
+        if !opts.dry_run {
+            store.delete(&rel).await?;
+        }
+        report.freed.push((rel, size));
+    }
+    Ok(report)
+}
+
+/// Every object hash a channel head names, directly or through its releases'
+/// manifests. Any head or manifest that cannot be read stops gc: deleting with an
+/// incomplete picture could remove what a head still needs.
+async fn referenced(store: &Store) -> Result<HashSet<Digest>> {
+    let mut keep = HashSet::new();
+    let broken = |reason: String| Error::BrokenRepo {
+        repo: store.name().into(),
+        reason: format!("{reason}; gc deletes nothing while it cannot see every reference"),
+    };
+    for channel in store.channels().await? {
+        let rel = head_path(&channel);
+        let bytes = store
+            .read_small(&rel, ObjectKind::ChannelHead.max_size())
+            .await?
+            .ok_or_else(|| broken(format!("the head of channel {channel:?} vanished")))?;
+        let head = inspect_head(&bytes).map_err(|e| broken(format!("{rel}: {e}")))?;
+        if let Some(k) = &head.key_list {
+            keep.insert(k.object.hash);
+        }
+        for d in &head.content.manifest_diffs {
+            keep.insert(d.object.hash);
+            keep.insert(d.base_manifest);
+            if let Some(c) = &d.chunk_diff {
+                keep.insert(c.hash);
+            }
+        }
+        for r in head.releases() {
+            keep.insert(r.manifest.hash);
+            let rel = object_path(&r.manifest.hash);
+            let bytes = store
+                .read_small(&rel, r.manifest.size)
+                .await?
+                .ok_or_else(|| {
+                    broken(format!(
+                        "the manifest of {channel} {} ({rel}) is missing",
+                        r.version
+                    ))
+                })?;
+            let manifest = verify_pinned_manifest(&bytes, r, &channel)
+                .map_err(|e| broken(format!("{rel}: {e}")))?;
+            keep.insert(manifest.archive.hash);
+            for d in &manifest.diffs {
+                keep.insert(d.object.hash);
+                // The base is on the agent's disk, but keeping its small manifest
+                // costs little and keeps the diff meaningful to any tool reading it.
+                keep.insert(d.base_manifest);
+            }
+        }
+    }
+    Ok(keep)
+}
