@@ -40,6 +40,7 @@ mod it {
     pub mod rollback;
     pub mod rollout_cmd;
     pub mod s3;
+    pub mod scale_out;
     pub mod self_update;
     pub mod static_host;
     pub mod tamper;

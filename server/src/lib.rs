@@ -287,28 +287,24 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             cache_size,
         } => {
             let store = open(&repo)?;
-            let fleet_repo = match (&store, &fleet_db) {
-                (_, None) => None,
-                (store::Store::Local(r), Some(_)) => Some(r.root().to_path_buf()),
-                (store::Store::Object(_), Some(_)) => anyhow::bail!(
-                    "the fleet API (--fleet-db) needs a local --repo for now: with --repo {} \
-                     the fleet data must live in a database every server shares, which is \
-                     not available yet",
+            if let (store::Store::Object(_), Some(db)) = (&store, &fleet_db)
+                && !db.starts_with("postgres://")
+                && !db.starts_with("postgresql://")
+            {
+                tracing::warn!(
+                    "--fleet-db {db} is a file on this machine: other servers on {} will not \
+                     share its reports or halts (use --fleet-db postgres://… for several)",
                     store.name()
-                ),
-            };
+                );
+            }
             if let Some(dir) = &cache_dir {
                 store
                     .use_cache(dir, cache_size)
                     .with_context(|| format!("--cache-dir {}", dir.display()))?;
             }
             store.check()?;
-            let fleet = match (
-                agent_token_file,
-                operator_token_file,
-                fleet_db.zip(fleet_repo),
-            ) {
-                (Some(agent_tokens), Some(operator_tokens), Some((db, fleet_repo))) => {
+            let fleet = match (agent_token_file, operator_token_file, fleet_db) {
+                (Some(agent_tokens), Some(operator_tokens), Some(db)) => {
                     let db = audit::command::parse_fleet_db(&db)?;
                     // clap requires --timestamp-key with --halt-when.
                     let halt = match (halt_when, &timestamp_key) {
@@ -316,7 +312,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                         _ => None,
                     };
                     Some(serve::fleet::Fleet::open(serve::fleet::FleetOptions {
-                        repo: fleet_repo,
+                        repo: store.clone(),
                         agent_tokens,
                         operator_tokens,
                         db,

@@ -22,16 +22,16 @@ use super::fixtures::{Sources, tree_eq, v};
 const TOKEN: &str = "s3-upload-token-0123456789";
 
 /// A SeaweedFS instance, a publisher's keys and a repository at `s3://ferry/<prefix>`.
-struct Bucket {
-    s3: SeaweedFs,
-    p: Publisher,
-    sources: Sources,
-    prefix: String,
-    repo: String,
+pub struct Bucket {
+    pub s3: SeaweedFs,
+    pub p: Publisher,
+    pub sources: Sources,
+    pub prefix: String,
+    pub repo: String,
 }
 
 impl Bucket {
-    fn new(prefix: &str, releases: u64) -> Bucket {
+    pub fn new(prefix: &str, releases: u64) -> Bucket {
         let s3 = SeaweedFs::start();
         let repo = s3.repo(prefix);
         Bucket {
@@ -44,7 +44,7 @@ impl Bucket {
     }
 
     /// `ferry-server ARGS` with the bucket's environment and `extra` variables.
-    fn server_env(&self, args: &[&str], extra: &[(&str, &str)]) -> Output {
+    pub fn server_env(&self, args: &[&str], extra: &[(&str, &str)]) -> Output {
         let env = self.s3.env();
         let mut all: Vec<(&str, Option<&str>)> =
             env.iter().map(|(k, v)| (*k, Some(v.as_str()))).collect();
@@ -52,7 +52,7 @@ impl Bucket {
         run_env(bin("ferry-server"), args, &all)
     }
 
-    fn server(&self, args: &[&str]) -> Output {
+    pub fn server(&self, args: &[&str]) -> Output {
         self.server_env(args, &[])
     }
 
@@ -76,11 +76,11 @@ impl Bucket {
         .to_vec()
     }
 
-    fn publish(&self, k: u64) -> Value {
+    pub fn publish(&self, k: u64) -> Value {
         self.publish_with(k, &[])
     }
 
-    fn publish_with(&self, k: u64, extra: &[&str]) -> Value {
+    pub fn publish_with(&self, k: u64, extra: &[&str]) -> Value {
         let mut args = self.publish_args(k);
         let source = args.pop().unwrap();
         args.extend(extra.iter().map(|s| s.to_string()));
@@ -91,7 +91,7 @@ impl Bucket {
     }
 
     /// `ls --key` of the bucket: the heads verified, every manifest read.
-    fn ls(&self) -> String {
+    pub fn ls(&self) -> String {
         let key = self.p.public_key();
         let out = self.server(&["ls", "--repo", &self.repo, "--key", key.to_str().unwrap()]);
         assert_ok(&out, "ls");
@@ -105,7 +105,7 @@ impl Bucket {
     }
 
     /// The current release of the channel, from `ls`.
-    fn current(&self) -> String {
+    pub fn current(&self) -> String {
         let text = self.ls();
         let line = text
             .lines()
@@ -132,7 +132,7 @@ impl Bucket {
     }
 
     /// `ferry-server serve --repo s3://...` with the bucket's environment.
-    fn serve(&self, extra: &[&str]) -> Server {
+    pub fn serve(&self, extra: &[&str]) -> Server {
         let env = self.s3.env();
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
         Server::start_with_env(Path::new(&self.repo), extra, &env)
@@ -455,15 +455,10 @@ fn repo_urls_with_typos_or_unknown_schemes_are_refused_not_made_folders() {
 
 /// `serve` with a bucket it cannot use fails at start naming why, instead of
 /// answering every request with an error: an unreachable endpoint, `--cache-dir` on a
-/// folder (read from disk already), the fleet API on a bucket (its data needs a
-/// database every server shares).
+/// folder (read from disk already).
 #[test]
 fn serve_refuses_at_start_what_it_cannot_do_with_the_repository() {
     let dir = tempfile::tempdir().unwrap();
-    let tokens = dir.path().join("tokens");
-    std::fs::write(&tokens, "agent-token-0123456789abcdef\n").unwrap();
-    let tokens = tokens.to_str().unwrap();
-    let fleet_db = dir.path().join("fleet.db");
     let folder = dir.path().join("repo");
     std::fs::create_dir(&folder).unwrap();
     let cache = dir.path().join("cache");
@@ -474,7 +469,7 @@ fn serve_refuses_at_start_what_it_cannot_do_with_the_repository() {
         ("AWS_ENDPOINT_URL", Some("http://127.0.0.1:1")),
         ("AWS_ALLOW_HTTP", Some("true")),
     ];
-    let cases: [(Vec<&str>, &str); 3] = [
+    let cases: [(Vec<&str>, &str); 2] = [
         (
             vec!["serve", "--repo", "s3://ferry/x", "--listen", "127.0.0.1:0"],
             "cannot list s3://ferry/x/channels: Connection refused",
@@ -491,22 +486,6 @@ fn serve_refuses_at_start_what_it_cannot_do_with_the_repository() {
             ],
             "--cache-dir caches object storage",
         ),
-        (
-            vec![
-                "serve",
-                "--repo",
-                "s3://ferry/x",
-                "--listen",
-                "127.0.0.1:0",
-                "--agent-token-file",
-                tokens,
-                "--operator-token-file",
-                tokens,
-                "--fleet-db",
-                fleet_db.to_str().unwrap(),
-            ],
-            "the fleet API (--fleet-db) needs a local --repo",
-        ),
     ];
     for (args, want) in cases {
         let started = Instant::now();
@@ -516,7 +495,7 @@ fn serve_refuses_at_start_what_it_cannot_do_with_the_repository() {
         assert!(err.contains(want), "{args:?}: {err}");
         assert!(started.elapsed() < Duration::from_secs(60), "{args:?}");
     }
-    assert!(!fleet_db.exists() && !cache.exists());
+    assert!(!cache.exists());
 }
 
 /// Key lists written into a bucket (`key new-list`, `key show`), and `serve

@@ -311,15 +311,12 @@ fn fleet_view(fleet: &Fleet, s: &mut Store) -> Result<Value, FleetError> {
     let now = now();
     let offline_after = fleet.offline_after();
     let agents = s.agents()?;
-    let repo = crate::repo::Repo::new(&fleet.repo);
-    let mut channels: BTreeSet<String> = crate::ls::channels(&repo)
-        .unwrap_or_default()
-        .into_iter()
-        .collect();
+    let mut channels: BTreeSet<String> = fleet.channels().into_iter().collect();
     channels.extend(agents.iter().map(|a| a.report.channel.clone()));
     let mut out = Vec::new();
     for channel in channels {
-        let rollout = halt::rollout_view(fleet, s, &channel)?;
+        let head = fleet.head(&channel);
+        let rollout = halt::rollout_view(s, &channel, head.as_ref())?;
         let mut releases: BTreeMap<String, ReleaseCounts> = BTreeMap::new();
         let mut offline = Vec::new();
         for a in agents.iter().filter(|a| a.report.channel == channel) {
@@ -408,7 +405,7 @@ fn fleet_view(fleet: &Fleet, s: &mut Store) -> Result<Value, FleetError> {
                 _ => {}
             }
         }
-        let order = release_order(&repo, &channel);
+        let order = release_order(head.as_ref());
         let mut listed: Vec<ReleaseCounts> = releases.into_values().collect();
         listed.sort_by_key(|r| {
             (
@@ -451,19 +448,15 @@ fn entry<'a>(releases: &'a mut BTreeMap<String, ReleaseCounts>, v: &str) -> &'a 
 }
 
 /// The channel head's releases, newest first (empty without a readable head).
-fn release_order(repo: &crate::repo::Repo, channel: &str) -> Vec<String> {
-    repo.read_head(channel)
-        .ok()
-        .flatten()
-        .and_then(|b| ferry_format::head::inspect_head(&b).ok())
-        .map(|h| {
-            h.content
-                .releases
-                .iter()
-                .map(|r| r.version.clone())
-                .collect()
-        })
-        .unwrap_or_default()
+fn release_order(head: Option<&ferry_format::head::ChannelHead>) -> Vec<String> {
+    head.map(|h| {
+        h.content
+            .releases
+            .iter()
+            .map(|r| r.version.clone())
+            .collect()
+    })
+    .unwrap_or_default()
 }
 
 fn json_response(status: StatusCode, value: &impl Serialize) -> Response<Body> {
@@ -535,7 +528,7 @@ mod tests {
         std::fs::write(dir.path().join("operators"), "op\n").unwrap();
         let fleet = Arc::new(
             Fleet::open(FleetOptions {
-                repo,
+                repo: crate::store::Store::folder(repo),
                 agent_tokens: dir.path().join("agents"),
                 operator_tokens: dir.path().join("operators"),
                 db: super::super::store::FleetDb::File(dir.path().join("fleet.db")),

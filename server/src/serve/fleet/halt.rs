@@ -24,7 +24,6 @@
 //! sequence); from then on only reports stored after the halt count towards another
 //! one, so the failures that caused it cannot halt the resumed rollout again at once.
 
-use ferry_format::head::inspect_head;
 use serde_json::{Value, json};
 
 use super::store::{Halt, HaltLedger, Store};
@@ -63,13 +62,9 @@ fn evaluate(
     channel: &str,
 ) -> Result<bool, FleetError> {
     let mirror = Mirror::Heads(Some(channel));
-    let Some(bytes) = fleet
-        .repo_store
-        .read(mirror, |repo| repo.read_head(channel))?
-    else {
+    let Some(head) = fleet.head(channel) else {
         return Ok(false);
     };
-    let head = inspect_head(&bytes).map_err(crate::error::Error::from)?;
     let release = head.current().version.clone();
     let last = s.last_halt(channel, &release)?;
     if let Some(l) = &last
@@ -117,14 +112,12 @@ fn evaluate(
 
 /// The `rollout` object of a channel in `GET /v1/fleet`: from the repository's current
 /// head, `halted` from the fleet database's halt record (null without a head).
-pub fn rollout_view(fleet: &Fleet, s: &mut Store, channel: &str) -> Result<Value, FleetError> {
-    if ferry_format::version::check_channel(channel).is_err() {
-        return Ok(Value::Null);
-    }
-    let head = fleet
-        .repo_store
-        .read(Mirror::Heads(Some(channel)), |repo| repo.read_head(channel))?;
-    let Some(head) = head.and_then(|b| inspect_head(&b).ok()) else {
+pub fn rollout_view(
+    s: &mut Store,
+    channel: &str,
+    head: Option<&ferry_format::head::ChannelHead>,
+) -> Result<Value, FleetError> {
+    let Some(head) = head else {
         return Ok(Value::Null);
     };
     let release = head.current().version.clone();
@@ -134,7 +127,7 @@ pub fn rollout_view(fleet: &Fleet, s: &mut Store, channel: &str) -> Result<Value
     Ok(json!({
         "release": release,
         "percent": head.rollout_of(&release),
-        "paused": is_paused(&head),
+        "paused": is_paused(head),
         "halted": halt.is_some(),
         "halt_reason": halt.as_ref().map(|h| h.reason.clone()),
         "halted_at": halt.as_ref().map(|h| h.halted_at),

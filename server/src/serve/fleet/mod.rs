@@ -108,7 +108,8 @@ impl std::fmt::Display for HaltRule {
 
 /// The command line's fleet settings.
 pub struct FleetOptions {
-    pub repo: PathBuf,
+    /// The repository served: its heads show rollouts, and halts re-sign them.
+    pub repo: crate::store::Store,
     pub agent_tokens: PathBuf,
     pub operator_tokens: PathBuf,
     pub db: FleetDb,
@@ -120,10 +121,10 @@ pub struct FleetOptions {
 
 /// The fleet API's state, shared by all connections.
 pub struct Fleet {
-    repo: PathBuf,
     /// `--fleet-db` as shown in messages (without a password).
     db: String,
-    /// The same repository, for writes that must go through the store (halts).
+    /// The repository served (a folder or a bucket): heads are read and halts
+    /// written through it.
     repo_store: crate::store::Store,
     agent_tokens: Tokens,
     operator_tokens: Tokens,
@@ -136,19 +137,21 @@ pub struct Fleet {
 impl Fleet {
     /// Reads the token files and opens the database, refusing one inside the repository.
     pub fn open(opts: FleetOptions) -> Result<Fleet, FleetError> {
-        if let FleetDb::File(path) = &opts.db {
-            check_outside(path, &opts.repo)?;
+        if let (FleetDb::File(path), crate::store::Store::Local(repo)) = (&opts.db, &opts.repo) {
+            check_outside(path, repo.root())?;
         }
         let agent_tokens = Tokens::load(&opts.agent_tokens)?;
         let operator_tokens = Tokens::load(&opts.operator_tokens)?;
         if let Some((_, key)) = &opts.halt {
-            crate::key_admin::check_online_key(&crate::repo::Repo::new(&opts.repo), key)
+            opts.repo
+                .read(crate::store::Mirror::Keys, |repo| {
+                    crate::key_admin::check_online_key(repo, key)
+                })
                 .map_err(|e| FleetError::Config(format!("--halt-when needs the online key of the newest key list as --timestamp-key: {e}")))?;
         }
         let store = store::open(&opts.db, store::Open::Create)?;
         Ok(Fleet {
-            repo_store: crate::store::Store::folder(&opts.repo),
-            repo: opts.repo,
+            repo_store: opts.repo,
             db: opts.db.to_string(),
             agent_tokens,
             operator_tokens,
@@ -175,6 +178,36 @@ impl Fleet {
         })
         .await
         .map_err(|e| FleetError::Config(format!("a fleet database task failed: {e}")))?
+    }
+
+    /// The channels with a head in the repository, sorted; none when it cannot be
+    /// listed (the view then shows the channels agents report). Called from the
+    /// database's blocking thread, like every reader of the repository here.
+    fn channels(&self) -> Vec<String> {
+        let listed = tokio::runtime::Handle::current().block_on(self.repo_store.channels());
+        listed.unwrap_or_else(|e| {
+            tracing::warn!(
+                "cannot list the channels of {}: {e}",
+                self.repo_store.name()
+            );
+            Vec::new()
+        })
+    }
+
+    /// The channel's current head as the repository holds it (one read of one small
+    /// object, also from a bucket), unverified: the fleet view only shows what it says.
+    fn head(&self, channel: &str) -> Option<ferry_format::head::ChannelHead> {
+        // Reports name channels: never let one name a path.
+        ferry_format::version::check_channel(channel).ok()?;
+        let bytes = tokio::runtime::Handle::current().block_on(self.repo_store.read_head(channel));
+        match bytes {
+            Ok(Some((bytes, _))) => ferry_format::head::inspect_head(&bytes).ok(),
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(channel, "cannot read the head: {e}");
+                None
+            }
+        }
     }
 
     /// The fleet database, as shown in messages (without a password).
