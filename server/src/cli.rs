@@ -346,6 +346,12 @@ pub enum Command {
         /// Only list what would be deleted.
         #[arg(long)]
         dry_run: bool,
+        /// Also keep the objects of the N newest releases of each channel that its
+        /// head no longer lists (retired ones, found in the head log), so they stay
+        /// installable by `ferry rollback --to` on agents that lack them. What a head
+        /// lists is always kept.
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        keep_releases: usize,
     },
     /// List a repository's channels and their releases.
     Ls {

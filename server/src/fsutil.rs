@@ -81,7 +81,24 @@ pub fn persist(tmp: NamedTempFile, dest: &Path, mode: u32, place: Place) -> Resu
                 if place == Place::Refuse {
                     return Err(io_err("create", dest)(e.error));
                 }
-                false
+                match refresh_time(dest) {
+                    Ok(()) => false,
+                    // `gc` removed the old copy between the two calls: place ours.
+                    Err(t) if t.kind() == io::ErrorKind::NotFound => e
+                        .file
+                        .persist_noclobber(dest)
+                        .map(|_| true)
+                        .map_err(|e| io_err("rename into", dest)(e.error))?,
+                    // Another user's file: it may age out under gc's grace period.
+                    Err(t) if t.kind() == io::ErrorKind::PermissionDenied => {
+                        tracing::warn!(
+                            "cannot refresh the time of {} (another user's file): {t}",
+                            dest.display()
+                        );
+                        false
+                    }
+                    Err(t) => return Err(io_err("refresh the time of", dest)(t)),
+                }
             }
             Err(e) => return Err(io_err("rename into", dest)(e.error)),
         },
@@ -91,6 +108,13 @@ pub fn persist(tmp: NamedTempFile, dest: &Path, mode: u32, place: Place) -> Resu
         sync_dir(dir)?;
     }
     Ok(placed)
+}
+
+/// Sets the modification time of the existing file `path` to now. A kept object is
+/// about to be named again; `gc` deletes unreferenced objects by age, so an old copy
+/// a publish reuses must look as new as one it uploads (docs/STORAGE.md, "gc").
+pub fn refresh_time(path: &Path) -> io::Result<()> {
+    File::open(path)?.set_modified(std::time::SystemTime::now())
 }
 
 /// Writes `bytes` to `dest` atomically (see the module docs).
@@ -170,5 +194,23 @@ mod tests {
         assert_eq!(fs::read(&dest).unwrap(), b"two");
         // No temp files are left behind.
         assert_eq!(fs::read_dir(dir.path().join("a/b")).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn a_kept_file_looks_as_new_as_a_placed_one_to_gc() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("object");
+        assert!(write_atomic(&dest, b"same", FILE_MODE, Place::KeepExisting).unwrap());
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3 * 86400);
+        File::open(&dest).unwrap().set_modified(old).unwrap();
+        assert!(!write_atomic(&dest, b"same", FILE_MODE, Place::KeepExisting).unwrap());
+        let age = fs::metadata(&dest)
+            .unwrap()
+            .modified()
+            .unwrap()
+            .elapsed()
+            .unwrap();
+        assert!(age < std::time::Duration::from_secs(60), "{age:?}");
+        assert_eq!(fs::read(&dest).unwrap(), b"same");
     }
 }

@@ -22,7 +22,7 @@ use ferry_format::layout::{RepoPath, head_path, object_path, parse_repo_path};
 use ferry_format::verified::verify_pinned_manifest;
 
 use crate::error::{Error, Result};
-use crate::store::Store;
+use crate::store::{Mirror, Store};
 
 /// What `gc` does.
 #[derive(Clone, Copy, Debug)]
@@ -31,6 +31,9 @@ pub struct GcOptions {
     pub grace: Duration,
     /// List what would be deleted; delete nothing.
     pub dry_run: bool,
+    /// Also keep, per channel, this many of the newest releases its head no longer
+    /// lists (found in the head log): what `rollout`/`publish` retired stays fetchable.
+    pub keep_releases: usize,
 }
 
 /// What `gc` found and did.
@@ -74,7 +77,10 @@ pub async fn gc(store: &Store, opts: GcOptions) -> Result<GcReport> {
     // Listed first: anything a publisher adds later is not a candidate, and anything
     // its head names by the time the heads are read below is referenced.
     let listed = store.list_objects().await?;
-    let referenced = referenced(store).await?;
+    let mut referenced = referenced(store).await?;
+    if opts.keep_releases > 0 {
+        referenced.extend(retired(store, opts.keep_releases).await?);
+    }
     let now = SystemTime::now();
     let mut report = GcReport {
         dry_run: opts.dry_run,
@@ -99,6 +105,17 @@ pub async fn gc(store: &Store, opts: GcOptions) -> Result<GcReport> {
             continue;
         }
         if !opts.dry_run {
+            // A publish that reuses an old object renews its time before its head
+            // names it (fsutil::refresh_time, ObjectRepo::put_new): look again right
+            // before deleting, so one renewed since the listing is kept.
+            let renewed = store
+                .modified(&rel)
+                .await?
+                .is_none_or(|t| now.duration_since(t).map_or(true, |age| age < opts.grace));
+            if renewed {
+                report.young += 1;
+                continue;
+            }
             store.delete(&rel).await?;
         }
         report.freed.push((rel, size));
@@ -156,4 +173,71 @@ async fn referenced(store: &Store) -> Result<HashSet<Digest>> {
         }
     }
     Ok(keep)
+}
+
+/// The objects of the `keep` newest releases of each channel that its head no longer
+/// lists, newest first as the head log shows them (the log is read from a working
+/// copy: the folder itself, or the bucket's heads and log entries). A retired
+/// release whose manifest is gone already is skipped: there is nothing left to keep.
+async fn retired(store: &Store, keep: usize) -> Result<HashSet<Digest>> {
+    let copy = store.clone();
+    let copy = tokio::task::spawn_blocking(move || copy.working_copy(Mirror::Logs))
+        .await
+        .map_err(|e| Error::BrokenRepo {
+            repo: store.name().into(),
+            reason: format!("reading the head log stopped: {e}"),
+        })??;
+    let repo = copy.repo();
+    let mut out = HashSet::new();
+    for channel in crate::audit::log::channels(repo)? {
+        let current: HashSet<String> = match repo.read_head(&channel)? {
+            Some(b) => inspect_head(&b)
+                .map(|h| h.releases().iter().map(|r| r.version.clone()).collect())
+                .unwrap_or_default(),
+            None => HashSet::new(),
+        };
+        let mut picked: Vec<ferry_format::head::ReleaseRef> = Vec::new();
+        let dir = repo.head_log_dir(&channel);
+        for (_, name) in crate::audit::log::entries(repo, &channel)?
+            .into_iter()
+            .rev()
+        {
+            if picked.len() >= keep {
+                break;
+            }
+            let path = dir.join(&name);
+            let Ok(bytes) = crate::fsutil::read_small(&path, ObjectKind::ChannelHead.max_size())
+            else {
+                continue;
+            };
+            let Ok(head) = inspect_head(&bytes) else {
+                continue;
+            };
+            for r in head.releases() {
+                if picked.len() < keep
+                    && !current.contains(&r.version)
+                    && !picked.iter().any(|p| p.version == r.version)
+                {
+                    picked.push(r.clone());
+                }
+            }
+        }
+        for r in picked {
+            let rel = object_path(&r.manifest.hash);
+            let Some(bytes) = store.read_small(&rel, r.manifest.size).await? else {
+                continue;
+            };
+            // The hash pins it: a manifest that does not verify is not kept by this rule.
+            let Ok(manifest) = verify_pinned_manifest(&bytes, &r, &channel) else {
+                continue;
+            };
+            out.insert(r.manifest.hash);
+            out.insert(manifest.archive.hash);
+            for d in &manifest.diffs {
+                out.insert(d.object.hash);
+                out.insert(d.base_manifest);
+            }
+        }
+    }
+    Ok(out)
 }

@@ -363,13 +363,21 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             repo,
             grace,
             dry_run,
+            keep_releases,
         } => {
             let store = open(&repo)?;
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .context("cannot start the async runtime")?;
-            let report = rt.block_on(gc::gc(&store, gc::GcOptions { grace, dry_run }))?;
+            let report = rt.block_on(gc::gc(
+                &store,
+                gc::GcOptions {
+                    grace,
+                    dry_run,
+                    keep_releases,
+                },
+            ))?;
             std::io::stdout()
                 .write_all(report.text().as_bytes())
                 .context("cannot write to stdout")?;

@@ -218,6 +218,91 @@ fn gc_during_a_publish_keeps_the_release_being_published() {
     assert_ok(&agent.ferry("verify", &[]), "verify");
 }
 
+/// `--keep-releases N` keeps the objects of the N newest releases each head retired
+/// (found in the head log), and only those.
+#[test]
+fn gc_keep_releases_keeps_the_newest_retired_releases() {
+    let sources = Sources::app(4);
+    let p = Publisher::new("stable");
+    let repo = p.repo();
+    let r: Vec<_> = (1..=4)
+        .map(|k| p.publish_with(&v(k), &sources.release(k), &["--retain", "2"]))
+        .collect();
+    for o in objects(&repo) {
+        age(&repo.join(o), "2 hours ago");
+    }
+    let kept = gc(&p, &["--grace", "1h", "--keep-releases", "1"]);
+    let after = objects(&repo);
+    // 3 and 4 are in the head; 2 is the newest release it retired, 1 the older one.
+    for k in [1, 2, 3] {
+        assert!(after.contains(&obj(&r[k]["manifest"])), "{k}: {kept}");
+        assert!(after.contains(&obj(&r[k]["archive"])), "{k}: {kept}");
+    }
+    // (1's manifest stays: 2's manifest diff is based on it.)
+    assert!(!after.contains(&obj(&r[0]["archive"])), "{kept}");
+    // Without the flag the retired release goes too.
+    let done = gc(&p, &["--grace", "1h"]);
+    assert!(
+        listed(&done, "deleted ").contains(&obj(&r[1]["archive"])),
+        "{done}"
+    );
+    assert!(objects(&repo).contains(&obj(&r[2]["archive"])), "{done}");
+}
+
+/// A publish that finds its object already stored (an old, unreferenced copy a
+/// retired release left) renews its time: from then on gc treats it as a new upload
+/// (young, kept through the grace period) until the new head names it, so a gc
+/// running meanwhile cannot delete it from under that head.
+#[test]
+fn a_publish_reusing_an_old_object_renews_its_time_for_gc() {
+    let p = Publisher::new("stable");
+    let repo = p.repo();
+    let big: PathBuf = p.dir.path().join("big");
+    for i in 0..2 {
+        put(
+            &big,
+            &format!("data/{i}.bin"),
+            &noise(70 + i, 1 << 20),
+            0o644,
+        );
+    }
+    let small: PathBuf = p.dir.path().join("small");
+    put(&small, "data/one.bin", &noise(90, 4096), 0o644);
+    let r1 = p.publish_with(&v(1), &big, &["--retain", "1"]);
+    p.publish_with(&v(2), &small, &["--retain", "1"]);
+    let archive = repo.join(obj(&r1["archive"]));
+    age(&archive, "3 days ago");
+    let dry = gc(&p, &["--grace", "1h", "--dry-run"]);
+    assert!(
+        listed(&dry, "would delete ").contains(&obj(&r1["archive"])),
+        "{dry}"
+    );
+
+    let r3 = p.publish_with(&v(3), &big, &["--retain", "1"]);
+    assert_eq!(
+        r3["archive"], r1["archive"],
+        "the same archive object, reused"
+    );
+    let age = std::fs::metadata(&archive)
+        .unwrap()
+        .modified()
+        .unwrap()
+        .elapsed()
+        .unwrap();
+    assert!(
+        age.as_secs() < 600,
+        "the reused archive was renewed: {age:?}"
+    );
+
+    let done = gc(&p, &["--grace", "1h"]);
+    assert!(archive.exists(), "{done}");
+    let server: Server = p.serve();
+    let agent = Agent::init(&server.url, "stable", &p.public_key(), &[]);
+    agent.update();
+    assert_eq!(agent.active().as_deref(), Some(v(3).as_str()));
+    assert_ok(&agent.ferry("verify", &[]), "verify");
+}
+
 /// `ferry-server ARGS` against the bucket of `s3`.
 fn in_bucket(s3: &SeaweedFs, args: &[&str]) -> String {
     let env = s3.env();

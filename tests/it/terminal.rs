@@ -119,9 +119,10 @@ fn update_in_a_terminal_shows_the_plan_a_progress_bar_and_the_summary() {
         during.contains("% saved against the whole archive"),
         "{during}"
     );
+    // The newest drawing: a pane that scrolled may still show an earlier one above.
     let bar = during
         .lines()
-        .find(|l| l.contains("downloading ["))
+        .rfind(|l| l.contains("downloading [="))
         .unwrap()
         .to_string();
     assert!(bar.contains("1.00 MB/3.38 MB"), "{bar}");

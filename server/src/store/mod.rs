@@ -35,7 +35,7 @@ use ferry_format::keys::SecretKey;
 use ferry_format::layout::{head_path, object_path};
 use tempfile::NamedTempFile;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, io_err};
 use crate::fsutil::{self, DIR_MODE, FILE_MODE, Place};
 use crate::repo::Repo;
 pub use location::Location;
@@ -330,7 +330,7 @@ impl Store {
                 Ok(m) if m.is_file() => Ok(Some(m.len())),
                 Ok(_) => Ok(None),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-                Err(e) => Err(crate::error::io_err("read", &repo.root().join(rel))(e)),
+                Err(e) => Err(io_err("read", &repo.root().join(rel))(e)),
             },
             Store::Object(o) => o.len(rel).await,
         }
@@ -416,6 +416,23 @@ impl Store {
                 blocking(move || list_local_objects(&root)).await
             }
             Store::Object(o) => o.list_all("objects").await,
+        }
+    }
+
+    /// The time the file `rel` was last written, if it exists.
+    pub async fn modified(&self, rel: &str) -> Result<Option<std::time::SystemTime>> {
+        match self {
+            Store::Local(repo) => {
+                let path = repo.root().join(rel);
+                match tokio::fs::metadata(&path).await {
+                    Ok(m) => Ok(Some(
+                        m.modified().map_err(io_err("read the time of", &path))?,
+                    )),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+                    Err(e) => Err(io_err("read the time of", &path)(e)),
+                }
+            }
+            Store::Object(o) => o.modified(rel).await,
         }
     }
 

@@ -37,6 +37,10 @@ use crate::error::{Error, Result, io_err};
 const SINGLE_PUT_MAX: u64 = 16 << 20;
 /// Part size of multipart uploads (S3 wants at least 5 MiB per part but the last).
 const PART_SIZE: usize = 8 << 20;
+/// An object a publish finds already stored is written again when it is older than
+/// this, so that its time shows `gc` it is in use again (a bucket has no way to touch
+/// an object); `gc --grace` must exceed it plus a publish's duration (docs/STORAGE.md).
+pub const REFRESH_AFTER: std::time::Duration = std::time::Duration::from_secs(3600);
 /// Parts in flight at once during a multipart upload.
 const PARTS_IN_FLIGHT: usize = 4;
 
@@ -292,15 +296,61 @@ impl ObjectRepo {
             ..PutOptions::default()
         };
         let (inner, key) = (self.inner.clone(), self.key(rel));
+        let bytes_again = bytes.clone();
         let put = self
             .run(async move { inner.put_opts(&key, PutPayload::from(bytes), opts).await })
             .await
             .map_err(self.stopped(rel))?;
         match put {
             Ok(_) => Ok(Placed::Created),
-            Err(object_store::Error::AlreadyExists { .. }) => Ok(Placed::Existed),
+            Err(object_store::Error::AlreadyExists { .. }) => {
+                if caching == Caching::Immutable && self.is_old(rel).await? {
+                    self.rewrite(rel, bytes_again, caching).await?;
+                }
+                Ok(Placed::Existed)
+            }
             Err(e) => Err(self.err("write", rel)(e)),
         }
+    }
+
+    /// The time `rel` was last written, if it exists.
+    pub async fn modified(&self, rel: &str) -> Result<Option<std::time::SystemTime>> {
+        let (inner, key) = (self.inner.clone(), self.key(rel));
+        let head = self
+            .run(async move { inner.head(&key).await })
+            .await
+            .map_err(self.stopped(rel))?;
+        match head {
+            Ok(m) => Ok(Some(std::time::SystemTime::from(m.last_modified))),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.err("look up", rel)(e)),
+        }
+    }
+
+    /// Whether `rel` was last written more than [`REFRESH_AFTER`] ago (a vanished
+    /// one counts as old: writing it again restores it).
+    async fn is_old(&self, rel: &str) -> Result<bool> {
+        Ok(self
+            .modified(rel)
+            .await?
+            .and_then(|t| t.elapsed().ok())
+            .is_none_or(|age| age > REFRESH_AFTER))
+    }
+
+    /// Writes `rel` again with the bytes it holds (content-addressed: readers see the
+    /// same bytes before and after), which renews its time.
+    async fn rewrite(&self, rel: &str, bytes: Bytes, caching: Caching) -> Result<()> {
+        let opts = PutOptions {
+            mode: PutMode::Overwrite,
+            attributes: attributes(caching),
+            ..PutOptions::default()
+        };
+        let (inner, key) = (self.inner.clone(), self.key(rel));
+        self.run(async move { inner.put_opts(&key, PutPayload::from(bytes), opts).await })
+            .await
+            .map_err(self.stopped(rel))?
+            .map_err(self.err("write", rel))?;
+        Ok(())
     }
 
     /// Creates `rel` from the file `path` (of `size` bytes) unless it exists. Small
@@ -319,7 +369,8 @@ impl ObjectRepo {
             let bytes = tokio::fs::read(path).await.map_err(io_err("read", path))?;
             return self.put_new(rel, Bytes::from(bytes), caching).await;
         }
-        if self.len(rel).await? == Some(size) {
+        let existed = self.len(rel).await? == Some(size);
+        if existed && !self.is_old(rel).await? {
             return Ok(Placed::Existed);
         }
         let opts = PutMultipartOptions {
@@ -362,7 +413,11 @@ impl ObjectRepo {
                 return Err(e);
             }
             w.finish().await.map_err(store_err("finish uploading"))?;
-            Ok(Placed::Created)
+            Ok(if existed {
+                Placed::Existed
+            } else {
+                Placed::Created
+            })
         })
         .await
         .map_err(self.stopped(rel))?

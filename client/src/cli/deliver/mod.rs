@@ -174,39 +174,16 @@ fn build_release(
         layout,
         &space::Needs::build(manifest, download, archive_plan.reuse_bytes, with_diff),
     )?;
-    let bar = Download::start(&remote.counters, download, out);
-    match choice {
-        Ok(choice) => {
-            out.info(&diff_line(
-                from,
-                &version,
-                &archive_plan,
-                &choice,
-                manifest.archive.size,
-            ));
-            let applied = match remote.download_diff(choice.diff, &downloads)? {
-                Some(file) => apply_diff(root, manifest, &choice, &file),
-                None => Err(anyhow::anyhow!("the repository does not have it")),
-            };
-            match applied {
-                Ok(s) => {
-                    spool = Some(s);
-                    ranges = choice.rest.ranges;
-                }
-                Err(e) => {
-                    tracing::warn!(
-                        "diff from {} not used, falling back to the archive: {e:#}",
-                        choice.base.version
-                    );
-                    out.info(&archive_line(
-                        from,
-                        &version,
-                        &archive_plan,
-                        manifest.archive.size,
-                    ));
-                }
-            }
-        }
+    // The plan is printed before the bar starts: a line written while it is drawn
+    // would leave a stale bar above it on the terminal.
+    match &choice {
+        Ok(choice) => out.info(&diff_line(
+            from,
+            &version,
+            &archive_plan,
+            choice,
+            manifest.archive.size,
+        )),
         Err(notes) => {
             for n in notes {
                 out.info(&format!("not using a diff: {n}"));
@@ -219,6 +196,31 @@ fn build_release(
                     manifest.archive.size,
                 ));
             }
+        }
+    }
+    let bar = Download::start(&remote.counters, download, out);
+    if let Ok(choice) = choice {
+        let applied = match remote.download_diff(choice.diff, &downloads)? {
+            Some(file) => apply_diff(root, manifest, &choice, &file),
+            None => Err(anyhow::anyhow!("the repository does not have it")),
+        };
+        match applied {
+            Ok(s) => {
+                spool = Some(s);
+                ranges = choice.rest.ranges;
+            }
+            Err(e) => Download::suspend(bar.as_ref(), || {
+                tracing::warn!(
+                    "diff from {} not used, falling back to the archive: {e:#}",
+                    choice.base.version
+                );
+                out.info(&archive_line(
+                    from,
+                    &version,
+                    &archive_plan,
+                    manifest.archive.size,
+                ));
+            }),
         }
     }
     if !ranges.is_empty() {
