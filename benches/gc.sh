@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# What `ferry-server gc` frees and how long it takes on a repository that has published
+# a chain of real releases with a short retention: the 15 consecutive esbuild releases
+# of ../shared/bench/fetch-data.sh --chain, published with --retain 3 into a folder and
+# into a bucket (SeaweedFS on loopback), then `gc --grace 0s` (everything unreferenced
+# counts as old: nothing publishes meanwhile), timed as a whole command.
+#
+#   benches/gc.sh [DATA_DIR]     (default /tmp/ferry-bench-data)
+#
+# Uses target/debug binaries (dependencies optimised) unless FERRY_BIN_DIR says otherwise.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+data=${1:-/tmp/ferry-bench-data}
+chain="$data/releases/esbuild-chain"
+[ -d "$chain" ] || { echo "gc.sh: $chain missing: run ../shared/bench/fetch-data.sh --chain $data" >&2; exit 2; }
+bin=${FERRY_BIN_DIR:-target/debug}
+weed=${SEAWEEDFS_VENV:-$HOME/.cache/ferry/seaweedfs}/bin/weed
+work=$(mktemp -d)
+weed_pid=""
+cleanup() { [ -n "$weed_pid" ] && kill "$weed_pid" 2>/dev/null; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+"$bin/ferry-server" keygen --out "$work/keys" >/dev/null
+versions=$(ls "$chain" | sort -V)
+
+s3port=$(free_port)
+cat > "$work/s3.json" <<EOF
+{"identities": [{"name": "ferry", "credentials": [{"accessKey": "bench", "secretKey": "bench-secret"}],
+  "actions": ["Admin", "Read", "List", "Tagging", "Write"]}]}
+EOF
+mkdir -p "$work/weed"
+AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench-secret "$weed" mini -dir="$work/weed" \
+  -ip=127.0.0.1 -ip.bind=127.0.0.1 -s3.port="$s3port" -master.port="$(free_port)" \
+  -volume.port="$(free_port)" -filer.port="$(free_port)" -admin.port="$(free_port)" \
+  -s3.port.iceberg=0 -s3.port.lance=0 -bucket=ferry -admin.ui=false -webdav=false \
+  -s3.config="$work/s3.json" >"$work/weed.log" 2>&1 &
+weed_pid=$!
+export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench-secret AWS_REGION=us-east-1 \
+  AWS_ENDPOINT_URL="http://127.0.0.1:$s3port" AWS_ALLOW_HTTP=true AWS_VIRTUAL_HOSTED_STYLE_REQUEST=false
+for _ in $(seq 1 300); do curl -s "http://127.0.0.1:$s3port/ferry/.probe" | grep -q NoSuchKey && break; sleep 0.1; done
+
+echo "| repository | releases published | retained | gc wall time | objects freed | bytes freed | objects kept |"
+echo "|---|---|---|---|---|---|---|"
+for repo in "$work/repo" s3://ferry/gc; do
+  n=0
+  for v in $versions; do
+    "$bin/ferry-server" publish --repo "$repo" --key "$work/keys/ferry.key" --channel stable \
+      --version "$v" --retain 3 --zstd-level 19 "$chain/$v" >/dev/null
+    n=$((n + 1))
+  done
+  start=$(date +%s.%N)
+  out=$("$bin/ferry-server" gc --repo "$repo" --grace 0s)
+  end=$(date +%s.%N)
+  summary=$(printf '%s\n' "$out" | tail -1)
+  python3 - "$repo" "$n" "$start" "$end" "$summary" <<'EOF'
+import re, sys
+repo, n, start, end, summary = sys.argv[1:]
+m = re.search(r"freed (\d+) objects, (\d+) bytes; kept (\d+) referenced", summary)
+freed, size, kept = m.groups()
+shown = "folder" if not repo.startswith("s3://") else "s3:// (SeaweedFS)"
+print(f"| {shown} | {n} | 3 | {float(end)-float(start):.2f} s | {freed} | {int(size)/1e6:.1f} MB | {kept} |")
+EOF
+done
