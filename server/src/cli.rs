@@ -233,7 +233,7 @@ pub enum Command {
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
         /// Most connections served at once; further ones wait to be accepted.
-        #[arg(long, value_name = "N", default_value_t = 512,
+        #[arg(long, value_name = "N", default_value_t = 1024,
               value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
         max_connections: u32,
         /// Append one JSON line per request to this file.

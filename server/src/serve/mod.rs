@@ -24,6 +24,7 @@
 
 pub mod access_log;
 pub mod conns;
+pub mod file_body;
 pub mod fleet;
 pub mod health;
 pub mod metrics;

@@ -24,8 +24,6 @@ use http::header::{
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty, Full, StreamBody, combinators::BoxBody};
 use hyper::body::Frame;
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
-use tokio_util::io::ReaderStream;
 
 use super::State;
 use super::range::{RangeDecision, decide, if_range_holds, none_match};
@@ -38,8 +36,6 @@ pub type Body = BoxBody<Bytes, io::Error>;
 const OBJECT_CACHE: &str = crate::store::IMMUTABLE_CACHE;
 /// Heads change with every publish; a short lifetime bounds how stale a cache can be.
 const HEAD_CACHE: &str = crate::store::SHORT_CACHE;
-/// Read size for file bodies.
-const STREAM_CHUNK: usize = 64 << 10;
 
 /// Answers one request.
 pub async fn handle<B>(state: &State, req: &Request<B>) -> Response<Body> {
@@ -132,7 +128,7 @@ pub async fn handle<B>(state: &State, req: &Request<B>) -> Response<Body> {
 
 /// Where a body's bytes come from.
 enum Source {
-    File(tokio::fs::File),
+    File(std::fs::File),
     Memory(Bytes),
     /// The layout path of a file in object storage, opened at the range answered.
     Remote(String),
@@ -242,13 +238,7 @@ async fn respond<B>(
             let part = bytes.slice(start as usize..(start + count) as usize);
             Full::new(part).map_err(|never| match never {}).boxed()
         }
-        Source::File(mut file) => {
-            if start > 0 {
-                file.seek(io::SeekFrom::Start(start)).await?;
-            }
-            let stream = ReaderStream::with_capacity(file.take(count), STREAM_CHUNK);
-            StreamBody::new(stream.map_ok(Frame::data)).boxed()
-        }
+        Source::File(file) => super::file_body::body(file, start, count).await?,
         Source::Remote(rel) => {
             let stream = store.open_read(&rel, start..start + count).await?;
             StreamBody::new(stream.map_ok(Frame::data)).boxed()

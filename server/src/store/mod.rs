@@ -194,8 +194,10 @@ impl WorkingCopy {
 
 /// An immutable file opened for `serve`.
 pub enum Immutable {
-    /// A local file: the folder's, or the cache's copy of a bucket's object.
-    File(tokio::fs::File),
+    /// A local file: the folder's, or the cache's copy of a bucket's object. A
+    /// blocking handle: it is read with `pread` on the blocking pool, one hop per
+    /// read, not through `tokio::fs` (a hop per open, stat, seek and read).
+    File(std::fs::File),
     /// In the bucket: read with [`Store::open_read`] once the range is known.
     Remote,
 }
@@ -483,23 +485,17 @@ impl Store {
     pub async fn open_immutable(&self, rel: &str, hash: &Digest) -> io::Result<(Immutable, u64)> {
         match self {
             Store::Local(repo) => {
-                let file = tokio::fs::File::open(repo.root().join(rel)).await?;
-                let meta = file.metadata().await?;
-                if !meta.is_file() {
-                    return Err(io::ErrorKind::NotFound.into());
-                }
-                Ok((Immutable::File(file), meta.len()))
+                let path = repo.root().join(rel);
+                let (file, len) = blocking_io(move || open_file(&path)).await?;
+                Ok((Immutable::File(file), len))
             }
             Store::Object(o) => {
                 let cache = o.cache().filter(|_| rel == object_path(hash));
                 if let Some(cache) = cache
                     && let Some(path) = cache.get(hash)
                 {
-                    match tokio::fs::File::open(&path).await {
-                        Ok(file) => {
-                            let len = file.metadata().await?.len();
-                            return Ok((Immutable::File(file), len));
-                        }
+                    match blocking_io(move || open_file(&path)).await {
+                        Ok((file, len)) => return Ok((Immutable::File(file), len)),
                         Err(e) if e.kind() == io::ErrorKind::NotFound => cache.forget(hash),
                         Err(e) => return Err(e),
                     }
@@ -623,4 +619,23 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
             path: Path::new("a blocking task").to_path_buf(),
             source: io::Error::other(e),
         })?
+}
+
+/// Opens a regular file for reading, with its length (anything else is not found).
+fn open_file(path: &Path) -> io::Result<(std::fs::File, u64)> {
+    let file = std::fs::File::open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(io::ErrorKind::NotFound.into());
+    }
+    Ok((file, meta.len()))
+}
+
+/// Runs blocking file I/O on the blocking pool.
+pub async fn blocking_io<T: Send + 'static>(
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| io::Error::other(format!("a file read stopped: {e}")))?
 }

@@ -1,0 +1,91 @@
+//! Response bodies read from local files (the folder's objects, or the disk cache's
+//! copies of a bucket's). Each read is one `pread` on the blocking pool: a range up to
+//! [`CHUNK`] bytes — an agent's typical request — is read in one call and answered
+//! from memory, a longer one streams in [`CHUNK`]-sized reads, each made only when the
+//! connection has taken the previous one, so a connection holds at most one chunk.
+
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
+
+use super::routes::Body;
+use crate::store::{Exclusive, blocking_io};
+
+/// Bytes per read.
+pub const CHUNK: u64 = 128 << 10;
+
+/// The body for bytes `start..start + count` of `file`.
+pub async fn body(file: std::fs::File, start: u64, count: u64) -> io::Result<Body> {
+    let file = Arc::new(file);
+    if count <= CHUNK {
+        let bytes = read(file, start, count).await?;
+        return Ok(Full::new(bytes).map_err(|never| match never {}).boxed());
+    }
+    let end = start + count;
+    let chunks = futures_util::stream::try_unfold(start, move |at| {
+        let file = file.clone();
+        async move {
+            if at >= end {
+                return Ok(None);
+            }
+            let n = CHUNK.min(end - at);
+            let bytes = read(file, at, n).await?;
+            Ok(Some((Frame::data(bytes), at + n)))
+        }
+    });
+    Ok(StreamBody::new(Exclusive::new(Box::pin(chunks))).boxed())
+}
+
+/// Exactly `count` bytes at `at` (a file shorter than its length said is an error).
+async fn read(file: Arc<std::fs::File>, at: u64, count: u64) -> io::Result<Bytes> {
+    blocking_io(move || {
+        let mut buf = vec![0u8; count as usize];
+        file.read_exact_at(&mut buf, at)?;
+        Ok(Bytes::from(buf))
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    async fn collect(file: &std::path::Path, start: u64, count: u64) -> Vec<u8> {
+        let f = std::fs::File::open(file).unwrap();
+        let body = body(f, start, count).await.unwrap();
+        body.collect().await.unwrap().to_bytes().to_vec()
+    }
+
+    #[tokio::test]
+    async fn ranges_short_and_long_come_back_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("object");
+        let data: Vec<u8> = (0..(3 * CHUNK + 17)).map(|i| (i * 7 % 251) as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        let len = data.len() as u64;
+        for (start, count) in [
+            (0, 1),
+            (5, CHUNK),
+            (0, CHUNK + 1),
+            (CHUNK - 3, 2 * CHUNK + 5),
+            (0, len),
+            (len - 1, 1),
+        ] {
+            let got = collect(&path, start, count).await;
+            assert_eq!(
+                got,
+                &data[start as usize..(start + count) as usize],
+                "{start}+{count}"
+            );
+        }
+        // A file shorter than the range asked: an error, never short data.
+        let f = std::fs::File::open(&path).unwrap();
+        let err = body(f, len - 2, 4).await.err().expect("short read");
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+    }
+}
