@@ -72,7 +72,7 @@ fn init_logging(cli: &cli::Cli) {
         tracing_subscriber::EnvFilter::new(format!("{default},rustls_platform_verifier=off"))
     });
     let builder = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
+        .with_writer(|| cli::progress::LogWriter)
         .with_env_filter(filter);
     let _ = match cli.log_format {
         cli::LogFormat::Json => builder

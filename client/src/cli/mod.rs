@@ -11,7 +11,7 @@ mod history;
 mod init;
 mod manual;
 mod plan;
-mod progress;
+pub(crate) mod progress;
 pub(crate) mod report;
 pub(crate) mod rollback;
 mod root;

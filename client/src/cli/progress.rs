@@ -5,8 +5,9 @@
 //! arrived, retries included, and nothing else has to report to it.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
+use std::io::{self, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -20,6 +21,9 @@ const TICK: Duration = Duration::from_millis(100);
 /// The rate is what arrived over this much of the recent past: a stalled transfer
 /// shows as stalled within it, instead of keeping the rate of its last burst.
 const WINDOW: Duration = Duration::from_secs(5);
+
+/// The bar on screen, if any: log lines are written around it (see [`LogWriter`]).
+static ACTIVE: Mutex<Option<ProgressBar>> = Mutex::new(None);
 
 pub struct Download {
     bar: ProgressBar,
@@ -61,6 +65,7 @@ impl Download {
                 }
             })
         };
+        *ACTIVE.lock().unwrap_or_else(|e| e.into_inner()) = Some(bar.clone());
         Some(Download {
             bar,
             stop,
@@ -86,8 +91,31 @@ impl Drop for Download {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+        *ACTIVE.lock().unwrap_or_else(|e| e.into_inner()) = None;
         // The summary line that follows says what arrived.
         self.bar.finish_and_clear();
+    }
+}
+
+/// Where log lines go: stderr, around the bar when one is drawn (cleared, the line
+/// written, redrawn), so a retry warning during a download never leaves a stale bar
+/// above it or glued to it.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LogWriter;
+
+impl Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        // tracing's fmt layer hands over one whole event per call.
+        let bar = ACTIVE.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        match bar {
+            Some(bar) => bar.suspend(|| io::stderr().write_all(buf))?,
+            None => io::stderr().write_all(buf)?,
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        io::stderr().flush()
     }
 }
 
