@@ -95,6 +95,12 @@ impl<'p> TableBuilder<'p> {
         }
     }
 
+    /// How many distinct new chunks were added so far: a chunk that leaves it
+    /// unchanged was already there (carried or seen earlier).
+    pub fn new_chunks(&self) -> usize {
+        self.new_records.len()
+    }
+
     /// Records one chunk of the walk, deduplicated within the release.
     pub fn add(&mut self, chunk: RawChunk) -> Result<ChunkRef> {
         if let Some(&i) = self.prev_index.get(&chunk.id) {
