@@ -215,7 +215,12 @@ pub fn publish(opts: &PublishOptions<'_>) -> Result<PublishReport> {
     });
     progress.chunking(file_count, file_bytes);
     let params = ChunkParams::default();
-    let mut builder = TableBuilder::new(prev_manifest, opts.zstd_level, repo.object_temp()?);
+    let mut builder = TableBuilder::new(
+        prev_manifest,
+        opts.zstd_level,
+        repo.object_temp()?,
+        progress.clone(),
+    );
     let mut pending: Vec<(String, Pending)> = Vec::with_capacity(sources.len());
     let mut files = 0;
     for s in sources {
@@ -234,13 +239,10 @@ pub fn publish(opts: &PublishOptions<'_>) -> Result<PublishReport> {
                         source,
                     })?;
                     hasher.update(&chunk.data);
-                    let len = chunk.data.len() as u64;
-                    size += len;
-                    let new_before = builder.new_chunks();
+                    size += chunk.data.len() as u64;
                     chunks.push(builder.add(chunk)?);
-                    progress.chunk(len, builder.new_chunks() == new_before);
                 }
-                progress.file_done();
+                builder.file_read();
                 Pending::File {
                     mode,
                     size,

@@ -136,8 +136,8 @@ impl Progress {
         }
     }
 
-    /// A chunk of `len` bytes was cut; `deduplicated`: the release already has it
-    /// (carried from the previous release, or seen earlier in this one).
+    /// A chunk of `len` bytes is done: `deduplicated` (the release already has it,
+    /// carried from the previous release or seen earlier in this one), or compressed.
     pub fn chunk(&self, len: u64, deduplicated: bool) {
         if let Some(c) = self.counters() {
             c.bytes_chunked.fetch_add(len, Ordering::Relaxed);
@@ -427,8 +427,9 @@ impl Speed {
             Speed::Moving(per_sec) => {
                 let mut s = format!(", {}/s", DecimalBytes(per_sec as u64));
                 if let Some(total) = total {
+                    // Rounded up: "0s left" is for when nothing is.
                     let left = total.saturating_sub(done) as f64 / per_sec;
-                    let _ = write!(s, ", {} left", clock(left as u64));
+                    let _ = write!(s, ", {} left", clock(left.ceil() as u64));
                 }
                 s
             }
@@ -521,6 +522,11 @@ mod tests {
         assert_eq!(
             r.update(at(2100), 2_100_000).text(None, 2_100_000),
             ", 1.00 MB/s"
+        );
+        // 7.9 s left shows as 8 s, not 7.
+        assert_eq!(
+            r.update(at(2100), 2_100_000).text(total, 2_100_000),
+            ", 1.00 MB/s, 8s left"
         );
         // Then nothing for six seconds: the window only holds the stall.
         for ms in (2200..=8000).step_by(100) {

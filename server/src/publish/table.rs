@@ -8,7 +8,7 @@
 //! followed by the spool, so the table stays ordered by generation and every new chunk
 //! sits in one contiguous tail.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::{BufWriter, Write};
 
 use ferry_format::chunking::{RawChunk, compress_chunk};
@@ -17,6 +17,7 @@ use ferry_format::manifest::{ChunkRecord, Manifest};
 use rayon::prelude::*;
 use tempfile::NamedTempFile;
 
+use super::progress::Progress;
 use crate::error::{Result, io_err};
 
 /// New chunks compressed together: bounds memory (64 x 256 KiB max chunk = 16 MiB of
@@ -43,6 +44,12 @@ pub struct TableBuilder<'p> {
     new_records: Vec<ChunkRecord>,
     batch: Vec<(u32, Vec<u8>)>,
     spool: BufWriter<NamedTempFile>,
+    /// Bytes count as chunked once deduplicated or compressed, not when read: the
+    /// walk reads a batch far faster than it is compressed.
+    progress: Progress,
+    /// Files whose last new chunk is not compressed yet: the number of new chunks
+    /// once that file was read, in walk order.
+    files_waiting: VecDeque<usize>,
 }
 
 /// The finished table.
@@ -71,8 +78,14 @@ impl Table {
 }
 
 impl<'p> TableBuilder<'p> {
-    /// `prev` is the previous release's manifest, `spool` an empty temp file.
-    pub fn new(prev: Option<&'p Manifest>, level: i32, spool: NamedTempFile) -> Self {
+    /// `prev` is the previous release's manifest, `spool` an empty temp file;
+    /// chunks and files done are counted in `progress`.
+    pub fn new(
+        prev: Option<&'p Manifest>,
+        level: i32,
+        spool: NamedTempFile,
+        progress: Progress,
+    ) -> Self {
         let prev_index = prev
             .map(|m| {
                 m.chunks
@@ -92,22 +105,29 @@ impl<'p> TableBuilder<'p> {
             new_records: Vec::new(),
             batch: Vec::new(),
             spool: BufWriter::with_capacity(1 << 20, spool),
+            progress,
+            files_waiting: VecDeque::new(),
         }
     }
 
-    /// How many distinct new chunks were added so far: a chunk that leaves it
-    /// unchanged was already there (carried or seen earlier).
-    pub fn new_chunks(&self) -> usize {
-        self.new_records.len()
+    /// Every chunk of a file has been added: it is done once they are compressed.
+    pub fn file_read(&mut self) {
+        if self.batch.is_empty() {
+            self.progress.file_done();
+        } else {
+            self.files_waiting.push_back(self.new_records.len());
+        }
     }
 
     /// Records one chunk of the walk, deduplicated within the release.
     pub fn add(&mut self, chunk: RawChunk) -> Result<ChunkRef> {
         if let Some(&i) = self.prev_index.get(&chunk.id) {
             self.prev_used[i as usize] = true;
+            self.progress.chunk(chunk.data.len() as u64, true);
             return Ok(ChunkRef::Carried(i));
         }
         if let Some(&i) = self.new_index.get(&chunk.id) {
+            self.progress.chunk(chunk.data.len() as u64, true);
             return Ok(ChunkRef::New(i));
         }
         let i = self.new_records.len() as u32;
@@ -127,11 +147,16 @@ impl<'p> TableBuilder<'p> {
     }
 
     fn flush_batch(&mut self) -> Result<()> {
-        let level = self.level;
+        let (level, progress) = (self.level, &self.progress);
         let frames: Vec<_> = self
             .batch
             .par_iter()
-            .map(|(_, data)| compress_chunk(data, level))
+            .map(|(_, data)| {
+                let frame = compress_chunk(data, level);
+                // From the worker threads, so the count moves chunk by chunk.
+                progress.chunk(data.len() as u64, false);
+                frame
+            })
             .collect();
         for ((i, _), frame) in self.batch.drain(..).zip(frames) {
             let frame = frame?;
@@ -140,6 +165,14 @@ impl<'p> TableBuilder<'p> {
             self.spool
                 .write_all(&frame)
                 .map_err(io_err("write", &path))?;
+        }
+        while self
+            .files_waiting
+            .front()
+            .is_some_and(|&end| end <= self.new_records.len())
+        {
+            self.files_waiting.pop_front();
+            self.progress.file_done();
         }
         Ok(())
     }
