@@ -15,7 +15,7 @@
 //! - *diffs*: the diff objects made so far (base and size), and the one in progress;
 //! - *uploading* (a bucket or `--to`): bytes sent of all, rate and time left.
 //!
-//! Rates are over the last few seconds ([`WINDOW`]), as `ferry update` shows its own:
+//! Rates are over the last five seconds, as `ferry update` shows its own:
 //! a stalled upload shows as stalled instead of keeping the rate of its last burst.
 //! This module is the server's own copy of that idea; server and client share no code
 //! but `ferry-format`, and a display has no business in the format crate.
