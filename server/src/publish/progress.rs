@@ -147,11 +147,29 @@ impl Progress {
         }
     }
 
-    /// A file is chunked.
-    pub fn file_done(&self) {
+    /// `n` more files are chunked: every chunk of theirs deduplicated or compressed.
+    pub fn files_done(&self, n: u64) {
         if let Some(c) = self.counters() {
-            c.files_done.fetch_add(1, Ordering::Relaxed);
+            c.files_done.fetch_add(n, Ordering::Relaxed);
         }
+    }
+
+    /// Counters that count without a display, for tests of the steps that report.
+    #[cfg(test)]
+    pub(crate) fn counting() -> Progress {
+        Progress(Some(Arc::new(Counters::default())))
+    }
+
+    /// Files done, bytes chunked and bytes deduplicated so far.
+    #[cfg(test)]
+    pub(crate) fn chunked(&self) -> (u64, u64, u64) {
+        let c = self.counters().expect("Progress::counting");
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        (
+            get(&c.files_done),
+            get(&c.bytes_chunked),
+            get(&c.bytes_deduplicated),
+        )
     }
 
     /// The archive is being written.
@@ -421,6 +439,11 @@ enum Speed {
 impl Speed {
     /// `, 8.40 MB/s, 12s left` (time left only with a `total`), `, stalled for 6s`.
     fn text(&self, total: Option<u64>, done: u64) -> String {
+        // All of it counted: what is left is the far side confirming an upload, or
+        // the next stage; a rate or a stall would say something untrue.
+        if total.is_some_and(|t| done >= t) {
+            return String::new();
+        }
         match *self {
             Speed::Unknown => String::new(),
             Speed::Stalled(secs) => format!(", stalled for {secs}s"),
@@ -466,7 +489,11 @@ impl Rate {
         let per_sec = done.saturating_sub(b0) as f64 / secs;
         if per_sec < 1.0 {
             let since = self.moved.map_or(now, |(t, _)| t);
-            return Speed::Stalled(now.duration_since(since).as_secs());
+            return match now.duration_since(since).as_secs() {
+                // Less than a second without progress is no stall worth naming.
+                0 => Speed::Unknown,
+                secs => Speed::Stalled(secs),
+            };
         }
         Speed::Moving(per_sec)
     }
@@ -536,6 +563,12 @@ mod tests {
             r.update(at(8100), 2_100_000).text(total, 2_100_000),
             ", stalled for 6s"
         );
+        // Everything counted: no rate, no stall, no time left.
+        assert_eq!(
+            r.update(at(8200), 2_100_000)
+                .text(Some(2_100_000), 2_100_000),
+            ""
+        );
         assert_eq!(clock(185), "3m05s");
         assert_eq!(clock(3720), "1h02m");
     }
@@ -579,7 +612,7 @@ mod tests {
 
     #[test]
     fn uploads_skipped_and_retried_keep_the_counts_true() {
-        let p = Progress(Some(Arc::new(Counters::default())));
+        let p = Progress::counting();
         p.uploading(300);
         p.upload_skipped(100);
         p.uploaded(150);

@@ -8,7 +8,7 @@
 //! followed by the spool, so the table stays ordered by generation and every new chunk
 //! sits in one contiguous tail.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::io::{BufWriter, Write};
 
 use ferry_format::chunking::{RawChunk, compress_chunk};
@@ -47,9 +47,12 @@ pub struct TableBuilder<'p> {
     /// Bytes count as chunked once deduplicated or compressed, not when read: the
     /// walk reads a batch far faster than it is compressed.
     progress: Progress,
-    /// Files whose last new chunk is not compressed yet: the number of new chunks
-    /// once that file was read, in walk order.
-    files_waiting: VecDeque<usize>,
+    /// The highest new-chunk index the file being read uses, if any.
+    file_newest: Option<u32>,
+    /// New chunks compressed so far (the batch holds the rest).
+    compressed: usize,
+    /// Files read whose chunks wait in the batch: done when it is compressed.
+    files_waiting: u64,
 }
 
 /// The finished table.
@@ -106,17 +109,23 @@ impl<'p> TableBuilder<'p> {
             batch: Vec::new(),
             spool: BufWriter::with_capacity(1 << 20, spool),
             progress,
-            files_waiting: VecDeque::new(),
+            file_newest: None,
+            compressed: 0,
+            files_waiting: 0,
         }
     }
 
-    /// Every chunk of a file has been added: it is done once they are compressed.
+    /// Every chunk of a file has been added: it is done now if none of them waits
+    /// in the batch, else once the batch is compressed.
     pub fn file_read(&mut self) {
-        if self.batch.is_empty() {
-            self.progress.file_done();
-        } else {
-            self.files_waiting.push_back(self.new_records.len());
+        match self.file_newest.take() {
+            Some(i) if i as usize >= self.compressed => self.files_waiting += 1,
+            _ => self.progress.files_done(1),
         }
+    }
+
+    fn uses_new(&mut self, i: u32) {
+        self.file_newest = Some(self.file_newest.map_or(i, |n| n.max(i)));
     }
 
     /// Records one chunk of the walk, deduplicated within the release.
@@ -128,6 +137,7 @@ impl<'p> TableBuilder<'p> {
         }
         if let Some(&i) = self.new_index.get(&chunk.id) {
             self.progress.chunk(chunk.data.len() as u64, true);
+            self.uses_new(i);
             return Ok(ChunkRef::New(i));
         }
         let i = self.new_records.len() as u32;
@@ -140,6 +150,7 @@ impl<'p> TableBuilder<'p> {
             generation: self.generation,
         });
         self.batch.push((i, chunk.data));
+        self.uses_new(i);
         if self.batch.len() >= BATCH {
             self.flush_batch()?;
         }
@@ -166,14 +177,9 @@ impl<'p> TableBuilder<'p> {
                 .write_all(&frame)
                 .map_err(io_err("write", &path))?;
         }
-        while self
-            .files_waiting
-            .front()
-            .is_some_and(|&end| end <= self.new_records.len())
-        {
-            self.files_waiting.pop_front();
-            self.progress.file_done();
-        }
+        self.compressed = self.new_records.len();
+        self.progress
+            .files_done(std::mem::take(&mut self.files_waiting));
         Ok(())
     }
 
@@ -204,5 +210,50 @@ impl<'p> TableBuilder<'p> {
             prev_to_final,
             spool,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(byte: u8, len: usize) -> RawChunk {
+        let data = vec![byte; len];
+        RawChunk {
+            offset: 0,
+            id: ChunkId::of(&data),
+            data,
+        }
+    }
+
+    /// The progress display counts bytes once deduplicated or compressed and files
+    /// once every chunk of theirs is: never ahead of the work.
+    #[test]
+    fn progress_counts_bytes_and_files_once_their_chunks_are_done() {
+        let progress = Progress::counting();
+        let spool = tempfile::NamedTempFile::new().unwrap();
+        let mut b = TableBuilder::new(None, 1, spool, progress.clone());
+        // File 1: a new chunk, which waits in the batch.
+        b.add(chunk(1, 1000)).unwrap();
+        b.file_read();
+        assert_eq!(progress.chunked(), (0, 0, 0));
+        // File 2: only the chunk file 1 has, so it waits for that chunk too.
+        b.add(chunk(1, 1000)).unwrap();
+        b.file_read();
+        assert_eq!(progress.chunked(), (0, 1000, 1000));
+        // Filling the batch compresses it: both files are done, every byte counted.
+        for k in 0..BATCH as u8 - 1 {
+            b.add(chunk(10 + k, 100)).unwrap();
+        }
+        let batch_bytes = 1000 + 100 * (BATCH as u64 - 1);
+        assert_eq!(progress.chunked(), (2, batch_bytes + 1000, 1000));
+        b.file_read();
+        assert_eq!(progress.chunked(), (3, batch_bytes + 1000, 1000));
+        // A file of compressed chunks only is done at once.
+        b.add(chunk(1, 1000)).unwrap();
+        b.file_read();
+        assert_eq!(progress.chunked(), (4, batch_bytes + 2000, 2000));
+        let table = b.finish().unwrap();
+        assert_eq!(table.new_count(), BATCH);
     }
 }
