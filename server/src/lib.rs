@@ -45,6 +45,7 @@
 //!     zstd_level: 19,
 //!     source: "build/out".into(),
 //!     diff_depth: ferry_server::publish::diff::DEFAULT_DIFF_DEPTH,
+//!     progress: Default::default(),
 //! })?;
 //! println!("{}", report.summary());
 //! # Ok::<(), ferry_server::error::Error>(())
@@ -230,7 +231,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 zstd_level,
                 source: path,
                 diff_depth,
+                progress: Default::default(),
             };
+            // Drawn on stderr while the publish runs, cleared before the summary (or
+            // the error) is printed.
+            let display = publish::progress::Display::start(!json);
+            opts.progress = display.progress();
             let report = match to {
                 Some(url) => publish::remote::publish_to(
                     &publish::remote::RemoteOptions {
@@ -248,6 +254,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                         channel: &channel,
                         key: &key,
                         diff_depth: opts.diff_depth,
+                        progress: &opts.progress.clone(),
                     };
                     store.write(mirror, |repo| {
                         opts.repo = repo.root().to_path_buf();
@@ -255,6 +262,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                     })?
                 }
             };
+            drop(display);
             let text = if json {
                 serde_json::to_string(&report).context("cannot encode the report")? + "\n"
             } else {

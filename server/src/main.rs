@@ -24,7 +24,8 @@ fn main() -> ExitCode {
                 // outcome matters, and that is reported as an error.
                 .unwrap_or_else(|_| EnvFilter::new(format!("{default},object_store=warn"))),
         )
-        .with_writer(std::io::stderr)
+        // Around publish's progress line when one is drawn.
+        .with_writer(|| ferry_server::publish::progress::LogWriter)
         // Colour codes only for a person at a terminal, never into files and pipes
         // (nor with NO_COLOR set).
         .with_ansi(

@@ -42,6 +42,7 @@ use serde::Serialize;
 use tempfile::NamedTempFile;
 
 use super::archive::Hashing;
+use super::progress::Progress;
 use crate::error::{Error, Result, io_err};
 use crate::fsutil;
 use crate::repo::Repo;
@@ -121,16 +122,22 @@ pub fn write_diffs(
     repo: &Repo,
     new: &Manifest,
     bases: &[BaseRelease],
+    progress: &Progress,
 ) -> Result<(Vec<DiffRef>, Vec<DiffSummary>)> {
     let mut refs = Vec::new();
     let mut summaries = Vec::new();
-    if bases.iter().all(|b| !b.archive_present) {
+    let with_archive = bases.iter().filter(|b| b.archive_present).count();
+    if with_archive == 0 {
         return Ok((refs, summaries));
     }
+    progress.diffs(with_archive);
     let new_archive = open_archive(repo, new)?;
     for base in bases.iter().filter(|b| b.archive_present) {
         let started = Instant::now();
-        let Some(object) = diff_one(repo, new, &new_archive, base)? else {
+        progress.diff_started(&base.version, base.manifest.total_file_bytes());
+        let made = diff_one(repo, new, &new_archive, base)?;
+        progress.diff_done(&base.version, made.map(|o| o.size));
+        let Some(object) = made else {
             continue;
         };
         let seconds = started.elapsed().as_secs_f64();

@@ -22,6 +22,7 @@
 
 pub mod archive;
 pub mod diff;
+pub mod progress;
 pub mod remote;
 pub mod table;
 pub mod walk;
@@ -87,6 +88,9 @@ pub struct PublishOptions<'a> {
     /// How many of the channel's latest releases get a diff object to the new one
     /// (0: none). At most [`ferry_format::manifest::MAX_DIFFS`].
     pub diff_depth: usize,
+    /// Where the steps report how far they are ([`progress::Progress::default`]:
+    /// nowhere).
+    pub progress: progress::Progress,
 }
 
 /// What a publish did. Serialises to the `--json` output.
@@ -204,15 +208,26 @@ pub fn publish(opts: &PublishOptions<'_>) -> Result<PublishReport> {
 
     // Step 2: walk and chunk.
     let sources = walk::walk(&opts.source)?;
+    let progress = &opts.progress;
+    let (file_count, file_bytes) = sources.iter().fold((0, 0), |(n, b), s| match s.kind {
+        SourceKind::File { size, .. } => (n + 1, b + size),
+        _ => (n, b),
+    });
+    progress.chunking(file_count, file_bytes);
     let params = ChunkParams::default();
-    let mut builder = TableBuilder::new(prev_manifest, opts.zstd_level, repo.object_temp()?);
+    let mut builder = TableBuilder::new(
+        prev_manifest,
+        opts.zstd_level,
+        repo.object_temp()?,
+        progress.clone(),
+    );
     let mut pending: Vec<(String, Pending)> = Vec::with_capacity(sources.len());
     let mut files = 0;
     for s in sources {
         let kind = match s.kind {
             SourceKind::Dir { mode } => Pending::Dir { mode },
             SourceKind::Symlink { target } => Pending::Symlink { target },
-            SourceKind::File { mode } => {
+            SourceKind::File { mode, .. } => {
                 files += 1;
                 let file = fsutil::open(&s.abs)?;
                 let mut hasher = blake3::Hasher::new();
@@ -227,6 +242,7 @@ pub fn publish(opts: &PublishOptions<'_>) -> Result<PublishReport> {
                     size += chunk.data.len() as u64;
                     chunks.push(builder.add(chunk)?);
                 }
+                builder.file_read();
                 Pending::File {
                     mode,
                     size,
@@ -287,6 +303,7 @@ pub fn publish(opts: &PublishOptions<'_>) -> Result<PublishReport> {
         diffs: vec![],
     };
     readable(&manifest, signers.len(), files)?;
+    progress.archive();
     let archive = archive::write_archive(&repo, prev_manifest, &mut table)?;
     crash_point!("server::publish::archive_written");
     manifest.archive = archive;
@@ -310,7 +327,7 @@ pub fn publish(opts: &PublishOptions<'_>) -> Result<PublishReport> {
         }
         _ => (Vec::new(), Vec::new()),
     };
-    let (diff_refs, diffs) = diff::write_diffs(&repo, &manifest, &bases)?;
+    let (diff_refs, diffs) = diff::write_diffs(&repo, &manifest, &bases, progress)?;
     manifest.diffs = diff_refs;
     readable(&manifest, signers.len(), files)?;
     let manifest_bytes = manifest.sign(&signers)?;

@@ -26,6 +26,8 @@
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use ferry_format::FormatError;
@@ -35,6 +37,7 @@ use ferry_format::id::{Digest, ObjectRef};
 use ferry_format::layout::{head_path, key_list_path, object_path};
 use ferry_format::verified::verify_pinned_manifest;
 use ferry_format::version::check_channel;
+use futures_util::StreamExt;
 use reqwest::StatusCode;
 use reqwest::header::{AUTHORIZATION, CONTENT_LENGTH, RETRY_AFTER};
 use thiserror::Error;
@@ -42,6 +45,7 @@ use tokio_util::io::ReaderStream;
 
 mod backoff;
 
+use super::progress::Progress;
 use super::{PublishOptions, PublishReport, previous, publish};
 use crate::error::{Error, io_err};
 use crate::fsutil::{self, DIR_MODE, FILE_MODE, Place};
@@ -132,7 +136,8 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(15);
 pub fn publish_to(remote: &RemoteOptions, opts: &PublishOptions<'_>) -> Result<PublishReport> {
     let started = Instant::now();
     check_channel(&opts.channel)?;
-    let server = Server::new(&remote.url, read_token_file(&remote.token_file)?)?;
+    let mut server = Server::new(&remote.url, read_token_file(&remote.token_file)?)?;
+    server.progress = opts.progress.clone();
     let cache = remote.cache.as_ref().map(Repo::new);
     // Staging lives inside the cache when there is one, so objects can be hard-linked
     // between the two instead of copied.
@@ -175,6 +180,7 @@ pub fn publish_to(remote: &RemoteOptions, opts: &PublishOptions<'_>) -> Result<P
         zstd_level: opts.zstd_level,
         source: opts.source.clone(),
         diff_depth: opts.diff_depth,
+        progress: opts.progress.clone(),
     })?;
     let archive = ObjectRef {
         hash: Digest::from_hex(&report.archive)?,
@@ -184,6 +190,11 @@ pub fn publish_to(remote: &RemoteOptions, opts: &PublishOptions<'_>) -> Result<P
         hash: Digest::from_hex(&report.manifest)?,
         size: report.manifest_size,
     };
+    let objects = [manifest, archive]
+        .into_iter()
+        .chain(report.diffs.iter().map(|d| d.object))
+        .chain(report.manifest_diff_objects.iter().copied());
+    opts.progress.uploading(objects.map(|r| r.size).sum());
     rt.block_on(async {
         // The small manifest goes first: a refused token then shows up as a clean 401
         // before megabytes of archive are sent to a server that will not read them.
@@ -230,6 +241,8 @@ struct Server {
     base: String,
     token: String,
     retry: backoff::Policy,
+    /// Counts the bytes fetched and sent, for the progress display.
+    progress: Progress,
 }
 
 impl Server {
@@ -266,6 +279,7 @@ impl Server {
             base: base.trim_end_matches('/').to_string(),
             token,
             retry: backoff::Policy::DEFAULT,
+            progress: Progress::default(),
         })
     }
 
@@ -281,6 +295,7 @@ impl Server {
         cache: Option<&Repo>,
         opts: &PublishOptions<'_>,
     ) -> Result<(u64, Option<Vec<u8>>)> {
+        self.progress.fetching();
         // Key lists first: a head is verified against the one it names.
         for version in 1..=MAX_KEY_LISTS {
             let path = key_list_path(version);
@@ -438,6 +453,7 @@ impl Server {
         let mut len = 0u64;
         while let Some(chunk) = next_chunk(&mut resp, &url).await? {
             len += chunk.len() as u64;
+            self.progress.fetched(chunk.len() as u64);
             if len > r.size {
                 break; // reported as a size mismatch below
             }
@@ -491,6 +507,7 @@ impl Server {
                 == Some(r.size);
         if has {
             tracing::debug!(object = %r.hash, "{what} already on the server");
+            self.progress.upload_skipped(r.size);
             return Ok(());
         }
         self.retrying("PUT", || self.put_object_once(staging, r, what, &url))
@@ -508,16 +525,35 @@ impl Server {
         let file = tokio::fs::File::open(&path)
             .await
             .map_err(io_err("open", &path))?;
-        let body = reqwest::Body::wrap_stream(ReaderStream::with_capacity(file, UPLOAD_CHUNK));
+        // Counted as the client takes it from the file: into the connection, give or
+        // take its buffers.
+        let sent = Arc::new(AtomicU64::new(0));
+        let stream = ReaderStream::with_capacity(file, UPLOAD_CHUNK).inspect({
+            let (sent, progress) = (sent.clone(), self.progress.clone());
+            move |read| {
+                if let Ok(bytes) = read {
+                    sent.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                    progress.uploaded(bytes.len() as u64);
+                }
+            }
+        });
+        let body = reqwest::Body::wrap_stream(stream);
         let req = self
             .client
             .put(url)
             .header(AUTHORIZATION, format!("Bearer {}", self.token))
             .header(CONTENT_LENGTH, r.size)
             .body(body);
-        let resp = self.send("PUT", url, req).await?;
-        expect_success(what, url, resp).await?;
-        Ok(())
+        let result = async {
+            let resp = self.send("PUT", url, req).await?;
+            expect_success(what, url, resp).await
+        }
+        .await;
+        if result.is_err() {
+            // A retry sends the object again from its start.
+            self.progress.upload_failed(sent.load(Ordering::Relaxed));
+        }
+        result.map(drop)
     }
 
     /// Uploads the head, last, as a compare-and-swap on `previous_sequence`.

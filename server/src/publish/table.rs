@@ -17,6 +17,7 @@ use ferry_format::manifest::{ChunkRecord, Manifest};
 use rayon::prelude::*;
 use tempfile::NamedTempFile;
 
+use super::progress::Progress;
 use crate::error::{Result, io_err};
 
 /// New chunks compressed together: bounds memory (64 x 256 KiB max chunk = 16 MiB of
@@ -43,6 +44,15 @@ pub struct TableBuilder<'p> {
     new_records: Vec<ChunkRecord>,
     batch: Vec<(u32, Vec<u8>)>,
     spool: BufWriter<NamedTempFile>,
+    /// Bytes count as chunked once deduplicated or compressed, not when read: the
+    /// walk reads a batch far faster than it is compressed.
+    progress: Progress,
+    /// The highest new-chunk index the file being read uses, if any.
+    file_newest: Option<u32>,
+    /// New chunks compressed so far (the batch holds the rest).
+    compressed: usize,
+    /// Files read whose chunks wait in the batch: done when it is compressed.
+    files_waiting: u64,
 }
 
 /// The finished table.
@@ -71,8 +81,14 @@ impl Table {
 }
 
 impl<'p> TableBuilder<'p> {
-    /// `prev` is the previous release's manifest, `spool` an empty temp file.
-    pub fn new(prev: Option<&'p Manifest>, level: i32, spool: NamedTempFile) -> Self {
+    /// `prev` is the previous release's manifest, `spool` an empty temp file;
+    /// chunks and files done are counted in `progress`.
+    pub fn new(
+        prev: Option<&'p Manifest>,
+        level: i32,
+        spool: NamedTempFile,
+        progress: Progress,
+    ) -> Self {
         let prev_index = prev
             .map(|m| {
                 m.chunks
@@ -92,16 +108,36 @@ impl<'p> TableBuilder<'p> {
             new_records: Vec::new(),
             batch: Vec::new(),
             spool: BufWriter::with_capacity(1 << 20, spool),
+            progress,
+            file_newest: None,
+            compressed: 0,
+            files_waiting: 0,
         }
+    }
+
+    /// Every chunk of a file has been added: it is done now if none of them waits
+    /// in the batch, else once the batch is compressed.
+    pub fn file_read(&mut self) {
+        match self.file_newest.take() {
+            Some(i) if i as usize >= self.compressed => self.files_waiting += 1,
+            _ => self.progress.files_done(1),
+        }
+    }
+
+    fn uses_new(&mut self, i: u32) {
+        self.file_newest = Some(self.file_newest.map_or(i, |n| n.max(i)));
     }
 
     /// Records one chunk of the walk, deduplicated within the release.
     pub fn add(&mut self, chunk: RawChunk) -> Result<ChunkRef> {
         if let Some(&i) = self.prev_index.get(&chunk.id) {
             self.prev_used[i as usize] = true;
+            self.progress.chunk(chunk.data.len() as u64, true);
             return Ok(ChunkRef::Carried(i));
         }
         if let Some(&i) = self.new_index.get(&chunk.id) {
+            self.progress.chunk(chunk.data.len() as u64, true);
+            self.uses_new(i);
             return Ok(ChunkRef::New(i));
         }
         let i = self.new_records.len() as u32;
@@ -114,6 +150,7 @@ impl<'p> TableBuilder<'p> {
             generation: self.generation,
         });
         self.batch.push((i, chunk.data));
+        self.uses_new(i);
         if self.batch.len() >= BATCH {
             self.flush_batch()?;
         }
@@ -121,11 +158,16 @@ impl<'p> TableBuilder<'p> {
     }
 
     fn flush_batch(&mut self) -> Result<()> {
-        let level = self.level;
+        let (level, progress) = (self.level, &self.progress);
         let frames: Vec<_> = self
             .batch
             .par_iter()
-            .map(|(_, data)| compress_chunk(data, level))
+            .map(|(_, data)| {
+                let frame = compress_chunk(data, level);
+                // From the worker threads, so the count moves chunk by chunk.
+                progress.chunk(data.len() as u64, false);
+                frame
+            })
             .collect();
         for ((i, _), frame) in self.batch.drain(..).zip(frames) {
             let frame = frame?;
@@ -135,6 +177,9 @@ impl<'p> TableBuilder<'p> {
                 .write_all(&frame)
                 .map_err(io_err("write", &path))?;
         }
+        self.compressed = self.new_records.len();
+        self.progress
+            .files_done(std::mem::take(&mut self.files_waiting));
         Ok(())
     }
 
@@ -165,5 +210,50 @@ impl<'p> TableBuilder<'p> {
             prev_to_final,
             spool,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(byte: u8, len: usize) -> RawChunk {
+        let data = vec![byte; len];
+        RawChunk {
+            offset: 0,
+            id: ChunkId::of(&data),
+            data,
+        }
+    }
+
+    /// The progress display counts bytes once deduplicated or compressed and files
+    /// once every chunk of theirs is: never ahead of the work.
+    #[test]
+    fn progress_counts_bytes_and_files_once_their_chunks_are_done() {
+        let progress = Progress::counting();
+        let spool = tempfile::NamedTempFile::new().unwrap();
+        let mut b = TableBuilder::new(None, 1, spool, progress.clone());
+        // File 1: a new chunk, which waits in the batch.
+        b.add(chunk(1, 1000)).unwrap();
+        b.file_read();
+        assert_eq!(progress.chunked(), (0, 0, 0));
+        // File 2: only the chunk file 1 has, so it waits for that chunk too.
+        b.add(chunk(1, 1000)).unwrap();
+        b.file_read();
+        assert_eq!(progress.chunked(), (0, 1000, 1000));
+        // Filling the batch compresses it: both files are done, every byte counted.
+        for k in 0..BATCH as u8 - 1 {
+            b.add(chunk(10 + k, 100)).unwrap();
+        }
+        let batch_bytes = 1000 + 100 * (BATCH as u64 - 1);
+        assert_eq!(progress.chunked(), (2, batch_bytes + 1000, 1000));
+        b.file_read();
+        assert_eq!(progress.chunked(), (3, batch_bytes + 1000, 1000));
+        // A file of compressed chunks only is done at once.
+        b.add(chunk(1, 1000)).unwrap();
+        b.file_read();
+        assert_eq!(progress.chunked(), (4, batch_bytes + 2000, 2000));
+        let table = b.finish().unwrap();
+        assert_eq!(table.new_count(), BATCH);
     }
 }

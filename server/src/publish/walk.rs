@@ -25,9 +25,17 @@ pub struct SourceEntry {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SourceKind {
-    Dir { mode: u32 },
-    File { mode: u32 },
-    Symlink { target: String },
+    Dir {
+        mode: u32,
+    },
+    /// `size`: its length when listed, for the progress display's total.
+    File {
+        mode: u32,
+        size: u64,
+    },
+    Symlink {
+        target: String,
+    },
 }
 
 /// Lists `root`: a regular file gives one entry named after it; a directory gives its
@@ -75,7 +83,10 @@ fn entry_for(abs: &Path, rel: String, meta: &fs::Metadata) -> Result<SourceEntry
     let kind = if ft.is_dir() {
         SourceKind::Dir { mode }
     } else if ft.is_file() {
-        SourceKind::File { mode }
+        SourceKind::File {
+            mode,
+            size: meta.len(),
+        }
     } else if ft.is_symlink() {
         let target = fs::read_link(abs).map_err(io_err("read symlink", abs))?;
         let target = target

@@ -139,6 +139,8 @@ pub enum Mirror<'a> {
         channel: &'a str,
         key: &'a SecretKey,
         diff_depth: usize,
+        /// Counts what is fetched and sent back, for publish's progress display.
+        progress: &'a crate::publish::progress::Progress,
     },
 }
 
@@ -370,7 +372,13 @@ impl Store {
             Store::Object(o) => {
                 crash_point!("server::upload::object_received");
                 let placed = o
-                    .put_new_file(&object_path(hash), tmp.path(), size, Caching::Immutable)
+                    .put_new_file(
+                        &object_path(hash),
+                        tmp.path(),
+                        size,
+                        Caching::Immutable,
+                        &Default::default(),
+                    )
                     .await;
                 drop(tmp);
                 placed

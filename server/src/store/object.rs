@@ -31,6 +31,7 @@ use super::cache::DiskCache;
 use super::location::{ObjectUrl, Service};
 use super::{Caching, Expected, Placed, StoreOption, Swapped};
 use crate::error::{Error, Result, io_err};
+use crate::publish::progress::Progress;
 
 /// Objects up to this size go up in one conditional `PUT`; larger ones as a multipart
 /// upload, a part at a time, so memory stays bounded whatever the archive's size.
@@ -357,22 +358,30 @@ impl ObjectRepo {
     /// files go up in one conditional `PUT`; larger ones, after a look-up that finds
     /// no such key, as a multipart upload — conditional multipart completion is not
     /// offered by every S3-compatible service, and two uploads of a content-addressed
-    /// name carry the same bytes anyway.
+    /// name carry the same bytes anyway. What is sent is counted in `progress`.
     pub async fn put_new_file(
         &self,
         rel: &str,
         path: &Path,
         size: u64,
         caching: Caching,
+        progress: &Progress,
     ) -> Result<Placed> {
         if size <= SINGLE_PUT_MAX {
             let bytes = tokio::fs::read(path).await.map_err(io_err("read", path))?;
-            return self.put_new(rel, Bytes::from(bytes), caching).await;
+            let placed = self.put_new(rel, Bytes::from(bytes), caching).await?;
+            match placed {
+                Placed::Created => progress.uploaded(size),
+                Placed::Existed => progress.upload_skipped(size),
+            }
+            return Ok(placed);
         }
         let existed = self.len(rel).await? == Some(size);
         if existed && !self.is_old(rel).await? {
+            progress.upload_skipped(size);
             return Ok(Placed::Existed);
         }
+        let progress = progress.clone();
         let opts = PutMultipartOptions {
             attributes: attributes(caching),
             ..PutMultipartOptions::default()
@@ -405,6 +414,9 @@ impl ObjectRepo {
                         .await
                         .map_err(store_err("upload"))?;
                     w.write(&buf[..n]);
+                    // Counted once taken: the wait above keeps what is taken within
+                    // a few parts of what went out.
+                    progress.uploaded(n as u64);
                 }
             }
             .await;

@@ -42,6 +42,7 @@ use super::object::ObjectRepo;
 use super::{Caching, Expected, Mirror, Placed, Swapped};
 use crate::error::{Error, Result, io_err};
 use crate::fsutil::{self, FILE_MODE, Place};
+use crate::publish::progress::Progress;
 use crate::repo::Repo;
 
 /// How many times a write runs before a lost compare-and-swap is reported.
@@ -179,6 +180,8 @@ struct Stage<'a> {
     /// Each head read, with what its swap must find.
     heads: HashMap<String, Expected>,
     dir: TempDir,
+    /// Publish's progress counters (reporting to nobody for other commands).
+    progress: Progress,
 }
 
 impl<'a> Stage<'a> {
@@ -193,6 +196,10 @@ impl<'a> Stage<'a> {
             mirrored: HashMap::new(),
             heads: HashMap::new(),
             dir,
+            progress: match what {
+                Mirror::Release { progress, .. } => progress.clone(),
+                _ => Progress::default(),
+            },
         };
         s.repo.create()?;
         o.block_on(s.fetch(what)).map_err(|e| s.relocate(e))?;
@@ -248,8 +255,10 @@ impl<'a> Stage<'a> {
                 channel,
                 key,
                 diff_depth,
+                ..
             } => {
                 check_channel(channel)?;
+                self.progress.fetching();
                 if let Some(bytes) = self.head(channel).await? {
                     self.release(channel, &bytes, key, diff_depth).await?;
                 }
@@ -378,6 +387,7 @@ impl<'a> Stage<'a> {
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(|e| self.o_err(what, &rel, e))?;
             len += chunk.len() as u64;
+            self.progress.fetched(chunk.len() as u64);
             hasher.update(&chunk);
             tmp.write_all(&chunk).map_err(io_err("write", &tmp_path))?;
         }
@@ -474,10 +484,17 @@ impl<'a> Stage<'a> {
             .cloned()
             .collect();
         let o = self.o;
+        let mut sizes = Vec::with_capacity(objects.len());
+        for (_, path) in &objects {
+            sizes.push(std::fs::metadata(path).map_err(io_err("read", path))?.len());
+        }
+        if !objects.is_empty() {
+            self.progress.uploading(sizes.iter().sum());
+        }
         let result = o.block_on(async {
-            for (rel, path) in &objects {
-                let size = std::fs::metadata(path).map_err(io_err("read", path))?.len();
-                o.put_new_file(rel, path, size, Caching::Immutable).await?;
+            for ((rel, path), &size) in objects.iter().zip(&sizes) {
+                o.put_new_file(rel, path, size, Caching::Immutable, &self.progress)
+                    .await?;
                 crash_point!("server::store::object_sent");
             }
             for (rel, path) in keys.values() {

@@ -89,6 +89,7 @@ pub fn try_publish_depth(
         zstd_level: 3,
         source: source.to_path_buf(),
         diff_depth,
+        progress: Default::default(),
     })
 }
 
