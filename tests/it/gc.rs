@@ -381,3 +381,80 @@ fn gc_in_a_bucket_uses_last_modified_and_keeps_what_heads_name() {
     assert_eq!(agent.active().as_deref(), Some(v(3).as_str()));
     assert_ok(&agent.ferry("verify", &[]), "verify");
 }
+
+/// gc runs over and over against the bucket while a large release is published into
+/// it: the publish's uploads (younger than the grace period) are never deleted, the
+/// head it swaps in names only objects that are there, and an agent installs it.
+#[test]
+fn gc_during_a_publish_into_a_bucket_keeps_the_release_being_published() {
+    let s3 = SeaweedFs::start();
+    let repo = s3.repo("gc-live");
+    let p = Publisher::new("stable");
+    let sources = Sources::app(1);
+    let key = p.key();
+    let key = key.to_str().unwrap();
+    let publish_args = |version: &str, source: &Path| -> Vec<String> {
+        [
+            "publish",
+            "--repo",
+            &repo,
+            "--key",
+            key,
+            "--channel",
+            "stable",
+            "--version",
+            version,
+            "--zstd-level",
+            "3",
+            "--json",
+        ]
+        .map(String::from)
+        .into_iter()
+        .chain([source.to_str().unwrap().to_string()])
+        .collect()
+    };
+    let args = publish_args(&v(1), &sources.release(1));
+    in_bucket(&s3, &args.iter().map(String::as_str).collect::<Vec<_>>());
+
+    let big: PathBuf = p.dir.path().join("big");
+    for i in 0..2 {
+        put(
+            &big,
+            &format!("data/{i}.bin"),
+            &noise(60 + i, 4 << 20),
+            0o644,
+        );
+    }
+    let mut publish = Command::new(bin("ferry-server"))
+        .args(publish_args(&v(2), &big))
+        .envs(s3.env())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("publish starts");
+    let mut overlapped = 0;
+    let status = loop {
+        let text = in_bucket(&s3, &["gc", "--repo", &repo]);
+        assert!(text.contains("freed 0 objects"), "{text}");
+        match publish.try_wait().expect("publish status") {
+            Some(status) => break status,
+            None => overlapped += 1,
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let out = publish.wait_with_output().unwrap();
+    assert!(
+        status.success(),
+        "publish failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(overlapped > 0, "gc never ran while the publish did");
+
+    let env = s3.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let server = Server::start_with_env(Path::new(&repo), &[], &env);
+    let agent = Agent::init(&server.url, "stable", &p.public_key(), &[]);
+    agent.update();
+    assert_eq!(agent.active().as_deref(), Some(v(2).as_str()));
+    assert_ok(&agent.ferry("verify", &[]), "verify");
+}
