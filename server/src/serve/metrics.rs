@@ -607,17 +607,44 @@ fn upload_registry(u: &UploadCounts) -> Registry {
 /// their first bytes: a manifest's magic `FRYM`, a diff's `FRYD`; anything else in
 /// `objects/` (archives, and manifest diffs, which are bare zstd frames like an
 /// archive's chunks) counts as an archive. A missing object is `other`.
+/// Objects whose kind is remembered, at most (a few MB).
+const KIND_MEMORY: usize = 1 << 16;
+
+fn kinds()
+-> std::sync::MutexGuard<'static, std::collections::HashMap<ferry_format::id::Digest, Kind>> {
+    static KINDS: std::sync::OnceLock<
+        std::sync::Mutex<std::collections::HashMap<ferry_format::id::Digest, Kind>>,
+    > = std::sync::OnceLock::new();
+    KINDS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+}
+
 pub async fn object_kind(store: &crate::store::Store, path: &str) -> Kind {
     match parse_repo_path(path) {
         // A head log entry is a past head, kept byte for byte.
         Some(RepoPath::Head(_) | RepoPath::HeadLog(..)) => Kind::head,
         Some(RepoPath::KeyList(_)) => Kind::key_list,
-        Some(RepoPath::Object(hash)) => match store.magic(&object_path(&hash)).await {
-            Ok(Some(m)) if &m == b"FRYM" => Kind::manifest,
-            Ok(Some(m)) if &m == b"FRYD" => Kind::diff,
-            Ok(_) => Kind::archive,
-            Err(_) => Kind::other,
-        },
+        Some(RepoPath::Object(hash)) => {
+            // An object's kind never changes (its name is its hash): remembered, so a
+            // request costs no second open and read of the file to be counted.
+            if let Some(kind) = kinds().get(&hash) {
+                return *kind;
+            }
+            let kind = match store.magic(&object_path(&hash)).await {
+                Ok(Some(m)) if &m == b"FRYM" => Kind::manifest,
+                Ok(Some(m)) if &m == b"FRYD" => Kind::diff,
+                Ok(_) => Kind::archive,
+                Err(_) => return Kind::other,
+            };
+            let mut memory = kinds();
+            if memory.len() >= KIND_MEMORY {
+                memory.clear();
+            }
+            memory.insert(hash, kind);
+            kind
+        }
         None => Kind::other,
     }
 }
