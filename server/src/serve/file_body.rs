@@ -1,5 +1,6 @@
 //! Response bodies read from local files (the folder's objects, or the disk cache's
-//! copies of a bucket's). Each read is one `pread` on the blocking pool: a range up to
+//! copies of a bucket's). Each read is one `pread` (see [`file_io`] for why on
+//! the connection's own thread): a range up to
 //! [`CHUNK`] bytes — an agent's typical request — is read in one call and answered
 //! from memory, a longer one streams in [`CHUNK`]-sized reads, each made only when the
 //! connection has taken the previous one, so a connection holds at most one chunk.
@@ -13,7 +14,7 @@ use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Frame;
 
 use super::routes::Body;
-use crate::store::{Exclusive, blocking_io};
+use crate::store::{Exclusive, file_io};
 
 /// Bytes per read.
 pub const CHUNK: u64 = 128 << 10;
@@ -42,7 +43,7 @@ pub async fn body(file: std::fs::File, start: u64, count: u64) -> io::Result<Bod
 
 /// Exactly `count` bytes at `at` (a file shorter than its length said is an error).
 async fn read(file: Arc<std::fs::File>, at: u64, count: u64) -> io::Result<Bytes> {
-    blocking_io(move || {
+    file_io(move || {
         let mut buf = vec![0u8; count as usize];
         file.read_exact_at(&mut buf, at)?;
         Ok(Bytes::from(buf))
