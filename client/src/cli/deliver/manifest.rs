@@ -12,14 +12,14 @@ use ferry_format::head::{ChannelHead, ReleaseRef};
 use ferry_format::id::{Digest, ObjectRef};
 use ferry_format::layout::object_path;
 use ferry_format::manifest::Manifest;
-use ferry_format::plan::Via;
+use ferry_format::plan::{SkipReason, Via};
 use ferry_format::verified::{Verified, verify_manifest};
 use ferry_format::version::Version;
 
 use super::{Planned, Remote};
 use crate::apply::diff::{DiffSpool, Want, apply_to_spool, verify_object};
 use crate::cli::plan;
-use crate::cli::report::Out;
+use crate::cli::report::{self, Out};
 use crate::cli::root::Root;
 use crate::fsutil;
 use crate::install::space;
@@ -97,8 +97,8 @@ impl Remote {
                     return Ok(found);
                 }
                 Err((e, planned)) => {
-                    tracing::info!(
-                        "manifest diff from {base_version} not used, fetching the whole manifest: {e:#}"
+                    tracing::warn!(
+                        "manifest diff from {base_version} unusable, fetching the whole manifest: {e:#}"
                     );
                     kept = planned;
                 }
@@ -224,10 +224,20 @@ impl Remote {
         let needs = super::needs(&sk, &observed.plan, chosen);
         let planned = Planned::new(observed);
         if !ours {
-            return Ok(Err((
-                anyhow::anyhow!("the plan does not take the diff from {}", c.base_version),
-                Some((planned, sk)),
-            )));
+            let plan = &planned.observed.plan;
+            let why = match plan.skipped.iter().find(|s| s.base == c.base_version) {
+                Some(s) if s.reason == SkipReason::NotSmaller => format!(
+                    "the archive ranges ({}) cost less than the diff from {} ({}) with what is local",
+                    report::bytes(plan.archive().download_bytes),
+                    c.base_version,
+                    report::bytes(object.size)
+                ),
+                Some(s) if s.reason == SkipReason::Modified => {
+                    format!("{} is modified locally", c.base_version)
+                }
+                _ => format!("the plan takes no diff from {}", c.base_version),
+            };
+            return Ok(Err((anyhow::anyhow!(why), Some((planned, sk)))));
         }
         super::check_budget(root, chosen_bytes(&planned), Some(&line), out)?;
         out.info(&line);
