@@ -537,7 +537,7 @@ fn build(
     version: &str,
     given: Option<&Plan>,
     out: Out,
-) -> Result<(Verified<Manifest>, u64, String, u64, Option<Route>)> {
+) -> Result<Built> {
     let active = root.state.active.clone();
     let release = head
         .releases()
@@ -593,6 +593,10 @@ fn build(
         stats.route,
     ))
 }
+
+/// What [`build`] made: the manifest, its size, the folder, the bytes reused and the
+/// plan's route that built it.
+type Built = (Verified<Manifest>, u64, String, u64, Option<Route>);
 
 /// A plan given to `apply` that no longer holds.
 fn stale(why: String) -> anyhow::Error {
