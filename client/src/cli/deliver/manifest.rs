@@ -170,8 +170,11 @@ impl Remote {
             // The skeleton came from a verified object, so a filled manifest that
             // does not verify means the diff's chunks were wrong: the plan moves on.
             (Err(e), Some((mut planned, skeleton))) => {
-                planned.prepared = None;
-                planned.next += 1;
+                // Only a diff that was the chosen route moves the plan on; behind an
+                // intact copy it only filled the skeleton.
+                if planned.prepared.take().is_some() {
+                    planned.next += 1;
+                }
                 Ok(Err((e.context(DiffUnusable), Some((planned, skeleton)))))
             }
             (Err(e), None) => Ok(Err((e, None))),
@@ -218,10 +221,14 @@ impl Remote {
             object,
         });
         let observed = plan::observe(root, &sk, from, &[])?;
-        let chosen = observed.plan.chosen();
+        // An intact copy on disk is the plan, but it needs the manifest too: the diff
+        // that fills the skeleton is then taken (a rerun finds it stored) only for that.
+        let d = usize::from(matches!(observed.plan.chosen().via, Via::OnDisk { .. }));
+        let chosen = &observed.plan.routes[d.min(observed.plan.routes.len() - 1)];
         let ours = matches!(&chosen.via, Via::Diff { object: o, .. } if o.hash == object.hash);
         let line = plan::line(&root.layout, &observed.plan, chosen);
         let needs = super::needs(&sk, &observed.plan, chosen);
+        let bytes = chosen.download_bytes;
         let planned = Planned::new(observed);
         if !ours {
             let plan = &planned.observed.plan;
@@ -239,7 +246,7 @@ impl Remote {
             };
             return Ok(Err((anyhow::anyhow!(why), Some((planned, sk)))));
         }
-        super::check_budget(root, chosen_bytes(&planned), Some(&line), out)?;
+        super::check_budget(root, bytes, Some(&line), out)?;
         out.info(&line);
         space::check_room(&root.layout, &needs)?;
         let downloads = root.layout.downloads();
@@ -252,7 +259,7 @@ impl Remote {
         let active = crate::install::activate::current_version(&root.layout);
         let downloaded = self.download_diff(&diff_ref, &downloads);
         let failed = |e: anyhow::Error, mut planned: Planned| {
-            planned.next += 1;
+            planned.next = if d == 0 { 1 } else { 0 };
             Ok(Err((e.context(DiffUnusable), Some((planned, sk.clone())))))
         };
         let Some(file) =
@@ -294,20 +301,17 @@ impl Remote {
         match applied {
             Ok((filled, spool)) => {
                 let mut planned = planned;
-                planned.prepared = Some(PreparedDiff {
-                    spool,
-                    size: object.size,
-                });
+                if d == 0 {
+                    planned.prepared = Some(PreparedDiff {
+                        spool,
+                        size: object.size,
+                    });
+                }
                 Ok(Ok((filled, (planned, sk))))
             }
             Err(e) => failed(e, planned),
         }
     }
-}
-
-/// The bytes of the chosen route of a plan.
-fn chosen_bytes(planned: &Planned) -> u64 {
-    planned.observed.plan.chosen().download_bytes
 }
 
 /// Whether `manifest` has the chunk table `skeleton` was planned with: the same
