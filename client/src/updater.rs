@@ -2,6 +2,15 @@
 //! rollback` and `ferry status` do, for an application that updates itself. The
 //! `ferry` commands call these same functions and only add printing.
 //!
+//! [`Updater::check`] (or [`Updater::plan`]) fetches the signed head and manifest and
+//! plans the update from them and what is on disk: a [`Plan`], whose
+//! [`UpdatePlan`] says for every chunk of the release where it comes from (a local
+//! copy, a diff object from a named base, an archive range) and lists the ways to get
+//! them with their bytes and requests, the chosen one first and its fallbacks after.
+//! [`Updater::apply`] executes exactly that plan, moving on to the next route when a
+//! diff fails, and refuses with [`Error::Stale`] when the channel or the disk no longer
+//! match it; [`Applied`] reports what the plan said and what was spent.
+//!
 //! Every guarantee of the command line holds: the head, manifests and every chunk are
 //! verified against the root's trusted keys before use; the new release is built
 //! beside the active one and switched to atomically (`ROOT/current`); the previous
@@ -31,8 +40,20 @@ use crate::cli::report::Out;
 use crate::cli::{LockArgs, dry_run, rollback, status, update};
 use crate::install::layout::Layout;
 
+pub use ferry_format::plan::{Region, Route, Source, UpdatePlan, Via};
+
 /// An update failed; the variant is the kind of failure (the same as `ferry`'s exit
 /// status: `ferry --help`) and the text says what and what to do next.
+///
+/// ```
+/// use ferry_client::updater::{Error, Updater};
+///
+/// let dir = std::env::temp_dir().join("not-a-ferry-root");
+/// match Updater::open(&dir) {
+///     Err(Error::Other(text)) => assert!(text.contains("ferry init")),
+///     other => panic!("{other:?}"),
+/// }
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -55,6 +76,11 @@ pub enum Error {
     /// Another ferry held the root longer than the lock timeout.
     #[error("{0}")]
     Lock(String),
+    /// [`Updater::apply`] was given a plan that no longer holds: the channel now
+    /// offers another release, or what is on disk changed since it was made. Nothing
+    /// was downloaded for it; check again.
+    #[error("{0}")]
+    Stale(String),
     /// Anything else (a root that is not a ferry root, a damaged state file, ...).
     #[error("{0}")]
     Other(String),
@@ -63,6 +89,11 @@ pub enum Error {
 impl From<anyhow::Error> for Error {
     fn from(e: anyhow::Error) -> Error {
         let text = format!("{e:#}");
+        if e.chain()
+            .any(|c| c.downcast_ref::<update::Stale>().is_some())
+        {
+            return Error::Stale(text);
+        }
         match exit::class_of(&e) {
             Some(Class::Offline) => Error::Offline(text),
             Some(Class::Network) => Error::Network(text),
@@ -75,35 +106,136 @@ impl From<anyhow::Error> for Error {
     }
 }
 
-/// How the missing bytes of a release would come.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Via {
-    /// A copy already on disk (staged, or left by an interrupted run).
-    OnDisk,
-    /// A binary diff from a retained release, plus any archive ranges it lacks.
-    Diff,
-    /// Ranges of the release's archive.
-    Archive,
-}
-
-/// What an update to `to` would download, planned from the signed head and manifest
-/// and the chunks on disk.
+/// An update planned by [`Updater::check`]: the release, the plan of where its bytes
+/// come from, and the verified manifest it was made from, which [`Updater::apply`]
+/// builds the release with.
+///
+/// ```no_run
+/// use ferry_client::updater::{Check, Updater, Via};
+///
+/// # fn main() -> Result<(), ferry_client::updater::Error> {
+/// if let Check::Available(plan) = Updater::open("/opt/myapp")?.check()? {
+///     let route = plan.update.chosen();
+///     println!("{} -> {} via {}: {} bytes in {} request(s)",
+///         plan.from.as_deref().unwrap_or("none"), plan.to,
+///         route.via.name(), route.download_bytes, route.requests);
+///     for fallback in plan.update.fallbacks() {
+///         println!("  else via {}: {} bytes", fallback.via.name(), fallback.download_bytes);
+///     }
+///     assert_eq!(plan.update.archive().via, Via::Archive);
+/// }
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone, Debug)]
 pub struct Plan {
     pub from: Option<String>,
     pub to: String,
-    pub via: Via,
-    /// Bytes of release data to download, and in how many requests.
-    pub download_bytes: u64,
-    pub download_requests: u64,
-    /// Bytes found in local releases.
-    pub reuse_bytes: u64,
-    /// The plan as `ferry update` prints it.
+    /// Where every byte comes from, the chosen route first, then its fallbacks.
+    pub update: UpdatePlan,
+    /// The chosen route as `ferry update` prints it.
     pub line: String,
+    manifest: Vec<u8>,
+}
+
+impl Plan {
+    pub(crate) fn new(update: UpdatePlan, line: String, manifest: Vec<u8>) -> Plan {
+        Plan {
+            from: update.from.clone(),
+            to: update.to.clone(),
+            update,
+            line,
+            manifest,
+        }
+    }
+
+    /// How the chosen route gets the missing bytes.
+    ///
+    /// ```no_run
+    /// # use ferry_client::updater::{Check, Updater};
+    /// # fn main() -> Result<(), ferry_client::updater::Error> {
+    /// if let Some(plan) = Updater::open("/opt/myapp")?.plan()? {
+    ///     println!("via {}", plan.via().name());
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn via(&self) -> &Via {
+        &self.update.chosen().via
+    }
+
+    /// Bytes of release data the chosen route downloads (beyond the head and manifest).
+    ///
+    /// ```no_run
+    /// # use ferry_client::updater::Updater;
+    /// # fn main() -> Result<(), ferry_client::updater::Error> {
+    /// let updater = Updater::open("/opt/myapp")?;
+    /// if let Some(plan) = updater.plan()? {
+    ///     if plan.download_bytes() > 100 << 20 {
+    ///         println!("waiting for a cheaper connection");
+    ///     }
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn download_bytes(&self) -> u64 {
+        self.update.chosen().download_bytes
+    }
+
+    /// Requests the chosen route makes for them.
+    ///
+    /// ```no_run
+    /// # use ferry_client::updater::Updater;
+    /// # fn main() -> Result<(), ferry_client::updater::Error> {
+    /// if let Some(plan) = Updater::open("/opt/myapp")?.plan()? {
+    ///     println!("{} request(s)", plan.download_requests());
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn download_requests(&self) -> u64 {
+        self.update.chosen().requests
+    }
+
+    /// Uncompressed bytes copied from local releases instead of downloaded (all of
+    /// them when an intact copy is already on disk).
+    ///
+    /// ```no_run
+    /// # use ferry_client::updater::Updater;
+    /// # fn main() -> Result<(), ferry_client::updater::Error> {
+    /// if let Some(plan) = Updater::open("/opt/myapp")?.plan()? {
+    ///     println!("{} bytes reused", plan.reuse_bytes());
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn reuse_bytes(&self) -> u64 {
+        match self.via() {
+            Via::OnDisk { .. } => self.update.chosen().regions.iter().map(|r| r.bytes).sum(),
+            _ => self.update.reuse_bytes,
+        }
+    }
+
+    pub(crate) fn manifest_bytes(&self) -> &[u8] {
+        &self.manifest
+    }
 }
 
 /// What [`Updater::check`] found.
+///
+/// ```no_run
+/// use ferry_client::updater::{Check, Updater};
+///
+/// # fn main() -> Result<(), ferry_client::updater::Error> {
+/// match Updater::open("/opt/myapp")?.check()? {
+///     Check::Available(plan) => println!("{}", plan.line),
+///     Check::UpToDate(v) => println!("up to date ({v})"),
+///     Check::Pinned { pinned, newest } => println!("pinned to {pinned}; {newest} is out"),
+///     Check::NothingEligible | _ => println!("nothing to install"),
+/// }
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub enum Check {
@@ -118,6 +250,18 @@ pub enum Check {
 }
 
 /// A stage of [`Updater::apply`], as it starts.
+///
+/// ```
+/// use ferry_client::updater::Stage;
+///
+/// let progress = |stage: Stage| match stage {
+///     Stage::Downloading { version } => format!("downloading {version}"),
+///     Stage::Switching { version } => format!("switching to {version}"),
+///     Stage::HealthChecking { version } => format!("checking {version}"),
+///     _ => String::new(),
+/// };
+/// assert_eq!(progress(Stage::Downloading { version: "2.0.0".into() }), "downloading 2.0.0");
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Stage {
@@ -129,7 +273,23 @@ pub enum Stage {
     HealthChecking { version: String },
 }
 
-/// What [`Updater::apply`] or [`Updater::rollback`] did.
+/// What [`Updater::apply`] or [`Updater::rollback`] did: what the plan said
+/// (`via`, `planned_*`) beside what was spent (`bytes_downloaded`, `requests`, which
+/// also count the head and manifest, and any diff that failed before its fallback).
+///
+/// ```no_run
+/// use ferry_client::updater::{Check, Updater};
+///
+/// # fn main() -> Result<(), ferry_client::updater::Error> {
+/// let updater = Updater::open("/opt/myapp")?;
+/// if let Check::Available(plan) = updater.check()? {
+///     let a = updater.apply(&plan, &|_| {})?;
+///     println!("planned {} bytes, spent {} in {} requests",
+///         a.planned_bytes, a.bytes_downloaded, a.requests);
+/// }
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone, Debug)]
 pub struct Applied {
     pub from: Option<String>,
@@ -146,9 +306,22 @@ pub struct Applied {
     pub requests: u64,
     pub bytes_reused: u64,
     pub seconds: f64,
+    /// The route of the plan that built the release (none when nothing was built).
+    pub via: Option<Via>,
+    /// What that route was planned to download, and in how many requests.
+    pub planned_bytes: u64,
+    pub planned_requests: u64,
 }
 
 /// A root's state, as `ferry status` shows it.
+///
+/// ```no_run
+/// # fn main() -> Result<(), ferry_client::updater::Error> {
+/// let s = ferry_client::updater::Updater::open("/opt/myapp")?.status()?;
+/// println!("{}: {} (retained {:?})", s.channel, s.active.as_deref().unwrap_or("none"), s.retained);
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone, Debug)]
 pub struct Status {
     pub channel: String,
@@ -160,6 +333,18 @@ pub struct Status {
 }
 
 /// An install root made by `ferry init`.
+///
+/// ```no_run
+/// use ferry_client::updater::Updater;
+///
+/// # fn main() -> Result<(), ferry_client::updater::Error> {
+/// let updater = Updater::open("/opt/myapp")?
+///     .max_download(Some(50 << 20))
+///     .lock_timeout(Some(std::time::Duration::from_secs(30)));
+/// println!("{}", updater.root().display());
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone, Debug)]
 pub struct Updater {
     root: PathBuf,
@@ -170,6 +355,15 @@ pub struct Updater {
 
 impl Updater {
     /// The root at `root`; it must have been made by `ferry init`.
+    ///
+    /// ```
+    /// use ferry_client::updater::Updater;
+    ///
+    /// let fresh = std::env::temp_dir().join(format!("fresh-root-{}", std::process::id()));
+    /// std::fs::create_dir_all(&fresh).unwrap();
+    /// let err = Updater::open(&fresh).unwrap_err();
+    /// assert!(err.to_string().contains("not a ferry root"), "{err}");
+    /// ```
     pub fn open(root: impl Into<PathBuf>) -> Result<Updater, Error> {
         // reqwest is built without a default TLS crypto provider: the library installs
         // ring, as the binary does (a second install is harmless and ignored).
@@ -190,23 +384,60 @@ impl Updater {
     }
 
     /// Update past a rollback's pin and this root's bad marks.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), ferry_client::updater::Error> {
+    /// let updater = ferry_client::updater::Updater::open("/opt/myapp")?.force(true);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn force(mut self, force: bool) -> Updater {
         self.force = force;
         self
     }
 
-    /// Refuse plans needing more than `bytes` (else the root's `max_download`).
+    /// Refuse plans needing more than `bytes` (else the root's `max_download`):
+    /// [`Updater::check`] and [`Updater::apply`] fail with [`Error::Policy`].
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), ferry_client::updater::Error> {
+    /// use ferry_client::updater::{Error, Updater};
+    /// match Updater::open("/opt/myapp")?.max_download(Some(1 << 20)).check() {
+    ///     Err(Error::Policy(why)) => println!("too big for now: {why}"),
+    ///     other => println!("{other:?}"),
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn max_download(mut self, bytes: Option<u64>) -> Updater {
         self.max_download = bytes.or(self.max_download);
         self
     }
 
     /// How long to wait for another ferry holding the root (else its `lock_timeout`).
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), ferry_client::updater::Error> {
+    /// use std::time::Duration;
+    /// let updater = ferry_client::updater::Updater::open("/opt/myapp")?
+    ///     .lock_timeout(Some(Duration::from_secs(5)));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn lock_timeout(mut self, timeout: Option<std::time::Duration>) -> Updater {
         self.lock.lock_timeout = timeout;
         self
     }
 
+    /// The install root.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), ferry_client::updater::Error> {
+    /// let updater = ferry_client::updater::Updater::open("/opt/myapp")?;
+    /// assert_eq!(updater.root(), std::path::Path::new("/opt/myapp"));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn root(&self) -> &Path {
         &self.root
     }
@@ -214,35 +445,86 @@ impl Updater {
     /// What an update would do and download, from the head and the manifest alone
     /// (at most 2 requests); nothing is written. Over the data budget or the free
     /// space it fails as the update would.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), ferry_client::updater::Error> {
+    /// use ferry_client::updater::{Check, Updater};
+    /// if let Check::UpToDate(v) = Updater::open("/opt/myapp")?.check()? {
+    ///     println!("running the newest release, {v}");
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn check(&self) -> Result<Check, Error> {
         self.check_with(Out::new(false).quiet(true))
+    }
+
+    /// The plan of the update [`Updater::check`] finds, if there is one to install.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), ferry_client::updater::Error> {
+    /// use ferry_client::updater::{Source, Updater};
+    /// if let Some(plan) = Updater::open("/opt/myapp")?.plan()? {
+    ///     for region in &plan.update.chosen().regions {
+    ///         let from = match region.source {
+    ///             Source::Local => "a local copy",
+    ///             Source::Diff => "the diff",
+    ///             _ => "the archive",
+    ///         };
+    ///         println!("chunks {:?} ({} bytes) from {from}", region.chunks, region.bytes);
+    ///     }
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn plan(&self) -> Result<Option<Plan>, Error> {
+        Ok(match self.check()? {
+            Check::Available(plan) => Some(plan),
+            _ => None,
+        })
     }
 
     pub(crate) fn check_with(&self, out: Out) -> Result<Check, Error> {
         Ok(dry_run::check(self, out)?)
     }
 
-    /// Installs the release `plan` names — or a newer one, when the channel moved on
-    /// since the plan was made — and switches to it with the root's hooks; `progress`
-    /// hears each stage as it starts. A release that fails its health check is
-    /// switched back from and reported as [`Error::Policy`]. A plan made for another
-    /// active release (the root changed since) is refused: check again.
+    /// Installs the release `plan` names by executing `plan` — its chosen route, then
+    /// its fallbacks in order when a diff fails — and switches to it with the root's
+    /// hooks; `progress` hears each stage as it starts. A plan that no longer holds
+    /// (another release active or offered now, or the disk changed since) is refused
+    /// with [`Error::Stale`] before anything is downloaded. A release that fails its
+    /// health check is switched back from and reported as [`Error::Policy`].
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), ferry_client::updater::Error> {
+    /// use ferry_client::updater::{Error, Updater};
+    /// let updater = Updater::open("/opt/myapp")?;
+    /// if let Some(plan) = updater.plan()? {
+    ///     match updater.apply(&plan, &|stage| eprintln!("{stage:?}")) {
+    ///         Err(Error::Stale(_)) => println!("the channel moved on: plan again"),
+    ///         other => println!("{other:?}"),
+    ///     }
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn apply(&self, plan: &Plan, progress: &dyn Fn(Stage)) -> Result<Applied, Error> {
         let active = self.status()?.active;
         if active != plan.from {
-            return Err(Error::Other(format!(
+            return Err(Error::Stale(format!(
                 "the plan was made with {} active, but {} is active now: check again",
                 plan.from.as_deref().unwrap_or("nothing"),
                 active.as_deref().unwrap_or("nothing")
             )));
         }
-        self.update_with(Out::new(false).quiet(true), Some(progress))
+        self.update_with(Out::new(false).quiet(true), Some(plan), Some(progress))
     }
 
     /// `ferry update`: the newest release this root may run, printing to `out`.
     pub(crate) fn update_with(
         &self,
         out: Out,
+        plan: Option<&Plan>,
         progress: Option<&dyn Fn(Stage)>,
     ) -> Result<Applied, Error> {
         let stage = |state: AgentState, version: &str| {
@@ -257,16 +539,31 @@ impl Updater {
                 p(s);
             }
         };
-        Ok(update::perform(self, &stage, out)?)
+        Ok(update::perform(self, plan, &stage, out)?)
     }
 
     /// Switches back `steps` retained releases (an instant local switch) and pins the
     /// root there until `apply` with `force`.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), ferry_client::updater::Error> {
+    /// let back = ferry_client::updater::Updater::open("/opt/myapp")?.rollback(1)?;
+    /// println!("{} -> {}", back.from.as_deref().unwrap_or("none"), back.to.as_deref().unwrap_or("none"));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn rollback(&self, steps: usize) -> Result<Applied, Error> {
         self.rollback_with(rollback::Target::Steps(steps), Out::new(false).quiet(true))
     }
 
     /// Switches to `version`, retained or fetched from the channel, and pins it.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), ferry_client::updater::Error> {
+    /// ferry_client::updater::Updater::open("/opt/myapp")?.rollback_to("1.4.2")?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn rollback_to(&self, version: &str) -> Result<Applied, Error> {
         self.rollback_with(
             rollback::Target::Version(version.to_string()),
@@ -283,6 +580,16 @@ impl Updater {
     }
 
     /// The root's channel, active and retained releases, pin and agent id.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), ferry_client::updater::Error> {
+    /// let status = ferry_client::updater::Updater::open("/opt/myapp")?.status()?;
+    /// if let Some(pin) = status.pinned {
+    ///     println!("pinned to {pin} by a rollback");
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn status(&self) -> Result<Status, Error> {
         Ok(status::read(self)?)
     }

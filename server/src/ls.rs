@@ -16,7 +16,7 @@ use ferry_format::head::inspect_head;
 use ferry_format::id::ChunkId;
 use ferry_format::keys::{PublicKey, SecretKey};
 use ferry_format::manifest::Manifest;
-use ferry_format::plan::{DEFAULT_MAX_GAP, DiffOption, plan_update};
+use ferry_format::plan::{Base, DEFAULT_MAX_GAP, Disk, SkipReason, Via, plan_update};
 use ferry_format::verified::Verified;
 use ferry_format::verified::{verify_own_head, verify_pinned_manifest};
 use ferry_format::version::check_channel;
@@ -191,27 +191,39 @@ pub fn ls(repo: &Repo, channel: Option<&str>, key: Option<&PublicKey>) -> Result
 /// the manifest or its diff), as the agent's planner would choose it with `base`
 /// intact and nothing else on disk.
 fn cost_from(target: &Manifest, base: &Verified<Manifest>) -> String {
-    let hash = base.object_hash();
-    let base: &Manifest = base;
     let have: HashSet<ChunkId> = base.chunks.iter().map(|c| c.id).collect();
-    let diff = target.diffs.iter().find(|d| d.base_manifest == hash);
-    let options: Vec<DiffOption> = diff.iter().map(|diff| DiffOption { diff, base }).collect();
-    let plan = plan_update(target, |id| have.contains(id), &options, DEFAULT_MAX_GAP);
-    let archive = &plan.archive;
-    match plan.diffs.first() {
-        Some(d) => format!(
+    let has = |id: &ChunkId| have.contains(id);
+    let bases = [Base {
+        version: &base.version,
+        manifest: base,
+        hash: base.object_hash(),
+        intact: true,
+    }];
+    let disk = Disk {
+        active: Some(&base.version),
+        copy: None,
+        have: &has,
+        bases: &bases,
+        failed: &[],
+    };
+    let plan = plan_update(target, &disk, DEFAULT_MAX_GAP);
+    let archive = plan.archive();
+    match &plan.chosen().via {
+        Via::Diff { .. } => format!(
             "diff {} bytes in {} request(s) (archive ranges would be {} bytes)",
-            d.download_bytes, d.requests, archive.download_bytes
+            plan.chosen().download_bytes,
+            plan.chosen().requests,
+            archive.download_bytes
         ),
-        None if archive.fetch_chunks == 0 => "nothing to download".to_string(),
-        None => format!(
+        _ if archive.archive.fetch_chunks == 0 => "nothing to download".to_string(),
+        _ => format!(
             "archive ranges {} bytes in {} request(s){}",
             archive.download_bytes,
-            archive.ranges.len(),
-            if diff.is_some() {
-                " (its diff is not smaller)"
-            } else {
+            archive.requests,
+            if plan.skipped.iter().any(|s| s.reason == SkipReason::NoDiff) {
                 " (no diff)"
+            } else {
+                " (its diff is not smaller)"
             }
         ),
     }

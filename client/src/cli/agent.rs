@@ -98,6 +98,7 @@ fn check(args: &AgentArgs, failures: &mut u32, reporter: &mut Reporter) -> (Resu
         schedule: (!root.config.windows.is_empty()).then_some(&schedule),
         prestage: root.config.prestage(),
         progress: reports.then_some(&progress),
+        plan: None,
     };
     let a = update::attempt(&mut root, &mode, Out::log());
     log_check(&root, &a);

@@ -4,8 +4,9 @@
 //!
 //! The head passes every check a real update makes (signatures, expiry, sequence,
 //! rollback protection), the release is chosen by the same rules, and the plan by the
-//! same planner over the same local chunks, so the bytes and requests printed are the
-//! data the update would fetch after its own head and manifest. The whole manifest is
+//! same observation of the disk and the same planner (cli/plan.rs), so the bytes and
+//! requests printed are the data the update would fetch after its own head and
+//! manifest; `--json` lists the plan's fallbacks too. The whole manifest is
 //! fetched even where the update would rebuild it from a manifest diff: a skeleton
 //! manifest diff needs its data diff applied to be complete.
 
@@ -19,7 +20,7 @@ use super::root::Root;
 use super::update::{self, Mode};
 use crate::install::lock::LockMode;
 use crate::install::retain::UpdateDecision;
-use crate::updater::{Check, Plan, Updater, Via};
+use crate::updater::{Check, Plan, Updater};
 
 pub fn run(args: &UpdateArgs) -> Result<()> {
     let updater = Updater::open(&args.root)?
@@ -41,10 +42,15 @@ pub fn run(args: &UpdateArgs) -> Result<()> {
             "to": to,
             "result": result,
             "plan": plan.map(|p| p.line.clone()),
-            "via": plan.map(|p| via_name(p.via)),
-            "download_bytes": plan.map_or(0, |p| p.download_bytes),
-            "download_requests": plan.map_or(0, |p| p.download_requests),
-            "reuse_bytes": plan.map_or(0, |p| p.reuse_bytes),
+            "via": plan.map(|p| p.via().name()),
+            "download_bytes": plan.map_or(0, Plan::download_bytes),
+            "download_requests": plan.map_or(0, Plan::download_requests),
+            "reuse_bytes": plan.map_or(0, Plan::reuse_bytes),
+            "fallbacks": plan.map(|p| p.update.fallbacks().iter().map(|r| json!({
+                "via": r.via.name(),
+                "download_bytes": r.download_bytes,
+                "download_requests": r.requests,
+            })).collect::<Vec<_>>()),
             "requests": requests,
             "bytes_downloaded": bytes,
         });
@@ -63,21 +69,13 @@ pub fn run(args: &UpdateArgs) -> Result<()> {
             "dry run: updating {} -> {} would download {} in {} request(s) and reuse {}; {spent}",
             p.from.as_deref().unwrap_or("none"),
             p.to,
-            report::bytes(p.download_bytes),
-            p.download_requests,
-            report::bytes(p.reuse_bytes),
+            report::bytes(p.download_bytes()),
+            p.download_requests(),
+            report::bytes(p.reuse_bytes()),
         ),
         None => println!("dry run: {result}; {spent}"),
     }
     Ok(())
-}
-
-fn via_name(via: Via) -> &'static str {
-    match via {
-        Via::OnDisk => "on-disk",
-        Via::Diff => "diff",
-        Via::Archive => "archive",
-    }
 }
 
 /// [`Updater::check`].
@@ -105,6 +103,7 @@ fn plan(root: &mut Root, remote: &Remote, force: bool, out: Out) -> Result<Check
         schedule: None,
         prestage: false,
         progress: None,
+        plan: None,
     };
     let active = root.state.active.clone();
     let Some(version) = update::choose_release(root, &head, &mode, out, false)? else {
@@ -136,21 +135,11 @@ fn plan(root: &mut Root, remote: &Remote, force: bool, out: Out) -> Result<Check
         .cloned()
         .context("chosen release missing from the head")?;
     let channel = root.config.channel.clone();
-    let (_, manifest) = remote.fetch_manifest(&release, &channel, &trusted)?;
-    let plan = deliver::plan_build(root, &manifest, active.as_deref())?;
-    out.info(&plan.line);
+    let (bytes, manifest) = remote.fetch_manifest(&release, &channel, &trusted)?;
+    let observed = super::plan::observe(root, &manifest, active.as_deref(), &[])?;
+    let plan = observed.plan;
+    let line = super::plan::line(&root.layout, &plan, plan.chosen());
+    out.info(&line);
     deliver::check_plan(root, &manifest, &plan)?;
-    Ok(Check::Available(Plan {
-        from: active,
-        to: version,
-        via: match plan.via {
-            "on-disk" => Via::OnDisk,
-            "diff" => Via::Diff,
-            _ => Via::Archive,
-        },
-        download_bytes: plan.download,
-        download_requests: plan.requests,
-        reuse_bytes: plan.reuse,
-        line: plan.line,
-    }))
+    Ok(Check::Available(Plan::new(plan, line, bytes)))
 }

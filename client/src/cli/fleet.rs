@@ -374,6 +374,7 @@ mod tests {
             bytes_full: 0,
             recalled_from: None,
             step,
+            route: None,
         })
     }
 

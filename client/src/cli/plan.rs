@@ -1,91 +1,88 @@
-//! Choosing how to get the chunks an update lacks: copies from local releases always,
-//! then for the rest either a diff object from a retained release held intact or
-//! ranges of the archive's tail, whichever downloads fewer bytes. Also the plan lines
-//! printed before anything is fetched.
+//! The update plan on this machine: what is on disk, observed once, handed to the pure
+//! planner ([`plan_update`]), and the plan's lines as `ferry update` prints them.
 //!
-//! A diff from base B produces exactly the chunks B lacks (`missing_chunks`). It is a
-//! candidate only when B is retained here and its installed files still hash to B's
-//! manifest, since the diff reads B's bytes; a base edited locally, or too old for the
-//! publisher to have diffed against, leaves the archive tail, never a full download
-//! unless nothing is local.
+//! Observing is the only part that reads the disk: which chunks of the release the
+//! retained releases hold (each hashed), whether a diff's base still hashes to its
+//! manifest (the diff reads those bytes), and whether an intact copy of the release is
+//! already in `versions/`. From then on the plan is a value: printed, checked against
+//! the data budget, executed route by route (deliver/), and reported, never recomputed.
+//!
+//! A base edited locally, or too old for the publisher to have diffed against, leaves
+//! the archive tail, never a full download unless nothing is local.
 
-use ferry_format::delta::DiffRef;
+use anyhow::Result;
 use ferry_format::id::Digest;
 use ferry_format::manifest::{EntryKind, Manifest};
-use ferry_format::plan::{ArchivePlan, DEFAULT_MAX_GAP, DiffOption, plan_update};
+use ferry_format::plan::{Base, DEFAULT_MAX_GAP, Disk, Route, SkipReason, UpdatePlan, Via};
+use ferry_format::plan::{plan_archive, plan_update};
 
 use super::report;
-use crate::apply::check::hash_file;
+use super::root::Root;
+use crate::apply::check::{Depth, check_tree, hash_file};
 use crate::apply::source::{LocalChunks, LocalRelease};
+use crate::install::layout::Layout;
 
-/// A diff chosen for an update.
-pub struct DiffChoice<'a> {
-    pub diff: &'a DiffRef,
-    pub base: &'a LocalRelease,
-    /// Archive ranges for whatever neither local releases nor the diff provide (empty
-    /// with a consistent publisher).
-    pub rest: ArchivePlan,
+/// A plan and the observations of the disk it was made from, which executing it uses.
+pub struct Observed {
+    pub plan: UpdatePlan,
+    /// The retained releases (diff bases and chunk sources).
+    pub releases: Vec<LocalRelease>,
+    /// Their chunks, those the release uses hashed already.
+    pub local: LocalChunks,
+    /// The recorded folder of this release when it is on disk but damaged: the
+    /// application's own files in it are carried into the new copy.
+    pub damaged: Option<String>,
 }
 
-/// Picks the cheapest usable diff for the chunks `archive` would download, or `None`
-/// with the reasons no diff is used (one line each, for the log). The costs come from
-/// the pure planner ([`plan_update`]); this only adds what needs the disk: a base must
-/// still hash to its manifest.
-pub fn choose_diff<'a>(
-    manifest: &'a Manifest,
-    releases: &'a [LocalRelease],
-    local: &LocalChunks,
-    archive: &ArchivePlan,
+/// Observes what `root` holds of `manifest`'s release and plans its update from it.
+/// `failed` names diff objects that already failed in this run.
+pub fn observe(
+    root: &Root,
+    manifest: &Manifest,
     from: Option<&str>,
-    failed: Option<Digest>,
-) -> Result<DiffChoice<'a>, Vec<String>> {
-    if archive.fetch_chunks == 0 {
-        return Err(Vec::new());
-    }
-    let mut notes = Vec::new();
-    let mut bases: Vec<&LocalRelease> = Vec::new();
-    let mut options: Vec<DiffOption<'a>> = Vec::new();
-    for base in releases {
-        let hash = base.manifest.object_hash();
-        let Some(diff) = manifest.diffs.iter().find(|d| d.base_manifest == hash) else {
-            if from == Some(base.version.as_str()) {
-                notes.push(format!("no diff from {}", base.version));
-            }
-            continue;
-        };
-        if failed == Some(diff.object.hash) {
-            notes.push(format!("the diff from {} already failed", base.version));
-            continue;
-        }
-        bases.push(base);
-        options.push(DiffOption {
-            diff,
-            base: &base.manifest,
-        });
-    }
-    let plan = plan_update(manifest, |id| local.has(id), &options, DEFAULT_MAX_GAP);
-    for (i, base) in bases.iter().enumerate() {
-        if !plan.diffs.iter().any(|d| d.option == i) {
-            notes.push(format!(
-                "the diff from {} is not smaller than the archive ranges ({})",
-                base.version,
-                report::bytes(archive.download_bytes)
-            ));
-        }
-    }
-    // Hash bases only now, cheapest first, and stop at the first intact one.
-    for d in plan.diffs {
-        let base = bases[d.option];
-        if base_intact(base) {
-            return Ok(DiffChoice {
-                diff: options[d.option].diff,
-                base,
-                rest: d.rest,
-            });
-        }
-        notes.push(format!("{} is modified locally", base.version));
-    }
-    Err(notes)
+    failed: &[Digest],
+) -> Result<Observed> {
+    let (copy, damaged) = match intact_copy(root, manifest)? {
+        OnDisk::Intact(folder) => (Some(folder), None),
+        OnDisk::Damaged(folder) => (None, Some(folder)),
+        OnDisk::Absent => (None, None),
+    };
+    let releases = root.local_releases();
+    let mut local = LocalChunks::index(&releases);
+    local.verify_wanted(manifest);
+    let has = |id: &_| local.has(id);
+    // Hashing a base reads a whole release: only bases whose diff could beat the
+    // archive ranges are worth it (the planner skips the others as not smaller).
+    let ranges = plan_archive(manifest, has, DEFAULT_MAX_GAP).download_bytes;
+    let hashes: Vec<Digest> = releases.iter().map(|r| r.manifest.object_hash()).collect();
+    let bases: Vec<Base> = releases
+        .iter()
+        .zip(&hashes)
+        .map(|(r, hash)| Base {
+            version: &r.version,
+            manifest: &r.manifest,
+            hash: *hash,
+            intact: manifest.diffs.iter().any(|d| {
+                d.base_manifest == *hash
+                    && d.object.size < ranges
+                    && !failed.contains(&d.object.hash)
+            }) && base_intact(r),
+        })
+        .collect();
+    let disk = Disk {
+        active: from,
+        copy: copy.as_deref(),
+        have: &has,
+        bases: &bases,
+        failed,
+    };
+    let plan = plan_update(manifest, &disk, DEFAULT_MAX_GAP);
+    Ok(Observed {
+        plan,
+        releases,
+        local,
+        damaged,
+    })
 }
 
 /// Whether every regular file of `base` (the diff's base bytes) still has its
@@ -101,19 +98,121 @@ pub fn base_intact(base: &LocalRelease) -> bool {
     })
 }
 
-/// `plan: 1.0.0 -> 2.0.0: reuse 812 chunks (52.1 MB) from local releases, download
-/// 40 chunks (1.2 MB) in 1 request(s)`.
-pub fn archive_line(from: Option<&str>, to: &str, plan: &ArchivePlan, archive: u64) -> String {
-    format!(
-        "plan: {} -> {to}: reuse {} chunks ({}) from local releases, download {} chunks ({}) in {} request(s){}",
-        from.unwrap_or("none"),
+/// What `versions/` already holds of a release.
+enum OnDisk {
+    Intact(String),
+    /// The recorded folder of a retained release that no longer matches its manifest.
+    Damaged(String),
+    Absent,
+}
+
+/// Looks for an intact copy of `manifest`'s release: its recorded folder first, then
+/// folders left by interrupted runs. Extra files do not matter.
+fn intact_copy(root: &Root, manifest: &Manifest) -> Result<OnDisk> {
+    let version = manifest.version.as_str();
+    let recorded = root.state.folder_of(version).map(str::to_string);
+    let mut folders: Vec<String> = recorded.iter().cloned().collect();
+    if let Ok(entries) = std::fs::read_dir(root.layout.versions()) {
+        for entry in entries.flatten() {
+            let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+                continue;
+            };
+            if Layout::folder_version(&name) == version && !folders.contains(&name) {
+                folders.push(name);
+            }
+        }
+    }
+    for folder in folders {
+        let dir = root.layout.release_dir(&folder);
+        if std::fs::symlink_metadata(&dir).is_err() {
+            continue;
+        }
+        let check = check_tree(manifest, &dir, Depth::Content);
+        if check.is_intact() {
+            return Ok(OnDisk::Intact(folder));
+        }
+        tracing::warn!(
+            "{} is damaged ({} problem(s), first: {}); building a new copy beside it",
+            dir.display(),
+            check.damage.len(),
+            check.damage[0]
+        );
+    }
+    Ok(match recorded {
+        Some(f) if std::fs::symlink_metadata(root.layout.release_dir(&f)).is_ok() => {
+            OnDisk::Damaged(f)
+        }
+        _ => OnDisk::Absent,
+    })
+}
+
+/// Why the plan takes no diff, one line per base, for the log: `not using a diff: ...`.
+pub fn notes(plan: &UpdatePlan) -> Vec<String> {
+    let archive = plan.archive().download_bytes;
+    plan.skipped
+        .iter()
+        .map(|s| match s.reason {
+            SkipReason::NoDiff => format!("no diff from {}", s.base),
+            SkipReason::Failed => format!("the diff from {} already failed", s.base),
+            SkipReason::NotSmaller => format!(
+                "the diff from {} is not smaller than the archive ranges ({})",
+                s.base,
+                report::bytes(archive)
+            ),
+            SkipReason::Modified => format!("{} is modified locally", s.base),
+        })
+        .collect()
+}
+
+/// The plan line of `route`, as `ferry update` prints it before fetching:
+///
+/// - `plan: 1.0.0 -> 2.0.0: reuse 812 chunks (52.1 MB) from local releases, download
+///   40 chunks (1.2 MB) in 1 request(s); 96% saved against the whole archive (52.1 MB)`
+/// - `...: download diff from 1.0.0 (231.4 KB) in 1 request`, plus any archive rest
+/// - `...: release already on disk and intact in ROOT/versions/2.0.0, nothing to download`
+pub fn line(layout: &Layout, plan: &UpdatePlan, route: &Route) -> String {
+    let head = format!(
+        "plan: {} -> {}: ",
+        plan.from.as_deref().unwrap_or("none"),
+        plan.to
+    );
+    let reuse = format!(
+        "reuse {} chunks ({}) from local releases",
         plan.reuse_chunks,
-        report::bytes(plan.reuse_bytes),
-        plan.fetch_chunks,
-        report::bytes(plan.download_bytes),
-        plan.ranges.len(),
-        saved(plan.download_bytes, archive),
-    )
+        report::bytes(plan.reuse_bytes)
+    );
+    let rest = &route.archive;
+    let mut line = match &route.via {
+        Via::OnDisk { folder } => {
+            return format!(
+                "{head}release already on disk and intact in {}, nothing to download",
+                layout.release_dir(folder).display()
+            );
+        }
+        Via::Archive => format!(
+            "{head}{reuse}, download {} chunks ({}) in {} request(s)",
+            rest.fetch_chunks,
+            report::bytes(rest.download_bytes),
+            rest.ranges.len(),
+        ),
+        Via::Diff { base, object, .. } => {
+            let mut line = format!(
+                "{head}{reuse}, download diff from {base} ({}) in 1 request",
+                report::bytes(object.size)
+            );
+            if rest.fetch_chunks > 0 {
+                line.push_str(&format!(
+                    ", plus {} chunks ({}) from the archive in {} request(s)",
+                    rest.fetch_chunks,
+                    report::bytes(rest.download_bytes),
+                    rest.ranges.len()
+                ));
+            }
+            line
+        }
+    };
+    line.push_str(&saved(route.download_bytes, plan.archive_size));
+    line
 }
 
 /// `; 96% saved against the whole archive (52.1 MB)`, or nothing for a first install
@@ -127,33 +226,4 @@ fn saved(download: u64, archive: u64) -> String {
         "; {pct}% saved against the whole archive ({})",
         report::bytes(archive)
     )
-}
-
-/// `plan: 1.0.0 -> 2.0.0: reuse 812 chunks (52.1 MB) from local releases, download
-/// diff from 1.0.0 (231.4 KB) in 1 request`, plus any archive rest.
-pub fn diff_line(
-    from: Option<&str>,
-    to: &str,
-    local: &ArchivePlan,
-    c: &DiffChoice,
-    archive: u64,
-) -> String {
-    let mut line = format!(
-        "plan: {} -> {to}: reuse {} chunks ({}) from local releases, download diff from {} ({}) in 1 request",
-        from.unwrap_or("none"),
-        local.reuse_chunks,
-        report::bytes(local.reuse_bytes),
-        c.base.version,
-        report::bytes(c.diff.object.size),
-    );
-    if c.rest.fetch_chunks > 0 {
-        line.push_str(&format!(
-            ", plus {} chunks ({}) from the archive in {} request(s)",
-            c.rest.fetch_chunks,
-            report::bytes(c.rest.download_bytes),
-            c.rest.ranges.len()
-        ));
-    }
-    line.push_str(&saved(c.diff.object.size + c.rest.download_bytes, archive));
-    line
 }

@@ -74,17 +74,6 @@ impl Download {
     }
 }
 
-impl Download {
-    /// Runs `f`, which writes lines to the terminal, with the bar (if any) taken off
-    /// the screen meanwhile, so that no stale drawing of it stays above them.
-    pub fn suspend<T>(bar: Option<&Download>, f: impl FnOnce() -> T) -> T {
-        match bar {
-            Some(d) => d.bar.suspend(f),
-            None => f(),
-        }
-    }
-}
-
 impl Drop for Download {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);

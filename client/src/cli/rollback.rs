@@ -110,6 +110,9 @@ pub(crate) fn perform(u: &Updater, target: Target, out: Out) -> Result<Applied> 
                 requests,
                 bytes_reused: o.bytes_reused,
                 seconds,
+                via: None,
+                planned_bytes: 0,
+                planned_requests: 0,
             })
         }
     }
@@ -193,12 +196,9 @@ fn rollback(
             &bytes,
             &manifest,
             // A rollback returns to the release's own files: nothing is carried.
-            deliver::Origin {
-                from: Some(&active),
-                carry: false,
-            },
+            deliver::Origin { carry: false },
             out,
-            deliver::DiffHint::Nothing,
+            deliver::Planned::new(super::plan::observe(root, &manifest, Some(&active), &[])?),
         )?;
         super::switch::run_pre_switch(root, Some(&active), &version)?;
         root.state.pin = Some(pin);

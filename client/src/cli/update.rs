@@ -12,15 +12,18 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use ferry_format::head::{ChannelHead, rollout_bucket};
+use ferry_format::manifest::Manifest;
+use ferry_format::plan::{Route, Via};
 use ferry_format::report::AgentState;
 use ferry_format::requirements::AgentFacts;
-use ferry_format::verified::Verified;
+use ferry_format::verified::{Verified, verify_manifest};
 use ferry_format::version::Version;
 use serde_json::json;
 
 use super::UpdateArgs;
 use super::deliver::{self, Remote};
 use super::exit::{self, Class};
+use super::plan;
 use super::report::{self, Out};
 use super::root::Root;
 use super::switch::{self, Switched};
@@ -34,7 +37,7 @@ use crate::install::lock::LockMode;
 use crate::install::retain::{RuleError, UpdateDecision, decide_update};
 use crate::install::space;
 use crate::install::state::{HeldBack, Staged};
-use crate::updater::{Applied, Updater};
+use crate::updater::{Applied, Plan, Updater};
 
 /// Told that a check entered `state` for the release `target`.
 pub type Progress<'a> = dyn Fn(AgentState, &str) + 'a;
@@ -51,6 +54,9 @@ pub struct Mode<'a> {
     /// Told when a check starts a long stage for a release (downloading it,
     /// `pre_switch`, the health check), for the agent's reports.
     pub progress: Option<&'a Progress<'a>>,
+    /// A plan made by [`Updater::check`] to execute as it is ([`Updater::apply`]):
+    /// refused when the channel or the disk no longer match it.
+    pub plan: Option<&'a Plan>,
 }
 
 impl Mode<'_> {
@@ -107,6 +113,9 @@ pub struct Outcome {
     pub step: Step,
     /// The revoked release this check left (a recall, FORMAT.md §5.3).
     pub recalled_from: Option<String>,
+    /// The route of the plan that built the release, as the plan priced it (none
+    /// when nothing was built).
+    pub route: Option<Route>,
 }
 
 /// One check with what it cost.
@@ -127,7 +136,7 @@ pub fn run(args: &UpdateArgs) -> Result<()> {
         .max_download(args.max_download)
         .lock_timeout(args.lock.lock_timeout);
     let out = Out::new(args.json).quiet(args.quiet);
-    let a = perform(&updater, &|_, _| {}, out)?;
+    let a = perform(&updater, None, &|_, _| {}, out)?;
     if args.json {
         let v = json!({
             "from": a.from,
@@ -138,6 +147,9 @@ pub fn run(args: &UpdateArgs) -> Result<()> {
             "bytes_reused": a.bytes_reused,
             "seconds": a.seconds,
             "recalled_from": a.recalled_from,
+            "via": a.via.as_ref().map(Via::name),
+            "planned_bytes": a.planned_bytes,
+            "planned_requests": a.planned_requests,
         });
         println!("{v}");
     } else if args.quiet || a.result != Step::Installed.name() {
@@ -167,7 +179,12 @@ pub fn run(args: &UpdateArgs) -> Result<()> {
 /// One update of `u`'s root to the newest release it may run, switching at once with
 /// the hooks; `progress` hears each long stage. A release switched back from after
 /// its health check is an error (refused by policy).
-pub(crate) fn perform(u: &Updater, progress: &Progress<'_>, out: Out) -> Result<Applied> {
+pub(crate) fn perform(
+    u: &Updater,
+    plan: Option<&Plan>,
+    progress: &Progress<'_>,
+    out: Out,
+) -> Result<Applied> {
     let mut root = Root::open(u.root(), LockMode::Exclusive, u.lock())?;
     if let Some(budget) = u.download_budget() {
         root.config.max_download = Some(budget);
@@ -177,6 +194,7 @@ pub(crate) fn perform(u: &Updater, progress: &Progress<'_>, out: Out) -> Result<
         schedule: None,
         prestage: false,
         progress: Some(progress),
+        plan,
     };
     let a = attempt(&mut root, &mode, out);
     let o = a.result?;
@@ -191,6 +209,9 @@ pub(crate) fn perform(u: &Updater, progress: &Progress<'_>, out: Out) -> Result<
         );
     }
     Ok(Applied {
+        planned_bytes: o.route.as_ref().map_or(0, |r| r.download_bytes),
+        planned_requests: o.route.as_ref().map_or(0, |r| r.requests),
+        via: o.route.map(|r| r.via),
         changed: o.step == Step::Installed,
         from: o.from,
         to: o.to,
@@ -279,6 +300,7 @@ fn update(
         bytes_full: 0,
         step: Step::UpToDate,
         recalled_from: None,
+        route: None,
     };
     // A run killed while hooks ran finishes its trial before anything else, also
     // when no server is reachable: it needs nothing from the repository.
@@ -315,6 +337,14 @@ fn update(
     };
     *target_slot = Some(version.clone());
     outcome.target = Some(version.clone());
+    if let Some(p) = mode.plan
+        && p.to != version
+    {
+        return Err(stale(format!(
+            "the plan installs {}, but the channel now offers {version} to this root",
+            p.to
+        )));
+    }
     let Some(decision) = decide(root, &head, &version, recall.is_some(), mode.force, out)? else {
         outcome.step = Step::NothingEligible;
         deliver::cleanup_and_prune(root)?;
@@ -380,7 +410,7 @@ fn update(
         return Ok(outcome);
     }
 
-    let (manifest, manifest_size, folder, bytes_reused) = match staged {
+    let (manifest, manifest_size, folder, bytes_reused, route) = match staged {
         Some(s) => {
             let manifest = root.load_manifest(&s.record())?;
             out.info(&format!(
@@ -389,15 +419,16 @@ fn update(
                 s.folder
             ));
             let reused = manifest.total_file_bytes();
-            (manifest, s.manifest_size, s.folder, reused)
+            (manifest, s.manifest_size, s.folder, reused, None)
         }
         None => {
             mode.progress(AgentState::Downloading, &version);
-            let built = build(root, remote, &head, &trusted, &version, out)?;
+            let built = build(root, remote, &head, &trusted, &version, mode.plan, out)?;
             outcome.bytes_full = built.0.archive.size;
             built
         }
     };
+    outcome.route = route;
     if !window_open {
         root.state.staged = Some(Staged {
             version: version.clone(),
@@ -494,49 +525,95 @@ pub(super) fn decide(
     Ok(Some(decision))
 }
 
-/// Builds `version` into a folder of `versions/`: (manifest, its size, folder, bytes reused).
+/// Builds `version` into a folder of `versions/` by executing its plan: the one given
+/// (`ferry_client`'s `apply`), else the one made from a manifest skeleton while
+/// fetching the manifest, else one made now. Returns the manifest, its size, the
+/// folder, the bytes reused and the route taken.
 fn build(
     root: &mut Root,
     remote: &Remote,
     head: &Verified<ChannelHead>,
     trusted: &ferry_format::envelope::TrustedKeys,
     version: &str,
+    given: Option<&Plan>,
     out: Out,
-) -> Result<(Verified<ferry_format::manifest::Manifest>, u64, String, u64)> {
+) -> Result<Built> {
     let active = root.state.active.clone();
-    let (bytes, manifest, hint) = if head.current().version == version {
+    let release = head
+        .releases()
+        .iter()
+        .find(|r| r.version == version)
+        .cloned()
+        .context("chosen release missing from the head")?;
+    let channel = root.config.channel.clone();
+    let (bytes, manifest, planned) = if let Some(p) = given {
+        // The manifest the plan was made from, checked again against this head: no
+        // request, and the plan's bytes stay the bytes spent.
+        let manifest = verify_manifest(p.manifest_bytes(), &release, &channel, trusted)
+            .map_err(|e| stale(format!("the plan's manifest is not {version}'s now: {e:#}")))?;
+        let observed = plan::observe(root, &manifest, active.as_deref(), &[])?;
+        if observed.plan != p.update {
+            return Err(stale(
+                "what is on disk changed since the plan was made".to_string(),
+            ));
+        }
+        (
+            p.manifest_bytes().to_vec(),
+            manifest,
+            deliver::Planned::new(observed),
+        )
+    } else if head.current().version == version {
         let f = remote.fetch_current_manifest(root, head, trusted, active.as_deref(), out)?;
-        (f.bytes, f.manifest, f.hint)
+        let planned = match f.planned {
+            Some(p) => p,
+            None => {
+                deliver::Planned::new(plan::observe(root, &f.manifest, active.as_deref(), &[])?)
+            }
+        };
+        (f.bytes, f.manifest, planned)
     } else {
-        let release = head
-            .releases()
-            .iter()
-            .find(|r| r.version == version)
-            .cloned()
-            .context("chosen release missing from the head")?;
-        let channel = root.config.channel.clone();
         let (bytes, manifest) = remote.fetch_manifest(&release, &channel, trusted)?;
-        (bytes, manifest, deliver::DiffHint::Nothing)
+        let observed = plan::observe(root, &manifest, active.as_deref(), &[])?;
+        (bytes, manifest, deliver::Planned::new(observed))
     };
     let stats = deliver::install_release(
         root,
         remote,
         &bytes,
         &manifest,
-        deliver::Origin {
-            from: active.as_deref(),
-            carry: true,
-        },
+        deliver::Origin { carry: true },
         out,
-        hint,
+        planned,
     )?;
     Ok((
         manifest,
         bytes.len() as u64,
         stats.folder,
         stats.bytes_reused,
+        stats.route,
     ))
 }
+
+/// What [`build`] made: the manifest, its size, the folder, the bytes reused and the
+/// plan's route that built it.
+type Built = (Verified<Manifest>, u64, String, u64, Option<Route>);
+
+/// A plan given to `apply` that no longer holds.
+fn stale(why: String) -> anyhow::Error {
+    anyhow::Error::new(Stale(why))
+}
+
+/// Marks a plan that no longer matches the channel or the disk ([`crate::updater::Error::Stale`]).
+#[derive(Debug)]
+pub(crate) struct Stale(pub String);
+
+impl std::fmt::Display for Stale {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: check again", self.0)
+    }
+}
+
+impl std::error::Error for Stale {}
 
 /// Picks the newest release this root may run (install/choose.rs) and keeps the newer
 /// ones it passed over in the state for `ferry status`.

@@ -1,9 +1,10 @@
 //! The manifest of the release to install: rebuilt from a manifest diff against a
 //! retained release's manifest when the head offers one — completing a skeleton
-//! (FORMAT.md §3.7) with the data diff the head pins, which is then already applied
-//! for the build — or fetched whole. Verified the same way either way.
+//! (FORMAT.md §3.7) with the data diff the head pins, when the update's plan, made
+//! from the skeleton, chooses it; the diff is then already applied for the build — or
+//! fetched whole. Verified the same way either way.
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use ferry_format::delta::manifest_diff::{Skeleton, apply_manifest_diff};
 use ferry_format::delta::{DiffRef, ManifestDiffRef};
 use ferry_format::envelope::TrustedKeys;
@@ -11,14 +12,13 @@ use ferry_format::head::{ChannelHead, ReleaseRef};
 use ferry_format::id::{Digest, ObjectRef};
 use ferry_format::layout::object_path;
 use ferry_format::manifest::Manifest;
-use ferry_format::plan::{DEFAULT_MAX_GAP, plan_archive};
+use ferry_format::plan::{SkipReason, Via};
 use ferry_format::verified::{Verified, verify_manifest};
 use ferry_format::version::Version;
 
-use super::Remote;
+use super::{Planned, Remote};
 use crate::apply::diff::{DiffSpool, Want, apply_to_spool, verify_object};
-use crate::apply::source::LocalChunks;
-use crate::cli::plan::base_intact;
+use crate::cli::plan;
 use crate::cli::report::{self, Out};
 use crate::cli::root::Root;
 use crate::fsutil;
@@ -27,28 +27,17 @@ use crate::install::space;
 /// A data diff already applied while the manifest was rebuilt from a skeleton
 /// (FORMAT.md §3.7): the chunks it produced, which the build then uses.
 pub struct PreparedDiff {
-    pub(super) base: String,
     pub(super) spool: DiffSpool,
     /// Bytes the diff object took to download (it counts against the budget).
     pub(super) size: u64,
 }
 
-/// What fetching the manifest already learned about the data diff.
-pub enum DiffHint {
-    /// Nothing: the build plans as usual.
-    Nothing,
-    /// Applied while rebuilding the manifest: the build uses its chunks.
-    Prepared(PreparedDiff),
-    /// This diff object failed (missing, damaged or producing the wrong chunks): the
-    /// build must not fetch it a second time.
-    Unusable(Digest),
-}
-
-/// A verified manifest, its exact bytes, and what was learned about the data diff.
+/// A verified manifest, its exact bytes, and the plan already made (and partly
+/// executed) while rebuilding it from a skeleton, if it was.
 pub struct FetchedManifest {
     pub bytes: Vec<u8>,
     pub manifest: Verified<Manifest>,
-    pub hint: DiffHint,
+    pub planned: Option<Planned>,
 }
 
 /// Marks a skeleton failure that the data diff object itself caused.
@@ -61,12 +50,21 @@ impl std::fmt::Display for DiffUnusable {
     }
 }
 
+/// A plan made from a skeleton, and that skeleton's manifest.
+type SkeletonPlan = (Planned, Manifest);
+
+/// What a manifest diff gave: the manifest, or the reason it cannot be used and the
+/// plan made from its skeleton, if it got that far (the update keeps that plan).
+type Rebuilt<T> = std::result::Result<T, (anyhow::Error, Option<SkeletonPlan>)>;
+
 impl Remote {
     /// The current release's manifest: rebuilt from a manifest diff against the
     /// manifest of a retained release when the head offers one, otherwise (or when
     /// that fails for any reason) fetched whole. Verified the same way either way.
-    /// A skeleton manifest diff comes with the data diff that completes it, which is
-    /// then already applied: the update's plan line is printed before it is fetched.
+    /// A skeleton manifest diff is planned from (cli/plan.rs) before its data diff is
+    /// fetched, and that plan is the update's: when the data diff is its chosen route,
+    /// it is applied here and the manifest filled from it; when it is not, or fails,
+    /// the update goes on with the plan's next route over the whole manifest.
     pub fn fetch_current_manifest(
         &self,
         root: &Root,
@@ -77,7 +75,7 @@ impl Remote {
     ) -> Result<FetchedManifest> {
         let release = head.current();
         let channel = &root.config.channel;
-        let mut hint = DiffHint::Nothing;
+        let mut kept: Option<SkeletonPlan> = None;
         if let Some((base_version, base_bytes, diff)) = manifest_diff_base(root, head) {
             let ctx = ManifestDiffCtx {
                 diff,
@@ -98,22 +96,30 @@ impl Remote {
                     );
                     return Ok(found);
                 }
-                Err(e) => {
+                Err((e, planned)) => {
                     tracing::warn!(
                         "manifest diff from {base_version} unusable, fetching the whole manifest: {e:#}"
                     );
-                    if let (Some(_), Some(d)) = (e.downcast_ref::<DiffUnusable>(), diff.chunk_diff)
-                    {
-                        hint = DiffHint::Unusable(d.hash);
-                    }
+                    kept = planned;
                 }
             }
         }
         let (bytes, manifest) = self.fetch_manifest(release, channel, trusted)?;
+        // The skeleton's plan holds for the whole manifest when their chunk tables
+        // agree, as they do for any publisher that made the skeleton from it.
+        let planned = kept.and_then(|(planned, skeleton)| {
+            let same = same_table(&skeleton, &manifest);
+            if !same {
+                tracing::warn!(
+                    "the manifest skeleton's chunk table does not match the manifest's: planning again"
+                );
+            }
+            same.then_some(planned)
+        });
         Ok(FetchedManifest {
             bytes,
             manifest,
-            hint,
+            planned,
         })
     }
 
@@ -125,7 +131,7 @@ impl Remote {
         c: &ManifestDiffCtx,
         from: Option<&str>,
         out: Out,
-    ) -> Result<Result<FetchedManifest>> {
+    ) -> Result<Rebuilt<FetchedManifest>> {
         let path = object_path(&c.diff.object.hash);
         let rebuilt = self
             .get_object(&c.diff.object, "manifest diff")
@@ -138,12 +144,12 @@ impl Remote {
             });
         let rebuilt = match rebuilt {
             Ok(r) => r,
-            Err(e) => return Ok(Err(e)),
+            Err(e) => return Ok(Err((e, None))),
         };
-        let (manifest_bytes, hint) = match c.diff.chunk_diff {
-            None => (rebuilt, DiffHint::Nothing),
+        let (manifest_bytes, planned) = match c.diff.chunk_diff {
+            None => (rebuilt, None),
             Some(object) => match self.fill_skeleton(root, c, &rebuilt, object, from, out)? {
-                Ok((filled, prepared)) => (filled, DiffHint::Prepared(prepared)),
+                Ok((filled, planned)) => (filled, Some(planned)),
                 Err(e) => return Ok(Err(e)),
             },
         };
@@ -155,23 +161,31 @@ impl Remote {
                     self.transport.url(&path)
                 )
             });
-        // The skeleton came from a verified object, so a filled manifest that does
-        // not verify means the diff's chunks were wrong.
-        let verified = match (verified, &hint) {
-            (Err(e), DiffHint::Prepared(_)) => Err(e.context(DiffUnusable)),
-            (v, _) => v,
-        };
-        Ok(verified.map(|manifest| FetchedManifest {
-            bytes: manifest_bytes,
-            manifest,
-            hint,
-        }))
+        match (verified, planned) {
+            (Ok(manifest), planned) => Ok(Ok(FetchedManifest {
+                bytes: manifest_bytes,
+                manifest,
+                planned: planned.map(|(p, _)| p),
+            })),
+            // The skeleton came from a verified object, so a filled manifest that
+            // does not verify means the diff's chunks were wrong: the plan moves on.
+            (Err(e), Some((mut planned, skeleton))) => {
+                // Only a diff that was the chosen route moves the plan on; behind an
+                // intact copy it only filled the skeleton.
+                if planned.prepared.take().is_some() {
+                    planned.next += 1;
+                }
+                Ok(Err((e.context(DiffUnusable), Some((planned, skeleton)))))
+            }
+            (Err(e), None) => Ok(Err((e, None))),
+        }
     }
 
-    /// Completes a skeleton: fetches the data diff the signed head pins next to it,
+    /// Plans the update from a skeleton and, when that plan's chosen route is the data
+    /// diff the signed head pins next to it, executes that route: fetches the diff,
     /// applies it to the base (held intact here) and fills the skeleton's holes with
-    /// the hashes of the chunks it produced. The caller verifies the result. Errors as
-    /// for [`Remote::manifest_from_diff`].
+    /// the hashes of the chunks it produced. The caller verifies the result. The
+    /// error comes with the plan when one was made, the routes already tried skipped.
     fn fill_skeleton(
         &self,
         root: &Root,
@@ -180,54 +194,61 @@ impl Remote {
         object: ObjectRef,
         from: Option<&str>,
         out: Out,
-    ) -> Result<Result<(Vec<u8>, PreparedDiff)>> {
+    ) -> Result<Rebuilt<(Vec<u8>, SkeletonPlan)>> {
         let releases = root.local_releases();
-        let prepared = (|| -> Result<_> {
-            let base = releases
-                .iter()
-                .find(|r| r.version == c.base_version)
-                .with_context(|| format!("{} is not installed", c.base_version))?;
-            let skeleton = Skeleton::decode(skeleton_bytes, &base.manifest)
-                .context("reading the manifest skeleton")?;
-            if !base_intact(base) {
-                bail!("{} is modified locally", c.base_version);
-            }
-            Ok((base, skeleton))
-        })();
-        let (base, skeleton) = match prepared {
-            Ok(p) => p,
-            Err(e) => return Ok(Err(e)),
-        };
-        // Price both roads with what is local. The diff produces every chunk the base
-        // lacks; the archive tail only what no local release holds (a release that
-        // brings back older content may need far less from it). Holes are in no
-        // release an agent on the base may hold.
-        let local = LocalChunks::index(&releases);
-        let sk = skeleton.manifest();
-        let archive = plan_archive(sk, |id| local.listed(id), DEFAULT_MAX_GAP);
-        if object.size >= archive.download_bytes {
-            return Ok(Err(anyhow::anyhow!(
-                "the archive ranges ({}) cost less than the diff from {} ({}) with what is local",
-                report::bytes(archive.download_bytes),
-                c.base_version,
-                report::bytes(object.size)
+        let Some(base) = releases.iter().find(|r| r.version == c.base_version) else {
+            return Ok(Err((
+                anyhow::anyhow!("{} is not installed", c.base_version),
+                None,
             )));
+        };
+        let skeleton = match Skeleton::decode(skeleton_bytes, &base.manifest) {
+            Ok(s) => s,
+            Err(e) => {
+                return Ok(Err((
+                    anyhow::Error::new(e).context("reading the manifest skeleton"),
+                    None,
+                )));
+            }
+        };
+        // Holes are in no release an agent on the base may hold, so the skeleton
+        // plans like the manifest; its data diff is the route from the base.
+        let mut sk = skeleton.manifest().clone();
+        sk.diffs.retain(|d| d.base_manifest != c.diff.base_manifest);
+        sk.diffs.push(DiffRef {
+            base_version: c.base_version.to_string(),
+            base_manifest: c.diff.base_manifest,
+            object,
+        });
+        let observed = plan::observe(root, &sk, from, &[])?;
+        // An intact copy on disk is the plan, but it needs the manifest too: the diff
+        // that fills the skeleton is then taken (a rerun finds it stored) only for that.
+        let d = usize::from(matches!(observed.plan.chosen().via, Via::OnDisk { .. }));
+        let chosen = &observed.plan.routes[d.min(observed.plan.routes.len() - 1)];
+        let ours = matches!(&chosen.via, Via::Diff { object: o, .. } if o.hash == object.hash);
+        let line = plan::line(&root.layout, &observed.plan, chosen);
+        let needs = super::needs(&sk, &observed.plan, chosen);
+        let bytes = chosen.download_bytes;
+        let planned = Planned::new(observed);
+        if !ours {
+            let plan = &planned.observed.plan;
+            let why = match plan.skipped.iter().find(|s| s.base == c.base_version) {
+                Some(s) if s.reason == SkipReason::NotSmaller => format!(
+                    "the archive ranges ({}) cost less than the diff from {} ({}) with what is local",
+                    report::bytes(plan.archive().download_bytes),
+                    c.base_version,
+                    report::bytes(object.size)
+                ),
+                Some(s) if s.reason == SkipReason::Modified => {
+                    format!("{} is modified locally", c.base_version)
+                }
+                _ => format!("the plan takes no diff from {}", c.base_version),
+            };
+            return Ok(Err((anyhow::anyhow!(why), Some((planned, sk)))));
         }
-        let plan = format!(
-            "plan: {} -> {}: reuse {} chunks ({}) from local releases, download diff from {} ({}) in 1 request",
-            from.unwrap_or("none"),
-            sk.version,
-            archive.reuse_chunks,
-            report::bytes(archive.reuse_bytes),
-            c.base_version,
-            report::bytes(object.size),
-        );
-        super::check_budget(root, object.size, Some(&plan), out)?;
-        out.info(&plan);
-        space::check_room(
-            &root.layout,
-            &space::Needs::build(sk, object.size, archive.reuse_bytes, true),
-        )?;
+        super::check_budget(root, bytes, Some(&line), out)?;
+        out.info(&line);
+        space::check_room(&root.layout, &needs)?;
         let downloads = root.layout.downloads();
         fsutil::create_dir_all(&downloads)?;
         let diff_ref = DiffRef {
@@ -237,18 +258,28 @@ impl Remote {
         };
         let active = crate::install::activate::current_version(&root.layout);
         let downloaded = self.download_diff(&diff_ref, &downloads);
+        let failed = |e: anyhow::Error, mut planned: Planned| {
+            planned.next = if d == 0 { 1 } else { 0 };
+            Ok(Err((e.context(DiffUnusable), Some((planned, sk.clone())))))
+        };
         let Some(file) =
             downloaded.map_err(|e| space::after_failure(&root.layout, &sk.version, active, e))?
         else {
-            return Ok(Err(anyhow::anyhow!(
-                "the repository does not have the diff object the head names"
-            )
-            .context(DiffUnusable)));
+            return failed(
+                anyhow::anyhow!("the repository does not have the diff object the head names"),
+                planned,
+            );
         };
         let want: Vec<Want> = skeleton
             .outside_base()
             .map(|(size, id)| Want { size, id })
             .collect();
+        let base = planned
+            .observed
+            .releases
+            .iter()
+            .find(|r| r.version == c.base_version)
+            .context("the diff base is retained")?;
         let applied = (|| -> Result<_> {
             verify_object(&file, &object).context("checking the diff object")?;
             let spool = root
@@ -264,18 +295,34 @@ impl Remote {
                 .filter(|(w, _)| w.id.is_none())
                 .map(|(_, id)| *id)
                 .collect();
-            let filled = skeleton.fill(&holes)?;
-            Ok((
-                filled,
-                PreparedDiff {
-                    base: c.base_version.to_string(),
-                    spool,
-                    size: object.size,
-                },
-            ))
+            let filled = skeleton.clone().fill(&holes)?;
+            Ok((filled, spool))
         })();
-        Ok(applied.map_err(|e| e.context(DiffUnusable)))
+        match applied {
+            Ok((filled, spool)) => {
+                let mut planned = planned;
+                if d == 0 {
+                    planned.prepared = Some(PreparedDiff {
+                        spool,
+                        size: object.size,
+                    });
+                }
+                Ok(Ok((filled, (planned, sk))))
+            }
+            Err(e) => failed(e, planned),
+        }
     }
+}
+
+/// Whether `manifest` has the chunk table `skeleton` was planned with: the same
+/// sizes in the same order, and the same ids but for the skeleton's holes.
+fn same_table(skeleton: &Manifest, manifest: &Manifest) -> bool {
+    skeleton.chunks.len() == manifest.chunks.len()
+        && skeleton.chunks.iter().zip(&manifest.chunks).all(|(s, m)| {
+            s.size == m.size
+                && s.stored_size == m.stored_size
+                && (s.id == m.id || s.id.0 == [0; 32])
+        })
 }
 
 /// What rebuilding the current manifest from a manifest diff starts from.

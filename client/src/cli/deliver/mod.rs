@@ -1,7 +1,8 @@
 //! The path a release takes from the repository to `ROOT/current`, shared by
 //! `update` and `rollback --to`: fetch and verify the head, fetch (or rebuild from a
-//! manifest diff, [`manifest`]) and verify the manifest, plan against local chunks, download a diff
-//! object or archive ranges, build in staging, copy the application's own files into
+//! manifest diff, [`manifest`]) and verify the manifest, execute its plan
+//! (cli/plan.rs: a diff object or archive ranges, each failure moving on to the plan's
+//! next route), build in staging, copy the application's own files into
 //! it, rename into a new folder of `versions/`, switch `current`, record, clean up,
 //! prune.
 //!
@@ -16,20 +17,22 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use ferry_format::delta::DiffRef;
+use ferry_format::id::ObjectRef;
 use ferry_format::manifest::Manifest;
-use ferry_format::plan::{DEFAULT_MAX_GAP, plan_archive};
+use ferry_format::plan::{Route, UpdatePlan, Via};
 use ferry_format::verified::Verified;
 use ferry_format::version::Version;
 
 use super::exit::{self, Class};
-use super::plan::{DiffChoice, archive_line, choose_diff, diff_line};
+use super::plan::{self, Observed};
 use super::progress::Download;
 use super::report::{self, Out};
 use super::root::Root;
 use crate::apply::build::{Downloaded, build_tree};
 use crate::apply::check::{Depth, check_tree};
 use crate::apply::diff::{DiffSpool, Want, apply_to_spool, verify_object};
-use crate::apply::source::LocalChunks;
+use crate::apply::source::LocalRelease;
 use crate::apply::{carry, pattern};
 use crate::fsutil;
 use crate::install::activate::{current_folder, current_version, switch_current};
@@ -41,16 +44,15 @@ use crate::install::state::ReleaseRecord;
 mod manifest;
 mod remote;
 
-pub use manifest::DiffHint;
+pub use manifest::PreparedDiff;
 pub use remote::Remote;
 // `ferry doctor` follows key lists within the same bound.
 pub(crate) use remote::MAX_KEY_LIST_STEPS;
 
-/// Where an install starts: the active release, and whether its `carry` paths go
-/// into the new one (an update: yes; a rollback returns to a release's own files).
+/// Whether the active release's `carry` paths go into the new one (an update: yes; a
+/// rollback returns to a release's own files).
 #[derive(Debug, Clone, Copy)]
-pub struct Origin<'a> {
-    pub from: Option<&'a str>,
+pub struct Origin {
     pub carry: bool,
 }
 
@@ -60,169 +62,147 @@ pub struct BuildStats {
     pub bytes_reused: u64,
     /// Its folder in `versions/`.
     pub folder: String,
+    /// The plan's route that built it, as the plan priced it.
+    pub route: Option<Route>,
 }
 
-/// Puts the release of `manifest` into a folder of `ROOT/versions/` (building it
-/// unless an intact copy is already there) and stores its manifest. Does not
-/// activate it, and never writes to or removes an existing folder. A disk that fills up
-/// meanwhile leaves staging removed and says so (space.rs).
+/// A plan to execute and where its execution stands.
+pub struct Planned {
+    pub observed: Observed,
+    /// The route to take next: the routes before it were tried while the manifest
+    /// was rebuilt from a skeleton (manifest.rs).
+    pub next: usize,
+    /// Route `next`'s diff, already applied while the manifest was rebuilt.
+    pub prepared: Option<PreparedDiff>,
+}
+
+impl Planned {
+    /// A plan nothing of which has run yet.
+    pub fn new(observed: Observed) -> Planned {
+        Planned {
+            observed,
+            next: 0,
+            prepared: None,
+        }
+    }
+}
+
+/// Puts the release of `manifest` into a folder of `ROOT/versions/` by executing
+/// `planned` (building it unless an intact copy is already there) and stores its
+/// manifest. Does not activate it, and never writes to or removes an existing folder.
+/// A disk that fills up meanwhile leaves staging removed and says so (space.rs).
 pub fn install_release(
     root: &Root,
     remote: &Remote,
     manifest_bytes: &[u8],
     manifest: &Verified<Manifest>,
-    origin: Origin<'_>,
+    origin: Origin,
     out: Out,
-    hint: DiffHint,
+    planned: Planned,
 ) -> Result<BuildStats> {
     let active = current_version(&root.layout);
-    build_release(root, remote, manifest_bytes, manifest, origin, out, hint)
+    build_release(root, remote, manifest_bytes, manifest, origin, out, planned)
         .map_err(|e| space::after_failure(&root.layout, &manifest.version, active, e))
 }
 
+/// Executes the plan: its routes in order from `planned.next`, each failure of a
+/// diff moving on to the next route the plan lists, each route checked against the
+/// data budget with what this run already spent on release data before it starts.
 fn build_release(
     root: &Root,
     remote: &Remote,
     manifest_bytes: &[u8],
     manifest: &Verified<Manifest>,
-    origin: Origin<'_>,
+    origin: Origin,
     out: Out,
-    hint: DiffHint,
+    planned: Planned,
 ) -> Result<BuildStats> {
     let layout = &root.layout;
     let version = manifest.version.clone();
-    let from = origin.from;
     fsutil::create_dir_all(&layout.manifests())?;
-    let damaged = match intact_copy(root, manifest)? {
-        OnDisk::Intact(folder) => {
-            // Retained, or left by a run interrupted after the rename: use it as it is.
-            fsutil::write_atomic(&layout.manifest(&version), manifest_bytes)?;
-            out.info(&format!(
-                "plan: {} -> {version}: release already on disk and intact in {}, nothing to download",
-                from.unwrap_or("none"),
-                layout.release_dir(&folder).display()
-            ));
-            return Ok(BuildStats {
-                bytes_reused: manifest.total_file_bytes(),
-                folder,
-            });
-        }
-        OnDisk::Damaged(folder) => Some(folder),
-        OnDisk::Absent => None,
-    };
-
-    let releases = root.local_releases();
-    let mut local = LocalChunks::index(&releases);
-    local.verify_wanted(manifest);
-    let archive_plan = plan_archive(manifest, |id| local.has(id), DEFAULT_MAX_GAP);
+    let Observed {
+        plan,
+        releases,
+        mut local,
+        damaged,
+    } = planned.observed;
     let downloads = layout.downloads();
     fsutil::create_dir_all(&downloads)?;
-
-    let mut ranges = archive_plan.ranges.clone();
+    let (_, data_start) = remote.counts();
     let mut spool = None;
-    let mut spent = 0;
-    let choice = match hint {
-        DiffHint::Prepared(p) => {
-            // Planned and printed when the diff was fetched; only a rest can be new.
-            let rest = plan_archive(
-                manifest,
-                |id| local.has(id) || p.spool.has(id),
-                DEFAULT_MAX_GAP,
-            );
-            if rest.fetch_chunks > 0 {
-                out.info(&format!(
-                    "plus {} chunks ({}) from the archive that the diff from {} does not produce",
-                    rest.fetch_chunks,
-                    report::bytes(rest.download_bytes),
-                    p.base
-                ));
-            }
-            ranges = rest.ranges;
-            spent = p.size;
-            spool = Some(p.spool);
-            Err(Vec::new())
+    let mut ranges = None;
+    let mut spent_before = 0;
+    if let Some(p) = planned.prepared {
+        // The diff was fetched, checked against the budget and applied with the
+        // manifest; only its rest remains.
+        spent_before = p.size;
+        ranges = Some(plan.routes[planned.next].archive.ranges.clone());
+        spool = Some(p.spool);
+    }
+    let mut k = planned.next;
+    let mut taken = planned.next;
+    // One bar per route tried, kept through the route's archive ranges.
+    let mut bar = None;
+    while ranges.is_none() {
+        // Off the screen before the next route's line is printed.
+        drop(bar.take());
+        taken = k;
+        let route = &plan.routes[k];
+        if let Via::OnDisk { folder } = &route.via {
+            // Retained, or left by a run interrupted after the rename: use it as it is.
+            fsutil::write_atomic(&layout.manifest(&version), manifest_bytes)?;
+            out.info(&plan::line(layout, &plan, route));
+            return Ok(BuildStats {
+                bytes_reused: manifest.total_file_bytes(),
+                folder: folder.clone(),
+                route: Some(route.clone()),
+            });
         }
-        DiffHint::Nothing => choose_diff(manifest, &releases, &local, &archive_plan, from, None),
-        DiffHint::Unusable(skip) => {
-            choose_diff(manifest, &releases, &local, &archive_plan, from, Some(skip))
-        }
-    };
-    let download = match &choice {
-        Ok(c) => c.diff.object.size + c.rest.download_bytes,
-        Err(_) => ranges.iter().map(|r| r.end - r.start).sum(),
-    };
-    let with_diff = choice.is_ok() || spool.is_some();
-    let plan_line = match &choice {
-        Ok(c) => Some(diff_line(
-            from,
-            &version,
-            &archive_plan,
-            c,
-            manifest.archive.size,
-        )),
-        Err(_) if spool.is_none() => Some(archive_line(
-            from,
-            &version,
-            &archive_plan,
-            manifest.archive.size,
-        )),
-        Err(_) => None,
-    };
-    // A diff applied while the manifest was rebuilt was checked then; it counts too.
-    check_budget(root, spent + download, plan_line.as_deref(), out)?;
-    space::check_room(
-        layout,
-        &space::Needs::build(manifest, download, archive_plan.reuse_bytes, with_diff),
-    )?;
-    // The plan is printed before the bar starts: a line written while it is drawn
-    // would leave a stale bar above it on the terminal.
-    match &choice {
-        Ok(choice) => out.info(&diff_line(
-            from,
-            &version,
-            &archive_plan,
-            choice,
-            manifest.archive.size,
-        )),
-        Err(notes) => {
-            for n in notes {
+        if k == planned.next && route.via == Via::Archive {
+            for n in plan::notes(&plan) {
                 out.info(&format!("not using a diff: {n}"));
             }
-            if spool.is_none() {
-                out.info(&archive_line(
-                    from,
-                    &version,
-                    &archive_plan,
-                    manifest.archive.size,
-                ));
-            }
         }
-    }
-    let bar = Download::start(&remote.counters, download, out);
-    if let Ok(choice) = choice {
-        let applied = match remote.download_diff(choice.diff, &downloads)? {
-            Some(file) => apply_diff(root, manifest, &choice, &file),
-            None => Err(anyhow::anyhow!("the repository does not have it")),
-        };
-        match applied {
-            Ok(s) => {
-                spool = Some(s);
-                ranges = choice.rest.ranges;
-            }
-            Err(e) => Download::suspend(bar.as_ref(), || {
-                tracing::warn!(
-                    "diff from {} not used, falling back to the archive: {e:#}",
-                    choice.base.version
-                );
-                out.info(&archive_line(
-                    from,
-                    &version,
-                    &archive_plan,
-                    manifest.archive.size,
-                ));
-            }),
+        let line = plan::line(layout, &plan, route);
+        let spent = spent_before + (remote.counts().1 - data_start);
+        check_budget(root, spent + route.download_bytes, Some(&line), out)?;
+        out.info(&line);
+        if k == planned.next {
+            space::check_room(layout, &needs(manifest, &plan, route))?;
         }
+        bar = Download::start(&remote.counters, route.download_bytes, out);
+        match &route.via {
+            Via::Diff { base, object, .. } => {
+                let base = releases
+                    .iter()
+                    .find(|r| r.version == *base)
+                    .context("the plan's diff base is not retained")?;
+                let diff = DiffRef {
+                    base_version: base.version.clone(),
+                    base_manifest: base.manifest.object_hash(),
+                    object: *object,
+                };
+                let applied = match remote.download_diff(&diff, &downloads)? {
+                    Some(file) => apply_diff(root, manifest, base, object, &file),
+                    None => Err(anyhow::anyhow!("the repository does not have it")),
+                };
+                match applied {
+                    Ok(s) => {
+                        spool = Some(s);
+                        ranges = Some(route.archive.ranges.clone());
+                    }
+                    Err(e) => tracing::warn!(
+                        "diff from {} not used, falling back to the next way the plan lists: {e:#}",
+                        base.version
+                    ),
+                }
+            }
+            _ => ranges = Some(route.archive.ranges.clone()),
+        }
+        k += 1;
     }
+    // The loop ends with ranges set: the plan's last route is the archive alone.
+    let ranges = ranges.unwrap_or_default();
     if !ranges.is_empty() {
         remote.download(manifest, &ranges, &downloads)?;
     }
@@ -253,72 +233,26 @@ fn build_release(
     )?;
     fsutil::fsync_dir(&layout.versions())?;
     Ok(BuildStats {
-        bytes_reused: archive_plan.reuse_bytes,
+        bytes_reused: plan.reuse_bytes,
         folder,
+        route: plan.routes.get(taken).cloned(),
     })
 }
 
-/// What building a release would take, planned from what is on disk and nothing
-/// else (`ferry update --dry-run`): no file is written.
-pub struct BuildPlan {
-    /// The plan line the update prints.
-    pub line: String,
-    /// How the missing bytes would come: `on-disk`, `diff` or `archive`.
-    pub via: &'static str,
-    /// Bytes of release data to download (the diff object and archive ranges).
-    pub download: u64,
-    /// Requests for them.
-    pub requests: u64,
-    /// Bytes of chunks found in local releases.
-    pub reuse: u64,
-}
-
-/// Plans the build of `manifest` as [`install_release`] would without a diff hint.
-pub fn plan_build(root: &Root, manifest: &Manifest, from: Option<&str>) -> Result<BuildPlan> {
-    let version = &manifest.version;
-    if let OnDisk::Intact(folder) = intact_copy(root, manifest)? {
-        return Ok(BuildPlan {
-            line: format!(
-                "plan: {} -> {version}: release already on disk and intact in {}, nothing to download",
-                from.unwrap_or("none"),
-                root.layout.release_dir(&folder).display()
-            ),
-            via: "on-disk",
-            download: 0,
-            requests: 0,
-            reuse: manifest.total_file_bytes(),
-        });
-    }
-    let releases = root.local_releases();
-    let mut local = LocalChunks::index(&releases);
-    local.verify_wanted(manifest);
-    let archive_plan = plan_archive(manifest, |id| local.has(id), DEFAULT_MAX_GAP);
-    let choice = choose_diff(manifest, &releases, &local, &archive_plan, from, None);
-    let plan = match &choice {
-        Ok(c) => BuildPlan {
-            line: diff_line(from, version, &archive_plan, c, manifest.archive.size),
-            via: "diff",
-            download: c.diff.object.size + c.rest.download_bytes,
-            requests: 1 + c.rest.ranges.len() as u64,
-            reuse: archive_plan.reuse_bytes,
-        },
-        Err(_) => BuildPlan {
-            line: archive_line(from, version, &archive_plan, manifest.archive.size),
-            via: "archive",
-            download: archive_plan.download_bytes,
-            requests: archive_plan.ranges.len() as u64,
-            reuse: archive_plan.reuse_bytes,
-        },
-    };
-    Ok(plan)
+/// The disk space `route` needs to build the release.
+pub fn needs(manifest: &Manifest, plan: &UpdatePlan, route: &Route) -> space::Needs {
+    let with_diff = matches!(route.via, Via::Diff { .. });
+    space::Needs::build(manifest, route.download_bytes, plan.reuse_bytes, with_diff)
 }
 
 /// The checks an update makes of its plan before downloading: the download budget
-/// and the free space.
-pub fn check_plan(root: &Root, manifest: &Manifest, plan: &BuildPlan) -> Result<()> {
-    check_budget(root, plan.download, None, Out::new(false))?;
-    let needs = space::Needs::build(manifest, plan.download, plan.reuse, plan.via == "diff");
-    space::check_room(&root.layout, &needs)?;
+/// and the free space, for the chosen route.
+pub fn check_plan(root: &Root, manifest: &Manifest, plan: &UpdatePlan) -> Result<()> {
+    let route = plan.chosen();
+    check_budget(root, route.download_bytes, None, Out::new(false))?;
+    if !matches!(route.via, Via::OnDisk { .. }) {
+        space::check_room(&root.layout, &needs(manifest, plan, route))?;
+    }
     Ok(())
 }
 
@@ -345,54 +279,6 @@ pub(super) fn check_budget(root: &Root, need: u64, plan: Option<&str>, out: Out)
     )
 }
 
-/// What `versions/` already holds of a release.
-enum OnDisk {
-    Intact(String),
-    /// The recorded folder of a retained release that no longer matches its manifest.
-    Damaged(String),
-    Absent,
-}
-
-/// Looks for an intact copy of `manifest`'s release: its recorded folder first, then
-/// folders left by interrupted runs. Extra files do not matter.
-fn intact_copy(root: &Root, manifest: &Manifest) -> Result<OnDisk> {
-    let version = manifest.version.as_str();
-    let recorded = root.state.folder_of(version).map(str::to_string);
-    let mut folders: Vec<String> = recorded.iter().cloned().collect();
-    if let Ok(entries) = std::fs::read_dir(root.layout.versions()) {
-        for entry in entries.flatten() {
-            let Some(name) = entry.file_name().to_str().map(str::to_string) else {
-                continue;
-            };
-            if Layout::folder_version(&name) == version && !folders.contains(&name) {
-                folders.push(name);
-            }
-        }
-    }
-    for folder in folders {
-        let dir = root.layout.release_dir(&folder);
-        if std::fs::symlink_metadata(&dir).is_err() {
-            continue;
-        }
-        let check = check_tree(manifest, &dir, Depth::Content);
-        if check.is_intact() {
-            return Ok(OnDisk::Intact(folder));
-        }
-        tracing::warn!(
-            "{} is damaged ({} problem(s), first: {}); building a new copy beside it",
-            dir.display(),
-            check.damage.len(),
-            check.damage[0]
-        );
-    }
-    Ok(match recorded {
-        Some(f) if std::fs::symlink_metadata(root.layout.release_dir(&f)).is_ok() => {
-            OnDisk::Damaged(f)
-        }
-        _ => OnDisk::Absent,
-    })
-}
-
 /// Copies the application's own files into the new tree in `staging` before it is
 /// renamed into `versions/`: on an update the `carry` paths of the active release; on
 /// the repair of a damaged copy every file that copy has beyond its manifest. The
@@ -402,7 +288,7 @@ fn carry_app_files(
     manifest: &Manifest,
     staging: &Path,
     damaged: Option<&str>,
-    origin: Origin<'_>,
+    origin: Origin,
     out: Out,
 ) -> Result<()> {
     let version = manifest.version.as_str();
@@ -460,22 +346,22 @@ fn carry_app_files(
 fn apply_diff(
     root: &Root,
     manifest: &Manifest,
-    choice: &DiffChoice,
+    base: &LocalRelease,
+    object: &ObjectRef,
     file: &Path,
 ) -> Result<DiffSpool> {
-    let object = choice.diff.object;
-    verify_object(file, &object).context("checking the diff object")?;
+    verify_object(file, object).context("checking the diff object")?;
     let spool = root
         .layout
         .staging()
         .join(format!("diff-{}.spool", object.hash.to_hex()));
     fsutil::remove_tree(&spool)?;
-    let want = Want::missing(manifest, &choice.base.manifest);
-    apply_to_spool(file, object.size, choice.base, &want, &spool)
+    let want = Want::missing(manifest, &base.manifest);
+    apply_to_spool(file, object.size, base, &want, &spool)
         .inspect_err(|_| {
             let _ = std::fs::remove_file(file);
         })
-        .with_context(|| format!("applying the diff from {}", choice.base.version))
+        .with_context(|| format!("applying the diff from {}", base.version))
 }
 
 /// Switches `current` to `folder` (where `install_release` put the release) and
