@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # What `ferry-server gc` frees and how long it takes on a repository that has published
 # a chain of real releases with a short retention: the 15 consecutive esbuild releases
-# of ../shared/bench/fetch-data.sh --chain, published with --retain 3 into a folder and
-# into a bucket (SeaweedFS on loopback), then `gc --grace 0s` (everything unreferenced
-# counts as old: nothing publishes meanwhile), timed as a whole command.
+# of ../shared/bench/fetch-data.sh --chain, published with --retain 3 and zstd level 3
+# (default diffs) into a folder and into a bucket (SeaweedFS on loopback), then, 2 s
+# later, `gc --grace 1s` (everything unreferenced counts as old: nothing publishes
+# meanwhile), timed as a whole command.
 #
 #   benches/gc.sh [DATA_DIR]     (default /tmp/ferry-bench-data)
 #
@@ -46,11 +47,12 @@ for repo in "$work/repo" s3://ferry/gc; do
   n=0
   for v in $versions; do
     "$bin/ferry-server" publish --repo "$repo" --key "$work/keys/ferry.key" --channel stable \
-      --version "$v" --retain 3 --zstd-level 19 "$chain/$v" >/dev/null
+      --version "$v" --retain 3 --zstd-level 3 "$chain/$v" >/dev/null
     n=$((n + 1))
   done
   start=$(date +%s.%N)
-  out=$("$bin/ferry-server" gc --repo "$repo" --grace 0s)
+  sleep 2
+  out=$("$bin/ferry-server" gc --repo "$repo" --grace 1s)
   end=$(date +%s.%N)
   summary=$(printf '%s\n' "$out" | tail -1)
   python3 - "$repo" "$n" "$start" "$end" "$summary" <<'EOF'
