@@ -4,21 +4,27 @@
 //! published by `ferry-server`, downloading only the chunks it does not already have,
 //! and can roll back instantly to a retained release.
 //!
-//! The modules follow the path of an update:
+//! **For an application that updates itself, the API is [`updater`]**: [`updater::Updater`]
+//! (`new`/`open`, `check`/`plan`, `apply`, `rollback`, `status`), the plan it executes
+//! and its typed errors, each with an example; `client/examples/self_update.rs` is a
+//! whole application. The other modules are the `ferry` binary's internals, public
+//! for its tests and benchmarks, hidden from this documentation and not a stable API.
 //!
-//! - [`fetch`]: the [`fetch::Transport`] trait (HTTP via reqwest, or a `file://`
+//! The internal modules follow the path of an update:
+//!
+//! - `fetch`: the `fetch::Transport` trait (HTTP via reqwest, or a `file://`
 //!   repository folder), counted requests and bytes, resumable archive ranges.
-//! - [`apply`]: the local chunk index over retained releases ([`apply::source`]),
+//! - `apply`: the local chunk index over retained releases (`apply::source`),
 //!   applying a diff object to a retained release into a spool of verified chunks
-//!   ([`apply::diff`]), building a release tree in staging ([`apply::build`]),
-//!   checking a tree against its manifest ([`apply::check`]).
-//! - [`install`]: the root's layout, lock, config, state, history, the atomic
-//!   `current` switch, and the pure keep/rollback/pin rules ([`install::retain`]).
-//! - [`report`]: the agent's reports to the fleet server, queued on disk.
-//! - [`fsutil`]: atomic writes and fsync, the one place durable changes are made.
-//! - [`failpoint`]: `crash_point!`, the crash-injection points of the kill tests
+//!   (`apply::diff`), building a release tree in staging (`apply::build`),
+//!   checking a tree against its manifest (`apply::check`).
+//! - `install`: the root's layout, lock, config, state, history, the atomic
+//!   `current` switch, and the pure keep/rollback/pin rules (`install::retain`).
+//! - `report`: the agent's reports to the fleet server, queued on disk.
+//! - `fsutil`: atomic writes and fsync, the one place durable changes are made.
+//! - `failpoint`: `crash_point!`, the crash-injection points of the kill tests
 //!   (compiled in only with the `failpoints` feature).
-//! - [`cli`]: one module per command; `cli::deliver` strings the steps together.
+//! - `cli`: one module per command; `cli::deliver` strings the steps together.
 //!
 //! Trust: every byte from the repository goes through `ferry_format::verified`
 //! (heads, manifests, also those rebuilt from a manifest diff) or is checked against
@@ -33,17 +39,31 @@
 //! ```
 
 #[macro_use]
+#[doc(hidden)]
 pub mod failpoint;
+#[doc(hidden)]
 pub mod agent;
+#[doc(hidden)]
 pub mod apply;
+#[doc(hidden)]
 pub mod cli;
+#[doc(hidden)]
 pub mod fetch;
+#[doc(hidden)]
 pub mod fsutil;
+#[doc(hidden)]
 pub mod install;
+#[doc(hidden)]
 pub mod report;
 pub mod updater;
 
-/// Runs a parsed command line.
+/// Runs a parsed command line: what the `ferry` binary's `main` does.
+///
+/// ```no_run
+/// use clap::Parser;
+/// let cli = ferry_client::cli::Cli::parse_from(["ferry", "status", "--root", "/opt/app"]);
+/// ferry_client::run(cli).unwrap();
+/// ```
 pub fn run(cli: cli::Cli) -> anyhow::Result<()> {
     // reqwest is built without a default crypto provider; installing ring twice (as
     // tests do) is harmless, so the result is ignored.
@@ -53,6 +73,12 @@ pub fn run(cli: cli::Cli) -> anyhow::Result<()> {
 }
 
 /// `NO_COLOR` set to anything but the empty string (no-color.org).
+///
+/// ```
+/// // SAFETY: no other thread reads the environment in this example.
+/// unsafe { std::env::set_var("NO_COLOR", "1") };
+/// assert!(ferry_client::no_color());
+/// ```
 pub fn no_color() -> bool {
     std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty())
 }

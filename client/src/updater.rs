@@ -42,6 +42,54 @@ use crate::install::layout::Layout;
 
 pub use ferry_format::plan::{Region, Route, Source, UpdatePlan, Via};
 
+/// What an application's root follows: [`Updater::new`] initialises the root with it
+/// the first time (as `ferry init` does) and opens it afterwards.
+///
+/// ```
+/// use ferry_client::updater::Config;
+///
+/// let config = Config::new("/opt/myapp", "https://updates.example/myapp", "stable", "/opt/myapp.pub");
+/// assert_eq!(config.keep, 3);
+/// ```
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct Config {
+    /// The install root (created if missing).
+    pub root: PathBuf,
+    /// Repository base URLs (http://, https:// or file://), tried in order.
+    pub servers: Vec<String>,
+    /// The channel to follow.
+    pub channel: String,
+    /// The public key file (`ferry-public-key:v1:...`) trusted to sign the channel.
+    pub public_key: PathBuf,
+    /// Releases kept installed for rollback.
+    pub keep: u64,
+}
+
+impl Config {
+    /// A root following `channel` of the repository at `server`, signed by the key in
+    /// `public_key`, keeping 3 releases.
+    ///
+    /// ```
+    /// let config = ferry_client::updater::Config::new("/opt/myapp", "file:///srv/repo", "beta", "key.pub");
+    /// assert_eq!(config.servers, ["file:///srv/repo"]);
+    /// ```
+    pub fn new(
+        root: impl Into<PathBuf>,
+        server: impl Into<String>,
+        channel: impl Into<String>,
+        public_key: impl Into<PathBuf>,
+    ) -> Config {
+        Config {
+            root: root.into(),
+            servers: vec![server.into()],
+            channel: channel.into(),
+            public_key: public_key.into(),
+            keep: 3,
+        }
+    }
+}
+
 /// An update failed; the variant is the kind of failure (the same as `ferry`'s exit
 /// status: `ferry --help`) and the text says what and what to do next.
 ///
@@ -354,6 +402,57 @@ pub struct Updater {
 }
 
 impl Updater {
+    /// Opens the root `config` names, initialising it first when it has no
+    /// configuration yet (no network is used: a wrong server or key shows at the first
+    /// [`Updater::check`]). A root that follows another channel or other servers is
+    /// refused rather than silently re-pointed: `ferry init --force` changes that.
+    ///
+    /// ```
+    /// use ferry_client::updater::{Config, Error, Updater};
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let key = ferry_format::keys::SecretKey::generate().unwrap().public();
+    /// let key_file = dir.path().join("ferry.pub");
+    /// std::fs::write(&key_file, key.to_text()).unwrap();
+    /// let root = dir.path().join("app");
+    /// let config = Config::new(&root, "http://127.0.0.1:1", "stable", &key_file);
+    ///
+    /// let first = Updater::new(config.clone()).unwrap(); // initialises the root
+    /// assert!(root.join(".ferry/config.toml").exists());
+    /// let again = Updater::new(config.clone()).unwrap(); // opens it as it is
+    /// assert_eq!(first.root(), again.root());
+    ///
+    /// let mut other = config;
+    /// other.channel = "beta".into();
+    /// match Updater::new(other) {
+    ///     Err(Error::Other(text)) => assert!(text.contains("ferry init --force"), "{text}"),
+    ///     got => panic!("{got:?}"),
+    /// }
+    /// ```
+    pub fn new(config: Config) -> Result<Updater, Error> {
+        // init checks the proxy and CA settings by building an HTTP client.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let layout = Layout::new(&config.root);
+        if layout.config().exists() {
+            let have = crate::install::config::Config::load(&layout.config())
+                .map_err(|e| Error::Other(format!("{}: {e}", layout.config().display())))?;
+            if have.channel != config.channel || have.servers != config.servers {
+                return Err(Error::Other(format!(
+                    "{} follows channel {:?} from {:?}, not channel {:?} from {:?}: run \
+                     `ferry init --force` to change what it follows",
+                    config.root.display(),
+                    have.channel,
+                    have.servers,
+                    config.channel,
+                    config.servers
+                )));
+            }
+        } else {
+            crate::cli::init_root(&config).map_err(|e| Error::Other(format!("{e:#}")))?;
+        }
+        Updater::open(config.root)
+    }
+
     /// The root at `root`; it must have been made by `ferry init`.
     ///
     /// ```

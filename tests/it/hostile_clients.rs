@@ -98,14 +98,15 @@ fn a_normal_request_is_answered_while_1200_connections_idle_or_stall() {
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(took < Duration::from_secs(60), "answered after {took:?}");
     eprintln!("answered in {took:?} behind 1,200 hostile connections");
-    // Room was made by shedding idle connections, not by waiting for timeouts.
+    // Room was made by shedding idle connections, not by waiting for timeouts: at
+    // least one per connection beyond the default cap of 1,024.
     let metrics = get(addr, "/metrics", Duration::from_secs(60));
     let shed: u64 = metrics
         .lines()
         .find_map(|l| l.strip_prefix("ferry_connections_shed_total "))
         .and_then(|n| n.trim().parse().ok())
         .unwrap_or_else(|| panic!("{metrics}"));
-    assert!(shed >= 600, "shed {shed}");
+    assert!(shed > 1_200 - 1_024, "shed {shed}");
     drop(hostile);
 }
 

@@ -17,6 +17,12 @@ use crate::install::reinit;
 use crate::install::state::State;
 
 pub fn run(args: &InitArgs) -> Result<()> {
+    initialise(args, true)
+}
+
+/// `ferry init`; `announce` prints the line that names the root, channel and agent id
+/// (the library's `Updater::new` initialises quietly: stdout is its application's).
+pub(crate) fn initialise(args: &InitArgs, announce: bool) -> Result<()> {
     check_channel(&args.channel)?;
     let servers: Vec<String> = args.server.iter().map(|s| s.trim().to_string()).collect();
     for server in &servers {
@@ -109,13 +115,15 @@ pub fn run(args: &InitArgs) -> Result<()> {
     // and places in rollouts (a re-init keeps it).
     let id = agent_id::load_or_create(&layout.agent_id())?;
     config.save(&layout.config())?;
-    println!(
-        "initialised {} for channel {} from {} (agent id {})",
-        args.root.display(),
-        args.channel,
-        args.server.join(", "),
-        agent_id::hex(&id)
-    );
+    if announce {
+        println!(
+            "initialised {} for channel {} from {} (agent id {})",
+            args.root.display(),
+            args.channel,
+            args.server.join(", "),
+            agent_id::hex(&id)
+        );
+    }
     Ok(())
 }
 

@@ -151,6 +151,29 @@ pub struct InitArgs {
     pub low_speed_time: Option<std::time::Duration>,
 }
 
+/// `ferry init` for [`crate::updater::Updater::new`], quietly.
+pub(crate) fn init_root(c: &crate::updater::Config) -> anyhow::Result<()> {
+    init::initialise(
+        &InitArgs {
+            root: c.root.clone(),
+            lock: LockArgs::default(),
+            server: c.servers.clone(),
+            channel: c.channel.clone(),
+            public_key: Some(c.public_key.clone()),
+            key_list: None,
+            keep: c.keep,
+            max_clock_skew: None,
+            carry: Vec::new(),
+            force: false,
+            ca_file: None,
+            proxy: None,
+            low_speed_limit: None,
+            low_speed_time: None,
+        },
+        false,
+    )
+}
+
 #[derive(Debug, Args)]
 pub struct UpdateArgs {
     /// Install root.
