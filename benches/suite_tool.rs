@@ -37,7 +37,7 @@ impl Rng {
 fn content(rng: &mut Rng, vocab: &[Vec<u8>], len: usize, out: &mut Vec<u8>) {
     out.clear();
     while out.len() < len {
-        if out.len() % 8192 < 16 && rng.next() % 2 == 0 {
+        if out.len() % 8192 < 16 && rng.next().is_multiple_of(2) {
             for _ in 0..64 {
                 out.extend_from_slice(&rng.next().to_le_bytes());
             }
@@ -45,9 +45,13 @@ fn content(rng: &mut Rng, vocab: &[Vec<u8>], len: usize, out: &mut Vec<u8>) {
         }
         let r = rng.next();
         // Skewed choice: small indexes are more frequent, as in real text and code.
-        let idx = ((r & 0xffff) * ((r >> 16) & 0xffff) >> 20) as usize % vocab.len();
+        let idx = (((r & 0xffff) * ((r >> 16) & 0xffff)) >> 20) as usize % vocab.len();
         out.extend_from_slice(&vocab[idx]);
-        out.push(if (r >> 40) % 13 == 0 { b'\n' } else { b' ' });
+        out.push(if (r >> 40).is_multiple_of(13) {
+            b'\n'
+        } else {
+            b' '
+        });
     }
     out.truncate(len);
 }
@@ -57,7 +61,12 @@ fn vocabulary(seed: u64) -> Vec<Vec<u8>> {
     (0..4096)
         .map(|_| {
             let n = 2 + (rng.next() % 11) as usize;
-            (0..n).map(|_| b"etaoinshrdlucmfwypvbgkqjxz_0123456789ETAOIN(){};=.,"[(rng.next() % 51) as usize]).collect()
+            (0..n)
+                .map(|_| {
+                    b"etaoinshrdlucmfwypvbgkqjxz_0123456789ETAOIN(){};=.,"
+                        [(rng.next() % 51) as usize]
+                })
+                .collect()
         })
         .collect()
 }
@@ -66,7 +75,8 @@ fn file_path(out: &Path, i: usize, files: usize) -> PathBuf {
     if files == 1 {
         out.join("blob.bin")
     } else {
-        out.join(format!("d{:04}", i / 100)).join(format!("f{i:07}.dat"))
+        out.join(format!("d{:04}", i / 100))
+            .join(format!("f{i:07}.dat"))
     }
 }
 
@@ -96,7 +106,10 @@ fn gen_cmd(out: &Path, bytes: u64, files: usize, seed: u64) {
 }
 
 fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-    let mut entries: Vec<_> = fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut entries: Vec<_> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     entries.sort();
     for p in entries {
         if p.is_dir() {

@@ -91,6 +91,21 @@ if infos:
         u = r.get("unit", "")
         ref = "" if r.get("ref") is None else num(r.get("ref"), u) + (f" ({r['ref_label']})" if r.get("ref_label") else "")
         L.append(f"| {r['section']} | {r['what']} | {num(r.get('ferry'), u)} | {ref} |")
+servers = [r for r in recs if r.get("kind") == "server"]
+if servers:
+    L.append("\n## Server under 1,000 concurrent keep-alive connections (loopback)\n")
+    L.append("| load | protocol | server | requests/s | bytes/s | p50 | p99 (h2load: mean) | errors | server peak RSS |")
+    L.append("|---|---|---|---:|---:|---:|---:|---:|---:|")
+    rss = {(r["load"], r["server"]): r.get("peak_rss_kib") for r in servers if r.get("proto") == "-"}
+    def ms(v): return "–" if not isinstance(v, (int, float)) else f"{v:,.2f} ms"
+    for r in servers:
+        if r.get("proto") == "-":
+            continue
+        p99 = ms(r.get("p99_ms")) if "p99_ms" in r else ("mean " + ms(r.get("mean_ms")))
+        bps = r.get("bps")
+        L.append(f"| {r['load']} | {r['proto']} | {r['server']} | {num(r.get('rps'))} | "
+                 f"{'–' if not isinstance(bps, (int, float)) else f'{bps / 1e6:,.1f} MB/s'} | {ms(r.get('p50_ms'))} | {p99} | "
+                 f"{num(r.get('errors'))} | {num(rss.get((r['load'], r['server'])), 'KiB')} |")
 if curves:
     L.append("\n## Cost curves ([curves.png](curves.png))\n")
     L.append("| operation | input | time | peak memory |")
@@ -111,7 +126,7 @@ md = "\n".join(L) + "\n"
 os.makedirs(a.out, exist_ok=True)
 open(os.path.join(a.out, "latest.md"), "w").write(md)
 json.dump({"generated": now, "command": a.command, "wall_s": a.wall, "quick": a.quick == "1", "machine": machine,
-           "tools": tools, "targets": targets, "info": infos, "curves": curves, "notes": notes, "sections": sections},
+           "tools": tools, "targets": targets, "info": infos, "curves": curves, "servers": servers, "notes": notes, "sections": sections},
           open(os.path.join(a.out, "latest.json"), "w"), indent=1)
 print(md)
 
