@@ -67,7 +67,7 @@ OUT="$WORKROOT/out"; mkdir -p "$OUT"; : > "$OUT/records.jsonl"
 cleanup() { rm -rf "$WORKROOT"; }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" || true
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 export BIN OUT QUICK DATA SUITE="$BENCHES/suite" CACHE="$BENCHES/.cache"
 mkdir -p "$CACHE"
 

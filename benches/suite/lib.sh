@@ -55,7 +55,7 @@ http {
   default_type application/octet-stream;
   client_body_temp_path $d/b; proxy_temp_path $d/p; fastcgi_temp_path $d/f; uwsgi_temp_path $d/u; scgi_temp_path $d/s;
   server { listen 127.0.0.1:$port; root $root; }
-  $( [ -n "$h2" ] && echo "server { listen 127.0.0.1:$h2; http2 on; root $root; }" )
+  $( [ -n "$h2" ] && echo "server { listen 127.0.0.1:$h2 http2; root $root; }" )
 }
 CONF
   "$NGINX" -c "$d/nginx.conf" -p "$d" </dev/null & NGINX_PID=$!

@@ -6,7 +6,7 @@
 # fresh for each kind of request: its peak RSS (VmHWM; nginx: master + workers) is that
 # run's. wrk picks a random offset per request; h2load repeats one range.
 source "$(dirname "$0")/lib.sh"
-if [ "$QUICK" = 1 ]; then SIZE=64000000; DUR=3; else SIZE=268435456; DUR=10; fi
+if [ "$QUICK" = 1 ]; then SIZE=64000000; DUR=${SERVER_DUR:-3}; else SIZE=268435456; DUR=10; fi
 CONNS=1000; NP=$(nproc)
 for t in wrk h2load; do command -v $t >/dev/null || { note "$t missing (apt-get install -y wrk nghttp2-client): its rows are missing"; }; done
 mkdir -p "$WORK/src"
@@ -96,7 +96,7 @@ for kind in head r64k r4m; do
       rec kind=server proto="HTTP/1.1 (wrk)" server="$srv" load="$label" $(parse_wrk "$WORK/wrk.txt")
     fi
     if command -v h2load >/dev/null; then
-      timeout $(( DUR + 60 )) h2load -t"$NP" -c"$CONNS" -m1 -D "$DUR" ${hdr:+-H "$hdr"} "http://127.0.0.1:$H2$path" > "$WORK/h2.txt" 2>&1 || true
+      timeout $(( DUR + 40 )) h2load -t"$NP" -c"$CONNS" -m1 -D "$DUR" -N 5 -T $(( DUR + 10 )) ${hdr:+-H "$hdr"} "http://127.0.0.1:$H2$path" > "$WORK/h2.txt" 2>&1 || true
       rec kind=server proto="HTTP/2 (h2load)" server="$srv" load="$label" $(parse_h2 "$WORK/h2.txt")
     fi
     rec kind=server proto="-" server="$srv" load="$label" peak_rss_kib="$(hwm_tree "$SRV_PID")"
