@@ -12,7 +12,8 @@
 # Builds ferry in the release profile into target/bench-release, installs nginx, zstd,
 # bsdiff, wrk, nghttp2-client (h2load), gnuplot and time with apt-get when missing, runs
 # benches/suite/*.sh (one measurement each) and writes benches/results/latest.md,
-# latest.json (with the machine's description) and curves.png. The criterion
+# latest.json (with the machine's description), curves.png and records.jsonl (the raw
+# rows: benches/suite/report.py --records ... rebuilds the others from it). The criterion
 # micro-benchmarks are separate: cargo bench -p ferry-benches.
 set -euo pipefail
 BENCHES="$(cd "$(dirname "$0")" && pwd)"
@@ -85,6 +86,7 @@ done
 
 # ---- report ----
 mkdir -p "$BENCHES/results"
+cp "$OUT/records.jsonl" "$BENCHES/results/records.jsonl"
 python3 "$BENCHES/suite/report.py" --records "$OUT/records.jsonl" --out "$BENCHES/results" \
   --command "benches/run.sh $ARGS" --quick "$QUICK" --wall "$(( $(date +%s) - START ))" --bin "$BIN"
 echo "written: benches/results/latest.md, latest.json, curves.png ($(( $(date +%s) - START )) s)" >&2

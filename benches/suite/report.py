@@ -30,9 +30,10 @@ machine = {
 }
 tools = {
     "ferry": sh("git rev-parse --short HEAD") + (" (+ uncommitted)" if sh("git status --porcelain -- format server client") else ""),
-    "rustc": sh("rustc --version"), "zstd": sh("zstd --version"), "nginx": sh("nginx -v 2>&1 || /usr/sbin/nginx -v 2>&1"),
-    "curl": sh("curl --version | head -1"), "wrk": sh("wrk --version 2>&1 | head -1"),
-    "h2load": sh("h2load --version 2>&1 | head -1"), "bsdiff": sh("dpkg-query -W -f='${Version}' bsdiff"),
+    "rustc": sh("rustc --version | cut -d' ' -f2"), "zstd": sh("zstd --version | grep -o 'v[0-9.]*' | head -1"),
+    "nginx": sh("(nginx -v 2>&1 || /usr/sbin/nginx -v 2>&1) | sed 's/.*nginx\\///'"),
+    "curl": sh("curl --version | head -1 | cut -d' ' -f2"), "wrk": sh("dpkg-query -W -f='${Version}' wrk"),
+    "h2load": sh("h2load --version 2>&1 | head -1 | sed 's/.*nghttp2\\///'"), "bsdiff": sh("dpkg-query -W -f='${Version}' bsdiff"),
 }
 now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
@@ -65,6 +66,9 @@ sections = [r for r in recs if r.get("kind") == "section"]
 for r in targets:
     r["status"] = status(r)
 
+def cell(v):
+    return str(v).replace("|", "\\|")
+
 L = []
 L.append("# ferry benchmark suite: latest run\n")
 L.append(f"Generated {now} by `{a.command}` in {a.wall} s{' (--quick: small sizes, esbuild pair)' if a.quick == '1' else ''}.")
@@ -82,7 +86,7 @@ for r in targets:
     ref = num(r.get("ref"), u) + (f" ({r['ref_label']})" if r.get("ref_label") else "")
     what = r["what"] + (f" — {r['detail']}" if r.get("detail") else "")
     x = r.get("ratio")
-    L.append(f"| {r['section']} | {what} | {num(r.get('ferry'), u)} | {ref} | {x if x is not None else '–'} | {r.get('op', '')} {r.get('target', '')} | {r['status']} |")
+    L.append(f"| {r['section']} | {cell(what)} | {num(r.get('ferry'), u)} | {cell(ref)} | {x if x is not None else '–'} | {r.get('op', '')} {r.get('target', '')} | {r['status']} |")
 if infos:
     L.append("\n## Other figures\n")
     L.append("| section | measurement | ferry | reference |")
@@ -90,7 +94,7 @@ if infos:
     for r in infos:
         u = r.get("unit", "")
         ref = "" if r.get("ref") is None else num(r.get("ref"), u) + (f" ({r['ref_label']})" if r.get("ref_label") else "")
-        L.append(f"| {r['section']} | {r['what']} | {num(r.get('ferry'), u)} | {ref} |")
+        L.append(f"| {r['section']} | {cell(r['what'])} | {num(r.get('ferry'), u)} | {cell(ref)} |")
 servers = [r for r in recs if r.get("kind") == "server"]
 if servers:
     L.append("\n## Server under 1,000 concurrent keep-alive connections (loopback)\n")
