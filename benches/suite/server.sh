@@ -98,6 +98,7 @@ for kind in head r64k r4m; do
     if command -v h2load >/dev/null; then
       timeout $(( DUR + 40 )) h2load -t"$NP" -c"$CONNS" -m1 -D "$DUR" -N 5 -T $(( DUR + 10 )) ${hdr:+-H "$hdr"} "http://127.0.0.1:$H2$path" > "$WORK/h2.txt" 2>&1 || true
       rec kind=server proto="HTTP/2 (h2load)" server="$srv" load="$label" $(parse_h2 "$WORK/h2.txt")
+      grep -q "^finished in" "$WORK/h2.txt" || note "h2load against $srv ($label) printed no summary within $(( DUR + 40 )) s (killed by timeout): last line \"$(tail -1 "$WORK/h2.txt")\""
     fi
     rec kind=server proto="-" server="$srv" load="$label" peak_rss_kib="$(hwm_tree "$SRV_PID")"
     stop_pid "$SRV_PID"

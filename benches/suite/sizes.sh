@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Generated single-file releases at three sizes (100 MB, 1 GiB, 4 GiB; --quick: 20 MB,
 # 100 MB), published at zstd level 3 (generated data; real releases use the default 19):
-# - publish: whole command vs `zstd -3 -T$(nproc)` over the same file; the chunk+hash stage
+# - publish (a ratio at every size): whole command vs `zstd -3 -T$(nproc)` over the same file; the chunk+hash stage
 #   (replayed by suite-tool chunk-stage) vs FastCDC + blake3 alone; CPU use; peak RSS
 # - fresh install over a loopback nginx vs `curl URL | zstd -d -o FILE` of the same file
 #   compressed by zstd -3, both followed by one `sync`; the agent's peak RssAnon
@@ -10,7 +10,6 @@
 source "$(dirname "$0")/lib.sh"
 NP=$(nproc)
 if [ "$QUICK" = 1 ]; then SIZES="20000000 100000000"; else SIZES="100000000 1073741824 4294967296"; fi
-LARGEST=${SIZES##* }
 PORT=$(free_port)
 mkdir -p "$WORK/www"
 nginx_start sizes "$WORK/www" "$PORT" 1
@@ -35,14 +34,12 @@ for S in $SIZES; do
   rec kind=info what="publish $L: peak RSS" ferry="$p_rss" unit=KiB
   rec kind=info what="publish $L: CPU use (200% = 2 cores busy)" ferry="$p_cpu" unit=% ref="$(F zstd cpu_pct)" ref_label="zstd -3 -T$NP"
   rec kind=curve op=publish axis=bytes x="$S" seconds="$p_s" peak_kib="$p_rss"
-  if [ "$S" = "$LARGEST" ]; then
-    rec what="publish without diffs, generated $L (zstd 3): whole command vs zstd -3 -T$NP" compare=speed \
-      ferry="$p_s" ref="$z_s" unit=s ref_label="zstd -3 -T$NP" op=">=" target=0.8 \
-      detail="archive $(mib "$arch") MiB, zstd $(mib "$(stat -c %s "$WORK/www/blob.zst")") MiB"
-    rec what="publish chunk+hash stage, generated $L: ferry's path vs FastCDC+blake3 alone" compare=speed \
-      ferry="$st_f" ref="$st_r" unit=s ref_label="FastCDC v2020 over mmap + blake3 per chunk" op=">=" target=0.8 \
-      detail="replayed by suite-tool chunk-stage (publish does not time its stages): chunk_reader over BufReader + file blake3, one thread"
-  fi
+  rec what="publish without diffs, generated $L (zstd 3): whole command vs zstd -3 -T$NP" compare=speed \
+    ferry="$p_s" ref="$z_s" unit=s ref_label="zstd -3 -T$NP" op=">=" target=0.8 \
+    detail="archive $(mib "$arch") MiB, zstd $(mib "$(stat -c %s "$WORK/www/blob.zst")") MiB"
+  rec what="publish chunk+hash stage, generated $L: ferry's path vs FastCDC+blake3 alone" compare=speed \
+    ferry="$st_f" ref="$st_r" unit=s ref_label="FastCDC v2020 over mmap + blake3 per chunk" op=">=" target=0.8 \
+    detail="replayed by suite-tool chunk-stage (publish does not time its stages): chunk_reader over BufReader + file blake3, one thread"
 
   # fresh install over nginx vs curl | zstd -d
   ferry_init "$WORK/root" "http://127.0.0.1:$PORT/repo"
@@ -57,11 +54,9 @@ for S in $SIZES; do
   lim=$(( 65536 + man / 1024 ))
   rec what="client RssAnon peak, fresh install of $L (limit 64 MiB + manifest $(mib "$man") MiB)" compare=size \
     ferry="$anon" ref="$lim" unit=KiB ref_label="64 MiB + manifest" op="<=" target=1.0
-  if [ "$S" = "$LARGEST" ]; then
-    rec what="fresh install over loopback nginx, generated $L: ferry update + sync vs curl | zstd -d + sync" compare=speed \
-      ferry="$i_s" ref="$(F ref wall_s)" unit=s ref_label="curl | zstd -d -o FILE; sync" op=">=" target=0.8 \
-      detail="downloaded $(mib "$(J "$WORK/inst.upd.json" bytes_downloaded)") MiB in $(J "$WORK/inst.upd.json" requests) requests"
-  fi
+  rec what="fresh install over loopback nginx, generated $L: ferry update + sync vs curl | zstd -d + sync" compare=speed \
+    ferry="$i_s" ref="$(F ref wall_s)" unit=s ref_label="curl | zstd -d -o FILE; sync" op=">=" target=0.8 \
+    detail="downloaded $(mib "$(J "$WORK/inst.upd.json" bytes_downloaded)") MiB in $(J "$WORK/inst.upd.json" requests) requests"
 
   # fresh install from ferry-server serve: the server's peak memory
   SP=$(free_port)
