@@ -1,12 +1,21 @@
 //! Throughput of the format's hot paths on this machine: chunking, chunk ids,
 //! per-chunk compression and decompression, manifest signing and verification, and
-//! archive planning. Run with `cargo bench -p ferry-benches`; criterion prints MB/s.
+//! archive planning, binary diff application, and Range / Content-Range parsing. Run
+//! with `cargo bench -p ferry-benches`; criterion prints MB/s. A manifest decode
+//! without verification is not public (`fuzzing` feature only): `verify_and_decode`
+//! is the decode figure.
 
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use ferry_format::chunking::{ChunkParams, chunk_slice, compress_chunk, decompress_chunk};
+use ferry_format::content_range::parse_content_range;
+use ferry_format::delta::apply::{ConcatBase, apply};
+use ferry_format::delta::encode::{Sinks, encode};
+use ferry_format::delta::pack::{object_in_memory, pack_in_memory};
+use ferry_format::delta::{BSDIFF_V2, DiffHeader};
 use ferry_format::envelope::TrustedKeys;
+use ferry_format::envelope::{Envelope, ObjectKind};
 use ferry_format::head::ReleaseRef;
 use ferry_format::id::{ChunkId, Digest, ObjectRef};
 use ferry_format::keys::SecretKey;
@@ -138,5 +147,101 @@ fn manifest(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, chunking, compression, manifest);
+/// A base and a new release that differs by scattered edits and one moved block,
+/// as a diff object; applied in memory, output discarded.
+fn diff_apply(c: &mut Criterion) {
+    let old = noise(8 << 20);
+    let mut new = old.clone();
+    for i in (0..new.len()).step_by(4099) {
+        new[i] = new[i].wrapping_add(1);
+    }
+    new[1 << 20..(1 << 20) + (256 << 10)].copy_from_slice(&old[5 << 20..(5 << 20) + (256 << 10)]);
+    let (control, diff, extra, _) = encode(
+        &old,
+        &new,
+        Sinks {
+            control: Vec::new(),
+            diff: Vec::new(),
+            extra: Vec::new(),
+        },
+    )
+    .unwrap();
+    let packed = pack_in_memory(&control, &diff, &extra).unwrap();
+    let header = DiffHeader {
+        algorithm: BSDIFF_V2,
+        base_manifest: Digest::of(b""),
+        base_size: old.len() as u64,
+        target_size: new.len() as u64,
+        target_chunks: 0,
+        layout: packed.layout,
+        streams: packed.streams.iter().map(|(h, _)| *h).collect(),
+    };
+    let object = object_in_memory(&header, &packed);
+    let mut g = c.benchmark_group("diff");
+    g.throughput(Throughput::Bytes(new.len() as u64));
+    g.sample_size(10);
+    g.bench_function("apply_8MiB", |b| {
+        b.iter(|| {
+            let (header, start) = DiffHeader::decode_prefix(&object, object.len() as u64).unwrap();
+            let streams: Vec<&[u8]> = header
+                .stream_ranges(start)
+                .into_iter()
+                .map(|(o, l)| &object[o as usize..(o + l) as usize])
+                .collect();
+            let mut n = 0u64;
+            apply(
+                &header,
+                &ConcatBase::new(vec![&old]),
+                streams,
+                &mut |b: &[u8]| {
+                    n += b.len() as u64;
+                    Ok(())
+                },
+            )
+            .unwrap();
+            n
+        })
+    });
+    g.finish();
+}
+
+/// The server's answer to a Range header and the client's parse of Content-Range.
+fn ranges(c: &mut Criterion) {
+    let mut g = c.benchmark_group("range");
+    g.bench_function("serve_decide_range", |b| {
+        b.iter(|| {
+            ferry_server::serve::range::decide(
+                black_box(Some("bytes=1048576-1114111")),
+                268_435_456,
+            )
+        })
+    });
+    g.bench_function("serve_decide_suffix", |b| {
+        b.iter(|| ferry_server::serve::range::decide(black_box(Some("bytes=-65536")), 268_435_456))
+    });
+    g.bench_function("client_parse_content_range", |b| {
+        b.iter(|| parse_content_range(black_box("bytes 1048576-1114111/268435456")).unwrap())
+    });
+    g.finish();
+}
+
+/// The signed envelope alone (no signature check, no body decode).
+fn envelope(c: &mut Criterion) {
+    let m = big_manifest();
+    let key = SecretKey::from_seed([3; 32]);
+    let bytes = m.sign(&[&key]).unwrap();
+    c.bench_function("manifest_1000_files/envelope_decode", |b| {
+        b.iter(|| Envelope::decode(ObjectKind::Manifest, black_box(&bytes)).unwrap())
+    });
+}
+
+criterion_group!(
+    benches,
+    chunking,
+    compression,
+    manifest,
+    diff_apply,
+    ranges,
+    envelope
+);
 criterion_main!(benches);

@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# The largest real release and the polars pair (--quick: esbuild 0.24.0 -> 0.24.1),
+# publish at its default zstd level (19), served by a loopback nginx:
+# - publish FROM (no diffs: the channel is empty) vs `zstd -19 -T$(nproc)` of the same file;
+#   the chunk+hash stage (suite-tool chunk-stage) vs FastCDC + blake3 alone
+# - fresh install of FROM vs curl | zstd -d of that zstd file, both + sync
+# - publish TO (with its diff), then the whole `ferry update` FROM -> TO vs `bspatch` +
+#   sync of its output (the bsdiff patch is made once and cached in benches/.cache);
+#   the in-process kernel (diff-eval --apply-object on the diff object publish wrote)
+#   reported on its own, labelled
+source "$(dirname "$0")/lib.sh"
+NP=$(nproc)
+if [ "$QUICK" = 1 ]; then PROD=esbuild; FROM=0.24.0; TO=0.24.1; FILE=esbuild
+else PROD=polars; FROM=1.17.0; TO=1.17.1; FILE=polars.abi3.so; fi
+OLD="$DATA/releases/$PROD/$FROM/$FILE"; NEW="$DATA/releases/$PROD/$TO/$FILE"
+[ -f "$OLD" ] && [ -f "$NEW" ] || { note "missing $OLD or $NEW: run bash ../shared/bench/fetch-data.sh --chain $DATA"; exit 1; }
+SZ=$(stat -c %s "$OLD")
+PORT=$(free_port)
+mkdir -p "$WORK/www"
+nginx_start real "$WORK/www" "$PORT" 1
+cat "$OLD" "$NEW" > /dev/null
+
+say "publish $PROD $FROM"
+publish_m pub "$WORK/www/repo" "$FROM" "$DATA/releases/$PROD/$FROM"
+M zstd zstd -q -f -19 -T"$NP" "$OLD" -o "$WORK/www/old.zst"
+stage=$("$BIN/suite-tool" chunk-stage "$OLD")
+st_f=$(echo "$stage" | python3 -c 'import json,sys; print(json.load(sys.stdin)["ferry_stage_s"])')
+st_r=$(echo "$stage" | python3 -c 'import json,sys; print(json.load(sys.stdin)["fastcdc_blake3_s"])')
+rec what="publish without diffs, $PROD $FROM ($(mib "$SZ") MiB, default level 19): whole command vs zstd -19 -T$NP" compare=speed \
+  ferry="$(F pub wall_s)" ref="$(F zstd wall_s)" unit=s ref_label="zstd -19 -T$NP" op=">=" target=0.8 \
+  detail="CPU $(F pub cpu_pct)% (zstd $(F zstd cpu_pct)%), peak RSS $(( $(F pub maxrss_kib) / 1024 )) MiB; archive $(mib "$(J "$WORK/pub.pub.json" archive_size)") MiB, zstd $(mib "$(stat -c %s "$WORK/www/old.zst")") MiB"
+rec what="publish chunk+hash stage, $PROD $FROM: ferry's path vs FastCDC+blake3 alone" compare=speed \
+  ferry="$st_f" ref="$st_r" unit=s ref_label="FastCDC v2020 over mmap + blake3 per chunk" op=">=" target=0.8 \
+  detail="replayed by suite-tool chunk-stage"
+
+say "fresh install of $FROM"
+ferry_init "$WORK/root" "http://127.0.0.1:$PORT/repo"
+update_m inst "$WORK/root"
+t0=$(now); sync; t1=$(now); i_s=$(python3 -c "print(round($(F inst wall_s) + $(delta "$t0" "$t1"), 4))")
+M ref bash -c "curl -sf http://127.0.0.1:$PORT/old.zst | zstd -q -d -o '$WORK/out' && sync"
+rm -f "$WORK/out"
+rec what="fresh install over loopback nginx, $PROD $FROM: ferry update + sync vs curl | zstd -d (zstd -19 file) + sync" compare=speed \
+  ferry="$i_s" ref="$(F ref wall_s)" unit=s ref_label="curl | zstd -d -o FILE; sync" op=">=" target=0.8 \
+  detail="downloaded $(mib "$(J "$WORK/inst.upd.json" bytes_downloaded)") MiB, RssAnon peak $(( $(F inst rss_anon_peak_kib) / 1024 )) MiB"
+
+say "publish $TO (with its diff)"
+publish_m pub2 "$WORK/www/repo" "$TO" "$DATA/releases/$PROD/$TO"
+sync
+update_m upd "$WORK/root"
+t0=$(now); sync; t1=$(now); u_s=$(python3 -c "print(round($(F upd wall_s) + $(delta "$t0" "$t1"), 4))")
+cmp -s "$WORK/root/current/$FILE" "$NEW" || note "update $FROM -> $TO: installed file differs"
+
+# bspatch reference: the patch is cached (bsdiff of polars takes minutes)
+key=$(printf '%s\n' "$(sha256sum "$OLD" | cut -c1-16)" "$(sha256sum "$NEW" | cut -c1-16)" | tr -d '\n')
+PATCH="$CACHE/bsdiff-$PROD-$FROM-$TO-$key.patch"
+if [ ! -f "$PATCH" ] && command -v bsdiff >/dev/null; then
+  say "bsdiff $PROD $FROM $TO (once; cached in benches/.cache)"
+  bsdiff "$OLD" "$NEW" "$PATCH.tmp" && mv "$PATCH.tmp" "$PATCH"
+fi
+if [ -f "$PATCH" ] && command -v bspatch >/dev/null; then
+  M bspatch bash -c "bspatch '$OLD' '$WORK/bsout' '$PATCH' && sync"
+  cmp -s "$WORK/bsout" "$NEW" || note "bspatch output differs from $TO"
+  rm -f "$WORK/bsout"
+  dl=$(J "$WORK/upd.upd.json" bytes_downloaded)
+  rec what="apply a diff end to end, $PROD $FROM -> $TO: whole ferry update over loopback nginx + sync vs bspatch + sync (stretch 5x)" compare=speed \
+    ferry="$u_s" ref="$(F bspatch wall_s)" unit=s ref_label="bspatch OLD OUT PATCH; sync" op=">=" target=3 \
+    detail="ferry downloaded $(mib "$dl") MiB in $(J "$WORK/upd.upd.json" requests) requests; bsdiff patch $(mib "$(stat -c %s "$PATCH")") MiB"
+else
+  note "bsdiff/bspatch missing: the diff target is not measured"
+fi
+# the kernel alone: the diff object publish wrote, applied in process by diff-eval
+obj=$(python3 - "$WORK/www/repo/objects" <<'PY'
+import os, sys
+for d, _, fs in os.walk(sys.argv[1]):
+    for f in fs:
+        p = os.path.join(d, f)
+        with open(p, "rb") as h:
+            if h.read(4) == b"FRYD":
+                print(p); sys.exit(0)
+PY
+)
+if [ -n "$obj" ]; then
+  "$BIN/diff-eval" --apply-object "$OLD" "$obj" > "$WORK/kernel.txt" 2>&1 || true; rm -f "$obj.out"
+  k=$(python3 -c 'import re,sys; m=re.search(r"applied (\d+) B in ([\d.]+) s .*fsync ([\d.]+) s", open(sys.argv[1]).read()); print(f"{m.group(2)} {m.group(3)} {m.group(1)}" if m else "")' "$WORK/kernel.txt")
+  if [ -n "$k" ]; then
+    set -- $k
+    rec kind=info what="diff apply kernel in process ($PROD $FROM -> $TO, diff object $(mib "$(stat -c %s "$obj")") MiB; produces the missing chunks only): apply, then fsync" \
+      ferry="$1" unit=s ref="$2" ref_label="fsync of its output (not compared: the whole command is the row above)"
+  else note "diff-eval --apply-object failed: $(tail -1 "$WORK/kernel.txt")"; fi
+else
+  note "no diff object in the repository: the kernel figure is missing"
+fi
