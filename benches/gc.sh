@@ -15,31 +15,16 @@ data=${1:-/tmp/ferry-bench-data}
 chain="$data/releases/esbuild-chain"
 [ -d "$chain" ] || { echo "gc.sh: $chain missing: run ../shared/bench/fetch-data.sh --chain $data" >&2; exit 2; }
 bin=${FERRY_BIN_DIR:-target/debug}
-weed=${SEAWEEDFS_VENV:-$HOME/.cache/ferry/seaweedfs}/bin/weed
 work=$(mktemp -d)
-weed_pid=""
-cleanup() { [ -n "$weed_pid" ] && kill "$weed_pid" 2>/dev/null; wait 2>/dev/null || true; rm -rf "$work"; }
+SEAWEEDFS_PID=""
+cleanup() { [ -n "$SEAWEEDFS_PID" ] && kill "$SEAWEEDFS_PID" 2>/dev/null; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. benches/seaweedfs.sh
 
 "$bin/ferry-server" keygen --out "$work/keys" >/dev/null
 versions=$(ls "$chain" | sort -V)
 
-s3port=$(free_port)
-cat > "$work/s3.json" <<EOF
-{"identities": [{"name": "ferry", "credentials": [{"accessKey": "bench", "secretKey": "bench-secret"}],
-  "actions": ["Admin", "Read", "List", "Tagging", "Write"]}]}
-EOF
-mkdir -p "$work/weed"
-AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench-secret "$weed" mini -dir="$work/weed" \
-  -ip=127.0.0.1 -ip.bind=127.0.0.1 -s3.port="$s3port" -master.port="$(free_port)" \
-  -volume.port="$(free_port)" -filer.port="$(free_port)" -admin.port="$(free_port)" \
-  -s3.port.iceberg=0 -s3.port.lance=0 -bucket=ferry -admin.ui=false -webdav=false \
-  -s3.config="$work/s3.json" >"$work/weed.log" 2>&1 &
-weed_pid=$!
-export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench-secret AWS_REGION=us-east-1 \
-  AWS_ENDPOINT_URL="http://127.0.0.1:$s3port" AWS_ALLOW_HTTP=true AWS_VIRTUAL_HOSTED_STYLE_REQUEST=false
-for _ in $(seq 1 300); do curl -s "http://127.0.0.1:$s3port/ferry/.probe" | grep -q NoSuchKey && break; sleep 0.1; done
+seaweedfs_start "$work/weed"
 
 echo "| repository | releases published | retained | gc wall time | objects freed | bytes freed | objects kept |"
 echo "|---|---|---|---|---|---|---|"

@@ -23,10 +23,8 @@ while [ $# -gt 0 ]; do
   esac
 done
 bin=${FERRY_BIN_DIR:-target/debug}
-weed=${SEAWEEDFS_VENV:-$HOME/.cache/ferry/seaweedfs}/bin/weed
-for b in "$bin/ferry-server" "$weed"; do
-  [ -x "$b" ] || { echo "serve-load.sh: $b missing (cargo build --workspace --bins; .ci/build-deps.sh --seaweedfs)" >&2; exit 2; }
-done
+[ -x "$bin/ferry-server" ] || { echo "serve-load.sh: $bin/ferry-server missing (cargo build --workspace --bins)" >&2; exit 2; }
+. benches/seaweedfs.sh
 nginx=$(command -v nginx || echo /usr/sbin/nginx)
 
 work=$(mktemp -d)
@@ -40,7 +38,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_http() { for _ in $(seq 1 300); do curl -s -o /dev/null "$1" && return 0; sleep 0.1; done; echo "no answer from $1" >&2; return 1; }
 
 # One incompressible file: the archive is as large as the release.
@@ -56,22 +53,8 @@ rel="objects/${archive:0:2}/${archive:2}"
 [ -f "$work/repo/$rel" ] || rel=$(cd "$work/repo" && find objects -type f -size +1M | head -1)
 bytes=$(stat -c %s "$work/repo/$rel")
 
-# SeaweedFS, as tests/harness/seaweedfs.rs starts it.
-s3port=$(free_port); mport=$(free_port); vport=$(free_port); fport=$(free_port); aport=$(free_port)
-cat > "$work/s3.json" <<EOF
-{"identities": [{"name": "ferry", "credentials": [{"accessKey": "bench", "secretKey": "bench-secret"}],
-  "actions": ["Admin", "Read", "List", "Tagging", "Write"]}]}
-EOF
-mkdir -p "$work/weed"
-AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench-secret "$weed" mini -dir="$work/weed" \
-  -ip=127.0.0.1 -ip.bind=127.0.0.1 -s3.port="$s3port" -master.port="$mport" \
-  -volume.port="$vport" -filer.port="$fport" -admin.port="$aport" -s3.port.iceberg=0 \
-  -s3.port.lance=0 -bucket=ferry -admin.ui=false -webdav=false -s3.config="$work/s3.json" \
-  >"$work/weed.log" 2>&1 &
-pids+=($!)
-export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench-secret AWS_REGION=us-east-1 \
-  AWS_ENDPOINT_URL="http://127.0.0.1:$s3port" AWS_ALLOW_HTTP=true AWS_VIRTUAL_HOSTED_STYLE_REQUEST=false
-for _ in $(seq 1 300); do curl -s "http://127.0.0.1:$s3port/ferry/.probe" | grep -q NoSuchKey && break; sleep 0.1; done
+seaweedfs_start "$work/weed" || { kill "${SEAWEEDFS_PID:-}" 2>/dev/null; exit 1; }
+pids+=("$SEAWEEDFS_PID")
 publish s3://ferry/bench >/dev/null
 
 peak_rss_mb() { awk '/VmHWM/ {printf "%.0f", $2/1024}' "/proc/$1/status"; }

@@ -82,6 +82,11 @@ pub async fn gc(store: &Store, opts: GcOptions) -> Result<GcReport> {
         referenced.extend(retired(store, opts.keep_releases).await?);
     }
     let now = SystemTime::now();
+    // A time in the future (clock skew) counts as young.
+    let young = |time: SystemTime| {
+        now.duration_since(time)
+            .map_or(true, |age| age < opts.grace)
+    };
     let mut report = GcReport {
         dry_run: opts.dry_run,
         ..GcReport::default()
@@ -96,11 +101,7 @@ pub async fn gc(store: &Store, opts: GcOptions) -> Result<GcReport> {
             report.referenced += 1;
             continue;
         }
-        // A time in the future (clock skew) counts as young.
-        let old = now
-            .duration_since(modified)
-            .is_ok_and(|age| age >= opts.grace);
-        if !old {
+        if young(modified) {
             report.young += 1;
             continue;
         }
@@ -108,11 +109,10 @@ pub async fn gc(store: &Store, opts: GcOptions) -> Result<GcReport> {
             // A publish that reuses an old object renews its time before its head
             // names it (fsutil::refresh_time, ObjectRepo::put_new): look again right
             // before deleting, so one renewed since the listing is kept.
-            let renewed = store
-                .modified(&rel)
-                .await?
-                .is_none_or(|t| now.duration_since(t).map_or(true, |age| age < opts.grace));
-            if renewed {
+            let Some(time) = store.modified(&rel).await? else {
+                continue; // deleted by someone else since the listing
+            };
+            if young(time) {
                 report.young += 1;
                 continue;
             }

@@ -99,14 +99,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 rollout: rollout.map(key_admin::RolloutChange::Percent),
             };
             let store = open(&repo)?;
-            let online = timestamp_key
-                .as_deref()
-                .map(keygen::read_secret)
-                .transpose()?;
-            let keys = match online {
-                Some(_) => Vec::new(),
-                None => read_secrets(&key)?,
-            };
+            let (online, keys) = head_signers(timestamp_key.as_deref(), &key)?;
             let text = store.write(store::Mirror::Heads(Some(&channel)), |repo| {
                 let text = match &online {
                     Some(k) => key_admin::refresh_online(repo, &channel, k, opts)?,
@@ -143,14 +136,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 Some(ferry_format::requirements::Requirements::new(labels).context("--labels")?)
             };
             let store = open(&repo)?;
-            let online = timestamp_key
-                .as_deref()
-                .map(keygen::read_secret)
-                .transpose()?;
-            let keys = match online {
-                Some(_) => Vec::new(),
-                None => read_secrets(&key)?,
-            };
+            let (online, keys) = head_signers(timestamp_key.as_deref(), &key)?;
             let report = store.write(store::Mirror::Heads(Some(&channel)), |repo| {
                 let signer = match &online {
                     Some(k) => rollout::Signer::Online(k),
@@ -295,16 +281,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             cache_size,
         } => {
             let store = open(&repo)?;
-            if let (store::Store::Object(_), Some(db)) = (&store, &fleet_db)
-                && !db.starts_with("postgres://")
-                && !db.starts_with("postgresql://")
-            {
-                tracing::warn!(
-                    "--fleet-db {db} is a file on this machine: other servers on {} will not \
-                     share its reports or halts (use --fleet-db postgres://… for several)",
-                    store.name()
-                );
-            }
             if let Some(dir) = &cache_dir {
                 store
                     .use_cache(dir, cache_size)
@@ -409,6 +385,21 @@ fn print_key_pair(files: &keygen::KeyPairFiles) {
         "public key: {} (give it to clients)",
         files.public.display()
     );
+}
+
+/// Who signs a head change: the online key of `--timestamp-key` when given, else the
+/// publishing keys of `--key`.
+fn head_signers(
+    timestamp_key: Option<&std::path::Path>,
+    key: &[std::path::PathBuf],
+) -> anyhow::Result<(
+    Option<ferry_format::keys::SecretKey>,
+    Vec<ferry_format::keys::SecretKey>,
+)> {
+    match timestamp_key {
+        Some(path) => Ok((Some(keygen::read_secret(path)?), Vec::new())),
+        None => Ok((None, read_secrets(key)?)),
+    }
 }
 
 fn read_secrets(

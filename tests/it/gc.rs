@@ -182,33 +182,17 @@ fn gc_during_a_publish_keeps_the_release_being_published() {
         );
     }
     let key = p.key();
-    let mut publish = Command::new(bin("ferry-server"))
+    let mut publish = Command::new(bin("ferry-server"));
+    publish
         .args(["publish", "--repo", repo.to_str().unwrap()])
         .args(["--key", key.to_str().unwrap(), "--channel", "stable"])
         .args(["--version", &v(2), "--zstd-level", "3"])
-        .arg(&big)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("publish starts");
-    let mut overlapped = 0;
+        .arg(&big);
     let mut freed_old = false;
-    let status = loop {
+    gc_while_running(publish, || {
         let text = gc(&p, &[]);
         freed_old |= listed(&text, "deleted ").contains(&old);
-        match publish.try_wait().expect("publish status") {
-            Some(status) => break status,
-            None => overlapped += 1,
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
-    let out = publish.wait_with_output().unwrap();
-    assert!(
-        status.success(),
-        "publish failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(overlapped > 0, "gc never ran while the publish did");
+    });
     assert!(freed_old, "gc still deleted the old orphan meanwhile");
 
     let server: Server = p.serve();
@@ -301,6 +285,32 @@ fn a_publish_reusing_an_old_object_renews_its_time_for_gc() {
     agent.update();
     assert_eq!(agent.active().as_deref(), Some(v(3).as_str()));
     assert_ok(&agent.ferry("verify", &[]), "verify");
+}
+
+/// Starts `publish` and runs `gc` every 50 ms until it ends; asserts that it
+/// succeeded and that gc ran at least once while it did.
+fn gc_while_running(mut publish: Command, mut gc: impl FnMut()) {
+    let mut child = publish
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("publish starts");
+    let mut overlapped = 0;
+    let status = loop {
+        gc();
+        match child.try_wait().expect("publish status") {
+            Some(status) => break status,
+            None => overlapped += 1,
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        status.success(),
+        "publish failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(overlapped > 0, "gc never ran while the publish did");
 }
 
 /// `ferry-server ARGS` against the bucket of `s3`.
@@ -425,30 +435,12 @@ fn gc_during_a_publish_into_a_bucket_keeps_the_release_being_published() {
             0o644,
         );
     }
-    let mut publish = Command::new(bin("ferry-server"))
-        .args(publish_args(&v(2), &big))
-        .envs(s3.env())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("publish starts");
-    let mut overlapped = 0;
-    let status = loop {
+    let mut publish = Command::new(bin("ferry-server"));
+    publish.args(publish_args(&v(2), &big)).envs(s3.env());
+    gc_while_running(publish, || {
         let text = in_bucket(&s3, &["gc", "--repo", &repo]);
         assert!(text.contains("freed 0 objects"), "{text}");
-        match publish.try_wait().expect("publish status") {
-            Some(status) => break status,
-            None => overlapped += 1,
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
-    let out = publish.wait_with_output().unwrap();
-    assert!(
-        status.success(),
-        "publish failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(overlapped > 0, "gc never ran while the publish did");
+    });
 
     let env = s3.env();
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();

@@ -131,6 +131,51 @@ impl Bucket {
         serde_json::from_slice(&out.stdout).expect("audit export prints JSON")
     }
 
+    /// The path of the key file `name` in the publisher's `keys/` folder.
+    pub fn key(&self, name: &str) -> String {
+        let path = self.p.dir.path().join("keys").join(name);
+        path.to_str().unwrap().to_string()
+    }
+
+    /// Writes key list 1 into the bucket: an offline root (`keys/root1.*`), the
+    /// publisher's key and an online key (`keys/online.*`), signed by the publisher
+    /// and the root. Returns what `key new-list` printed.
+    pub fn key_list_with_online_role(&self) -> String {
+        for name in ["root1", "online"] {
+            let keys = self.p.dir.path().join("keys");
+            let out = self.server(&[
+                "key",
+                "gen",
+                "--out",
+                keys.to_str().unwrap(),
+                "--name",
+                name,
+            ]);
+            assert_ok(&out, "key gen");
+        }
+        let key = |name: &str| self.key(name);
+        let out = self.server(&[
+            "key",
+            "new-list",
+            "--repo",
+            &self.repo,
+            "--root",
+            &key("root1.pub"),
+            "--publisher",
+            &key("ferry.pub"),
+            "--online",
+            &key("online.pub"),
+            "--sign",
+            &key("ferry.key"),
+            "--sign",
+            &key("root1.key"),
+            "--previous-key",
+            &key("ferry.pub"),
+        ]);
+        assert_ok(&out, "key new-list on the bucket");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// `ferry-server serve --repo s3://...` with the bucket's environment.
     pub fn serve(&self, extra: &[&str]) -> Server {
         let env = self.s3.env();
@@ -504,39 +549,8 @@ fn serve_refuses_at_start_what_it_cannot_do_with_the_repository() {
 #[test]
 fn key_lists_and_the_online_role_work_on_a_bucket() {
     let b = Bucket::new("online", 1);
-    let keys = b.p.dir.path().join("keys");
-    let key = |name: &str| keys.join(name).to_str().unwrap().to_string();
-    for name in ["root1", "online"] {
-        let out = b.server(&[
-            "key",
-            "gen",
-            "--out",
-            keys.to_str().unwrap(),
-            "--name",
-            name,
-        ]);
-        assert_ok(&out, "key gen");
-    }
-    let out = b.server(&[
-        "key",
-        "new-list",
-        "--repo",
-        &b.repo,
-        "--root",
-        &key("root1.pub"),
-        "--publisher",
-        &key("ferry.pub"),
-        "--online",
-        &key("online.pub"),
-        "--sign",
-        &key("ferry.key"),
-        "--sign",
-        &key("root1.key"),
-        "--previous-key",
-        &key("ferry.pub"),
-    ]);
-    assert_ok(&out, "key new-list on the bucket");
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = b.key_list_with_online_role();
+    let key = |name: &str| b.key(name);
     assert!(
         text.contains(&format!("written:   {}/keys/1", b.repo)),
         "{text}"

@@ -4,7 +4,7 @@
 //! rollout halts once, in the bucket's head.
 
 use ferry_tests::postgres::Postgres;
-use ferry_tests::{Agent, Server, assert_ok};
+use ferry_tests::{Agent, Server};
 use serde_json::Value;
 
 use super::fixtures::{tree_eq, v};
@@ -76,38 +76,8 @@ fn two_servers_on_one_bucket_and_one_database_are_one_fleet_and_halt_once() {
     let db = pg.database("fleet");
 
     // Key list 1 with an online role, written into the bucket: the servers' key.
-    let keys = b.p.dir.path().join("keys");
-    let key = |name: &str| keys.join(name).to_str().unwrap().to_string();
-    for name in ["root1", "online"] {
-        let out = b.server(&[
-            "key",
-            "gen",
-            "--out",
-            keys.to_str().unwrap(),
-            "--name",
-            name,
-        ]);
-        assert_ok(&out, "key gen");
-    }
-    let out = b.server(&[
-        "key",
-        "new-list",
-        "--repo",
-        &b.repo,
-        "--root",
-        &key("root1.pub"),
-        "--publisher",
-        &key("ferry.pub"),
-        "--online",
-        &key("online.pub"),
-        "--sign",
-        &key("ferry.key"),
-        "--sign",
-        &key("root1.key"),
-        "--previous-key",
-        &key("ferry.pub"),
-    ]);
-    assert_ok(&out, "key new-list on the bucket");
+    b.key_list_with_online_role();
+    let key = |name: &str| b.key(name);
     b.publish(1);
 
     // Both servers read the bucket and write the same database, with the same tokens.

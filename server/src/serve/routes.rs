@@ -238,7 +238,7 @@ async fn respond<B>(
             let part = bytes.slice(start as usize..(start + count) as usize);
             Full::new(part).map_err(|never| match never {}).boxed()
         }
-        Source::File(file) => super::file_body::body(file, start, count).await?,
+        Source::File(file) => super::file_body::body(file, start, count)?,
         Source::Remote(rel) => {
             let stream = store.open_read(&rel, start..start + count).await?;
             StreamBody::new(stream.map_ok(Frame::data)).boxed()

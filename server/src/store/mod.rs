@@ -494,7 +494,7 @@ impl Store {
         match self {
             Store::Local(repo) => {
                 let path = repo.root().join(rel);
-                let (file, len) = file_io(move || open_file(&path)).await?;
+                let (file, len) = open_file(&path)?;
                 Ok((Immutable::File(file), len))
             }
             Store::Object(o) => {
@@ -502,7 +502,7 @@ impl Store {
                 if let Some(cache) = cache
                     && let Some(path) = cache.get(hash)
                 {
-                    match file_io(move || open_file(&path)).await {
+                    match open_file(&path) {
                         Ok((file, len)) => return Ok((Immutable::File(file), len)),
                         Err(e) if e.kind() == io::ErrorKind::NotFound => cache.forget(hash),
                         Err(e) => return Err(e),
@@ -630,6 +630,8 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
 }
 
 /// Opens a regular file for reading, with its length (anything else is not found).
+/// Called on the connection's thread, as its reads are: see
+/// `serve::file_body` for why not on the blocking pool.
 fn open_file(path: &Path) -> io::Result<(std::fs::File, u64)> {
     let file = std::fs::File::open(path)?;
     let meta = file.metadata()?;
@@ -637,17 +639,4 @@ fn open_file(path: &Path) -> io::Result<(std::fs::File, u64)> {
         return Err(io::ErrorKind::NotFound.into());
     }
     Ok((file, meta.len()))
-}
-
-/// Runs the open, stat or `pread` of a served file right on the connection's thread.
-/// A repository's files are immutable and, on a serving machine, in the page cache:
-/// such a call takes microseconds, and handing it to the blocking pool cost more than
-/// it saved (twice the requests per second at 1,000 connections without it; see
-/// benches/). A cold read from a slow disk does hold up the thread's other
-/// connections meanwhile, as it does in nginx with its default `sendfile on` and no
-/// `aio threads`.
-pub async fn file_io<T: Send + 'static>(
-    f: impl FnOnce() -> io::Result<T> + Send + 'static,
-) -> io::Result<T> {
-    f()
 }

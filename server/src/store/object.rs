@@ -251,18 +251,23 @@ impl ObjectRepo {
         }
     }
 
-    /// The size of `rel`, if it exists.
-    pub async fn len(&self, rel: &str) -> Result<Option<u64>> {
+    /// The size and last-written time of `rel`, if it exists (one `HEAD`).
+    async fn meta(&self, rel: &str) -> Result<Option<(u64, std::time::SystemTime)>> {
         let (inner, key) = (self.inner.clone(), self.key(rel));
         let head = self
             .run(async move { inner.head(&key).await })
             .await
             .map_err(self.stopped(rel))?;
         match head {
-            Ok(m) => Ok(Some(m.size)),
+            Ok(m) => Ok(Some((m.size, std::time::SystemTime::from(m.last_modified)))),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(self.err("look up", rel)(e)),
         }
+    }
+
+    /// The size of `rel`, if it exists.
+    pub async fn len(&self, rel: &str) -> Result<Option<u64>> {
+        Ok(self.meta(rel).await?.map(|(size, _)| size))
     }
 
     /// Bytes `range` of `rel` as a stream (nothing is buffered beyond one network read).
@@ -305,7 +310,7 @@ impl ObjectRepo {
         match put {
             Ok(_) => Ok(Placed::Created),
             Err(object_store::Error::AlreadyExists { .. }) => {
-                if caching == Caching::Immutable && self.is_old(rel).await? {
+                if caching == Caching::Immutable && is_old(self.modified(rel).await?) {
                     self.rewrite(rel, bytes_again, caching).await?;
                 }
                 Ok(Placed::Existed)
@@ -316,26 +321,7 @@ impl ObjectRepo {
 
     /// The time `rel` was last written, if it exists.
     pub async fn modified(&self, rel: &str) -> Result<Option<std::time::SystemTime>> {
-        let (inner, key) = (self.inner.clone(), self.key(rel));
-        let head = self
-            .run(async move { inner.head(&key).await })
-            .await
-            .map_err(self.stopped(rel))?;
-        match head {
-            Ok(m) => Ok(Some(std::time::SystemTime::from(m.last_modified))),
-            Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(self.err("look up", rel)(e)),
-        }
-    }
-
-    /// Whether `rel` was last written more than [`REFRESH_AFTER`] ago (a vanished
-    /// one counts as old: writing it again restores it).
-    async fn is_old(&self, rel: &str) -> Result<bool> {
-        Ok(self
-            .modified(rel)
-            .await?
-            .and_then(|t| t.elapsed().ok())
-            .is_none_or(|age| age > REFRESH_AFTER))
+        Ok(self.meta(rel).await?.map(|(_, time)| time))
     }
 
     /// Writes `rel` again with the bytes it holds (content-addressed: readers see the
@@ -376,8 +362,9 @@ impl ObjectRepo {
             }
             return Ok(placed);
         }
-        let existed = self.len(rel).await? == Some(size);
-        if existed && !self.is_old(rel).await? {
+        let stored = self.meta(rel).await?;
+        let existed = stored.is_some_and(|(len, _)| len == size);
+        if existed && !is_old(stored.map(|(_, time)| time)) {
             progress.upload_skipped(size);
             return Ok(Placed::Existed);
         }
@@ -556,4 +543,11 @@ fn attributes(caching: Caching) -> Attributes {
     a.insert(Attribute::ContentType, super::CONTENT_TYPE.into());
     a.insert(Attribute::CacheControl, caching.header().into());
     a
+}
+
+/// Whether an object last written at `time` should be written again to renew its time
+/// (see [`REFRESH_AFTER`]); one gone meanwhile (`None`) is, which restores it.
+fn is_old(time: Option<std::time::SystemTime>) -> bool {
+    time.and_then(|t| t.elapsed().ok())
+        .is_none_or(|age| age > REFRESH_AFTER)
 }

@@ -315,7 +315,12 @@ fn fleet_view(fleet: &Fleet, s: &mut Store) -> Result<Value, FleetError> {
     channels.extend(agents.iter().map(|a| a.report.channel.clone()));
     let mut out = Vec::new();
     for channel in channels {
-        let head = fleet.head(&channel);
+        // The view still answers with the database's side when the repository cannot
+        // be read (`/healthz` reports that).
+        let head = fleet.head(&channel).unwrap_or_else(|e| {
+            tracing::warn!(channel, "cannot read the head for the fleet view: {e}");
+            None
+        });
         let rollout = halt::rollout_view(s, &channel, head.as_ref())?;
         let mut releases: BTreeMap<String, ReleaseCounts> = BTreeMap::new();
         let mut offline = Vec::new();

@@ -62,7 +62,7 @@ fn evaluate(
     channel: &str,
 ) -> Result<bool, FleetError> {
     let mirror = Mirror::Heads(Some(channel));
-    let Some(head) = fleet.head(channel) else {
+    let Some(head) = fleet.head(channel)? else {
         return Ok(false);
     };
     let release = head.current().version.clone();

@@ -137,8 +137,17 @@ pub struct Fleet {
 impl Fleet {
     /// Reads the token files and opens the database, refusing one inside the repository.
     pub fn open(opts: FleetOptions) -> Result<Fleet, FleetError> {
-        if let (FleetDb::File(path), crate::store::Store::Local(repo)) = (&opts.db, &opts.repo) {
-            check_outside(path, repo.root())?;
+        match (&opts.db, &opts.repo) {
+            (FleetDb::File(path), crate::store::Store::Local(repo)) => {
+                check_outside(path, repo.root())?;
+            }
+            (FleetDb::File(path), bucket @ crate::store::Store::Object(_)) => tracing::warn!(
+                "--fleet-db {} is a file on this machine: other servers on {} will not share \
+                 its reports or halts (use --fleet-db postgres://… for several)",
+                path.display(),
+                bucket.name()
+            ),
+            _ => {}
         }
         let agent_tokens = Tokens::load(&opts.agent_tokens)?;
         let operator_tokens = Tokens::load(&opts.operator_tokens)?;
@@ -195,18 +204,19 @@ impl Fleet {
     }
 
     /// The channel's current head as the repository holds it (one read of one small
-    /// object, also from a bucket), unverified: the fleet view only shows what it says.
-    fn head(&self, channel: &str) -> Option<ferry_format::head::ChannelHead> {
-        // Reports name channels: never let one name a path.
-        ferry_format::version::check_channel(channel).ok()?;
-        let bytes = tokio::runtime::Handle::current().block_on(self.repo_store.read_head(channel));
-        match bytes {
-            Ok(Some((bytes, _))) => ferry_format::head::inspect_head(&bytes).ok(),
-            Ok(None) => None,
-            Err(e) => {
-                tracing::warn!(channel, "cannot read the head: {e}");
-                None
-            }
+    /// object, also from a bucket), unverified: the fleet view only shows what it says,
+    /// and a halt re-reads and re-signs it through the store. `None` without a head or
+    /// for a name that is not a channel (reports name channels: never a path).
+    fn head(&self, channel: &str) -> Result<Option<ferry_format::head::ChannelHead>, FleetError> {
+        if ferry_format::version::check_channel(channel).is_err() {
+            return Ok(None);
+        }
+        let read = tokio::runtime::Handle::current().block_on(self.repo_store.read_head(channel));
+        match read? {
+            Some((bytes, _)) => Ok(Some(
+                ferry_format::head::inspect_head(&bytes).map_err(crate::error::Error::from)?,
+            )),
+            None => Ok(None),
         }
     }
 
