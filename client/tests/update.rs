@@ -53,7 +53,8 @@ fn install_update_rollback_and_attacks() {
         Path::new("bin/app")
     );
     let mode = |p: &Path| fs::symlink_metadata(p).unwrap().permissions().mode() & 0o777;
-    assert_eq!(mode(&cur.join("bin/app")), 0o755);
+    // Published 0755; every installed release file is read-only.
+    assert_eq!(mode(&cur.join("bin/app")), 0o555);
     assert_eq!(mode(&cur.join("data")), 0o555);
     assert_eq!(mode(&cur.join("data/empty")), 0o444);
     ferry(&["verify", "--root", r]).unwrap();

@@ -89,7 +89,11 @@ fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
             out.insert(rel, format!("dir {mode:o}"));
             walk(root, &path, out);
         } else {
+            // ferry installs release files without write permission (so that files
+            // shared between releases are not edited in place): the published
+            // source's write bits are not part of what is compared.
             let data = std::fs::read(&path).expect("read");
+            let mode = mode & !0o222;
             out.insert(rel, format!("file {mode:o} {}", blake3_hex(&data)));
         }
     }

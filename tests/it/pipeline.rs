@@ -25,9 +25,10 @@ fn single_file_release_installs_and_updates_by_delta() {
     assert_eq!(first["to"], "1.0.0");
     let installed = agent.current().join("tool");
     assert_eq!(std::fs::read(&installed).unwrap(), data);
+    // Executable as published, and read-only like every installed release file.
     assert_eq!(
         std::fs::metadata(&installed).unwrap().permissions().mode() & 0o777,
-        0o755
+        0o555
     );
 
     data[350_000..350_100].copy_from_slice(&[7; 100]);

@@ -136,3 +136,84 @@ fn rollback_past_the_oldest_retained_release_is_refused() {
     );
     tree_eq(&agent.current(), &sources.release(3));
 }
+
+/// Whether the filesystem holding `dir` clones files (FICLONE: btrfs, XFS): there ferry
+/// shares unchanged files by reflink, a new inode, instead of a hard link.
+fn clones_files(dir: &std::path::Path) -> bool {
+    use std::os::fd::AsRawFd;
+    let a = dir.join(".clone-probe-a");
+    let b = dir.join(".clone-probe-b");
+    std::fs::write(&a, b"probe").unwrap();
+    let src = std::fs::File::open(&a).unwrap();
+    let dst = std::fs::File::create(&b).unwrap();
+    // SAFETY: FICLONE with two descriptors open for the duration of the call.
+    #[allow(unsafe_code)]
+    let ok = unsafe { libc::ioctl(dst.as_raw_fd(), libc::FICLONE, src.as_raw_fd()) } == 0;
+    let _ = std::fs::remove_file(&a);
+    let _ = std::fs::remove_file(&b);
+    ok
+}
+
+#[test]
+fn unchanged_files_are_shared_read_only_and_one_edited_in_place_is_caught_before_a_rollback() {
+    use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
+    let (_publisher, sources, server, agent) = agent_through_three(&[]);
+    let versions = agent.root().join("versions");
+    let meta = |v: &str, f: &str| std::fs::metadata(versions.join(v).join(f)).unwrap();
+
+    // lib/libcore.so is the same in every release: one copy on disk, read-only.
+    let shared = "lib/libcore.so";
+    if clones_files(&versions) {
+        assert_ne!(meta("1.0.0", shared).ino(), meta("3.0.0", shared).ino());
+    } else {
+        assert_eq!(meta("1.0.0", shared).ino(), meta("3.0.0", shared).ino());
+        assert_eq!(
+            meta("3.0.0", shared).nlink(),
+            3,
+            "one inode for three releases"
+        );
+    }
+    // bin/app changes in every release: its own file.
+    assert_ne!(
+        meta("2.0.0", "bin/app").ino(),
+        meta("3.0.0", "bin/app").ino()
+    );
+    for f in [shared, "bin/app", "share/doc/README"] {
+        let mode = meta("3.0.0", f).permissions().mode();
+        assert_eq!(mode & 0o222, 0, "{f} is installed without write permission");
+    }
+    assert_eq!(meta("3.0.0", "bin/app").permissions().mode() & 0o777, 0o555);
+
+    // The application edits its active copy in place (same size: only the content
+    // tells): with a hard link, every release holding the file changed with it.
+    let active = agent.current().join(shared);
+    let mut perm = std::fs::metadata(&active).unwrap().permissions();
+    perm.set_mode(0o644);
+    std::fs::set_permissions(&active, perm).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&active)
+        .unwrap();
+    f.write_all_at(b"edited in place", 1000).unwrap();
+    drop(f);
+
+    let before = server.requests().len();
+    let out = agent.ferry("rollback", &["--json"]);
+    assert_ok(&out, "rollback");
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["to"], "2.0.0");
+    let err = String::from_utf8_lossy(&out.stderr);
+    if !clones_files(&versions) {
+        assert!(
+            err.contains("retained release 2.0.0 is damaged on disk")
+                && err.contains("lib/libcore.so: content hash"),
+            "the edit is named before switching: {err}"
+        );
+        assert!(r["bytes_downloaded"].as_u64().unwrap() > 0, "{r}");
+        assert!(
+            server.requests().len() > before,
+            "the damaged file was fetched again"
+        );
+    }
+    tree_eq(&agent.current(), &sources.release(2));
+}

@@ -4,6 +4,8 @@
 //! `ROOT/versions/` once complete and synced, so a crash leaves at worst a stale
 //! staging tree (deleted by the next run). Files are created with `O_EXCL|O_NOFOLLOW`
 //! and nothing is ever opened through a symlink. Memory stays bounded by one chunk.
+//! A file a retained release already holds is shared with it, not written
+//! ([`super::share`]); every file is installed read-only.
 
 use std::cell::RefCell;
 use std::fs::{self, DirBuilder, File};
@@ -19,6 +21,7 @@ use ferry_format::verified::Verified;
 
 use super::ApplyError;
 use super::diff::DiffSpool;
+use super::share::{Sharer, installed_mode};
 use super::source::LocalChunks;
 use crate::fetch::ranges::range_file;
 use crate::fsutil::{self, ctx};
@@ -95,28 +98,28 @@ impl Downloaded {
             ApplyError::CorruptDownload { source, file: path }
         })
     }
-
-    /// Checks every chunk of every downloaded range before anything is built (spooled
-    /// chunks were checked as the diff produced them), deleting
-    /// the range file of the first corrupt chunk.
-    pub fn verify_all(&self, manifest: &Manifest) -> Result<(), ApplyError> {
-        for r in &self.ranges {
-            for i in r.first_chunk..r.last_chunk {
-                self.chunk(manifest, i)?;
-            }
-        }
-        Ok(())
-    }
 }
 
-/// Builds the tree of `manifest` at `dest` (which must not exist).
+/// What [`build_tree`] did beyond writing chunks.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Built {
+    /// Files shared with a retained release instead of written (reflinks or hard
+    /// links), and their bytes.
+    pub shared_files: u64,
+    pub shared_bytes: u64,
+}
+
+/// Builds the tree of `manifest` at `dest` (which must not exist). Nothing is synced
+/// here: the caller syncs the filesystem once, when the tree is complete, before
+/// renaming it into place (one sync for the tree instead of one per file).
 pub fn build_tree(
     manifest: &Verified<Manifest>,
     dest: &Path,
     local: &mut LocalChunks,
     downloaded: &Downloaded,
-) -> Result<(), ApplyError> {
+) -> Result<Built, ApplyError> {
     let mut dirs = vec![(dest.to_path_buf(), 0o755)];
+    let mut sharer = Sharer::default();
     // Directories stay owner-writable while being filled; final modes are set last.
     ctx(
         "creating directory",
@@ -135,8 +138,17 @@ pub fn build_tree(
                 dirs.push((path, *mode));
             }
             EntryKind::File {
-                mode, hash, chunks, ..
+                mode,
+                size,
+                hash,
+                chunks,
             } => {
+                let copies = local.file_copies(hash, *size);
+                if !copies.is_empty() && sharer.share(&copies, *size, hash, *mode, &path)?.is_some()
+                {
+                    crash_point!("client::staging::file_written");
+                    continue;
+                }
                 let mut f = fsutil::create_new_file(&path)?;
                 let mut hasher = blake3::Hasher::new();
                 for &ix in chunks {
@@ -162,8 +174,7 @@ pub fn build_tree(
                         actual: actual.to_hex(),
                     });
                 }
-                fsutil::set_mode(&path, *mode)?;
-                ctx("syncing", &path, f.sync_all())?;
+                fsutil::set_mode(&path, installed_mode(*mode))?;
                 crash_point!("client::staging::file_written");
             }
             EntryKind::Symlink { target } => {
@@ -175,12 +186,12 @@ pub fn build_tree(
             }
         }
     }
-    // Deepest first, so a read-only parent never blocks its children; each directory
-    // is synced while still owner-accessible (0700), then given its final mode.
+    // Deepest first, so a read-only parent never blocks its children.
     for (dir, mode) in dirs.iter().rev() {
-        fsutil::fsync_dir(dir)?;
         fsutil::set_mode(dir, *mode)?;
-        crash_point!("client::staging::dir_synced");
     }
-    Ok(())
+    Ok(Built {
+        shared_files: sharer.reflinked + sharer.hard_linked,
+        shared_bytes: sharer.bytes,
+    })
 }

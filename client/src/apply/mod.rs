@@ -2,7 +2,8 @@
 //! on disk in retained releases, [`diff`] applies a diff object to a retained release
 //! into a spool of new chunks, [`build`] writes a new tree from local, spooled and
 //! downloaded chunks, [`check`] compares a tree on disk with its manifest, [`carry`]
-//! copies the application's own files (chosen by [`pattern`]) into a new tree.
+//! copies the application's own files (chosen by [`pattern`]) into a new tree, and
+//! [`share`] puts files a retained release already holds into it without writing them.
 //!
 //! Only `Verified<Manifest>` values enter here; every chunk's bytes are hashed against
 //! its id immediately before they are written, whether they come from a local release
@@ -13,6 +14,7 @@ pub mod carry;
 pub mod check;
 pub mod diff;
 pub mod pattern;
+pub mod share;
 pub mod source;
 
 use std::path::PathBuf;

@@ -3,19 +3,21 @@
 //!
 //! The index is built from the retained releases' verified manifests: a file's chunks
 //! sit at the cumulative sizes of the chunks before them. A location only counts once
-//! its bytes, read through a memory map, hash to the chunk id: the files could have
-//! been edited by someone since install, and the plan must be exact. Good locations
-//! are cached, and re-hashed once more when they are copied.
+//! its bytes hash to the chunk id, or its whole file hashes to the file's signed hash
+//! (a file the new release keeps unchanged is checked that way, in one pass): the
+//! files could have been edited by someone since install, and the plan must be exact.
+//! Good locations are cached, and re-hashed once more when they are copied.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use ferry_format::id::ChunkId;
+use ferry_format::id::{ChunkId, Digest};
 use ferry_format::manifest::{EntryKind, Manifest};
 use ferry_format::verified::Verified;
 use memmap2::Mmap;
 
 use super::ApplyError;
+use super::check::hash_file;
 use crate::fsutil;
 
 /// A retained release usable as a chunk source.
@@ -32,10 +34,23 @@ struct Location {
     size: u32,
 }
 
+/// A file of a retained release, with where its chunks sit in it.
+#[derive(Clone, Debug)]
+struct FileCopy {
+    path: PathBuf,
+    size: u64,
+    chunks: Vec<(ChunkId, Location)>,
+}
+
 /// Chunk id -> where the chunk can be found on disk.
 pub struct LocalChunks {
     candidates: HashMap<ChunkId, Vec<Location>>,
     good: HashMap<ChunkId, Location>,
+    /// File content hash -> the retained files listed with it.
+    files: HashMap<Digest, Vec<FileCopy>>,
+    /// File content hash -> a retained file that hashed to it during
+    /// [`Self::verify_wanted`].
+    good_files: HashMap<Digest, PathBuf>,
     /// The last mapped file: consecutive chunks of a new file usually come from the
     /// same old file, so one entry avoids most re-mapping.
     mapped: Option<(PathBuf, Option<Mmap>)>,
@@ -45,38 +60,98 @@ impl LocalChunks {
     /// Indexes every file chunk of `releases`.
     pub fn index(releases: &[LocalRelease]) -> Self {
         let mut candidates: HashMap<ChunkId, Vec<Location>> = HashMap::new();
+        let mut files: HashMap<Digest, Vec<FileCopy>> = HashMap::new();
         for rel in releases {
             let m = &rel.manifest;
             for e in &m.entries {
-                let EntryKind::File { chunks, .. } = &e.kind else {
+                let EntryKind::File {
+                    chunks, hash, size, ..
+                } = &e.kind
+                else {
                     continue;
                 };
                 let file = rel.tree.join(&e.path);
                 let mut offset = 0u64;
+                let mut located = Vec::with_capacity(chunks.len());
                 for &ix in chunks {
                     // Verified manifests only name chunks inside their table.
                     let Some(c) = m.chunks.get(ix as usize) else {
                         break;
                     };
-                    candidates.entry(c.id).or_default().push(Location {
+                    let loc = Location {
                         file: file.clone(),
                         offset,
                         size: c.size,
-                    });
+                    };
+                    candidates.entry(c.id).or_default().push(loc.clone());
+                    located.push((c.id, loc));
                     offset += u64::from(c.size);
                 }
+                files.entry(*hash).or_default().push(FileCopy {
+                    path: file,
+                    size: *size,
+                    chunks: located,
+                });
             }
         }
         LocalChunks {
             candidates,
             good: HashMap::new(),
+            files,
+            good_files: HashMap::new(),
             mapped: None,
+        }
+    }
+
+    /// Retained files listed with content `hash` and `size`, one that hashed right
+    /// during [`Self::verify_wanted`] first: candidates for sharing a whole file
+    /// (`share`), which hashes whichever it takes again.
+    pub fn file_copies(&self, hash: &Digest, size: u64) -> Vec<PathBuf> {
+        let good = self.good_files.get(hash);
+        let mut out: Vec<PathBuf> = good.into_iter().cloned().collect();
+        if let Some(copies) = self.files.get(hash) {
+            out.extend(
+                copies
+                    .iter()
+                    .filter(|c| c.size == size && Some(&c.path) != good)
+                    .map(|c| c.path.clone()),
+            );
+        }
+        out
+    }
+
+    /// Hashes whole retained files that should equal files of `wanted` (same content
+    /// hash in their signed manifests): one that does vouches for all of its chunks at
+    /// once, read in large blocks on every core rather than chunk by chunk.
+    fn verify_whole_files(&mut self, wanted: &Manifest) {
+        for e in &wanted.entries {
+            let EntryKind::File { hash, size, .. } = &e.kind else {
+                continue;
+            };
+            if self.good_files.contains_key(hash) {
+                continue;
+            }
+            let Some(copies) = self.files.get(hash) else {
+                continue;
+            };
+            let Some(copy) = copies
+                .iter()
+                .filter(|c| c.size == *size)
+                .find(|c| hash_file(&c.path).is_ok_and(|h| h == *hash))
+            else {
+                continue;
+            };
+            for (id, loc) in &copy.chunks {
+                self.good.entry(*id).or_insert_with(|| loc.clone());
+            }
+            self.good_files.insert(*hash, copy.path.clone());
         }
     }
 
     /// Hashes the local copies of every chunk `wanted` uses and remembers one good
     /// copy per chunk. Returns how many chunks are available locally.
     pub fn verify_wanted(&mut self, wanted: &Manifest) -> usize {
+        self.verify_whole_files(wanted);
         let mut work: Vec<(ChunkId, Location)> = wanted
             .chunks
             .iter()

@@ -154,11 +154,13 @@ fn rollback(
     let retained_record = root.state.release(&version).cloned();
     let mut local = None;
     if let Some(record) = &retained_record {
-        // Retained: an instant local switch, after a quick shape check of the tree
-        // (`ferry verify` does the full content check). Files the application wrote
-        // there are part of that release's state, not damage.
+        // Retained: a local switch, after a check of the tree's shape and of the
+        // content of every file it shares with another release (an application that
+        // edited its active release in place edited those too; `ferry verify` checks
+        // every file). Files the application wrote there are part of that release's
+        // state, not damage.
         let manifest = root.load_manifest(record)?;
-        let check = check_tree(&manifest, &root.release_dir(record), Depth::Shape);
+        let check = check_tree(&manifest, &root.release_dir(record), Depth::Shared);
         if check.is_intact() {
             local = Some(manifest);
         } else {

@@ -19,6 +19,7 @@ use super::report::{self, Out};
 use super::root::Root;
 use super::update::Mode;
 use crate::agent::hooks::{self, HookEnv};
+use crate::apply::check::{Depth, check_tree};
 use crate::install::state::Trial;
 
 /// How a switch ended.
@@ -190,6 +191,22 @@ fn switch_back(root: &mut Root, trial: &Trial, reason: &str, out: Out) -> Result
     let manifest = root
         .load_manifest(&record)
         .with_context(|| format!("switching back to {}", record.version))?;
+    // The trial may have edited files it shares with the previous release: switching
+    // back to a damaged tree would trade one broken release for another. Staying put,
+    // the next update passes over the bad release and builds the previous one anew.
+    let check = check_tree(&manifest, &root.release_dir(&record), Depth::Shared);
+    if !check.is_intact() {
+        root.save_state()?;
+        out.info(&format!(
+            "{} failed ({reason}) but {} is damaged on disk ({} problem(s), first: {}): it stays active, marked bad; the next update rebuilds {}",
+            trial.version,
+            record.version,
+            check.damage.len(),
+            check.damage[0],
+            record.version
+        ));
+        return Ok(());
+    }
     deliver::activate(root, &manifest, record.manifest_size, record.folder())?;
     root.save_state()?;
     out.info(&format!(

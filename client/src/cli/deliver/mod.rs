@@ -207,17 +207,26 @@ fn build_release(
         remote.download(manifest, &ranges, &downloads)?;
     }
     drop(bar);
+    // Each downloaded chunk is decompressed and checked against its id as the tree
+    // is built, once: a corrupt one stops the build, its range file deleted, before
+    // anything is renamed into place.
     let downloaded = Downloaded::new(&downloads, manifest, &ranges).with_spool(spool);
-    downloaded
-        .verify_all(manifest)
-        .with_context(|| format!("checking downloaded chunks of {version}"))?;
 
     let staging = layout.staging_tree(&version);
     fsutil::remove_tree(&staging)?;
-    build_tree(manifest, &staging, &mut local, &downloaded)
+    let built = build_tree(manifest, &staging, &mut local, &downloaded)
         .with_context(|| format!("building {version} in {}", staging.display()))?;
+    if built.shared_files > 0 {
+        tracing::info!(
+            "{} unchanged file(s) ({}) shared with retained releases, not written",
+            built.shared_files,
+            report::bytes(built.shared_bytes)
+        );
+    }
 
     carry_app_files(root, manifest, &staging, damaged.as_deref(), origin, out)?;
+    fsutil::sync_filesystem(&staging)?;
+    crash_point!("client::staging::synced");
 
     fsutil::write_atomic(&layout.manifest(&version), manifest_bytes)?;
     fsutil::create_dir_all(&layout.versions())?;
