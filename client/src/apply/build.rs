@@ -109,14 +109,65 @@ pub struct Built {
     pub shared_bytes: u64,
 }
 
+/// Downloaded chunks decoded ahead of the writer: enough to keep both cores busy,
+/// few enough to keep memory at a few MiB.
+const DECODE_AHEAD: usize = 32;
+
 /// Builds the tree of `manifest` at `dest` (which must not exist). Nothing is synced
 /// here: the caller syncs the filesystem once, when the tree is complete, before
 /// renaming it into place (one sync for the tree instead of one per file).
+///
+/// Downloaded chunks are read, decompressed and checked against their ids on a second
+/// thread, in the order the writer takes them, while this one hashes files, copies
+/// local chunks and writes: decoding is the larger half of a fresh install's work.
 pub fn build_tree(
     manifest: &Verified<Manifest>,
     dest: &Path,
     local: &mut LocalChunks,
-    downloaded: &Downloaded,
+    downloaded: Downloaded,
+) -> Result<Built, ApplyError> {
+    // Every chunk the writer will ask of the download, in its order: the decoder
+    // thread produces exactly this sequence.
+    let needed: Vec<usize> = manifest
+        .entries
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EntryKind::File { chunks, .. } => Some(chunks),
+            _ => None,
+        })
+        .flatten()
+        .map(|&ix| ix as usize)
+        .filter(|&ix| !local.has(&manifest.chunks[ix].id))
+        .collect();
+    std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::sync_channel(DECODE_AHEAD);
+        scope.spawn(move || {
+            for ix in needed {
+                let chunk = downloaded.chunk(manifest, ix);
+                let failed = chunk.is_err();
+                // A closed channel means the writer stopped: so does the decoder.
+                if tx.send(chunk).is_err() || failed {
+                    break;
+                }
+            }
+        });
+        let mut next = || {
+            rx.recv().unwrap_or_else(|_| {
+                Err(ApplyError::MissingChunk {
+                    id: "(the decoder stopped)".into(),
+                })
+            })
+        };
+        write_tree(manifest, dest, local, &mut next)
+    })
+}
+
+/// The writer's half of [`build_tree`]: `next` yields the downloaded chunks in order.
+fn write_tree(
+    manifest: &Verified<Manifest>,
+    dest: &Path,
+    local: &mut LocalChunks,
+    next: &mut dyn FnMut() -> Result<Vec<u8>, ApplyError>,
 ) -> Result<Built, ApplyError> {
     let mut dirs = vec![(dest.to_path_buf(), 0o755)];
     let mut sharer = Sharer::default();
@@ -146,6 +197,12 @@ pub fn build_tree(
                 let copies = local.file_copies(hash, *size);
                 if !copies.is_empty() && sharer.share(&copies, *size, hash, *mode, &path)?.is_some()
                 {
+                    // Its downloaded chunks, if any were planned, go unused.
+                    for &ix in chunks {
+                        if !local.has(&manifest.chunks[ix as usize].id) {
+                            next()?;
+                        }
+                    }
                     crash_point!("client::staging::file_written");
                     continue;
                 }
@@ -160,7 +217,7 @@ pub fn build_tree(
                             f.write_all(b)
                         })?
                     } else {
-                        let b = downloaded.chunk(manifest, ix)?;
+                        let b = next()?;
                         hasher.update(&b);
                         f.write_all(&b)
                     };

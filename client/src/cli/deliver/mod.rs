@@ -214,7 +214,7 @@ fn build_release(
 
     let staging = layout.staging_tree(&version);
     fsutil::remove_tree(&staging)?;
-    let built = build_tree(manifest, &staging, &mut local, &downloaded)
+    let built = build_tree(manifest, &staging, &mut local, downloaded)
         .with_context(|| format!("building {version} in {}", staging.display()))?;
     if built.shared_files > 0 {
         tracing::info!(
