@@ -2,9 +2,9 @@
 //! planner ([`plan_update`]), and the plan's lines as `ferry update` prints them.
 //!
 //! Observing is the only part that reads the disk: which chunks of the release the
-//! retained releases hold (each hashed), whether a diff's base still hashes to its
-//! manifest (the diff reads those bytes), and whether an intact copy of the release is
-//! already in `versions/`. From then on the plan is a value: printed, checked against
+//! retained releases hold (each hashed), whether a diff's base still has its files at
+//! their sizes (the diff reads those bytes; what it produces is checked chunk by
+//! chunk), and whether an intact copy of the release is already in `versions/`. From then on the plan is a value: printed, checked against
 //! the data budget, executed route by route (deliver/), and reported, never recomputed.
 //!
 //! A base edited locally, or too old for the publisher to have diffed against, leaves
@@ -18,7 +18,7 @@ use ferry_format::plan::{plan_archive, plan_update};
 
 use super::report;
 use super::root::Root;
-use crate::apply::check::{Depth, check_tree, hash_file};
+use crate::apply::check::{Depth, check_tree};
 use crate::apply::source::{LocalChunks, LocalRelease};
 use crate::install::layout::Layout;
 
@@ -51,8 +51,8 @@ pub fn observe(
     let mut local = LocalChunks::index(&releases);
     local.verify_wanted(manifest);
     let has = |id: &_| local.has(id);
-    // Hashing a base reads a whole release: only bases whose diff could beat the
-    // archive ranges are worth it (the planner skips the others as not smaller).
+    // Only bases whose diff could beat the archive ranges are worth checking (the
+    // planner skips the others as not smaller).
     let ranges = plan_archive(manifest, has, DEFAULT_MAX_GAP).download_bytes;
     let hashes: Vec<Digest> = releases.iter().map(|r| r.manifest.object_hash()).collect();
     let bases: Vec<Base> = releases
@@ -85,14 +85,16 @@ pub fn observe(
     })
 }
 
-/// Whether every regular file of `base` (the diff's base bytes) still has its
-/// manifest size and hash.
+/// Whether every regular file of `base` (the diff's base bytes) is still there with
+/// its manifest size. Its content is not hashed here: that would read the whole base
+/// once more before the diff reads it, and every chunk the diff produces is checked
+/// against its id anyway, so an edit the sizes do not show fails the diff, which
+/// falls back to the plan's next route.
 pub fn base_intact(base: &LocalRelease) -> bool {
     base.manifest.entries.iter().all(|e| match &e.kind {
-        EntryKind::File { size, hash, .. } => {
+        EntryKind::File { size, .. } => {
             let path = base.tree.join(&e.path);
             std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_file() && m.len() == *size)
-                && hash_file(&path).is_ok_and(|h| h == *hash)
         }
         _ => true,
     })
