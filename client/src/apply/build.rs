@@ -10,8 +10,11 @@
 use std::cell::RefCell;
 use std::fs::{self, DirBuilder, File};
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, FileExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use ferry_format::chunking::decompress_chunk;
 use ferry_format::id::Digest;
@@ -26,6 +29,28 @@ use super::source::LocalChunks;
 use crate::fetch::ranges::range_file;
 use crate::fsutil::{self, ctx};
 
+/// A download the tree is built from while it runs: the downloader says when it
+/// ended, and the reader waits for bytes until then.
+#[derive(Debug, Default)]
+pub struct Live {
+    ended: AtomicBool,
+}
+
+impl Live {
+    /// Marks the download ended (complete or failed): a reader still waiting for
+    /// bytes stops.
+    pub fn end(&self) {
+        self.ended.store(true, Ordering::Release);
+    }
+
+    fn ended(&self) -> bool {
+        self.ended.load(Ordering::Acquire)
+    }
+}
+
+/// How long a reader sleeps between looks at a range file that is still growing.
+const GROWING_POLL: Duration = Duration::from_millis(1);
+
 /// What one update fetched: archive ranges on disk (not yet trusted) and, when the
 /// plan used a diff, the spool of chunks it produced (verified, re-checked on read).
 pub struct Downloaded {
@@ -35,6 +60,7 @@ pub struct Downloaded {
     offsets: Vec<u64>,
     open: RefCell<Option<(usize, File)>>,
     spool: Option<DiffSpool>,
+    live: Option<Arc<Live>>,
 }
 
 impl Downloaded {
@@ -46,7 +72,16 @@ impl Downloaded {
             offsets: manifest.chunk_offsets(),
             open: RefCell::new(None),
             spool: None,
+            live: None,
         }
+    }
+
+    /// Reads ranges while `live` is still downloading them: a chunk is read from the
+    /// range's `.part` file as soon as its bytes are there (they are checked against
+    /// the chunk's id like any others), so decoding and writing overlap the download.
+    pub fn while_downloading(mut self, live: Arc<Live>) -> Self {
+        self.live = Some(live);
+        self
     }
 
     /// Adds the chunks a diff produced; they are taken before archive ranges.
@@ -79,8 +114,14 @@ impl Downloaded {
             })?;
         let r = &self.ranges[ri];
         let path = range_file(&self.dir, &self.archive, r);
+        let end = self.offsets[chunk] - r.start + u64::from(rec.stored_size);
         let mut open = self.open.borrow_mut();
         if open.as_ref().is_none_or(|(i, _)| *i != ri) {
+            *open = None;
+        }
+        if let Some(live) = &self.live {
+            wait_for(&mut open, ri, &path, end, live)?;
+        } else if open.is_none() {
             *open = Some((ri, ctx("opening", &path, fsutil::open_nofollow(&path))?));
         }
         let Some((_, file)) = open.as_ref() else {
@@ -95,8 +136,69 @@ impl Downloaded {
         decompress_chunk(&rec.id, rec.size, &stored).map_err(|source| {
             drop(open.take());
             let _ = fs::remove_file(&path);
+            if self.live.is_some() {
+                let mut part = path.clone().into_os_string();
+                part.push(".part");
+                let _ = fs::remove_file(part);
+            }
             ApplyError::CorruptDownload { source, file: path }
         })
+    }
+}
+
+/// Waits until range `ri` (final name `path`) holds at least `end` bytes, with the
+/// file open in `open`: the complete file, or its `.part` while it grows (a rename
+/// keeps an open descriptor valid). A file replaced under the name (a stale part the
+/// downloader deleted) is opened again. Fails once the download ended without them.
+fn wait_for(
+    open: &mut Option<(usize, File)>,
+    ri: usize,
+    path: &Path,
+    end: u64,
+    live: &Live,
+) -> Result<(), ApplyError> {
+    let mut part = path.as_os_str().to_owned();
+    part.push(".part");
+    let part = PathBuf::from(part);
+    loop {
+        // Read `ended` before looking: bytes written before it ended are then seen.
+        let ended = live.ended();
+        let current = [path, part.as_path()].into_iter().find_map(|p| {
+            fs::symlink_metadata(p)
+                .ok()
+                .filter(|m| m.is_file())
+                .map(|m| (p, m))
+        });
+        if let Some((p, meta)) = current {
+            let same = open
+                .as_ref()
+                .and_then(|(_, f)| f.metadata().ok())
+                .is_some_and(|m| m.ino() == meta.ino() && m.dev() == meta.dev());
+            if !same {
+                match fsutil::open_nofollow(p) {
+                    Ok(f) => *open = Some((ri, f)),
+                    // Renamed from `.part` between the look and the open: look again.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(ctx("opening", p, Err(e))?),
+                }
+            }
+            let len = match open.as_ref() {
+                Some((_, f)) => ctx("inspecting", p, f.metadata())?.len(),
+                None => 0,
+            };
+            if len >= end {
+                return Ok(());
+            }
+        }
+        if ended {
+            return Err(ApplyError::MissingChunk {
+                id: format!(
+                    "(the download of {} ended before byte {end})",
+                    path.display()
+                ),
+            });
+        }
+        std::thread::sleep(GROWING_POLL);
     }
 }
 
@@ -251,4 +353,99 @@ fn write_tree(
         shared_files: sharer.reflinked + sharer.hard_linked,
         shared_bytes: sharer.bytes,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_format::chunking::{ChunkParams, compress_chunk};
+    use ferry_format::id::{ChunkId, ObjectRef};
+    use ferry_format::manifest::ChunkRecord;
+    use std::io::Write as _;
+
+    /// A manifest of two chunks and the archive holding them.
+    fn two_chunks() -> (Manifest, Vec<u8>) {
+        let data = [vec![1u8; 70_000], vec![2u8; 50_000]];
+        let mut archive = Vec::new();
+        let mut chunks = Vec::new();
+        for d in &data {
+            let stored = compress_chunk(d, 3).unwrap();
+            chunks.push(ChunkRecord {
+                id: ChunkId::of(d),
+                size: d.len() as u32,
+                stored_size: stored.len() as u32,
+                generation: 1,
+            });
+            archive.extend_from_slice(&stored);
+        }
+        let manifest = Manifest {
+            channel: "stable".into(),
+            version: "1.0.0".into(),
+            generation: 1,
+            chunking: ChunkParams::default(),
+            archive: ObjectRef {
+                hash: Digest::of(&archive),
+                size: archive.len() as u64,
+            },
+            chunks,
+            entries: Vec::new(),
+            diffs: Vec::new(),
+        };
+        (manifest, archive)
+    }
+
+    #[test]
+    fn a_chunk_is_read_from_a_growing_range_as_soon_as_its_bytes_arrive() {
+        let t = tempfile::tempdir().unwrap();
+        let (m, archive) = two_chunks();
+        let range = FetchRange {
+            start: 0,
+            end: archive.len() as u64,
+            first_chunk: 0,
+            last_chunk: 2,
+        };
+        let done = range_file(t.path(), &m.archive.hash, &range);
+        let mut part = done.clone().into_os_string();
+        part.push(".part");
+        let live = Arc::new(Live::default());
+        let d = Downloaded::new(t.path(), &m, std::slice::from_ref(&range))
+            .while_downloading(live.clone());
+        let first_end = m.chunks[0].stored_size as usize;
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                // The downloader: no file yet, then the first chunk's bytes in the
+                // part file, then the rest and the rename, as fetch::ranges does.
+                std::thread::sleep(Duration::from_millis(30));
+                let mut f = fs::File::create(&part).unwrap();
+                f.write_all(&archive[..first_end]).unwrap();
+                std::thread::sleep(Duration::from_millis(30));
+                f.write_all(&archive[first_end..]).unwrap();
+                fs::rename(&part, &done).unwrap();
+                live.end();
+            });
+            assert_eq!(d.chunk(&m, 0).unwrap(), vec![1u8; 70_000]);
+            assert_eq!(d.chunk(&m, 1).unwrap(), vec![2u8; 50_000]);
+        });
+    }
+
+    #[test]
+    fn a_download_that_ends_short_fails_the_chunk_it_lacks_instead_of_waiting() {
+        let t = tempfile::tempdir().unwrap();
+        let (m, archive) = two_chunks();
+        let range = FetchRange {
+            start: 0,
+            end: archive.len() as u64,
+            first_chunk: 0,
+            last_chunk: 2,
+        };
+        let mut part = range_file(t.path(), &m.archive.hash, &range).into_os_string();
+        part.push(".part");
+        fs::write(&part, &archive[..m.chunks[0].stored_size as usize]).unwrap();
+        let live = Arc::new(Live::default());
+        live.end();
+        let d = Downloaded::new(t.path(), &m, std::slice::from_ref(&range)).while_downloading(live);
+        assert_eq!(d.chunk(&m, 0).unwrap(), vec![1u8; 70_000]);
+        let err = d.chunk(&m, 1).unwrap_err().to_string();
+        assert!(err.contains("ended before byte"), "{err}");
+    }
 }

@@ -15,6 +15,7 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use ferry_format::delta::DiffRef;
@@ -29,7 +30,7 @@ use super::plan::{self, Observed};
 use super::progress::Download;
 use super::report::{self, Out};
 use super::root::Root;
-use crate::apply::build::{Downloaded, build_tree};
+use crate::apply::build::{Downloaded, Live, build_tree};
 use crate::apply::check::{Depth, check_tree};
 use crate::apply::diff::{DiffSpool, Want, apply_to_spool, verify_object};
 use crate::apply::source::LocalRelease;
@@ -203,19 +204,41 @@ fn build_release(
     }
     // The loop ends with ranges set: the plan's last route is the archive alone.
     let ranges = ranges.unwrap_or_default();
-    if !ranges.is_empty() {
+    let staging = layout.staging_tree(&version);
+    fsutil::remove_tree(&staging)?;
+    // With one server the tree is built while its ranges arrive: download, decoding
+    // and writes overlap. With mirrors a range failing its check is fetched again
+    // from the next server after the download, so the build waits for it.
+    let overlap = !ranges.is_empty() && remote.ranges_final_as_they_arrive();
+    if !ranges.is_empty() && !overlap {
         remote.download(manifest, &ranges, &downloads)?;
     }
-    drop(bar);
     // Each downloaded chunk is decompressed and checked against its id as the tree
     // is built, once: a corrupt one stops the build, its range file deleted, before
     // anything is renamed into place.
     let downloaded = Downloaded::new(&downloads, manifest, &ranges).with_spool(spool);
-
-    let staging = layout.staging_tree(&version);
-    fsutil::remove_tree(&staging)?;
-    let built = build_tree(manifest, &staging, &mut local, downloaded)
-        .with_context(|| format!("building {version} in {}", staging.display()))?;
+    let mut build = |downloaded| {
+        build_tree(manifest, &staging, &mut local, downloaded)
+            .with_context(|| format!("building {version} in {}", staging.display()))
+    };
+    let built = if overlap {
+        let live = Arc::new(Live::default());
+        let downloaded = downloaded.while_downloading(live.clone());
+        let (fetched, built) = std::thread::scope(|scope| {
+            let builder = scope.spawn(move || build(downloaded));
+            let fetched = remote.download(manifest, &ranges, &downloads);
+            live.end();
+            (fetched, builder.join())
+        });
+        drop(bar);
+        // A failed download explains a build that ran out of bytes: it comes first.
+        fetched?;
+        built
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("building {version}: the builder panicked")))?
+    } else {
+        drop(bar);
+        build(downloaded)?
+    };
     if built.shared_files > 0 {
         tracing::info!(
             "{} unchanged file(s) ({}) shared with retained releases, not written",

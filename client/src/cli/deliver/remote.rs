@@ -319,6 +319,13 @@ impl Remote {
     /// that does not match its id are deleted and fetched from the next server (the
     /// build checks every chunk again either way; with one server there is no one
     /// else to ask, so that check is the only one).
+    /// Whether downloaded ranges are final as they arrive: with one server, yes; with
+    /// mirrors, a range failing its check is fetched again from the next one after
+    /// the download, so the tree must wait for it.
+    pub(super) fn ranges_final_as_they_arrive(&self) -> bool {
+        self.transport.len() <= 1
+    }
+
     pub(super) fn download(
         &self,
         manifest: &Manifest,
