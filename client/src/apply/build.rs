@@ -361,7 +361,6 @@ mod tests {
     use ferry_format::chunking::{ChunkParams, compress_chunk};
     use ferry_format::id::{ChunkId, ObjectRef};
     use ferry_format::manifest::ChunkRecord;
-    use std::io::Write as _;
 
     /// A manifest of two chunks and the archive holding them.
     fn two_chunks() -> (Manifest, Vec<u8>) {
