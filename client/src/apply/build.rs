@@ -157,6 +157,14 @@ fn wait_for(
     end: u64,
     live: &Live,
 ) -> Result<(), ApplyError> {
+    // The common case: the file already open has the bytes (a rename from `.part`
+    // keeps the descriptor valid); one fstat.
+    if let Some((i, f)) = open.as_ref()
+        && *i == ri
+        && f.metadata().is_ok_and(|m| m.len() >= end)
+    {
+        return Ok(());
+    }
     let mut part = path.as_os_str().to_owned();
     part.push(".part");
     let part = PathBuf::from(part);
