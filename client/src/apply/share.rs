@@ -33,7 +33,7 @@ pub fn installed_mode(mode: u32) -> u32 {
 
 /// Whether `on_disk` (the mode bits of an installed file) is what the manifest's
 /// `mode` installs: read-only, or as signed for trees installed before files were
-/// made read-only (ferry ≤ 0.12).
+/// made read-only.
 pub fn mode_matches(on_disk: u32, mode: u32) -> bool {
     on_disk == installed_mode(mode) || on_disk == mode
 }
