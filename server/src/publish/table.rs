@@ -28,12 +28,19 @@ use super::archive::Hashing;
 use super::progress::Progress;
 use crate::error::{Result, io_err};
 
-/// New chunks handed to the workers and not yet spooled, at most, per worker: bounds
-/// memory (on 2 cores, 16 x 256 KiB max chunk = 4 MiB of input, plus their frames)
-/// while every worker always finds its next chunk waiting, even when one chunk takes
-/// far longer than the others (the later ones wait, compressed, for their turn in the
-/// spool).
-const IN_FLIGHT_PER_WORKER: usize = 8;
+/// Chunks handed to the workers and not compressed yet, at most, per worker: each
+/// worker always finds its next chunk waiting, and their bytes stay few (on 2 cores,
+/// 8 x 256 KiB max chunk = 2 MiB).
+const QUEUED_PER_WORKER: usize = 4;
+
+/// Frames compressed ahead of a chunk still being compressed wait for it, up to this
+/// many bytes (plus the frames of the chunks queued by then); past it no chunk is
+/// handed out until that one is done. Compression
+/// times vary by chunk far more at high levels (a chunk at level 19 can take ten times
+/// another's), so a small window would leave workers idle behind one slow chunk:
+/// bounding the waiting frames by bytes gives a wide window (hundreds of frames at
+/// typical ratios) in bounded memory.
+const READY_BYTES: usize = 16 << 20;
 
 /// Where a chunk of a file will be in the final table, before that table is known.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,10 +60,14 @@ pub struct TableBuilder<'p> {
     new_index: HashMap<ChunkId, u32>,
     new_records: Vec<ChunkRecord>,
     workers: Workers,
-    /// New chunks not yet spooled, at most.
-    in_flight: usize,
-    /// Frames compressed out of order, waiting for the ones before them.
+    /// Chunks handed to the workers whose frame has not come back.
+    queued: usize,
+    /// The most `queued` may be.
+    max_queued: usize,
+    /// Frames compressed out of order, waiting for the ones before them, and their
+    /// bytes.
     ready: BTreeMap<u32, Vec<u8>>,
+    ready_bytes: usize,
     /// Buffers of chunks compressed, for the next chunks to copy into.
     free: Vec<Vec<u8>>,
     spool: Hashing<BufWriter<NamedTempFile>>,
@@ -126,10 +137,12 @@ impl<'p> TableBuilder<'p> {
             generation: prev.map_or(0, |m| m.generation) + 1,
             new_index: HashMap::new(),
             new_records: Vec::new(),
-            workers: Workers::start(threads, IN_FLIGHT_PER_WORKER * threads, level, &progress)
+            workers: Workers::start(threads, QUEUED_PER_WORKER * threads, level, &progress)
                 .map_err(io_err("start the compression threads for", &spool_path))?,
-            in_flight: IN_FLIGHT_PER_WORKER * threads,
+            queued: 0,
+            max_queued: QUEUED_PER_WORKER * threads,
             ready: BTreeMap::new(),
+            ready_bytes: 0,
             free: Vec::new(),
             spool: Hashing::new(BufWriter::with_capacity(1 << 20, spool)),
             spooled: 0,
@@ -175,13 +188,16 @@ impl<'p> TableBuilder<'p> {
             generation: self.generation,
         });
         self.uses_new(i);
-        while self.new_records.len() - self.spooled as usize > self.in_flight {
+        // Either wait leaves a chunk being compressed (the one the waiting frames wait
+        // for, or a queued one), so it ends.
+        while self.queued >= self.max_queued || self.ready_bytes > READY_BYTES {
             self.wait_for_one()?;
         }
         let mut copy = self.free.pop().unwrap_or_default();
         copy.clear();
         copy.extend_from_slice(data);
         self.workers.submit(i, copy);
+        self.queued += 1;
         // Spool what is done without waiting, so the workers' output does not pile up.
         while let Some(done) = self.workers.try_done() {
             self.take(done)?;
@@ -199,9 +215,13 @@ impl<'p> TableBuilder<'p> {
 
     /// Takes a worker's result and spools every frame now in order.
     fn take(&mut self, done: Done) -> Result<()> {
+        self.queued -= 1;
         self.free.push(done.data);
-        self.ready.insert(done.index, done.frame?);
+        let frame = done.frame?;
+        self.ready_bytes += frame.len();
+        self.ready.insert(done.index, frame);
         while let Some(frame) = self.ready.remove(&self.spooled) {
+            self.ready_bytes -= frame.len();
             self.new_records[self.spooled as usize].stored_size = frame.len() as u32;
             let path = self.spool.inner.get_ref().path().to_path_buf();
             self.spool
@@ -287,11 +307,11 @@ struct Workers {
 impl Workers {
     fn start(
         n: usize,
-        in_flight: usize,
+        max_queued: usize,
         level: i32,
         progress: &Progress,
     ) -> std::io::Result<Workers> {
-        let (jobs, queue) = sync_channel::<Job>(in_flight);
+        let (jobs, queue) = sync_channel::<Job>(max_queued);
         let queue = Arc::new(Mutex::new(queue));
         let (done_tx, done) = channel();
         let stop = Arc::new(AtomicBool::new(false));
@@ -321,7 +341,7 @@ impl Workers {
     }
 
     fn submit(&self, index: u32, data: Vec<u8>) {
-        // The queue holds as many chunks as the table ever has in flight, so this never blocks; a send fails only once every worker has gone,
+        // The queue holds as many chunks as the table ever has queued, so this never blocks; a send fails only once every worker has gone,
         // and then `wait_done` says so.
         if let Some(jobs) = &self.jobs {
             let _ = jobs.send(Job { index, data });
@@ -436,12 +456,13 @@ mod tests {
 
     /// However the workers finish, the spool holds the new chunks' frames in
     /// first-appearance order, the records carry their stored sizes, at most
-    /// `in_flight` chunks wait at any time, and the spool's reference names its bytes.
+    /// `max_queued` chunks wait for a worker and `READY_BYTES` of frames (plus those of
+    /// the chunks queued when it was reached) for their turn at any time, and the spool's reference names its bytes.
     #[test]
     fn frames_are_spooled_in_order_with_bounded_work_in_flight() {
         let spool = tempfile::NamedTempFile::new().unwrap();
         let mut b = TableBuilder::new(None, 3, spool, Progress::default()).unwrap();
-        let chunks: Vec<_> = (0..3 * b.in_flight)
+        let chunks: Vec<_> = (0..200)
             .map(|k| {
                 // Sizes from 64 bytes to 200 KB, so the workers finish out of order.
                 let len = 64 + (k * 7919) % 200_000;
@@ -451,8 +472,9 @@ mod tests {
             .collect();
         for (k, c) in chunks.iter().enumerate() {
             assert_eq!(add(&mut b, c), ChunkRef::New(k as u32));
-            assert!(b.new_records.len() - b.spooled as usize <= b.in_flight);
-            assert!(b.ready.len() < b.in_flight);
+            assert!(b.queued <= b.max_queued);
+            assert!(b.ready_bytes <= READY_BYTES + b.max_queued * (256 << 10));
+            assert_eq!(b.ready_bytes, b.ready.values().map(Vec::len).sum::<usize>());
             // A repeat is deduplicated, not compressed again.
             assert_eq!(add(&mut b, &chunks[k / 2]), ChunkRef::New(k as u32 / 2));
         }
