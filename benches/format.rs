@@ -1,6 +1,6 @@
-//! Throughput of the format's hot paths on this machine: chunking, chunk ids,
-//! per-chunk compression and decompression, manifest signing and verification, and
-//! archive planning, binary diff application, and Range / Content-Range parsing. Run
+//! Throughput of the format's hot paths on this machine: chunking, chunk ids, publish's
+//! file chunker, per-chunk compression and decompression, manifest signing and
+//! verification, and archive planning, binary diff application, and Range / Content-Range parsing. Run
 //! with `cargo bench -p ferry-benches`; criterion prints MB/s. A manifest decode
 //! without verification is not public (`fuzzing` feature only): `verify_and_decode`
 //! is the decode figure.
@@ -8,7 +8,9 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use ferry_format::chunking::{ChunkParams, chunk_slice, compress_chunk, decompress_chunk};
+use ferry_format::chunking::{
+    ChunkParams, FileChunker, chunk_slice, compress_chunk, decompress_chunk,
+};
 use ferry_format::content_range::parse_content_range;
 use ferry_format::delta::apply::{ConcatBase, apply};
 use ferry_format::delta::encode::{Sinks, encode};
@@ -55,6 +57,18 @@ fn chunking(c: &mut Criterion) {
                 .unwrap()
                 .map(|(o, l)| ChunkId::of(&data[o..o + l]))
                 .fold(0u8, |acc, id| acc ^ id.0[0])
+        })
+    });
+    // What publish runs per file: its own two-lane cut, chunk ids and the file hash in
+    // one pass, here from memory (a publish reads from the page cache on top).
+    g.bench_function("file_chunker_64k_ids_and_file_hash", |b| {
+        b.iter(|| {
+            let mut c = FileChunker::new(black_box(&data[..]), p).unwrap();
+            let mut acc = 0u8;
+            while let Some(v) = c.next_chunk().unwrap() {
+                acc ^= v.id.0[0];
+            }
+            acc ^ c.finish().hash.0[0]
         })
     });
     g.finish();

@@ -2,7 +2,7 @@
 # The largest real release and the polars pair (--quick: esbuild 0.24.0 -> 0.24.1),
 # publish at its default zstd level (19), served by a loopback nginx:
 # - publish FROM (no diffs: the channel is empty) vs `zstd -19 -T$(nproc)` of the same file;
-#   the chunk+hash stage (suite-tool chunk-stage) vs FastCDC + blake3 alone
+#   the chunk+hash stage (suite-tool chunk-stage: the FileChunker publish runs, one thread) vs FastCDC + blake3 alone
 # - fresh install of FROM vs curl | zstd -d of that zstd file, both + sync
 # - publish TO (with its diff), then the whole `ferry update` FROM -> TO vs `bspatch` +
 #   sync of its output (the bsdiff patch is made once and cached in benches/.cache);
@@ -31,7 +31,7 @@ rec what="publish without diffs, $PROD $FROM ($(mib "$SZ") MiB, default level 19
   detail="CPU $(F pub cpu_pct)% (zstd $(F zstd cpu_pct)%), peak RSS $(( $(F pub maxrss_kib) / 1024 )) MiB; archive $(mib "$(J "$WORK/pub.pub.json" archive_size)") MiB, zstd $(mib "$(stat -c %s "$WORK/www/old.zst")") MiB"
 rec what="publish chunk+hash stage, $PROD $FROM: ferry's path vs FastCDC+blake3 alone" compare=speed \
   ferry="$st_f" ref="$st_r" unit=s ref_label="FastCDC v2020 over mmap + blake3 per chunk" op=">=" target=0.8 \
-  detail="replayed by suite-tool chunk-stage"
+  detail="suite-tool chunk-stage runs the FileChunker publish runs: read into a 1 MiB buffer, two-lane FastCDC v2020 cut, blake3 of each chunk and of the whole file in one pass, one thread"
 
 say "fresh install of $FROM"
 ferry_init "$WORK/root" "http://127.0.0.1:$PORT/repo"

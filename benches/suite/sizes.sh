@@ -2,7 +2,7 @@
 # Generated single-file releases at three sizes (100 MB, 1 GiB, 4 GiB; --quick: 20 MB,
 # 100 MB), published at zstd level 3 (generated data; real releases use the default 19):
 # - publish (a ratio at every size): whole command vs `zstd -3 -T$(nproc)` over the same file; the chunk+hash stage
-#   (replayed by suite-tool chunk-stage) vs FastCDC + blake3 alone; CPU use; peak RSS
+#   (suite-tool chunk-stage: the FileChunker publish runs, one thread) vs FastCDC + blake3 alone; CPU use; peak RSS
 # - fresh install over a loopback nginx vs `curl URL | zstd -d -o FILE` of the same file
 #   compressed by zstd -3, both followed by one `sync`; the agent's peak RssAnon
 # - fresh install from `ferry-server serve`: the server's peak RSS (VmHWM)
@@ -39,7 +39,7 @@ for S in $SIZES; do
     detail="archive $(mib "$arch") MiB, zstd $(mib "$(stat -c %s "$WORK/www/blob.zst")") MiB"
   rec what="publish chunk+hash stage, generated $L: ferry's path vs FastCDC+blake3 alone" compare=speed \
     ferry="$st_f" ref="$st_r" unit=s ref_label="FastCDC v2020 over mmap + blake3 per chunk" op=">=" target=0.8 \
-    detail="replayed by suite-tool chunk-stage (publish does not time its stages): chunk_reader over BufReader + file blake3, one thread"
+    detail="suite-tool chunk-stage runs the FileChunker publish runs (publish does not time its stages): read into a 1 MiB buffer, two-lane FastCDC v2020 cut, blake3 of each chunk and of the whole file in one pass, one thread"
 
   # fresh install over nginx vs curl | zstd -d
   ferry_init "$WORK/root" "http://127.0.0.1:$PORT/repo"

@@ -288,3 +288,56 @@ proptest! {
         prop_assert_eq!(parsed.fill(&added).unwrap(), new_bytes);
     }
 }
+
+/// Content with every kind of entropy: stretches of one byte, of a short period, of
+/// noise, so cut points come often, rarely or never (then only at `max`).
+fn arb_content() -> impl Strategy<Value = Vec<u8>> {
+    prop::collection::vec((0u8..3, any::<u64>(), 1usize..40_000), 0..12).prop_map(|parts| {
+        let mut out = Vec::new();
+        for (kind, seed, len) in parts {
+            let mut x = seed | 1;
+            out.extend((0..len).map(|i| match kind {
+                0 => seed as u8,
+                1 => (i % (seed as usize % 7 + 2)) as u8,
+                _ => {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                }
+            }));
+        }
+        out
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// The chunker publish runs (its own two-lane scan, reads into a buffer) cuts
+    /// where the `fastcdc` crate cuts and hashes the whole content, for any even
+    /// parameters within FastCDC's bounds.
+    #[test]
+    fn the_file_chunker_cuts_as_fastcdc_does(
+        data in arb_content(),
+        min in 32u32..4096,
+        avg_over in 0u32..16_384,
+        max_over in 0u32..65_536,
+        normalization in 0u8..=3,
+    ) {
+        use ferry_format::chunking::{FileChunker, chunk_slice};
+        let min = 2 * min;
+        let avg = (min.max(256) + avg_over) & !1;
+        let max = (avg.max(1024) + max_over) & !1;
+        let p = ChunkParams { min, avg, max, normalization, ..ChunkParams::default() };
+        let want: Vec<(usize, usize)> = chunk_slice(&data, p).unwrap().collect();
+        let mut c = FileChunker::new(&data[..], p).unwrap();
+        let mut got = Vec::new();
+        while let Some(v) = c.next_chunk().unwrap() {
+            prop_assert_eq!(v.id, ChunkId::of(v.data));
+            got.push((v.offset as usize, v.data.len()));
+        }
+        prop_assert_eq!(got, want);
+        prop_assert_eq!(c.finish().hash, Digest::of(&data));
+    }
+}

@@ -3,7 +3,9 @@
 //! Carried frames are copied byte for byte from the previous archive (no
 //! recompression, so a chunk's stored bytes never change once published), then the new
 //! frames are appended from the spool. The bytes are hashed as they are written, so the
-//! archive is never held in memory nor read twice.
+//! archive is never held in memory nor read twice. A release with no carried chunk (the
+//! first of a channel, or one sharing nothing with the last) has the spool as its
+//! archive: it is placed as it is, named by the hash taken while it was spooled.
 
 use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
 
@@ -53,7 +55,13 @@ impl<W: Write> Write for Hashing<W> {
 }
 
 /// Writes the archive of `table` into the repository and returns its reference.
-pub fn write_archive(repo: &Repo, prev: Option<&Manifest>, table: &mut Table) -> Result<ObjectRef> {
+pub fn write_archive(repo: &Repo, prev: Option<&Manifest>, table: Table) -> Result<ObjectRef> {
+    let mut spool = table.spool;
+    if table.carried.is_empty() {
+        // Only new frames: the spool, hashed as it was written, is the archive.
+        repo.place_object(spool, &table.spool_ref.hash)?;
+        return Ok(table.spool_ref);
+    }
     let tmp = repo.object_temp()?;
     let tmp_path = tmp.path().to_path_buf();
     let mut out = Hashing::new(BufWriter::with_capacity(1 << 20, tmp));
@@ -88,8 +96,8 @@ pub fn write_archive(repo: &Repo, prev: Option<&Manifest>, table: &mut Table) ->
         }
     }
 
-    let spool_path = table.spool.path().to_path_buf();
-    let spool = table.spool.as_file_mut();
+    let spool_path = spool.path().to_path_buf();
+    let spool = spool.as_file_mut();
     spool
         .seek(SeekFrom::Start(0))
         .map_err(io_err("read", &spool_path))?;

@@ -30,7 +30,7 @@ pub mod walk;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use ferry_format::chunking::{ChunkParams, chunk_reader};
+use ferry_format::chunking::{ChunkParams, FileChunker, FileDigest};
 use ferry_format::envelope::{CLIENT_FORMAT, ObjectKind, TrustedKeys};
 use ferry_format::head::{
     ChannelHead, HeadContent, ReleaseRef, ReleaseRequirements, ReleaseRules, Rollout, RolloutLabels,
@@ -220,7 +220,7 @@ pub fn publish(opts: &PublishOptions<'_>) -> Result<PublishReport> {
         opts.zstd_level,
         repo.object_temp()?,
         progress.clone(),
-    );
+    )?;
     let mut pending: Vec<(String, Pending)> = Vec::with_capacity(sources.len());
     let mut files = 0;
     for s in sources {
@@ -229,24 +229,17 @@ pub fn publish(opts: &PublishOptions<'_>) -> Result<PublishReport> {
             SourceKind::Symlink { target } => Pending::Symlink { target },
             SourceKind::File { mode, .. } => {
                 files += 1;
-                let file = fsutil::open(&s.abs)?;
-                let mut hasher = blake3::Hasher::new();
-                let mut size = 0u64;
+                let mut chunker = FileChunker::new(fsutil::open(&s.abs)?, params)?;
                 let mut chunks = Vec::new();
-                for chunk in chunk_reader(std::io::BufReader::new(file), params)? {
-                    let chunk = chunk.map_err(|source| Error::FormatContext {
-                        context: format!("cannot read {}", s.abs.display()),
-                        source,
-                    })?;
-                    hasher.update(&chunk.data);
-                    size += chunk.data.len() as u64;
-                    chunks.push(builder.add(chunk)?);
+                while let Some(c) = chunker.next_chunk().map_err(io_err("read", &s.abs))? {
+                    chunks.push(builder.add(c.id, c.data)?);
                 }
                 builder.file_read();
+                let FileDigest { size, hash } = chunker.finish();
                 Pending::File {
                     mode,
                     size,
-                    hash: Digest::from(hasher.finalize()),
+                    hash,
                     chunks,
                 }
             }
@@ -304,7 +297,8 @@ pub fn publish(opts: &PublishOptions<'_>) -> Result<PublishReport> {
     };
     readable(&manifest, signers.len(), files)?;
     progress.archive();
-    let archive = archive::write_archive(&repo, prev_manifest, &mut table)?;
+    let chunks_carried = table.carried.len();
+    let archive = archive::write_archive(&repo, prev_manifest, table)?;
     crash_point!("server::publish::archive_written");
     manifest.archive = archive;
     // Diffs need the chunk table (final now) and go into the signed manifest.
@@ -408,7 +402,6 @@ pub fn publish(opts: &PublishOptions<'_>) -> Result<PublishReport> {
     head_readable(&content, &head_bytes, &opts.version)?;
     repo.write_head(&opts.channel, &head_bytes)?;
 
-    let chunks_carried = table.carried.len();
     Ok(PublishReport {
         channel: opts.channel.clone(),
         version: opts.version.clone(),
