@@ -25,6 +25,7 @@
 pub mod access_log;
 pub mod conns;
 pub mod file_body;
+pub mod files;
 pub mod fleet;
 pub mod health;
 pub mod metrics;
@@ -91,6 +92,8 @@ pub struct State {
     /// The upload API (`PUT`), when `--upload-token-file` enabled it.
     pub upload: Option<upload::Uploads>,
     pub conns: Arc<conns::Conns>,
+    /// A folder repository's heads and open objects ([`files`]); `None` for a bucket.
+    pub files: Option<files::Files>,
     /// The fleet API (`/v1/`), when `--fleet-db` and its token files enabled it.
     pub fleet: Option<Arc<fleet::Fleet>>,
 }
@@ -133,6 +136,10 @@ impl Server {
                 metrics: Metrics::new(),
                 upload: None,
                 conns: Arc::default(),
+                files: match &opts.store {
+                    Store::Local(repo) => Some(files::Files::new(repo.root())),
+                    Store::Object(_) => None,
+                },
                 fleet: None,
             }),
             max_connections: opts.max_connections.max(1),
@@ -366,13 +373,15 @@ async fn answer(state: &State, req: Request<Incoming>) -> Response<Body> {
     // upload (`PUT`, when enabled) reads its body.
     let (parts, body) = req.into_parts();
     let req = Request::from_parts(parts, ());
-    let resp = match (&state.upload, &state.fleet) {
-        (_, Some(fleet)) if fleet::api::owns(req.uri().path()) => {
-            fleet::api::handle(fleet, &state.metrics, &req, body).await
-        }
-        (Some(uploads), _) if req.method() == Method::PUT => {
-            upload::handle(&state.store, uploads, &req, body).await
-        }
+    let (resp, kind) = match (&state.upload, &state.fleet) {
+        (_, Some(fleet)) if fleet::api::owns(req.uri().path()) => (
+            fleet::api::handle(fleet, &state.metrics, &req, body).await,
+            metrics::Kind::other,
+        ),
+        (Some(uploads), _) if req.method() == Method::PUT => (
+            upload::handle(&state.store, uploads, &req, body).await,
+            metrics::Kind::other,
+        ),
         _ => routes::handle(state, &req).await,
     };
     let status = resp.status();
@@ -383,10 +392,6 @@ async fn answer(state: &State, req: Request<Incoming>) -> Response<Body> {
             .get(CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok()?.parse().ok())
             .unwrap_or(0)
-    };
-    let kind = match *req.method() {
-        Method::GET | Method::HEAD => metrics::object_kind(&state.store, req.uri().path()).await,
-        _ => metrics::Kind::other,
     };
     state.metrics.record(kind, status.as_u16(), bytes);
     let range = req.headers().get(RANGE).and_then(|v| v.to_str().ok());
