@@ -34,7 +34,10 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 use tokio::sync::Notify;
+
+use super::zero_copy::{self, Outbox};
 
 /// A connection without a request in flight for this long is closed. This is the
 /// server's keep-alive idle timeout; clients keep pooled connections for less
@@ -187,19 +190,28 @@ fn ms(epoch: Instant) -> u64 {
     epoch.elapsed().as_millis() as u64
 }
 
-/// A socket that records when it last moved a byte.
-pub struct Watched<I> {
-    io: I,
+/// A connection's socket: records when it last moved a byte, and sends the files its
+/// stand-ins stand for ([`super::zero_copy`]) when it has an outbox.
+pub struct Watched {
+    io: TcpStream,
     conn: Arc<Conn>,
+    outbox: Option<Arc<Outbox>>,
 }
 
-impl<I> Watched<I> {
-    pub fn new(io: I, conn: Arc<Conn>) -> Self {
-        Watched { io, conn }
+impl Watched {
+    pub fn new(io: TcpStream, conn: Arc<Conn>, outbox: Option<Arc<Outbox>>) -> Self {
+        Watched { io, conn, outbox }
+    }
+
+    fn wrote(&self, r: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.conn.touch();
+        }
+        r
     }
 }
 
-impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
+impl AsyncRead for Watched {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -215,18 +227,19 @@ impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
     }
 }
 
-impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
+impl AsyncWrite for Watched {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        let r = Pin::new(&mut this.io).poll_write(cx, buf);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            this.conn.touch();
-        }
-        r
+        let bufs = [io::IoSlice::new(buf)];
+        let r = match zero_copy::poll_write(this.outbox.as_deref(), &this.io, cx, &bufs) {
+            Some(r) => r,
+            None => Pin::new(&mut this.io).poll_write(cx, buf),
+        };
+        this.wrote(r)
     }
 
     fn poll_write_vectored(
@@ -235,11 +248,11 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        let r = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            this.conn.touch();
-        }
-        r
+        let r = match zero_copy::poll_write(this.outbox.as_deref(), &this.io, cx, bufs) {
+            Some(r) => r,
+            None => Pin::new(&mut this.io).poll_write_vectored(cx, bufs),
+        };
+        this.wrote(r)
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -36,6 +36,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use ferry_format::id::Digest;
+use ferry_format::layout::object_path;
 use http::HeaderValue;
 
 use super::metrics::Kind;
@@ -193,8 +194,8 @@ impl Files {
         e
     }
 
-    /// The object `hash` (at `rel`), open. Not found: `NotFound`.
-    pub fn object(&self, rel: &str, hash: &Digest) -> io::Result<Arc<Object>> {
+    /// The object `hash`, open. Not found: `NotFound`.
+    pub fn object(&self, hash: &Digest) -> io::Result<Arc<Object>> {
         let now = self.epoch.elapsed().as_millis() as u64;
         let cached = lock(&self.open).get(hash);
         if let Some(o) = cached {
@@ -214,7 +215,7 @@ impl Files {
                 }
             }
         }
-        let path = self.root.join(rel);
+        let path = self.root.join(object_path(hash));
         let file = File::open(&path)?;
         let meta = file.metadata()?;
         if !meta.is_file() {

@@ -36,6 +36,7 @@ pub mod refresh;
 pub mod routes;
 pub mod tls;
 pub mod upload;
+pub mod zero_copy;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -229,16 +230,25 @@ impl Server {
             tokio::spawn(async move {
                 let _permit = permit;
                 let conn = reg.conn.clone();
-                let stream = conns::Watched::new(stream, conn.clone());
+                // As nginx's `tcp_nodelay on`: a response's last segment never waits
+                // for an acknowledgement.
+                let _ = stream.set_nodelay(true);
                 match tls {
-                    None => serve_connection(stream, state, stop, peer, conn).await,
+                    None => {
+                        // Plain HTTP/1.x sends files with sendfile ([`zero_copy`]).
+                        let outbox = Arc::new(zero_copy::Outbox::default());
+                        let stream =
+                            conns::Watched::new(stream, conn.clone(), Some(outbox.clone()));
+                        serve_connection(stream, state, stop, peer, conn, Some(outbox)).await;
+                    }
                     Some(acceptor) => {
+                        let stream = conns::Watched::new(stream, conn.clone(), None);
                         let handshake = tokio::select! {
                             s = tls::handshake(&acceptor, stream, &mut stop, peer) => s,
                             () = conn.shed.notified() => None,
                         };
                         if let Some(stream) = handshake {
-                            serve_connection(stream, state, stop, peer, conn).await;
+                            serve_connection(stream, state, stop, peer, conn, None).await;
                         }
                     }
                 }
@@ -269,6 +279,7 @@ async fn serve_connection<I>(
     mut stop: watch::Receiver<bool>,
     peer: SocketAddr,
     info: Arc<conns::Conn>,
+    outbox: Option<Arc<zero_copy::Outbox>>,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -276,8 +287,9 @@ async fn serve_connection<I>(
     let service = service_fn(move |req| {
         let state = state.clone();
         let in_flight = requests.begin();
+        let outbox = outbox.clone();
         async move {
-            let resp = answer(&state, req).await;
+            let resp = answer(&state, req, outbox.as_ref()).await;
             // The request stays in flight until its body is sent (or dropped).
             Ok::<_, Infallible>(resp.map(|body| {
                 Guarded {
@@ -289,10 +301,13 @@ async fn serve_connection<I>(
         }
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
+    // writev: body buffers are queued, never copied, which sendfile's stand-ins need
+    // ([`zero_copy`]).
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT);
+        .header_read_timeout(HEADER_TIMEOUT)
+        .writev(true);
     // No keep-alive pings: an idle HTTP/2 connection is closed (GOAWAY) by the idle
     // rule instead, which a client answering pings could not be.
     builder
@@ -367,8 +382,13 @@ impl hyper::body::Body for Guarded {
     }
 }
 
-/// Routes a request, then logs and counts the response.
-async fn answer(state: &State, req: Request<Incoming>) -> Response<Body> {
+/// Routes a request, then logs and counts the response. `outbox`: the connection's
+/// sendfile queue, on plain connections ([`zero_copy`]).
+async fn answer(
+    state: &State,
+    req: Request<Incoming>,
+    outbox: Option<&Arc<zero_copy::Outbox>>,
+) -> Response<Body> {
     // GET and HEAD bodies are ignored; dropping it keeps the request `Sync`. Only an
     // upload (`PUT`, when enabled) reads its body.
     let (parts, body) = req.into_parts();
@@ -382,7 +402,11 @@ async fn answer(state: &State, req: Request<Incoming>) -> Response<Body> {
             upload::handle(&state.store, uploads, &req, body).await,
             metrics::Kind::other,
         ),
-        _ => routes::handle(state, &req).await,
+        _ => {
+            // HTTP/2 frames every byte itself: only HTTP/1.x bodies can be sendfile's.
+            let outbox = outbox.filter(|_| req.version() <= http::Version::HTTP_11);
+            routes::handle(state, &req, outbox).await
+        }
     };
     let status = resp.status();
     let bytes = if req.method() == Method::HEAD || status == StatusCode::NOT_MODIFIED {

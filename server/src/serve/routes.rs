@@ -31,6 +31,7 @@ use super::State;
 use super::files::Object;
 use super::metrics::Kind;
 use super::range::{RangeDecision, decide, if_range_holds, none_match};
+use super::zero_copy::Outbox;
 use crate::store::Immutable;
 
 /// Every response body: streamed from a file or in memory.
@@ -42,7 +43,11 @@ const OBJECT_CACHE: &str = crate::store::IMMUTABLE_CACHE;
 const HEAD_CACHE: &str = crate::store::SHORT_CACHE;
 
 /// Answers one request, with the object kind it served for the metrics.
-pub async fn handle<B>(state: &State, req: &Request<B>) -> (Response<Body>, Kind) {
+pub async fn handle<B>(
+    state: &State,
+    req: &Request<B>,
+    outbox: Option<&Arc<Outbox>>,
+) -> (Response<Body>, Kind) {
     let head_only = match *req.method() {
         Method::GET => false,
         Method::HEAD => true,
@@ -87,42 +92,39 @@ pub async fn handle<B>(state: &State, req: &Request<B>) -> (Response<Body>, Kind
         _ => {}
     }
     let (result, kind) = match parse_repo_path(path) {
-        Some(RepoPath::Object(hash)) => {
-            let rel = object_path(&hash);
-            match &state.files {
-                Some(files) => match files.object(&rel, &hash) {
-                    Ok(o) => {
-                        let (etag, kind, len) = (o.etag.clone(), o.kind, o.len);
-                        let r = respond(
-                            state,
-                            req,
-                            Source::Open(o),
-                            len,
-                            &etag,
-                            OBJECT_CACHE,
-                            head_only,
-                        );
-                        (r.await, kind)
-                    }
-                    Err(e) => (Err(e), Kind::other),
-                },
-                None => {
-                    let r = immutable(state, req, &rel, &hash, head_only).await;
-                    let kind = match r {
-                        Ok(_) => super::metrics::object_kind(&state.store, path).await,
-                        Err(_) => Kind::other,
-                    };
-                    (r, kind)
+        Some(RepoPath::Object(hash)) => match &state.files {
+            Some(files) => match files.object(&hash) {
+                Ok(o) => {
+                    let (etag, kind, len) = (o.etag.clone(), o.kind, o.len);
+                    let r = respond(
+                        state,
+                        req,
+                        outbox,
+                        Source::Open(o),
+                        len,
+                        &etag,
+                        OBJECT_CACHE,
+                        head_only,
+                    );
+                    (r.await, kind)
                 }
+                Err(e) => (Err(e), Kind::other),
+            },
+            None => {
+                let rel = object_path(&hash);
+                let r = immutable(state, req, outbox, &rel, &hash, head_only).await;
+                let kind = match r {
+                    Ok(_) => super::metrics::object_kind(&state.store, path).await,
+                    Err(_) => Kind::other,
+                };
+                (r, kind)
             }
-        }
+        },
         // A head log entry is named by its hash, so it is as immutable as an object.
         Some(RepoPath::HeadLog(channel, sequence, hash)) => {
             let path = head_log_path(&channel, sequence, &hash);
-            (
-                immutable(state, req, &path, &hash, head_only).await,
-                Kind::head,
-            )
+            let r = immutable(state, req, outbox, &path, &hash, head_only);
+            (r.await, Kind::head)
         }
         Some(RepoPath::Head(channel)) => {
             let rel = head_path(&channel);
@@ -165,6 +167,7 @@ enum Source {
 async fn immutable<B>(
     state: &State,
     req: &Request<B>,
+    outbox: Option<&Arc<Outbox>>,
     relative: &str,
     hash: &Digest,
     head_only: bool,
@@ -174,7 +177,17 @@ async fn immutable<B>(
         (Immutable::Remote, len) => (Source::Remote(relative.to_string()), len),
     };
     let etag = super::files::quoted(hash);
-    respond(state, req, source, len, &etag, OBJECT_CACHE, head_only).await
+    respond(
+        state,
+        req,
+        outbox,
+        source,
+        len,
+        &etag,
+        OBJECT_CACHE,
+        head_only,
+    )
+    .await
 }
 
 /// Channel heads and key lists: small signed files served from memory with a short
@@ -192,7 +205,17 @@ async fn small_file<B>(
         let small = files.small(relative, kind.max_size())?;
         let len = small.body.len() as u64;
         let source = Source::Memory(small.body.clone());
-        return respond(state, req, source, len, &small.etag, HEAD_CACHE, head_only).await;
+        return respond(
+            state,
+            req,
+            None,
+            source,
+            len,
+            &small.etag,
+            HEAD_CACHE,
+            head_only,
+        )
+        .await;
     }
     // Heads are replaced atomically (rename, or a single PUT), so one read sees exactly
     // one version; hashing that same buffer keeps the ETag and the body consistent.
@@ -206,6 +229,7 @@ async fn small_file<B>(
     respond(
         state,
         req,
+        None,
         Source::Memory(bytes),
         len,
         &etag,
@@ -216,9 +240,11 @@ async fn small_file<B>(
 }
 
 /// The common 200/206/304/416 logic of repository files.
+#[allow(clippy::too_many_arguments)]
 async fn respond<B>(
     state: &State,
     req: &Request<B>,
+    outbox: Option<&Arc<Outbox>>,
     source: Source,
     len: u64,
     etag: &HeaderValue,
@@ -273,8 +299,14 @@ async fn respond<B>(
             let part = bytes.slice(start as usize..(start + count) as usize);
             Full::new(part).map_err(|never| match never {}).boxed()
         }
-        Source::Open(object) => super::file_body::body(object, start, count)?,
-        Source::File(file) => super::file_body::body(Arc::new(file), start, count)?,
+        Source::Open(object) => match outbox {
+            Some(outbox) => outbox.body(object, start, count),
+            None => super::file_body::body(object, start, count)?,
+        },
+        Source::File(file) => match outbox {
+            Some(outbox) => outbox.body(Arc::new(file), start, count),
+            None => super::file_body::body(Arc::new(file), start, count)?,
+        },
         Source::Remote(rel) => {
             let stream = state.store.open_read(&rel, start..start + count).await?;
             StreamBody::new(stream.map_ok(Frame::data)).boxed()
