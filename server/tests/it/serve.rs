@@ -374,7 +374,8 @@ async fn pipelined_file_bodies_come_back_exactly() {
     let (addr, stop, task) = start(repo).await;
 
     let n = big.len();
-    let requests: Vec<(&str, &str, Vec<(&str, String)>)> = vec![
+    type Headers<'a> = Vec<(&'a str, String)>;
+    let requests: Vec<(&str, &str, Headers)> = vec![
         ("GET", &big_path, vec![("Range", "bytes=100-65635".into())]),
         ("GET", &small_path, vec![]),
         ("HEAD", &big_path, vec![]),
