@@ -37,8 +37,6 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
-use super::zero_copy::{self, Outbox};
-
 /// A connection without a request in flight for this long is closed. This is the
 /// server's keep-alive idle timeout; clients keep pooled connections for less
 /// (the agent and the publisher: 15 s).
@@ -154,7 +152,8 @@ impl Conn {
         InFlight(self.clone())
     }
 
-    fn touch(&self) {
+    /// The socket moved a byte.
+    pub fn touch(&self) {
         self.last_io.store(ms(self.epoch), Ordering::Relaxed);
     }
 
@@ -190,17 +189,15 @@ fn ms(epoch: Instant) -> u64 {
     epoch.elapsed().as_millis() as u64
 }
 
-/// A connection's socket: records when it last moved a byte, and sends the files its
-/// stand-ins stand for ([`super::zero_copy`]) when it has an outbox.
-pub struct Watched {
-    io: TcpStream,
+/// A connection's socket: records when it last moved a byte.
+pub struct Watched<I = TcpStream> {
+    io: I,
     conn: Arc<Conn>,
-    outbox: Option<Arc<Outbox>>,
 }
 
-impl Watched {
-    pub fn new(io: TcpStream, conn: Arc<Conn>, outbox: Option<Arc<Outbox>>) -> Self {
-        Watched { io, conn, outbox }
+impl<I> Watched<I> {
+    pub fn new(io: I, conn: Arc<Conn>) -> Self {
+        Watched { io, conn }
     }
 
     fn wrote(&self, r: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
@@ -211,7 +208,7 @@ impl Watched {
     }
 }
 
-impl AsyncRead for Watched {
+impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -227,18 +224,14 @@ impl AsyncRead for Watched {
     }
 }
 
-impl AsyncWrite for Watched {
+impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        let bufs = [io::IoSlice::new(buf)];
-        let r = match zero_copy::poll_write(this.outbox.as_deref(), &this.io, cx, &bufs) {
-            Some(r) => r,
-            None => Pin::new(&mut this.io).poll_write(cx, buf),
-        };
+        let r = Pin::new(&mut this.io).poll_write(cx, buf);
         this.wrote(r)
     }
 
@@ -248,10 +241,7 @@ impl AsyncWrite for Watched {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        let r = match zero_copy::poll_write(this.outbox.as_deref(), &this.io, cx, bufs) {
-            Some(r) => r,
-            None => Pin::new(&mut this.io).poll_write_vectored(cx, bufs),
-        };
+        let r = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
         this.wrote(r)
     }
 

@@ -236,6 +236,19 @@ impl Files {
     }
 }
 
+impl Files {
+    /// The regular file `rel` of the repository, open, with its length (a head log
+    /// entry: immutable, but rarely asked, so not kept open).
+    pub fn open(&self, rel: &str) -> io::Result<(File, u64)> {
+        let file = File::open(self.root.join(rel))?;
+        let meta = file.metadata()?;
+        if !meta.is_file() {
+            return Err(io::ErrorKind::NotFound.into());
+        }
+        Ok((file, meta.len()))
+    }
+}
+
 /// Reads `path` whole (at most `limit` bytes) from one open file.
 fn read_small(path: PathBuf, limit: u64) -> io::Result<Small> {
     use std::io::Read;

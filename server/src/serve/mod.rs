@@ -24,6 +24,7 @@
 
 pub mod access_log;
 pub mod conns;
+pub mod fast;
 pub mod file_body;
 pub mod files;
 pub mod fleet;
@@ -36,7 +37,6 @@ pub mod refresh;
 pub mod routes;
 pub mod tls;
 pub mod upload;
-pub mod zero_copy;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -234,21 +234,17 @@ impl Server {
                 // for an acknowledgement.
                 let _ = stream.set_nodelay(true);
                 match tls {
-                    None => {
-                        // Plain HTTP/1.x sends files with sendfile ([`zero_copy`]).
-                        let outbox = Arc::new(zero_copy::Outbox::default());
-                        let stream =
-                            conns::Watched::new(stream, conn.clone(), Some(outbox.clone()));
-                        serve_connection(stream, state, stop, peer, conn, Some(outbox)).await;
-                    }
+                    // Simple GET/HEAD requests of repository files are answered by
+                    // [`fast`], the rest (and HTTP/2) by hyper.
+                    None => fast::serve(stream, state, stop, peer, conn).await,
                     Some(acceptor) => {
-                        let stream = conns::Watched::new(stream, conn.clone(), None);
+                        let stream = conns::Watched::new(stream, conn.clone());
                         let handshake = tokio::select! {
                             s = tls::handshake(&acceptor, stream, &mut stop, peer) => s,
                             () = conn.shed.notified() => None,
                         };
                         if let Some(stream) = handshake {
-                            serve_connection(stream, state, stop, peer, conn, None).await;
+                            serve_connection(stream, state, stop, peer, conn).await;
                         }
                     }
                 }
@@ -279,7 +275,6 @@ async fn serve_connection<I>(
     mut stop: watch::Receiver<bool>,
     peer: SocketAddr,
     info: Arc<conns::Conn>,
-    outbox: Option<Arc<zero_copy::Outbox>>,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -287,9 +282,8 @@ async fn serve_connection<I>(
     let service = service_fn(move |req| {
         let state = state.clone();
         let in_flight = requests.begin();
-        let outbox = outbox.clone();
         async move {
-            let resp = answer(&state, req, outbox.as_ref()).await;
+            let resp = answer(&state, req).await;
             // The request stays in flight until its body is sent (or dropped).
             Ok::<_, Infallible>(resp.map(|body| {
                 Guarded {
@@ -301,13 +295,10 @@ async fn serve_connection<I>(
         }
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    // writev: body buffers are queued, never copied, which sendfile's stand-ins need
-    // ([`zero_copy`]).
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT)
-        .writev(true);
+        .header_read_timeout(HEADER_TIMEOUT);
     // No keep-alive pings: an idle HTTP/2 connection is closed (GOAWAY) by the idle
     // rule instead, which a client answering pings could not be.
     builder
@@ -382,13 +373,8 @@ impl hyper::body::Body for Guarded {
     }
 }
 
-/// Routes a request, then logs and counts the response. `outbox`: the connection's
-/// sendfile queue, on plain connections ([`zero_copy`]).
-async fn answer(
-    state: &State,
-    req: Request<Incoming>,
-    outbox: Option<&Arc<zero_copy::Outbox>>,
-) -> Response<Body> {
+/// Routes a request, then logs and counts the response.
+async fn answer(state: &State, req: Request<Incoming>) -> Response<Body> {
     // GET and HEAD bodies are ignored; dropping it keeps the request `Sync`. Only an
     // upload (`PUT`, when enabled) reads its body.
     let (parts, body) = req.into_parts();
@@ -402,11 +388,7 @@ async fn answer(
             upload::handle(&state.store, uploads, &req, body).await,
             metrics::Kind::other,
         ),
-        _ => {
-            // HTTP/2 frames every byte itself: only HTTP/1.x bodies can be sendfile's.
-            let outbox = outbox.filter(|_| req.version() <= http::Version::HTTP_11);
-            routes::handle(state, &req, outbox).await
-        }
+        _ => routes::handle(state, &req).await,
     };
     let status = resp.status();
     let bytes = if req.method() == Method::HEAD || status == StatusCode::NOT_MODIFIED {

@@ -31,23 +31,18 @@ use super::State;
 use super::files::Object;
 use super::metrics::Kind;
 use super::range::{RangeDecision, decide, if_range_holds, none_match};
-use super::zero_copy::Outbox;
 use crate::store::Immutable;
 
 /// Every response body: streamed from a file or in memory.
 pub type Body = BoxBody<Bytes, io::Error>;
 
 /// Objects never change: any cache may keep them forever.
-const OBJECT_CACHE: &str = crate::store::IMMUTABLE_CACHE;
+pub const OBJECT_CACHE: &str = crate::store::IMMUTABLE_CACHE;
 /// Heads change with every publish; a short lifetime bounds how stale a cache can be.
-const HEAD_CACHE: &str = crate::store::SHORT_CACHE;
+pub const HEAD_CACHE: &str = crate::store::SHORT_CACHE;
 
 /// Answers one request, with the object kind it served for the metrics.
-pub async fn handle<B>(
-    state: &State,
-    req: &Request<B>,
-    outbox: Option<&Arc<Outbox>>,
-) -> (Response<Body>, Kind) {
+pub async fn handle<B>(state: &State, req: &Request<B>) -> (Response<Body>, Kind) {
     let head_only = match *req.method() {
         Method::GET => false,
         Method::HEAD => true,
@@ -99,7 +94,6 @@ pub async fn handle<B>(
                     let r = respond(
                         state,
                         req,
-                        outbox,
                         Source::Open(o),
                         len,
                         &etag,
@@ -112,7 +106,7 @@ pub async fn handle<B>(
             },
             None => {
                 let rel = object_path(&hash);
-                let r = immutable(state, req, outbox, &rel, &hash, head_only).await;
+                let r = immutable(state, req, &rel, &hash, head_only).await;
                 let kind = match r {
                     Ok(_) => super::metrics::object_kind(&state.store, path).await,
                     Err(_) => Kind::other,
@@ -123,7 +117,7 @@ pub async fn handle<B>(
         // A head log entry is named by its hash, so it is as immutable as an object.
         Some(RepoPath::HeadLog(channel, sequence, hash)) => {
             let path = head_log_path(&channel, sequence, &hash);
-            let r = immutable(state, req, outbox, &path, &hash, head_only);
+            let r = immutable(state, req, &path, &hash, head_only);
             (r.await, Kind::head)
         }
         Some(RepoPath::Head(channel)) => {
@@ -167,7 +161,6 @@ enum Source {
 async fn immutable<B>(
     state: &State,
     req: &Request<B>,
-    outbox: Option<&Arc<Outbox>>,
     relative: &str,
     hash: &Digest,
     head_only: bool,
@@ -177,17 +170,7 @@ async fn immutable<B>(
         (Immutable::Remote, len) => (Source::Remote(relative.to_string()), len),
     };
     let etag = super::files::quoted(hash);
-    respond(
-        state,
-        req,
-        outbox,
-        source,
-        len,
-        &etag,
-        OBJECT_CACHE,
-        head_only,
-    )
-    .await
+    respond(state, req, source, len, &etag, OBJECT_CACHE, head_only).await
 }
 
 /// Channel heads and key lists: small signed files served from memory with a short
@@ -205,17 +188,7 @@ async fn small_file<B>(
         let small = files.small(relative, kind.max_size())?;
         let len = small.body.len() as u64;
         let source = Source::Memory(small.body.clone());
-        return respond(
-            state,
-            req,
-            None,
-            source,
-            len,
-            &small.etag,
-            HEAD_CACHE,
-            head_only,
-        )
-        .await;
+        return respond(state, req, source, len, &small.etag, HEAD_CACHE, head_only).await;
     }
     // Heads are replaced atomically (rename, or a single PUT), so one read sees exactly
     // one version; hashing that same buffer keeps the ETag and the body consistent.
@@ -229,7 +202,6 @@ async fn small_file<B>(
     respond(
         state,
         req,
-        None,
         Source::Memory(bytes),
         len,
         &etag,
@@ -239,43 +211,91 @@ async fn small_file<B>(
     .await
 }
 
+/// The request headers that decide how a repository file is answered: the first of
+/// each, when it is visible ASCII (anything else counts as absent, as
+/// `HeaderValue::to_str` has it).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Conditions<'a> {
+    pub if_none_match: Option<&'a str>,
+    pub if_range: Option<&'a str>,
+    pub range: Option<&'a str>,
+}
+
+impl<'a> Conditions<'a> {
+    pub fn of<B>(req: &'a Request<B>) -> Conditions<'a> {
+        let header = |name| req.headers().get(name).and_then(|v| v.to_str().ok());
+        Conditions {
+            if_none_match: header(IF_NONE_MATCH),
+            if_range: header(IF_RANGE),
+            range: header(RANGE),
+        }
+    }
+}
+
+/// How a repository file of some length is answered (headers aside: every answer
+/// has its ETag, Cache-Control and `Accept-Ranges: bytes`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Plan {
+    /// 304, no other header, no body.
+    NotModified,
+    /// 416 with `Content-Range: bytes */LEN` and `Content-Length: 0`.
+    Unsatisfiable,
+    /// 200 (`partial` false) or 206 with `Content-Range: bytes START-END/LEN`: `count`
+    /// bytes from `start`.
+    Send {
+        partial: bool,
+        start: u64,
+        count: u64,
+    },
+}
+
 /// The common 200/206/304/416 logic of repository files.
-#[allow(clippy::too_many_arguments)]
+pub fn plan(c: &Conditions<'_>, etag: &str, len: u64) -> Plan {
+    if c.if_none_match.is_some_and(|h| none_match(h, etag)) {
+        return Plan::NotModified;
+    }
+    let range = if c.if_range.is_none_or(|h| if_range_holds(h, etag)) {
+        decide(c.range, len)
+    } else {
+        RangeDecision::Full
+    };
+    match range {
+        RangeDecision::Full => Plan::Send {
+            partial: false,
+            start: 0,
+            count: len,
+        },
+        RangeDecision::Partial { start, end } => Plan::Send {
+            partial: true,
+            start,
+            count: end - start + 1,
+        },
+        RangeDecision::Unsatisfiable => Plan::Unsatisfiable,
+    }
+}
+
+/// A repository file's response ([`plan`]).
 async fn respond<B>(
     state: &State,
     req: &Request<B>,
-    outbox: Option<&Arc<Outbox>>,
     source: Source,
     len: u64,
     etag: &HeaderValue,
     cache: &'static str,
     head_only: bool,
 ) -> io::Result<Response<Body>> {
-    let header = |name| req.headers().get(name).and_then(|v| v.to_str().ok());
     let tag = etag.to_str().unwrap_or_default();
     let mut headers = HeaderMap::with_capacity(8);
     headers.insert(ETAG, etag.clone());
     headers.insert(CACHE_CONTROL, HeaderValue::from_static(cache));
     headers.insert(ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    if header(IF_NONE_MATCH).is_some_and(|h| none_match(h, tag)) {
-        return Ok(response(StatusCode::NOT_MODIFIED, headers, empty()));
-    }
-    headers.insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("application/octet-stream"),
-    );
-    let range = if header(IF_RANGE).is_none_or(|h| if_range_holds(h, tag)) {
-        decide(header(RANGE), len)
-    } else {
-        RangeDecision::Full
-    };
-    let (status, start, count) = match range {
-        RangeDecision::Full => (StatusCode::OK, 0, len),
-        RangeDecision::Partial { start, end } => {
-            headers.insert(CONTENT_RANGE, content_range(start, end, len));
-            (StatusCode::PARTIAL_CONTENT, start, end - start + 1)
-        }
-        RangeDecision::Unsatisfiable => {
+    let (status, start, count) = match plan(&Conditions::of(req), tag, len) {
+        Plan::NotModified => return Ok(response(StatusCode::NOT_MODIFIED, headers, empty())),
+        Plan::Unsatisfiable => {
+            headers.insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
             let mut v = BytesMut::with_capacity(32);
             let _ = write!(v, "bytes */{len}");
             if let Ok(v) = HeaderValue::from_maybe_shared(v.freeze()) {
@@ -288,6 +308,23 @@ async fn respond<B>(
                 empty(),
             ));
         }
+        Plan::Send {
+            partial,
+            start,
+            count,
+        } => {
+            headers.insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
+            if partial {
+                let end = start + count - 1;
+                headers.insert(CONTENT_RANGE, content_range(start, end, len));
+                (StatusCode::PARTIAL_CONTENT, start, count)
+            } else {
+                (StatusCode::OK, start, count)
+            }
+        }
     };
     headers.insert(CONTENT_LENGTH, HeaderValue::from(count));
     if head_only {
@@ -299,14 +336,8 @@ async fn respond<B>(
             let part = bytes.slice(start as usize..(start + count) as usize);
             Full::new(part).map_err(|never| match never {}).boxed()
         }
-        Source::Open(object) => match outbox {
-            Some(outbox) => outbox.body(object, start, count),
-            None => super::file_body::body(object, start, count)?,
-        },
-        Source::File(file) => match outbox {
-            Some(outbox) => outbox.body(Arc::new(file), start, count),
-            None => super::file_body::body(Arc::new(file), start, count)?,
-        },
+        Source::Open(object) => super::file_body::body(object, start, count)?,
+        Source::File(file) => super::file_body::body(Arc::new(file), start, count)?,
         Source::Remote(rel) => {
             let stream = state.store.open_read(&rel, start..start + count).await?;
             StreamBody::new(stream.map_ok(Frame::data)).boxed()
