@@ -9,7 +9,11 @@
 //!   its response body was sent or dropped), and since when it has had none;
 //! - the time its socket last moved a byte, in either direction ([`Watched`]).
 //!
-//! Rules, applied by the connection's own task (`serve_connection` in `serve/mod.rs`):
+//! Rules, checked for every connection once a [`TICK`] by one sweeper task
+//! ([`Conns::sweep`]), which wakes a connection's own task (`serve_connection` in
+//! `serve/mod.rs`, or [`super::fast`]) when one applies — no connection keeps a timer
+//! of its own (1,000 connections ticking each second woke the runtime, and the
+//! machine, a thousand times a second):
 //!
 //! - **Idle** ([`IDLE_TIMEOUT`]): no request in flight for that long (a keep-alive
 //!   connection between requests, HTTP/1.1 or HTTP/2, or one still sending its first
@@ -76,6 +80,8 @@ pub struct Conn {
     shedding: AtomicBool,
     /// Woken when it is chosen.
     pub shed: Notify,
+    /// Woken when the idle or stall rule says it must end (see [`Conn::verdict`]).
+    pub rules: Notify,
 }
 
 impl Conns {
@@ -90,6 +96,7 @@ impl Conns {
             last_io: AtomicU64::new(now),
             shedding: AtomicBool::new(false),
             shed: Notify::new(),
+            rules: Notify::new(),
         });
         self.lock().insert(conn.id, conn.clone());
         Registered {
@@ -114,6 +121,26 @@ impl Conns {
                 true
             }
             None => false,
+        }
+    }
+
+    /// Wakes every connection that a rule says must end (idle or stalled).
+    pub fn sweep(&self) {
+        let now = ms(self.epoch);
+        for c in self.lock().values() {
+            if c.verdict_at(now, IDLE_TIMEOUT, STALL_TIMEOUT) != Verdict::Keep {
+                c.rules.notify_one();
+            }
+        }
+    }
+
+    /// Runs [`Conns::sweep`] every [`TICK`], for ever.
+    pub async fn sweeper(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            self.sweep();
         }
     }
 

@@ -38,7 +38,6 @@ use http::StatusCode;
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
-use tokio::time::{Interval, MissedTickBehavior};
 
 use super::State;
 use super::access_log::LogLine;
@@ -73,11 +72,7 @@ pub async fn serve(
         conn,
         buf: BytesMut::new(),
         head: Vec::with_capacity(512),
-        tick: tokio::time::interval(conns::TICK),
     };
-    fast.tick
-        .set_missed_tick_behavior(MissedTickBehavior::Delay);
-    fast.tick.reset();
     match fast.run(&stop).await {
         Ok(End::HandOver) => {
             let Fast {
@@ -116,8 +111,6 @@ struct Fast {
     buf: BytesMut,
     /// The response head being written.
     head: Vec<u8>,
-    /// The idle and stall rules' clock.
-    tick: Interval,
 }
 
 /// What woke a connection waiting for a request.
@@ -125,7 +118,8 @@ enum Wake {
     Read(usize),
     Shed,
     Stop,
-    Tick,
+    /// The idle or stall rule may apply ([`Conn::rules`]).
+    Rules,
 }
 
 /// A request this path answers, as offsets into its head's bytes.
@@ -156,6 +150,7 @@ impl Fast {
         }
         let conn = self.conn.clone();
         let mut shed = pin!(conn.shed.notified());
+        let mut rules = pin!(conn.rules.notified());
         let mut stop_rx = stop.clone();
         let mut stopping = pin!(async move {
             let _ = stop_rx.wait_for(|s| *s).await;
@@ -183,13 +178,19 @@ impl Fast {
             if self.buf.len() > MAX_HEAD {
                 return Ok(End::HandOver);
             }
-            match self.wait(shed.as_mut(), stopping.as_mut()).await? {
+            let wake = self
+                .wait(shed.as_mut(), stopping.as_mut(), rules.as_mut())
+                .await?;
+            if let Wake::Rules = wake {
+                rules.set(conn.rules.notified());
+            }
+            match wake {
                 Wake::Read(0) => return Ok(End::Close("closed by the client")),
                 Wake::Read(_) => {}
                 // Idle by definition: no request in flight.
                 Wake::Shed => return Ok(End::Close("shed to make room")),
                 Wake::Stop => return Ok(End::Close("shutdown")),
-                Wake::Tick => {
+                Wake::Rules => {
                     if self.conn.verdict() == Verdict::Idle {
                         return Ok(End::Close("idle"));
                     }
@@ -203,6 +204,7 @@ impl Fast {
         &mut self,
         mut shed: Pin<&mut impl Future<Output = ()>>,
         mut stopping: Pin<&mut impl Future<Output = ()>>,
+        mut rules: Pin<&mut tokio::sync::futures::Notified<'_>>,
     ) -> io::Result<Wake> {
         if self.buf.capacity() - self.buf.len() < READ {
             self.buf.reserve(READ);
@@ -224,8 +226,8 @@ impl Fast {
             if stopping.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Ok(Wake::Stop));
             }
-            if self.tick.poll_tick(cx).is_ready() {
-                return Poll::Ready(Ok(Wake::Tick));
+            if rules.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Ok(Wake::Rules));
             }
             Poll::Pending
         })
@@ -466,7 +468,8 @@ impl Fast {
 
     /// Writes the response head and `body`.
     async fn send(&mut self, body: Body) -> io::Result<()> {
-        let (tcp, conn, tick) = (&self.tcp, &*self.conn, &mut self.tick);
+        let (tcp, conn) = (&self.tcp, &*self.conn);
+        let tick = &mut Stall { conn, rules: None };
         match body {
             Body::None => write_all(tcp, conn, tick, &mut [IoSlice::new(&self.head)]).await,
             Body::Memory(b) => {
@@ -581,12 +584,37 @@ fn date(head: &mut Vec<u8>) {
     });
 }
 
+/// The stall rule while a response is written: armed when a write first waits.
+struct Stall<'a> {
+    conn: &'a Conn,
+    rules: Option<Pin<Box<tokio::sync::futures::Notified<'a>>>>,
+}
+
+impl Stall<'_> {
+    /// Whether the connection is stalled; registers `cx` to learn when it may be.
+    fn stalled(&mut self, cx: &mut Context<'_>) -> bool {
+        loop {
+            let conn = self.conn;
+            let rules = self
+                .rules
+                .get_or_insert_with(|| Box::pin(conn.rules.notified()));
+            if rules.as_mut().poll(cx).is_pending() {
+                return false;
+            }
+            self.rules = None;
+            if conn.verdict() == Verdict::Stalled {
+                return true;
+            }
+        }
+    }
+}
+
 /// Polls `op` (a non-blocking write) until it does not find the socket full; while it
-/// waits, the stall rule is checked on every tick.
+/// waits, the stall rule is checked whenever the sweeper says it may apply.
 fn poll_write_with(
     tcp: &TcpStream,
     conn: &Conn,
-    tick: &mut Interval,
+    tick: &mut Stall<'_>,
     cx: &mut Context<'_>,
     mut op: impl FnMut() -> io::Result<usize>,
 ) -> Poll<io::Result<usize>> {
@@ -604,13 +632,11 @@ fn poll_write_with(
             },
             Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
             Poll::Pending => {
-                while tick.poll_tick(cx).is_ready() {
-                    if conn.verdict() == Verdict::Stalled {
-                        return Poll::Ready(Err(io::Error::new(
-                            io::ErrorKind::TimedOut,
-                            format!("no progress for {}s", conns::STALL_TIMEOUT.as_secs()),
-                        )));
-                    }
+                if tick.stalled(cx) {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("no progress for {}s", conns::STALL_TIMEOUT.as_secs()),
+                    )));
                 }
                 return Poll::Pending;
             }
@@ -621,7 +647,7 @@ fn poll_write_with(
 async fn write_all(
     tcp: &TcpStream,
     conn: &Conn,
-    tick: &mut Interval,
+    tick: &mut Stall<'_>,
     mut bufs: &mut [IoSlice<'_>],
 ) -> io::Result<()> {
     while !bufs.is_empty() {
@@ -643,7 +669,7 @@ async fn write_all(
 async fn send_file(
     tcp: &TcpStream,
     conn: &Conn,
-    tick: &mut Interval,
+    tick: &mut Stall<'_>,
     file: &std::fs::File,
     start: u64,
     count: u64,

@@ -186,6 +186,7 @@ impl Server {
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<()> {
         let permits = Arc::new(Semaphore::new(self.max_connections as usize));
         let (stop_tx, stop_rx) = watch::channel(false);
+        let sweeper = tokio::spawn(self.state.conns.clone().sweeper());
         tokio::pin!(shutdown);
         'accept: loop {
             let (stream, peer) = tokio::select! {
@@ -262,6 +263,7 @@ impl Server {
                 GRACE.as_secs()
             ),
         }
+        sweeper.abort();
         Ok(())
     }
 }
@@ -322,7 +324,7 @@ async fn serve_connection<I>(
                 tracing::debug!(%peer, "connection closed to make room");
                 return;
             }
-            () = tokio::time::sleep(conns::TICK) => match info.verdict() {
+            () = info.rules.notified() => match info.verdict() {
                 conns::Verdict::Keep => {}
                 conns::Verdict::Idle => break "idle",
                 conns::Verdict::Stalled => {
