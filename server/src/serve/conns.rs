@@ -9,7 +9,11 @@
 //!   its response body was sent or dropped), and since when it has had none;
 //! - the time its socket last moved a byte, in either direction ([`Watched`]).
 //!
-//! Rules, applied by the connection's own task (`serve_connection` in `serve/mod.rs`):
+//! Rules, checked for every connection once a [`TICK`] by one sweeper task
+//! ([`Conns::sweep`]), which wakes a connection's own task (`serve_connection` in
+//! `serve/mod.rs`, or [`super::fast`]) when one applies — no connection keeps a timer
+//! of its own (1,000 connections ticking each second woke the runtime, and the
+//! machine, a thousand times a second):
 //!
 //! - **Idle** ([`IDLE_TIMEOUT`]): no request in flight for that long (a keep-alive
 //!   connection between requests, HTTP/1.1 or HTTP/2, or one still sending its first
@@ -34,6 +38,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
 /// A connection without a request in flight for this long is closed. This is the
@@ -75,6 +80,8 @@ pub struct Conn {
     shedding: AtomicBool,
     /// Woken when it is chosen.
     pub shed: Notify,
+    /// Woken when the idle or stall rule says it must end (see [`Conn::verdict`]).
+    pub rules: Notify,
 }
 
 impl Conns {
@@ -89,6 +96,7 @@ impl Conns {
             last_io: AtomicU64::new(now),
             shedding: AtomicBool::new(false),
             shed: Notify::new(),
+            rules: Notify::new(),
         });
         self.lock().insert(conn.id, conn.clone());
         Registered {
@@ -113,6 +121,26 @@ impl Conns {
                 true
             }
             None => false,
+        }
+    }
+
+    /// Wakes every connection that a rule says must end (idle or stalled).
+    pub fn sweep(&self) {
+        let now = ms(self.epoch);
+        for c in self.lock().values() {
+            if c.verdict_at(now, IDLE_TIMEOUT, STALL_TIMEOUT) != Verdict::Keep {
+                c.rules.notify_one();
+            }
+        }
+    }
+
+    /// Runs [`Conns::sweep`] every [`TICK`], for ever.
+    pub async fn sweeper(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            self.sweep();
         }
     }
 
@@ -151,7 +179,8 @@ impl Conn {
         InFlight(self.clone())
     }
 
-    fn touch(&self) {
+    /// The socket moved a byte.
+    pub fn touch(&self) {
         self.last_io.store(ms(self.epoch), Ordering::Relaxed);
     }
 
@@ -187,8 +216,8 @@ fn ms(epoch: Instant) -> u64 {
     epoch.elapsed().as_millis() as u64
 }
 
-/// A socket that records when it last moved a byte.
-pub struct Watched<I> {
+/// A connection's socket: records when it last moved a byte.
+pub struct Watched<I = TcpStream> {
     io: I,
     conn: Arc<Conn>,
 }
@@ -196,6 +225,13 @@ pub struct Watched<I> {
 impl<I> Watched<I> {
     pub fn new(io: I, conn: Arc<Conn>) -> Self {
         Watched { io, conn }
+    }
+
+    fn wrote(&self, r: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.conn.touch();
+        }
+        r
     }
 }
 
@@ -223,10 +259,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let r = Pin::new(&mut this.io).poll_write(cx, buf);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            this.conn.touch();
-        }
-        r
+        this.wrote(r)
     }
 
     fn poll_write_vectored(
@@ -236,10 +269,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let r = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            this.conn.touch();
-        }
-        r
+        this.wrote(r)
     }
 
     fn is_write_vectored(&self) -> bool {

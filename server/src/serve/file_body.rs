@@ -26,11 +26,27 @@ use crate::store::Exclusive;
 /// Bytes per read.
 pub const CHUNK: u64 = 128 << 10;
 
+/// Something holding an open file.
+pub trait Holds: Send + Sync + 'static {
+    fn file(&self) -> &std::fs::File;
+}
+
+impl Holds for std::fs::File {
+    fn file(&self) -> &std::fs::File {
+        self
+    }
+}
+
+impl Holds for super::files::Object {
+    fn file(&self) -> &std::fs::File {
+        &self.file
+    }
+}
+
 /// The body for bytes `start..start + count` of `file`.
-pub fn body(file: std::fs::File, start: u64, count: u64) -> io::Result<Body> {
-    let file = Arc::new(file);
+pub fn body<F: Holds>(file: Arc<F>, start: u64, count: u64) -> io::Result<Body> {
     if count <= CHUNK {
-        let bytes = read(&file, start, count)?;
+        let bytes = read(file.file(), start, count)?;
         return Ok(Full::new(bytes).map_err(|never| match never {}).boxed());
     }
     let end = start + count;
@@ -41,7 +57,7 @@ pub fn body(file: std::fs::File, start: u64, count: u64) -> io::Result<Body> {
                 return Ok(None);
             }
             let n = CHUNK.min(end - at);
-            let bytes = read(&file, at, n)?;
+            let bytes = read(file.file(), at, n)?;
             Ok(Some((Frame::data(bytes), at + n)))
         }
     });
@@ -61,7 +77,7 @@ mod tests {
     use http_body_util::BodyExt;
 
     async fn collect(file: &std::path::Path, start: u64, count: u64) -> Vec<u8> {
-        let f = std::fs::File::open(file).unwrap();
+        let f = Arc::new(std::fs::File::open(file).unwrap());
         let body = body(f, start, count).unwrap();
         body.collect().await.unwrap().to_bytes().to_vec()
     }
@@ -89,7 +105,7 @@ mod tests {
             );
         }
         // A file shorter than the range asked: an error, never short data.
-        let f = std::fs::File::open(&path).unwrap();
+        let f = Arc::new(std::fs::File::open(&path).unwrap());
         match body(f, len - 2, 4) {
             Err(e) => assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof),
             Ok(_) => panic!("a short read answered"),

@@ -14,7 +14,7 @@
 //! - the fleet's summary, whenever it is recomputed: [`Metrics::set_fleet`] replaces
 //!   the gauges (agents by channel, release and state; rollout percentage; halts).
 
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 use ferry_format::layout::{RepoPath, object_path, parse_repo_path};
 use ferry_format::report::{AgentState, Report, ReportKind};
@@ -272,7 +272,22 @@ pub struct Metrics {
     /// Held while the fleet gauges are replaced, and while they are rendered, so a
     /// scrape never sees half of an update.
     fleet: Mutex<()>,
+    /// The series of `requests` and `bytes`, by kind and status class, once created:
+    /// a request increments two atomics, with no lock or label hashing.
+    fast: [([OnceLock<Counter>; CLASSES.len()], OnceLock<Counter>); KINDS.len()],
 }
+
+/// Every [`Kind`], in the order of its discriminant.
+const KINDS: [Kind; 6] = [
+    Kind::head,
+    Kind::manifest,
+    Kind::archive,
+    Kind::diff,
+    Kind::key_list,
+    Kind::other,
+];
+/// The status classes, by `status / 100` (0 and 1 both count as 1xx).
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -301,6 +316,7 @@ impl Metrics {
             rollout_paused: Family::default(),
             rollout_halted: Family::default(),
             fleet: Mutex::new(()),
+            fast: Default::default(),
         };
         let mut r = Registry::default();
         // Counter names get their `_total` suffix from the encoder.
@@ -392,17 +408,24 @@ impl Metrics {
 
     /// One response: its object kind, status and body bytes.
     pub fn record(&self, kind: Kind, status: u16, bytes: u64) {
-        let class = match status / 100 {
-            0 | 1 => "1xx",
-            2 => "2xx",
-            3 => "3xx",
-            4 => "4xx",
-            _ => "5xx",
+        let c = match status / 100 {
+            0 | 1 => 0,
+            2 => 1,
+            3 => 2,
+            4 => 3,
+            _ => 4,
         };
-        self.requests
-            .get_or_create(&RequestLabels { kind, class })
+        let (requests, sent) = &self.fast[kind as usize];
+        requests[c]
+            .get_or_init(|| {
+                let class = CLASSES[c];
+                self.requests
+                    .get_or_create(&RequestLabels { kind, class })
+                    .clone()
+            })
             .inc();
-        self.bytes.get_or_create(&KindLabels { kind }).inc_by(bytes);
+        sent.get_or_init(|| self.bytes.get_or_create(&KindLabels { kind }).clone())
+            .inc_by(bytes);
     }
 
     pub fn connection(&self) {
@@ -715,6 +738,38 @@ mod tests {
                 (name.to_string(), value.to_string())
             })
             .collect()
+    }
+
+    #[test]
+    fn requests_count_under_their_kind_and_class() {
+        for (i, k) in KINDS.iter().enumerate() {
+            assert_eq!(*k as usize, i, "KINDS in discriminant order");
+        }
+        let m = Metrics::new();
+        m.record(Kind::head, 200, 10);
+        m.record(Kind::head, 304, 0);
+        m.record(Kind::archive, 206, 100);
+        m.record(Kind::archive, 206, 50);
+        m.record(Kind::other, 404, 5);
+        m.record(Kind::other, 101, 0);
+        m.record(Kind::key_list, 503, 1);
+        m.record(Kind::diff, 600, 0);
+        let text = m.render(None);
+        for line in [
+            "ferry_requests_total{kind=\"head\",class=\"2xx\"} 1",
+            "ferry_requests_total{kind=\"head\",class=\"3xx\"} 1",
+            "ferry_requests_total{kind=\"archive\",class=\"2xx\"} 2",
+            "ferry_requests_total{kind=\"other\",class=\"4xx\"} 1",
+            "ferry_requests_total{kind=\"other\",class=\"1xx\"} 1",
+            "ferry_requests_total{kind=\"key_list\",class=\"5xx\"} 1",
+            "ferry_requests_total{kind=\"diff\",class=\"5xx\"} 1",
+            "ferry_response_bytes_total{kind=\"head\"} 10",
+            "ferry_response_bytes_total{kind=\"archive\"} 150",
+            "ferry_response_bytes_total{kind=\"other\"} 5",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
+        }
+        assert!(!text.contains("kind=\"manifest\""), "{text}");
     }
 
     #[test]

@@ -24,7 +24,9 @@
 
 pub mod access_log;
 pub mod conns;
+pub mod fast;
 pub mod file_body;
+pub mod files;
 pub mod fleet;
 pub mod health;
 pub mod metrics;
@@ -91,6 +93,8 @@ pub struct State {
     /// The upload API (`PUT`), when `--upload-token-file` enabled it.
     pub upload: Option<upload::Uploads>,
     pub conns: Arc<conns::Conns>,
+    /// A folder repository's heads and open objects ([`files`]); `None` for a bucket.
+    pub files: Option<files::Files>,
     /// The fleet API (`/v1/`), when `--fleet-db` and its token files enabled it.
     pub fleet: Option<Arc<fleet::Fleet>>,
 }
@@ -133,6 +137,10 @@ impl Server {
                 metrics: Metrics::new(),
                 upload: None,
                 conns: Arc::default(),
+                files: match &opts.store {
+                    Store::Local(repo) => Some(files::Files::new(repo.root())),
+                    Store::Object(_) => None,
+                },
                 fleet: None,
             }),
             max_connections: opts.max_connections.max(1),
@@ -178,6 +186,7 @@ impl Server {
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<()> {
         let permits = Arc::new(Semaphore::new(self.max_connections as usize));
         let (stop_tx, stop_rx) = watch::channel(false);
+        let sweeper = tokio::spawn(self.state.conns.clone().sweeper());
         tokio::pin!(shutdown);
         'accept: loop {
             let (stream, peer) = tokio::select! {
@@ -222,10 +231,15 @@ impl Server {
             tokio::spawn(async move {
                 let _permit = permit;
                 let conn = reg.conn.clone();
-                let stream = conns::Watched::new(stream, conn.clone());
+                // As nginx's `tcp_nodelay on`: a response's last segment never waits
+                // for an acknowledgement.
+                let _ = stream.set_nodelay(true);
                 match tls {
-                    None => serve_connection(stream, state, stop, peer, conn).await,
+                    // Simple GET/HEAD requests of repository files are answered by
+                    // [`fast`], the rest (and HTTP/2) by hyper.
+                    None => fast::serve(stream, state, stop, peer, conn).await,
                     Some(acceptor) => {
+                        let stream = conns::Watched::new(stream, conn.clone());
                         let handshake = tokio::select! {
                             s = tls::handshake(&acceptor, stream, &mut stop, peer) => s,
                             () = conn.shed.notified() => None,
@@ -249,6 +263,7 @@ impl Server {
                 GRACE.as_secs()
             ),
         }
+        sweeper.abort();
         Ok(())
     }
 }
@@ -309,7 +324,7 @@ async fn serve_connection<I>(
                 tracing::debug!(%peer, "connection closed to make room");
                 return;
             }
-            () = tokio::time::sleep(conns::TICK) => match info.verdict() {
+            () = info.rules.notified() => match info.verdict() {
                 conns::Verdict::Keep => {}
                 conns::Verdict::Idle => break "idle",
                 conns::Verdict::Stalled => {
@@ -366,13 +381,15 @@ async fn answer(state: &State, req: Request<Incoming>) -> Response<Body> {
     // upload (`PUT`, when enabled) reads its body.
     let (parts, body) = req.into_parts();
     let req = Request::from_parts(parts, ());
-    let resp = match (&state.upload, &state.fleet) {
-        (_, Some(fleet)) if fleet::api::owns(req.uri().path()) => {
-            fleet::api::handle(fleet, &state.metrics, &req, body).await
-        }
-        (Some(uploads), _) if req.method() == Method::PUT => {
-            upload::handle(&state.store, uploads, &req, body).await
-        }
+    let (resp, kind) = match (&state.upload, &state.fleet) {
+        (_, Some(fleet)) if fleet::api::owns(req.uri().path()) => (
+            fleet::api::handle(fleet, &state.metrics, &req, body).await,
+            metrics::Kind::other,
+        ),
+        (Some(uploads), _) if req.method() == Method::PUT => (
+            upload::handle(&state.store, uploads, &req, body).await,
+            metrics::Kind::other,
+        ),
         _ => routes::handle(state, &req).await,
     };
     let status = resp.status();
@@ -383,10 +400,6 @@ async fn answer(state: &State, req: Request<Incoming>) -> Response<Body> {
             .get(CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok()?.parse().ok())
             .unwrap_or(0)
-    };
-    let kind = match *req.method() {
-        Method::GET | Method::HEAD => metrics::object_kind(&state.store, req.uri().path()).await,
-        _ => metrics::Kind::other,
     };
     state.metrics.record(kind, status.as_u16(), bytes);
     let range = req.headers().get(RANGE).and_then(|v| v.to_str().ok());

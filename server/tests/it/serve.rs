@@ -290,3 +290,279 @@ async fn connection_cap_sheds_idle_connections_and_defers_behind_busy_ones() {
     stop.send(()).unwrap();
     task.await.unwrap().unwrap();
 }
+
+/// Starts a server on `repo`; returns its address and a stop handle.
+async fn start(
+    repo: &Path,
+) -> (
+    SocketAddr,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<ferry_server::error::Result<()>>,
+) {
+    let server = Server::bind(&ServeOptions {
+        store: Store::folder(repo),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        max_connections: 8,
+        access_log: None,
+    })
+    .await
+    .unwrap();
+    let addr = server.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(server.run(async {
+        let _ = stopped.await;
+    }));
+    (addr, stop, task)
+}
+
+/// Writes `object` into `repo` under its name; returns its URL path.
+fn put_object(repo: &Path, object: &[u8]) -> String {
+    let path = object_path(&Digest::of(object));
+    fs::create_dir_all(repo.join(&path).parent().unwrap()).unwrap();
+    fs::write(repo.join(&path), object).unwrap();
+    format!("/{path}")
+}
+
+/// Splits the replies to pipelined requests (`heads[i]`: whether request i was a HEAD).
+fn replies(mut raw: &[u8], heads: &[bool]) -> Vec<Reply> {
+    let mut out = Vec::new();
+    for &head in heads {
+        let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+        let text = String::from_utf8(raw[..split].to_vec()).unwrap();
+        let mut lines = text.split("\r\n");
+        let status: u16 = lines.next().unwrap()[9..12].parse().unwrap();
+        let headers: Vec<(String, String)> = lines
+            .map(|l| {
+                let (n, v) = l.split_once(':').unwrap();
+                (n.trim().to_string(), v.trim().to_string())
+            })
+            .collect();
+        let len: usize = headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+            .map_or(0, |(_, v)| v.parse().unwrap());
+        let len = if head || status == 304 { 0 } else { len };
+        let body = raw[split + 4..split + 4 + len].to_vec();
+        raw = &raw[split + 4 + len..];
+        out.push(Reply {
+            status,
+            headers,
+            body,
+        });
+    }
+    assert!(raw.is_empty(), "{} bytes after the last reply", raw.len());
+    out
+}
+
+/// Plain HTTP/1.1 sends file bodies with sendfile (serve::zero_copy): replies to
+/// pipelined and keep-alive requests of every shape come back byte for byte, in order,
+/// long bodies (several stand-ins) included, and HTTP/2 reads the same bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_file_bodies_come_back_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path();
+    // Over two stand-ins long (4 MiB each), and not a multiple of a page.
+    let big: Vec<u8> = (0..(9 << 20) + 12_345u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let small = b"FRYM a small object".to_vec();
+    let (big_path, small_path) = (put_object(repo, &big), put_object(repo, &small));
+    fs::create_dir_all(repo.join("channels/stable")).unwrap();
+    let head = b"a head, as served".to_vec();
+    fs::write(repo.join(head_path("stable")), &head).unwrap();
+    let big_tag = format!("\"{}\"", Digest::of(&big).to_hex());
+    let (addr, stop, task) = start(repo).await;
+
+    let n = big.len();
+    type Headers<'a> = Vec<(&'a str, String)>;
+    let requests: Vec<(&str, &str, Headers)> = vec![
+        ("GET", &big_path, vec![("Range", "bytes=100-65635".into())]),
+        ("GET", &small_path, vec![]),
+        ("HEAD", &big_path, vec![]),
+        ("GET", "/channels/stable/head", vec![]),
+        ("GET", &big_path, vec![("If-None-Match", big_tag.clone())]),
+        ("GET", &big_path, vec![]),
+        (
+            "GET",
+            &big_path,
+            vec![("Range", format!("bytes={}-", n - 7))],
+        ),
+        ("GET", &big_path, vec![("Range", format!("bytes={n}-"))]),
+        (
+            "GET",
+            &big_path,
+            vec![("Range", "bytes=4194000-8389000".into())],
+        ),
+        ("GET", "/healthz", vec![]),
+        ("GET", &small_path, vec![("Range", "bytes=2-4".into())]),
+    ];
+    let mut raw_req = String::new();
+    for (method, path, headers) in &requests {
+        raw_req.push_str(&format!("{method} {path} HTTP/1.1\r\nHost: t\r\n"));
+        for (name, value) in headers {
+            raw_req.push_str(&format!("{name}: {value}\r\n"));
+        }
+        raw_req.push_str("\r\n");
+    }
+    // The last one closes, so the whole exchange ends at EOF.
+    raw_req.push_str(&format!(
+        "GET {big_path} HTTP/1.1\r\nHost: t\r\nRange: bytes=0-0\r\nConnection: close\r\n\r\n"
+    ));
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(raw_req.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(std::time::Duration::from_secs(30), s.read_to_end(&mut raw))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut heads: Vec<bool> = requests.iter().map(|r| r.0 == "HEAD").collect();
+    heads.push(false);
+    let r = replies(&raw, &heads);
+    let expect: Vec<(u16, &[u8])> = vec![
+        (206, &big[100..65636]),
+        (200, &small),
+        (200, b""),
+        (200, &head),
+        (304, b""),
+        (200, &big),
+        (206, &big[n - 7..]),
+        (416, b""),
+        (206, &big[4_194_000..8_389_001]),
+        (200, b"ok"),
+        (206, &small[2..5]),
+        (206, &big[..1]),
+    ];
+    for (i, (reply, (status, body))) in r.iter().zip(&expect).enumerate() {
+        assert_eq!(reply.status, *status, "reply {i}");
+        assert!(reply.body == *body, "reply {i}: body differs");
+    }
+    assert_eq!(r[2].header("content-length"), Some(n.to_string().as_str()));
+
+    // Many keep-alive requests on one connection, one at a time.
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    for i in 0..50usize {
+        let start = (i * 199_999) % (n - 70_000);
+        let len = [1, 4096, 65_536, 69_999][i % 4];
+        let req = format!(
+            "GET {big_path} HTTP/1.1\r\nHost: t\r\nRange: bytes={start}-{}\r\n\r\n",
+            start + len - 1
+        );
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut raw = Vec::new();
+        let mut buf = vec![0u8; 128 << 10];
+        let reply = loop {
+            let k = s.read(&mut buf).await.unwrap();
+            assert!(k > 0, "closed early");
+            raw.extend_from_slice(&buf[..k]);
+            if let Some(split) = raw.windows(4).position(|w| w == b"\r\n\r\n")
+                && raw.len() >= split + 4 + len
+            {
+                break replies(&raw, &[false]);
+            }
+        };
+        assert_eq!(reply[0].status, 206);
+        assert!(reply[0].body == big[start..start + len], "request {i}");
+    }
+
+    // HTTP/2 (prior knowledge) is framed in user space: the same bytes.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let resp = client
+        .get(format!("http://{addr}{big_path}"))
+        .header("range", "bytes=5000000-5070000")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+    assert_eq!(resp.status(), 206);
+    let got = resp.bytes().await.unwrap();
+    assert!(got == big[5_000_000..5_070_001]);
+
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+}
+
+/// Heads are kept in memory (serve::files), yet a head replaced by a rename (publish,
+/// upload) or rewritten in place is served at once, with the ETag of its new bytes —
+/// also a same-size rewrite right after the previous change, and one long after the
+/// cached copy was read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_head_is_served_at_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("repo");
+    let file = repo.join(head_path("stable"));
+    fs::create_dir_all(file.parent().unwrap()).unwrap();
+    fs::write(&file, b"head version 1").unwrap();
+    let (addr, stop, task) = start(&repo).await;
+    let get = || request(addr, "GET", "/channels/stable/head", &[]);
+    let check = |r: Reply, want: &[u8]| {
+        assert_eq!((r.status, r.body.as_slice()), (200, want));
+        let tag = format!("\"{}\"", Digest::of(want).to_hex());
+        assert_eq!(r.header("etag"), Some(tag.as_str()));
+    };
+    check(get().await, b"head version 1");
+    check(get().await, b"head version 1");
+
+    // Replaced by a rename, as publish does.
+    let tmp_head = file.with_extension("tmp");
+    fs::write(&tmp_head, b"head version 2").unwrap();
+    fs::rename(&tmp_head, &file).unwrap();
+    check(get().await, b"head version 2");
+    // Rewritten in place, same size, within the same clock tick or so.
+    fs::write(&file, b"head version 3").unwrap();
+    check(get().await, b"head version 3");
+    fs::write(&file, b"head version 4").unwrap();
+    check(get().await, b"head version 4");
+
+    // Read once it has been quiet for longer than the racy window: served from
+    // memory from then on, until it changes.
+    tokio::time::sleep(ferry_server::serve::files::RACY + std::time::Duration::from_millis(300))
+        .await;
+    check(get().await, b"head version 4");
+    check(get().await, b"head version 4");
+    fs::write(&file, b"head version 5").unwrap();
+    check(get().await, b"head version 5");
+    fs::remove_file(&file).unwrap();
+    assert_eq!(get().await.status, 404);
+    fs::write(&file, b"head version 6").unwrap();
+    check(get().await, b"head version 6");
+
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+}
+
+/// Objects are kept open (serve::files): one deleted (by `gc`) may still be served
+/// from the open file — its bytes are still exactly those its name promises — but for
+/// no longer than `files::RECHECK`, then it is 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_object_is_not_served_past_the_recheck() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path();
+    let object = b"an object soon collected".to_vec();
+    let path = put_object(repo, &object);
+    let (addr, stop, task) = start(repo).await;
+    let r = request(addr, "GET", &path, &[]).await;
+    assert_eq!((r.status, &r.body), (200, &object));
+    fs::remove_file(repo.join(&path[1..])).unwrap();
+    let r = request(addr, "GET", &path, &[]).await;
+    assert!(
+        (r.status == 200 && r.body == object) || r.status == 404,
+        "{} {:?}",
+        r.status,
+        r.body
+    );
+    tokio::time::sleep(ferry_server::serve::files::RECHECK + std::time::Duration::from_millis(300))
+        .await;
+    assert_eq!(request(addr, "GET", &path, &[]).await.status, 404);
+    assert_eq!(request(addr, "HEAD", &path, &[]).await.status, 404);
+    // Put back, it is served again.
+    put_object(repo, &object);
+    let r = request(addr, "GET", &path, &[]).await;
+    assert_eq!((r.status, &r.body), (200, &object));
+
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+}
