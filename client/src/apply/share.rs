@@ -17,12 +17,13 @@ use std::fs::{self, File};
 use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use ferry_format::id::Digest;
 
 use super::ApplyError;
 use super::check::hash_file;
+use super::source::{Copy, Stamp};
 use crate::fsutil::{self, ctx};
 
 /// The mode a release file gets on disk: the manifest's, without write permission,
@@ -65,14 +66,15 @@ impl Sharer {
     /// caller writes the file, and `dest` does not exist.
     pub fn share(
         &mut self,
-        copies: &[PathBuf],
+        copies: &[Copy],
         size: u64,
         hash: &Digest,
         mode: u32,
         dest: &Path,
     ) -> Result<Option<Shared>, ApplyError> {
         let mode = installed_mode(mode);
-        for src in copies {
+        for copy in copies {
+            let src = &copy.path;
             let Ok(file) = fsutil::open_nofollow(src) else {
                 continue;
             };
@@ -94,8 +96,13 @@ impl Sharer {
                 continue;
             };
             // The bytes as they are now under the new name, whatever they were when
-            // the plan was made.
-            if hash_file(dest).is_ok_and(|h| h == *hash) {
+            // the plan was made: hashed again, unless this update hashed that very
+            // inode and nothing wrote to it since (its stamp is unchanged).
+            let unchanged = how == Shared::HardLinked
+                && copy.hashed.is_some_and(|before| {
+                    fs::symlink_metadata(dest).is_ok_and(|m| Stamp::of(&m) == before)
+                });
+            if unchanged || hash_file(dest).is_ok_and(|h| h == *hash) {
                 match how {
                     Shared::Reflinked => self.reflinked += 1,
                     Shared::HardLinked => self.hard_linked += 1,
@@ -147,6 +154,14 @@ pub fn mode_of(meta: &fs::Metadata) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
+
+    fn copy(path: &Path) -> Copy {
+        Copy {
+            path: path.to_path_buf(),
+            hashed: None,
+        }
+    }
 
     fn put(dir: &Path, name: &str, bytes: &[u8], mode: u32) -> PathBuf {
         let p = dir.join(name);
@@ -164,7 +179,7 @@ mod tests {
         let mut s = Sharer::default();
         let how = s
             .share(
-                std::slice::from_ref(&old),
+                &[copy(&old)],
                 bytes.len() as u64,
                 &Digest::of(&bytes),
                 0o755,
@@ -190,7 +205,13 @@ mod tests {
         let mut s = Sharer::default();
         let hash = Digest::of(&bytes);
         let how = s
-            .share(&[edited, writable], bytes.len() as u64, &hash, 0o644, &dest)
+            .share(
+                &[copy(&edited), copy(&writable)],
+                bytes.len() as u64,
+                &hash,
+                0o644,
+                &dest,
+            )
             .unwrap();
         // A reflink gives the new file its own mode, so the writable copy may be
         // cloned; a hard link never, and the edited copy never either way.
@@ -203,9 +224,58 @@ mod tests {
         }
         let missing = t.path().join("missing");
         assert_eq!(
-            s.share(&[missing], 1, &hash, 0o644, &t.path().join("n2"))
+            s.share(&[copy(&missing)], 1, &hash, 0o644, &t.path().join("n2"))
                 .unwrap(),
             None
         );
+    }
+
+    #[test]
+    fn a_copy_hashed_by_this_update_is_linked_without_a_second_hash_unless_written_since() {
+        let t = tempfile::tempdir().unwrap();
+        let bytes = b"retained release file".repeat(500);
+        let hash = Digest::of(&bytes);
+        let old = put(t.path(), "old", &bytes, 0o444);
+        // Installed long ago, as a retained release's files are.
+        let past = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1 << 30);
+        fs::File::options()
+            .write(true)
+            .open(&old)
+            .unwrap()
+            .set_modified(past)
+            .unwrap();
+        let stamped = Copy {
+            path: old.clone(),
+            hashed: Some(Stamp::of(&fs::metadata(&old).unwrap())),
+        };
+        let mut s = Sharer::default();
+        let first = t.path().join("first");
+        assert!(
+            s.share(
+                std::slice::from_ref(&stamped),
+                bytes.len() as u64,
+                &hash,
+                0o644,
+                &first
+            )
+            .unwrap()
+            .is_some()
+        );
+        assert_eq!(fs::read(&first).unwrap(), bytes);
+
+        // Written after it was hashed (same size): the stamp no longer matches, the
+        // bytes are hashed again and refused.
+        std::os::unix::fs::FileExt::write_all_at(
+            &fs::File::options().write(true).open(&old).unwrap(),
+            b"edited",
+            10,
+        )
+        .unwrap();
+        let second = t.path().join("second");
+        let how = s
+            .share(&[stamped], bytes.len() as u64, &hash, 0o644, &second)
+            .unwrap();
+        assert_eq!(how, None, "an edited copy is never shared");
+        assert!(!second.exists());
     }
 }

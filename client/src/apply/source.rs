@@ -42,6 +42,44 @@ struct FileCopy {
     chunks: Vec<(ChunkId, Location)>,
 }
 
+/// A retained file that may be shared whole into a new tree.
+#[derive(Clone, Debug)]
+pub struct Copy {
+    pub path: PathBuf,
+    /// When it hashed right during this update: its identity and times just before.
+    pub hashed: Option<Stamp>,
+}
+
+/// Which inode a file is and when its content last changed: equal stamps before a hash
+/// and after a hard link mean the link names the bytes that were hashed (any write in
+/// between moves the mtime; the inode number catches a file replaced under the name).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stamp {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+}
+
+impl Stamp {
+    pub fn of(meta: &std::fs::Metadata) -> Stamp {
+        use std::os::unix::fs::MetadataExt;
+        Stamp {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.len(),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+        }
+    }
+
+    fn of_path(path: &Path) -> Option<Stamp> {
+        std::fs::symlink_metadata(path)
+            .ok()
+            .filter(|m| m.is_file())
+            .map(|m| Stamp::of(&m))
+    }
+}
+
 /// Chunk id -> where the chunk can be found on disk.
 pub struct LocalChunks {
     candidates: HashMap<ChunkId, Vec<Location>>,
@@ -49,8 +87,8 @@ pub struct LocalChunks {
     /// File content hash -> the retained files listed with it.
     files: HashMap<Digest, Vec<FileCopy>>,
     /// File content hash -> a retained file that hashed to it during
-    /// [`Self::verify_wanted`].
-    good_files: HashMap<Digest, PathBuf>,
+    /// [`Self::verify_wanted`], with its identity and times as they were before.
+    good_files: HashMap<Digest, (PathBuf, Stamp)>,
     /// The last mapped file: consecutive chunks of a new file usually come from the
     /// same old file, so one entry avoids most re-mapping.
     mapped: Option<(PathBuf, Option<Mmap>)>,
@@ -106,15 +144,24 @@ impl LocalChunks {
     /// Retained files listed with content `hash` and `size`, one that hashed right
     /// during [`Self::verify_wanted`] first: candidates for sharing a whole file
     /// (`share`), which hashes whichever it takes again.
-    pub fn file_copies(&self, hash: &Digest, size: u64) -> Vec<PathBuf> {
+    pub fn file_copies(&self, hash: &Digest, size: u64) -> Vec<Copy> {
         let good = self.good_files.get(hash);
-        let mut out: Vec<PathBuf> = good.into_iter().cloned().collect();
+        let mut out: Vec<Copy> = good
+            .map(|(path, stamp)| Copy {
+                path: path.clone(),
+                hashed: Some(*stamp),
+            })
+            .into_iter()
+            .collect();
         if let Some(copies) = self.files.get(hash) {
             out.extend(
                 copies
                     .iter()
-                    .filter(|c| c.size == size && Some(&c.path) != good)
-                    .map(|c| c.path.clone()),
+                    .filter(|c| c.size == size && Some(&c.path) != good.map(|g| &g.0))
+                    .map(|c| Copy {
+                        path: c.path.clone(),
+                        hashed: None,
+                    }),
             );
         }
         out
@@ -134,17 +181,20 @@ impl LocalChunks {
             let Some(copies) = self.files.get(hash) else {
                 continue;
             };
-            let Some(copy) = copies
+            // The stamp is taken before hashing: a write during or after the hash
+            // moves the file's mtime past it.
+            let Some((copy, stamp)) = copies
                 .iter()
                 .filter(|c| c.size == *size)
-                .find(|c| hash_file(&c.path).is_ok_and(|h| h == *hash))
+                .filter_map(|c| Stamp::of_path(&c.path).map(|st| (c, st)))
+                .find(|(c, _)| hash_file(&c.path).is_ok_and(|h| h == *hash))
             else {
                 continue;
             };
             for (id, loc) in &copy.chunks {
                 self.good.entry(*id).or_insert_with(|| loc.clone());
             }
-            self.good_files.insert(*hash, copy.path.clone());
+            self.good_files.insert(*hash, (copy.path.clone(), stamp));
         }
     }
 
