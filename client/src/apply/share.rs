@@ -11,7 +11,9 @@
 //!
 //! Sharing is decided on the bytes, never on names: the shared file is hashed through
 //! its new name right after the link, so what the new tree holds is what the signed
-//! manifest says, whatever happened to the retained file before.
+//! manifest says, whatever happened to the retained file before — or, for a hard link
+//! to a file this update already hashed whole, its inode, size and mtime are compared
+//! with what they were just before that hash (a write in between moves the mtime).
 
 use std::fs::{self, File};
 use std::io;
