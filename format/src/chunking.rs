@@ -104,7 +104,7 @@ pub struct FileDigest {
 /// Cuts a stream into chunks and hashes it in one pass: each chunk's bytes are read
 /// once into a reused buffer, cut, then hashed twice while they are cache-hot, into
 /// the chunk's id and into the file hash. No chunk is copied or allocated; memory is
-/// the buffer ([`READ_BUFFER`] or twice the maximum chunk).
+/// the buffer (1 MiB, or twice the maximum chunk if larger).
 ///
 /// The chunks are the same as [`chunk_slice`]'s over the whole content. A lending
 /// iterator: each [`ChunkView`] borrows the buffer until the next call.
