@@ -103,7 +103,8 @@ pub struct FileDigest {
 
 /// Cuts a stream into chunks and hashes it in one pass: each chunk's bytes are read
 /// once into a reused buffer, cut, then hashed twice while they are cache-hot, into
-/// the chunk's id and into the file hash. No chunk is copied or allocated; memory is
+/// the chunk's id and into the file hash (once for a stream of one chunk, whose id is
+/// its file hash). No chunk is copied or allocated; memory is
 /// the buffer (1 MiB, or twice the maximum chunk if larger).
 ///
 /// The chunks are the same as [`chunk_slice`]'s over the whole content. A lending
@@ -126,6 +127,9 @@ pub struct FileChunker<R> {
     eof: bool,
     offset: u64,
     file: blake3::Hasher,
+    /// The id of a stream's only chunk, which is its file hash too (the same blake3 of
+    /// the same bytes): such a stream is hashed once.
+    only: Option<ChunkId>,
 }
 
 impl<R: Read> FileChunker<R> {
@@ -141,6 +145,7 @@ impl<R: Read> FileChunker<R> {
             eof: false,
             offset: 0,
             file: blake3::Hasher::new(),
+            only: None,
         })
     }
 
@@ -156,10 +161,15 @@ impl<R: Read> FileChunker<R> {
         // Over at least `max` bytes (or all that is left), a cut is the cut FastCDC
         // makes over the whole content: it never looks further than `max`.
         let data = &window[..self.cutter.cut(window)];
-        self.file.update(data);
+        let id = ChunkId::of(data);
+        if self.offset == 0 && self.eof && data.len() == window.len() {
+            self.only = Some(id);
+        } else {
+            self.file.update(data);
+        }
         let chunk = ChunkView {
             offset: self.offset,
-            id: ChunkId::of(data),
+            id,
             data,
         };
         self.start += data.len();
@@ -192,7 +202,9 @@ impl<R: Read> FileChunker<R> {
     pub fn finish(&self) -> FileDigest {
         FileDigest {
             size: self.offset,
-            hash: Digest::from(self.file.finalize()),
+            hash: self
+                .only
+                .unwrap_or_else(|| Digest::from(self.file.finalize())),
         }
     }
 }
