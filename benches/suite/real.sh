@@ -31,7 +31,7 @@ rec what="publish without diffs, $PROD $FROM ($(mib "$SZ") MiB, default level 19
   detail="CPU $(F pub cpu_pct)% (zstd $(F zstd cpu_pct)%), peak RSS $(( $(F pub maxrss_kib) / 1024 )) MiB; archive $(mib "$(J "$WORK/pub.pub.json" archive_size)") MiB, zstd $(mib "$(stat -c %s "$WORK/www/old.zst")") MiB"
 rec what="publish chunk+hash stage, $PROD $FROM: ferry's path vs FastCDC+blake3 alone" compare=speed \
   ferry="$st_f" ref="$st_r" unit=s ref_label="FastCDC v2020 over mmap + blake3 per chunk" op=">=" target=0.8 \
-  detail="suite-tool chunk-stage runs the FileChunker publish runs: read into a 1 MiB buffer, two-lane FastCDC v2020 cut, blake3 of each chunk and of the whole file in one pass, one thread"
+  detail="suite-tool chunk-stage runs the FileChunker publish runs: read into a 1 MiB buffer, two-lane FastCDC v2020 cut, blake3 of each chunk and of the whole file in one pass, one thread; each side the fastest of 3 or more alternating rounds (up to 3 s)"
 
 say "fresh install of $FROM"
 ferry_init "$WORK/root" "http://127.0.0.1:$PORT/repo"

@@ -39,7 +39,7 @@ for S in $SIZES; do
     detail="archive $(mib "$arch") MiB, zstd $(mib "$(stat -c %s "$WORK/www/blob.zst")") MiB"
   rec what="publish chunk+hash stage, generated $L: ferry's path vs FastCDC+blake3 alone" compare=speed \
     ferry="$st_f" ref="$st_r" unit=s ref_label="FastCDC v2020 over mmap + blake3 per chunk" op=">=" target=0.8 \
-    detail="suite-tool chunk-stage runs the FileChunker publish runs (publish does not time its stages): read into a 1 MiB buffer, two-lane FastCDC v2020 cut, blake3 of each chunk and of the whole file in one pass, one thread"
+    detail="suite-tool chunk-stage runs the FileChunker publish runs (publish does not time its stages): read into a 1 MiB buffer, two-lane FastCDC v2020 cut, blake3 of each chunk and of the whole file in one pass, one thread; each side the fastest of 3 or more alternating rounds (up to 3 s)"
 
   # fresh install over nginx vs curl | zstd -d
   ferry_init "$WORK/root" "http://127.0.0.1:$PORT/repo"
