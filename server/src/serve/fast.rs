@@ -52,7 +52,7 @@ pub const MAX_HEAD: usize = 16 << 10;
 /// Headers parsed here at most; a request with more is left to hyper.
 const MAX_HEADERS: usize = 32;
 /// Room made in the read buffer before each read.
-const READ: usize = 4 << 10;
+const READ: usize = 2 << 10;
 /// File bodies up to this long are read and written with the response head in one
 /// `writev`; longer ones are sent with `sendfile` after it.
 pub const INLINE: u64 = 16 << 10;
@@ -71,7 +71,7 @@ pub async fn serve(
         state,
         conn,
         buf: BytesMut::new(),
-        head: Vec::with_capacity(512),
+        head: Vec::new(),
     };
     match fast.run(&stop).await {
         Ok(End::HandOver) => {
@@ -166,7 +166,12 @@ impl Fast {
                 let mut buf = std::mem::take(&mut self.buf);
                 let answered = self.answer(&req, &buf[..req.len]).await;
                 buf.advance(req.len);
-                self.buf = buf;
+                // Nothing left: the buffer goes back to the allocator, which hands
+                // the same (cache-warm) memory to the next connection that reads.
+                // Idle connections hold no buffer.
+                if !buf.is_empty() {
+                    self.buf = buf;
+                }
                 let keep_alive = answered?;
                 if !keep_alive {
                     return Ok(End::Close("not keep-alive"));
@@ -329,7 +334,8 @@ impl Fast {
             range: text(&req.range),
         };
         let (found, kind) = self.find(&req.target);
-        self.head.clear();
+        // Per request, for the same reason as the read buffer.
+        self.head = Vec::with_capacity(512);
         let head = &mut self.head;
         let version = if req.http10 { "HTTP/1.0" } else { "HTTP/1.1" };
         let (status, body, bytes) = match found {
@@ -417,7 +423,9 @@ impl Fast {
                 range: cond.range,
             });
         }
-        self.send(body).await?;
+        let sent = self.send(body).await;
+        self.head = Vec::new();
+        sent?;
         Ok(req.keep_alive)
     }
 
