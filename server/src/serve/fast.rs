@@ -33,6 +33,7 @@ use std::time::SystemTime;
 
 use bytes::{Buf, Bytes, BytesMut};
 use ferry_format::envelope::ObjectKind;
+use ferry_format::id::Digest;
 use ferry_format::layout::{RepoPath, head_log_path, head_path, key_list_path, parse_repo_path};
 use http::StatusCode;
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
@@ -278,7 +279,10 @@ impl Fast {
         let Some(path) = req.path.filter(|p| p.starts_with('/') && !p.contains('?')) else {
             return Parsed::HandOver;
         };
-        let Some(target) = parse_repo_path(path) else {
+        let Some(target) = object_target(path)
+            .map(RepoPath::Object)
+            .or_else(|| parse_repo_path(path))
+        else {
             return Parsed::HandOver;
         };
         let (mut close, mut keep) = (false, false);
@@ -496,6 +500,20 @@ impl Fast {
             }
         }
     }
+}
+
+/// `/objects/<2 hex>/<64 hex>`, the most asked path, parsed without allocating; the
+/// same rule as `parse_repo_path` (lowercase hex, the fan its first two digits), which
+/// parses the other shapes.
+fn object_target(path: &str) -> Option<Digest> {
+    let (fan, name) = path.strip_prefix("/objects/")?.split_once('/')?;
+    let lower_hex = name
+        .bytes()
+        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    if name.len() != 64 || !lower_hex || !name.starts_with(fan) || fan.len() != 2 {
+        return None;
+    }
+    Digest::from_hex(name).ok()
 }
 
 /// A repository file found, before its body.
@@ -754,5 +772,34 @@ impl AsyncWrite for Prefixed {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_format::layout::object_path;
+
+    #[test]
+    fn object_paths_parse_as_the_layout_has_them() {
+        let d = Digest::of(b"x");
+        let path = format!("/{}", object_path(&d));
+        assert_eq!(object_target(&path), Some(d));
+        assert_eq!(parse_repo_path(&path), Some(RepoPath::Object(d)));
+        let hex = d.to_hex();
+        for bad in [
+            format!("/objects/{}/{hex}", &hex[1..3]),
+            format!("/objects/{}/{}", &hex[..2], hex.to_uppercase()),
+            format!("/objects/{}/{}", &hex[..2], &hex[..63]),
+            format!("/objects/{}/{hex}0", &hex[..2]),
+            format!("/objects/{}x/{hex}", &hex[..2]),
+            format!("/objects/{hex}"),
+        ] {
+            assert_eq!(object_target(&bad), None, "{bad}");
+            assert!(
+                !matches!(parse_repo_path(&bad), Some(RepoPath::Object(_))),
+                "{bad}"
+            );
+        }
     }
 }
