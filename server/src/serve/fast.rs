@@ -10,7 +10,7 @@
 //! `Upgrade`, a query string, an absolute URI, a head this parser does not accept or
 //! more than [`MAX_HEAD`] bytes of it, HTTP/2's preface) is handed to hyper with every
 //! byte read and not yet answered, so hyper sees the connection as if it had served it
-//! from the start ([`super::serve_connection`]). Answers are the same either way:
+//! from the start (`serve_connection` in `serve/mod.rs`). Answers are the same either way:
 //! routing and the 200/206/304/416 rules are shared ([`super::routes::plan`]), headers
 //! come in hyper's order and case, HTTP/1.0 is answered in HTTP/1.0 and keep-alive
 //! follows hyper's rules; the metrics and the access log count them alike.
