@@ -132,9 +132,8 @@ impl Server {
             .as_deref()
             .map(AccessLog::open)
             .transpose()?;
-        let listener = TcpListener::bind(opts.listen)
-            .await
-            .map_err(|source| Error::Listen {
+        let listener =
+            listen(opts.listen, opts.max_connections).map_err(|source| Error::Listen {
                 addr: opts.listen,
                 source,
             })?;
@@ -275,6 +274,24 @@ impl Server {
         sweeper.abort();
         Ok(())
     }
+}
+
+/// The listening socket, with room in its accept queue for a burst of
+/// `max_connections` new clients (at least nginx's 511; the kernel caps it at
+/// `net.core.somaxconn`). The 128 of `TcpListener::bind` overflowed when 1,000
+/// clients connected at once: the kernel then answers with SYN cookies, and those
+/// connections keep a 1,460-byte MSS for their whole life (on loopback, 45 segments
+/// for a 64 KiB range instead of one), or wait a second for a SYN retransmit.
+fn listen(addr: SocketAddr, max_connections: u32) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // As std's and tokio's `bind` do on Unix: a restart finds the port free at once.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(max_connections.max(511))
 }
 
 /// Serves HTTP/1.1 or HTTP/2 on one accepted (and maybe TLS-wrapped) connection until
