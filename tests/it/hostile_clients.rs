@@ -127,9 +127,20 @@ fn idle_http1_and_http2_connections_are_closed() {
         write!(c, "GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
         time_to_close(c)
     });
+    // The same on a connection that serve's HTTP/1.1 fast path answers.
+    let fast = std::thread::spawn(move || {
+        let mut c = TcpStream::connect(addr).unwrap();
+        write!(
+            c,
+            "GET /channels/stable/head HTTP/1.1\r\nHost: test\r\n\r\n"
+        )
+        .unwrap();
+        time_to_close(c)
+    });
     for (what, t) in [
         ("HTTP/2", h2.join().unwrap()),
         ("HTTP/1.1", h1.join().unwrap()),
+        ("HTTP/1.1 (fast path)", fast.join().unwrap()),
     ] {
         assert!(
             t >= Duration::from_secs(25) && t < Duration::from_secs(45),

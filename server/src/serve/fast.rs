@@ -10,7 +10,7 @@
 //! `Upgrade`, a query string, an absolute URI, a head this parser does not accept or
 //! more than [`MAX_HEAD`] bytes of it, HTTP/2's preface) is handed to hyper with every
 //! byte read and not yet answered, so hyper sees the connection as if it had served it
-//! from the start ([`super::serve_connection`]). Answers are the same either way:
+//! from the start (`serve_connection` in `serve/mod.rs`). Answers are the same either way:
 //! routing and the 200/206/304/416 rules are shared ([`super::routes::plan`]), headers
 //! come in hyper's order and case, HTTP/1.0 is answered in HTTP/1.0 and keep-alive
 //! follows hyper's rules; the metrics and the access log count them alike.
@@ -33,6 +33,7 @@ use std::time::SystemTime;
 
 use bytes::{Buf, Bytes, BytesMut};
 use ferry_format::envelope::ObjectKind;
+use ferry_format::id::Digest;
 use ferry_format::layout::{RepoPath, head_log_path, head_path, key_list_path, parse_repo_path};
 use http::StatusCode;
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
@@ -52,7 +53,7 @@ pub const MAX_HEAD: usize = 16 << 10;
 /// Headers parsed here at most; a request with more is left to hyper.
 const MAX_HEADERS: usize = 32;
 /// Room made in the read buffer before each read.
-const READ: usize = 4 << 10;
+const READ: usize = 2 << 10;
 /// File bodies up to this long are read and written with the response head in one
 /// `writev`; longer ones are sent with `sendfile` after it.
 pub const INLINE: u64 = 16 << 10;
@@ -71,7 +72,7 @@ pub async fn serve(
         state,
         conn,
         buf: BytesMut::new(),
-        head: Vec::with_capacity(512),
+        head: Vec::new(),
     };
     match fast.run(&stop).await {
         Ok(End::HandOver) => {
@@ -166,7 +167,12 @@ impl Fast {
                 let mut buf = std::mem::take(&mut self.buf);
                 let answered = self.answer(&req, &buf[..req.len]).await;
                 buf.advance(req.len);
-                self.buf = buf;
+                // Nothing left: the buffer goes back to the allocator, which hands
+                // the same (cache-warm) memory to the next connection that reads.
+                // Idle connections hold no buffer.
+                if !buf.is_empty() {
+                    self.buf = buf;
+                }
                 let keep_alive = answered?;
                 if !keep_alive {
                     return Ok(End::Close("not keep-alive"));
@@ -273,7 +279,10 @@ impl Fast {
         let Some(path) = req.path.filter(|p| p.starts_with('/') && !p.contains('?')) else {
             return Parsed::HandOver;
         };
-        let Some(target) = parse_repo_path(path) else {
+        let Some(target) = object_target(path)
+            .map(RepoPath::Object)
+            .or_else(|| parse_repo_path(path))
+        else {
             return Parsed::HandOver;
         };
         let (mut close, mut keep) = (false, false);
@@ -329,7 +338,8 @@ impl Fast {
             range: text(&req.range),
         };
         let (found, kind) = self.find(&req.target);
-        self.head.clear();
+        // Per request, for the same reason as the read buffer.
+        self.head = Vec::with_capacity(512);
         let head = &mut self.head;
         let version = if req.http10 { "HTTP/1.0" } else { "HTTP/1.1" };
         let (status, body, bytes) = match found {
@@ -417,7 +427,9 @@ impl Fast {
                 range: cond.range,
             });
         }
-        self.send(body).await?;
+        let sent = self.send(body).await;
+        self.head = Vec::new();
+        sent?;
         Ok(req.keep_alive)
     }
 
@@ -488,6 +500,20 @@ impl Fast {
             }
         }
     }
+}
+
+/// `/objects/<2 hex>/<64 hex>`, the most asked path, parsed without allocating; the
+/// same rule as `parse_repo_path` (lowercase hex, the fan its first two digits), which
+/// parses the other shapes.
+fn object_target(path: &str) -> Option<Digest> {
+    let (fan, name) = path.strip_prefix("/objects/")?.split_once('/')?;
+    let lower_hex = name
+        .bytes()
+        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    if name.len() != 64 || !lower_hex || !name.starts_with(fan) || fan.len() != 2 {
+        return None;
+    }
+    Digest::from_hex(name).ok()
 }
 
 /// A repository file found, before its body.
@@ -746,5 +772,34 @@ impl AsyncWrite for Prefixed {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_format::layout::object_path;
+
+    #[test]
+    fn object_paths_parse_as_the_layout_has_them() {
+        let d = Digest::of(b"x");
+        let path = format!("/{}", object_path(&d));
+        assert_eq!(object_target(&path), Some(d));
+        assert_eq!(parse_repo_path(&path), Some(RepoPath::Object(d)));
+        let hex = d.to_hex();
+        for bad in [
+            format!("/objects/{}/{hex}", &hex[1..3]),
+            format!("/objects/{}/{}", &hex[..2], hex.to_uppercase()),
+            format!("/objects/{}/{}", &hex[..2], &hex[..63]),
+            format!("/objects/{}/{hex}0", &hex[..2]),
+            format!("/objects/{}x/{hex}", &hex[..2]),
+            format!("/objects/{hex}"),
+        ] {
+            assert_eq!(object_target(&bad), None, "{bad}");
+            assert!(
+                !matches!(parse_repo_path(&bad), Some(RepoPath::Object(_))),
+                "{bad}"
+            );
+        }
     }
 }

@@ -1,5 +1,7 @@
 //! Response bodies read from local files (the folder's objects, or the disk cache's
-//! copies of a bucket's). Each read is one `pread`: a range up to [`CHUNK`] bytes — an
+//! copies of a bucket's) for hyper: HTTP/2, TLS, and plain connections hyper took over
+//! (the HTTP/1.x fast path sends files with `sendfile` instead, [`super::fast`]).
+//! Each read is one `pread`: a range up to [`CHUNK`] bytes — an
 //! agent's typical request — is read in one call and answered from memory, a longer
 //! one streams in [`CHUNK`]-sized reads, each made only when the connection has taken
 //! the previous one, so a connection holds at most one chunk.

@@ -7,6 +7,14 @@
 //! lifetimes fit immutable objects and short-lived heads, connections are capped, and
 //! shutdown is graceful.
 //!
+//! Two HTTP engines share the routing and the rules: on plain connections, GET and
+//! HEAD of a folder repository's files — nearly every request agents and mirrors make
+//! — are answered by a small HTTP/1.x fast path ([`fast`]: file bodies by `sendfile`,
+//! as nginx does); everything else (other paths and methods, request bodies, HTTP/2,
+//! TLS, a bucket) by hyper, which takes over a plain connection at its first request
+//! the fast path does not answer. Heads and key lists are kept in memory while
+//! unchanged and objects kept open ([`files`]).
+//!
 //! Connection cap: every connection holds a semaphore permit, released when it ends,
 //! which also gives shutdown its "all connections done" signal: holding every permit.
 //! When no permit is free, the accept loop makes room by shedding the connection idle
@@ -18,7 +26,8 @@
 //! File descriptors: `serve` raises its soft `RLIMIT_NOFILE` to the hard limit at start
 //! (as nginx-style servers do) and warns when that is still too low for
 //! `--max-connections` (one descriptor per connection, one accepted beyond the cap,
-//! and a few per request for the files it serves).
+//! a few per request for the files it serves, and the objects kept open, at most
+//! [`files::OPEN_MAX`]).
 //!
 //! The access log is reopened on SIGHUP, so logrotate can move it away.
 
@@ -123,9 +132,8 @@ impl Server {
             .as_deref()
             .map(AccessLog::open)
             .transpose()?;
-        let listener = TcpListener::bind(opts.listen)
-            .await
-            .map_err(|source| Error::Listen {
+        let listener =
+            listen(opts.listen, opts.max_connections).map_err(|source| Error::Listen {
                 addr: opts.listen,
                 source,
             })?;
@@ -266,6 +274,24 @@ impl Server {
         sweeper.abort();
         Ok(())
     }
+}
+
+/// The listening socket, with room in its accept queue for a burst of
+/// `max_connections` new clients (at least nginx's 511; the kernel caps it at
+/// `net.core.somaxconn`). The 128 of `TcpListener::bind` overflowed when 1,000
+/// clients connected at once: the kernel then answers with SYN cookies, and those
+/// connections keep a 1,460-byte MSS for their whole life (on loopback, 45 segments
+/// for a 64 KiB range instead of one), or wait a second for a SYN retransmit.
+fn listen(addr: SocketAddr, max_connections: u32) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // As std's and tokio's `bind` do on Unix: a restart finds the port free at once.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(max_connections.max(511))
 }
 
 /// Serves HTTP/1.1 or HTTP/2 on one accepted (and maybe TLS-wrapped) connection until
@@ -480,8 +506,8 @@ fn raise_fd_limit(max_connections: u32) {
         lim = getrlimit(Resource::Nofile);
     }
     // Per connection one socket, plus the files a request has open, plus a margin
-    // for the listener, the log and the runtime.
-    let needed = u64::from(max_connections) * 2 + 64;
+    // for the listener, the log and the runtime, plus the objects kept open.
+    let needed = u64::from(max_connections) * 2 + 64 + files::OPEN_MAX as u64;
     match lim.current {
         Some(have) if have < needed => tracing::warn!(
             "the open-files limit ({have}) is low for --max-connections {max_connections} \

@@ -566,3 +566,103 @@ async fn a_deleted_object_is_not_served_past_the_recheck() {
     stop.send(()).unwrap();
     task.await.unwrap().unwrap();
 }
+
+/// What serve's HTTP/1.1 fast path does not answer itself goes to hyper, with the
+/// bytes already read: replies to a pipelined mix come back in order, and the
+/// connection keeps being served by hyper after. HTTP/1.0 keep-alive and
+/// `Connection: close` are answered as hyper answers them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fast_path_hands_over_what_it_does_not_answer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path();
+    let object = b"FRYD some diff".to_vec();
+    let path = put_object(repo, &object);
+    let (addr, stop, task) = start(repo).await;
+
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let raw = format!(
+        "GET {path} HTTP/1.1\r\nHost: t\r\nRange: bytes=0-3\r\n\r\n\
+         GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n\
+         GET {path} HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nxx\
+         GET {path}?q=1 HTTP/1.1\r\nHost: t\r\n\r\n\
+         HEAD {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(raw.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    s.read_to_end(&mut got).await.unwrap();
+    let r = replies(&got, &[false, false, false, false, true]);
+    assert_eq!((r[0].status, r[0].body.as_slice()), (206, &object[..4]));
+    assert_eq!((r[1].status, r[1].body.as_slice()), (200, &b"ok"[..]));
+    assert_eq!((r[2].status, &r[2].body), (200, &object));
+    assert_eq!((r[3].status, &r[3].body), (200, &object));
+    assert_eq!(r[4].status, 200);
+    assert_eq!(r[4].header("connection"), Some("close"));
+
+    // HTTP/1.0: answered in HTTP/1.0; kept open only when asked.
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let raw =
+        format!("GET {path} HTTP/1.0\r\nConnection: keep-alive\r\n\r\nGET {path} HTTP/1.0\r\n\r\n");
+    s.write_all(raw.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    s.read_to_end(&mut got).await.unwrap();
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.0 200 OK\r\n"), "{text}");
+    let r = replies(&got, &[false, false]);
+    assert_eq!(r[0].header("connection"), Some("keep-alive"));
+    assert_eq!(r[1].header("connection"), None);
+    assert_eq!((&r[0].body, &r[1].body), (&object, &object));
+
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+}
+
+/// A client that stops reading a file body sent by the fast path (sendfile) is
+/// dropped after `conns::STALL_TIMEOUT`, freeing its connection slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_download_is_dropped() {
+    use ferry_server::serve::conns::STALL_TIMEOUT;
+    let tmp = tempfile::tempdir().unwrap();
+    let big = vec![3u8; 48 << 20];
+    let path = put_object(tmp.path(), &big);
+    let server = Server::bind(&ServeOptions {
+        store: Store::folder(tmp.path()),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        max_connections: 1,
+        access_log: None,
+    })
+    .await
+    .unwrap();
+    let addr = server.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(server.run(async {
+        let _ = stopped.await;
+    }));
+
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut s = socket.connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    tokio::time::sleep(STALL_TIMEOUT + std::time::Duration::from_secs(4)).await;
+    // The only slot is free again.
+    let r = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        request(addr, "GET", "/healthz", &[]),
+    )
+    .await
+    .expect("the stalled connection was dropped");
+    assert_eq!(r.status, 200);
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        match s.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got += n,
+        }
+    }
+    assert!(got < big.len(), "the whole body arrived");
+
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+}
