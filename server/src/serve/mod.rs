@@ -114,6 +114,8 @@ pub struct Server {
     state: Arc<State>,
     max_connections: u32,
     tls: Option<TlsAcceptor>,
+    /// Where connections are served: the runtime `run` is called on, or these.
+    workers: Vec<tokio::runtime::Handle>,
 }
 
 impl Server {
@@ -153,6 +155,7 @@ impl Server {
             }),
             max_connections: opts.max_connections.max(1),
             tls: None,
+            workers: Vec::new(),
         })
     }
 
@@ -172,6 +175,15 @@ impl Server {
         if let Some(state) = Arc::get_mut(&mut self.state) {
             state.fleet = Some(fleet);
         }
+        self
+    }
+
+    /// Serves connections on these runtimes (in turn) rather than the one `run` runs
+    /// on: one single-threaded runtime per core, as `run_cli` does, keeps each
+    /// connection on one thread with its own `epoll`, as nginx's workers do.
+    #[must_use]
+    pub fn with_workers(mut self, workers: Vec<tokio::runtime::Handle>) -> Server {
+        self.workers = workers;
         self
     }
 
@@ -195,6 +207,7 @@ impl Server {
         let permits = Arc::new(Semaphore::new(self.max_connections as usize));
         let (stop_tx, stop_rx) = watch::channel(false);
         let sweeper = tokio::spawn(self.state.conns.clone().sweeper());
+        let mut next_worker = 0usize;
         tokio::pin!(shutdown);
         'accept: loop {
             let (stream, peer) = tokio::select! {
@@ -236,8 +249,34 @@ impl Server {
             let mut stop = stop_rx.clone();
             let tls = self.tls.clone();
             let reg = state.conns.register();
-            tokio::spawn(async move {
+            let worker = match self.workers.len() {
+                0 => None,
+                n => Some(&self.workers[next_worker % n]),
+            };
+            next_worker = next_worker.wrapping_add(1);
+            // Moved to the worker's runtime: registered with its `epoll` there.
+            let stream = match worker {
+                None => Accepted::Here(stream),
+                Some(_) => match stream.into_std() {
+                    Ok(s) => Accepted::Moved(s),
+                    Err(e) => {
+                        tracing::warn!(%peer, "cannot hand a connection to a worker: {e}");
+                        continue;
+                    }
+                },
+            };
+            let connection = async move {
                 let _permit = permit;
+                let stream = match stream {
+                    Accepted::Here(s) => s,
+                    Accepted::Moved(s) => match tokio::net::TcpStream::from_std(s) {
+                        Ok(s) => s,
+                        Err(e) => {
+                            tracing::warn!(%peer, "cannot serve a connection: {e}");
+                            return;
+                        }
+                    },
+                };
                 let conn = reg.conn.clone();
                 // As nginx's `tcp_nodelay on`: a response's last segment never waits
                 // for an acknowledgement.
@@ -258,7 +297,11 @@ impl Server {
                     }
                 }
                 drop(reg);
-            });
+            };
+            match worker {
+                Some(runtime) => drop(runtime.spawn(connection)),
+                None => drop(tokio::spawn(connection)),
+            }
         }
 
         tracing::info!("shutting down: draining connections");
@@ -374,6 +417,12 @@ async fn serve_connection<I>(
     }
 }
 
+/// An accepted socket, on the accept loop's runtime or ready to move to a worker's.
+enum Accepted {
+    Here(tokio::net::TcpStream),
+    Moved(std::net::TcpStream),
+}
+
 /// A response body that keeps its request counted as in flight until it is dropped.
 struct Guarded {
     body: Body,
@@ -457,12 +506,13 @@ pub fn run_cli(
         .enable_all()
         .build()
         .map_err(io_err("start", std::path::Path::new("the async runtime")))?;
+    let workers = connection_workers()?;
     rt.block_on(async {
         // Signal handlers are installed before the address is announced, so a test
         // that signals right after reading the line cannot kill the process unhandled.
         let shutdown = shutdown_signal()?;
         raise_fd_limit(opts.max_connections);
-        let mut server = Server::bind(opts).await?;
+        let mut server = Server::bind(opts).await?.with_workers(workers);
         let scheme = if acceptor.is_some() { "https" } else { "http" };
         if let Some(acceptor) = acceptor {
             server = server.with_tls(acceptor);
@@ -491,6 +541,29 @@ pub fn run_cli(
         }
         result
     })
+}
+
+/// One single-threaded runtime per core, each on its own thread, for connections
+/// ([`Server::with_workers`]); they live as long as the process.
+fn connection_workers() -> Result<Vec<tokio::runtime::Handle>> {
+    let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (0..n)
+        .map(|i| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(io_err(
+                    "start",
+                    std::path::Path::new("a connection runtime"),
+                ))?;
+            let handle = rt.handle().clone();
+            std::thread::Builder::new()
+                .name(format!("serve-{i}"))
+                .spawn(move || rt.block_on(std::future::pending::<()>()))
+                .map_err(io_err("start", std::path::Path::new("a connection thread")))?;
+            Ok(handle)
+        })
+        .collect()
 }
 
 /// Raises the soft limit on open files to the hard limit, and warns when even that is
