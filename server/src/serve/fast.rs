@@ -34,7 +34,8 @@ use std::time::SystemTime;
 use bytes::{Buf, Bytes, BytesMut};
 use ferry_format::envelope::ObjectKind;
 use ferry_format::id::Digest;
-use ferry_format::layout::{RepoPath, head_log_path, head_path, key_list_path, parse_repo_path};
+use ferry_format::layout::{RepoPath, head_log_path, parse_repo_path};
+use ferry_format::version::check_channel;
 use http::StatusCode;
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
@@ -123,6 +124,16 @@ enum Wake {
     Rules,
 }
 
+/// What a request path names.
+enum Target {
+    Object(Digest),
+    /// A channel head or a key list: the request path less its `/` is its layout
+    /// path (`parse_repo_path` accepts only the canonical spelling).
+    Small(ObjectKind, Kind),
+    /// A head log entry: its layout path and hash.
+    Log(String, Digest),
+}
+
 /// A request this path answers, as offsets into its head's bytes.
 struct Req {
     /// The length of its head.
@@ -131,7 +142,7 @@ struct Req {
     http10: bool,
     keep_alive: bool,
     path: Range<usize>,
-    target: RepoPath,
+    target: Target,
     if_none_match: Option<Range<usize>>,
     if_range: Option<Range<usize>>,
     range: Option<Range<usize>>,
@@ -279,11 +290,20 @@ impl Fast {
         let Some(path) = req.path.filter(|p| p.starts_with('/') && !p.contains('?')) else {
             return Parsed::HandOver;
         };
-        let Some(target) = object_target(path)
-            .map(RepoPath::Object)
-            .or_else(|| parse_repo_path(path))
-        else {
-            return Parsed::HandOver;
+        let target = if let Some(hash) = object_target(path) {
+            Target::Object(hash)
+        } else if is_head(path) {
+            Target::Small(ObjectKind::ChannelHead, Kind::head)
+        } else {
+            match parse_repo_path(path) {
+                Some(RepoPath::Object(hash)) => Target::Object(hash),
+                Some(RepoPath::Head(_)) => Target::Small(ObjectKind::ChannelHead, Kind::head),
+                Some(RepoPath::KeyList(_)) => Target::Small(ObjectKind::KeyList, Kind::key_list),
+                Some(RepoPath::HeadLog(channel, sequence, hash)) => {
+                    Target::Log(head_log_path(&channel, sequence, &hash), hash)
+                }
+                None => return Parsed::HandOver,
+            }
         };
         let (mut close, mut keep) = (false, false);
         let (mut if_none_match, mut if_range, mut range) = (None, None, None);
@@ -337,7 +357,7 @@ impl Fast {
             if_range: text(&req.if_range),
             range: text(&req.range),
         };
-        let (found, kind) = self.find(&req.target);
+        let (found, kind) = self.find(&req.target, path);
         // Per request, for the same reason as the read buffer.
         self.head = Vec::with_capacity(512);
         let head = &mut self.head;
@@ -433,13 +453,14 @@ impl Fast {
         Ok(req.keep_alive)
     }
 
-    /// The file a repository path names, with the kind the metrics count it as.
-    fn find(&self, target: &RepoPath) -> (io::Result<Found>, Kind) {
+    /// The file `target` (requested as `path`) names, with the kind the metrics count
+    /// it as.
+    fn find(&self, target: &Target, path: &str) -> (io::Result<Found>, Kind) {
         let Some(files) = &self.state.files else {
             return (Err(io::ErrorKind::NotFound.into()), Kind::other);
         };
         match target {
-            RepoPath::Object(hash) => match files.object(hash) {
+            Target::Object(hash) => match files.object(hash) {
                 Ok(o) => {
                     let kind = o.kind;
                     let found = Found {
@@ -452,28 +473,24 @@ impl Fast {
                 }
                 Err(e) => (Err(e), Kind::other),
             },
-            RepoPath::HeadLog(channel, sequence, hash) => {
-                let found =
-                    files
-                        .open(&head_log_path(channel, *sequence, hash))
-                        .map(|(file, len)| Found {
-                            etag: quoted(hash),
-                            len,
-                            cache: OBJECT_CACHE,
-                            source: Source::File(Arc::new(file)),
-                        });
+            Target::Log(rel, hash) => {
+                let found = files.open(rel).map(|(file, len)| Found {
+                    etag: quoted(hash),
+                    len,
+                    cache: OBJECT_CACHE,
+                    source: Source::File(Arc::new(file)),
+                });
                 (found, Kind::head)
             }
-            RepoPath::Head(channel) => {
-                let limit = ObjectKind::ChannelHead.max_size();
-                (small(files.small(&head_path(channel), limit)), Kind::head)
-            }
-            RepoPath::KeyList(version) => {
-                let limit = ObjectKind::KeyList.max_size();
-                (
-                    small(files.small(&key_list_path(*version), limit)),
-                    Kind::key_list,
-                )
+            Target::Small(object, kind) => {
+                let rel = path.strip_prefix('/').unwrap_or(path);
+                let found = files.small(rel, object.max_size()).map(|s| Found {
+                    etag: s.etag.clone(),
+                    len: s.body.len() as u64,
+                    cache: HEAD_CACHE,
+                    source: Source::Memory(s.body.clone()),
+                });
+                (found, *kind)
             }
         }
     }
@@ -516,6 +533,14 @@ fn object_target(path: &str) -> Option<Digest> {
     Digest::from_hex(name).ok()
 }
 
+/// `/channels/<channel>/head`, parsed without allocating (the same rule as
+/// `parse_repo_path`).
+fn is_head(path: &str) -> bool {
+    path.strip_prefix("/channels/")
+        .and_then(|p| p.strip_suffix("/head"))
+        .is_some_and(|name| !name.contains('/') && check_channel(name).is_ok())
+}
+
 /// A repository file found, before its body.
 struct Found {
     etag: http::HeaderValue,
@@ -552,15 +577,6 @@ enum Body {
         start: u64,
         count: u64,
     },
-}
-
-fn small(s: io::Result<Arc<super::files::Small>>) -> io::Result<Found> {
-    s.map(|s| Found {
-        etag: s.etag.clone(),
-        len: s.body.len() as u64,
-        cache: HEAD_CACHE,
-        source: Source::Memory(s.body.clone()),
-    })
 }
 
 /// Keeps the first value of a header, when it is visible ASCII (`None` inside when it
@@ -779,6 +795,27 @@ impl AsyncWrite for Prefixed {
 mod tests {
     use super::*;
     use ferry_format::layout::object_path;
+
+    #[test]
+    fn head_paths_parse_as_the_layout_has_them() {
+        for (path, head) in [
+            ("/channels/stable/head", true),
+            ("/channels/a.b_c-9/head", true),
+            ("/channels/.hidden/head", false),
+            ("/channels//head", false),
+            ("/channels/a/b/head", false),
+            ("/channels/%2e%2e/head", false),
+            ("/channels/stable/head/", false),
+            ("/channels/stable/log/head", false),
+            ("channels/stable/head", false),
+        ] {
+            assert_eq!(is_head(path), head, "{path}");
+            if path.starts_with('/') {
+                let parsed = matches!(parse_repo_path(path), Some(RepoPath::Head(_)));
+                assert_eq!(parsed, head, "{path}");
+            }
+        }
+    }
 
     #[test]
     fn object_paths_parse_as_the_layout_has_them() {
