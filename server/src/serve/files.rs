@@ -19,7 +19,8 @@
 //!
 //! **Objects** ([`Files::object`]): content-addressed, so never changed, only created
 //! and deleted (by `gc`). Each stays open, with its length, ETag and kind, in a bounded
-//! table ([`OPEN_MAX`] descriptors at most; the least recently used are closed first),
+//! table ([`OPEN_MAX`] descriptors at most per serving thread: each keeps its own
+//! tables, so a request takes no lock; the least recently used are closed first),
 //! so a range costs one read, not an open, a `stat`, a read and a close. An entry is
 //! checked against its path at most every [`RECHECK`]: an object deleted by `gc` (or
 //! replaced) is served from the open file for at most that long after, then answered
@@ -27,13 +28,14 @@
 //! harmless — its bytes are still exactly those its name promises — and nginx's
 //! `open_file_cache` does the same for its `open_file_cache_valid` (60 s).
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
@@ -53,8 +55,8 @@ pub const RACY: Duration = Duration::from_millis(50);
 pub const RACY_COARSE: Duration = Duration::from_secs(2);
 /// How often an open object is checked against its path (deleted or replaced).
 pub const RECHECK: Duration = Duration::from_secs(1);
-/// Objects kept open at most (file descriptors).
-pub const OPEN_MAX: usize = 512;
+/// Objects kept open at most by each serving thread (file descriptors).
+pub const OPEN_MAX: usize = 256;
 /// Small files remembered at most (heads and key lists that exist: a repository has a
 /// few; the table is emptied should it ever grow past this).
 const SMALL_MAX: usize = 4096;
@@ -63,8 +65,23 @@ const SMALL_MAX: usize = 4096;
 pub struct Files {
     root: PathBuf,
     epoch: Instant,
-    small: Mutex<HashMap<String, Arc<Small>>>,
-    open: Mutex<Open>,
+    /// Names this repository's tables in each thread's [`TABLES`] (they are dropped
+    /// once it is).
+    alive: Arc<()>,
+}
+
+thread_local! {
+    /// Each thread's tables, per [`Files`] (tests run several servers in a process).
+    /// A serving thread keeps its own, as nginx's worker processes do: a request takes
+    /// no lock and writes no cache line another core uses (a shared table's lock and
+    /// reference counts cost each request two cores' worth of cache-line transfers).
+    static TABLES: RefCell<Vec<(Weak<()>, Tables)>> = const { RefCell::new(Vec::new()) };
+}
+
+#[derive(Default)]
+struct Tables {
+    small: HashMap<String, Arc<Small>>,
+    open: Open,
 }
 
 /// A channel head or key list, as read.
@@ -169,15 +186,30 @@ impl Files {
         Files {
             root: root.to_path_buf(),
             epoch: Instant::now(),
-            small: Mutex::default(),
-            open: Mutex::default(),
+            alive: Arc::new(()),
         }
+    }
+
+    /// Runs `f` on this thread's tables of this repository.
+    fn tables<T>(&self, f: impl FnOnce(&mut Tables) -> T) -> T {
+        TABLES.with_borrow_mut(|all| {
+            all.retain(|(w, _)| w.strong_count() > 0);
+            let me = Arc::as_ptr(&self.alive);
+            let i = match all.iter().position(|(w, _)| std::ptr::eq(w.as_ptr(), me)) {
+                Some(i) => i,
+                None => {
+                    all.push((Arc::downgrade(&self.alive), Tables::default()));
+                    all.len() - 1
+                }
+            };
+            f(&mut all[i].1)
+        })
     }
 
     /// The small file `rel` (at most `limit` bytes): the cached copy while the path
     /// still holds the file it was read from, else read now. Not found: `NotFound`.
     pub fn small(&self, rel: &str, limit: u64) -> io::Result<Arc<Small>> {
-        let cached = lock(&self.small).get(rel).cloned();
+        let cached = self.tables(|t| t.small.get(rel).cloned());
         let found = match &cached {
             Some(c) => std::fs::metadata(&c.path),
             None => std::fs::metadata(self.root.join(rel)),
@@ -197,23 +229,24 @@ impl Files {
             Ok(s) => Arc::new(s),
             Err(e) => return Err(self.forget_small(rel, e)),
         };
-        let mut table = lock(&self.small);
-        if table.len() >= SMALL_MAX {
-            table.clear();
-        }
-        table.insert(rel.to_string(), small.clone());
+        self.tables(|t| {
+            if t.small.len() >= SMALL_MAX {
+                t.small.clear();
+            }
+            t.small.insert(rel.to_string(), small.clone());
+        });
         Ok(small)
     }
 
     fn forget_small(&self, rel: &str, e: io::Error) -> io::Error {
-        lock(&self.small).remove(rel);
+        self.tables(|t| t.small.remove(rel));
         e
     }
 
     /// The object `hash`, open. Not found: `NotFound`.
     pub fn object(&self, hash: &Digest) -> io::Result<Arc<Object>> {
         let now = self.epoch.elapsed().as_millis() as u64;
-        let cached = lock(&self.open).get(hash);
+        let cached = self.tables(|t| t.open.get(hash));
         if let Some(o) = cached {
             if now.saturating_sub(o.checked.load(Ordering::Relaxed)) < RECHECK.as_millis() as u64 {
                 return Ok(o);
@@ -226,7 +259,7 @@ impl Files {
                 // Replaced: opened again below.
                 Ok(_) => {}
                 Err(e) => {
-                    lock(&self.open).remove(hash);
+                    self.tables(|t| t.open.remove(hash));
                     return Err(e);
                 }
             }
@@ -247,7 +280,7 @@ impl Files {
             id: (meta.dev(), meta.ino()),
             checked: AtomicU64::new(now),
         });
-        lock(&self.open).insert(*hash, o.clone());
+        self.tables(|t| t.open.insert(*hash, o.clone()));
         Ok(o)
     }
 }
@@ -322,9 +355,4 @@ pub fn quoted(hash: &Digest) -> HeaderValue {
     let text = format!("\"{}\"", hash.to_hex());
     // Hex digits and quotes are always a valid header value.
     HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("\"\""))
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A poisoned table only means a panic while it was held; it is still consistent.
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }

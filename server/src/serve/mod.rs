@@ -27,7 +27,7 @@
 //! (as nginx-style servers do) and warns when that is still too low for
 //! `--max-connections` (one descriptor per connection, one accepted beyond the cap,
 //! a few per request for the files it serves, and the objects kept open, at most
-//! [`files::OPEN_MAX`]).
+//! [`files::OPEN_MAX`] per core).
 //!
 //! The access log is reopened on SIGHUP, so logrotate can move it away.
 
@@ -585,7 +585,8 @@ fn raise_fd_limit(max_connections: u32) {
     }
     // Per connection one socket, plus the files a request has open, plus a margin
     // for the listener, the log and the runtime, plus the objects kept open.
-    let needed = u64::from(max_connections) * 2 + 64 + files::OPEN_MAX as u64;
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+    let needed = u64::from(max_connections) * 2 + 64 + files::OPEN_MAX as u64 * threads;
     match lim.current {
         Some(have) if have < needed => tracing::warn!(
             "the open-files limit ({have}) is low for --max-connections {max_connections} \
