@@ -2,8 +2,9 @@
 //! for almost always — `GET` or `HEAD` of an object, a head log entry, a channel head
 //! or a key list of a folder repository — is answered here, with no per-request
 //! allocation beyond the request's own parse, the response head written into one
-//! buffer, and file bodies sent with `sendfile(2)` (nginx's `sendfile on`), or read
-//! and written with the head in one `writev` when short.
+//! buffer, and file bodies sent with `sendfile(2)` after the head (nginx's `sendfile
+//! on`, the head held with `MSG_MORE` to leave with the body), or read and written
+//! with the head in one `writev` when short.
 //!
 //! Everything else is left to hyper, for the rest of the connection: the first
 //! request that is not such a `GET`/`HEAD` (another path, a method, a body, `Expect`,
@@ -512,7 +513,9 @@ impl Fast {
                 write_all(tcp, conn, tick, &mut bufs).await
             }
             Body::File { file, start, count } => {
-                write_all(tcp, conn, tick, &mut [IoSlice::new(&self.head)]).await?;
+                // MSG_MORE: the head leaves with the body's first bytes, one segment
+                // (as nginx's `tcp_nopush`, with one call less than TCP_CORK).
+                send_more(tcp, conn, tick, &self.head).await?;
                 send_file(tcp, conn, tick, file.file(), start, count).await
             }
         }
@@ -703,6 +706,30 @@ async fn write_all(
             return Err(io::ErrorKind::WriteZero.into());
         }
         IoSlice::advance_slices(&mut bufs, n);
+    }
+    Ok(())
+}
+
+/// Sends `buf` with MSG_MORE: held until what follows it (or the segment fills).
+async fn send_more(
+    tcp: &TcpStream,
+    conn: &Conn,
+    tick: &mut Stall<'_>,
+    mut buf: &[u8],
+) -> io::Result<()> {
+    use rustix::net::SendFlags;
+    while !buf.is_empty() {
+        let n = poll_fn(|cx| {
+            poll_write_with(tcp, conn, tick, cx, || {
+                rustix::net::send(tcp, buf, SendFlags::MORE | SendFlags::NOSIGNAL)
+                    .map_err(io::Error::from)
+            })
+        })
+        .await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        buf = &buf[n..];
     }
     Ok(())
 }
