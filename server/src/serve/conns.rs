@@ -179,6 +179,18 @@ impl Conn {
         InFlight(self.clone())
     }
 
+    /// The same, held by reference (for a request answered before the connection's
+    /// task goes on: the fast path's).
+    pub fn begin_here(&self) -> InFlightHere<'_> {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        InFlightHere(self)
+    }
+
+    fn end(&self) {
+        self.idle_since.store(ms(self.epoch), Ordering::SeqCst);
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+
     /// The socket moved a byte.
     pub fn touch(&self) {
         self.last_io.store(ms(self.epoch), Ordering::Relaxed);
@@ -206,9 +218,16 @@ pub struct InFlight(Arc<Conn>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        let c = &self.0;
-        c.idle_since.store(ms(c.epoch), Ordering::SeqCst);
-        c.in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.0.end();
+    }
+}
+
+/// [`InFlight`], by reference.
+pub struct InFlightHere<'a>(&'a Conn);
+
+impl Drop for InFlightHere<'_> {
+    fn drop(&mut self) {
+        self.0.end();
     }
 }
 

@@ -177,7 +177,7 @@ impl Fast {
                 };
                 // Taken out while answered, so the request's text stays borrowable.
                 let mut buf = std::mem::take(&mut self.buf);
-                let answered = self.answer(&req, &buf[..req.len]).await;
+                let answered = self.answer(&req, &buf[..req.len], &conn).await;
                 buf.advance(req.len);
                 // Nothing left: the buffer goes back to the allocator, which hands
                 // the same (cache-warm) memory to the next connection that reads.
@@ -348,8 +348,8 @@ impl Fast {
     }
 
     /// Answers `req` (whose head is `raw`); returns whether the connection stays open.
-    async fn answer(&mut self, req: &Req, raw: &[u8]) -> io::Result<bool> {
-        let _in_flight = self.conn.begin();
+    async fn answer(&mut self, req: &Req, raw: &[u8], conn: &Conn) -> io::Result<bool> {
+        let _in_flight = conn.begin_here();
         let text =
             |r: &Option<Range<usize>>| r.clone().and_then(|r| std::str::from_utf8(&raw[r]).ok());
         let path = text(&Some(req.path.clone())).unwrap_or_default();
