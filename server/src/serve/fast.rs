@@ -22,12 +22,12 @@
 //! or when shed to make room; a response that moves no byte for the stall timeout
 //! drops the connection; shutdown closes the connection once its response is sent.
 
-use std::future::{Future, poll_fn};
+use std::future::poll_fn;
 use std::io::{self, IoSlice, Write as _};
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
-use std::pin::{Pin, pin};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::SystemTime;
@@ -121,7 +121,7 @@ enum Wake {
     Read(usize),
     Shed,
     Stop,
-    /// The idle or stall rule may apply ([`Conn::rules`]).
+    /// The idle or stall rule may apply ([`conns::RULES`]).
     Rules,
 }
 
@@ -162,12 +162,6 @@ impl Fast {
             return Ok(End::HandOver);
         }
         let conn = self.conn.clone();
-        let mut shed = pin!(conn.shed.notified());
-        let mut rules = pin!(conn.rules.notified());
-        let mut stop_rx = stop.clone();
-        let mut stopping = pin!(async move {
-            let _ = stop_rx.wait_for(|s| *s).await;
-        });
         loop {
             loop {
                 let req = match self.parse() {
@@ -189,20 +183,14 @@ impl Fast {
                 if !keep_alive {
                     return Ok(End::Close("not keep-alive"));
                 }
-                if *stop.borrow() {
+                if conn.stopping() || *stop.borrow() {
                     return Ok(End::Close("shutdown"));
                 }
             }
             if self.buf.len() > MAX_HEAD {
                 return Ok(End::HandOver);
             }
-            let wake = self
-                .wait(shed.as_mut(), stopping.as_mut(), rules.as_mut())
-                .await?;
-            if let Wake::Rules = wake {
-                rules.set(conn.rules.notified());
-            }
-            match wake {
+            match self.wait().await? {
                 Wake::Read(0) => return Ok(End::Close("closed by the client")),
                 Wake::Read(_) => {}
                 // Idle by definition: no request in flight.
@@ -218,12 +206,7 @@ impl Fast {
     }
 
     /// Reads more of the next request, or learns why to stop waiting for it.
-    async fn wait(
-        &mut self,
-        mut shed: Pin<&mut impl Future<Output = ()>>,
-        mut stopping: Pin<&mut impl Future<Output = ()>>,
-        mut rules: Pin<&mut tokio::sync::futures::Notified<'_>>,
-    ) -> io::Result<Wake> {
+    async fn wait(&mut self) -> io::Result<Wake> {
         if self.buf.capacity() - self.buf.len() < READ {
             self.buf.reserve(READ);
         }
@@ -238,16 +221,16 @@ impl Fast {
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => {}
             }
-            if shed.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Ok(Wake::Shed));
+            let raised = self.conn.poll_signals(cx);
+            if raised & conns::SHED != 0 {
+                Poll::Ready(Ok(Wake::Shed))
+            } else if raised & conns::STOP != 0 {
+                Poll::Ready(Ok(Wake::Stop))
+            } else if raised & conns::RULES != 0 {
+                Poll::Ready(Ok(Wake::Rules))
+            } else {
+                Poll::Pending
             }
-            if stopping.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Ok(Wake::Stop));
-            }
-            if rules.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Ok(Wake::Rules));
-            }
-            Poll::Pending
         })
         .await
     }
@@ -499,7 +482,7 @@ impl Fast {
     /// Writes the response head and `body`.
     async fn send(&mut self, body: Body) -> io::Result<()> {
         let (tcp, conn) = (&self.tcp, &*self.conn);
-        let tick = &mut Stall { conn, rules: None };
+        let tick = &mut Stall { conn };
         match body {
             Body::None => write_all(tcp, conn, tick, &mut [IoSlice::new(&self.head)]).await,
             Body::Memory(b) => {
@@ -629,28 +612,15 @@ fn date(head: &mut Vec<u8>) {
     });
 }
 
-/// The stall rule while a response is written: armed when a write first waits.
+/// The stall rule while a response is written.
 struct Stall<'a> {
     conn: &'a Conn,
-    rules: Option<Pin<Box<tokio::sync::futures::Notified<'a>>>>,
 }
 
 impl Stall<'_> {
     /// Whether the connection is stalled; registers `cx` to learn when it may be.
     fn stalled(&mut self, cx: &mut Context<'_>) -> bool {
-        loop {
-            let conn = self.conn;
-            let rules = self
-                .rules
-                .get_or_insert_with(|| Box::pin(conn.rules.notified()));
-            if rules.as_mut().poll(cx).is_pending() {
-                return false;
-            }
-            self.rules = None;
-            if conn.verdict() == Verdict::Stalled {
-                return true;
-            }
-        }
+        self.conn.poll_signals(cx) & conns::RULES != 0 && self.conn.verdict() == Verdict::Stalled
     }
 }
 

@@ -307,6 +307,7 @@ impl Server {
         tracing::info!("shutting down: draining connections");
         drop(self.listener);
         let _ = stop_tx.send(true);
+        self.state.conns.stop_all();
         match tokio::time::timeout(GRACE, permits.acquire_many(self.max_connections)).await {
             Ok(_) => tracing::info!("all connections closed"),
             Err(_) => tracing::warn!(
