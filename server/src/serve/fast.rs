@@ -23,7 +23,7 @@
 //! drops the connection; shutdown closes the connection once its response is sent.
 
 use std::future::poll_fn;
-use std::io::{self, IoSlice, Write as _};
+use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
@@ -364,7 +364,9 @@ impl Fast {
                     Plan::NotModified => (status, Body::None, 0),
                     Plan::Unsatisfiable => {
                         header(head, "content-type", b"application/octet-stream");
-                        let _ = write!(head, "content-range: bytes */{}\r\n", found.len);
+                        head.extend_from_slice(b"content-range: bytes */");
+                        number(head, found.len);
+                        head.extend_from_slice(b"\r\n");
                         header(head, "content-length", b"0");
                         (status, Body::None, 0)
                     }
@@ -377,9 +379,17 @@ impl Fast {
                         if partial {
                             let end = start + count - 1;
                             let len = found.len;
-                            let _ = write!(head, "content-range: bytes {start}-{end}/{len}\r\n");
+                            head.extend_from_slice(b"content-range: bytes ");
+                            number(head, start);
+                            head.push(b'-');
+                            number(head, end);
+                            head.push(b'/');
+                            number(head, len);
+                            head.extend_from_slice(b"\r\n");
                         }
-                        let _ = write!(head, "content-length: {count}\r\n");
+                        head.extend_from_slice(b"content-length: ");
+                        number(head, count);
+                        head.extend_from_slice(b"\r\n");
                         if req.head_only {
                             (status, Body::None, 0)
                         } else {
@@ -397,7 +407,9 @@ impl Fast {
                 };
                 status_line(head, version, status);
                 header(head, "content-type", b"text/plain; charset=utf-8");
-                let _ = write!(head, "content-length: {}\r\n", message.len());
+                head.extend_from_slice(b"content-length: ");
+                number(head, message.len() as u64);
+                head.extend_from_slice(b"\r\n");
                 if req.head_only {
                     (status, Body::None, 0)
                 } else {
@@ -581,8 +593,27 @@ fn first(
 }
 
 fn status_line(head: &mut Vec<u8>, version: &str, status: StatusCode) {
-    let reason = status.canonical_reason().unwrap_or("");
-    let _ = write!(head, "{version} {} {reason}\r\n", status.as_u16());
+    head.extend_from_slice(version.as_bytes());
+    head.push(b' ');
+    head.extend_from_slice(status.as_str().as_bytes());
+    head.push(b' ');
+    head.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    head.extend_from_slice(b"\r\n");
+}
+
+/// `n` in decimal.
+fn number(head: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    head.extend_from_slice(&digits[at..]);
 }
 
 fn header(head: &mut Vec<u8>, name: &str, value: &[u8]) {
@@ -791,6 +822,22 @@ impl AsyncWrite for Prefixed {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn numbers_and_status_lines_are_written_as_hyper_writes_them() {
+        for n in [0u64, 7, 10, 65_536, 140_184_427, u64::MAX] {
+            let mut v = Vec::new();
+            number(&mut v, n);
+            assert_eq!(v, n.to_string().as_bytes());
+        }
+        let mut v = Vec::new();
+        status_line(&mut v, "HTTP/1.1", StatusCode::PARTIAL_CONTENT);
+        status_line(&mut v, "HTTP/1.0", StatusCode::RANGE_NOT_SATISFIABLE);
+        assert_eq!(
+            v,
+            b"HTTP/1.1 206 Partial Content\r\nHTTP/1.0 416 Range Not Satisfiable\r\n"
+        );
+    }
     use ferry_format::layout::object_path;
 
     #[test]
