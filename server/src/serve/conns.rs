@@ -32,7 +32,9 @@
 use std::collections::HashMap;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
+
+use futures_util::task::AtomicWaker;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -82,7 +84,19 @@ pub struct Conn {
     pub shed: Notify,
     /// Woken when the idle or stall rule says it must end (see [`Conn::verdict`]).
     pub rules: Notify,
+    /// The same three events (shed, rules, shutdown) for the HTTP/1.x fast path, as
+    /// bits ([`SHED`], [`RULES`], [`STOP`]) and one waker: checking them costs its
+    /// task two atomic operations per request, not three futures' polls.
+    signals: AtomicU8,
+    task: AtomicWaker,
 }
+
+/// [`Conn::signals`]: chosen to make room.
+pub const SHED: u8 = 1;
+/// [`Conn::signals`]: the idle or stall rule may apply.
+pub const RULES: u8 = 2;
+/// [`Conn::signals`]: the server is shutting down.
+pub const STOP: u8 = 4;
 
 impl Conns {
     /// Registers a new connection; it is removed when the returned guard drops.
@@ -97,6 +111,8 @@ impl Conns {
             shedding: AtomicBool::new(false),
             shed: Notify::new(),
             rules: Notify::new(),
+            signals: AtomicU8::new(0),
+            task: AtomicWaker::new(),
         });
         self.lock().insert(conn.id, conn.clone());
         Registered {
@@ -118,6 +134,7 @@ impl Conns {
             Some(c) => {
                 c.shedding.store(true, Ordering::SeqCst);
                 c.shed.notify_one();
+                c.raise(SHED);
                 true
             }
             None => false,
@@ -130,7 +147,16 @@ impl Conns {
         for c in self.lock().values() {
             if c.verdict_at(now, IDLE_TIMEOUT, STALL_TIMEOUT) != Verdict::Keep {
                 c.rules.notify_one();
+                c.raise(RULES);
             }
+        }
+    }
+
+    /// Tells every connection's fast path that the server is shutting down (hyper's
+    /// connections learn it from the shutdown channel).
+    pub fn stop_all(&self) {
+        for c in self.lock().values() {
+            c.raise(STOP);
         }
     }
 
@@ -179,6 +205,39 @@ impl Conn {
         InFlight(self.clone())
     }
 
+    /// The same, held by reference (for a request answered before the connection's
+    /// task goes on: the fast path's).
+    pub fn begin_here(&self) -> InFlightHere<'_> {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        InFlightHere(self)
+    }
+
+    fn end(&self) {
+        self.idle_since.store(ms(self.epoch), Ordering::SeqCst);
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    fn raise(&self, signal: u8) {
+        self.signals.fetch_or(signal, Ordering::SeqCst);
+        self.task.wake();
+    }
+
+    /// The signals raised (see [`Conn::signals`]), with `cx`'s task woken at the next
+    /// one; [`RULES`] is taken (cleared) as it is read, the others stay raised.
+    pub fn poll_signals(&self, cx: &std::task::Context<'_>) -> u8 {
+        self.task.register(cx.waker());
+        let raised = self.signals.load(Ordering::SeqCst);
+        if raised & RULES != 0 {
+            self.signals.fetch_and(!RULES, Ordering::SeqCst);
+        }
+        raised
+    }
+
+    /// Whether the server is shutting down.
+    pub fn stopping(&self) -> bool {
+        self.signals.load(Ordering::Relaxed) & STOP != 0
+    }
+
     /// The socket moved a byte.
     pub fn touch(&self) {
         self.last_io.store(ms(self.epoch), Ordering::Relaxed);
@@ -206,9 +265,16 @@ pub struct InFlight(Arc<Conn>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        let c = &self.0;
-        c.idle_since.store(ms(c.epoch), Ordering::SeqCst);
-        c.in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.0.end();
+    }
+}
+
+/// [`InFlight`], by reference.
+pub struct InFlightHere<'a>(&'a Conn);
+
+impl Drop for InFlightHere<'_> {
+    fn drop(&mut self) {
+        self.0.end();
     }
 }
 

@@ -2,8 +2,9 @@
 //! for almost always — `GET` or `HEAD` of an object, a head log entry, a channel head
 //! or a key list of a folder repository — is answered here, with no per-request
 //! allocation beyond the request's own parse, the response head written into one
-//! buffer, and file bodies sent with `sendfile(2)` (nginx's `sendfile on`), or read
-//! and written with the head in one `writev` when short.
+//! buffer, and file bodies sent with `sendfile(2)` after the head (nginx's `sendfile
+//! on`, the head held with `MSG_MORE` to leave with the body), or read and written
+//! with the head in one `writev` when short.
 //!
 //! Everything else is left to hyper, for the rest of the connection: the first
 //! request that is not such a `GET`/`HEAD` (another path, a method, a body, `Expect`,
@@ -21,12 +22,12 @@
 //! or when shed to make room; a response that moves no byte for the stall timeout
 //! drops the connection; shutdown closes the connection once its response is sent.
 
-use std::future::{Future, poll_fn};
-use std::io::{self, IoSlice, Write as _};
+use std::future::poll_fn;
+use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
-use std::pin::{Pin, pin};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::SystemTime;
@@ -34,7 +35,8 @@ use std::time::SystemTime;
 use bytes::{Buf, Bytes, BytesMut};
 use ferry_format::envelope::ObjectKind;
 use ferry_format::id::Digest;
-use ferry_format::layout::{RepoPath, head_log_path, head_path, key_list_path, parse_repo_path};
+use ferry_format::layout::{RepoPath, head_log_path, parse_repo_path};
+use ferry_format::version::check_channel;
 use http::StatusCode;
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
@@ -119,8 +121,18 @@ enum Wake {
     Read(usize),
     Shed,
     Stop,
-    /// The idle or stall rule may apply ([`Conn::rules`]).
+    /// The idle or stall rule may apply ([`conns::RULES`]).
     Rules,
+}
+
+/// What a request path names.
+enum Target {
+    Object(Digest),
+    /// A channel head or a key list: the request path less its `/` is its layout
+    /// path (`parse_repo_path` accepts only the canonical spelling).
+    Small(ObjectKind, Kind),
+    /// A head log entry: its layout path and hash.
+    Log(String, Digest),
 }
 
 /// A request this path answers, as offsets into its head's bytes.
@@ -131,7 +143,7 @@ struct Req {
     http10: bool,
     keep_alive: bool,
     path: Range<usize>,
-    target: RepoPath,
+    target: Target,
     if_none_match: Option<Range<usize>>,
     if_range: Option<Range<usize>>,
     range: Option<Range<usize>>,
@@ -150,12 +162,6 @@ impl Fast {
             return Ok(End::HandOver);
         }
         let conn = self.conn.clone();
-        let mut shed = pin!(conn.shed.notified());
-        let mut rules = pin!(conn.rules.notified());
-        let mut stop_rx = stop.clone();
-        let mut stopping = pin!(async move {
-            let _ = stop_rx.wait_for(|s| *s).await;
-        });
         loop {
             loop {
                 let req = match self.parse() {
@@ -165,7 +171,7 @@ impl Fast {
                 };
                 // Taken out while answered, so the request's text stays borrowable.
                 let mut buf = std::mem::take(&mut self.buf);
-                let answered = self.answer(&req, &buf[..req.len]).await;
+                let answered = self.answer(&req, &buf[..req.len], &conn).await;
                 buf.advance(req.len);
                 // Nothing left: the buffer goes back to the allocator, which hands
                 // the same (cache-warm) memory to the next connection that reads.
@@ -177,20 +183,14 @@ impl Fast {
                 if !keep_alive {
                     return Ok(End::Close("not keep-alive"));
                 }
-                if *stop.borrow() {
+                if conn.stopping() || *stop.borrow() {
                     return Ok(End::Close("shutdown"));
                 }
             }
             if self.buf.len() > MAX_HEAD {
                 return Ok(End::HandOver);
             }
-            let wake = self
-                .wait(shed.as_mut(), stopping.as_mut(), rules.as_mut())
-                .await?;
-            if let Wake::Rules = wake {
-                rules.set(conn.rules.notified());
-            }
-            match wake {
+            match self.wait().await? {
                 Wake::Read(0) => return Ok(End::Close("closed by the client")),
                 Wake::Read(_) => {}
                 // Idle by definition: no request in flight.
@@ -206,12 +206,7 @@ impl Fast {
     }
 
     /// Reads more of the next request, or learns why to stop waiting for it.
-    async fn wait(
-        &mut self,
-        mut shed: Pin<&mut impl Future<Output = ()>>,
-        mut stopping: Pin<&mut impl Future<Output = ()>>,
-        mut rules: Pin<&mut tokio::sync::futures::Notified<'_>>,
-    ) -> io::Result<Wake> {
+    async fn wait(&mut self) -> io::Result<Wake> {
         if self.buf.capacity() - self.buf.len() < READ {
             self.buf.reserve(READ);
         }
@@ -226,16 +221,16 @@ impl Fast {
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => {}
             }
-            if shed.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Ok(Wake::Shed));
+            let raised = self.conn.poll_signals(cx);
+            if raised & conns::SHED != 0 {
+                Poll::Ready(Ok(Wake::Shed))
+            } else if raised & conns::STOP != 0 {
+                Poll::Ready(Ok(Wake::Stop))
+            } else if raised & conns::RULES != 0 {
+                Poll::Ready(Ok(Wake::Rules))
+            } else {
+                Poll::Pending
             }
-            if stopping.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Ok(Wake::Stop));
-            }
-            if rules.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Ok(Wake::Rules));
-            }
-            Poll::Pending
         })
         .await
     }
@@ -279,11 +274,20 @@ impl Fast {
         let Some(path) = req.path.filter(|p| p.starts_with('/') && !p.contains('?')) else {
             return Parsed::HandOver;
         };
-        let Some(target) = object_target(path)
-            .map(RepoPath::Object)
-            .or_else(|| parse_repo_path(path))
-        else {
-            return Parsed::HandOver;
+        let target = if let Some(hash) = object_target(path) {
+            Target::Object(hash)
+        } else if is_head(path) {
+            Target::Small(ObjectKind::ChannelHead, Kind::head)
+        } else {
+            match parse_repo_path(path) {
+                Some(RepoPath::Object(hash)) => Target::Object(hash),
+                Some(RepoPath::Head(_)) => Target::Small(ObjectKind::ChannelHead, Kind::head),
+                Some(RepoPath::KeyList(_)) => Target::Small(ObjectKind::KeyList, Kind::key_list),
+                Some(RepoPath::HeadLog(channel, sequence, hash)) => {
+                    Target::Log(head_log_path(&channel, sequence, &hash), hash)
+                }
+                None => return Parsed::HandOver,
+            }
         };
         let (mut close, mut keep) = (false, false);
         let (mut if_none_match, mut if_range, mut range) = (None, None, None);
@@ -327,8 +331,8 @@ impl Fast {
     }
 
     /// Answers `req` (whose head is `raw`); returns whether the connection stays open.
-    async fn answer(&mut self, req: &Req, raw: &[u8]) -> io::Result<bool> {
-        let _in_flight = self.conn.begin();
+    async fn answer(&mut self, req: &Req, raw: &[u8], conn: &Conn) -> io::Result<bool> {
+        let _in_flight = conn.begin_here();
         let text =
             |r: &Option<Range<usize>>| r.clone().and_then(|r| std::str::from_utf8(&raw[r]).ok());
         let path = text(&Some(req.path.clone())).unwrap_or_default();
@@ -337,7 +341,7 @@ impl Fast {
             if_range: text(&req.if_range),
             range: text(&req.range),
         };
-        let (found, kind) = self.find(&req.target);
+        let (found, kind) = self.find(&req.target, path);
         // Per request, for the same reason as the read buffer.
         self.head = Vec::with_capacity(512);
         let head = &mut self.head;
@@ -360,7 +364,9 @@ impl Fast {
                     Plan::NotModified => (status, Body::None, 0),
                     Plan::Unsatisfiable => {
                         header(head, "content-type", b"application/octet-stream");
-                        let _ = write!(head, "content-range: bytes */{}\r\n", found.len);
+                        head.extend_from_slice(b"content-range: bytes */");
+                        number(head, found.len);
+                        head.extend_from_slice(b"\r\n");
                         header(head, "content-length", b"0");
                         (status, Body::None, 0)
                     }
@@ -373,9 +379,17 @@ impl Fast {
                         if partial {
                             let end = start + count - 1;
                             let len = found.len;
-                            let _ = write!(head, "content-range: bytes {start}-{end}/{len}\r\n");
+                            head.extend_from_slice(b"content-range: bytes ");
+                            number(head, start);
+                            head.push(b'-');
+                            number(head, end);
+                            head.push(b'/');
+                            number(head, len);
+                            head.extend_from_slice(b"\r\n");
                         }
-                        let _ = write!(head, "content-length: {count}\r\n");
+                        head.extend_from_slice(b"content-length: ");
+                        number(head, count);
+                        head.extend_from_slice(b"\r\n");
                         if req.head_only {
                             (status, Body::None, 0)
                         } else {
@@ -393,7 +407,9 @@ impl Fast {
                 };
                 status_line(head, version, status);
                 header(head, "content-type", b"text/plain; charset=utf-8");
-                let _ = write!(head, "content-length: {}\r\n", message.len());
+                head.extend_from_slice(b"content-length: ");
+                number(head, message.len() as u64);
+                head.extend_from_slice(b"\r\n");
                 if req.head_only {
                     (status, Body::None, 0)
                 } else {
@@ -433,13 +449,14 @@ impl Fast {
         Ok(req.keep_alive)
     }
 
-    /// The file a repository path names, with the kind the metrics count it as.
-    fn find(&self, target: &RepoPath) -> (io::Result<Found>, Kind) {
+    /// The file `target` (requested as `path`) names, with the kind the metrics count
+    /// it as.
+    fn find(&self, target: &Target, path: &str) -> (io::Result<Found>, Kind) {
         let Some(files) = &self.state.files else {
             return (Err(io::ErrorKind::NotFound.into()), Kind::other);
         };
         match target {
-            RepoPath::Object(hash) => match files.object(hash) {
+            Target::Object(hash) => match files.object(hash) {
                 Ok(o) => {
                     let kind = o.kind;
                     let found = Found {
@@ -452,28 +469,24 @@ impl Fast {
                 }
                 Err(e) => (Err(e), Kind::other),
             },
-            RepoPath::HeadLog(channel, sequence, hash) => {
-                let found =
-                    files
-                        .open(&head_log_path(channel, *sequence, hash))
-                        .map(|(file, len)| Found {
-                            etag: quoted(hash),
-                            len,
-                            cache: OBJECT_CACHE,
-                            source: Source::File(Arc::new(file)),
-                        });
+            Target::Log(rel, hash) => {
+                let found = files.open(rel).map(|(file, len)| Found {
+                    etag: quoted(hash),
+                    len,
+                    cache: OBJECT_CACHE,
+                    source: Source::File(Arc::new(file)),
+                });
                 (found, Kind::head)
             }
-            RepoPath::Head(channel) => {
-                let limit = ObjectKind::ChannelHead.max_size();
-                (small(files.small(&head_path(channel), limit)), Kind::head)
-            }
-            RepoPath::KeyList(version) => {
-                let limit = ObjectKind::KeyList.max_size();
-                (
-                    small(files.small(&key_list_path(*version), limit)),
-                    Kind::key_list,
-                )
+            Target::Small(object, kind) => {
+                let rel = path.strip_prefix('/').unwrap_or(path);
+                let found = files.small(rel, object.max_size()).map(|s| Found {
+                    etag: s.etag.clone(),
+                    len: s.body.len() as u64,
+                    cache: HEAD_CACHE,
+                    source: Source::Memory(s.body.clone()),
+                });
+                (found, *kind)
             }
         }
     }
@@ -481,7 +494,7 @@ impl Fast {
     /// Writes the response head and `body`.
     async fn send(&mut self, body: Body) -> io::Result<()> {
         let (tcp, conn) = (&self.tcp, &*self.conn);
-        let tick = &mut Stall { conn, rules: None };
+        let tick = &mut Stall { conn };
         match body {
             Body::None => write_all(tcp, conn, tick, &mut [IoSlice::new(&self.head)]).await,
             Body::Memory(b) => {
@@ -495,7 +508,9 @@ impl Fast {
                 write_all(tcp, conn, tick, &mut bufs).await
             }
             Body::File { file, start, count } => {
-                write_all(tcp, conn, tick, &mut [IoSlice::new(&self.head)]).await?;
+                // MSG_MORE: the head leaves with the body's first bytes, one segment
+                // (as nginx's `tcp_nopush`, with one call less than TCP_CORK).
+                send_more(tcp, conn, tick, &self.head).await?;
                 send_file(tcp, conn, tick, file.file(), start, count).await
             }
         }
@@ -514,6 +529,14 @@ fn object_target(path: &str) -> Option<Digest> {
         return None;
     }
     Digest::from_hex(name).ok()
+}
+
+/// `/channels/<channel>/head`, parsed without allocating (the same rule as
+/// `parse_repo_path`).
+fn is_head(path: &str) -> bool {
+    path.strip_prefix("/channels/")
+        .and_then(|p| p.strip_suffix("/head"))
+        .is_some_and(|name| !name.contains('/') && check_channel(name).is_ok())
 }
 
 /// A repository file found, before its body.
@@ -554,15 +577,6 @@ enum Body {
     },
 }
 
-fn small(s: io::Result<Arc<super::files::Small>>) -> io::Result<Found> {
-    s.map(|s| Found {
-        etag: s.etag.clone(),
-        len: s.body.len() as u64,
-        cache: HEAD_CACHE,
-        source: Source::Memory(s.body.clone()),
-    })
-}
-
 /// Keeps the first value of a header, when it is visible ASCII (`None` inside when it
 /// is not, as `HeaderValue::to_str` fails then).
 fn first(
@@ -579,8 +593,27 @@ fn first(
 }
 
 fn status_line(head: &mut Vec<u8>, version: &str, status: StatusCode) {
-    let reason = status.canonical_reason().unwrap_or("");
-    let _ = write!(head, "{version} {} {reason}\r\n", status.as_u16());
+    head.extend_from_slice(version.as_bytes());
+    head.push(b' ');
+    head.extend_from_slice(status.as_str().as_bytes());
+    head.push(b' ');
+    head.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    head.extend_from_slice(b"\r\n");
+}
+
+/// `n` in decimal.
+fn number(head: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    head.extend_from_slice(&digits[at..]);
 }
 
 fn header(head: &mut Vec<u8>, name: &str, value: &[u8]) {
@@ -610,28 +643,15 @@ fn date(head: &mut Vec<u8>) {
     });
 }
 
-/// The stall rule while a response is written: armed when a write first waits.
+/// The stall rule while a response is written.
 struct Stall<'a> {
     conn: &'a Conn,
-    rules: Option<Pin<Box<tokio::sync::futures::Notified<'a>>>>,
 }
 
 impl Stall<'_> {
     /// Whether the connection is stalled; registers `cx` to learn when it may be.
     fn stalled(&mut self, cx: &mut Context<'_>) -> bool {
-        loop {
-            let conn = self.conn;
-            let rules = self
-                .rules
-                .get_or_insert_with(|| Box::pin(conn.rules.notified()));
-            if rules.as_mut().poll(cx).is_pending() {
-                return false;
-            }
-            self.rules = None;
-            if conn.verdict() == Verdict::Stalled {
-                return true;
-            }
-        }
+        self.conn.poll_signals(cx) & conns::RULES != 0 && self.conn.verdict() == Verdict::Stalled
     }
 }
 
@@ -687,6 +707,30 @@ async fn write_all(
             return Err(io::ErrorKind::WriteZero.into());
         }
         IoSlice::advance_slices(&mut bufs, n);
+    }
+    Ok(())
+}
+
+/// Sends `buf` with MSG_MORE: held until what follows it (or the segment fills).
+async fn send_more(
+    tcp: &TcpStream,
+    conn: &Conn,
+    tick: &mut Stall<'_>,
+    mut buf: &[u8],
+) -> io::Result<()> {
+    use rustix::net::SendFlags;
+    while !buf.is_empty() {
+        let n = poll_fn(|cx| {
+            poll_write_with(tcp, conn, tick, cx, || {
+                rustix::net::send(tcp, buf, SendFlags::MORE | SendFlags::NOSIGNAL)
+                    .map_err(io::Error::from)
+            })
+        })
+        .await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        buf = &buf[n..];
     }
     Ok(())
 }
@@ -778,7 +822,44 @@ impl AsyncWrite for Prefixed {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn numbers_and_status_lines_are_written_as_hyper_writes_them() {
+        for n in [0u64, 7, 10, 65_536, 140_184_427, u64::MAX] {
+            let mut v = Vec::new();
+            number(&mut v, n);
+            assert_eq!(v, n.to_string().as_bytes());
+        }
+        let mut v = Vec::new();
+        status_line(&mut v, "HTTP/1.1", StatusCode::PARTIAL_CONTENT);
+        status_line(&mut v, "HTTP/1.0", StatusCode::RANGE_NOT_SATISFIABLE);
+        assert_eq!(
+            v,
+            b"HTTP/1.1 206 Partial Content\r\nHTTP/1.0 416 Range Not Satisfiable\r\n"
+        );
+    }
     use ferry_format::layout::object_path;
+
+    #[test]
+    fn head_paths_parse_as_the_layout_has_them() {
+        for (path, head) in [
+            ("/channels/stable/head", true),
+            ("/channels/a.b_c-9/head", true),
+            ("/channels/.hidden/head", false),
+            ("/channels//head", false),
+            ("/channels/a/b/head", false),
+            ("/channels/%2e%2e/head", false),
+            ("/channels/stable/head/", false),
+            ("/channels/stable/log/head", false),
+            ("channels/stable/head", false),
+        ] {
+            assert_eq!(is_head(path), head, "{path}");
+            if path.starts_with('/') {
+                let parsed = matches!(parse_repo_path(path), Some(RepoPath::Head(_)));
+                assert_eq!(parsed, head, "{path}");
+            }
+        }
+    }
 
     #[test]
     fn object_paths_parse_as_the_layout_has_them() {

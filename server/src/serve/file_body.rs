@@ -25,8 +25,9 @@ use hyper::body::Frame;
 use super::routes::Body;
 use crate::store::Exclusive;
 
-/// Bytes per read.
-pub const CHUNK: u64 = 128 << 10;
+/// Bytes per read. (128 KiB had 1,000 HTTP/2 streams of 4 MiB ranges peak at 540 MiB
+/// RSS, each buffering reads ahead; 64 KiB halves that at the same bytes per second.)
+pub const CHUNK: u64 = 64 << 10;
 
 /// Something holding an open file.
 pub trait Holds: Send + Sync + 'static {

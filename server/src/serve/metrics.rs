@@ -14,7 +14,8 @@
 //! - the fleet's summary, whenever it is recomputed: [`Metrics::set_fleet`] replaces
 //!   the gauges (agents by channel, release and state; rollout percentage; halts).
 
-use std::sync::{Mutex, OnceLock};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use ferry_format::layout::{RepoPath, object_path, parse_repo_path};
 use ferry_format::report::{AgentState, Report, ReportKind};
@@ -272,9 +273,32 @@ pub struct Metrics {
     /// Held while the fleet gauges are replaced, and while they are rendered, so a
     /// scrape never sees half of an update.
     fleet: Mutex<()>,
-    /// The series of `requests` and `bytes`, by kind and status class, once created:
-    /// a request increments two atomics, with no lock or label hashing.
-    fast: [([OnceLock<Counter>; CLASSES.len()], OnceLock<Counter>); KINDS.len()],
+    /// Requests and bytes as counted by each thread ([`Shard`]), and how much of them
+    /// the `requests` and `bytes` series already hold: added to them when rendered.
+    shards: Box<[Shard]>,
+    exported: Mutex<Shard>,
+}
+
+/// Requests by kind and status class and body bytes by kind, counted by the threads
+/// of one shard. A request adds to two atomics no other core writes (one shard per
+/// serving thread, on a cache line of its own), with no lock or label hashing.
+#[derive(Default)]
+#[repr(align(128))]
+struct Shard {
+    requests: [[AtomicU64; CLASSES.len()]; KINDS.len()],
+    bytes: [AtomicU64; KINDS.len()],
+}
+
+/// Shards of request counts (serving threads beyond this share them).
+const SHARDS: usize = 16;
+
+/// This thread's shard.
+fn shard() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static MINE: usize = NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS;
+    }
+    MINE.with(|m| *m)
 }
 
 /// Every [`Kind`], in the order of its discriminant.
@@ -316,7 +340,8 @@ impl Metrics {
             rollout_paused: Family::default(),
             rollout_halted: Family::default(),
             fleet: Mutex::new(()),
-            fast: Default::default(),
+            shards: (0..SHARDS).map(|_| Shard::default()).collect(),
+            exported: Mutex::default(),
         };
         let mut r = Registry::default();
         // Counter names get their `_total` suffix from the encoder.
@@ -415,17 +440,44 @@ impl Metrics {
             4 => 3,
             _ => 4,
         };
-        let (requests, sent) = &self.fast[kind as usize];
-        requests[c]
-            .get_or_init(|| {
-                let class = CLASSES[c];
-                self.requests
-                    .get_or_create(&RequestLabels { kind, class })
-                    .clone()
-            })
-            .inc();
-        sent.get_or_init(|| self.bytes.get_or_create(&KindLabels { kind }).clone())
-            .inc_by(bytes);
+        let shard = &self.shards[shard()];
+        let k = kind as usize;
+        shard.requests[k][c].fetch_add(1, Ordering::Relaxed);
+        shard.bytes[k].fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Adds what the shards counted since the last call to the `requests` and
+    /// `bytes` series (created at a kind's first request, as if counted directly).
+    fn export(&self) {
+        let exported = self.exported.lock().unwrap_or_else(|p| p.into_inner());
+        for (k, &kind) in KINDS.iter().enumerate() {
+            let mut seen = false;
+            for (c, &class) in CLASSES.iter().enumerate() {
+                let total: u64 = self
+                    .shards
+                    .iter()
+                    .map(|s| s.requests[k][c].load(Ordering::Relaxed))
+                    .sum();
+                let done = exported.requests[k][c].swap(total, Ordering::Relaxed);
+                seen |= total > 0;
+                if total > done {
+                    self.requests
+                        .get_or_create(&RequestLabels { kind, class })
+                        .inc_by(total - done);
+                }
+            }
+            let total: u64 = self
+                .shards
+                .iter()
+                .map(|s| s.bytes[k].load(Ordering::Relaxed))
+                .sum();
+            let done = exported.bytes[k].swap(total, Ordering::Relaxed);
+            if seen {
+                self.bytes
+                    .get_or_create(&KindLabels { kind })
+                    .inc_by(total.saturating_sub(done));
+            }
+        }
     }
 
     pub fn connection(&self) {
@@ -545,6 +597,7 @@ impl Metrics {
     /// serve it with [`CONTENT_TYPE`].
     pub fn render(&self, uploads: Option<&UploadCounts>) -> String {
         let mut out = String::new();
+        self.export();
         {
             let _whole = self.fleet.lock().unwrap_or_else(|p| p.into_inner());
             // Writing into a String cannot fail.
@@ -753,7 +806,10 @@ mod tests {
         m.record(Kind::other, 404, 5);
         m.record(Kind::other, 101, 0);
         m.record(Kind::key_list, 503, 1);
-        m.record(Kind::diff, 600, 0);
+        // Counted in another thread's shard, added alike.
+        std::thread::scope(|s| {
+            s.spawn(|| m.record(Kind::diff, 600, 0));
+        });
         let text = m.render(None);
         for line in [
             "ferry_requests_total{kind=\"head\",class=\"2xx\"} 1",
@@ -770,6 +826,17 @@ mod tests {
             assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
         }
         assert!(!text.contains("kind=\"manifest\""), "{text}");
+        // A second scrape adds only what came since.
+        m.record(Kind::head, 200, 5);
+        let text = m.render(None);
+        for line in [
+            "ferry_requests_total{kind=\"head\",class=\"2xx\"} 2",
+            "ferry_response_bytes_total{kind=\"head\"} 15",
+            "ferry_requests_total{kind=\"archive\",class=\"2xx\"} 2",
+            "ferry_response_bytes_total{kind=\"diff\"} 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
+        }
     }
 
     #[test]

@@ -519,8 +519,10 @@ async fn a_changed_head_is_served_at_once() {
 
     // Read once it has been quiet for longer than the racy window: served from
     // memory from then on, until it changes.
-    tokio::time::sleep(ferry_server::serve::files::RACY + std::time::Duration::from_millis(300))
-        .await;
+    tokio::time::sleep(
+        ferry_server::serve::files::RACY_COARSE + std::time::Duration::from_millis(300),
+    )
+    .await;
     check(get().await, b"head version 4");
     check(get().await, b"head version 4");
     fs::write(&file, b"head version 5").unwrap();
