@@ -12,8 +12,8 @@ use std::fs::{self, DirBuilder, File};
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ferry_format::chunking::decompress_chunk;
@@ -34,18 +34,46 @@ use crate::fsutil::{self, ctx};
 #[derive(Debug, Default)]
 pub struct Live {
     ended: AtomicBool,
+    /// Range files a corrupt chunk was read from. The downloader may still be
+    /// writing (or renaming) them, so they are deleted once it ended.
+    corrupt: Mutex<Vec<PathBuf>>,
 }
 
 impl Live {
     /// Marks the download ended (complete or failed): a reader still waiting for
-    /// bytes stops.
+    /// bytes stops, and the range files a corrupt chunk came from are deleted so the
+    /// next run downloads them again.
     pub fn end(&self) {
-        self.ended.store(true, Ordering::Release);
+        let corrupt = {
+            let mut corrupt = self.corrupt.lock().unwrap_or_else(|e| e.into_inner());
+            self.ended.store(true, Ordering::Release);
+            std::mem::take(&mut *corrupt)
+        };
+        corrupt.iter().for_each(|path| remove_range(path));
+    }
+
+    /// Deletes the range file `path` once the download ended (at once if it has).
+    fn refuse(&self, path: &Path) {
+        let mut corrupt = self.corrupt.lock().unwrap_or_else(|e| e.into_inner());
+        if self.ended() {
+            drop(corrupt);
+            remove_range(path);
+        } else {
+            corrupt.push(path.to_path_buf());
+        }
     }
 
     fn ended(&self) -> bool {
         self.ended.load(Ordering::Acquire)
     }
+}
+
+/// Deletes a range file and its `.part`.
+fn remove_range(path: &Path) {
+    let mut part = path.as_os_str().to_owned();
+    part.push(".part");
+    let _ = fs::remove_file(part);
+    let _ = fs::remove_file(path);
 }
 
 /// How long a reader sleeps between looks at a range file that is still growing.
@@ -135,11 +163,9 @@ impl Downloaded {
         )?;
         decompress_chunk(&rec.id, rec.size, &stored).map_err(|source| {
             drop(open.take());
-            let _ = fs::remove_file(&path);
-            if self.live.is_some() {
-                let mut part = path.clone().into_os_string();
-                part.push(".part");
-                let _ = fs::remove_file(part);
+            match &self.live {
+                Some(live) => live.refuse(&path),
+                None => remove_range(&path),
             }
             ApplyError::CorruptDownload { source, file: path }
         })

@@ -30,6 +30,7 @@ use super::plan::{self, Observed};
 use super::progress::Download;
 use super::report::{self, Out};
 use super::root::Root;
+use crate::apply::ApplyError;
 use crate::apply::build::{Downloaded, Live, build_tree};
 use crate::apply::check::{Depth, check_tree};
 use crate::apply::diff::{DiffSpool, Want, apply_to_spool, verify_object};
@@ -231,10 +232,18 @@ fn build_release(
             (fetched, builder.join())
         });
         drop(bar);
-        // A failed download explains a build that ran out of bytes: it comes first.
-        fetched?;
-        built
-            .unwrap_or_else(|_| Err(anyhow::anyhow!("building {version}: the builder panicked")))?
+        let built = built
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("building {version}: the builder panicked")));
+        // A corrupt chunk is the cause even when the download then failed too (its
+        // range file may have been refused under it); otherwise a failed download
+        // explains a build that ran out of bytes, and comes first.
+        match built {
+            Err(e) if corrupt_download(&e) => return Err(e),
+            built => {
+                fetched?;
+                built?
+            }
+        }
     } else {
         drop(bar);
         build(downloaded)?
@@ -502,4 +511,14 @@ pub fn cleanup_and_prune(root: &mut Root) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Whether `e` is a downloaded chunk that failed its check.
+fn corrupt_download(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<ApplyError>(),
+            Some(ApplyError::CorruptDownload { .. })
+        )
+    })
 }
