@@ -7,7 +7,6 @@
 //! A file a retained release already holds is shared with it, not written
 //! ([`super::share`]); every file is installed read-only.
 
-use std::cell::RefCell;
 use std::fs::{self, DirBuilder, File};
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt};
@@ -86,7 +85,7 @@ pub struct Downloaded {
     archive: Digest,
     ranges: Vec<FetchRange>,
     offsets: Vec<u64>,
-    open: RefCell<Option<(usize, File)>>,
+    open: Mutex<Option<(usize, File)>>,
     spool: Option<DiffSpool>,
     live: Option<Arc<Live>>,
 }
@@ -98,7 +97,7 @@ impl Downloaded {
             archive: manifest.archive.hash,
             ranges: ranges.to_vec(),
             offsets: manifest.chunk_offsets(),
-            open: RefCell::new(None),
+            open: Mutex::new(None),
             spool: None,
             live: None,
         }
@@ -129,6 +128,18 @@ impl Downloaded {
     /// Reads and checks chunk `chunk` of the manifest's table: from the diff spool, or
     /// decompressed from its archive range.
     pub fn chunk(&self, manifest: &Manifest, chunk: usize) -> Result<Vec<u8>, ApplyError> {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        self.chunk_with(&mut open, manifest, chunk)
+    }
+
+    /// [`Downloaded::chunk`] with the caller's open range file, so several threads
+    /// can decode at once, each with its own.
+    fn chunk_with(
+        &self,
+        open: &mut Option<(usize, File)>,
+        manifest: &Manifest,
+        chunk: usize,
+    ) -> Result<Vec<u8>, ApplyError> {
         let rec = manifest.chunks[chunk];
         if let Some(spool) = &self.spool
             && let Some(bytes) = spool.chunk(&rec.id, rec.size)?
@@ -143,12 +154,11 @@ impl Downloaded {
         let r = &self.ranges[ri];
         let path = range_file(&self.dir, &self.archive, r);
         let end = self.offsets[chunk] - r.start + u64::from(rec.stored_size);
-        let mut open = self.open.borrow_mut();
         if open.as_ref().is_none_or(|(i, _)| *i != ri) {
             *open = None;
         }
         if let Some(live) = &self.live {
-            wait_for(&mut open, ri, &path, end, live)?;
+            wait_for(open, ri, &path, end, live)?;
         } else if open.is_none() {
             *open = Some((ri, ctx("opening", &path, fsutil::open_nofollow(&path))?));
         }
@@ -225,6 +235,14 @@ fn wait_for(
             }
         }
         if ended {
+            // A range refused for a corrupt chunk is deleted when the download ends;
+            // the copy still open may hold this chunk's bytes (checked like any).
+            if let Some((i, f)) = open.as_ref()
+                && *i == ri
+                && f.metadata().is_ok_and(|m| m.len() >= end)
+            {
+                return Ok(());
+            }
             return Err(ApplyError::MissingChunk {
                 id: format!(
                     "(the download of {} ended before byte {end})",
@@ -245,25 +263,44 @@ pub struct Built {
     pub shared_bytes: u64,
 }
 
-/// Downloaded chunks decoded ahead of the writer: enough to keep both cores busy,
-/// few enough to keep memory at a few MiB.
+/// Downloaded chunks decoded ahead of the writer, across all decoders: enough to keep
+/// every core busy, few enough to keep memory at a few MiB.
 const DECODE_AHEAD: usize = 32;
+/// Most decoder threads: zstd and blake3 of one chunk take about twice the writer's
+/// time for it, so a few decoders keep the writer fed.
+const MAX_DECODERS: usize = 4;
 
 /// Builds the tree of `manifest` at `dest` (which must not exist). Nothing is synced
 /// here: the caller syncs the filesystem once, when the tree is complete, before
 /// renaming it into place (one sync for the tree instead of one per file).
 ///
-/// Downloaded chunks are read, decompressed and checked against their ids on a second
-/// thread, in the order the writer takes them, while this one hashes files, copies
-/// local chunks and writes: decoding is the larger half of a fresh install's work.
+/// Downloaded chunks are read, decompressed and checked against their ids on decoder
+/// threads (one per core, each taking every k-th chunk the writer will ask for and
+/// handing them over in order), while this one hashes files, copies local chunks and
+/// writes: decoding is the larger part of a fresh install's work.
 pub fn build_tree(
     manifest: &Verified<Manifest>,
     dest: &Path,
     local: &mut LocalChunks,
     downloaded: Downloaded,
 ) -> Result<Built, ApplyError> {
-    // Every chunk the writer will ask of the download, in its order: the decoder
-    // thread produces exactly this sequence.
+    let decoders = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, MAX_DECODERS);
+    build_with(manifest, dest, local, downloaded, decoders)
+}
+
+/// [`build_tree`] with `decoders` decoder threads (private: only verified manifests
+/// reach the public entry point).
+fn build_with(
+    manifest: &Manifest,
+    dest: &Path,
+    local: &mut LocalChunks,
+    downloaded: Downloaded,
+    decoders: usize,
+) -> Result<Built, ApplyError> {
+    // Every chunk the writer will ask of the download, in its order: the decoders
+    // together produce exactly this sequence.
     let needed: Vec<usize> = manifest
         .entries
         .iter()
@@ -275,32 +312,68 @@ pub fn build_tree(
         .map(|&ix| ix as usize)
         .filter(|&ix| !local.has(&manifest.chunks[ix].id))
         .collect();
-    std::thread::scope(|scope| {
-        let (tx, rx) = std::sync::mpsc::sync_channel(DECODE_AHEAD);
-        scope.spawn(move || {
-            for ix in needed {
-                let chunk = downloaded.chunk(manifest, ix);
-                let failed = chunk.is_err();
-                // A closed channel means the writer stopped: so does the decoder.
-                if tx.send(chunk).is_err() || failed {
-                    break;
+    let decoders = decoders.clamp(1, needed.len().max(1));
+    let downloaded = &downloaded;
+    let needed = &needed;
+    // The first corrupt chunk any decoder met: the cause to report, even when the
+    // writer stopped first at an earlier chunk that then went missing (its range was
+    // refused and deleted).
+    let corrupt: Mutex<Option<ApplyError>> = Mutex::new(None);
+    let corrupt_ref = &corrupt;
+    let built = std::thread::scope(|scope| {
+        let mut queues = Vec::with_capacity(decoders);
+        for k in 0..decoders {
+            let (tx, rx) = std::sync::mpsc::sync_channel(DECODE_AHEAD.div_ceil(decoders));
+            queues.push(rx);
+            scope.spawn(move || {
+                let mut open = None;
+                for &ix in needed.iter().skip(k).step_by(decoders) {
+                    let chunk = match downloaded.chunk_with(&mut open, manifest, ix) {
+                        Err(e @ ApplyError::CorruptDownload { .. }) => {
+                            let mut first = corrupt_ref.lock().unwrap_or_else(|p| p.into_inner());
+                            first.get_or_insert(e);
+                            Err(ApplyError::MissingChunk {
+                                id: "(a downloaded chunk failed its check)".into(),
+                            })
+                        }
+                        other => other,
+                    };
+                    let failed = chunk.is_err();
+                    // A closed channel means the writer stopped: so does the decoder.
+                    if tx.send(chunk).is_err() || failed {
+                        break;
+                    }
                 }
-            }
-        });
+            });
+        }
+        let mut taken = 0usize;
         let mut next = || {
-            rx.recv().unwrap_or_else(|_| {
+            let queue = &queues[taken % decoders];
+            taken += 1;
+            queue.recv().unwrap_or_else(|_| {
                 Err(ApplyError::MissingChunk {
                     id: "(the decoder stopped)".into(),
                 })
             })
         };
-        write_tree(manifest, dest, local, &mut next)
-    })
+        let built = write_tree(manifest, dest, local, &mut next);
+        // Decoders blocked on a full queue see it closed and stop.
+        drop(queues);
+        built
+    });
+    // Every decoder has stopped (the scope joined them).
+    match (
+        built,
+        corrupt.into_inner().unwrap_or_else(|p| p.into_inner()),
+    ) {
+        (Err(ApplyError::MissingChunk { .. }), Some(cause)) => Err(cause),
+        (built, _) => built,
+    }
 }
 
 /// The writer's half of [`build_tree`]: `next` yields the downloaded chunks in order.
 fn write_tree(
-    manifest: &Verified<Manifest>,
+    manifest: &Manifest,
     dest: &Path,
     local: &mut LocalChunks,
     next: &mut dyn FnMut() -> Result<Vec<u8>, ApplyError>,
@@ -394,7 +467,7 @@ mod tests {
     use super::*;
     use ferry_format::chunking::{ChunkParams, compress_chunk};
     use ferry_format::id::{ChunkId, ObjectRef};
-    use ferry_format::manifest::ChunkRecord;
+    use ferry_format::manifest::{ChunkRecord, Entry};
 
     /// A manifest of two chunks and the archive holding them.
     fn two_chunks() -> (Manifest, Vec<u8>) {
@@ -459,6 +532,61 @@ mod tests {
             assert_eq!(d.chunk(&m, 0).unwrap(), vec![1u8; 70_000]);
             assert_eq!(d.chunk(&m, 1).unwrap(), vec![2u8; 50_000]);
         });
+    }
+
+    #[test]
+    fn decoders_hand_chunks_over_in_the_writers_order_and_a_corrupt_one_is_the_error() {
+        let (mut m, archive) = two_chunks();
+        let data = [vec![1u8; 70_000], vec![2u8; 50_000]];
+        // One file of the two chunks in the reverse of their archive order, twice:
+        // the writer asks 1, 0, 1, 0 of two decoders.
+        m.entries = vec![Entry {
+            path: "f".into(),
+            kind: EntryKind::File {
+                mode: 0o644,
+                size: 240_000,
+                hash: Digest::of(&[&data[1][..], &data[0], &data[1], &data[0]].concat()),
+                chunks: vec![1, 0, 1, 0],
+            },
+        }];
+        let range = FetchRange {
+            start: 0,
+            end: archive.len() as u64,
+            first_chunk: 0,
+            last_chunk: 2,
+        };
+        let t = tempfile::tempdir().unwrap();
+        let done = range_file(t.path(), &m.archive.hash, &range);
+        fs::write(&done, &archive).unwrap();
+        let d = Downloaded::new(t.path(), &m, std::slice::from_ref(&range));
+        let mut local = LocalChunks::index(&[]);
+        build_with(&m, &t.path().join("tree"), &mut local, d, 2).unwrap();
+        assert_eq!(
+            fs::read(t.path().join("tree/f")).unwrap(),
+            [&data[1][..], &data[0], &data[1], &data[0]].concat()
+        );
+
+        // Chunk 0 (first in the archive, second for the writer) arrived corrupt and
+        // the download ended before chunk 1: the corrupt chunk is the error, not the
+        // chunk the writer asked for first, and its range is deleted.
+        let mut bad = archive[..m.chunks[0].stored_size as usize].to_vec();
+        bad[10] ^= 0x55;
+        let mut part = done.clone().into_os_string();
+        part.push(".part");
+        fs::remove_file(&done).unwrap();
+        fs::write(&part, &bad).unwrap();
+        let live = Arc::new(Live::default());
+        let d = Downloaded::new(t.path(), &m, std::slice::from_ref(&range))
+            .while_downloading(live.clone());
+        let err = std::thread::scope(|s| {
+            s.spawn(|| {
+                std::thread::sleep(Duration::from_millis(50));
+                live.end();
+            });
+            build_with(&m, &t.path().join("tree2"), &mut local, d, 2).unwrap_err()
+        });
+        assert!(matches!(err, ApplyError::CorruptDownload { .. }), "{err}");
+        assert!(!Path::new(&part).exists());
     }
 
     #[test]

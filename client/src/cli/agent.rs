@@ -57,8 +57,21 @@ pub fn run(args: &AgentArgs) -> Result<()> {
             Err(e) => tracing::warn!("check failed: {e:#}; next try in {}s", wait.as_secs()),
             Ok(()) => {}
         }
+        // An update's decoder threads leave freed buffers in their malloc arenas: an
+        // agent idle until the next check gives them back.
+        release_free_memory();
         // Heartbeats fall due while it waits for the next check.
         reporter.sleep(wait);
+    }
+}
+
+/// Returns the allocator's free memory to the system (glibc keeps it per arena).
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

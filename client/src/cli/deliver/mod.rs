@@ -256,6 +256,9 @@ fn build_release(
         );
     }
 
+    // The tree holds every byte now: the downloaded ranges and the diff's spool are
+    // deleted before the sync, so it does not write out hundreds of MB about to go.
+    discard_downloads(layout);
     carry_app_files(root, manifest, &staging, damaged.as_deref(), origin, out)?;
     fsutil::sync_filesystem(&staging)?;
     crash_point!("client::staging::synced");
@@ -521,4 +524,22 @@ fn corrupt_download(e: &anyhow::Error) -> bool {
             Some(ApplyError::CorruptDownload { .. })
         )
     })
+}
+
+/// Deletes what this update downloaded into staging (range files, diff objects and
+/// spools), leaving the staging trees; failures only warn, cleanup retries later.
+fn discard_downloads(layout: &Layout) {
+    if let Err(e) = fsutil::remove_tree(&layout.downloads()) {
+        tracing::warn!("deleting downloads: {e}");
+    }
+    let Ok(entries) = std::fs::read_dir(layout.staging()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("diff-") && name.ends_with(".spool") {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }
