@@ -35,6 +35,9 @@ rec what="publish chunk+hash stage, $PROD $FROM: ferry's path vs FastCDC+blake3 
 
 say "fresh install of $FROM"
 ferry_init "$WORK/root" "http://127.0.0.1:$PORT/repo"
+# Both sides start with nothing dirty: ferry's syncfs (and sync) would otherwise
+# also write out what publish and the references left in the page cache.
+sync
 update_m inst "$WORK/root"
 t0=$(now); sync; t1=$(now); i_s=$(python3 -c "print(round($(F inst wall_s) + $(delta "$t0" "$t1"), 4))")
 M ref bash -c "curl -sf http://127.0.0.1:$PORT/old.zst | zstd -q -d -o '$WORK/out' && sync"
