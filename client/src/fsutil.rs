@@ -114,6 +114,42 @@ pub fn sync_filesystem(dir: &Path) -> Result<(), FsError> {
     )
 }
 
+/// Gives bytes `offset..offset + len` of `file` back to the filesystem (a hole that
+/// reads as zeros; the size stays). Dirty pages in it are dropped unwritten, which is
+/// the point: a consumed download is not written out by the next sync. Filesystems
+/// without holes answer an error the caller may ignore.
+pub fn punch_hole(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    let (Ok(off), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
+    };
+    // SAFETY: fallocate only reads the descriptor, which `file` keeps open.
+    #[allow(unsafe_code)]
+    let r = unsafe {
+        libc::fallocate(
+            std::os::fd::AsRawFd::as_raw_fd(file),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            off,
+            len,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Where the first hole of `file` starts: its size when it has none (or the
+/// filesystem cannot tell).
+pub fn first_hole(file: &File) -> io::Result<u64> {
+    let size = file.metadata()?.len();
+    // SAFETY: lseek only reads the descriptor, which `file` keeps open; the offset it
+    // moves is not used by anyone reading with pread.
+    #[allow(unsafe_code)]
+    let r = unsafe { libc::lseek(std::os::fd::AsRawFd::as_raw_fd(file), 0, libc::SEEK_HOLE) };
+    Ok(u64::try_from(r).map_or(size, |hole| hole.min(size)))
+}
+
 /// Creates a new regular file, failing if anything (including a symlink) has the name.
 pub fn create_new_file(path: &Path) -> Result<File, FsError> {
     ctx(

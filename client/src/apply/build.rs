@@ -9,7 +9,7 @@
 
 use std::fs::{self, DirBuilder, File};
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -182,6 +182,93 @@ impl Downloaded {
     }
 }
 
+/// Gives a download's bytes back to the filesystem once the writer has taken the last
+/// chunk that needs them, a few MiB at a time: the tree is synced once at the end,
+/// and without this that sync would first write out the whole download it no longer
+/// needs (at 4 GiB, half again as much as the tree). A run killed after this
+/// downloads those ranges again ([`crate::fetch::ranges`] resumes up to a hole).
+struct Reclaim {
+    ranges: Vec<RangeUse>,
+}
+
+struct RangeUse {
+    path: PathBuf,
+    /// Where each chunk of the range ends, relative to the range.
+    ends: Vec<u64>,
+    /// For the range's k-th chunk, the last writer position needing it or any chunk
+    /// before it in the range (-1: none).
+    done_by: Vec<i64>,
+    /// Chunks wholly consumed, from the start.
+    consumed: usize,
+    /// Bytes given back, from the start.
+    punched: u64,
+}
+
+/// Bytes given back at a time: few calls, little of the download left to write out.
+const RECLAIM_STEP: u64 = 8 << 20;
+
+impl Reclaim {
+    /// `needed` lists the chunk taken at each writer position.
+    fn new(d: &Downloaded, manifest: &Manifest, needed: &[usize]) -> Self {
+        let mut last_use = std::collections::HashMap::new();
+        for (p, &c) in needed.iter().enumerate() {
+            last_use.insert(c, p as i64);
+        }
+        let ranges = d
+            .ranges
+            .iter()
+            .map(|r| {
+                let mut done_by = Vec::with_capacity(r.last_chunk - r.first_chunk);
+                let mut ends = Vec::with_capacity(r.last_chunk - r.first_chunk + 1);
+                let mut latest = -1i64;
+                for c in r.first_chunk..r.last_chunk {
+                    latest = latest.max(last_use.get(&c).copied().unwrap_or(-1));
+                    done_by.push(latest);
+                    ends.push(d.offsets[c] - r.start + u64::from(manifest.chunks[c].stored_size));
+                }
+                RangeUse {
+                    path: range_file(&d.dir, &d.archive, r),
+                    ends,
+                    done_by,
+                    consumed: 0,
+                    punched: 0,
+                }
+            })
+            .collect();
+        Reclaim { ranges }
+    }
+
+    /// The writer took position `p`, chunk `chunk`.
+    fn taken(&mut self, d: &Downloaded, p: usize, chunk: usize) {
+        let Some(ri) = d.range_of(chunk) else { return };
+        let u = &mut self.ranges[ri];
+        while u.consumed < u.done_by.len() && u.done_by[u.consumed] <= p as i64 {
+            u.consumed += 1;
+        }
+        let upto = match u.consumed {
+            0 => 0,
+            k => u.ends[k - 1],
+        };
+        let all = u.consumed == u.done_by.len();
+        if upto >= u.punched + RECLAIM_STEP || (all && upto > u.punched) {
+            let mut part = u.path.clone().into_os_string();
+            part.push(".part");
+            let open = |p: &Path| {
+                fs::OpenOptions::new()
+                    .write(true)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(p)
+            };
+            let file = open(&u.path).or_else(|_| open(Path::new(&part)));
+            if let Ok(f) = file {
+                // Unsupported on some filesystems: the sync then writes it, as before.
+                let _ = fsutil::punch_hole(&f, u.punched, upto - u.punched);
+            }
+            u.punched = upto;
+        }
+    }
+}
+
 /// Waits until range `ri` (final name `path`) holds at least `end` bytes, with the
 /// file open in `open`: the complete file, or its `.part` while it grows (a rename
 /// keeps an open descriptor valid). A file replaced under the name (a stale part the
@@ -347,14 +434,19 @@ fn build_with(
             });
         }
         let mut taken = 0usize;
+        let mut reclaim = Reclaim::new(downloaded, manifest, needed);
         let mut next = || {
-            let queue = &queues[taken % decoders];
+            let p = taken;
             taken += 1;
-            queue.recv().unwrap_or_else(|_| {
+            let chunk = queues[p % decoders].recv().unwrap_or_else(|_| {
                 Err(ApplyError::MissingChunk {
                     id: "(the decoder stopped)".into(),
                 })
-            })
+            });
+            if chunk.is_ok() {
+                reclaim.taken(downloaded, p, needed[p]);
+            }
+            chunk
         };
         let built = write_tree(manifest, dest, local, &mut next);
         // Decoders blocked on a full queue see it closed and stop.
@@ -587,6 +679,71 @@ mod tests {
         });
         assert!(matches!(err, ApplyError::CorruptDownload { .. }), "{err}");
         assert!(!Path::new(&part).exists());
+    }
+
+    #[test]
+    fn a_consumed_download_is_given_back_before_the_tree_is_synced() {
+        // Three 4 MiB chunks of noise in one range, a file of chunks 0, 1, 2, 0: the
+        // range's start is still needed until the last position.
+        let data: Vec<Vec<u8>> = (0..3u64)
+            .map(|k| {
+                let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ k;
+                (0..4 << 20)
+                    .map(|_| {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        x as u8
+                    })
+                    .collect()
+            })
+            .collect();
+        let mut archive = Vec::new();
+        let mut chunks = Vec::new();
+        for d in &data {
+            let stored = compress_chunk(d, 1).unwrap();
+            chunks.push(ChunkRecord {
+                id: ChunkId::of(d),
+                size: d.len() as u32,
+                stored_size: stored.len() as u32,
+                generation: 1,
+            });
+            archive.extend_from_slice(&stored);
+        }
+        let content = [&data[0][..], &data[1], &data[2], &data[0]].concat();
+        let (mut m, _) = two_chunks();
+        m.archive = ObjectRef {
+            hash: Digest::of(&archive),
+            size: archive.len() as u64,
+        };
+        m.chunks = chunks;
+        m.entries = vec![Entry {
+            path: "f".into(),
+            kind: EntryKind::File {
+                mode: 0o644,
+                size: content.len() as u64,
+                hash: Digest::of(&content),
+                chunks: vec![0, 1, 2, 0],
+            },
+        }];
+        let range = FetchRange {
+            start: 0,
+            end: archive.len() as u64,
+            first_chunk: 0,
+            last_chunk: 3,
+        };
+        let t = tempfile::tempdir().unwrap();
+        let done = range_file(t.path(), &m.archive.hash, &range);
+        fs::write(&done, &archive).unwrap();
+        let held = |p: &Path| fsutil::first_hole(&fs::File::open(p).unwrap()).unwrap();
+        assert_eq!(held(&done), archive.len() as u64);
+        let d = Downloaded::new(t.path(), &m, std::slice::from_ref(&range));
+        let mut local = LocalChunks::index(&[]);
+        build_with(&m, &t.path().join("tree"), &mut local, d, 2).unwrap();
+        assert_eq!(fs::read(t.path().join("tree/f")).unwrap(), content);
+        // Given back from the start (block-aligned: the tail block may stay).
+        assert_eq!(held(&done), 0, "the range is a hole once consumed");
+        assert!(fs::metadata(&done).unwrap().blocks() * 512 < 8192);
     }
 
     #[test]

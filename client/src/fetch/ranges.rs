@@ -62,7 +62,9 @@ async fn fetch_one(
     };
     let done = range_file(dir, archive, r);
     if let Ok(m) = tokio::fs::symlink_metadata(&done).await {
-        if m.is_file() && m.len() == r.len() {
+        // A range a build had consumed has holes where its bytes were (the build
+        // gives them back as it goes): only a whole one is reused.
+        if m.is_file() && m.len() == r.len() && held(&done) == r.len() {
             return Ok(());
         }
         tokio::fs::remove_file(&done).await.map_err(io(&done))?;
@@ -71,7 +73,7 @@ async fn fetch_one(
     part.push(".part");
     let part = PathBuf::from(part);
     let mut have = match tokio::fs::symlink_metadata(&part).await {
-        Ok(m) if m.is_file() => m.len(),
+        Ok(m) if m.is_file() => held(&part),
         Ok(_) => {
             tokio::fs::remove_file(&part).await.map_err(io(&part))?;
             0
@@ -81,6 +83,12 @@ async fn fetch_one(
     if have > r.len() {
         tokio::fs::remove_file(&part).await.map_err(io(&part))?;
         have = 0;
+    }
+    // Appends continue after what is held, not after a hole.
+    if let Ok(f) = std::fs::OpenOptions::new().write(true).open(&part)
+        && f.metadata().is_ok_and(|m| m.len() > have)
+    {
+        f.set_len(have).map_err(io(&part))?;
     }
     // A body that breaks off (reset, truncated) is continued from what the
     // `.part` file holds, under the retry policy; the count of failures in a row
@@ -149,10 +157,84 @@ async fn fetch_one(
     Ok(())
 }
 
+/// The bytes of the range file at `path` that can be resumed from: up to its first
+/// hole (0 if it cannot be opened).
+fn held(path: &Path) -> u64 {
+    crate::fsutil::open_nofollow(path)
+        .and_then(|f| crate::fsutil::first_hole(&f))
+        .unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::fetch::file::FileTransport;
+
+    #[test]
+    fn a_range_a_build_gave_back_is_downloaded_again_from_its_first_hole() {
+        let t = tempfile::tempdir().unwrap();
+        let archive_bytes: Vec<u8> = (0..256 * 1024u32)
+            .map(|i| (i * 7 + i / 251) as u8)
+            .collect();
+        let archive = Digest::of(&archive_bytes);
+        let obj = t
+            .path()
+            .join("repo")
+            .join(ferry_format::layout::object_path(&archive));
+        std::fs::create_dir_all(obj.parent().unwrap()).unwrap();
+        std::fs::write(&obj, &archive_bytes).unwrap();
+        let dl = t.path().join("downloads");
+        std::fs::create_dir_all(&dl).unwrap();
+        let r = FetchRange {
+            start: 0,
+            end: 200 * 1024,
+            first_chunk: 0,
+            last_chunk: 1,
+        };
+        let base = format!("file://{}", t.path().join("repo").display());
+        let tr = FileTransport::new(&base).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let get = || {
+            rt.block_on(download(
+                &tr,
+                &archive,
+                std::slice::from_ref(&r),
+                &dl,
+                "archive range",
+                Policy::DEFAULT,
+            ))
+            .unwrap()
+        };
+        let punch = |path: &Path, len: u64| {
+            let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+            crate::fsutil::punch_hole(&f, 0, len).unwrap();
+            f.sync_all().unwrap();
+            crate::fsutil::first_hole(&f).unwrap()
+        };
+        // A run killed while building had downloaded 160 KiB and given back the first
+        // 64 KiB: it is fetched again from the start, not resumed after the hole.
+        let done = range_file(&dl, &archive, &r);
+        let mut part = done.clone().into_os_string();
+        part.push(".part");
+        let part = std::path::PathBuf::from(part);
+        std::fs::write(&part, &archive_bytes[..160 * 1024]).unwrap();
+        if punch(&part, 64 * 1024) != 0 {
+            eprintln!("this filesystem keeps no holes: nothing to test");
+            return;
+        }
+        get();
+        assert_eq!(std::fs::read(&done).unwrap(), &archive_bytes[..200 * 1024]);
+        let c = tr.counters();
+        assert_eq!((c.requests(), c.bytes()), (1, 200 * 1024));
+
+        // A complete range with a hole is not reused either.
+        assert_eq!(punch(&done, 8 * 1024), 0);
+        get();
+        assert_eq!(std::fs::read(&done).unwrap(), &archive_bytes[..200 * 1024]);
+        assert_eq!((c.requests(), c.bytes()), (2, 400 * 1024));
+    }
 
     #[test]
     fn resumes_part_files_and_reuses_complete_ones() {
