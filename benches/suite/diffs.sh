@@ -74,8 +74,8 @@ try_update() { # ROOT URL
   "$BIN/ferry" update --root "$WORK/try" --json --quiet > "$WORK/u.json"
 }
 
-cons_worst=0; cons_l=""; cons_n=0; cons_met=0
-jump_worst=0; jump_l=""; jump_n=0; jump_met=0; jump_zworst=0; req_worst_s=0; req_worst_f=0
+cons_worst=0; cons_l=""; cons_n=0; cons_met=0; cons_f=0; cons_r=0
+jump_worst=0; jump_l=""; jump_n=0; jump_f=0; jump_r=0; jump_met=0; jump_zworst=0; req_worst_s=0; req_worst_f=0
 for set in $SETS; do
   repo="$WORK/www/$set"
   rm -rf "$repo" "$WORK/roots"; mkdir -p "$WORK/roots"
@@ -119,7 +119,7 @@ for set in $SETS; do
           ferry="$f_b" ref="$low" unit=B ref_label="ratio $r; $refs"
         cons_n=$((cons_n + 1))
         python3 -c "import sys; sys.exit(0 if $r <= 0.9 else 1)" && cons_met=$((cons_met + 1))
-        python3 -c "import sys; sys.exit(0 if $r > $cons_worst else 1)" && { cons_worst=$r; cons_l="$set $from -> $to"; }
+        python3 -c "import sys; sys.exit(0 if $r > $cons_worst else 1)" && { cons_worst=$r; cons_l="$set $from -> $to"; cons_f=$f_b; cons_r=$low; }
         hd=""; zu=""
       else
         z=$(zlong_size "$new")
@@ -129,7 +129,7 @@ for set in $SETS; do
           ferry="$f_b" ref="$bs" unit=B ref_label="ratio $r (static host $rs); zstd -19 --long=31 of $to: $z B"
         jump_n=$((jump_n + 1))
         python3 -c "import sys; sys.exit(0 if max($r, $rs) <= 1.15 and $rz <= 1.0 and $f_r <= 3 and $s_r <= 5 else 1)" && jump_met=$((jump_met + 1))
-        python3 -c "import sys; sys.exit(0 if max($r, $rs) > $jump_worst else 1)" && { jump_worst=$(python3 -c "print(max($r, $rs))"); jump_l="$set $from -> $to"; }
+        python3 -c "import sys; sys.exit(0 if max($r, $rs) > $jump_worst else 1)" && { jump_worst=$(python3 -c "print(max($r, $rs))"); jump_l="$set $from -> $to"; jump_f=$(( f_b > s_b ? f_b : s_b )); jump_r=$bs; }
         python3 -c "import sys; sys.exit(0 if $rz > $jump_zworst else 1)" && jump_zworst=$rz
         [ "$f_r" -gt "$req_worst_f" ] && req_worst_f=$f_r
         [ "$s_r" -gt "$req_worst_s" ] && req_worst_s=$s_r
@@ -139,10 +139,10 @@ for set in $SETS; do
   stop_pid "$SPID"
 done
 rec what="update bytes of each consecutive pair (from ferry-server) vs the smallest of bsdiff, zstd --patch-from and (where PEERS.md has them) HDiffPatch and Zucchini, worst of $cons_n ($cons_l); $cons_met of $cons_n within" \
-  compare=size ratio="$cons_worst" ferry="$cons_n" ref="$cons_met" unit=pairs op="<=" target=0.9 \
+  compare=size ratio="$cons_worst" ferry="$cons_f" ref="$cons_r" unit=B ref_label="that pair's smallest peer" op="<=" target=0.9 \
   detail="per pair in Other figures"
 if [ "$jump_n" -gt 0 ]; then
   rec what="jumps of 2-10 releases vs the direct bsdiff of the pair, worst of $jump_n from either host ($jump_l); $jump_met of $jump_n within every bound (bytes ≤ 1.15x bsdiff and ≤ zstd -19 --long=31 of the new release, worst $jump_zworst; requests ≤ 3 from ferry-server, worst $req_worst_f; ≤ 5 from a static host, worst $req_worst_s)" \
-    compare=size ratio="$jump_worst" ferry="$jump_n" ref="$jump_met" unit=jumps op="<=" target=1.15 \
+    compare=size ratio="$jump_worst" ferry="$jump_f" ref="$jump_r" unit=B ref_label="that pair's direct bsdiff" op="<=" target=1.15 \
     detail="per jump in Other figures"
 fi
