@@ -6,9 +6,10 @@
 # from `ferry-server serve`, and reports its requests and bytes (`ferry update --json`:
 # every body it fetched — head, manifest or manifest diff, data):
 # - consecutive pairs vs bsdiff 4.3 of the pair (the new release's file, or a tree as a
-#   deterministic tar, against the old one) and `zstd -19 --long=31 --patch-from`; for
-#   the five pairs ../shared/bench/PEERS.md measured, also vs its HDiffPatch and Zucchini
-#   (Go-capable, xz) figures;
+#   deterministic tar, against the old one) and, for the five pairs
+#   ../shared/bench/PEERS.md measured, vs the smallest of its HDiffPatch, `zstd --ultra -22
+#   --long=31 --patch-from` and Zucchini (Go-capable, xz) figures too (the issue's
+#   reference; for the other pairs bsdiff is);
 # - jumps of 3, 5 and 10 releases (esbuild-chain) and 2 (numpy 2.1.1 -> 2.1.3) vs the
 #   direct bsdiff of the pair and `zstd -19 --long=31` of the new release.
 # bsdiff patches and zstd sizes are cached in benches/.cache by content hash.
@@ -47,23 +48,19 @@ bsdiff_size() { # OLD NEW
   local old=$1 new=$2 key; key="bsdiff-$(hkey "$old")-$(hkey "$new")"
   cached "$key" bsdiff "$old" "$new" "$WORK/c.out"
 }
-patchfrom_size() { # OLD NEW
-  local old=$1 new=$2 key; key="zstd19long31pf-$(hkey "$old")-$(hkey "$new")"
-  cached "$key" zstd -q -f -19 --long=31 -T"$NP" --patch-from="$old" "$new" -o "$WORK/c.out"
-}
 zlong_size() { # NEW
   local key; key="zstd19long31-$(hkey "$1")"
   cached "$key" zstd -q -f -19 --long=31 -T"$NP" "$1" -o "$WORK/c.out"
 }
-# PEERS.md (December 2026): HDiffPatch (best of its two builds) and Zucchini with the Go
-# fix, under xz -9e, for the pairs it measured.
-peer() { # SET FROM TO -> "hdiffpatch zucchini" or ""
+# PEERS.md (December 2026), for the pairs it measured: HDiffPatch (the smaller of its two
+# builds), zstd --ultra -22 --long=31 --patch-from, Zucchini with the Go fix under xz -9e.
+peer() { # SET FROM TO -> "hdiffpatch zstd-patch-from zucchini" or ""
   case "$1 $2 $3" in
-    "esbuild"*" 0.24.0 0.24.1") echo "232742 148976" ;;
-    "esbuild"*" 0.24.1 0.24.2") echo "82953 27312" ;;
-    "numpy 2.1.1 2.1.2") echo "52953 42748" ;;
-    "numpy 2.1.2 2.1.3") echo "89855 73480" ;;
-    "polars 1.17.0 1.17.1") echo "4301974 4601176" ;;
+    "esbuild"*" 0.24.0 0.24.1") echo "232742 529088 148976" ;;
+    "esbuild"*" 0.24.1 0.24.2") echo "82953 204186 27312" ;;
+    "numpy 2.1.1 2.1.2") echo "52953 148732 42748" ;;
+    "numpy 2.1.2 2.1.3") echo "89855 264550 73480" ;;
+    "polars 1.17.0 1.17.1") echo "4301974 4603904 4601176" ;;
   esac
 }
 
@@ -107,12 +104,11 @@ for set in $SETS; do
       if [ -z "$bs" ]; then note "bsdiff $set $from -> $to failed"; continue; fi
       best=$(( f_b < s_b ? f_b : s_b ))
       if [ "$k" = 1 ]; then
-        pf=$(patchfrom_size "$old" "$new")
-        refs="bsdiff $bs, zstd --patch-from $pf"; low=$bs; [ -n "$pf" ] && [ "$pf" -lt "$low" ] && low=$pf
-        read -r hd zu <<< "$(peer "$set" "$from" "$to")"
+        refs="bsdiff $bs"; low=$bs
+        read -r hd pf zu <<< "$(peer "$set" "$from" "$to")"
         if [ -n "${hd:-}" ]; then
-          refs="$refs, HDiffPatch $hd, Zucchini $zu (PEERS.md)"
-          [ "$hd" -lt "$low" ] && low=$hd; [ "$zu" -lt "$low" ] && low=$zu
+          refs="$refs; PEERS.md: HDiffPatch $hd, zstd -22 --patch-from $pf, Zucchini $zu"
+          for p in "$hd" "$pf" "$zu"; do [ "$p" -lt "$low" ] && low=$p; done
         fi
         r=$(python3 -c "print(round($f_b / $low, 3))")
         rec kind=info what="update bytes, $set $from -> $to: ferry-server $f_b B in $f_r requests ($f_via), static host $s_b B in $s_r ($s_via) vs the smallest peer" \
@@ -120,7 +116,7 @@ for set in $SETS; do
         cons_n=$((cons_n + 1))
         python3 -c "import sys; sys.exit(0 if $r <= 0.9 else 1)" && cons_met=$((cons_met + 1))
         python3 -c "import sys; sys.exit(0 if $r > $cons_worst else 1)" && { cons_worst=$r; cons_l="$set $from -> $to"; cons_f=$f_b; cons_r=$low; }
-        hd=""; zu=""
+        hd=""; pf=""; zu=""
       else
         z=$(zlong_size "$new")
         r=$(python3 -c "print(round($f_b / $bs, 3))"); rs=$(python3 -c "print(round($s_b / $bs, 3))")
@@ -138,7 +134,7 @@ for set in $SETS; do
   done
   stop_pid "$SPID"
 done
-rec what="update bytes of each consecutive pair (from ferry-server) vs the smallest of bsdiff, zstd --patch-from and (where PEERS.md has them) HDiffPatch and Zucchini, worst of $cons_n ($cons_l); $cons_met of $cons_n within" \
+rec what="update bytes of each consecutive pair (from ferry-server) vs bsdiff, or where PEERS.md has them the smallest of bsdiff, HDiffPatch, zstd --patch-from and Zucchini, worst of $cons_n ($cons_l); $cons_met of $cons_n within" \
   compare=size ratio="$cons_worst" ferry="$cons_f" ref="$cons_r" unit=B ref_label="that pair's smallest peer" op="<=" target=0.9 \
   detail="per pair in Other figures"
 if [ "$jump_n" -gt 0 ]; then
