@@ -353,7 +353,7 @@ fn refusals_and_bad_diffs_send_the_agent_to_the_archive_with_its_release_intact(
 fn agents_asking_for_one_pair_at_once_share_one_job() {
     let p = Publisher::new("stable");
     let chain = Chain::new(11);
-    p.publish_with(&v(1), &chain.release(1), PUBLISH);
+    let first = p.publish_with(&v(1), &chain.release(1), PUBLISH);
     let srv = Server::start_with(&p.repo(), ON_DEMAND);
     let agents: Vec<Agent> = (0..4)
         .map(|_| Agent::init(&srv.url, "stable", &p.public_key(), &[]))
@@ -361,9 +361,33 @@ fn agents_asking_for_one_pair_at_once_share_one_job() {
     for a in &agents {
         assert_eq!(a.update()["to"], v(1));
     }
+    let mut last = first.clone();
     for k in 2..=11 {
-        p.publish_with(&v(k), &chain.release(k), PUBLISH);
+        last = p.publish_with(&v(k), &chain.release(k), PUBLISH);
     }
+    // Six requests at the same instant, each willing to wait: one job answers all.
+    let path = diff_path(&first, &last);
+    let start = std::sync::Barrier::new(6);
+    let answers: Vec<(u16, String, Vec<u8>)> = std::thread::scope(|s| {
+        let asking: Vec<_> = (0..6)
+            .map(|_| {
+                s.spawn(|| {
+                    start.wait();
+                    get(&srv.url, &path, "Ferry-Wait: 40\r\n")
+                })
+            })
+            .collect();
+        asking.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (status, head, body) in &answers {
+        assert_eq!(*status, 200, "{head}");
+        assert_eq!(body, &answers[0].2);
+    }
+    assert_eq!(metric(&srv.url, "started"), 1.0, "one job for six requests");
+    assert_eq!(metric(&srv.url, "produced"), 1.0);
+    assert_eq!(metric(&srv.url, "served"), 6.0);
+
+    // Then the agents, at once too: every one takes it in 3 requests, no new job.
     let before = srv.requests().len();
     let results: Vec<Value> = std::thread::scope(|s| {
         let running: Vec<_> = agents.iter().map(|a| s.spawn(|| a.update())).collect();
@@ -381,8 +405,9 @@ fn agents_asking_for_one_pair_at_once_share_one_job() {
         .collect();
     assert_eq!(diffs.len(), 4, "{reqs:?}");
     assert!(diffs.iter().all(|r| r.status == 200), "{diffs:?}");
-    assert_eq!(metric(&srv.url, "produced"), 1.0, "one job for one pair");
-    assert_eq!(metric(&srv.url, "served"), 4.0);
+    assert_eq!(metric(&srv.url, "started"), 1.0, "a job for a made pair");
+    assert_eq!(metric(&srv.url, "produced"), 1.0);
+    assert_eq!(metric(&srv.url, "served"), 10.0);
 }
 
 #[test]

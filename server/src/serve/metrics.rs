@@ -69,6 +69,9 @@ pub enum ReportResult {
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
 #[allow(non_camel_case_types)]
 pub enum OnDemandResult {
+    /// A job started for a pair not made yet (requests for a pair whose job is
+    /// pending wait for that one).
+    started,
     /// A job made a diff and stored it (counted once per diff, not per request).
     produced,
     /// A request answered with a diff (made by its job or an earlier one).

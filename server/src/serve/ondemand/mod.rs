@@ -145,7 +145,7 @@ pub async fn handle<B>(
             let made = state.metrics.on_demand_counter(OnDemandResult::produced);
             let broke = state.metrics.on_demand_counter(OnDemandResult::failed);
             let work = move || run_job(&repo, &pair, &made, &broke);
-            match od.jobs.join((base, target), work) {
+            let mut ticket = match od.jobs.join((base, target), work) {
                 Joined::Full => {
                     count(OnDemandResult::refused);
                     return (
@@ -153,17 +153,22 @@ pub async fn handle<B>(
                         Kind::other,
                     );
                 }
-                Joined::Started(mut t) | Joined::Joined(mut t) => match t.wait(wait).await {
-                    Waited::Done(outcome) => outcome,
-                    Waited::Pending => {
-                        count(OnDemandResult::pending);
-                        return (
-                            busy("the diff is being made: ask again later\n", head_only),
-                            Kind::other,
-                        );
-                    }
-                    Waited::Lost => Err("the job stopped without a result".into()),
-                },
+                Joined::Started(t) => {
+                    count(OnDemandResult::started);
+                    t
+                }
+                Joined::Joined(t) => t,
+            };
+            match ticket.wait(wait).await {
+                Waited::Done(outcome) => outcome,
+                Waited::Pending => {
+                    count(OnDemandResult::pending);
+                    return (
+                        busy("the diff is being made: ask again later\n", head_only),
+                        Kind::other,
+                    );
+                }
+                Waited::Lost => Err("the job stopped without a result".into()),
             }
         }
     };
