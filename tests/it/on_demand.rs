@@ -470,3 +470,59 @@ fn hostile_requests_are_refused_without_work() {
     assert_eq!(metric(&srv.url, "refused"), 3.0);
     assert!(!p.repo().join("diff-index").exists());
 }
+
+/// `ferry-server gc --grace 1h` on `p`'s repository, its output.
+fn gc(p: &Publisher, dry_run: bool) -> String {
+    let repo = p.repo();
+    let mut args = vec!["gc", "--repo", repo.to_str().unwrap(), "--grace", "1h"];
+    if dry_run {
+        args.push("--dry-run");
+    }
+    let out = ferry_tests::run(ferry_tests::bin("ferry-server"), &args);
+    ferry_tests::assert_ok(&out, "gc");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn gc_keeps_the_diffs_of_retained_pairs_and_drops_the_others() {
+    let p = Publisher::new("stable");
+    let chain = Chain::new(5);
+    let depth1 = &["--diff-depth", "1", "--retain", "3"];
+    let first = p.publish_with(&v(1), &chain.release(1), depth1);
+    let srv = Server::start_with(&p.repo(), ON_DEMAND);
+    let agent = Agent::init(&srv.url, "stable", &p.public_key(), &[]);
+    assert_eq!(agent.update()["to"], v(1));
+    p.publish_with(&v(2), &chain.release(2), depth1);
+    let third = p.publish_with(&v(3), &chain.release(3), depth1);
+    assert_eq!(agent.update()["to"], v(3));
+    let Some(IndexEntry::Diff(object)) = index_entry(&p.repo(), &first, &third) else {
+        panic!("no diff made for 1 -> 3");
+    };
+    let file = p.object_file(&object.hash.to_hex());
+    let index = p.repo().join(diff_index_path(
+        &manifest_hash(&first),
+        &manifest_hash(&third),
+    ));
+    let age = |path: &Path| {
+        let out = std::process::Command::new("touch")
+            .args(["-d", "2 hours ago"])
+            .arg(path)
+            .output()
+            .unwrap();
+        ferry_tests::assert_ok(&out, "touch -d");
+    };
+    age(&file);
+    // 1 and 3 are both retained: the diff stays.
+    let text = gc(&p, false);
+    assert!(file.is_file() && index.is_file(), "{text}");
+    // Once no head lists 1, the pair's entry goes, and its object with the other
+    // unreferenced ones (a dry run changes nothing).
+    p.publish_with(&v(4), &chain.release(4), depth1);
+    p.publish_with(&v(5), &chain.release(5), depth1);
+    let text = gc(&p, true);
+    assert!(index.is_file(), "{text}");
+    assert!(text.contains(&object.hash.to_hex()), "{text}");
+    age(&file);
+    let text = gc(&p, false);
+    assert!(!index.exists() && !file.exists(), "{text}");
+}
