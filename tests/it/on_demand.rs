@@ -526,3 +526,68 @@ fn gc_keeps_the_diffs_of_retained_pairs_and_drops_the_others() {
     let text = gc(&p, false);
     assert!(!index.exists() && !file.exists(), "{text}");
 }
+
+#[test]
+fn an_agent_that_will_not_wait_takes_the_archive_and_the_next_one_gets_the_diff() {
+    let p = Publisher::new("stable");
+    let chain = Chain::new(5);
+    let depth1 = &["--diff-depth", "1", "--retain", "6"];
+    let first = p.publish_with(&v(1), &chain.release(1), depth1);
+    let srv = Server::start_with(&p.repo(), ON_DEMAND);
+    let impatient = Agent::init(&srv.url, "stable", &p.public_key(), &[]);
+    let next = Agent::init(&srv.url, "stable", &p.public_key(), &[]);
+    for a in [&impatient, &next] {
+        let config = a.root().join(".ferry/config.toml");
+        let text = std::fs::read_to_string(&config).unwrap();
+        let text = text.replace("# diff_wait = \"30s\"", "diff_wait = \"0s\"");
+        assert!(text.contains("\ndiff_wait = \"0s\""), "{text}");
+        std::fs::write(&config, text).unwrap();
+        assert_eq!(a.update()["to"], v(1));
+    }
+    let mut releases = vec![first];
+    for k in 2..=5 {
+        releases.push(p.publish_with(&v(k), &chain.release(k), depth1));
+    }
+    // A request that waits for nothing starts the job and is told when to come back.
+    let (status, head, _) = get(&srv.url, &diff_path(&releases[1], &releases[4]), "");
+    assert_eq!(status, 503, "{head}");
+    let head = head.to_ascii_lowercase();
+    assert!(head.contains("retry-after: 10"), "{head}");
+    assert!(head.contains("cache-control: no-store"), "{head}");
+
+    // The agent asks once, gets 503, and takes the archive at once.
+    let before = srv.requests().len();
+    let out = impatient.ferry("update", &["--json"]);
+    ferry_tests::assert_ok(&out, "update");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("503"), "{err}");
+    tree_eq(&impatient.current(), &chain.release(5));
+    let reqs = srv.requests()[before..].to_vec();
+    let paths: Vec<&str> = reqs.iter().map(|r| r.path.as_str()).collect();
+    assert_eq!(paths.len(), 4, "{paths:?}");
+    assert_eq!(reqs[2].status, 503, "{reqs:?}");
+    assert_eq!(reqs[3].status, 206, "{reqs:?}");
+    assert!(metric(&srv.url, "pending") >= 2.0);
+
+    // The job went on: once it is done, the next agent takes the diff in 3 requests.
+    for _ in 0..200 {
+        if index_entry(&p.repo(), &releases[0], &releases[4]).is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        matches!(
+            index_entry(&p.repo(), &releases[0], &releases[4]),
+            Some(IndexEntry::Diff(_))
+        ),
+        "the job did not finish"
+    );
+    let before = srv.requests().len();
+    let r = next.update();
+    assert_eq!(r["to"], v(5));
+    tree_eq(&next.current(), &chain.release(5));
+    let reqs = srv.requests()[before..].to_vec();
+    assert_eq!(reqs.len(), 3, "{reqs:?}");
+    assert!(reqs[2].path.starts_with("/diffs/") && reqs[2].status == 200);
+}
