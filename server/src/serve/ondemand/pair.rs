@@ -257,3 +257,53 @@ pub fn index_entries(repo: &Repo) -> Result<Vec<(Digest, Digest, std::path::Path
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use ferry_format::id::ObjectRef;
+
+    use super::*;
+
+    #[test]
+    fn index_entries_are_read_back_only_while_their_object_is_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repo::new(dir.path());
+        let (a, b, c) = (Digest::of(b"a"), Digest::of(b"b"), Digest::of(b"c"));
+        assert_eq!(read_index(&repo, &a, &b).unwrap(), None);
+
+        let object = repo.write_object(b"a diff").unwrap();
+        write_index(&repo, &a, &b, &IndexEntry::Diff(object)).unwrap();
+        write_index(&repo, &a, &c, &IndexEntry::NoDiff).unwrap();
+        assert_eq!(
+            read_index(&repo, &a, &b).unwrap(),
+            Some(IndexEntry::Diff(object))
+        );
+        assert_eq!(read_index(&repo, &a, &c).unwrap(), Some(IndexEntry::NoDiff));
+        let mut listed: Vec<_> = index_entries(&repo)
+            .unwrap()
+            .into_iter()
+            .map(|(b, t, _)| (b, t))
+            .collect();
+        listed.sort();
+        let mut want = vec![(a, b), (a, c)];
+        want.sort();
+        assert_eq!(listed, want);
+
+        // An object gc removed, or of another size, and an entry that does not parse
+        // count as nothing recorded: the pair is made again.
+        let gone = ObjectRef::of(b"removed by gc");
+        write_index(&repo, &a, &b, &IndexEntry::Diff(gone)).unwrap();
+        assert_eq!(read_index(&repo, &a, &b).unwrap(), None);
+        let resized = ObjectRef {
+            size: object.size + 1,
+            ..object
+        };
+        write_index(&repo, &a, &b, &IndexEntry::Diff(resized)).unwrap();
+        assert_eq!(read_index(&repo, &a, &b).unwrap(), None);
+        std::fs::write(dir.path().join(diff_index_path(&a, &c)), b"garbage").unwrap();
+        assert_eq!(read_index(&repo, &a, &c).unwrap(), None);
+        // Names that are not two manifest names are not index entries.
+        std::fs::write(dir.path().join("diff-index").join("README"), b"x").unwrap();
+        assert_eq!(index_entries(&repo).unwrap().len(), 2);
+    }
+}
