@@ -16,7 +16,7 @@
 //!    (`Ferry-Wait`, at most 50 s): the diff if the job ends by then, else 503 with
 //!    `Retry-After` while the job goes on for the next request.
 //!
-//! The job is `publish`'s own diff code ([`crate::publish::diff::diff_one`]): it reads
+//! The job is `publish`'s own diff code (`publish::diff::diff_one`): it reads
 //! the base and target from the archives and writes an ordinary content-addressed
 //! object, then the index entry. Nothing a client sends reaches a file path: the
 //! request path is parsed into two digests (`ferry_format::ondemand`), and only

@@ -112,7 +112,7 @@ pub fn check(repo: &Repo, base: &Digest, target: &Digest, max_input: u64) -> Res
     })))
 }
 
-/// Makes the pair's diff (as `publish` does, [`diff_one`]) and records it in the
+/// Makes the pair's diff (as `publish` does, `diff_one`) and records it in the
 /// index: the object, or "none" when no diff beats the archive ranges. A job that
 /// finds the pair already recorded (by a job that ended just before it was started)
 /// makes nothing. Returns the entry and whether this call made it.
