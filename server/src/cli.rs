@@ -331,8 +331,9 @@ pub enum Command {
         diff_queue: usize,
         /// With --diffs-on-demand: the largest base (its files) or target (the chunks
         /// the base lacks) a diff is made for (413 past it). A job holds the base, 4
-        /// bytes per base byte of suffix array and the target in memory.
-        #[arg(long, value_name = "SIZE", default_value = "512MiB", requires = "diffs_on_demand",
+        /// bytes per base byte of suffix array and the target in memory: about 6 bytes
+        /// per byte of input at its peak.
+        #[arg(long, value_name = "SIZE", default_value = "256MiB", requires = "diffs_on_demand",
               value_parser = crate::serve::upload::parse_size)]
         diff_max_input: u64,
     },
