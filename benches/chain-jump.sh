@@ -36,7 +36,8 @@ publish() {
 publish "$FROM"
 "$BIN/ferry-server" serve --repo "$WORK/repo" --listen 127.0.0.1:0 \
   --access-log "$WORK/access.log" --diffs-on-demand > "$WORK/serve.out" 2>"$WORK/serve.err" &
-PIDS+=($!)
+SERVE_PID=$!
+PIDS+=("$SERVE_PID")
 for _ in $(seq 100); do grep -q listening "$WORK/serve.out" 2>/dev/null && break; sleep 0.1; done
 URL=$(sed -n 's/^listening on //p' "$WORK/serve.out")
 
@@ -83,6 +84,7 @@ print("    requests: %d, body bytes: %d" % (n, b))'
     echo "    bsdiff $base -> $TO: $(stat -c %s "$WORK/bsdiff.patch") bytes"
   fi
 done
+echo "ferry-server serve peak RSS (its jobs included): $(sed -n 's/^VmHWM:\s*//p' "/proc/$SERVE_PID/status")"
 if [ -f "$(src "$TO")" ]; then
   echo "zstd -19 --long=31 of $TO: $(zstd -19 --long=31 -c -q "$(src "$TO")" | wc -c) bytes"
 fi
