@@ -164,7 +164,7 @@ fn line(direct: &ferry_format::plan::UpdatePlan, hop: &HopPlan, from: Option<&st
     };
     let chosen = direct.chosen();
     format!(
-        "plan: {} -> {}: two hops through {}: its manifest ({}), diff from {base} ({}), diff from {} ({}): {} in {} request(s); {} would download {} in {} request(s)",
+        "plan: {} -> {}: two hops through {}: its manifest ({}), diff from {base} ({}), diff from {} ({}): {} in {} request(s) after the target's manifest; {} would download {} in {} request(s)",
         from.unwrap_or("none"),
         direct.to,
         hop.via,
@@ -191,7 +191,8 @@ fn warn_fallback(out: Out, via: &str, why: &str) {
     tracing::warn!("{msg}");
 }
 
-/// The error a plan whose routes all failed ends with (the first hop's plan has one).
-pub(super) fn no_route_left(version: &str) -> anyhow::Error {
-    anyhow!("no way left to get {version}: its plan's routes all failed")
+/// The error a plan whose routes all failed ends with (the first hop's plan has one),
+/// with why the last one failed.
+pub(super) fn no_route_left(version: &str, failure: &str) -> anyhow::Error {
+    anyhow!("no way left to get {version}: {failure}")
 }

@@ -199,6 +199,8 @@ pub(super) fn build_staged(
     let mut taken = planned.next;
     // One bar per route tried, kept through the route's archive ranges.
     let mut bar = None;
+    // Why the last route failed, for a plan with no route left after it.
+    let mut failure = String::new();
     while ranges.is_none() {
         // Off the screen before the next route's line is printed.
         drop(bar.take());
@@ -207,7 +209,7 @@ pub(super) fn build_staged(
         let route = plan
             .routes
             .get(k)
-            .ok_or_else(|| hops::no_route_left(&version))?;
+            .ok_or_else(|| hops::no_route_left(&version, &failure))?;
         if let Via::OnDisk { folder } = &route.via {
             // Retained, or left by a run interrupted after the rename: use it as it is.
             out.info(&plan::line(layout, &plan, route));
@@ -243,17 +245,20 @@ pub(super) fn build_staged(
                 };
                 let applied = match remote.download_diff(&diff, &downloads)? {
                     Some(file) => apply_diff(root, manifest, base, object, &file),
-                    None => Err(anyhow::anyhow!("the repository does not have it")),
+                    None => Err(anyhow::anyhow!("no server has a good copy of it")),
                 };
                 match applied {
                     Ok(s) => {
                         spool = Some(s);
                         ranges = Some(route.archive.ranges.clone());
                     }
-                    Err(e) => tracing::warn!(
-                        "diff from {} not used, falling back to the next way the plan lists: {e:#}",
-                        base.version
-                    ),
+                    Err(e) => {
+                        tracing::warn!(
+                            "diff from {} not used, falling back to the next way the plan lists: {e:#}",
+                            base.version
+                        );
+                        failure = format!("the diff from {}: {e:#}", base.version);
+                    }
                 }
             }
             Via::Produced {
@@ -285,10 +290,13 @@ pub(super) fn build_staged(
                         spool = Some(s);
                         ranges = Some(route.archive.ranges.clone());
                     }
-                    Err(e) => tracing::warn!(
-                        "no diff from {} made by the server, falling back to the next way the plan lists: {e:#}",
-                        base.version
-                    ),
+                    Err(e) => {
+                        tracing::warn!(
+                            "no diff from {} made by the server, falling back to the next way the plan lists: {e:#}",
+                            base.version
+                        );
+                        failure = format!("the diff from {} the server made: {e:#}", base.version);
+                    }
                 }
             }
             _ => ranges = Some(route.archive.ranges.clone()),
