@@ -213,7 +213,8 @@ pub enum Command {
         /// Which earlier releases get a binary diff (and a manifest diff) to the new
         /// release, by distance in the channel's release list (1 = the current one):
         /// agents on them download one small object. The default skip list reaches
-        /// every release up to 10 back in one or two diffs; `none` writes none.
+        /// every release up to 10 back in one diff or two (4 = 1+3, 6 = 1+5, 7 = 2+5,
+        /// 9 = 1+8), from a static host too; `none` writes none.
         #[arg(long, value_name = "D,D,...", default_value_t = crate::publish::bases::DiffBases::default(),
               conflicts_with = "diff_depth")]
         diff_bases: crate::publish::bases::DiffBases,
@@ -450,7 +451,7 @@ mod tests {
             } => {
                 assert_eq!(expires_in, Duration::from_secs(7200));
                 assert_eq!((retain, zstd_level, json, diff_depth), (3, 19, true, None));
-                assert_eq!(diff_bases.distances(), &[1, 2, 5, 8]);
+                assert_eq!(diff_bases.distances(), &[1, 2, 3, 5, 8, 10]);
             }
             other => panic!("{other:?}"),
         }

@@ -1,5 +1,6 @@
-//! Two hops from a static host (FORMAT.md §8): with publish's default diff bases
-//! (distances 1, 2, 5 and 8), an agent 7 or 10 releases behind a real nginx reaches the
+//! Two hops from a static host (FORMAT.md §8): with diff bases at distances 1, 2, 5 and
+//! 8 (`--diff-bases 1,2,5,8`; the default adds 3 and 10, which makes a jump of 10 one
+//! diff), an agent 7 or 10 releases behind a real nginx reaches the
 //! new release through one intermediate release in at most 5 requests (head, manifest,
 //! the intermediate manifest, one diff per hop), counted in nginx's access log; a
 //! corrupt intermediate manifest or diff, or a kill at any step, leaves the active
@@ -59,10 +60,12 @@ impl Chain {
         self.sources.path().join(k.to_string())
     }
 
-    /// Publishes releases up to `k` with publish's defaults.
+    /// Publishes releases up to `k` with diffs from distances 1, 2, 5 and 8.
     fn publish_to(&mut self, k: u64) {
         for n in self.reports.len() as u64 + 1..=k {
-            let r = self.p.publish(&v(n), &self.source(n));
+            let r = self
+                .p
+                .publish_with(&v(n), &self.source(n), &["--diff-bases", "1,2,5,8"]);
             self.reports.push(r);
         }
     }
@@ -122,7 +125,8 @@ fn assert_two_hops(reqs: &[LoggedRequest], r: &Value, chain: &Chain, target: u64
     assert!(reqs.len() <= 5, "{} requests: {reqs:#?}", reqs.len());
     assert_eq!(r["requests"].as_u64().unwrap(), reqs.len() as u64);
     assert!(
-        reqs.iter().all(|q| (q.status == 200 || q.status == 206) && q.path != archive),
+        reqs.iter()
+            .all(|q| (q.status == 200 || q.status == 206) && q.path != archive),
         "{reqs:#?}"
     );
     assert!(reqs.iter().any(|q| q.path == via_manifest), "{reqs:#?}");

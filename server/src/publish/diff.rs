@@ -1,5 +1,5 @@
 //! Diff objects (FORMAT.md §3.6) and manifest diffs (§3.7) of a new release against
-//! earlier releases of its channel (`publish --diff-bases`, default `1,2,5,8`: the
+//! earlier releases of its channel (`publish --diff-bases`, default `1,2,3,5,8,10`: the
 //! releases that many positions back, [`super::bases`]).
 //!
 //! For each base release B, newest first:

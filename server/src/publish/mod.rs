@@ -90,7 +90,7 @@ pub struct PublishOptions<'a> {
     /// A regular file or a directory.
     pub source: PathBuf,
     /// Which earlier releases, by distance, get a diff object to the new one
-    /// ([`bases::DiffBases`]; default `1,2,5,8`).
+    /// ([`bases::DiffBases`]; default `1,2,3,5,8,10`).
     pub diff_bases: bases::DiffBases,
     /// Where the steps report how far they are ([`progress::Progress::default`]:
     /// nowhere).
