@@ -11,8 +11,10 @@
 //!    first hop's size is unknown before I's manifest is read; it is estimated by the
 //!    size of N's own diff from the same distance (a publisher diffs every release
 //!    from the same distances, and releases the same distance apart differ about as
-//!    much), and a candidate whose first distance N has no diff from is left out (the
-//!    publisher then made none for I either).
+//!    much: not so across a release that rewrote most of the program, so the caller
+//!    prices the best candidate exactly unless its known part alone is too dear), and
+//!    a candidate whose first distance N has no diff from is left out (the publisher
+//!    then made none for I either).
 //! 2. [`plan_hops`], once I's manifest is fetched and verified: the exact plan of each
 //!    hop (the first from what the disk holds, the second from the disk and I), their
 //!    bytes and requests together. [`HopPlan::beats`] says whether it is worth taking

@@ -73,9 +73,15 @@ impl Remote {
             .filter(|r| base_intact(r))
             .map(|r| r.version.as_str())
             .collect();
+        // The cheapest estimate first, looked at unless what is known of it (I's
+        // manifest and the second diff) already costs as much as the direct way: the
+        // estimate of the first hop is only a guess (a release that rewrote most of the
+        // program makes N's own diff from that distance far larger than I's), and a
+        // wrong guess costs one manifest.
         let Some(candidate) = hop_candidates(head.releases(), target, &held)
             .into_iter()
-            .find(|c| c.estimate < chosen.download_bytes)
+            .next()
+            .filter(|c| c.via.manifest.size.saturating_add(c.second.size) < chosen.download_bytes)
         else {
             return Ok((planned, None));
         };
