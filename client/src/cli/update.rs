@@ -608,15 +608,7 @@ fn build(
     // A plan given to `apply` is executed as it was made.
     let (planned, hops) = match given {
         Some(_) => (planned, None),
-        None => remote.try_hops(
-            root,
-            head,
-            trusted,
-            &manifest,
-            planned,
-            active.as_deref(),
-            out,
-        )?,
+        None => remote.try_hops(root, head, trusted, &manifest, planned, out)?,
     };
     let stats = deliver::install_release(
         root,

@@ -44,7 +44,8 @@ pub struct HopSummary {
 impl Remote {
     /// The plan to execute for `target`: `planned` as it is, or, when two hops through
     /// a release the head lists cost less, the plan of the target from that release,
-    /// already built in staging (with what the hops cost). Errors only when the data
+    /// already built in staging (with what the hops cost), from the active release and
+    /// the others retained. Errors only when the data
     /// budget refuses the hops' plan; anything else going wrong falls back to
     /// `planned`.
     pub fn try_hops(
@@ -54,9 +55,9 @@ impl Remote {
         trusted: &TrustedKeys,
         target: &Verified<Manifest>,
         planned: Planned,
-        from: Option<&str>,
         out: Out,
     ) -> Result<(Planned, Option<HopSummary>)> {
+        let from = root.state.active.as_deref();
         // A plan already under way (a skeleton's diff applied) is the direct one.
         if planned.next != 0 || planned.prepared.is_some() {
             return Ok((planned, None));
