@@ -137,8 +137,12 @@ mod tests {
     #[test]
     fn lists_parse_sorted_and_bad_ones_are_refused() {
         assert_eq!(
-            "8,1,5,2".parse::<DiffBases>().unwrap(),
+            "10,8,1,5,3,2".parse::<DiffBases>().unwrap(),
             DiffBases::default()
+        );
+        assert_eq!(
+            "1,2,5,8".parse::<DiffBases>().unwrap().to_string(),
+            "1,2,5,8"
         );
         assert!("none".parse::<DiffBases>().unwrap().is_empty());
         assert!("0,1".parse::<DiffBases>().is_err());
