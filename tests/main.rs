@@ -20,6 +20,7 @@ mod it {
     pub mod fleet_run;
     pub mod gc;
     pub mod head_check;
+    pub mod hops;
     pub mod hostile_clients;
     pub mod http_semantics;
     pub mod identity;

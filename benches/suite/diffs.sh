@@ -10,8 +10,11 @@
 #   ../shared/bench/PEERS.md measured, vs the smallest of its HDiffPatch, `zstd --ultra -22
 #   --long=31 --patch-from` and Zucchini (Go-capable, xz) figures too (the issue's
 #   reference; for the other pairs bsdiff is);
-# - jumps of 3, 5 and 10 releases (esbuild-chain) and 2 (numpy 2.1.1 -> 2.1.3) vs the
-#   direct bsdiff of the pair and `zstd -19 --long=31` of the new release.
+# - jumps of 3, 5, 7 and 10 releases (esbuild-chain) and 2 (numpy 2.1.1 -> 2.1.3) vs the
+#   direct bsdiff of the pair and `zstd -19 --long=31` of the new release. With publish's
+#   default diff bases (1,2,3,5,8,10 back) a jump of 7 from a static host takes two hops
+#   (2 + 5, FORMAT.md §8: `"via": "hops"`, the intermediate release in `through`);
+# - the time publish spent making diffs, per diff and per release (esbuild-chain).
 # bsdiff patches and zstd sizes are cached in benches/.cache by content hash.
 source "$(dirname "$0")/lib.sh"
 NP=$(nproc)
@@ -77,12 +80,15 @@ for set in $SETS; do
   repo="$WORK/www/$set"
   rm -rf "$repo" "$WORK/roots"; mkdir -p "$WORK/roots"
   mapfile -t vs < <(ls "$REL/$set" | sort -V)
-  case $set in esbuild-chain) K="1 3 5 10" ;; numpy | esbuild) K="1 2" ;; *) K="1" ;; esac
-  SPID=""
+  case $set in esbuild-chain) K="1 3 5 7 10" ;; numpy | esbuild) K="1 2" ;; *) K="1" ;; esac
+  SPID=""; pub_diffs=0; pub_secs=0; pub_wall=0
   for i in "${!vs[@]}"; do
     to=${vs[$i]}
     say "$set: publish $to"
     publish_m pub "$repo" "$to" "$REL/$set/$to"
+    read -r nd sd < <(python3 -c 'import json,sys; d=json.load(open(sys.argv[1]))["diffs"]; print(len(d), sum(x["seconds"] for x in d))' "$WORK/pub.pub.json")
+    pub_diffs=$((pub_diffs + nd)); pub_secs=$(python3 -c "print($pub_secs + $sd)")
+    pub_wall=$(python3 -c "print($pub_wall + $(F pub wall_s))")
     if [ -z "$SPID" ]; then
       SP=$(free_port)
       "$BIN/ferry-server" serve --repo "$repo" --listen "127.0.0.1:$SP" --diffs-on-demand >/dev/null 2>"$WORK/serve.err" & SPID=$!
@@ -98,6 +104,7 @@ for set in $SETS; do
       old=$(input "$set" "$from")
       try_update "$WORK/roots/$j" "http://127.0.0.1:$PORT/$set"
       s_b=$(J "$WORK/u.json" bytes_downloaded); s_r=$(J "$WORK/u.json" requests); s_via=$(J "$WORK/u.json" via)
+      [ "$s_via" = hops ] && s_via="hops through $(J "$WORK/u.json" through)"
       try_update "$WORK/roots/$j" "http://127.0.0.1:$SP"
       f_b=$(J "$WORK/u.json" bytes_downloaded); f_r=$(J "$WORK/u.json" requests); f_via=$(J "$WORK/u.json" via)
       bs=$(bsdiff_size "$old" "$new")
@@ -133,6 +140,10 @@ for set in $SETS; do
     done
   done
   stop_pid "$SPID"
+  if [ "$pub_diffs" -gt 0 ]; then
+    rec kind=info what="publish, $set: ${#vs[@]} releases with the default diff bases made $pub_diffs diffs in $(python3 -c "print(round($pub_secs, 1))") s ($(python3 -c "print(round($pub_secs / $pub_diffs, 2))") s per diff); the publishes took $(python3 -c "print(round($pub_wall, 1))") s in all" \
+      ferry="$(python3 -c "print(round($pub_secs / $pub_diffs, 3))")" unit=s ref_label="seconds per diff"
+  fi
 done
 rec what="update bytes of each consecutive pair (from ferry-server) vs bsdiff, or where PEERS.md has them the smallest of bsdiff, HDiffPatch, zstd --patch-from and Zucchini, worst of $cons_n ($cons_l); $cons_met of $cons_n within" \
   compare=size ratio="$cons_worst" ferry="$cons_f" ref="$cons_r" unit=B ref_label="that pair's smallest peer" op="<=" target=0.9 \

@@ -356,7 +356,11 @@ pub struct Applied {
     pub seconds: f64,
     /// The route of the plan that built the release (none when nothing was built).
     pub via: Option<Via>,
-    /// What that route was planned to download, and in how many requests.
+    /// The intermediate release when the update went through one (two hops, FORMAT.md
+    /// §8): `via` is then the second hop's route.
+    pub through: Option<String>,
+    /// What the plan (both hops, with the intermediate manifest) was to download, and
+    /// in how many requests.
     pub planned_bytes: u64,
     pub planned_requests: u64,
 }

@@ -210,12 +210,19 @@ pub enum Command {
         #[arg(long, default_value_t = crate::publish::DEFAULT_ZSTD_LEVEL,
               value_parser = clap::value_parser!(i32).range(1..=22))]
         zstd_level: i32,
-        /// How many of the channel's latest releases get a binary diff (and a manifest
-        /// diff) to the new release, so agents on them download one small object;
-        /// 0 writes none.
-        #[arg(long, value_name = "K", default_value_t = crate::publish::diff::DEFAULT_DIFF_DEPTH,
+        /// Which earlier releases get a binary diff (and a manifest diff) to the new
+        /// release, by distance in the channel's release list (1 = the current one):
+        /// agents on them download one small object. The default skip list reaches
+        /// every release up to 10 back in one diff or two (4 = 1+3, 6 = 1+5, 7 = 2+5,
+        /// 9 = 1+8), from a static host too; `none` writes none.
+        #[arg(long, value_name = "D,D,...", default_value_t = crate::publish::bases::DiffBases::default(),
+              conflicts_with = "diff_depth")]
+        diff_bases: crate::publish::bases::DiffBases,
+        /// The last K releases are diff bases (same as --diff-bases 1,2,...,K; 0 writes
+        /// none). Replaces --diff-bases.
+        #[arg(long, value_name = "K",
               value_parser = clap::value_parser!(u8).range(0..=16).map(usize::from))]
-        diff_depth: usize,
+        diff_depth: Option<usize>,
         /// Print one JSON object instead of the human summary.
         #[arg(long)]
         json: bool,
@@ -438,11 +445,13 @@ mod tests {
                 retain,
                 zstd_level,
                 json,
+                diff_bases,
                 diff_depth,
                 ..
             } => {
                 assert_eq!(expires_in, Duration::from_secs(7200));
-                assert_eq!((retain, zstd_level, json, diff_depth), (3, 19, true, 3));
+                assert_eq!((retain, zstd_level, json, diff_depth), (3, 19, true, None));
+                assert_eq!(diff_bases.distances(), &[1, 2, 3, 5, 8, 10]);
             }
             other => panic!("{other:?}"),
         }

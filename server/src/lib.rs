@@ -44,7 +44,7 @@
 //!     retain: 10,
 //!     zstd_level: 19,
 //!     source: "build/out".into(),
-//!     diff_depth: ferry_server::publish::diff::DEFAULT_DIFF_DEPTH,
+//!     diff_bases: Default::default(),
 //!     progress: Default::default(),
 //! })?;
 //! println!("{}", report.summary());
@@ -188,10 +188,15 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             rollout_labels,
             retain,
             zstd_level,
+            diff_bases,
             diff_depth,
             json,
             path,
         } => {
+            let diff_bases = match diff_depth {
+                Some(k) => publish::bases::DiffBases::depth(k).map_err(anyhow::Error::msg)?,
+                None => diff_bases,
+            };
             let requires =
                 ferry_format::requirements::Requirements::new(requires).context("--requires")?;
             let rollout_labels = ferry_format::requirements::Requirements::new(rollout_labels)
@@ -216,7 +221,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 retain,
                 zstd_level,
                 source: path,
-                diff_depth,
+                diff_bases,
                 progress: Default::default(),
             };
             // Drawn on stderr while the publish runs, cleared before the summary (or
@@ -236,10 +241,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 None => {
                     let store = open(&repo.context("--repo or --to is required")?)?;
                     let channel = opts.channel.clone();
+                    let bases = opts.diff_bases.clone();
                     let mirror = store::Mirror::Release {
                         channel: &channel,
                         key: &key,
-                        diff_depth: opts.diff_depth,
+                        diff_bases: &bases,
                         progress: &opts.progress.clone(),
                     };
                     store.write(mirror, |repo| {

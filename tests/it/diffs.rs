@@ -59,13 +59,16 @@ fn a_base_without_a_diff_falls_back_to_the_archive_tail() {
         sources,
         srv,
         agent,
-    } = Scene::installed(Sources::app(3), depth1);
-    p.publish_with(&v(2), &sources.release(2), depth1);
-    p.publish_with(&v(3), &sources.release(3), depth1);
-    // Release 3 only has a diff from 2: the agent on 1 takes the archive tail.
+    } = Scene::installed(Sources::app(4), depth1);
+    for k in 2..=4 {
+        p.publish_with(&v(k), &sources.release(k), depth1);
+    }
+    // Release 4 only has a diff from 3, each release one from the one before: the
+    // agent on 1 would need three diffs (two hops is the most it takes, FORMAT.md §8),
+    // so it takes the archive tail.
     let before = srv.requests().len();
-    assert_eq!(agent.update()["to"], v(3));
-    tree_eq(&agent.current(), &sources.release(3));
+    assert_eq!(agent.update()["to"], v(4));
+    tree_eq(&agent.current(), &sources.release(4));
     assert_three_requests(&srv.requests()[before..], "/channels/stable/head");
 }
 
@@ -261,7 +264,7 @@ fn three_releases_back_is_still_head_manifest_diff_and_one_diff_object() {
     p.publish(&v(2), &sources.release(2));
     p.publish(&v(3), &sources.release(3));
     let fourth = p.publish(&v(4), &sources.release(4));
-    // The default --diff-depth 3 reaches back to release 1.
+    // The default diff bases (1, 2, 3, 5, 8, 10 back) reach release 1.
     assert_eq!(fourth["diffs"].as_array().unwrap().len(), 3, "{fourth}");
     let before = srv.requests().len();
     assert_eq!(agent.update()["to"], v(4));

@@ -375,6 +375,7 @@ mod tests {
             recalled_from: None,
             step,
             route: None,
+            hops: None,
         })
     }
 

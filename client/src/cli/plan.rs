@@ -44,12 +44,26 @@ pub fn observe(
     failed: &[Digest],
     on_demand: bool,
 ) -> Result<Observed> {
+    observe_with(root, manifest, from, failed, on_demand, Vec::new())
+}
+
+/// [`observe`] with `extra` releases beside the retained ones: the intermediate release
+/// of two hops, built in staging, is a chunk source and diff base for the target.
+pub fn observe_with(
+    root: &Root,
+    manifest: &Manifest,
+    from: Option<&str>,
+    failed: &[Digest],
+    on_demand: bool,
+    extra: Vec<LocalRelease>,
+) -> Result<Observed> {
     let (copy, damaged) = match intact_copy(root, manifest)? {
         OnDisk::Intact(folder) => (Some(folder), None),
         OnDisk::Damaged(folder) => (None, Some(folder)),
         OnDisk::Absent => (None, None),
     };
-    let releases = root.local_releases();
+    let mut releases = root.local_releases();
+    releases.extend(extra);
     let mut local = LocalChunks::index(&releases);
     local.verify_wanted(manifest);
     let has = |id: &_| local.has(id);

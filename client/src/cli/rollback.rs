@@ -111,6 +111,7 @@ pub(crate) fn perform(u: &Updater, target: Target, out: Out) -> Result<Applied> 
                 bytes_reused: o.bytes_reused,
                 seconds,
                 via: None,
+                through: None,
                 planned_bytes: 0,
                 planned_requests: 0,
             })

@@ -21,7 +21,7 @@ use ferry_format::version::Version;
 use serde_json::json;
 
 use super::UpdateArgs;
-use super::deliver::{self, Remote};
+use super::deliver::{self, HopSummary, Remote};
 use super::exit::{self, Class};
 use super::plan;
 use super::report::{self, Out};
@@ -116,6 +116,9 @@ pub struct Outcome {
     /// The route of the plan that built the release, as the plan priced it (none
     /// when nothing was built).
     pub route: Option<Route>,
+    /// When the release was built through an intermediate one (two hops), what both
+    /// hops were planned to cost; `route` is then the second hop's.
+    pub hops: Option<HopSummary>,
 }
 
 /// One check with what it cost.
@@ -147,7 +150,8 @@ pub fn run(args: &UpdateArgs) -> Result<()> {
             "bytes_reused": a.bytes_reused,
             "seconds": a.seconds,
             "recalled_from": a.recalled_from,
-            "via": a.via.as_ref().map(Via::name),
+            "via": if a.through.is_some() { Some("hops") } else { a.via.as_ref().map(Via::name) },
+            "through": a.through,
             "planned_bytes": a.planned_bytes,
             "planned_requests": a.planned_requests,
         });
@@ -209,8 +213,15 @@ pub(crate) fn perform(
         );
     }
     Ok(Applied {
-        planned_bytes: o.route.as_ref().map_or(0, |r| r.download_bytes),
-        planned_requests: o.route.as_ref().map_or(0, |r| r.requests),
+        planned_bytes: o.hops.as_ref().map_or_else(
+            || o.route.as_ref().map_or(0, |r| r.download_bytes),
+            |h| h.download_bytes,
+        ),
+        planned_requests: o.hops.as_ref().map_or_else(
+            || o.route.as_ref().map_or(0, |r| r.requests),
+            |h| h.requests,
+        ),
+        through: o.hops.map(|h| h.via),
         via: o.route.map(|r| r.via),
         changed: o.step == Step::Installed,
         from: o.from,
@@ -301,6 +312,7 @@ fn update(
         step: Step::UpToDate,
         recalled_from: None,
         route: None,
+        hops: None,
     };
     // A run killed while hooks ran finishes its trial before anything else, also
     // when no server is reachable: it needs nothing from the repository.
@@ -410,7 +422,7 @@ fn update(
         return Ok(outcome);
     }
 
-    let (manifest, manifest_size, folder, bytes_reused, route) = match staged {
+    let (manifest, manifest_size, folder, bytes_reused, route, hops) = match staged {
         Some(s) => {
             let manifest = root.load_manifest(&s.record())?;
             out.info(&format!(
@@ -419,7 +431,7 @@ fn update(
                 s.folder
             ));
             let reused = manifest.total_file_bytes();
-            (manifest, s.manifest_size, s.folder, reused, None)
+            (manifest, s.manifest_size, s.folder, reused, None, None)
         }
         None => {
             mode.progress(AgentState::Downloading, &version);
@@ -429,6 +441,7 @@ fn update(
         }
     };
     outcome.route = route;
+    outcome.hops = hops;
     if !window_open {
         root.state.staged = Some(Staged {
             version: version.clone(),
@@ -592,6 +605,11 @@ fn build(
         )?;
         (bytes, manifest, deliver::Planned::new(observed))
     };
+    // A plan given to `apply` is executed as it was made.
+    let (planned, hops) = match given {
+        Some(_) => (planned, None),
+        None => remote.try_hops(root, head, trusted, &manifest, planned, out)?,
+    };
     let stats = deliver::install_release(
         root,
         remote,
@@ -607,12 +625,21 @@ fn build(
         stats.folder,
         stats.bytes_reused,
         stats.route,
+        hops,
     ))
 }
 
-/// What [`build`] made: the manifest, its size, the folder, the bytes reused and the
-/// plan's route that built it.
-type Built = (Verified<Manifest>, u64, String, u64, Option<Route>);
+/// What [`build`] made: the manifest, its size, the folder, the bytes reused, the
+/// plan's route that built it and, when it went through an intermediate release, what
+/// the two hops cost.
+type Built = (
+    Verified<Manifest>,
+    u64,
+    String,
+    u64,
+    Option<Route>,
+    Option<HopSummary>,
+);
 
 /// A plan given to `apply` that no longer holds.
 fn stale(why: String) -> anyhow::Error {

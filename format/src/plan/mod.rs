@@ -9,6 +9,8 @@
 //!   cheapest first and the archive alone last, so a failing way has its fallbacks
 //!   listed before anything is fetched. The client prints it, checks it against its
 //!   data budget, executes it and reports what it cost, all from this value.
+//! - [`hop_candidates`] and [`plan_hops`]: when no diff from a release the caller holds
+//!   is worth taking, a path of two diffs through a release the head lists ([`HopPlan`]).
 //!
 //! Missing chunks that sit next to each other become one range; ranges separated by
 //! at most `max_gap` bytes of chunks the client already has are merged too, because a
@@ -18,8 +20,10 @@
 use crate::id::ChunkId;
 use crate::manifest::Manifest;
 
+mod hops;
 mod update;
 
+pub use hops::{HopCandidate, HopPlan, hop_candidates, plan_hops};
 pub use update::{
     Base, Disk, Region, Route, SkipReason, Skipped, Source, UpdatePlan, Via, plan_update,
 };

@@ -1,5 +1,6 @@
 //! Diff objects (FORMAT.md §3.6) and manifest diffs (§3.7) of a new release against
-//! the last few releases of its channel (`publish --diff-depth`, default 3).
+//! earlier releases of its channel (`publish --diff-bases`, default `1,2,3,5,8,10`: the
+//! releases that many positions back, [`super::bases`]).
 //!
 //! For each base release B, newest first:
 //!
@@ -47,8 +48,6 @@ use crate::error::{Error, Result, io_err};
 use crate::fsutil;
 use crate::repo::Repo;
 
-/// Default number of earlier releases a new release gets a diff from.
-pub const DEFAULT_DIFF_DEPTH: usize = 3;
 /// zstd level of manifest diffs: they are small, so the strongest level costs little.
 pub const MANIFEST_DIFF_LEVEL: i32 = 19;
 
@@ -77,12 +76,13 @@ pub struct DiffSummary {
     pub object: ObjectRef,
 }
 
-/// The last `depth` releases of `head`, newest first. A release whose manifest or
-/// archive cannot be read is left out with a warning: diffs are an optimisation, a
-/// damaged old release must not stop a new one.
-pub fn load_bases(repo: &Repo, head: &ChannelHead, depth: usize) -> Vec<BaseRelease> {
+/// The releases of `head` at `distances` (1 = its current one), newest first. A release
+/// whose manifest or archive cannot be read is left out with a warning: diffs are an
+/// optimisation, a damaged old release must not stop a new one.
+pub fn load_bases(repo: &Repo, head: &ChannelHead, distances: &[usize]) -> Vec<BaseRelease> {
     let mut out = Vec::new();
-    for r in head.releases().iter().rev().take(depth) {
+    let listed = head.releases().iter().rev().enumerate();
+    for (_, r) in listed.filter(|(i, _)| distances.contains(&(i + 1))) {
         let loaded = repo.read_object(&r.manifest, "manifest").and_then(|bytes| {
             let m = verify_pinned_manifest(&bytes, r, head.channel())?;
             Ok((bytes, (*m).clone()))

@@ -8,8 +8,9 @@
 //!    new version must sort after the current one.
 //! 2. Walk the source ([`walk`]), chunk every file, split the chunks into carried and
 //!    new ([`table`]).
-//! 3. Write the archive ([`archive`]), then a diff object from each of the last
-//!    `--diff-depth` releases ([`diff`]), then the signed manifest listing those diffs,
+//! 3. Write the archive ([`archive`]), then a diff object from each of the releases
+//!    `--diff-bases` names by distance ([`bases`], [`diff`]), then the signed manifest
+//!    listing those diffs,
 //!    then a manifest diff from each of the same releases, as immutable objects.
 //! 4. Sign and atomically replace the channel head, last: a reader can never see a
 //!    head that names an object not yet written.
@@ -21,6 +22,7 @@
 //! staging repository mirrored from the server, then an upload in the same order.
 
 pub mod archive;
+pub mod bases;
 pub mod diff;
 pub mod progress;
 pub mod remote;
@@ -87,9 +89,9 @@ pub struct PublishOptions<'a> {
     pub zstd_level: i32,
     /// A regular file or a directory.
     pub source: PathBuf,
-    /// How many of the channel's latest releases get a diff object to the new one
-    /// (0: none). At most [`ferry_format::manifest::MAX_DIFFS`].
-    pub diff_depth: usize,
+    /// Which earlier releases, by distance, get a diff object to the new one
+    /// ([`bases::DiffBases`]; default `1,2,3,5,8,10`).
+    pub diff_bases: bases::DiffBases,
     /// Where the steps report how far they are ([`progress::Progress::default`]:
     /// nowhere).
     pub progress: progress::Progress,
@@ -170,10 +172,10 @@ pub fn publish(opts: &PublishOptions<'_>) -> Result<PublishReport> {
     let started = Instant::now();
     check_channel(&opts.channel)?;
     let version = Version::parse(&opts.version)?;
-    if opts.diff_depth > MAX_DIFFS {
+    if opts.diff_bases.distances().len() > MAX_DIFFS {
         return Err(Error::Unsupported {
             path: opts.repo.clone(),
-            reason: format!("--diff-depth is at most {MAX_DIFFS}"),
+            reason: format!("at most {MAX_DIFFS} diff bases"),
         });
     }
     check_lifetimes(&opts.repo, opts.expires_in, opts.content_expires_in)?;
@@ -304,22 +306,24 @@ pub fn publish(opts: &PublishOptions<'_>) -> Result<PublishReport> {
     crash_point!("server::publish::archive_written");
     manifest.archive = archive;
     // Diffs need the chunk table (final now) and go into the signed manifest.
-    // The last `diff_depth` releases are diff bases; the few before them only tell
-    // which chunks an agent on a base may still hold (skeleton manifest diffs keep
-    // the ids of those chunks).
+    // The releases at the `diff_bases` distances are diff bases; the few after each
+    // only tell which chunks an agent on a base may still hold (skeleton manifest
+    // diffs keep the ids of those chunks).
     let (bases, earlier): (Vec<_>, Vec<_>) = match &prev {
-        Some(p) if opts.diff_depth > 0 => {
-            let recent: Vec<&str> = p
-                .head
-                .releases()
+        Some(p) if !opts.diff_bases.is_empty() => {
+            let listed = p.head.releases();
+            let at = |d: &usize| listed.len().checked_sub(*d).map(|i| &listed[i]);
+            let base_versions: Vec<&str> = opts
+                .diff_bases
+                .distances()
                 .iter()
-                .rev()
-                .take(opts.diff_depth)
+                .filter_map(at)
                 .map(|r| r.version.as_str())
                 .collect();
-            diff::load_bases(&repo, &p.head, opts.diff_depth + HELD_RELEASES)
+            let read = opts.diff_bases.with_held(HELD_RELEASES);
+            diff::load_bases(&repo, &p.head, &read)
                 .into_iter()
-                .partition(|b| recent.contains(&b.version.as_str()))
+                .partition(|b| base_versions.contains(&b.version.as_str()))
         }
         _ => (Vec::new(), Vec::new()),
     };

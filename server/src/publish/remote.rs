@@ -7,7 +7,7 @@
 //! 1. **Mirror** the channel from the server into a temporary staging repository: the
 //!    key lists, the head (verified with the publisher's key, as a local publish
 //!    does), the current manifest and the current archive, and the manifests and
-//!    archives of the releases before it that `--diff-depth` makes diffs from. These
+//!    archives of the releases before it that `--diff-bases` makes diffs from. These
 //!    come over plain `GET`s of the layout paths clients use, or from the `--cache`
 //!    folder; every object is checked against its name (blake3 and size) whichever way
 //!    it came. An older release that cannot be mirrored only costs its diff.
@@ -179,7 +179,7 @@ pub fn publish_to(remote: &RemoteOptions, opts: &PublishOptions<'_>) -> Result<P
         retain: opts.retain,
         zstd_level: opts.zstd_level,
         source: opts.source.clone(),
-        diff_depth: opts.diff_depth,
+        diff_bases: opts.diff_bases.clone(),
         progress: opts.progress.clone(),
     })?;
     let archive = ObjectRef {
@@ -327,8 +327,8 @@ impl Server {
             .await?;
         // The releases before the current one that diffs are made from. Best effort:
         // publish leaves out a base it cannot read, with a warning.
-        let depth = opts.diff_depth.min(head.releases().len());
-        for r in head.releases().iter().rev().take(depth).skip(1) {
+        let listed = head.releases().iter().rev().enumerate().skip(1);
+        for (_, r) in listed.filter(|(i, _)| opts.diff_bases.contains(i + 1)) {
             if let Err(e) = self.mirror_release(staging, cache, r, channel).await {
                 tracing::warn!(base = r.version, "cannot mirror this diff base: {e:#}");
             }

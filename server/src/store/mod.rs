@@ -138,7 +138,7 @@ pub enum Mirror<'a> {
     Release {
         channel: &'a str,
         key: &'a SecretKey,
-        diff_depth: usize,
+        diff_bases: &'a crate::publish::bases::DiffBases,
         /// Counts what is fetched and sent back, for publish's progress display.
         progress: &'a crate::publish::progress::Progress,
     },

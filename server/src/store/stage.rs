@@ -254,13 +254,13 @@ impl<'a> Stage<'a> {
             Mirror::Release {
                 channel,
                 key,
-                diff_depth,
+                diff_bases,
                 ..
             } => {
                 check_channel(channel)?;
                 self.progress.fetching();
                 if let Some(bytes) = self.head(channel).await? {
-                    self.release(channel, &bytes, key, diff_depth).await?;
+                    self.release(channel, &bytes, key, diff_bases).await?;
                 }
             }
         }
@@ -339,13 +339,16 @@ impl<'a> Stage<'a> {
         channel: &str,
         head_bytes: &[u8],
         key: &ferry_format::keys::SecretKey,
-        diff_depth: usize,
+        diff_bases: &crate::publish::bases::DiffBases,
     ) -> Result<()> {
         let head = crate::trust::verify_publisher_head(&self.repo, channel, head_bytes, key)?;
         let releases: Vec<_> = head.releases().iter().rev().cloned().collect();
-        let manifests = diff_depth.max(1) + crate::publish::HELD_RELEASES;
-        for (i, r) in releases.iter().take(manifests).enumerate() {
-            let archive = i == 0 || i < diff_depth;
+        let manifests = diff_bases.with_held(crate::publish::HELD_RELEASES);
+        for (i, r) in releases.iter().enumerate() {
+            if i > 0 && !manifests.contains(&(i + 1)) {
+                continue;
+            }
+            let archive = i == 0 || diff_bases.contains(i + 1);
             match self.release_objects(&head, r, archive).await {
                 Ok(()) => {}
                 // The current release must be complete: publish builds on it.

@@ -88,7 +88,7 @@ pub fn try_publish_depth(
         retain,
         zstd_level: 3,
         source: source.to_path_buf(),
-        diff_depth,
+        diff_bases: ferry_server::publish::bases::DiffBases::depth(diff_depth).unwrap(),
         progress: Default::default(),
     })
 }

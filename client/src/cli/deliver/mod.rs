@@ -43,9 +43,11 @@ use crate::install::retain::prune_selection;
 use crate::install::space;
 use crate::install::state::ReleaseRecord;
 
+mod hops;
 mod manifest;
 mod remote;
 
+pub use hops::HopSummary;
 pub use manifest::PreparedDiff;
 pub use remote::Remote;
 // `ferry doctor` follows key lists within the same bound.
@@ -122,11 +124,63 @@ fn build_release(
     let layout = &root.layout;
     let version = manifest.version.clone();
     fsutil::create_dir_all(&layout.manifests())?;
+    let damaged = planned.observed.damaged.clone();
+    let (staging, stats) = match build_staged(root, remote, manifest, out, planned)? {
+        Staged::OnDisk(stats) => {
+            fsutil::write_atomic(&layout.manifest(&version), manifest_bytes)?;
+            return Ok(stats);
+        }
+        Staged::Tree(staging, stats) => (staging, stats),
+    };
+    // The tree holds every byte now: the downloaded ranges and the diff's spool are
+    // deleted before the sync, so it does not write out hundreds of MB about to go.
+    discard_downloads(layout);
+    carry_app_files(root, manifest, &staging, damaged.as_deref(), origin, out)?;
+    fsutil::sync_filesystem(&staging)?;
+    crash_point!("client::staging::synced");
+
+    fsutil::write_atomic(&layout.manifest(&version), manifest_bytes)?;
+    fsutil::create_dir_all(&layout.versions())?;
+    // A fresh name: a damaged copy of this release keeps its folder (it may be the
+    // active one) until pruning finds nothing pointing to it.
+    let folder = layout.free_folder(&version);
+    let final_dir = layout.release_dir(&folder);
+    crash_point!("client::versions::rename");
+    fsutil::ctx(
+        "renaming into place",
+        &final_dir,
+        std::fs::rename(&staging, &final_dir),
+    )?;
+    fsutil::fsync_dir(&layout.versions())?;
+    Ok(BuildStats { folder, ..stats })
+}
+
+/// Where [`build_staged`] left a release.
+pub(super) enum Staged {
+    /// An intact copy already in `versions/` (the stats name its folder).
+    OnDisk(BuildStats),
+    /// Built in this staging tree (the stats' folder is empty).
+    Tree(PathBuf, BuildStats),
+}
+
+/// Executes the plan up to a complete, checked tree in staging (its own folder,
+/// `staging/tree-<version>`), which nothing else reads; the caller moves it into
+/// `versions/` (or, for the intermediate release of two hops, builds the target from
+/// it and lets cleanup remove it). Downloads are left for the caller to discard.
+pub(super) fn build_staged(
+    root: &Root,
+    remote: &Remote,
+    manifest: &Verified<Manifest>,
+    out: Out,
+    planned: Planned,
+) -> Result<Staged> {
+    let layout = &root.layout;
+    let version = manifest.version.clone();
     let Observed {
         plan,
         releases,
         mut local,
-        damaged,
+        ..
     } = planned.observed;
     let downloads = layout.downloads();
     fsutil::create_dir_all(&downloads)?;
@@ -145,20 +199,25 @@ fn build_release(
     let mut taken = planned.next;
     // One bar per route tried, kept through the route's archive ranges.
     let mut bar = None;
+    // Why the last route failed, for a plan with no route left after it.
+    let mut failure = String::new();
     while ranges.is_none() {
         // Off the screen before the next route's line is printed.
         drop(bar.take());
         taken = k;
-        let route = &plan.routes[k];
+        // The plan of a first hop has its diff alone (hops.rs).
+        let route = plan
+            .routes
+            .get(k)
+            .ok_or_else(|| hops::no_route_left(&version, &failure))?;
         if let Via::OnDisk { folder } = &route.via {
             // Retained, or left by a run interrupted after the rename: use it as it is.
-            fsutil::write_atomic(&layout.manifest(&version), manifest_bytes)?;
             out.info(&plan::line(layout, &plan, route));
-            return Ok(BuildStats {
+            return Ok(Staged::OnDisk(BuildStats {
                 bytes_reused: manifest.total_file_bytes(),
                 folder: folder.clone(),
                 route: Some(route.clone()),
-            });
+            }));
         }
         if k == planned.next && route.via == Via::Archive {
             for n in plan::notes(&plan) {
@@ -186,17 +245,20 @@ fn build_release(
                 };
                 let applied = match remote.download_diff(&diff, &downloads)? {
                     Some(file) => apply_diff(root, manifest, base, object, &file),
-                    None => Err(anyhow::anyhow!("the repository does not have it")),
+                    None => Err(anyhow::anyhow!("no server has a good copy of it")),
                 };
                 match applied {
                     Ok(s) => {
                         spool = Some(s);
                         ranges = Some(route.archive.ranges.clone());
                     }
-                    Err(e) => tracing::warn!(
-                        "diff from {} not used, falling back to the next way the plan lists: {e:#}",
-                        base.version
-                    ),
+                    Err(e) => {
+                        tracing::warn!(
+                            "diff from {} not used, falling back to the next way the plan lists: {e:#}",
+                            base.version
+                        );
+                        failure = format!("the diff from {}: {e:#}", base.version);
+                    }
                 }
             }
             Via::Produced {
@@ -228,10 +290,13 @@ fn build_release(
                         spool = Some(s);
                         ranges = Some(route.archive.ranges.clone());
                     }
-                    Err(e) => tracing::warn!(
-                        "no diff from {} made by the server, falling back to the next way the plan lists: {e:#}",
-                        base.version
-                    ),
+                    Err(e) => {
+                        tracing::warn!(
+                            "no diff from {} made by the server, falling back to the next way the plan lists: {e:#}",
+                            base.version
+                        );
+                        failure = format!("the diff from {} the server made: {e:#}", base.version);
+                    }
                 }
             }
             _ => ranges = Some(route.archive.ranges.clone()),
@@ -291,31 +356,14 @@ fn build_release(
         );
     }
 
-    // The tree holds every byte now: the downloaded ranges and the diff's spool are
-    // deleted before the sync, so it does not write out hundreds of MB about to go.
-    discard_downloads(layout);
-    carry_app_files(root, manifest, &staging, damaged.as_deref(), origin, out)?;
-    fsutil::sync_filesystem(&staging)?;
-    crash_point!("client::staging::synced");
-
-    fsutil::write_atomic(&layout.manifest(&version), manifest_bytes)?;
-    fsutil::create_dir_all(&layout.versions())?;
-    // A fresh name: a damaged copy of this release keeps its folder (it may be the
-    // active one) until pruning finds nothing pointing to it.
-    let folder = layout.free_folder(&version);
-    let final_dir = layout.release_dir(&folder);
-    crash_point!("client::versions::rename");
-    fsutil::ctx(
-        "renaming into place",
-        &final_dir,
-        std::fs::rename(&staging, &final_dir),
-    )?;
-    fsutil::fsync_dir(&layout.versions())?;
-    Ok(BuildStats {
-        bytes_reused: plan.reuse_bytes,
-        folder,
-        route: plan.routes.get(taken).cloned(),
-    })
+    Ok(Staged::Tree(
+        staging,
+        BuildStats {
+            bytes_reused: plan.reuse_bytes,
+            folder: String::new(),
+            route: plan.routes.get(taken).cloned(),
+        },
+    ))
 }
 
 /// The disk space `route` needs to build the release.

@@ -2,7 +2,7 @@
 //! request and kept (FORMAT.md §3.8).
 //!
 //! An agent holding a release that no listed diff starts from (it was offline for more
-//! releases than `publish --diff-depth`) asks `GET /diffs/<base>/<target>`, by the two
+//! releases than `publish --diff-bases` reaches) asks `GET /diffs/<base>/<target>`, by the two
 //! manifests' names. The server
 //!
 //! 1. refuses a pair no channel head retains, or whose base or target is larger than
