@@ -239,7 +239,11 @@ fn a_static_host_is_never_asked_and_the_archive_serves() {
 }
 
 /// The first diff object (`FRYD`) in the repository's objects.
-fn a_listed_diff(repo: &Path) -> Vec<u8> {
+/// A diff object the publisher wrote from any base but `not_from` (the agent's), so
+/// it is refused for the base it was made against whatever order the directory lists.
+fn a_listed_diff(repo: &Path, not_from: &Digest) -> Vec<u8> {
+    // DiffHeader's base_manifest follows magic, version, header length and algorithm.
+    const BASE: std::ops::Range<usize> = 11..43;
     for fan in std::fs::read_dir(repo.join("objects")).unwrap() {
         let fan = fan.unwrap().path();
         if !fan.is_dir() {
@@ -247,7 +251,7 @@ fn a_listed_diff(repo: &Path) -> Vec<u8> {
         }
         for o in std::fs::read_dir(&fan).unwrap() {
             let bytes = std::fs::read(o.unwrap().path()).unwrap();
-            if bytes.starts_with(b"FRYD") {
+            if bytes.starts_with(b"FRYD") && bytes.get(BASE) != Some(&not_from.0[..]) {
                 return bytes;
             }
         }
@@ -328,7 +332,7 @@ fn refusals_and_bad_diffs_send_the_agent_to_the_archive_with_its_release_intact(
     let (_, _, _) = expect_archive(&roots[0], &eleventh, "applying the diff from 1.0.0");
     tree_eq(&roots[0].current(), &chain.release(11));
     // 2. A real diff object, made for another base (one the manifest lists).
-    store(&a_listed_diff(&p.repo()));
+    store(&a_listed_diff(&p.repo(), &manifest_hash(&releases[0])));
     expect_archive(&roots[1], &eleventh, "made against manifest");
     tree_eq(&roots[1].current(), &chain.release(11));
     // 3. More bytes than the archive ranges it would replace: refused by its
