@@ -1,0 +1,411 @@
+use proptest::prelude::*;
+
+use super::elf::Elf;
+use super::map::{AddressMap, FileMaps, MAX_RUNS};
+use super::scan::{Kind, references};
+use super::{align, rewrite_file};
+use crate::delta::apply::{ConcatBase, apply};
+use crate::delta::encode::{Sinks, encode};
+use crate::delta::pack::{object_in_memory, pack_in_memory};
+use crate::delta::{BSDIFF_V2, DiffHeader};
+use crate::id::Digest;
+
+const TEXT_VA: u64 = 0x40_1000;
+const TEXT_OFF: u64 = 0x1000;
+
+/// Bytes of a filler instruction stream (`mov al, imm8` pairs) unique to `seed`, whose
+/// immediates never start a pattern of the scan.
+fn filler(seed: u64, pairs: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(2 * pairs);
+    for _ in 0..pairs {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let mut b = (x >> 24) as u8;
+        if matches!(b, 0x0F | 0x62 | 0xC4 | 0xC5 | 0xE8 | 0xE9) {
+            b = 0x90;
+        }
+        out.extend_from_slice(&[0xB0, b]);
+    }
+    out
+}
+
+/// A program: functions (id, filler length) laid out in order. Function `id` calls
+/// functions `(id + 1) % base` and `(id + 2) % base` (an added function, id ≥ 1000,
+/// calls 1 and 2) and loads the address of its own word of a pointer table (one word
+/// per function, by ascending id) with `lea rax, [rip + d]`.
+struct Program {
+    funcs: Vec<(u64, usize)>,
+    /// Functions of the first release (ids 0..base).
+    base: u64,
+    /// Bytes of data before the pointer table (moves the table when it grows).
+    data_pad: usize,
+}
+
+impl Program {
+    fn layout(&self) -> Vec<u64> {
+        let mut at = TEXT_VA;
+        self.funcs
+            .iter()
+            .map(|&(_, n)| {
+                let a = at;
+                at += (2 * n + 5 + 5 + 7 + 1) as u64;
+                a
+            })
+            .collect()
+    }
+
+    fn start_of(&self, id: u64) -> u64 {
+        let k = self
+            .funcs
+            .iter()
+            .position(|f| f.0 == id)
+            .expect("a function");
+        self.layout()[k]
+    }
+
+    fn ids(&self) -> Vec<u64> {
+        let mut ids: Vec<u64> = self.funcs.iter().map(|f| f.0).collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// The ELF file: an `ET_EXEC` with a code segment and a data segment whose table
+    /// holds a pointer to every function.
+    fn build(&self) -> Vec<u8> {
+        let text_len: u64 = self.funcs.iter().map(|&(_, n)| (2 * n + 18) as u64).sum();
+        let data_off = (TEXT_OFF + text_len + 0xfff) & !0xfff;
+        let data_va = 0x80_0000 + data_off;
+        let table_va = data_va + self.data_pad as u64;
+        let data_len = self.data_pad as u64 + 8 * self.funcs.len() as u64;
+        let ids = self.ids();
+        let mut text = Vec::new();
+        for &(id, n) in &self.funcs {
+            text.extend(filler(id, n));
+            for j in [1, 2] {
+                let callee = if id < 1000 {
+                    (id + j) % self.base
+                } else {
+                    j % self.base
+                };
+                let end = TEXT_VA + text.len() as u64 + 5;
+                text.push(0xE8);
+                text.extend((self.start_of(callee).wrapping_sub(end) as u32).to_le_bytes());
+            }
+            let word = table_va + 8 * ids.binary_search(&id).expect("an id") as u64;
+            let end = TEXT_VA + text.len() as u64 + 7;
+            text.extend([0x48, 0x8D, 0x05]);
+            text.extend((word.wrapping_sub(end) as u32).to_le_bytes());
+            text.push(0xC3);
+        }
+        assert_eq!(text.len() as u64, text_len);
+        let mut data = vec![0x11u8; self.data_pad];
+        for &id in &ids {
+            data.extend(self.start_of(id).to_le_bytes());
+        }
+        let shoff = data_off + data_len;
+        let mut f = vec![0u8; (shoff + 3 * 64) as usize];
+        f[..6].copy_from_slice(&[0x7f, b'E', b'L', b'F', 2, 1]);
+        let put16 = |f: &mut Vec<u8>, at: u64, v: u16| {
+            f[at as usize..at as usize + 2].copy_from_slice(&v.to_le_bytes())
+        };
+        let put32 = |f: &mut Vec<u8>, at: u64, v: u32| {
+            f[at as usize..at as usize + 4].copy_from_slice(&v.to_le_bytes())
+        };
+        let put64 = |f: &mut Vec<u8>, at: u64, v: u64| {
+            f[at as usize..at as usize + 8].copy_from_slice(&v.to_le_bytes())
+        };
+        put16(&mut f, 16, 2);
+        put16(&mut f, 18, 62);
+        put64(&mut f, 32, 64);
+        put64(&mut f, 40, shoff);
+        put16(&mut f, 54, 56);
+        put16(&mut f, 56, 2);
+        put16(&mut f, 58, 64);
+        put16(&mut f, 60, 3);
+        for (i, (off, va, len, flags)) in [
+            (TEXT_OFF, TEXT_VA, text_len, 5u32),
+            (data_off, data_va, data_len, 6),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let h = 64 + 56 * i as u64;
+            put32(&mut f, h, 1);
+            put32(&mut f, h + 4, flags);
+            put64(&mut f, h + 8, off);
+            put64(&mut f, h + 16, va);
+            put64(&mut f, h + 32, len);
+            put64(&mut f, h + 40, len);
+            let s = shoff + 64 * (i as u64 + 1);
+            put32(&mut f, s + 4, 1);
+            put64(&mut f, s + 8, if i == 0 { 6 } else { 3 });
+            put64(&mut f, s + 16, va);
+            put64(&mut f, s + 24, off);
+            put64(&mut f, s + 32, len);
+        }
+        f[TEXT_OFF as usize..(TEXT_OFF + text_len) as usize].copy_from_slice(&text);
+        f[data_off as usize..(data_off + data_len) as usize].copy_from_slice(&data);
+        f
+    }
+}
+
+fn program(sizes: &[usize]) -> Program {
+    Program {
+        funcs: sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| (i as u64, n))
+            .collect(),
+        base: sizes.len() as u64,
+        data_pad: 64,
+    }
+}
+
+/// The release after: a new function inserted at `at`, and the data grown in front.
+fn next(p: &Program, at: usize, size: usize, pad: usize) -> Program {
+    let mut funcs = p.funcs.clone();
+    funcs.insert(at, (1000 + at as u64, size));
+    Program {
+        funcs,
+        base: p.base,
+        data_pad: p.data_pad + pad,
+    }
+}
+
+fn diff_object(base: &[u8], target: &[u8]) -> Vec<u8> {
+    let (c, d, e, _) = encode(
+        base,
+        target,
+        Sinks {
+            control: Vec::new(),
+            diff: Vec::new(),
+            extra: Vec::new(),
+        },
+    )
+    .unwrap();
+    let packed = pack_in_memory(&c, &d, &e).unwrap();
+    let header = DiffHeader {
+        algorithm: BSDIFF_V2,
+        base_manifest: Digest::of(b""),
+        base_size: base.len() as u64,
+        target_size: target.len() as u64,
+        target_chunks: 0,
+        layout: packed.layout,
+        streams: packed.streams.iter().map(|(h, _)| *h).collect(),
+    };
+    object_in_memory(&header, &packed)
+}
+
+fn apply_object(base: &[u8], object: &[u8]) -> Vec<u8> {
+    let (header, start) = DiffHeader::decode_prefix(object, object.len() as u64).unwrap();
+    let streams: Vec<&[u8]> = header
+        .stream_ranges(start)
+        .into_iter()
+        .map(|(o, l)| &object[o as usize..(o + l) as usize])
+        .collect();
+    let mut out = Vec::new();
+    apply(&header, &ConcatBase::new(vec![base]), streams, &mut |b| {
+        out.extend_from_slice(b);
+        Ok(())
+    })
+    .unwrap();
+    out
+}
+
+/// The map of `old` towards `new`, through its stream, as an agent gets it.
+fn map_through_stream(old: &[u8], new: &[u8]) -> AddressMap {
+    let (map, _) = align::build_map(
+        old,
+        &Elf::parse(old).unwrap(),
+        new,
+        &Elf::parse(new).unwrap(),
+    );
+    let raw = FileMaps {
+        files: vec![(0, map)],
+    }
+    .encode();
+    FileMaps::decode(&raw, 1).unwrap().files.remove(0).1
+}
+
+#[test]
+fn the_scan_finds_calls_rip_operands_and_pointers_of_a_built_program() {
+    let p = program(&[40, 50, 60, 70]);
+    let bytes = p.build();
+    let elf = Elf::parse(&bytes).unwrap();
+    assert_eq!(elf.code.len(), 1);
+    assert_eq!(elf.data.len(), 1);
+    let refs = references(&elf, &bytes);
+    let starts = p.layout();
+    let rel: Vec<_> = refs.iter().filter(|r| r.kind == Kind::Rel32).collect();
+    let abs: Vec<_> = refs.iter().filter(|r| r.kind == Kind::Abs64).collect();
+    assert_eq!(
+        rel.len(),
+        3 * 4,
+        "two calls and one lea per function: {rel:?}"
+    );
+    assert_eq!(rel[0].target, starts[1]);
+    assert_eq!(rel[1].target, starts[2]);
+    assert_eq!(
+        rel[2].target,
+        elf.data[0].vaddr + 64,
+        "lea of function 0's table word"
+    );
+    assert_eq!(abs.len(), 4);
+    assert_eq!(abs.iter().map(|r| r.target).collect::<Vec<_>>(), starts);
+}
+
+#[test]
+fn files_that_are_not_x86_64_elf_are_not_parsed() {
+    let good = program(&[40, 50]).build();
+    assert!(Elf::parse(&good).is_some());
+    assert!(Elf::parse(&good[..63]).is_none(), "truncated header");
+    let mut other = good.clone();
+    other[18] = 183; // aarch64
+    assert!(Elf::parse(&other).is_none());
+    let mut big_endian = good.clone();
+    big_endian[5] = 2;
+    assert!(Elf::parse(&big_endian).is_none());
+    let mut phdrs_outside = good.clone();
+    phdrs_outside[32..40].copy_from_slice(&(good.len() as u64 - 8).to_le_bytes());
+    assert!(Elf::parse(&phdrs_outside).is_none());
+    // Section headers outside the file: the executable segments are the code.
+    let mut no_sections = good.clone();
+    no_sections[40..48].copy_from_slice(&u64::MAX.to_le_bytes());
+    let elf = Elf::parse(&no_sections).unwrap();
+    assert_eq!(elf.code.len(), 1);
+    assert!(elf.data.is_empty());
+    assert_eq!(rewrite_file(b"not an elf", &AddressMap::default()), None);
+}
+
+#[test]
+fn moved_code_matches_exactly_once_the_base_is_rewritten() {
+    let old_p = program(&[40, 50, 60, 70, 80, 90]);
+    let new_p = next(&old_p, 2, 33, 24);
+    let (old, new) = (old_p.build(), new_p.build());
+    let map = map_through_stream(&old, &new);
+    assert!(!map.is_empty());
+    let rewritten = rewrite_file(&old, &map).unwrap();
+    // Functions after the insertion moved by one function; once rewritten, each is
+    // byte for byte the new one (calls, lea and all).
+    let (old_starts, new_starts) = (old_p.layout(), new_p.layout());
+    for k in 0..6usize {
+        let nk = if k < 2 { k } else { k + 1 };
+        let len = 2 * old_p.funcs[k].1 + 18;
+        let o = (TEXT_OFF + old_starts[k] - TEXT_VA) as usize;
+        let n = (TEXT_OFF + new_starts[nk] - TEXT_VA) as usize;
+        assert_eq!(rewritten[o..o + len], new[n..n + len], "function {k}");
+        if k >= 2 {
+            assert_ne!(
+                old[o..o + len],
+                new[n..n + len],
+                "function {k} had changed bytes"
+            );
+        }
+    }
+    let plain = diff_object(&old, &new);
+    let aware = diff_object(&rewritten, &new);
+    assert_eq!(apply_object(&rewritten, &aware), new);
+    assert!(
+        aware.len() < plain.len(),
+        "reference-aware {} B against plain {} B",
+        aware.len(),
+        plain.len()
+    );
+}
+
+#[test]
+fn map_streams_round_trip_and_hostile_ones_are_refused() {
+    let maps = FileMaps {
+        files: vec![
+            (
+                2,
+                AddressMap::from_runs(&[(0x1000, 16), (0x2000, -8), (u64::MAX, 0)]).unwrap(),
+            ),
+            (
+                5,
+                AddressMap::from_runs(&[(0, i64::MIN), (1, i64::MAX)]).unwrap(),
+            ),
+        ],
+    };
+    let raw = maps.encode();
+    assert_eq!(FileMaps::decode(&raw, 6).unwrap(), maps);
+    assert!(
+        FileMaps::decode(&raw, 5).is_err(),
+        "index past the base's files"
+    );
+    assert!(
+        FileMaps::decode(&raw[..raw.len() - 1], 6).is_err(),
+        "truncated"
+    );
+    let mut trailing = raw.clone();
+    trailing.push(0);
+    assert!(FileMaps::decode(&trailing, 6).is_err(), "trailing bytes");
+    // A run after one at 2^64 − 1.
+    let mut past = Vec::new();
+    for v in [1u64, 0, 2] {
+        crate::delta::streams::put_varint(&mut past, v);
+    }
+    for v in [u64::MAX, 0, 0, 0] {
+        crate::delta::streams::put_varint(&mut past, v);
+    }
+    assert!(FileMaps::decode(&past, 1).is_err());
+    // More runs than an agent holds.
+    let mut many = Vec::new();
+    for v in [1u64, 0, MAX_RUNS + 1] {
+        crate::delta::streams::put_varint(&mut many, v);
+    }
+    assert!(FileMaps::decode(&many, 1).is_err());
+    assert_eq!(AddressMap::from_runs(&[(5, 1), (5, 2)]), None);
+    let m = AddressMap::from_runs(&[(10, 5), (20, -3)]).unwrap();
+    assert_eq!(
+        (m.map(9), m.map(10), m.map(19), m.map(20), m.map(u64::MAX)),
+        (9, 15, 24, 17, u64::MAX - 3)
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// Whatever the programs and the insertion, the diff made against the rewritten
+    /// base applies, over a base rewritten from the decoded map stream, to the new file.
+    #[test]
+    fn apply_over_the_rewritten_base_round_trips(
+        sizes in proptest::collection::vec(16usize..120, 2..12),
+        at in 0usize..12,
+        size in 16usize..100,
+        pad in 0usize..64,
+    ) {
+        let old_p = program(&sizes);
+        let new_p = next(&old_p, at.min(sizes.len()), size, pad);
+        let (old, new) = (old_p.build(), new_p.build());
+        let publisher = map_through_stream(&old, &new);
+        let object = diff_object(&rewrite_file(&old, &publisher).unwrap(), &new);
+        // The agent's side: the map from its stream, the base rewritten from it.
+        let agent = FileMaps::decode(&FileMaps { files: vec![(0, publisher)] }.encode(), 1).unwrap();
+        let base = rewrite_file(&old, &agent.files[0].1).unwrap();
+        prop_assert_eq!(apply_object(&base, &object), new);
+    }
+
+    #[test]
+    fn any_map_stream_decodes_or_is_refused(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+        if let Ok(maps) = FileMaps::decode(&bytes, 4) {
+            prop_assert_eq!(FileMaps::decode(&maps.encode(), 4).unwrap(), maps);
+        }
+    }
+
+    #[test]
+    fn any_file_scans_without_panicking(bytes in proptest::collection::vec(any::<u8>(), 0..600), patch in any::<u64>()) {
+        let mut f = program(&[20, 30]).build();
+        // Random bytes over the headers and tables.
+        let at = (patch as usize) % f.len().saturating_sub(bytes.len()).max(1);
+        let end = (at + bytes.len()).min(f.len());
+        f[at..end].copy_from_slice(&bytes[..end - at]);
+        if let Some(elf) = Elf::parse(&f) {
+            let map = AddressMap::from_runs(&[(0, 7)]).unwrap();
+            let _ = references(&elf, &f);
+            prop_assert_eq!(rewrite_file(&f, &map).map(|r| r.len()), Some(f.len()));
+        }
+    }
+}
