@@ -8,6 +8,11 @@
 //! id, so a bad diff (or a base file edited during the update) is refused naming the
 //! chunk; [`DiffSpool::chunk`] hashes it again when the tree builder copies it out.
 //! When the manifest is a skeleton (FORMAT.md §3.7) the hashes become the ids.
+//!
+//! An algorithm-3 diff (FORMAT.md §3.6.1) applies to the base with its x86-64 ELF
+//! files rewritten through the diff's address maps: [`super::elf_base`] writes those
+//! files' rewritten copies beside the spool (deleted after the apply) and the apply
+//! reads them in place of the installed files.
 
 use std::collections::HashMap;
 use std::fs::{self, File};
@@ -24,6 +29,7 @@ use ferry_format::manifest::Manifest;
 
 use super::ApplyError;
 use super::check::hash_file;
+use super::elf_base::{read_maps, rewrite_base};
 use super::source::{LocalRelease, map_file};
 use crate::fsutil::{self, FsError, ctx};
 
@@ -209,8 +215,7 @@ fn apply_inner(
             _ => return Err(ApplyError::BaseChanged { file: path }),
         }
     }
-    let parts: Vec<&[u8]> = maps.iter().map(|m| m.as_deref().unwrap_or(&[])).collect();
-    let concat = ConcatBase::new(parts);
+    let mut parts: Vec<&[u8]> = maps.iter().map(|m| m.as_deref().unwrap_or(&[])).collect();
 
     // Streams: byte ranges of the object, each through its own handle.
     let stream = |offset: u64, len: u64| -> Result<std::io::Take<File>, ApplyError> {
@@ -218,9 +223,26 @@ fn apply_inner(
         ctx("seeking", object, f.seek(SeekFrom::Start(offset)))?;
         Ok(f.take(len))
     };
-    let streams = header
-        .stream_ranges(start)
+    let ranges = header.stream_ranges(start);
+
+    // Algorithm 3: the address maps (the last stream) first, then the mapped ELF files
+    // rewritten beside the spool and read in place of the installed ones.
+    let rewritten = match (header.map_stream(), ranges.last()) {
+        (Some(h), Some(&(offset, len))) => {
+            let file_maps = read_maps(h, stream(offset, len)?, parts.len() as u64).map_err(bad)?;
+            Some(rewrite_base(&file_maps, &parts, spool)?)
+        }
+        _ => None,
+    };
+    if let Some(r) = &rewritten {
+        for (i, m) in &r.files {
+            parts[*i] = &m[..];
+        }
+    }
+    let concat = ConcatBase::new(parts);
+    let streams = ranges
         .into_iter()
+        .take(header.data_streams().len())
         .map(|(offset, len)| stream(offset, len))
         .collect::<Result<Vec<_>, _>>()?;
 

@@ -19,7 +19,7 @@ use crate::error::{FormatError, Result};
 
 /// Most runs a map stream may hold (all files together): bounds what an agent holds
 /// in memory (16 bytes a run) whatever the stream claims.
-pub const MAX_RUNS: u64 = 1 << 22;
+pub const MAX_RUNS: u64 = 1 << 20;
 
 /// A piecewise constant-shift map of one file's addresses.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -159,7 +159,7 @@ impl FileMaps {
                 map.starts.push(start);
                 map.shifts.push(shift);
                 // The next start is greater; a run at 2^64 − 1 must be the last.
-                next_start = start.checked_add(1).unwrap_or(u64::MAX);
+                next_start = start.saturating_add(1);
             }
             if map.starts.windows(2).any(|w| w[0] >= w[1]) {
                 return Err(bad("run starts not increasing".into()));

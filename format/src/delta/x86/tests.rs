@@ -290,10 +290,10 @@ fn moved_code_matches_exactly_once_the_base_is_rewritten() {
     // Functions after the insertion moved by one function; once rewritten, each is
     // byte for byte the new one (calls, lea and all).
     let (old_starts, new_starts) = (old_p.layout(), new_p.layout());
-    for k in 0..6usize {
+    for (k, &old_start) in old_starts.iter().enumerate() {
         let nk = if k < 2 { k } else { k + 1 };
         let len = 2 * old_p.funcs[k].1 + 18;
-        let o = (TEXT_OFF + old_starts[k] - TEXT_VA) as usize;
+        let o = (TEXT_OFF + old_start - TEXT_VA) as usize;
         let n = (TEXT_OFF + new_starts[nk] - TEXT_VA) as usize;
         assert_eq!(rewritten[o..o + len], new[n..n + len], "function {k}");
         if k >= 2 {
