@@ -309,20 +309,25 @@ fn encode_streams(
 ) -> Result<Vec<Encoded>> {
     let base_size = base.manifest.total_file_bytes();
     let mut base_data = read_base(repo, &base.manifest, base_size)?;
-    let target_size: u64 = missing.iter().map(|&i| u64::from(new.chunks[i].size)).sum();
-    let mut target = Vec::with_capacity(target_size as usize);
-    let offsets = new.chunk_offsets();
-    let mut stored = Vec::new();
-    for &i in missing {
-        append_chunk(new_archive, new, &offsets, i, &mut stored, &mut target)?;
-    }
-    let encode_one = |base_data: &[u8]| -> Result<[Spooled; 3]> {
+    // The target is read once it is needed: after the address maps when the plain
+    // diff is not made, so the maps' memory never adds to the target's.
+    let read_target = || -> Result<Vec<u8>> {
+        let target_size: u64 = missing.iter().map(|&i| u64::from(new.chunks[i].size)).sum();
+        let mut target = Vec::with_capacity(target_size as usize);
+        let offsets = new.chunk_offsets();
+        let mut stored = Vec::new();
+        for &i in missing {
+            append_chunk(new_archive, new, &offsets, i, &mut stored, &mut target)?;
+        }
+        Ok(target)
+    };
+    let encode_one = |base_data: &[u8], target: &[u8]| -> Result<[Spooled; 3]> {
         let sinks = Sinks {
             control: Spool::new(repo)?,
             diff: Spool::new(repo)?,
             extra: Spool::new(repo)?,
         };
-        let (c, d, e, stats) = encode(base_data, &target, sinks)?;
+        let (c, d, e, stats) = encode(base_data, target, sinks)?;
         tracing::debug!(
             base = base.version,
             controls = stats.controls,
@@ -333,18 +338,24 @@ fn encode_streams(
         Ok([c.finish()?, d.finish()?, e.finish()?])
     };
     let mut out = Vec::new();
+    let mut target = None;
     // The plain diff first: the rewrite happens in place.
     let maps_possible = super::x86::has_elf(&base.manifest, &base_data);
     if !maps_possible || base_size < COMPARE_BELOW {
-        out.push((encode_one(&base_data)?, None));
+        let t = target.insert(read_target()?);
+        out.push((encode_one(&base_data, t)?, None));
     }
     if maps_possible {
         let maps = super::x86::rewrite_base(new, new_archive, &base.manifest, &mut base_data)?;
+        let t = match target.take() {
+            Some(t) => t,
+            None => read_target()?,
+        };
         if !maps.files.is_empty() {
-            out.push((encode_one(&base_data)?, Some(maps.encode())));
+            out.push((encode_one(&base_data, &t)?, Some(maps.encode())));
         } else if out.is_empty() {
             // Nothing was rewritten: the base is as it was.
-            out.push((encode_one(&base_data)?, None));
+            out.push((encode_one(&base_data, &t)?, None));
         }
     }
     Ok(out)
