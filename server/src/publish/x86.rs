@@ -104,8 +104,7 @@ pub fn rewrite_base(
         let Some(new_elf) = Elf::parse(&new_bytes) else {
             continue;
         };
-        let (map, stats) = align::build_map(old, &old_elf, &new_bytes, &new_elf);
-        drop(new_bytes);
+        let (map, stats) = align::build_map_owned(old, &old_elf, new_bytes, &new_elf);
         tracing::debug!(
             path = e.path,
             base_refs = stats.old_refs,

@@ -14,8 +14,9 @@
 //!    the shifts become runs, dropping a lone single-vote point whose shift differs
 //!    from equal neighbours (noise that would cost two runs).
 //!
-//! Memory: two masked copies and a suffix array of the base (4 bytes a byte), plus
-//! 16 bytes a vote.
+//! Memory: a masked copy of the base file, the new file masked in place
+//! ([`build_map_owned`]), a suffix array of the base (4 bytes a byte), 32 bytes a
+//! reference and 16 bytes a vote.
 
 use super::elf::Elf;
 use super::map::AddressMap;
@@ -37,8 +38,7 @@ pub struct AlignStats {
     pub runs: u64,
 }
 
-fn masked(bytes: &[u8], refs: &[Ref]) -> Vec<u8> {
-    let mut out = bytes.to_vec();
+fn masked(mut out: Vec<u8>, refs: &[Ref]) -> Vec<u8> {
     for r in refs {
         let (a, w) = (r.at as usize, r.kind.width() as usize);
         out[a..a + w].fill(0);
@@ -48,8 +48,19 @@ fn masked(bytes: &[u8], refs: &[Ref]) -> Vec<u8> {
 
 /// The address map of `old` (parsed as `old_elf`) towards `new` (`new_elf`).
 pub fn build_map(old: &[u8], old_elf: &Elf, new: &[u8], new_elf: &Elf) -> (AddressMap, AlignStats) {
+    build_map_owned(old, old_elf, new.to_vec(), new_elf)
+}
+
+/// [`build_map`] taking the new file by value: it is masked in place, which saves a
+/// copy of it (the publisher's peak memory on large files).
+pub fn build_map_owned(
+    old: &[u8],
+    old_elf: &Elf,
+    mut new: Vec<u8>,
+    new_elf: &Elf,
+) -> (AddressMap, AlignStats) {
     let mut old_refs = references(old_elf, old);
-    let mut new_refs = references(new_elf, new);
+    let mut new_refs = references(new_elf, &new);
     old_refs.sort_by_key(|r| r.at);
     new_refs.sort_by_key(|r| r.at);
     let mut stats = AlignStats {
@@ -57,8 +68,8 @@ pub fn build_map(old: &[u8], old_elf: &Elf, new: &[u8], new_elf: &Elf) -> (Addre
         new_refs: new_refs.len() as u64,
         ..AlignStats::default()
     };
-    let mo = masked(old, &old_refs);
-    let mn = masked(new, &new_refs);
+    let mo = masked(old.to_vec(), &old_refs);
+    let mn = masked(std::mem::take(&mut new), &new_refs);
     if mo.is_empty() || mn.is_empty() || mo.len() as u64 > crate::delta::MAX_DIFF_INPUT {
         return (AddressMap::default(), stats);
     }
