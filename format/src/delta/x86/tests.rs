@@ -409,3 +409,119 @@ proptest! {
         }
     }
 }
+
+/// An algorithm-3 object: the data streams of the diff against the rewritten base, and
+/// the map stream last.
+fn x86_object(old: &[u8], new: &[u8]) -> Vec<u8> {
+    use crate::delta::pack::pack_map;
+    let map = map_through_stream(old, new);
+    let raw = FileMaps {
+        files: vec![(0, map.clone())],
+    }
+    .encode();
+    let rewritten = rewrite_file(old, &map).unwrap();
+    let (c, d, e, _) = encode(
+        &rewritten,
+        new,
+        Sinks {
+            control: Vec::new(),
+            diff: Vec::new(),
+            extra: Vec::new(),
+        },
+    )
+    .unwrap();
+    let packed = pack_in_memory(&c, &d, &e).unwrap();
+    let (mh, mbytes) = pack_map(&raw.as_slice(), &|| Ok(Vec::new())).unwrap();
+    let mut streams: Vec<_> = packed.streams.iter().map(|(h, _)| *h).collect();
+    streams.push(mh);
+    let header = DiffHeader {
+        algorithm: crate::delta::BSDIFF_X86,
+        base_manifest: Digest::of(b""),
+        base_size: old.len() as u64,
+        target_size: new.len() as u64,
+        target_chunks: 1,
+        layout: packed.layout,
+        streams,
+    };
+    let mut object = object_in_memory(&header, &packed);
+    object.extend_from_slice(&mbytes);
+    object
+}
+
+/// Re-encodes `object`'s header through `edit`, keeping the streams.
+fn with_header(object: &[u8], edit: impl FnOnce(&mut DiffHeader)) -> Vec<u8> {
+    let (mut h, start) = DiffHeader::decode_prefix(object, object.len() as u64).unwrap();
+    edit(&mut h);
+    let mut out = h.encode_prefix();
+    out.extend_from_slice(&object[start as usize..]);
+    out
+}
+
+#[test]
+fn algorithm_3_headers_are_checked_before_any_stream_is_read() {
+    use crate::error::FormatError;
+    let old = program(&[40, 50, 60, 70]).build();
+    let new = next(&program(&[40, 50, 60, 70]), 1, 30, 8).build();
+    let object = x86_object(&old, &new);
+    let parse = |o: &[u8]| DiffHeader::decode_prefix(o, o.len() as u64).map(|(h, _)| h);
+    let h = parse(&object).unwrap();
+    assert_eq!(h.map_stream(), h.streams.last());
+    assert_eq!(h.data_streams().len(), h.layout.stream_count());
+    // The agent's side: the map stream read back, the base rewritten, the diff applied.
+    let (_, start) = DiffHeader::decode_prefix(&object, object.len() as u64).unwrap();
+    let ranges = h.stream_ranges(start);
+    let (mo, ml) = *ranges.last().unwrap();
+    let maps = super::read_maps(
+        h.map_stream().unwrap(),
+        &object[mo as usize..(mo + ml) as usize],
+        1,
+    )
+    .unwrap();
+    let base = rewrite_file(&old, &maps.files[0].1).unwrap();
+    let streams: Vec<&[u8]> = ranges[..h.data_streams().len()]
+        .iter()
+        .map(|&(o, l)| &object[o as usize..(o + l) as usize])
+        .collect();
+    let mut out = Vec::new();
+    apply(&h, &ConcatBase::new(vec![&base]), streams, &mut |b| {
+        out.extend_from_slice(b);
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(out, new);
+    // A map stream for a base of no files is refused by its reader.
+    assert!(
+        super::read_maps(
+            h.map_stream().unwrap(),
+            &object[mo as usize..(mo + ml) as usize],
+            0
+        )
+        .is_err()
+    );
+
+    // Without the map stream, the stream count is wrong for algorithm 3 (and the
+    // sizes no longer add up for algorithm 2 either).
+    let dropped = with_header(&object, |h| {
+        h.streams.pop();
+    });
+    assert!(matches!(
+        parse(&dropped),
+        Err(FormatError::Malformed { .. })
+    ));
+    let as_two = with_header(&object, |h| h.algorithm = crate::delta::BSDIFF_V2);
+    assert!(matches!(parse(&as_two), Err(FormatError::Malformed { .. })));
+    let unknown = with_header(&object, |h| h.algorithm = 4);
+    assert!(matches!(
+        parse(&unknown),
+        Err(FormatError::UnknownAlgorithm { found: 4, .. })
+    ));
+    let huge_map = with_header(&object, |h| {
+        if let Some(m) = h.streams.last_mut() {
+            m.raw_len = crate::delta::MAX_MAP_RAW + 1;
+        }
+    });
+    assert!(matches!(
+        parse(&huge_map),
+        Err(FormatError::TooLarge { .. })
+    ));
+}
