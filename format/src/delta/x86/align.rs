@@ -82,7 +82,10 @@ pub fn build_map_owned(
     while n < mn.len() {
         let (len, o) = longest_match(&sa, &mo, &mn[n..]);
         if len < MIN_MATCH {
-            n += 1;
+            // Nothing here: skip what did match (a match starting inside it is still
+            // found from a later position, short of a few leading bytes), so that a
+            // changed region costs a search every few bytes, not every byte.
+            n += (len / 2).max(1);
             continue;
         }
         stats.matched += len as u64;
