@@ -3,10 +3,11 @@
 //! space, in a temporary file beside the spool that the apply then maps in place of
 //! the installed file.
 //!
-//! Memory stays bounded: the maps (at most 2^20 runs), [`WINDOWS`] windows of
-//! [`WINDOW`] bytes being patched, and the scan's few variables. The installed file is read through its
-//! memory map; the copy is written sequentially, then patched window by window. Disk: one copy of each mapped file, deleted when
-//! the [`Rewritten`] value is dropped.
+//! Memory stays bounded: the maps (at most 2^20 runs, 16 bytes each), four windows of
+//! 256 KiB being patched, and the scan's few variables. The installed file is read
+//! through its memory map; the copy is written sequentially, then patched window by
+//! window. Disk: one copy of each mapped file, deleted when the [`Rewritten`] value is
+//! dropped.
 
 use std::fs::File;
 use std::io::{BufWriter, Read, Write};
