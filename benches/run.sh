@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# The benchmark suite (issue 12): every target is a ratio measured in the same run.
+# The benchmark suite (issues 12 and 14): every target is a ratio measured in the same run.
 #
 #   benches/run.sh [--quick] [--only SECTION[,SECTION]] [--skip-install] [--data DIR]
 #
 #   --quick         small sizes and the esbuild pair only (a smoke run of ~3-5 minutes)
-#   --only S        run some sections: sizes, real, bytes, tree1g, trees, server
+#   --only S        run some sections: sizes, real, bytes, diffs, tree1g, trees, server
 #   --skip-install  do not apt-get missing tools (sections needing them note the gap)
 #   --data DIR      real releases (default /tmp/ferry-bench-data; fetched with
 #                   bash ../shared/bench/fetch-data.sh --chain DIR when missing)
@@ -31,7 +31,7 @@ while [ $# -gt 0 ]; do
     *) echo "run.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
-SECTIONS="sizes real bytes tree1g trees server"
+SECTIONS="sizes real bytes diffs tree1g trees server"
 [ -n "$ONLY" ] && SECTIONS=${ONLY//,/ }
 START=$(date +%s)
 

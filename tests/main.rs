@@ -28,6 +28,7 @@ mod it {
     pub mod manual;
     pub mod metrics;
     pub mod mirrors;
+    pub mod on_demand;
     pub mod online;
     pub mod paths;
     pub mod pipeline;

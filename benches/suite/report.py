@@ -63,6 +63,19 @@ infos = [r for r in recs if r.get("kind") == "info"]
 notes = [r for r in recs if r.get("kind") == "note"]
 curves = [r for r in recs if r.get("kind") == "curve"]
 sections = [r for r in recs if r.get("kind") == "section"]
+# The server's targets, from the same run's wrk (HTTP/1.1) figures for both servers.
+SERVER_TARGETS = {"channel head": ("rps", 1.0, "requests/s"), "64 KiB ranges": ("rps", 1.0, "requests/s"),
+                  "4 MiB ranges": ("bps", 0.8, "bytes/s")}
+by = {(r["load"], r["server"]): r for r in recs if r.get("kind") == "server" and r.get("proto") == "HTTP/1.1 (wrk)"}
+for load, (key, target, what) in SERVER_TARGETS.items():
+    f, n = by.get((load, "ferry")), by.get((load, "nginx"))
+    if not f or not n or not f.get(key) or not n.get(key):
+        continue
+    targets.append({"section": "server", "kind": "target", "compare": "rate", "unit": "",
+                    "what": f"ferry-server serve vs nginx, {load}, 1,000 keep-alive connections, wrk: {what} "
+                            f"(errors {f.get('errors', 0)} vs {n.get('errors', 0)}; table below)",
+                    "ferry": f[key], "ref": n[key], "ref_label": "nginx, sendfile on, one worker per core",
+                    "op": ">=", "target": target, "ratio": round(f[key] / n[key], 3)})
 for r in targets:
     r["status"] = status(r)
 

@@ -8,7 +8,8 @@
 //! - [`chunking`]: FastCDC v2020 cutting, per-chunk zstd (§2).
 //! - [`codec`]: the canonical bincode body encoding (§3).
 //! - [`manifest`] and [`path`]: a release's tree and chunk table (§3).
-//! - [`delta`]: binary diffs between releases and manifest diffs (§3.6, §3.7).
+//! - [`delta`]: binary diffs between releases and manifest diffs (§3.6, §3.7);
+//!   [`ondemand`]: diffs a server produces on request, their path and headers (§3.8).
 //! - [`envelope`] and [`keys`]: signed objects, domain tags, ed25519 keys (§4);
 //!   [`keylist`]: rotating root of trust with thresholds (§4.5).
 //! - [`head`]: the signed, sequenced, expiring channel head (§5);
@@ -52,6 +53,7 @@ pub mod keylist;
 pub mod keys;
 pub mod layout;
 pub mod manifest;
+pub mod ondemand;
 pub mod path;
 pub mod plan;
 pub mod report;

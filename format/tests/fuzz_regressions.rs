@@ -27,6 +27,9 @@ use ferry_format::layout::{
     RepoPath, head_log_path, head_path, key_list_path, object_path, parse_repo_path,
 };
 use ferry_format::manifest::{ChunkRecord, Manifest};
+use ferry_format::ondemand::{
+    IndexEntry, MAX_WAIT_SECS, diff_request_path, parse_diff_request, parse_wait,
+};
 use ferry_format::path::check_path;
 use ferry_format::plan::plan_archive;
 use ferry_format::verified::{verify_own_head, verify_own_manifest};
@@ -230,6 +233,18 @@ fn paths(text: &str) {
             Some(RepoPath::HeadLog(c, seq, hash)) => {
                 assert_eq!(unrooted, head_log_path(&c, seq, &hash))
             }
+        }
+        // Diff requests (FORMAT.md §3.8): exactly what diff_request_path produces,
+        // two different manifests; index entries and waits read back as written.
+        if let Some((b, t)) = parse_diff_request(s) {
+            assert_ne!(b, t);
+            assert_eq!(unrooted, diff_request_path(&b, &t));
+        }
+        if let Ok(e) = IndexEntry::parse(&format!("{s}\n")) {
+            assert_eq!(e.encode(), format!("{s}\n"));
+        }
+        if let Some(w) = parse_wait(s) {
+            assert!(w <= MAX_WAIT_SECS && s.bytes().all(|b| b.is_ascii_digit()));
         }
     }
 }

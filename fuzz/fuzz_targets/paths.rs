@@ -6,6 +6,9 @@ use ferry_format::id::Digest;
 use ferry_format::layout::{
     RepoPath, head_log_path, head_path, key_list_path, object_path, parse_repo_path,
 };
+use ferry_format::ondemand::{
+    IndexEntry, MAX_WAIT_SECS, diff_request_path, parse_diff_request, parse_wait,
+};
 use ferry_format::path::{check_path, check_symlink_target};
 use ferry_format::version::{Version, check_channel};
 use libfuzzer_sys::fuzz_target;
@@ -50,6 +53,18 @@ fuzz_target!(|text: &str| {
             Some(RepoPath::HeadLog(c, seq, hash)) => {
                 assert_eq!(unrooted, head_log_path(&c, seq, &hash))
             }
+        }
+        // Diff requests (FORMAT.md §3.8): exactly what diff_request_path produces,
+        // two different manifests; index entries and waits read back as written.
+        if let Some((b, t)) = parse_diff_request(s) {
+            assert_ne!(b, t);
+            assert_eq!(unrooted, diff_request_path(&b, &t));
+        }
+        if let Ok(e) = IndexEntry::parse(&format!("{s}\n")) {
+            assert_eq!(e.encode(), format!("{s}\n"));
+        }
+        if let Some(w) = parse_wait(s) {
+            assert!(w <= MAX_WAIT_SECS && s.bytes().all(|b| b.is_ascii_digit()));
         }
         let v = u64::from_le_bytes(*d.0.first_chunk().unwrap()).max(1);
         assert_eq!(

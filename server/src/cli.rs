@@ -312,6 +312,30 @@ pub enum Command {
         #[arg(long, value_name = "SIZE", default_value = "10GiB", requires = "cache_dir",
               value_parser = crate::serve::upload::parse_size)]
         cache_size: u64,
+        /// Make a diff for any pair of releases a channel head retains when an agent
+        /// asks for it (GET /diffs/BASE/TARGET), keep it in the repository and serve
+        /// it to every agent after; a folder --repo only. Off by default: each diff
+        /// takes a core and memory for seconds to minutes.
+        #[arg(long)]
+        diffs_on_demand: bool,
+        /// With --diffs-on-demand: diffs made at once.
+        #[arg(long, value_name = "N", default_value_t = crate::serve::ondemand::DEFAULT_JOBS,
+              requires = "diffs_on_demand",
+              value_parser = clap::value_parser!(u16).range(1..=256).map(usize::from))]
+        diff_jobs: usize,
+        /// With --diffs-on-demand: diffs waiting for a free job beyond those; requests
+        /// past them are answered 503 with Retry-After.
+        #[arg(long, value_name = "N", default_value_t = crate::serve::ondemand::DEFAULT_QUEUE,
+              requires = "diffs_on_demand",
+              value_parser = clap::value_parser!(u16).range(0..=4096).map(usize::from))]
+        diff_queue: usize,
+        /// With --diffs-on-demand: the largest base (its files) or target (the chunks
+        /// the base lacks) a diff is made for (413 past it). A job holds the base, 4
+        /// bytes per base byte of suffix array and the target in memory: about 6 bytes
+        /// per byte of input at its peak.
+        #[arg(long, value_name = "SIZE", default_value = "256MiB", requires = "diffs_on_demand",
+              value_parser = crate::serve::upload::parse_size)]
+        diff_max_input: u64,
     },
     /// Print the shell completion script for bash, zsh, fish, elvish or powershell.
     Completions {

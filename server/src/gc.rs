@@ -1,10 +1,12 @@
 //! `ferry-server gc`: deletes the objects nothing a channel head names any more.
 //!
 //! What is kept: for every channel, its head's key list and manifest diffs (with
-//! their chunk diffs and base manifests), and for every release the head lists, its
-//! manifest, archive, diff objects and the manifests those diffs are based on. Heads,
-//! head log entries (`audit prune` owns those) and key lists are never touched; only
-//! names under `objects/` are candidates.
+//! their chunk diffs and base manifests), for every release the head lists, its
+//! manifest, archive, diff objects and the manifests those diffs are based on, and the
+//! diffs `serve --diffs-on-demand` made between two releases one head still lists.
+//! Heads, head log entries (`audit prune` owns those) and key lists are never touched;
+//! only names under `objects/` are candidates, and entries of the on-demand diff index
+//! (FORMAT.md §3.8) whose pair no head lists any more, which are removed first.
 //!
 //! A publisher uploads its objects before its head names them, so an unreferenced
 //! object may belong to a publish in progress: it is deleted only once it is older
@@ -19,6 +21,7 @@ use ferry_format::envelope::ObjectKind;
 use ferry_format::head::inspect_head;
 use ferry_format::id::Digest;
 use ferry_format::layout::{RepoPath, head_path, object_path, parse_repo_path};
+use ferry_format::ondemand::IndexEntry;
 use ferry_format::verified::verify_pinned_manifest;
 
 use crate::error::{Error, Result};
@@ -77,10 +80,11 @@ pub async fn gc(store: &Store, opts: GcOptions) -> Result<GcReport> {
     // Listed first: anything a publisher adds later is not a candidate, and anything
     // its head names by the time the heads are read below is referenced.
     let listed = store.list_objects().await?;
-    let mut referenced = referenced(store).await?;
+    let (mut referenced, pairs) = referenced(store).await?;
     if opts.keep_releases > 0 {
         referenced.extend(retired(store, opts.keep_releases).await?);
     }
+    referenced.extend(on_demand_diffs(store, &pairs, opts.dry_run)?);
     let now = SystemTime::now();
     // A time in the future (clock skew) counts as young.
     let young = |time: SystemTime| {
@@ -123,11 +127,16 @@ pub async fn gc(store: &Store, opts: GcOptions) -> Result<GcReport> {
     Ok(report)
 }
 
+/// The release manifests of each channel head, whose pairs keep their on-demand diffs.
+type HeadReleases = Vec<HashSet<Digest>>;
+
 /// Every object hash a channel head names, directly or through its releases'
-/// manifests. Any head or manifest that cannot be read stops gc: deleting with an
-/// incomplete picture could remove what a head still needs.
-async fn referenced(store: &Store) -> Result<HashSet<Digest>> {
+/// manifests, and each head's release manifests. Any head or manifest that cannot be
+/// read stops gc: deleting with an incomplete picture could remove what a head still
+/// needs.
+async fn referenced(store: &Store) -> Result<(HashSet<Digest>, HeadReleases)> {
     let mut keep = HashSet::new();
+    let mut pairs = Vec::new();
     let broken = |reason: String| Error::BrokenRepo {
         repo: store.name().into(),
         reason: format!("{reason}; gc deletes nothing while it cannot see every reference"),
@@ -149,6 +158,7 @@ async fn referenced(store: &Store) -> Result<HashSet<Digest>> {
                 keep.insert(c.hash);
             }
         }
+        pairs.push(head.releases().iter().map(|r| r.manifest.hash).collect());
         for r in head.releases() {
             keep.insert(r.manifest.hash);
             let rel = object_path(&r.manifest.hash);
@@ -169,6 +179,38 @@ async fn referenced(store: &Store) -> Result<HashSet<Digest>> {
                 // The base is on the agent's disk, but keeping its small manifest
                 // costs little and keeps the diff meaningful to any tool reading it.
                 keep.insert(d.base_manifest);
+            }
+        }
+    }
+    Ok((keep, pairs))
+}
+
+/// The objects of the on-demand diff index (a folder repository's) whose base and
+/// target one head still lists; the entries of other pairs are removed (unless
+/// `dry_run`), so their objects go like any unreferenced object, after the grace
+/// period. An entry written after the heads were read names an object younger than
+/// the grace period, which stays.
+fn on_demand_diffs(store: &Store, heads: &HeadReleases, dry_run: bool) -> Result<HashSet<Digest>> {
+    let mut keep = HashSet::new();
+    let Store::Local(repo) = store else {
+        return Ok(keep);
+    };
+    for (base, target, path) in crate::serve::ondemand::pair::index_entries(repo)? {
+        let retained = heads
+            .iter()
+            .any(|h| h.contains(&base) && h.contains(&target));
+        if retained {
+            if let Some(IndexEntry::Diff(r)) =
+                crate::serve::ondemand::pair::read_index(repo, &base, &target)?
+            {
+                keep.insert(r.hash);
+            }
+        } else if !dry_run {
+            match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(crate::error::io_err("remove", &path)(e));
+                }
+                _ => {}
             }
         }
     }

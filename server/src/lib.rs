@@ -279,8 +279,22 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             halt_when,
             cache_dir,
             cache_size,
+            diffs_on_demand,
+            diff_jobs,
+            diff_queue,
+            diff_max_input,
         } => {
             let store = open(&repo)?;
+            if diffs_on_demand && !matches!(store, store::Store::Local(_)) {
+                anyhow::bail!(
+                    "--diffs-on-demand needs a folder --repo: diffs are made from, and kept in, a repository on this machine's disk"
+                );
+            }
+            let on_demand = diffs_on_demand.then_some(serve::ondemand::Options {
+                jobs: diff_jobs,
+                queue: diff_queue,
+                max_input: diff_max_input,
+            });
             if let Some(dir) = &cache_dir {
                 store
                     .use_cache(dir, cache_size)
@@ -338,6 +352,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 uploads,
                 refresher,
                 fleet,
+                on_demand,
             )?;
         }
         Command::Audit { command } => audit::command::run(command, &options)?,

@@ -205,6 +205,8 @@ fn cost_from(target: &Manifest, base: &Verified<Manifest>) -> String {
         have: &has,
         bases: &bases,
         failed: &[],
+        // What the repository lists; a server making diffs on request changes it.
+        on_demand: false,
     };
     let plan = plan_update(target, &disk, DEFAULT_MAX_GAP);
     let archive = plan.archive();

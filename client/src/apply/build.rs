@@ -200,7 +200,7 @@ struct RangeUse {
     done_by: Vec<i64>,
     /// Chunks wholly consumed, from the start.
     consumed: usize,
-    /// Bytes given back, from the start.
+    /// Bytes given back, from the start (whole blocks).
     punched: u64,
 }
 
@@ -242,6 +242,10 @@ impl Reclaim {
     fn taken(&mut self, d: &Downloaded, p: usize, chunk: usize) {
         let Some(ri) = d.range_of(chunk) else { return };
         let u = &mut self.ranges[ri];
+        // Cleared when the filesystem cannot punch holes: nothing more to try.
+        if u.done_by.is_empty() {
+            return;
+        }
         while u.consumed < u.done_by.len() && u.done_by[u.consumed] <= p as i64 {
             u.consumed += 1;
         }
@@ -261,10 +265,19 @@ impl Reclaim {
             };
             let file = open(&u.path).or_else(|_| open(Path::new(&part)));
             if let Ok(f) = file {
-                // Unsupported on some filesystems: the sync then writes it, as before.
-                let _ = fsutil::punch_hole(&f, u.punched, upto - u.punched);
+                // Whole blocks only: a byte zeroed without a hole would look like a
+                // downloaded one to a later run. Unsupported on some filesystems: the
+                // sync then writes the range out, as before.
+                let block = f.metadata().map_or(4096, |m| m.blksize().max(512));
+                let from = u.punched.div_ceil(block) * block;
+                let to = upto / block * block;
+                if to > from {
+                    match fsutil::punch_hole(&f, from, to - from) {
+                        Ok(()) => u.punched = to,
+                        Err(_) => u.done_by.clear(),
+                    }
+                }
             }
-            u.punched = upto;
         }
     }
 }

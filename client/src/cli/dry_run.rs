@@ -136,7 +136,13 @@ fn plan(root: &mut Root, remote: &Remote, force: bool, out: Out) -> Result<Check
         .context("chosen release missing from the head")?;
     let channel = root.config.channel.clone();
     let (bytes, manifest) = remote.fetch_manifest(&release, &channel, &trusted)?;
-    let observed = super::plan::observe(root, &manifest, active.as_deref(), &[])?;
+    let observed = super::plan::observe(
+        root,
+        &manifest,
+        active.as_deref(),
+        &[],
+        remote.makes_diffs(),
+    )?;
     let plan = observed.plan;
     let line = super::plan::line(&root.layout, &plan, plan.chosen());
     out.info(&line);

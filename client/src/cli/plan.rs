@@ -35,12 +35,14 @@ pub struct Observed {
 }
 
 /// Observes what `root` holds of `manifest`'s release and plans its update from it.
-/// `failed` names diff objects that already failed in this run.
+/// `failed` names diff objects that already failed in this run; `on_demand` says the
+/// server makes diffs on request (FORMAT.md §3.8), asked for when none listed serves.
 pub fn observe(
     root: &Root,
     manifest: &Manifest,
     from: Option<&str>,
     failed: &[Digest],
+    on_demand: bool,
 ) -> Result<Observed> {
     let (copy, damaged) = match intact_copy(root, manifest)? {
         OnDisk::Intact(folder) => (Some(folder), None),
@@ -52,7 +54,8 @@ pub fn observe(
     local.verify_wanted(manifest);
     let has = |id: &_| local.has(id);
     // Only bases whose diff could beat the archive ranges are worth checking (the
-    // planner skips the others as not smaller).
+    // planner skips the others as not smaller); with a server making diffs, any
+    // base may be one.
     let ranges = plan_archive(manifest, has, DEFAULT_MAX_GAP).download_bytes;
     let hashes: Vec<Digest> = releases.iter().map(|r| r.manifest.object_hash()).collect();
     let bases: Vec<Base> = releases
@@ -62,11 +65,13 @@ pub fn observe(
             version: &r.version,
             manifest: &r.manifest,
             hash: *hash,
-            intact: manifest.diffs.iter().any(|d| {
-                d.base_manifest == *hash
-                    && d.object.size < ranges
-                    && !failed.contains(&d.object.hash)
-            }) && base_intact(r),
+            intact: (on_demand
+                || manifest.diffs.iter().any(|d| {
+                    d.base_manifest == *hash
+                        && d.object.size < ranges
+                        && !failed.contains(&d.object.hash)
+                }))
+                && base_intact(r),
         })
         .collect();
     let disk = Disk {
@@ -75,6 +80,7 @@ pub fn observe(
         have: &has,
         bases: &bases,
         failed,
+        on_demand,
     };
     let plan = plan_update(manifest, &disk, DEFAULT_MAX_GAP);
     Ok(Observed {
@@ -171,6 +177,8 @@ pub fn notes(plan: &UpdatePlan) -> Vec<String> {
 /// - `plan: 1.0.0 -> 2.0.0: reuse 812 chunks (52.1 MB) from local releases, download
 ///   40 chunks (1.2 MB) in 1 request(s); 96% saved against the whole archive (52.1 MB)`
 /// - `...: download diff from 1.0.0 (231.4 KB) in 1 request`, plus any archive rest
+/// - `...: ask the server for a diff from 1.0.0 (taken if under 1.2 MB) in 1 request;
+///   else the archive`
 /// - `...: release already on disk and intact in ROOT/versions/2.0.0, nothing to download`
 pub fn line(layout: &Layout, plan: &UpdatePlan, route: &Route) -> String {
     let head = format!(
@@ -211,6 +219,22 @@ pub fn line(layout: &Layout, plan: &UpdatePlan, route: &Route) -> String {
                 ));
             }
             line
+        }
+        Via::Produced { base, cap, .. } => {
+            let mut line = format!(
+                "{head}{reuse}, ask the server for a diff from {base} (taken if under {}) in 1 request",
+                report::bytes(*cap)
+            );
+            if rest.fetch_chunks > 0 {
+                line.push_str(&format!(
+                    ", plus {} chunks ({}) from the archive in {} request(s)",
+                    rest.fetch_chunks,
+                    report::bytes(rest.download_bytes),
+                    rest.ranges.len()
+                ));
+            }
+            line.push_str("; else the archive");
+            return line;
         }
     };
     line.push_str(&saved(route.download_bytes, plan.archive_size));

@@ -200,7 +200,13 @@ fn rollback(
             // A rollback returns to the release's own files: nothing is carried.
             deliver::Origin { carry: false },
             out,
-            deliver::Planned::new(super::plan::observe(root, &manifest, Some(&active), &[])?),
+            deliver::Planned::new(super::plan::observe(
+                root,
+                &manifest,
+                Some(&active),
+                &[],
+                remote.makes_diffs(),
+            )?),
         )?;
         super::switch::run_pre_switch(root, Some(&active), &version)?;
         root.state.pin = Some(pin);

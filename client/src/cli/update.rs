@@ -551,7 +551,13 @@ fn build(
         // request, and the plan's bytes stay the bytes spent.
         let manifest = verify_manifest(p.manifest_bytes(), &release, &channel, trusted)
             .map_err(|e| stale(format!("the plan's manifest is not {version}'s now: {e:#}")))?;
-        let observed = plan::observe(root, &manifest, active.as_deref(), &[])?;
+        let observed = plan::observe(
+            root,
+            &manifest,
+            active.as_deref(),
+            &[],
+            remote.makes_diffs(),
+        )?;
         if observed.plan != p.update {
             return Err(stale(
                 "what is on disk changed since the plan was made".to_string(),
@@ -566,14 +572,24 @@ fn build(
         let f = remote.fetch_current_manifest(root, head, trusted, active.as_deref(), out)?;
         let planned = match f.planned {
             Some(p) => p,
-            None => {
-                deliver::Planned::new(plan::observe(root, &f.manifest, active.as_deref(), &[])?)
-            }
+            None => deliver::Planned::new(plan::observe(
+                root,
+                &f.manifest,
+                active.as_deref(),
+                &[],
+                remote.makes_diffs(),
+            )?),
         };
         (f.bytes, f.manifest, planned)
     } else {
         let (bytes, manifest) = remote.fetch_manifest(&release, &channel, trusted)?;
-        let observed = plan::observe(root, &manifest, active.as_deref(), &[])?;
+        let observed = plan::observe(
+            root,
+            &manifest,
+            active.as_deref(),
+            &[],
+            remote.makes_diffs(),
+        )?;
         (bytes, manifest, deliver::Planned::new(observed))
     };
     let stats = deliver::install_release(

@@ -23,7 +23,10 @@
 //! already received ([`ranges`](super::ranges)).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
+
+use ferry_format::ondemand::{DIFFS_HEADER, ON_DEMAND, WAIT_HEADER};
 
 use futures_util::future::BoxFuture;
 use futures_util::stream::StreamExt;
@@ -101,6 +104,8 @@ pub struct HttpTransport {
     counters: Arc<Counters>,
     low_speed: LowSpeed,
     retry: Policy,
+    /// A channel head came with the header saying the server makes diffs on request.
+    makes_diffs: AtomicBool,
 }
 
 impl HttpTransport {
@@ -119,6 +124,7 @@ impl HttpTransport {
             counters: Arc::default(),
             low_speed: options.low_speed,
             retry: Policy::DEFAULT,
+            makes_diffs: AtomicBool::new(false),
         })
     }
 
@@ -267,6 +273,13 @@ impl HttpTransport {
             })
             .await?;
         let status = resp.status();
+        if resp
+            .headers()
+            .get(DIFFS_HEADER)
+            .is_some_and(|v| v.as_bytes() == ON_DEMAND.as_bytes())
+        {
+            self.makes_diffs.store(true, Ordering::Relaxed);
+        }
         if status == StatusCode::NOT_MODIFIED && etag.is_some() {
             return Ok(None);
         }
@@ -389,6 +402,60 @@ impl Transport for HttpTransport {
         what: &'static str,
     ) -> BoxFuture<'a, Result<Conditional, FetchError>> {
         Box::pin(self.whole(path, etag, max_len, what))
+    }
+
+    /// One GET with `Ferry-Wait`; its response headers may take the wait plus one
+    /// low-speed window, its body is held to the low-speed limit like any other.
+    fn get_made<'a>(
+        &'a self,
+        path: &'a str,
+        max_len: u64,
+        wait: Duration,
+    ) -> BoxFuture<'a, Result<Body, FetchError>> {
+        const WHAT: &str = "diff made by the server";
+        Box::pin(async move {
+            let url = self.url(path);
+            self.counters.add_request();
+            let sent = self
+                .client
+                .get(&url)
+                .header(WAIT_HEADER, wait.as_secs().to_string())
+                .send();
+            let window = wait + self.low_speed.time;
+            let resp = tokio::time::timeout(window, sent)
+                .await
+                .map_err(|_| {
+                    too_slow(
+                        &url,
+                        TooSlow {
+                            bytes: 0,
+                            window,
+                            limit: self.low_speed.limit,
+                        },
+                    )
+                })?
+                .map_err(|e| request_error(&url, &e))?;
+            let status = resp.status();
+            if status != StatusCode::OK {
+                return Err(FetchError::Status {
+                    url,
+                    status: status.as_u16(),
+                });
+            }
+            if resp.content_length().is_some_and(|n| n > max_len) {
+                return Err(FetchError::TooLarge {
+                    what: WHAT,
+                    url,
+                    limit: max_len,
+                });
+            }
+            let raw = counted(resp, self.counters.clone(), url.clone(), self.low_speed);
+            Ok(shape(raw, 0, Want::AtMost(max_len, WHAT), url))
+        })
+    }
+
+    fn makes_diffs(&self) -> bool {
+        self.makes_diffs.load(Ordering::Relaxed)
     }
 
     fn counters(&self) -> Arc<Counters> {

@@ -299,6 +299,22 @@ impl Transport for Mirrors {
         })
     }
 
+    /// Asked of the server that last worked (the one that sent the head, whose
+    /// header said it makes diffs), once: whatever goes wrong, the agent takes the
+    /// archive rather than another server.
+    fn get_made<'a>(
+        &'a self,
+        path: &'a str,
+        max_len: u64,
+        wait: Duration,
+    ) -> BoxFuture<'a, Result<Body, FetchError>> {
+        self.servers[self.preferred()].get_made(path, max_len, wait)
+    }
+
+    fn makes_diffs(&self) -> bool {
+        self.servers[self.preferred()].makes_diffs()
+    }
+
     fn counters(&self) -> Arc<Counters> {
         self.counters.clone()
     }

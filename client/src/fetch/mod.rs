@@ -187,6 +187,31 @@ pub trait Transport: Send + Sync {
         })
     }
 
+    /// Asks for a diff the server makes on request (FORMAT.md §3.8) at `path`: one
+    /// request, never retried, which the server may hold up to `wait` while it makes
+    /// the diff. Anything but `200` is an error, and so is a body of more than
+    /// `max_len` bytes, as soon as its length shows. Transports whose servers make no
+    /// diffs (files) answer [`FetchError::NotFound`] without a request.
+    fn get_made<'a>(
+        &'a self,
+        path: &'a str,
+        max_len: u64,
+        wait: std::time::Duration,
+    ) -> BoxFuture<'a, Result<Body, FetchError>> {
+        let _ = (max_len, wait);
+        Box::pin(async move {
+            Err(FetchError::NotFound {
+                url: self.url(path),
+            })
+        })
+    }
+
+    /// Whether the server said, on a channel head it sent, that it makes diffs on
+    /// request (FORMAT.md §3.8).
+    fn makes_diffs(&self) -> bool {
+        false
+    }
+
     /// The counters of everything fetched through this transport.
     fn counters(&self) -> Arc<Counters>;
 

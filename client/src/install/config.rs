@@ -112,6 +112,16 @@ pub struct Config {
         skip_serializing_if = "Option::is_none"
     )]
     pub give_up_after_secs: Option<u64>,
+    /// How long an update waits for a server that makes diffs on request (FORMAT.md
+    /// §3.8) to make one no listed diff covers, before it takes the archive instead
+    /// [default: 30s; at most 50s count].
+    #[serde(
+        default,
+        rename = "diff_wait",
+        with = "opt_secs",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub diff_wait_secs: Option<u64>,
     /// Patterns of the application's own files (`logs/`, `*.db`) copied from the
     /// active release into each new one before the switch (apply/pattern.rs).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -195,6 +205,9 @@ pub const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_HEALTH_RETRIES: u32 = 3;
 pub const DEFAULT_HEALTH_DELAY: Duration = Duration::from_secs(5);
 pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5 * 60);
+/// `diff_wait`: long enough for the server to make the diff of a release of tens of
+/// megabytes, short enough that an update never hangs on it (docs/AGENT.md).
+pub const DEFAULT_DIFF_WAIT: Duration = Duration::from_secs(30);
 
 fn default_keep() -> usize {
     DEFAULT_KEEP
@@ -293,6 +306,7 @@ impl Config {
             retry_base_ms: None,
             retry_max_delay_ms: None,
             give_up_after_secs: None,
+            diff_wait_secs: None,
             carry: Vec::new(),
             max_download: None,
             interval_secs: None,
@@ -381,6 +395,12 @@ impl Config {
     pub fn give_up_after(&self) -> Duration {
         self.give_up_after_secs
             .map_or(DEFAULT_GIVE_UP_AFTER, Duration::from_secs)
+    }
+
+    /// How long an update waits for a diff the server makes on request.
+    pub fn diff_wait(&self) -> Duration {
+        self.diff_wait_secs
+            .map_or(DEFAULT_DIFF_WAIT, Duration::from_secs)
     }
 
     /// How long commands on this root wait for its lock unless told otherwise.
@@ -523,6 +543,10 @@ impl Config {
             (
                 "give_up_after",
                 format!("\"{}\"", format_secs(DEFAULT_GIVE_UP_AFTER.as_secs())),
+            ),
+            (
+                "diff_wait",
+                format!("\"{}\"", format_secs(DEFAULT_DIFF_WAIT.as_secs())),
             ),
             ("carry", "[]".into()),
             (

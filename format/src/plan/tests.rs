@@ -88,6 +88,7 @@ fn an_intact_base_with_a_small_diff_is_the_plan_and_the_archive_its_fallback() {
         have: &have,
         bases: &bases,
         failed: &[],
+        on_demand: false,
     };
     let plan = plan_update(&new, &disk, DEFAULT_MAX_GAP);
     assert_eq!(plan.from.as_deref(), Some("1"));
@@ -159,6 +160,119 @@ fn an_intact_base_with_a_small_diff_is_the_plan_and_the_archive_its_fallback() {
 }
 
 #[test]
+fn without_a_listed_diff_the_server_is_asked_for_one_capped_at_the_ranges_it_replaces() {
+    // Release 3 shares its first chunk with 1 and its second with 2; 2 and 1 are
+    // retained, and 3 lists no diff from either.
+    let mut new = manifest(&[100, 100, 100, 100]);
+    new.version = "3".into();
+    new.generation = 3;
+    let mut one = new.clone();
+    one.version = "1".into();
+    one.generation = 1;
+    one.chunks = vec![new.chunks[0]];
+    let mut two = new.clone();
+    two.version = "2".into();
+    two.generation = 2;
+    two.chunks = vec![new.chunks[1]];
+    let held: HashSet<ChunkId> = [new.chunks[0].id, new.chunks[1].id].into();
+    let have = |id: &ChunkId| held.contains(id);
+    let bases = [
+        Base {
+            version: "1",
+            manifest: &one,
+            hash: Digest::of(b"manifest 1"),
+            intact: true,
+        },
+        Base {
+            version: "2",
+            manifest: &two,
+            hash: Digest::of(b"manifest 2"),
+            intact: true,
+        },
+    ];
+    let disk = Disk {
+        active: Some("2"),
+        copy: None,
+        have: &have,
+        bases: &bases,
+        failed: &[],
+        on_demand: true,
+    };
+    let plan = plan_update(&new, &disk, 0);
+    // The newest base: its diff produces chunks 0, 2 and 3, of which 2 and 3 are
+    // missing here: the ranges it replaces are those 200 bytes.
+    let chosen = plan.chosen();
+    assert_eq!(
+        chosen.via,
+        Via::Produced {
+            base: "2".into(),
+            base_manifest: Digest::of(b"manifest 2"),
+            cap: 200,
+            produces: vec![2, 3],
+        }
+    );
+    assert_eq!(chosen.via.name(), "server-diff");
+    assert_eq!((chosen.download_bytes, chosen.requests), (200, 1));
+    assert_eq!(plan.routes.len(), 2);
+    assert_eq!(plan.archive().via, Via::Archive);
+
+    // Not asked: no server making them, the newest base modified (the older one is
+    // asked instead), or its diff already failed.
+    let off = plan_update(
+        &new,
+        &Disk {
+            on_demand: false,
+            ..disk
+        },
+        0,
+    );
+    assert_eq!(off.chosen().via, Via::Archive);
+    let modified = [
+        bases[0],
+        Base {
+            intact: false,
+            ..bases[1]
+        },
+    ];
+    let older = plan_update(
+        &new,
+        &Disk {
+            bases: &modified,
+            ..disk
+        },
+        0,
+    );
+    assert!(matches!(&older.chosen().via, Via::Produced { base, .. } if base == "1"));
+    let failed = [Digest::of(b"manifest 2"), Digest::of(b"manifest 1")];
+    let none = plan_update(
+        &new,
+        &Disk {
+            failed: &failed,
+            ..disk
+        },
+        0,
+    );
+    assert_eq!(none.chosen().via, Via::Archive);
+    // A listed diff that is a route comes first, and nothing is asked for.
+    let mut listed = new.clone();
+    listed.diffs.push(DiffRef {
+        base_version: "1".into(),
+        base_manifest: Digest::of(b"manifest 1"),
+        object: ObjectRef {
+            hash: Digest::of(b"diff"),
+            size: 50,
+        },
+    });
+    let plan = plan_update(&listed, &disk, 0);
+    assert!(matches!(plan.chosen().via, Via::Diff { .. }));
+    assert!(
+        plan.routes
+            .iter()
+            .all(|r| !matches!(r.via, Via::Produced { .. }))
+    );
+}
+
+#[test]
 fn an_intact_copy_on_disk_downloads_nothing() {
     let (new, _) = two_releases(50);
     let nothing = |_: &ChunkId| false;
@@ -168,6 +282,7 @@ fn an_intact_copy_on_disk_downloads_nothing() {
         have: &nothing,
         bases: &[],
         failed: &[],
+        on_demand: false,
     };
     let plan = plan_update(&new, &disk, DEFAULT_MAX_GAP);
     assert_eq!(
@@ -214,7 +329,7 @@ mod properties {
                 match (r.source, &route.via) {
                     (Source::Local, Via::OnDisk { .. }) => {}
                     (Source::Local, _) => prop_assert!(held.contains(&id)),
-                    (Source::Diff, Via::Diff { produces, .. }) => {
+                    (Source::Diff, Via::Diff { produces, .. } | Via::Produced { produces, .. }) => {
                         prop_assert!(produces.contains(&i))
                     }
                     (Source::Diff, _) => prop_assert!(false, "diff chunks without a diff"),
@@ -240,12 +355,13 @@ mod properties {
         let ranges: u64 = route.archive.ranges.iter().map(FetchRange::len).sum();
         let object = match &route.via {
             Via::Diff { object, .. } => object.size,
+            Via::Produced { cap, .. } => *cap,
             _ => 0,
         };
         prop_assert_eq!(route.download_bytes, object + ranges);
         prop_assert_eq!(
             route.requests,
-            u64::from(object > 0 || matches!(route.via, Via::Diff { .. }))
+            u64::from(object > 0 || matches!(route.via, Via::Diff { .. } | Via::Produced { .. }))
                 + route.archive.ranges.len() as u64
         );
         prop_assert!(
@@ -266,17 +382,25 @@ mod properties {
             bases in proptest::collection::vec(
                 (proptest::collection::vec(0u8..30, 0..40), 0u64..20_000, any::<bool>()), 0..4),
             failed in proptest::collection::vec(any::<bool>(), 4),
+            listed in proptest::collection::vec(any::<bool>(), 4),
             copy in any::<bool>(),
+            on_demand in any::<bool>(),
             max_gap in 0u64..10_000,
         ) {
             let mut m = with_ids(&sizes, &ids[..sizes.len()]);
             let held: HashSet<ChunkId> = m.chunks.iter().zip(&held)
                 .filter(|(_, h)| **h).map(|(c, _)| c.id).collect();
-            let base_manifests: Vec<Manifest> = bases.iter()
-                .map(|(ids, _, _)| with_ids(&vec![1; ids.len()], ids)).collect();
             let names: Vec<String> = (0..bases.len()).map(|i| format!("0.{i}")).collect();
+            let base_manifests: Vec<Manifest> = bases.iter().zip(&names)
+                .map(|((ids, _, _), name)| Manifest {
+                    version: name.clone(),
+                    ..with_ids(&vec![1; ids.len()], ids)
+                }).collect();
             let mut failed_objects = Vec::new();
             for (i, (_, size, _)) in bases.iter().enumerate() {
+                if !listed[i] {
+                    continue;
+                }
                 let object = ObjectRef { hash: Digest::of(&[i as u8, 1]), size: *size };
                 if failed[i] {
                     failed_objects.push(object.hash);
@@ -300,6 +424,7 @@ mod properties {
                 have: &have,
                 bases: &base_list,
                 failed: &failed_objects,
+                on_demand,
             };
             let plan = plan_update(&m, &disk, max_gap);
 
@@ -323,6 +448,20 @@ mod properties {
                         prop_assert!(r.download_bytes < plan.archive().download_bytes);
                         prop_assert!(r.download_bytes >= last, "not cheapest first");
                         last = r.download_bytes;
+                    }
+                    Via::Produced { base, base_manifest, cap, .. } => {
+                        let i = names.iter().position(|n| n == base).unwrap();
+                        prop_assert!(on_demand, "a produced diff without a server making them");
+                        prop_assert!(!listed[i], "asked for a diff the manifest lists");
+                        prop_assert!(bases[i].2, "a modified base's diff is asked for");
+                        prop_assert_eq!(*base_manifest, Digest::of(&[i as u8]));
+                        prop_assert!(*cap > 0);
+                        prop_assert!(
+                            !plan.routes.iter().any(|r| matches!(r.via, Via::Diff { .. })),
+                            "asked for a diff while a listed one is planned"
+                        );
+                        prop_assert_eq!(r.download_bytes, plan.archive().download_bytes);
+                        prop_assert_eq!(k, plan.routes.len() - 2);
                     }
                     Via::Archive => prop_assert_eq!(k, plan.routes.len() - 1),
                 }

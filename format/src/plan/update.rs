@@ -45,7 +45,8 @@ pub struct Base<'a> {
 /// ```
 /// use ferry_format::plan::Disk;
 /// let nothing = |_: &ferry_format::id::ChunkId| false;
-/// let disk = Disk { active: None, copy: None, have: &nothing, bases: &[], failed: &[] };
+/// let disk = Disk { active: None, copy: None, have: &nothing, bases: &[], failed: &[],
+///     on_demand: false };
 /// assert!(disk.bases.is_empty());
 /// ```
 #[derive(Clone, Copy)]
@@ -58,8 +59,12 @@ pub struct Disk<'a> {
     pub have: &'a dyn Fn(&ChunkId) -> bool,
     /// The retained releases, each a possible diff base.
     pub bases: &'a [Base<'a>],
-    /// Diff objects that already failed in this run: never planned again.
+    /// Diff objects that already failed in this run: never planned again. For a diff
+    /// the server produces (no object name yet), its base's manifest hash.
     pub failed: &'a [Digest],
+    /// Whether the server produces diffs on request (FORMAT.md §3.8): when no listed
+    /// diff starts from a release held intact, the plan asks it for one.
+    pub on_demand: bool,
 }
 
 impl std::fmt::Debug for Disk<'_> {
@@ -69,6 +74,7 @@ impl std::fmt::Debug for Disk<'_> {
             .field("copy", &self.copy)
             .field("bases", &self.bases)
             .field("failed", &self.failed)
+            .field("on_demand", &self.on_demand)
             .finish_non_exhaustive()
     }
 }
@@ -122,6 +128,17 @@ pub enum Via {
         object: ObjectRef,
         produces: Vec<usize>,
     },
+    /// A diff the server produces on request (FORMAT.md §3.8) from the retained
+    /// release `base` (whose manifest is `base_manifest`), which produces the chunks at
+    /// `produces`; the rest from archive ranges. Its size is unknown before it
+    /// arrives: it is worth taking only below `cap`, the bytes of the archive ranges it
+    /// replaces, and the agent reads no more than that.
+    Produced {
+        base: String,
+        base_manifest: Digest,
+        cap: u64,
+        produces: Vec<usize>,
+    },
     /// Archive ranges alone.
     Archive,
 }
@@ -132,6 +149,7 @@ impl Via {
         match self {
             Via::OnDisk { .. } => "on-disk",
             Via::Diff { .. } => "diff",
+            Via::Produced { .. } => "server-diff",
             Via::Archive => "archive",
         }
     }
@@ -152,7 +170,8 @@ pub struct Route {
     pub regions: Vec<Region>,
     /// The archive ranges this route fetches (empty when it needs none).
     pub archive: ArchivePlan,
-    /// The diff object plus the ranges, in bytes.
+    /// The diff object plus the ranges, in bytes (for a [`Via::Produced`] diff, at
+    /// most: its cap plus the ranges).
     pub download_bytes: u64,
     /// One request for the diff object, one per range.
     pub requests: u64,
@@ -199,7 +218,8 @@ pub struct Skipped {
 /// #     chunks: vec![], entries: vec![], diffs: vec![],
 /// # };
 /// let nothing = |_: &ferry_format::id::ChunkId| false;
-/// let disk = Disk { active: None, copy: None, have: &nothing, bases: &[], failed: &[] };
+/// let disk = Disk { active: None, copy: None, have: &nothing, bases: &[], failed: &[],
+///     on_demand: false };
 /// let plan = plan_update(&manifest, &disk, DEFAULT_MAX_GAP);
 /// assert_eq!(plan.to, "2.0.0");
 /// assert_eq!(plan.chosen().via.name(), "archive");
@@ -241,7 +261,9 @@ impl UpdatePlan {
 
 /// Plans the update to `manifest` from what `disk` holds. A diff is a route only when
 /// its base is intact, it has not failed, and it downloads fewer bytes than the
-/// archive ranges would; routes are sorted cheapest first (ties by base order).
+/// archive ranges would; routes are sorted cheapest first (ties by base order). When
+/// no listed diff is a route and the server produces diffs ([`Disk::on_demand`]), the
+/// one from the newest intact base is asked for, capped at the ranges it replaces.
 pub fn plan_update(manifest: &Manifest, disk: &Disk<'_>, max_gap: u64) -> UpdatePlan {
     let have = disk.have;
     let archive = plan_archive(manifest, have, max_gap);
@@ -301,6 +323,9 @@ pub fn plan_update(manifest: &Manifest, disk: &Disk<'_>, max_gap: u64) -> Update
         diffs.push((order, route));
     }
     diffs.sort_by_key(|(order, r)| (r.download_bytes, *order));
+    if diffs.is_empty() && disk.on_demand && archive.fetch_chunks > 0 {
+        diffs.extend(produced(manifest, disk, &archive, max_gap).map(|r| (0, r)));
+    }
 
     let source = |id: &ChunkId| {
         if have(id) {
@@ -338,6 +363,58 @@ pub fn plan_update(manifest: &Manifest, disk: &Disk<'_>, max_gap: u64) -> Update
         routes,
         skipped,
     }
+}
+
+/// The route of a diff the server produces from the newest intact base (by
+/// generation) without a listed diff, if it replaces any archive bytes.
+fn produced(
+    manifest: &Manifest,
+    disk: &Disk<'_>,
+    archive: &ArchivePlan,
+    max_gap: u64,
+) -> Option<Route> {
+    let have = disk.have;
+    let base = disk
+        .bases
+        .iter()
+        .filter(|b| b.intact && !disk.failed.contains(&b.hash))
+        .filter(|b| b.manifest.version != manifest.version)
+        // A listed diff from it that the plan left out would be made again, as large.
+        .filter(|b| !manifest.diffs.iter().any(|d| d.base_manifest == b.hash))
+        .max_by_key(|b| b.manifest.generation)?;
+    let produced: HashSet<ChunkId> = missing_chunks(manifest, base.manifest)
+        .into_iter()
+        .map(|i| manifest.chunks[i].id)
+        .collect();
+    let rest = plan_archive(manifest, |id| have(id) || produced.contains(id), max_gap);
+    let cap = archive.download_bytes.saturating_sub(rest.download_bytes);
+    if cap == 0 {
+        return None;
+    }
+    let source = |id: &ChunkId| {
+        if have(id) {
+            Source::Local
+        } else if produced.contains(id) {
+            Source::Diff
+        } else {
+            Source::Archive
+        }
+    };
+    let produces = (0..manifest.chunks.len())
+        .filter(|&i| source(&manifest.chunks[i].id) == Source::Diff)
+        .collect();
+    Some(Route {
+        via: Via::Produced {
+            base: base.version.to_string(),
+            base_manifest: base.hash,
+            cap,
+            produces,
+        },
+        regions: regions(manifest, source),
+        requests: 1 + rest.ranges.len() as u64,
+        download_bytes: cap + rest.download_bytes,
+        archive: rest,
+    })
 }
 
 fn skip(base: &Base<'_>, reason: SkipReason) -> Skipped {

@@ -185,7 +185,9 @@ pub fn write_diffs(
 }
 
 /// Makes and stores the diff from `base`, or `None` when there is none worth having.
-fn diff_one(
+/// `publish` calls it for each base, and `serve --diffs-on-demand` for a pair an agent
+/// asks for (serve/ondemand/), so both write the same bytes.
+pub(crate) fn diff_one(
     repo: &Repo,
     new: &Manifest,
     new_archive: &(File, PathBuf),
@@ -417,7 +419,7 @@ fn pack_candidate(
 }
 
 /// Opens the archive of `m`, checking its size.
-fn open_archive(repo: &Repo, m: &Manifest) -> Result<(File, PathBuf)> {
+pub(crate) fn open_archive(repo: &Repo, m: &Manifest) -> Result<(File, PathBuf)> {
     let path = repo.object_file(&m.archive.hash);
     let file = fsutil::open(&path)?;
     let len = file.metadata().map_err(io_err("read", &path))?.len();

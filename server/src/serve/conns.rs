@@ -91,11 +91,11 @@ pub struct Conn {
     task: AtomicWaker,
 }
 
-/// [`Conn::signals`]: chosen to make room.
+/// `Conn::signals`: chosen to make room.
 pub const SHED: u8 = 1;
-/// [`Conn::signals`]: the idle or stall rule may apply.
+/// `Conn::signals`: the idle or stall rule may apply.
 pub const RULES: u8 = 2;
-/// [`Conn::signals`]: the server is shutting down.
+/// `Conn::signals`: the server is shutting down.
 pub const STOP: u8 = 4;
 
 impl Conns {
@@ -222,7 +222,7 @@ impl Conn {
         self.task.wake();
     }
 
-    /// The signals raised (see [`Conn::signals`]), with `cx`'s task woken at the next
+    /// The signals raised (see `Conn::signals`), with `cx`'s task woken at the next
     /// one; [`RULES`] is taken (cleared) as it is read, the others stay raised.
     pub fn poll_signals(&self, cx: &std::task::Context<'_>) -> u8 {
         self.task.register(cx.waker());

@@ -36,6 +36,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use ferry_format::envelope::ObjectKind;
 use ferry_format::id::Digest;
 use ferry_format::layout::{RepoPath, head_log_path, parse_repo_path};
+use ferry_format::ondemand::{DIFFS_HEADER, ON_DEMAND};
 use ferry_format::version::check_channel;
 use http::StatusCode;
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
@@ -360,6 +361,12 @@ impl Fast {
                 header(head, "etag", found.etag.as_bytes());
                 header(head, "cache-control", found.cache.as_bytes());
                 header(head, "accept-ranges", b"bytes");
+                // Agents ask only a server that says it makes diffs (FORMAT.md §3.8).
+                if self.state.on_demand.is_some()
+                    && matches!(req.target, Target::Small(ObjectKind::ChannelHead, _))
+                {
+                    header(head, DIFFS_HEADER, ON_DEMAND.as_bytes());
+                }
                 match p {
                     Plan::NotModified => (status, Body::None, 0),
                     Plan::Unsatisfiable => {

@@ -64,6 +64,32 @@ pub enum ReportResult {
     error,
 }
 
+/// What happened to a request for, or a job of, an on-demand diff (`serve
+/// --diffs-on-demand`): the `result` label of `ferry_diffs_on_demand_total`.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum OnDemandResult {
+    /// A job started for a pair not made yet (requests for a pair whose job is
+    /// pending wait for that one).
+    started,
+    /// A job made a diff and stored it (counted once per diff, not per request).
+    produced,
+    /// A request answered with a diff (made by its job or an earlier one).
+    served,
+    /// A request refused: no such retained pair, too large, no diff worth having, or
+    /// every job slot taken (503).
+    refused,
+    /// A request that stopped waiting while its job goes on (503).
+    pending,
+    /// A job or a check that failed (500).
+    failed,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OnDemandLabels {
+    result: OnDemandResult,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
     kind: Kind,
@@ -258,6 +284,7 @@ pub struct Metrics {
     bytes: Family<KindLabels, Counter>,
     connections: Counter,
     shed: Counter,
+    on_demand: Family<OnDemandLabels, Counter>,
     reports: Family<ResultLabels, Counter>,
     outcomes: Family<OutcomeLabels, Counter>,
     update_duration: Family<OutcomeLabels, Histogram, DurationBuckets>,
@@ -327,6 +354,7 @@ impl Metrics {
             bytes: Family::default(),
             connections: Counter::default(),
             shed: Counter::default(),
+            on_demand: Family::default(),
             reports: Family::default(),
             outcomes: Family::default(),
             update_duration: Family::new_with_constructor(DurationBuckets),
@@ -364,6 +392,11 @@ impl Metrics {
             "ferry_connections_shed",
             "Idle connections closed to make room",
             m.shed.clone(),
+        );
+        r.register(
+            "ferry_diffs_on_demand",
+            "Diffs made on request (serve --diffs-on-demand) and the requests for them, by result",
+            m.on_demand.clone(),
         );
         r.register(
             "ferry_reports_received",
@@ -487,6 +520,20 @@ impl Metrics {
     /// An idle connection was closed to make room for a new one.
     pub fn shed(&self) {
         self.shed.inc();
+    }
+
+    /// An on-demand diff request or job ended with `result`.
+    pub fn on_demand(&self, result: OnDemandResult) {
+        self.on_demand
+            .get_or_create(&OnDemandLabels { result })
+            .inc();
+    }
+
+    /// The counter of `result`, for a job running away from the request path.
+    pub fn on_demand_counter(&self, result: OnDemandResult) -> Counter {
+        self.on_demand
+            .get_or_create(&OnDemandLabels { result })
+            .clone()
     }
 
     /// A `POST /v1/reports` was answered with `result`.

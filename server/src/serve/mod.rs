@@ -39,6 +39,7 @@ pub mod files;
 pub mod fleet;
 pub mod health;
 pub mod metrics;
+pub mod ondemand;
 pub mod page;
 pub mod quota;
 pub mod range;
@@ -106,6 +107,8 @@ pub struct State {
     pub files: Option<files::Files>,
     /// The fleet API (`/v1/`), when `--fleet-db` and its token files enabled it.
     pub fleet: Option<Arc<fleet::Fleet>>,
+    /// Diffs made on request (`GET /diffs/..`), when `--diffs-on-demand` enabled them.
+    pub on_demand: Option<ondemand::OnDemand>,
 }
 
 /// A bound, not yet running server.
@@ -152,6 +155,7 @@ impl Server {
                     Store::Object(_) => None,
                 },
                 fleet: None,
+                on_demand: None,
             }),
             max_connections: opts.max_connections.max(1),
             tls: None,
@@ -174,6 +178,18 @@ impl Server {
     pub fn with_fleet(mut self, fleet: Arc<fleet::Fleet>) -> Server {
         if let Some(state) = Arc::get_mut(&mut self.state) {
             state.fleet = Some(fleet);
+        }
+        self
+    }
+
+    /// Makes diffs on request (`GET /diffs/<base>/<target>`, see [`ondemand`]), and
+    /// says so on every channel head it serves. A folder repository only.
+    #[must_use]
+    pub fn with_on_demand(mut self, opts: ondemand::Options) -> Server {
+        if let Some(state) = Arc::get_mut(&mut self.state)
+            && let Store::Local(repo) = &state.store
+        {
+            state.on_demand = Some(ondemand::OnDemand::new(repo.clone(), opts));
         }
         self
     }
@@ -500,6 +516,7 @@ pub fn run_cli(
     uploads: Option<upload::Uploads>,
     refresher: Option<refresh::Refresher>,
     fleet: Option<fleet::Fleet>,
+    on_demand: Option<ondemand::Options>,
 ) -> Result<()> {
     // Certificate problems are reported before anything is bound.
     let acceptor = tls.map(tls::acceptor).transpose()?;
@@ -521,6 +538,9 @@ pub fn run_cli(
         }
         if let Some(uploads) = uploads {
             server = server.with_uploads(uploads);
+        }
+        if let Some(opts) = on_demand {
+            server = server.with_on_demand(opts);
         }
         let fleet = fleet.map(Arc::new);
         if let Some(fleet) = &fleet {

@@ -1,5 +1,6 @@
 //! Request routing: `/healthz`, `/metrics`, the fleet page ([`super::page`]) and the
-//! two repository path shapes of FORMAT.md §7. Nothing else maps to a file.
+//! repository path shapes of FORMAT.md §7, and with `--diffs-on-demand` the diff
+//! requests of §3.8 ([`super::ondemand`]). Nothing else maps to a file.
 //!
 //! The request path is handed, still percent-encoded, to
 //! `ferry_format::layout::parse_repo_path`, which accepts only
@@ -18,6 +19,7 @@ use ferry_format::id::Digest;
 use ferry_format::layout::{
     RepoPath, head_log_path, head_path, key_list_path, object_path, parse_repo_path,
 };
+use ferry_format::ondemand::{DIFFS_HEADER, ON_DEMAND, parse_diff_request};
 use futures_util::TryStreamExt;
 use http::header::{
     ACCEPT_RANGES, ALLOW, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, ETAG,
@@ -86,21 +88,17 @@ pub async fn handle<B>(state: &State, req: &Request<B>) -> (Response<Body>, Kind
         }
         _ => {}
     }
+    if let Some(od) = &state.on_demand
+        && let Some(pair) = parse_diff_request(path)
+    {
+        return super::ondemand::handle(state, od, req, pair, head_only).await;
+    }
     let (result, kind) = match parse_repo_path(path) {
         Some(RepoPath::Object(hash)) => match &state.files {
             Some(files) => match files.object(&hash) {
                 Ok(o) => {
-                    let (etag, kind, len) = (o.etag.clone(), o.kind, o.len);
-                    let r = respond(
-                        state,
-                        req,
-                        Source::Open(o),
-                        len,
-                        &etag,
-                        OBJECT_CACHE,
-                        head_only,
-                    );
-                    (r.await, kind)
+                    let kind = o.kind;
+                    (open_object(state, req, o, head_only).await, kind)
                 }
                 Err(e) => (Err(e), Kind::other),
             },
@@ -122,8 +120,16 @@ pub async fn handle<B>(state: &State, req: &Request<B>) -> (Response<Body>, Kind
         }
         Some(RepoPath::Head(channel)) => {
             let rel = head_path(&channel);
-            let r = small_file(state, req, &rel, ObjectKind::ChannelHead, head_only);
-            (r.await, Kind::head)
+            let r = small_file(state, req, &rel, ObjectKind::ChannelHead, head_only).await;
+            // Agents ask only a server that says it makes diffs (FORMAT.md §3.8).
+            let r = r.map(|mut r| {
+                if state.on_demand.is_some() {
+                    r.headers_mut()
+                        .insert(DIFFS_HEADER, HeaderValue::from_static(ON_DEMAND));
+                }
+                r
+            });
+            (r, Kind::head)
         }
         Some(RepoPath::KeyList(version)) => {
             let rel = key_list_path(version);
@@ -145,6 +151,41 @@ pub async fn handle<B>(state: &State, req: &Request<B>) -> (Response<Body>, Kind
         }
     };
     (resp, kind)
+}
+
+/// An object of a folder repository, kept open: its 200/206/304/416 answer.
+async fn open_object<B>(
+    state: &State,
+    req: &Request<B>,
+    o: Arc<Object>,
+    head_only: bool,
+) -> io::Result<Response<Body>> {
+    let (etag, len) = (o.etag.clone(), o.len);
+    respond(
+        state,
+        req,
+        Source::Open(o),
+        len,
+        &etag,
+        OBJECT_CACHE,
+        head_only,
+    )
+    .await
+}
+
+/// The answer an object of a folder repository gets at its own path, for another
+/// path that names it (an on-demand diff, [`super::ondemand`]).
+pub(super) async fn object_response<B>(
+    state: &State,
+    req: &Request<B>,
+    hash: &Digest,
+    head_only: bool,
+) -> io::Result<Response<Body>> {
+    let files = state
+        .files
+        .as_ref()
+        .ok_or_else(|| io::Error::other("not a folder repository"))?;
+    open_object(state, req, files.object(hash)?, head_only).await
 }
 
 /// Where a body's bytes come from.
@@ -379,7 +420,7 @@ fn not_found(head_only: bool) -> Response<Body> {
     text(StatusCode::NOT_FOUND, "not found\n", head_only)
 }
 
-fn text(status: StatusCode, body: impl Into<Bytes>, head_only: bool) -> Response<Body> {
+pub(super) fn text(status: StatusCode, body: impl Into<Bytes>, head_only: bool) -> Response<Body> {
     let body: Bytes = body.into();
     let b = Response::builder()
         .status(status)

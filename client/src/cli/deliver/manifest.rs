@@ -220,7 +220,7 @@ impl Remote {
             base_manifest: c.diff.base_manifest,
             object,
         });
-        let observed = plan::observe(root, &sk, from, &[])?;
+        let observed = plan::observe(root, &sk, from, &[], self.makes_diffs())?;
         // An intact copy on disk is the plan, but it needs the manifest too: the diff
         // that fills the skeleton is then taken (a rerun finds it stored) only for that.
         let d = usize::from(matches!(observed.plan.chosen().via, Via::OnDisk { .. }));

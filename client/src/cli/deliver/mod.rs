@@ -199,6 +199,41 @@ fn build_release(
                     ),
                 }
             }
+            Via::Produced {
+                base,
+                base_manifest,
+                cap,
+                ..
+            } => {
+                let base = releases
+                    .iter()
+                    .find(|r| r.version == *base)
+                    .context("the plan's diff base is retained")?;
+                let wait = root.config.diff_wait();
+                let applied = remote
+                    .download_made(
+                        base_manifest,
+                        &manifest.object_hash(),
+                        *cap,
+                        wait,
+                        &downloads,
+                    )
+                    .and_then(|(file, size)| {
+                        let spool = apply_made(root, manifest, base, &file, size);
+                        let _ = std::fs::remove_file(&file);
+                        spool
+                    });
+                match applied {
+                    Ok(s) => {
+                        spool = Some(s);
+                        ranges = Some(route.archive.ranges.clone());
+                    }
+                    Err(e) => tracing::warn!(
+                        "no diff from {} made by the server, falling back to the next way the plan lists: {e:#}",
+                        base.version
+                    ),
+                }
+            }
             _ => ranges = Some(route.archive.ranges.clone()),
         }
         k += 1;
@@ -285,7 +320,7 @@ fn build_release(
 
 /// The disk space `route` needs to build the release.
 pub fn needs(manifest: &Manifest, plan: &UpdatePlan, route: &Route) -> space::Needs {
-    let with_diff = matches!(route.via, Via::Diff { .. });
+    let with_diff = matches!(route.via, Via::Diff { .. } | Via::Produced { .. });
     space::Needs::build(manifest, route.download_bytes, plan.reuse_bytes, with_diff)
 }
 
@@ -406,6 +441,26 @@ fn apply_diff(
             let _ = std::fs::remove_file(file);
         })
         .with_context(|| format!("applying the diff from {}", base.version))
+}
+
+/// Applies a diff the server made on request (unsigned: it is only as good as the
+/// chunks it produces, each checked against its id) to its base into a spool in
+/// staging. On failure the spool is gone.
+fn apply_made(
+    root: &Root,
+    manifest: &Verified<Manifest>,
+    base: &LocalRelease,
+    file: &Path,
+    size: u64,
+) -> Result<DiffSpool> {
+    let spool = root.layout.staging().join(format!(
+        "diff-made-{}.spool",
+        base.manifest.object_hash().to_hex()
+    ));
+    fsutil::remove_tree(&spool)?;
+    let want = Want::missing(manifest, &base.manifest);
+    apply_to_spool(file, size, base, &want, &spool)
+        .with_context(|| format!("applying the diff from {} the server made", base.version))
 }
 
 /// Switches `current` to `folder` (where `install_release` put the release) and

@@ -2,6 +2,7 @@
 //! key list rotations it names, answering an unchanged head from the stored copy), the
 //! manifest, a diff object and archive ranges.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -14,10 +15,12 @@ use ferry_format::id::{Digest, ObjectRef};
 use ferry_format::keylist::{TrustRoot, check_ref};
 use ferry_format::layout::{head_path, key_list_path, object_path};
 use ferry_format::manifest::Manifest;
+use ferry_format::ondemand::diff_request_path;
 use ferry_format::plan::FetchRange;
 use ferry_format::verified::{
     HeadPolicy, RolloutSeen, Verified, verify_head, verify_manifest, verify_remembered_head,
 };
+use futures_util::StreamExt;
 
 use super::super::exit::{self, Class};
 use super::super::report::{self};
@@ -311,6 +314,60 @@ impl Remote {
                 Ok(None)
             }
             Err(f) => Err(f.error),
+        }
+    }
+
+    /// Whether the server that sent the head makes diffs on request (FORMAT.md
+    /// §3.8): only then does the plan ask it for one.
+    pub fn makes_diffs(&self) -> bool {
+        self.transport.makes_diffs()
+    }
+
+    /// Asks the server for the diff it makes on request from the release whose
+    /// manifest is `base` to the one whose manifest is `target` (FORMAT.md §3.8),
+    /// waiting at most `wait` for it to be made, and stores it in `dir`: one request,
+    /// never more than `cap` bytes read. Returns the file and its size. Any failure
+    /// (a refusal, `503` while it is being made, a larger body, a broken transfer) is
+    /// an error the caller answers with the archive; the file is then gone.
+    pub(super) fn download_made(
+        &self,
+        base: &Digest,
+        target: &Digest,
+        cap: u64,
+        wait: std::time::Duration,
+        dir: &Path,
+    ) -> Result<(PathBuf, u64)> {
+        let path = diff_request_path(base, target);
+        let file = dir.join(format!(
+            "made-{}-{}.diff",
+            &base.to_hex()[..16],
+            &target.to_hex()[..16]
+        ));
+        fsutil::remove_tree(&file)?;
+        let fetched = self.rt.block_on(async {
+            let mut body = self
+                .transport
+                .get_made(&path, cap, wait)
+                .await
+                .with_context(|| format!("asking {}", self.transport.url(&path)))?;
+            let out = fsutil::create_new_file(&file)?;
+            let mut w = std::io::BufWriter::with_capacity(1 << 20, out);
+            let mut size = 0u64;
+            while let Some(piece) = body.next().await {
+                let piece =
+                    piece.with_context(|| format!("downloading {}", self.transport.url(&path)))?;
+                fsutil::ctx("writing", &file, w.write_all(&piece))?;
+                size += piece.len() as u64;
+            }
+            fsutil::ctx("writing", &file, w.flush())?;
+            anyhow::Ok(size)
+        });
+        match fetched {
+            Ok(size) => Ok((file, size)),
+            Err(e) => {
+                let _ = std::fs::remove_file(&file);
+                Err(e)
+            }
         }
     }
 
