@@ -3,7 +3,7 @@
 # esbuild pairs only). Each product's releases are published in order into one
 # repository with publish's default settings; after each publish an agent holding an
 # earlier release updates to the new one, from a loopback nginx (a static host) and
-# from `ferry-server serve`, and reports its requests and bytes (`ferry update --json`:
+# from `ferry-server serve --diffs-on-demand`, and reports its requests and bytes (`ferry update --json`:
 # every body it fetched — head, manifest or manifest diff, data):
 # - consecutive pairs vs bsdiff 4.3 of the pair (the new release's file, or a tree as a
 #   deterministic tar, against the old one) and, for the five pairs
@@ -85,7 +85,7 @@ for set in $SETS; do
     publish_m pub "$repo" "$to" "$REL/$set/$to"
     if [ -z "$SPID" ]; then
       SP=$(free_port)
-      "$BIN/ferry-server" serve --repo "$repo" --listen "127.0.0.1:$SP" >/dev/null 2>"$WORK/serve.err" & SPID=$!
+      "$BIN/ferry-server" serve --repo "$repo" --listen "127.0.0.1:$SP" --diffs-on-demand >/dev/null 2>"$WORK/serve.err" & SPID=$!
       PIDS+=("$SPID"); wait_port "$SP"
     fi
     # The base for later jumps: an agent that installed this release.

@@ -59,14 +59,14 @@ impl Running {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// Resident set size in KiB, from /proc.
-    fn rss_kib(&self) -> u64 {
+    /// One memory figure of /proc/PID/status (`VmRSS`, `RssAnon`, ...) in KiB.
+    fn status_kib(&self, field: &str) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
         status
             .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
             .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .expect("VmRSS in /proc/PID/status")
+            .unwrap_or_else(|| panic!("{field} in /proc/PID/status"))
     }
 
     /// User + system CPU time so far, in clock ticks.
@@ -132,14 +132,19 @@ fn an_agent_picks_up_a_release_within_interval_and_jitter_and_idles_on_single_30
         assert_eq!((check.path.as_str(), check.status), (HEAD, 304), "{idle:?}");
         assert!(check.total() < 1024, "{check:?}");
     }
-    let rss = running.rss_kib();
+    let rss = running.status_kib("VmRSS");
+    let anon = running.status_kib("RssAnon");
     eprintln!(
-        "idle: {} checks in 7 s, {} B on the wire each ({:?}); agent RSS {rss} KiB, {cpu} CPU ticks in 7 s",
+        "idle: {} checks in 7 s, {} B on the wire each ({:?}); agent RSS {rss} KiB (RssAnon {anon} KiB), {cpu} CPU ticks in 7 s",
         idle.len(),
         idle[0].total(),
         idle[0]
     );
-    assert!(rss < 16 * 1024, "idle agent RSS {rss} KiB");
+    // What the idle agent holds of its own (heap, stacks) is the anonymous part; the
+    // rest is the executable's pages, shared and reclaimable, which grow with the
+    // program (12.7 of 16.3 MiB in the test build at 620562c).
+    assert!(anon < 8 * 1024, "idle agent RssAnon {anon} KiB");
+    assert!(rss < 24 * 1024, "idle agent RSS {rss} KiB");
 
     // nginx's ETag has one-second resolution.
     std::thread::sleep(Duration::from_millis(1100));

@@ -242,7 +242,7 @@ impl Reclaim {
     fn taken(&mut self, d: &Downloaded, p: usize, chunk: usize) {
         let Some(ri) = d.range_of(chunk) else { return };
         let u = &mut self.ranges[ri];
-        // Cleared when the filesystem cannot punch holes: nothing more to try.
+        // Cleared when the range is gone or its filesystem cannot punch holes.
         if u.done_by.is_empty() {
             return;
         }
@@ -263,8 +263,12 @@ impl Reclaim {
                     .custom_flags(libc::O_NOFOLLOW)
                     .open(p)
             };
-            let file = open(&u.path).or_else(|_| open(Path::new(&part)));
-            if let Ok(f) = file {
+            let Ok(f) = open(&u.path).or_else(|_| open(Path::new(&part))) else {
+                // Gone (a corrupt range refused): nothing left to give back.
+                u.done_by.clear();
+                return;
+            };
+            {
                 // Whole blocks only: a byte zeroed without a hole would look like a
                 // downloaded one to a later run. Unsupported on some filesystems: the
                 // sync then writes the range out, as before.
@@ -576,11 +580,16 @@ mod tests {
 
     /// A manifest of two chunks and the archive holding them.
     fn two_chunks() -> (Manifest, Vec<u8>) {
-        let data = [vec![1u8; 70_000], vec![2u8; 50_000]];
+        chunked(&[vec![1u8; 70_000], vec![2u8; 50_000]])
+    }
+
+    /// A manifest whose chunk table is `data`, in order, and the archive holding them
+    /// (no entries: tests add the files they need).
+    fn chunked(data: &[Vec<u8>]) -> (Manifest, Vec<u8>) {
         let mut archive = Vec::new();
         let mut chunks = Vec::new();
-        for d in &data {
-            let stored = compress_chunk(d, 3).unwrap();
+        for d in data {
+            let stored = compress_chunk(d, 1).unwrap();
             chunks.push(ChunkRecord {
                 id: ChunkId::of(d),
                 size: d.len() as u32,
@@ -593,7 +602,10 @@ mod tests {
             channel: "stable".into(),
             version: "1.0.0".into(),
             generation: 1,
-            chunking: ChunkParams::default(),
+            chunking: ChunkParams {
+                max: 4 << 20,
+                ..ChunkParams::default()
+            },
             archive: ObjectRef {
                 hash: Digest::of(&archive),
                 size: archive.len() as u64,
@@ -711,25 +723,8 @@ mod tests {
                     .collect()
             })
             .collect();
-        let mut archive = Vec::new();
-        let mut chunks = Vec::new();
-        for d in &data {
-            let stored = compress_chunk(d, 1).unwrap();
-            chunks.push(ChunkRecord {
-                id: ChunkId::of(d),
-                size: d.len() as u32,
-                stored_size: stored.len() as u32,
-                generation: 1,
-            });
-            archive.extend_from_slice(&stored);
-        }
+        let (mut m, archive) = chunked(&data);
         let content = [&data[0][..], &data[1], &data[2], &data[0]].concat();
-        let (mut m, _) = two_chunks();
-        m.archive = ObjectRef {
-            hash: Digest::of(&archive),
-            size: archive.len() as u64,
-        };
-        m.chunks = chunks;
         m.entries = vec![Entry {
             path: "f".into(),
             kind: EntryKind::File {

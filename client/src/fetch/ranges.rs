@@ -7,6 +7,7 @@
 //! what it had not yet received; a body that breaks off during a run is continued the
 //! same way at once. Nothing here is trusted: callers verify every chunk.
 
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use ferry_format::id::Digest;
@@ -85,7 +86,10 @@ async fn fetch_one(
         have = 0;
     }
     // Appends continue after what is held, not after a hole.
-    if let Ok(f) = std::fs::OpenOptions::new().write(true).open(&part)
+    if let Ok(f) = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&part)
         && f.metadata().is_ok_and(|m| m.len() > have)
     {
         f.set_len(have).map_err(io(&part))?;
@@ -170,28 +174,35 @@ mod tests {
     use super::*;
     use crate::fetch::file::FileTransport;
 
-    #[test]
-    fn a_range_a_build_gave_back_is_downloaded_again_from_its_first_hole() {
+    /// A repository holding `archive_bytes` as an object, and an empty downloads
+    /// folder: the tempdir, the archive's name, the downloads folder, the repo's URL.
+    fn repo_with(archive_bytes: &[u8]) -> (tempfile::TempDir, Digest, PathBuf, String) {
         let t = tempfile::tempdir().unwrap();
-        let archive_bytes: Vec<u8> = (0..256 * 1024u32)
-            .map(|i| (i * 7 + i / 251) as u8)
-            .collect();
-        let archive = Digest::of(&archive_bytes);
+        let archive = Digest::of(archive_bytes);
         let obj = t
             .path()
             .join("repo")
             .join(ferry_format::layout::object_path(&archive));
         std::fs::create_dir_all(obj.parent().unwrap()).unwrap();
-        std::fs::write(&obj, &archive_bytes).unwrap();
+        std::fs::write(&obj, archive_bytes).unwrap();
         let dl = t.path().join("downloads");
         std::fs::create_dir_all(&dl).unwrap();
+        let base = format!("file://{}", t.path().join("repo").display());
+        (t, archive, dl, base)
+    }
+
+    #[test]
+    fn a_range_a_build_gave_back_is_downloaded_again_from_its_first_hole() {
+        let archive_bytes: Vec<u8> = (0..256 * 1024u32)
+            .map(|i| (i * 7 + i / 251) as u8)
+            .collect();
+        let (_repo, archive, dl, base) = repo_with(&archive_bytes);
         let r = FetchRange {
             start: 0,
             end: 200 * 1024,
             first_chunk: 0,
             last_chunk: 1,
         };
-        let base = format!("file://{}", t.path().join("repo").display());
         let tr = FileTransport::new(&base).unwrap();
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
@@ -238,17 +249,8 @@ mod tests {
 
     #[test]
     fn resumes_part_files_and_reuses_complete_ones() {
-        let t = tempfile::tempdir().unwrap();
         let archive_bytes: Vec<u8> = (0..1000u32).map(|i| (i * 7) as u8).collect();
-        let archive = Digest::of(&archive_bytes);
-        let obj = t
-            .path()
-            .join("repo")
-            .join(ferry_format::layout::object_path(&archive));
-        std::fs::create_dir_all(obj.parent().unwrap()).unwrap();
-        std::fs::write(&obj, &archive_bytes).unwrap();
-        let dl = t.path().join("downloads");
-        std::fs::create_dir_all(&dl).unwrap();
+        let (_repo, archive, dl, base) = repo_with(&archive_bytes);
         let r = FetchRange {
             start: 100,
             end: 600,
@@ -261,7 +263,6 @@ mod tests {
         part.push(".part");
         std::fs::write(&part, &archive_bytes[100..300]).unwrap();
 
-        let base = format!("file://{}", t.path().join("repo").display());
         let tr = FileTransport::new(&base).unwrap();
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
@@ -346,24 +347,14 @@ mod tests {
 
     #[test]
     fn a_body_that_breaks_off_is_continued_from_the_bytes_received() {
-        let t = tempfile::tempdir().unwrap();
         let archive_bytes: Vec<u8> = (0..1000u32).map(|i| (i * 13) as u8).collect();
-        let archive = Digest::of(&archive_bytes);
-        let obj = t
-            .path()
-            .join("repo")
-            .join(ferry_format::layout::object_path(&archive));
-        std::fs::create_dir_all(obj.parent().unwrap()).unwrap();
-        std::fs::write(&obj, &archive_bytes).unwrap();
-        let dl = t.path().join("downloads");
-        std::fs::create_dir_all(&dl).unwrap();
+        let (_repo, archive, dl, base) = repo_with(&archive_bytes);
         let r = FetchRange {
             start: 100,
             end: 900,
             first_chunk: 0,
             last_chunk: 1,
         };
-        let base = format!("file://{}", t.path().join("repo").display());
         let tr = Flaky {
             inner: FileTransport::new(&base).unwrap(),
             breaks: 3.into(),

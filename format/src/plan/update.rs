@@ -283,12 +283,8 @@ pub fn plan_update(manifest: &Manifest, disk: &Disk<'_>, max_gap: u64) -> Update
             skipped.push(skip(base, SkipReason::Failed));
             continue;
         }
-        let produced: HashSet<ChunkId> = missing_chunks(manifest, base.manifest)
-            .into_iter()
-            .map(|i| manifest.chunks[i].id)
-            .collect();
-        let rest = plan_archive(manifest, |id| have(id) || produced.contains(id), max_gap);
-        let download_bytes = diff.object.size.saturating_add(rest.download_bytes);
+        let from = FromDiff::new(manifest, base.manifest, have, max_gap);
+        let download_bytes = diff.object.size.saturating_add(from.rest.download_bytes);
         if download_bytes >= archive.download_bytes {
             skipped.push(skip(base, SkipReason::NotSmaller));
             continue;
@@ -297,27 +293,16 @@ pub fn plan_update(manifest: &Manifest, disk: &Disk<'_>, max_gap: u64) -> Update
             skipped.push(skip(base, SkipReason::Modified));
             continue;
         }
-        let source = |id: &ChunkId| {
-            if have(id) {
-                Source::Local
-            } else if produced.contains(id) {
-                Source::Diff
-            } else {
-                Source::Archive
-            }
-        };
-        let produces = (0..manifest.chunks.len())
-            .filter(|&i| source(&manifest.chunks[i].id) == Source::Diff)
-            .collect();
+        let (produces, regions) = from.sources(manifest, have);
         let route = Route {
             via: Via::Diff {
                 base: base.version.to_string(),
                 object: diff.object,
                 produces,
             },
-            regions: regions(manifest, source),
-            requests: 1 + rest.ranges.len() as u64,
-            archive: rest,
+            regions,
+            requests: 1 + from.rest.ranges.len() as u64,
+            archive: from.rest,
             download_bytes,
         };
         diffs.push((order, route));
@@ -382,27 +367,14 @@ fn produced(
         // A listed diff from it that the plan left out would be made again, as large.
         .filter(|b| !manifest.diffs.iter().any(|d| d.base_manifest == b.hash))
         .max_by_key(|b| b.manifest.generation)?;
-    let produced: HashSet<ChunkId> = missing_chunks(manifest, base.manifest)
-        .into_iter()
-        .map(|i| manifest.chunks[i].id)
-        .collect();
-    let rest = plan_archive(manifest, |id| have(id) || produced.contains(id), max_gap);
-    let cap = archive.download_bytes.saturating_sub(rest.download_bytes);
+    let from = FromDiff::new(manifest, base.manifest, have, max_gap);
+    let cap = archive
+        .download_bytes
+        .saturating_sub(from.rest.download_bytes);
     if cap == 0 {
         return None;
     }
-    let source = |id: &ChunkId| {
-        if have(id) {
-            Source::Local
-        } else if produced.contains(id) {
-            Source::Diff
-        } else {
-            Source::Archive
-        }
-    };
-    let produces = (0..manifest.chunks.len())
-        .filter(|&i| source(&manifest.chunks[i].id) == Source::Diff)
-        .collect();
+    let (produces, regions) = from.sources(manifest, have);
     Some(Route {
         via: Via::Produced {
             base: base.version.to_string(),
@@ -410,11 +382,56 @@ fn produced(
             cap,
             produces,
         },
-        regions: regions(manifest, source),
-        requests: 1 + rest.ranges.len() as u64,
-        download_bytes: cap + rest.download_bytes,
-        archive: rest,
+        regions,
+        requests: 1 + from.rest.ranges.len() as u64,
+        download_bytes: cap + from.rest.download_bytes,
+        archive: from.rest,
     })
+}
+
+/// What a diff from one base leaves to the rest of the plan: the chunks it produces
+/// (those the base lacks) and the archive ranges for whatever neither the disk nor the
+/// diff has. Listed diffs and diffs made on request are priced the same way.
+struct FromDiff {
+    produced: HashSet<ChunkId>,
+    rest: ArchivePlan,
+}
+
+impl FromDiff {
+    fn new(
+        manifest: &Manifest,
+        base: &Manifest,
+        have: &dyn Fn(&ChunkId) -> bool,
+        max_gap: u64,
+    ) -> Self {
+        let produced: HashSet<ChunkId> = missing_chunks(manifest, base)
+            .into_iter()
+            .map(|i| manifest.chunks[i].id)
+            .collect();
+        let rest = plan_archive(manifest, |id| have(id) || produced.contains(id), max_gap);
+        FromDiff { produced, rest }
+    }
+
+    /// The chunk-table indices the diff produces, and the manifest's regions by source.
+    fn sources(
+        &self,
+        manifest: &Manifest,
+        have: &dyn Fn(&ChunkId) -> bool,
+    ) -> (Vec<usize>, Vec<Region>) {
+        let source = |id: &ChunkId| {
+            if have(id) {
+                Source::Local
+            } else if self.produced.contains(id) {
+                Source::Diff
+            } else {
+                Source::Archive
+            }
+        };
+        let produces = (0..manifest.chunks.len())
+            .filter(|&i| source(&manifest.chunks[i].id) == Source::Diff)
+            .collect();
+        (produces, regions(manifest, source))
+    }
 }
 
 fn skip(base: &Base<'_>, reason: SkipReason) -> Skipped {

@@ -56,8 +56,10 @@ pub const DEFAULT_EXPIRES_IN: Duration = Duration::from_secs(7 * 86_400);
 /// Default lifetime of the publisher-signed content of a head: an online key may keep
 /// the head fresh until then, never longer.
 pub const DEFAULT_CONTENT_EXPIRES_IN: Duration = Duration::from_secs(90 * 86_400);
-/// Default number of releases a head keeps listing (rollback targets).
-pub const DEFAULT_RETAIN: usize = 10;
+/// Default number of releases a head keeps listing (rollback targets): the current one
+/// and the ten before it, so that an agent up to ten releases behind still holds a
+/// listed release, which `serve --diffs-on-demand` makes a diff from.
+pub const DEFAULT_RETAIN: usize = 11;
 /// Releases before a diff's base whose chunks an agent on that base may still hold
 /// (`ferry init --keep` defaults to 3 installed releases).
 pub(crate) const HELD_RELEASES: usize = 3;

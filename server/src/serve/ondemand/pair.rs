@@ -21,7 +21,6 @@ use ferry_format::id::Digest;
 use ferry_format::manifest::Manifest;
 use ferry_format::ondemand::{IndexEntry, diff_index_path};
 use ferry_format::verified::verify_pinned_manifest;
-use ferry_format::version::check_channel;
 
 use crate::error::{Error, Result, io_err};
 use crate::fsutil::{self, DIR_MODE, FILE_MODE, Place};
@@ -137,7 +136,7 @@ fn retained(
     base: &Digest,
     target: &Digest,
 ) -> Result<Option<(String, ReleaseRef, ReleaseRef)>> {
-    for channel in channels(repo)? {
+    for channel in crate::ls::channels(repo)? {
         let Some(bytes) = repo.read_head(&channel)? else {
             continue;
         };
@@ -156,28 +155,6 @@ fn retained(
         }
     }
     Ok(None)
-}
-
-/// The repository's channels: folders of `channels/` with a valid name and a head.
-fn channels(repo: &Repo) -> Result<Vec<String>> {
-    let dir = repo.channels_dir();
-    let items = match std::fs::read_dir(&dir) {
-        Ok(items) => items,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(io_err("list", &dir)(e)),
-    };
-    let mut out = Vec::new();
-    for item in items {
-        let item = item.map_err(io_err("list", &dir))?;
-        if let Some(name) = item.file_name().to_str()
-            && check_channel(name).is_ok()
-            && repo.head_file(name).is_file()
-        {
-            out.push(name.to_string());
-        }
-    }
-    out.sort();
-    Ok(out)
 }
 
 fn archive_present(repo: &Repo, m: &Manifest) -> bool {
