@@ -10,9 +10,9 @@
 //! When the manifest is a skeleton (FORMAT.md §3.7) the hashes become the ids.
 //!
 //! An algorithm-3 diff (FORMAT.md §3.6.1) applies to the base with its x86-64 ELF
-//! files rewritten through the diff's address maps: [`super::elf_base`] writes those
-//! files' rewritten copies beside the spool (deleted after the apply) and the apply
-//! reads them in place of the installed files.
+//! files rewritten through the diff's address maps: the apply reads the base through
+//! [`super::elf_base::RewrittenBase`], which rewrites those files block by block as
+//! they are read (on a second thread ahead of the apply), writing nothing to disk.
 
 use std::collections::HashMap;
 use std::fs::{self, File};
@@ -29,7 +29,7 @@ use ferry_format::manifest::Manifest;
 
 use super::ApplyError;
 use super::check::hash_file;
-use super::elf_base::{read_maps, rewrite_base};
+use super::elf_base::{RewrittenBase, read_maps};
 use super::source::{LocalRelease, map_file};
 use crate::fsutil::{self, FsError, ctx};
 
@@ -215,7 +215,7 @@ fn apply_inner(
             _ => return Err(ApplyError::BaseChanged { file: path }),
         }
     }
-    let mut parts: Vec<&[u8]> = maps.iter().map(|m| m.as_deref().unwrap_or(&[])).collect();
+    let parts: Vec<&[u8]> = maps.iter().map(|m| m.as_deref().unwrap_or(&[])).collect();
 
     // Streams: byte ranges of the object, each through its own handle.
     let stream = |offset: u64, len: u64| -> Result<std::io::Take<File>, ApplyError> {
@@ -225,20 +225,15 @@ fn apply_inner(
     };
     let ranges = header.stream_ranges(start);
 
-    // Algorithm 3: the address maps (the last stream) first, then the mapped ELF files
-    // rewritten beside the spool and read in place of the installed ones.
+    // Algorithm 3: the address maps (the last stream) first; the apply then reads the
+    // mapped ELF files rewritten block by block as it goes.
     let rewritten = match (header.map_stream(), ranges.last()) {
         (Some(h), Some(&(offset, len))) => {
             let file_maps = read_maps(h, stream(offset, len)?, parts.len() as u64).map_err(bad)?;
-            Some(rewrite_base(&file_maps, &parts, spool)?)
+            Some(RewrittenBase::new(parts.clone(), &file_maps))
         }
         _ => None,
     };
-    if let Some(r) = &rewritten {
-        for (i, m) in &r.files {
-            parts[*i] = &m[..];
-        }
-    }
     let concat = ConcatBase::new(parts);
     let streams = ranges
         .into_iter()
@@ -303,7 +298,17 @@ fn apply_inner(
         }
         Ok(())
     };
-    let applied = apply(&header, &concat, streams, &mut sink);
+    let applied = match &rewritten {
+        None => apply(&header, &concat, streams, &mut sink),
+        Some(base) => std::thread::scope(|s| {
+            if base.wants_worker() {
+                s.spawn(|| base.work_ahead());
+            }
+            let applied = apply(&header, base, streams, &mut sink);
+            base.stop();
+            applied
+        }),
+    };
     if let Some(e) = failure {
         return Err(e);
     }

@@ -1,144 +1,40 @@
-//! The rewritten base of an algorithm-3 diff (FORMAT.md §3.6.1): each base ELF file the
-//! diff's address maps name, with its references moved into the new release's address
-//! space, in a temporary file beside the spool that the apply then maps in place of
-//! the installed file.
+//! The rewritten base of an algorithm-3 diff (FORMAT.md §3.6.1): the base release's
+//! files, with each x86-64 ELF file the diff's address maps name seen through its
+//! references moved into the new release's address space.
 //!
-//! Memory stays bounded: the maps (at most 2^20 runs, 16 bytes each), four windows of
-//! 256 KiB being patched, and the scan's few variables. The installed file is read
-//! through its memory map; the copy is written sequentially, then patched window by
-//! window. Disk: one copy of each mapped file, deleted when the [`Rewritten`] value is
-//! dropped.
+//! Nothing is written to disk and the rewritten file is never whole in memory: the
+//! apply reads the base through [`RewrittenBase`], which rewrites each 64 KiB block of
+//! a mapped file when it is first read (the scan restarts at every block, so a block
+//! depends on its own bytes and a small index of the few fields written from
+//! elsewhere, [`BlockRewriter`]) and keeps the last [`CACHE_BLOCKS`] blocks. The diff
+//! reads its base mostly forwards, so a second thread ([`RewrittenBase::work_ahead`])
+//! rewrites the blocks after the last one read while the apply copies: the rewrite
+//! runs on the second core. A block the apply needs before that thread has it, it
+//! rewrites itself: the apply never waits.
+//!
+//! Memory: the maps (at most 2^20 runs, 16 bytes each, and a page table of at most
+//! 256 KiB per file), the index (8 bytes per relocation and Go function record that
+//! writes elsewhere), and [`CACHE_BLOCKS`] × 64 KiB of blocks.
 
-use std::fs::File;
-use std::io::{BufWriter, Read, Write};
-use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::collections::HashMap;
+use std::io::Read;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
-use ferry_format::delta::x86::elf::Elf;
-use ferry_format::delta::x86::{AddressMap, FileMaps, rewritten, scan};
-use memmap2::Mmap;
+use ferry_format::FormatError;
+use ferry_format::delta::apply::Base;
+use ferry_format::delta::x86::FileMaps;
+use ferry_format::delta::x86::rewrite::{BLOCK, BlockRewriter};
 
-use super::ApplyError;
-use super::source::map_file;
-use crate::fsutil::{self, FsError, ctx};
-
-/// Bytes of one window of the rewritten copy patched in memory, and how many windows
-/// are kept: each pass of the scan writes forwards, but the relocation pass writes to
-/// its table and to the words it relocates in turn.
-const WINDOW: usize = 256 << 10;
-const WINDOWS: usize = 4;
-
-/// Rewritten copies of base files, by index among the base's files; the temporary
-/// files are deleted on drop.
-pub struct Rewritten {
-    pub files: Vec<(usize, Mmap)>,
-    paths: Vec<PathBuf>,
-}
-
-impl Drop for Rewritten {
-    fn drop(&mut self) {
-        self.files.clear();
-        for p in &self.paths {
-            let _ = std::fs::remove_file(p);
-        }
-    }
-}
-
-/// Patches a file through a few aligned windows: a write outside them writes back the
-/// least recently used one and loads the window holding the new position.
-struct Patcher<'a> {
-    file: &'a File,
-    /// The same file opened for reading (the first is write-only).
-    reader: File,
-    path: &'a Path,
-    len: u64,
-    /// (start, bytes, last use), at most [`WINDOWS`].
-    windows: Vec<(u64, Vec<u8>, u64)>,
-    clock: u64,
-}
-
-impl Patcher<'_> {
-    /// The index of the window starting at `start` (a multiple of [`WINDOW`]), loaded
-    /// if needed. Windows never overlap, so no write can be lost to another's copy.
-    fn window(&mut self, start: u64) -> Result<usize, FsError> {
-        if let Some(i) = self.windows.iter().position(|w| w.0 == start) {
-            return Ok(i);
-        }
-        if self.windows.len() == WINDOWS {
-            let lru = (0..WINDOWS).min_by_key(|&i| self.windows[i].2).unwrap_or(0);
-            let (s, b, _) = self.windows.swap_remove(lru);
-            ctx("writing", self.path, self.file.write_all_at(&b, s))?;
-        }
-        let n = (self.len - start).min(WINDOW as u64) as usize;
-        let mut b = vec![0u8; n];
-        ctx(
-            "reading",
-            self.path,
-            self.reader.read_exact_at(&mut b, start),
-        )?;
-        self.windows.push((start, b, 0));
-        Ok(self.windows.len() - 1)
-    }
-
-    /// Writes `bytes` at `at`; the scan only finds fields inside the file.
-    fn put(&mut self, mut at: u64, mut bytes: &[u8]) -> Result<(), FsError> {
-        self.clock += 1;
-        while !bytes.is_empty() {
-            let i = self.window(at - at % WINDOW as u64)?;
-            let clock = self.clock;
-            let (s, b, used) = &mut self.windows[i];
-            let off = (at - *s) as usize;
-            let n = bytes.len().min(b.len() - off);
-            b[off..off + n].copy_from_slice(&bytes[..n]);
-            *used = clock;
-            at += n as u64;
-            bytes = &bytes[n..];
-        }
-        Ok(())
-    }
-
-    fn flush(&mut self) -> Result<(), FsError> {
-        for (s, b, _) in self.windows.drain(..) {
-            ctx("writing", self.path, self.file.write_all_at(&b, s))?;
-        }
-        Ok(())
-    }
-}
-
-/// Writes `original` rewritten through `map` to a new file at `path`. `false` when
-/// `original` is not an x86-64 ELF file (it is then used as it is).
-fn rewrite_file(original: &[u8], map: &AddressMap, path: &Path) -> Result<bool, FsError> {
-    let Some(elf) = Elf::parse(original) else {
-        return Ok(false);
-    };
-    let file = fsutil::create_new_file(path)?;
-    let mut w = BufWriter::with_capacity(1 << 20, &file);
-    ctx("writing", path, w.write_all(original))?;
-    ctx("writing", path, w.flush())?;
-    drop(w);
-    let mut p = Patcher {
-        file: &file,
-        reader: ctx("opening", path, fsutil::open_nofollow(path))?,
-        path,
-        len: original.len() as u64,
-        windows: Vec::new(),
-        clock: 0,
-    };
-    let mut failed = None;
-    scan::scan(&elf, original, |r| {
-        if failed.is_none() {
-            let w = r.kind.width() as usize;
-            if let Err(e) = p.put(r.at, &rewritten(&r, map)[..w]) {
-                failed = Some(e);
-            }
-        }
-    });
-    if let Some(e) = failed {
-        return Err(e);
-    }
-    p.flush()?;
-    Ok(true)
-}
+/// Rewritten blocks kept (64 KiB each): those the worker made ahead of the apply and
+/// those the apply read last (a diff often reads back a little).
+pub const CACHE_BLOCKS: usize = 48;
+/// Blocks the worker rewrites ahead of the last long read's.
+const AHEAD: u64 = 8;
+/// Reads of at least this many bytes move the worker ([`RewrittenBase::work_ahead`]).
+const MAIN_READ: usize = 4096;
+/// Files with fewer blocks than this are rewritten by the apply alone: a thread
+/// costs more than it saves.
+const WORKER_FROM: u64 = 16;
 
 /// Reads the address-map stream (`stored`, described by `header`) for a base of
 /// `base_files` files.
@@ -150,60 +46,266 @@ pub fn read_maps(
     ferry_format::delta::x86::read_maps(header, stored, base_files)
 }
 
-/// Rewrites every base file `maps` names (`parts` are the base's files in manifest
-/// order, mapped) into temporary files `prefix.N`.
-pub fn rewrite_base(
-    maps: &FileMaps,
-    parts: &[&[u8]],
-    prefix: &Path,
-) -> Result<Rewritten, ApplyError> {
-    let mut out = Rewritten {
-        files: Vec::new(),
-        paths: Vec::new(),
-    };
-    for (index, map) in &maps.files {
-        // decode() checked the index against the base's file count.
-        let i = *index as usize;
-        let path = prefix.with_extension(format!("base{i}"));
-        let _ = std::fs::remove_file(&path);
-        out.paths.push(path.clone());
-        if !rewrite_file(parts[i], map, &path)? {
-            continue;
+/// A block: (rewriter, block index).
+type Key = (usize, u64);
+
+struct Cache {
+    blocks: HashMap<Key, (Arc<Vec<u8>>, u64)>,
+    clock: u64,
+    /// The last block the apply read.
+    want: Option<Key>,
+    stop: bool,
+    /// Buffers of evicted blocks, for reuse.
+    spare: Vec<Vec<u8>>,
+}
+
+impl Cache {
+    /// Keeps `b` as block `key`, evicting the least recently used beyond the limit.
+    fn insert(&mut self, key: Key, b: Arc<Vec<u8>>) {
+        self.clock += 1;
+        self.blocks.insert(key, (b, self.clock));
+        while self.blocks.len() > CACHE_BLOCKS {
+            let Some(old) = self.blocks.iter().min_by_key(|e| e.1.1).map(|e| *e.0) else {
+                break;
+            };
+            if let Some((b, _)) = self.blocks.remove(&old)
+                && let Ok(v) = Arc::try_unwrap(b)
+            {
+                self.spare.push(v);
+            }
         }
-        let m = map_file(&path).ok_or_else(|| {
-            ApplyError::Fs(FsError {
-                op: "mapping",
-                path: path.clone(),
-                source: std::io::Error::other("cannot map the rewritten base file"),
-            })
-        })?;
-        out.files.push((i, m));
     }
-    Ok(out)
+
+    fn buffer(&mut self) -> Vec<u8> {
+        self.spare
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(BLOCK as usize))
+    }
+}
+
+/// The base of an algorithm-3 diff: the base's files in manifest order, the mapped ELF
+/// files rewritten block by block as they are read.
+pub struct RewrittenBase<'a> {
+    parts: Vec<&'a [u8]>,
+    /// Start offset of each part, plus the total length at the end.
+    starts: Vec<u64>,
+    /// Per part, the index of its rewriter.
+    rewriter_of: Vec<Option<usize>>,
+    rewriters: Vec<BlockRewriter<'a>>,
+    cache: Mutex<Cache>,
+    wake: Condvar,
+}
+
+impl<'a> RewrittenBase<'a> {
+    /// The base made of `parts` (the base's files in manifest order), the files `maps`
+    /// names rewritten when they are x86-64 ELF files (others are read as they are).
+    pub fn new(parts: Vec<&'a [u8]>, maps: &FileMaps) -> RewrittenBase<'a> {
+        let mut rewriter_of = vec![None; parts.len()];
+        let mut rewriters = Vec::new();
+        for (index, map) in &maps.files {
+            // decode() checked the index against the base's file count.
+            let i = *index as usize;
+            if let Some(rw) = BlockRewriter::new(parts[i], map) {
+                rewriter_of[i] = Some(rewriters.len());
+                rewriters.push(rw);
+            }
+        }
+        let mut starts = Vec::with_capacity(parts.len() + 1);
+        let mut at = 0u64;
+        for p in &parts {
+            starts.push(at);
+            at += p.len() as u64;
+        }
+        starts.push(at);
+        RewrittenBase {
+            parts,
+            starts,
+            rewriter_of,
+            rewriters,
+            cache: Mutex::new(Cache {
+                blocks: HashMap::new(),
+                clock: 0,
+                want: None,
+                stop: false,
+                spare: Vec::new(),
+            }),
+            wake: Condvar::new(),
+        }
+    }
+
+    /// Whether a worker thread ([`RewrittenBase::work_ahead`]) pays off.
+    pub fn wants_worker(&self) -> bool {
+        self.rewriters.iter().any(|r| r.blocks() >= WORKER_FROM)
+    }
+
+    /// Files rewritten (x86-64 ELF files with a map).
+    pub fn rewritten_files(&self) -> usize {
+        self.rewriters.len()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Cache> {
+        // A panic elsewhere cannot leave the cache inconsistent: every change is one
+        // insert or assignment.
+        self.cache.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Rewrites blocks ahead of the apply until [`RewrittenBase::stop`]; run on its own
+    /// thread.
+    pub fn work_ahead(&self) {
+        let mut c = self.lock();
+        loop {
+            if c.stop {
+                return;
+            }
+            let next = c.want.and_then(|(r, k)| {
+                let last = self.rewriters[r].blocks();
+                (k..(k + 1 + AHEAD).min(last))
+                    .map(|b| (r, b))
+                    .find(|key| !c.blocks.contains_key(key))
+            });
+            let Some(key) = next else {
+                c = self.wake.wait(c).unwrap_or_else(|e| e.into_inner());
+                continue;
+            };
+            let mut buf = c.buffer();
+            drop(c);
+            self.rewriters[key.0].block(key.1, &mut buf);
+            W.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            c = self.lock();
+            c.insert(key, Arc::new(buf));
+        }
+    }
+
+    /// Ends [`RewrittenBase::work_ahead`].
+    pub fn stop(&self) {
+        if std::env::var_os("FERRY_DEBUG_REWRITE").is_some() {
+            eprintln!(
+                "rewrite: worker {} apply {} reads {}",
+                W.load(std::sync::atomic::Ordering::Relaxed),
+                A.load(std::sync::atomic::Ordering::Relaxed),
+                R.load(std::sync::atomic::Ordering::Relaxed)
+            );
+        }
+        self.lock().stop = true;
+        self.wake.notify_all();
+    }
+
+    /// Fills `out` with the rewritten bytes of file `r` from `at`, from blocks the
+    /// worker made or, for those it has not, rewritten here.
+    fn read_rewritten(&self, r: usize, at: u64, out: &mut [u8]) {
+        let key = (r, at / BLOCK);
+        // Only a long read moves the worker: the diff's short reads hop around the
+        // file, its long ones follow the part being rebuilt.
+        let mut c = self.lock();
+        if (out.len() >= MAIN_READ || c.want.is_none()) && c.want != Some(key) {
+            c.want = Some(key);
+            self.wake.notify_all();
+        }
+        let mut done = 0;
+        while done < out.len() {
+            let pos = at + done as u64;
+            let (k, inner) = (pos / BLOCK, (pos % BLOCK) as usize);
+            let m = (BLOCK as usize - inner).min(out.len() - done);
+            c.clock += 1;
+            let clock = c.clock;
+            if let Some(e) = c.blocks.get_mut(&(r, k)) {
+                e.1 = clock;
+                out[done..done + m].copy_from_slice(&e.0[inner..inner + m]);
+            } else {
+                drop(c);
+                self.rewriters[r].rewrite_range(pos, &mut out[done..done + m]);
+                A.fetch_add(m as u64, std::sync::atomic::Ordering::Relaxed);
+                R.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                c = self.lock();
+            }
+            done += m;
+        }
+    }
+}
+
+impl Base for RewrittenBase<'_> {
+    fn len(&self) -> u64 {
+        *self.starts.last().unwrap_or(&0)
+    }
+
+    fn read_at(&self, mut pos: u64, mut buf: &mut [u8]) -> ferry_format::Result<()> {
+        // The last part containing `pos`: starts are sorted, empty parts share a start.
+        let mut i = self.starts.partition_point(|&s| s <= pos).saturating_sub(1);
+        while !buf.is_empty() {
+            let part = self.parts.get(i).ok_or_else(|| FormatError::Malformed {
+                kind: "diff",
+                reason: format!("base read at {pos} beyond its end"),
+            })?;
+            let off = pos - self.starts[i];
+            let n = ((part.len() as u64).saturating_sub(off) as usize).min(buf.len());
+            match self.rewriter_of[i] {
+                None => {
+                    let off = off as usize;
+                    buf[..n].copy_from_slice(&part[off..off + n]);
+                }
+                Some(r) => self.read_rewritten(r, off, &mut buf[..n]),
+            }
+            buf = &mut buf[n..];
+            pos += n as u64;
+            i += 1;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(all(test, target_arch = "x86_64", target_os = "linux"))]
 mod tests {
-    use ferry_format::delta::x86::AddressMap;
+    use ferry_format::delta::apply::Base;
+    use ferry_format::delta::x86::{AddressMap, FileMaps};
 
-    use super::rewrite_file;
+    use super::RewrittenBase;
 
-    /// The windowed rewrite of a real x86-64 ELF file (this test binary: PIE, with
-    /// relocation and symbol tables) is byte for byte the format crate's in-memory one.
+    /// The base read through [`RewrittenBase`] — in any order, with the worker running
+    /// or not — is byte for byte the format crate's whole-file rewrite of a real x86-64
+    /// ELF file (this test binary: PIE, with relocation and symbol tables, many
+    /// blocks), and the other files are read as they are.
     #[test]
-    fn the_rewritten_copy_of_a_real_elf_file_is_the_format_crates_rewrite() {
+    fn the_lazily_rewritten_base_is_the_format_crates_rewrite() {
         let exe = std::fs::read(std::env::current_exe().unwrap()).unwrap();
         let map =
             AddressMap::from_runs(&[(0x1000, 64), (0x2_0000, -128), (0x8_0000, 4096)]).unwrap();
         let expected =
             ferry_format::delta::x86::rewrite_file(&exe, &map).expect("an x86-64 ELF file");
         assert_ne!(expected, exe, "the map moves references");
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("copy");
-        assert!(rewrite_file(&exe, &map, &path).unwrap());
-        assert!(std::fs::read(&path).unwrap() == expected, "same bytes");
-        let other = dir.path().join("other");
-        assert!(!rewrite_file(b"#!/bin/sh\n", &map, &other).unwrap());
-        assert!(!other.exists());
+        let script = b"#!/bin/sh\nexit 0\n".to_vec();
+        let maps = FileMaps {
+            files: vec![(0, map.clone()), (1, map)],
+        };
+        let whole: Vec<u8> = [&script[..], &expected[..], &script[..]].concat();
+        for worker in [false, true] {
+            let base = RewrittenBase::new(vec![&script, &exe, &script], &maps);
+            assert_eq!(base.rewritten_files(), 1, "the script is not an ELF file");
+            assert!(base.wants_worker());
+            let got = std::thread::scope(|s| {
+                if worker {
+                    s.spawn(|| base.work_ahead());
+                }
+                let mut got = vec![0u8; whole.len()];
+                // Forwards in odd steps, then a few reads back.
+                let mut pos = 0;
+                while pos < got.len() {
+                    let n = 77_777.min(got.len() - pos);
+                    base.read_at(pos as u64, &mut got[pos..pos + n]).unwrap();
+                    pos += n;
+                }
+                for &(at, n) in &[(3usize, 200_000usize), (whole.len() - 70_000, 70_000)] {
+                    let mut b = vec![0u8; n];
+                    base.read_at(at as u64, &mut b).unwrap();
+                    assert!(b == whole[at..at + n], "read back at {at}");
+                }
+                base.stop();
+                got
+            });
+            assert!(got == whole, "same bytes (worker: {worker})");
+        }
     }
 }
+
+static W: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static A: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static R: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);

@@ -25,6 +25,7 @@
 pub mod align;
 pub mod elf;
 pub mod map;
+pub mod rewrite;
 pub mod scan;
 
 pub use map::{AddressMap, FileMaps};

@@ -6,7 +6,9 @@
 //!
 //! Five passes, in this order, each emitting references in file order:
 //!
-//! 1. **Code** (each code range): a linear scan. At position `i`, the first rule that
+//! 1. **Code** (each code range, in pieces cut at the file offsets that are multiples
+//!    of [`PIECE`], 64 KiB, each scanned as a range of its own so that any block of
+//!    the file can be rewritten alone): a linear scan. At position `i`, the first rule that
 //!    matches emits a reference and moves `i` past its 4-byte field, else `i += 1`:
 //!    `E8`/`E9 rel32` and `0F 80..8F rel32` whose target is in an executable segment;
 //!    then RIP-relative operands (ModRM with `mod = 00, rm = 101`, that is
@@ -123,69 +125,280 @@ pub struct Ref {
     pub pass: Pass,
 }
 
-fn i32_at(b: &[u8], at: usize) -> i64 {
-    i64::from(i32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]))
+/// Code ranges are scanned in pieces cut at the file offsets that are multiples of
+/// this (FORMAT.md §3.6.1): a piece's references lie inside it and depend on its bytes
+/// alone, so an agent rewrites any 64 KiB block of a file on its own, in any order and
+/// on any core.
+pub const PIECE: u64 = 1 << 16;
+
+/// Where targets may point: the `PT_LOAD` segments' memory images as `(vaddr, memsz)`,
+/// all of them and the executable ones.
+#[derive(Clone, Debug)]
+pub(crate) struct Targets {
+    loaded: Vec<(u64, u64)>,
+    exec: Vec<(u64, u64)>,
 }
 
-/// Scans one code range (pass 1).
-fn scan_code(elf: &Elf, bytes: &[u8], r: &Range, emit: &mut impl FnMut(Ref)) {
-    // Ranges were checked to lie inside the file.
-    let (start, end) = (r.offset as usize, (r.offset + r.size) as usize);
-    let code = &bytes[..end];
-    // (anchor, target) of the field at f.
-    let field = |f: usize| -> (u64, u64) {
-        let anchor = r.vaddr.wrapping_add((f - start) as u64).wrapping_add(4);
-        (anchor, anchor.wrapping_add_signed(i32_at(code, f)))
+impl Targets {
+    pub(crate) fn of(elf: &Elf) -> Targets {
+        let img = |s: &super::elf::Segment| (s.vaddr, s.memsz);
+        Targets {
+            loaded: elf.segments.iter().map(img).collect(),
+            exec: elf.segments.iter().filter(|s| s.exec).map(img).collect(),
+        }
+    }
+
+    #[inline]
+    pub(crate) fn loaded(&self, va: u64) -> bool {
+        self.loaded
+            .iter()
+            .any(|&(v, n)| va.wrapping_sub(v) < n && va >= v)
+    }
+
+    #[inline]
+    pub(crate) fn executable(&self, va: u64) -> bool {
+        self.exec
+            .iter()
+            .any(|&(v, n)| va.wrapping_sub(v) < n && va >= v)
+    }
+}
+
+/// What a code byte may start: nothing, a branch (`E8`/`E9`), a `0F` opcode, or a
+/// ModRM byte this many bytes further ([`ONE_BYTE`] 1, `C5` 3, `C4` 4, `62` 5).
+const NONE: u8 = 0;
+const BRANCH: u8 = 8;
+const ESCAPE: u8 = 9;
+const fn classes() -> [u8; 256] {
+    let mut t = [NONE; 256];
+    let mut i = 0;
+    while i < 256 {
+        if ONE[i] {
+            t[i] = 1;
+        }
+        i += 1;
+    }
+    t[0xC5] = 3;
+    t[0xC4] = 4;
+    t[0x62] = 5;
+    t[0xE8] = BRANCH;
+    t[0xE9] = BRANCH;
+    t[0x0F] = ESCAPE;
+    t
+}
+const CLASS: [u8; 256] = classes();
+
+/// Where a scan of a piece may resume: every multiple of this offset in a piece gets
+/// the last position at or before it the scan visited ([`scan_piece`]'s `sync`).
+pub const SYNC: usize = 1024;
+
+/// A reference a rule found at a position: (field offset, anchor, target, next position).
+type Hit = Option<(usize, u64, u64, usize)>;
+
+/// Scans one piece of code (pass 1): `code` is the piece, whose first byte is at
+/// address `va`. The scan runs from position `from` (0, or a position the scan from 0
+/// visits: it then continues exactly as from 0) until it reaches `to`, handing `emit`
+/// each field's offset in `code`, its anchor and target. For each position `b` after
+/// `from` that it passes where `b + phase` is a multiple of [`SYNC`], `sync(b, i)`
+/// gets the last position `i ≤ b` it visited: a later scan of the same piece may start
+/// there.
+#[inline]
+pub(crate) fn scan_piece(
+    t: &Targets,
+    code: &[u8],
+    va: u64,
+    (from, to, phase): (usize, usize, usize),
+    emit: &mut impl FnMut(usize, u64, u64),
+    sync: &mut impl FnMut(usize, usize),
+) {
+    let n = code.len();
+    // (anchor, target) of the field at f, read from w at k.
+    let field = |w: &[u8], f: usize, k: usize| -> (u64, u64) {
+        let anchor = va.wrapping_add(f as u64).wrapping_add(4);
+        let d = i32::from_le_bytes([w[k], w[k + 1], w[k + 2], w[k + 3]]);
+        (anchor, anchor.wrapping_add_signed(i64::from(d)))
     };
-    let rel = |f: usize, anchor: u64, target: u64| Ref {
-        at: f as u64,
-        anchor,
-        target,
-        kind: Kind::Rel32,
-        pass: Pass::Code,
+    // Every byte a rule may look at (at most i + 9) lies in the piece, so the checks
+    // "inside the range" all hold and one bounds check covers them.
+    let fast = |i: usize| -> Hit {
+        let w: &[u8; 16] = code[i..i + 16].try_into().expect("16 bytes");
+        match CLASS[usize::from(w[0])] {
+            NONE => None,
+            BRANCH => {
+                let (anchor, target) = field(w, i + 1, 1);
+                t.executable(target)
+                    .then_some((i + 1, anchor, target, i + 5))
+            }
+            ESCAPE => {
+                if w[1] & 0xF0 == 0x80 {
+                    let (anchor, target) = field(w, i + 2, 2);
+                    t.executable(target)
+                        .then_some((i + 2, anchor, target, i + 6))
+                } else if TWO[usize::from(w[1])] && w[2] & 0xC7 == 0x05 {
+                    let (anchor, target) = field(w, i + 3, 3);
+                    t.loaded(target).then_some((i + 3, anchor, target, i + 7))
+                } else {
+                    None
+                }
+            }
+            k => {
+                let m = usize::from(k);
+                if w[m] & 0xC7 == 0x05 {
+                    let (anchor, target) = field(w, i + m + 1, m + 1);
+                    t.loaded(target)
+                        .then_some((i + m + 1, anchor, target, i + m + 5))
+                } else {
+                    None
+                }
+            }
+        }
     };
-    let mut i = start;
-    while i < end {
+    // The last bytes, each rule checking that what it reads lies in the piece.
+    let slow = |i: usize| -> Hit {
         let b = code[i];
         let branch = match b {
             0xE8 | 0xE9 => Some(i + 1),
-            0x0F if i + 1 < end && code[i + 1] & 0xF0 == 0x80 => Some(i + 2),
+            0x0F if i + 1 < n && code[i + 1] & 0xF0 == 0x80 => Some(i + 2),
             _ => None,
         };
-        if let Some(f) = branch.filter(|&f| f + 4 <= end) {
-            let (anchor, target) = field(f);
-            if elf.executable(target) {
-                emit(rel(f, anchor, target));
-                i = f + 4;
-                continue;
+        if let Some(f) = branch.filter(|&f| f + 4 <= n) {
+            let (anchor, target) = field(code, f, f);
+            if t.executable(target) {
+                return Some((f, anchor, target, f + 4));
             }
         }
         // The offset of the ModRM byte for a RIP-relative candidate at i.
         let modrm = match b {
-            0x0F if i + 1 < end && TWO[usize::from(code[i + 1])] => Some(i + 2),
+            0x0F if i + 1 < n && TWO[usize::from(code[i + 1])] => Some(i + 2),
             0xC5 => Some(i + 3),
             0xC4 => Some(i + 4),
             0x62 => Some(i + 5),
             _ if ONE[usize::from(b)] => Some(i + 1),
             _ => None,
         };
-        if let Some(m) = modrm.filter(|&m| m + 5 <= end && code[m] & 0xC7 == 0x05) {
-            let (anchor, target) = field(m + 1);
-            if elf.loaded(target) {
-                emit(rel(m + 1, anchor, target));
-                i = m + 5;
+        if let Some(m) = modrm.filter(|&m| m + 5 <= n && code[m] & 0xC7 == 0x05) {
+            let (anchor, target) = field(code, m + 1, m + 1);
+            if t.loaded(target) {
+                return Some((m + 1, anchor, target, m + 5));
+            }
+        }
+        None
+    };
+    let to = to.min(n);
+    let (mut i, mut prev) = (from, from);
+    let phase = phase % SYNC;
+    let mut boundary = ((from + phase) / SYNC + 1) * SYNC - phase;
+    // Positions [chunk, chunk + LANES) where a rule may match, as bits: every other
+    // position is visited and left (i += 1) without looking at it.
+    let (mut chunk, mut mask) = (usize::MAX, 0u64);
+    while i < to {
+        while i >= boundary {
+            sync(boundary, if i == boundary { i } else { prev });
+            boundary += SYNC;
+        }
+        if i + LANES + 16 <= n {
+            if i < chunk || i - chunk >= LANES {
+                chunk = i;
+                mask = candidates(code[i..i + LANES + 8].try_into().expect("72 bytes"));
+            }
+            let m = mask >> (i - chunk);
+            let next = if m == 0 {
+                chunk + LANES
+            } else {
+                i + m.trailing_zeros() as usize
+            };
+            if next > i {
+                // Every position from i to next is visited, and left.
+                let next = next.min(to);
+                while next >= boundary {
+                    sync(boundary, boundary);
+                    boundary += SYNC;
+                }
+                i = next;
                 continue;
             }
         }
-        i += 1;
+        prev = i;
+        let hit = if i + 16 <= n { fast(i) } else { slow(i) };
+        match hit {
+            Some((f, anchor, target, next)) => {
+                emit(f, anchor, target);
+                i = next;
+            }
+            None => i += 1,
+        }
+    }
+}
+
+/// Positions a candidate bit set covers.
+const LANES: usize = 64;
+
+/// Bit `j` set when a rule of the code scan may match at position `j` of `w` (a
+/// superset: `E8`, `E9` or `0F` there, or a byte that could be a RIP-relative ModRM
+/// (`& C7 = 05`) 1 byte on, or 3, 4, 5 bytes after `C5`, `C4`, `62`). Written as
+/// plain loops over arrays, which the compiler turns into vector instructions.
+#[inline]
+fn candidates(w: &[u8; LANES + 8]) -> u64 {
+    let mut rip = [0u8; LANES + 8];
+    for (r, &b) in rip.iter_mut().zip(w.iter()) {
+        *r = u8::from(b & 0xC7 == 0x05);
+    }
+    let mut cand = [0u8; LANES];
+    for j in 0..LANES {
+        let b = w[j];
+        cand[j] = u8::from(b == 0xE8 || b == 0xE9 || b == 0x0F)
+            | rip[j + 1]
+            | (u8::from(b == 0xC5) & rip[j + 3])
+            | (u8::from(b == 0xC4) & rip[j + 4])
+            | (u8::from(b == 0x62) & rip[j + 5]);
+    }
+    let mut mask = 0u64;
+    for (k, eight) in cand.chunks_exact(8).enumerate() {
+        // Eight 0/1 bytes gathered into the top byte, lowest address in the lowest bit.
+        let x = u64::from_le_bytes(eight.try_into().expect("8 bytes"));
+        mask |= (x.wrapping_mul(0x0102_0408_1020_4080) >> 56) << (8 * k);
+    }
+    mask
+}
+
+/// The pieces of a code range: `(file offset, length, address)` of each part of `r`
+/// between consecutive multiples of [`PIECE`].
+pub(crate) fn pieces(r: &Range) -> impl Iterator<Item = (u64, u64, u64)> + '_ {
+    let end = r.offset + r.size;
+    let mut at = r.offset;
+    std::iter::from_fn(move || {
+        (at < end).then(|| {
+            let next = ((at / PIECE) + 1) * PIECE;
+            let piece = (at, next.min(end) - at, r.vaddr.wrapping_add(at - r.offset));
+            at = next.min(end);
+            piece
+        })
+    })
+}
+
+/// Scans one code range (pass 1), piece by piece.
+fn scan_code(t: &Targets, bytes: &[u8], r: &Range, emit: &mut impl FnMut(Ref)) {
+    // Ranges were checked to lie inside the file.
+    for (off, len, va) in pieces(r) {
+        let code = &bytes[off as usize..(off + len) as usize];
+        let mut to_ref = |f: usize, anchor, target| {
+            emit(Ref {
+                at: off + f as u64,
+                anchor,
+                target,
+                kind: Kind::Rel32,
+                pass: Pass::Code,
+            })
+        };
+        scan_piece(t, code, va, (0, code.len(), 0), &mut to_ref, &mut |_, _| {});
     }
 }
 
 /// Finds every reference of `bytes` (which `elf` was parsed from), in the order of
 /// FORMAT.md §3.6.1, handing each to `emit`.
 pub fn scan(elf: &Elf, bytes: &[u8], mut emit: impl FnMut(Ref)) {
+    let t = Targets::of(elf);
     for r in &elf.code {
-        scan_code(elf, bytes, r, &mut emit);
+        scan_code(&t, bytes, r, &mut emit);
     }
     let abs = |at: u64, target: u64, pass: Pass| Ref {
         at,
@@ -262,12 +475,12 @@ pub fn scan(elf: &Elf, bytes: &[u8], mut emit: impl FnMut(Ref)) {
         }
     }
     for r in &elf.data {
-        scan_go_functions(elf, bytes, r, &mut emit);
+        scan_go_functions(&t, bytes, r, &mut emit);
     }
 }
 
 /// Whether a relocation's `r_info` is `R_X86_64_RELATIVE` (8) or `R_X86_64_IRELATIVE` (37).
-fn relative(info: u64) -> bool {
+pub(crate) fn relative(info: u64) -> bool {
     matches!(info & 0xffff_ffff, 8 | 37)
 }
 
@@ -279,27 +492,29 @@ fn u32_at(b: &[u8], at: u64) -> Option<u32> {
     ))
 }
 
-/// Pass 5 over one data range: a Go 1.18+ `pclntab`'s function table.
-fn scan_go_functions(elf: &Elf, bytes: &[u8], r: &Range, emit: &mut impl FnMut(Ref)) {
+/// The Go 1.18+ `pclntab` header at the start of data range `r`, if it has one:
+/// `(nfunc, textStart, table offset, range end)`.
+pub(crate) fn go_header(bytes: &[u8], r: &Range) -> Option<(u64, u64, u64, u64)> {
     let end = r.offset + r.size;
     let head = &bytes[r.offset as usize..end as usize];
     if head.len() < 72 || !matches!(head[..8], [0xF0 | 0xF1, 0xFF, 0xFF, 0xFF, 0, 0, 1, 8]) {
-        return;
+        return None;
     }
-    let (Some(nfunc), Some(text), Some(pcln)) = (
-        u64_at(bytes, r.offset + 8),
-        u64_at(bytes, r.offset + 24),
-        u64_at(bytes, r.offset + 64),
-    ) else {
-        return;
-    };
-    let Some(ftab) = r.offset.checked_add(pcln) else {
+    let nfunc = u64_at(bytes, r.offset + 8)?;
+    let text = u64_at(bytes, r.offset + 24)?;
+    let ftab = r.offset.checked_add(u64_at(bytes, r.offset + 64)?)?;
+    Some((nfunc, text, ftab, end))
+}
+
+/// Pass 5 over one data range: a Go 1.18+ `pclntab`'s function table.
+fn scan_go_functions(t: &Targets, bytes: &[u8], r: &Range, emit: &mut impl FnMut(Ref)) {
+    let Some((nfunc, text, ftab, end)) = go_header(bytes, r) else {
         return;
     };
     let field = |at: u64| -> Option<Ref> {
         let v = u32_at(bytes, at)?;
         let target = text.wrapping_add(u64::from(v));
-        (at + 4 <= end && elf.executable(target)).then_some(Ref {
+        (at + 4 <= end && t.executable(target)).then_some(Ref {
             at,
             anchor: text,
             target,
