@@ -620,6 +620,38 @@ fn golden_x86_rewrite() {
     check("x86_rewrite_tiny_elf_8funcs.hex", &rewritten);
 }
 
+/// The code scan restarts at every multiple of 64 KiB of the file (FORMAT.md §3.6.1):
+/// a call whose field crosses one is not a reference, one ending before it and one
+/// starting on it are. The 96 bytes around the boundary, rewritten, are pinned.
+#[test]
+fn golden_x86_rewrite_piece_boundary() {
+    use ferry_format::delta::x86::scan::references;
+    use ferry_format::delta::x86::{AddressMap, elf::Elf, rewrite_file};
+    const B: usize = 0x1_0000;
+    let (text_off, va) = (0x100usize, 0x40_1000u64);
+    let mut code = vec![0x90u8; B + 0x100 - text_off];
+    // `call 0x401000` with its E8 at file offset `at`.
+    let mut call = |at: usize| {
+        let end = va + (at + 5 - text_off) as u64;
+        code[at - text_off] = 0xE8;
+        code[at - text_off + 1..at - text_off + 5]
+            .copy_from_slice(&(va.wrapping_sub(end) as u32).to_le_bytes());
+    };
+    call(B - 21); // field ends 16 bytes before the boundary
+    call(B - 3); // field crosses it
+    call(B); // the first byte of the next piece
+    let file = tiny_elf(&code);
+    let elf = Elf::parse(&file).unwrap();
+    let found: Vec<u64> = references(&elf, &file).iter().map(|r| r.at).collect();
+    assert_eq!(found, [B as u64 - 20, B as u64 + 1]);
+    let map = AddressMap::from_runs(&[(0x40_1000, 0x40), (0x40_2000, 0x1000)]).unwrap();
+    let rewritten = rewrite_file(&file, &map).unwrap();
+    check(
+        "x86_rewrite_piece_boundary_96.hex",
+        &rewritten[B - 48..B + 48],
+    );
+}
+
 /// An algorithm-3 diff object: header pinned byte for byte, and the stored object
 /// keeps producing its target over the base rewritten through its own map stream.
 #[test]

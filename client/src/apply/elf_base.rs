@@ -29,7 +29,7 @@ use ferry_format::delta::x86::rewrite::{BLOCK, BlockRewriter};
 /// those the apply read last (a diff often reads back a little).
 pub const CACHE_BLOCKS: usize = 48;
 /// Blocks the worker rewrites ahead of the last long read's.
-const AHEAD: u64 = 8;
+const AHEAD: u64 = 16;
 /// Reads of at least this many bytes move the worker ([`RewrittenBase::work_ahead`]).
 const MAIN_READ: usize = 4096;
 /// Files with fewer blocks than this are rewritten by the apply alone: a thread
@@ -51,6 +51,8 @@ type Key = (usize, u64);
 
 struct Cache {
     blocks: HashMap<Key, (Arc<Vec<u8>>, u64)>,
+    /// The block the worker is rewriting now.
+    pending: Option<Key>,
     clock: u64,
     /// The last block the apply read.
     want: Option<Key>,
@@ -124,6 +126,7 @@ impl<'a> RewrittenBase<'a> {
             rewriters,
             cache: Mutex::new(Cache {
                 blocks: HashMap::new(),
+                pending: None,
                 clock: 0,
                 want: None,
                 stop: false,
@@ -168,11 +171,15 @@ impl<'a> RewrittenBase<'a> {
                 continue;
             };
             let mut buf = c.buffer();
+            c.pending = Some(key);
             drop(c);
             self.rewriters[key.0].block(key.1, &mut buf);
             W.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             c = self.lock();
+            c.pending = None;
             c.insert(key, Arc::new(buf));
+            // The apply may be waiting for it.
+            self.wake.notify_all();
         }
     }
 
@@ -206,11 +213,26 @@ impl<'a> RewrittenBase<'a> {
             let pos = at + done as u64;
             let (k, inner) = (pos / BLOCK, (pos % BLOCK) as usize);
             let m = (BLOCK as usize - inner).min(out.len() - done);
+            while c.pending == Some((r, k)) {
+                // The worker is nearly done with it: waiting costs less than doing it
+                // again.
+                c = self.wake.wait(c).unwrap_or_else(|e| e.into_inner());
+            }
             c.clock += 1;
             let clock = c.clock;
             if let Some(e) = c.blocks.get_mut(&(r, k)) {
                 e.1 = clock;
                 out[done..done + m].copy_from_slice(&e.0[inner..inner + m]);
+            } else if m >= MAIN_READ {
+                // A long read: the whole block, kept, so that the worker moves on to
+                // the next ones.
+                let mut buf = c.buffer();
+                drop(c);
+                self.rewriters[r].block(k, &mut buf);
+                A.fetch_add(BLOCK, std::sync::atomic::Ordering::Relaxed);
+                out[done..done + m].copy_from_slice(&buf[inner..inner + m]);
+                c = self.lock();
+                c.insert((r, k), Arc::new(buf));
             } else {
                 drop(c);
                 self.rewriters[r].rewrite_range(pos, &mut out[done..done + m]);

@@ -525,3 +525,204 @@ fn algorithm_3_headers_are_checked_before_any_stream_is_read() {
         Err(FormatError::TooLarge { .. })
     ));
 }
+
+/// xorshift64: the hostile files below are reproducible from their seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// A file of four 64 KiB blocks and a bit whose tables cross block boundaries and
+/// overlap: code of calls, jumps and RIP-relative operands over the first two
+/// boundaries, a data range over the next (its addresses not 8-aligned with its
+/// offsets), two overlapping relocation tables whose relative entries point at words
+/// crossing boundaries and at each other, a symbol table over the last boundary and a
+/// Go function table whose records overlap; `ET_EXEC` for odd seeds.
+fn hostile_elf(seed: u64) -> Vec<u8> {
+    const B: u64 = 0x1_0000;
+    const VA: u64 = 0x40_0000;
+    let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let len = 4 * B + 1234;
+    let mut f: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+    let put = |f: &mut Vec<u8>, at: u64, v: &[u8]| {
+        f[at as usize..at as usize + v.len()].copy_from_slice(v)
+    };
+    let half = 2 * B - 0x200;
+    // Addresses: segment 0 at VA + offset, segment 1 three bytes further.
+    let va_of = |off: u64| if off < half { VA + off } else { VA + off + 3 };
+    let off_of = |va: u64| if va < VA + half { va - VA } else { va - VA - 3 };
+    let loaded = |rng: &mut Rng| va_of(rng.below(len));
+    put(&mut f, 0, &[0x7f, b'E', b'L', b'F', 2, 1, 1, 0]);
+    put(&mut f, 16, &(2 + (seed & 1) as u16 ^ 1).to_le_bytes());
+    put(&mut f, 18, &62u16.to_le_bytes());
+    put(&mut f, 32, &64u64.to_le_bytes());
+    put(&mut f, 40, &0x200u64.to_le_bytes());
+    put(&mut f, 54, &56u16.to_le_bytes());
+    put(&mut f, 56, &2u16.to_le_bytes());
+    put(&mut f, 58, &64u16.to_le_bytes());
+    put(&mut f, 60, &7u16.to_le_bytes());
+    for (i, (off, size, flags, extra)) in [(0, half, 5u32, 0u64), (half, len - half, 6, 0x1000)]
+        .into_iter()
+        .enumerate()
+    {
+        let h = 64 + 56 * i as u64;
+        put(&mut f, h, &1u32.to_le_bytes());
+        put(&mut f, h + 4, &flags.to_le_bytes());
+        put(&mut f, h + 8, &off.to_le_bytes());
+        put(&mut f, h + 16, &va_of(off).to_le_bytes());
+        put(&mut f, h + 32, &size.to_le_bytes());
+        put(&mut f, h + 40, &(size + extra).to_le_bytes());
+    }
+    // Sections (type, flags, offset, size, entsize); section 0 is left random.
+    let code: (u64, u64) = (0x400, 0x1_8000);
+    let go: (u64, u64) = (0x3_0800, 0x2000);
+    let sections = [
+        (1u32, 6u64, code.0, code.1, 0u64),
+        (1, 2, 2 * B - 0x100, 0x300, 0),
+        (4, 2, 3 * B - 0x100, 24 * 40, 24),
+        (4, 2, 3 * B - 0x100 + 12, 24 * 20, 24),
+        (2, 0, 4 * B - 0x40, 24 * 10, 24),
+        (1, 2, go.0, go.1, 0),
+    ];
+    for (i, &(t, flags, off, size, entsize)) in sections.iter().enumerate() {
+        let h = 0x200 + 64 * (i as u64 + 1);
+        put(&mut f, h + 4, &t.to_le_bytes());
+        put(&mut f, h + 8, &flags.to_le_bytes());
+        put(&mut f, h + 16, &va_of(off).to_le_bytes());
+        put(&mut f, h + 24, &off.to_le_bytes());
+        put(&mut f, h + 32, &size.to_le_bytes());
+        put(&mut f, h + 56, &entsize.to_le_bytes());
+    }
+    // Code: instructions with a field, random bytes between them.
+    let mut at = code.0;
+    while at + 16 < code.0 + code.1 {
+        let rel = |rng: &mut Rng, field: u64| {
+            let target = loaded(rng);
+            (target.wrapping_sub(va_of(field) + 4) as u32).to_le_bytes()
+        };
+        let (op, n): (&[u8], u64) = match rng.below(6) {
+            0 => (&[0xE8], 1),
+            1 => (&[0x0F, 0x84], 2),
+            2 => (&[0x48, 0x8D, 0x05], 3),
+            3 => (&[0xC5, 0xF9, 0x6F, 0x05], 4),
+            4 => (&[0x62, 0xF1, 0x7C, 0x48, 0x28, 0x05], 6),
+            _ => (&[], 0),
+        };
+        put(&mut f, at, op);
+        let field = rel(&mut rng, at + n);
+        put(&mut f, at + n, &field);
+        at += n + 4 + rng.below(6);
+    }
+    // Relocations: relative ones at words near the boundaries, most holding their addend.
+    for e in 0..40 {
+        let entry = 3 * B - 0x100 + 24 * e;
+        let word = [B, 2 * B, 3 * B][rng.below(3) as usize] - 12 + rng.below(16);
+        let addend = loaded(&mut rng);
+        let info = [8u64, 37, 1][rng.below(3) as usize];
+        put(&mut f, entry, &va_of(word).to_le_bytes());
+        put(&mut f, entry + 8, &info.to_le_bytes());
+        put(&mut f, entry + 16, &addend.to_le_bytes());
+        if rng.below(4) != 0 {
+            put(&mut f, off_of(va_of(word)), &addend.to_le_bytes());
+        }
+    }
+    // Pointers in the data range, at its 8-aligned addresses (offsets 5 mod 8).
+    let data = 2 * B - 0x100;
+    let mut w = data + (va_of(data).wrapping_neg() & 7);
+    while w + 8 <= data + 0x300 {
+        if rng.below(2) == 0 {
+            put(&mut f, w, &loaded(&mut rng).to_le_bytes());
+        }
+        w += 8;
+    }
+    for e in 0..10 {
+        let entry = 4 * B - 0x40 + 24 * e;
+        put(&mut f, entry + 4, &[0, 0, 1, 0]);
+        put(&mut f, entry + 8, &loaded(&mut rng).to_le_bytes());
+    }
+    // A Go function table of 30 functions whose records overlap.
+    put(&mut f, go.0, &[0xF1, 0xFF, 0xFF, 0xFF, 0, 0, 1, 8]);
+    put(&mut f, go.0 + 8, &30u64.to_le_bytes());
+    put(&mut f, go.0 + 24, &va_of(code.0).to_le_bytes());
+    put(&mut f, go.0 + 64, &0x100u64.to_le_bytes());
+    for i in 0..31 {
+        let e = go.0 + 0x100 + 8 * i;
+        put(&mut f, e, &(rng.below(code.1) as u32).to_le_bytes());
+        put(
+            &mut f,
+            e + 4,
+            &(0x200 + 2 * rng.below(64) as u32).to_le_bytes(),
+        );
+    }
+    for i in 0..64 {
+        put(
+            &mut f,
+            go.0 + 0x300 + 2 * i,
+            &(rng.below(code.1) as u16).to_le_bytes(),
+        );
+    }
+    f
+}
+
+/// Rewriting block by block, or any range, gives the bytes of the whole-file rewrite
+/// (FORMAT.md §3.6.1) on files whose fields cross blocks and overlap, with maps of many
+/// runs; and the scan finds references of every pass there.
+#[test]
+fn block_and_range_rewrites_are_the_whole_file_rewrite() {
+    use super::rewrite::{BlockRewriter, rewrite_blocks};
+    use super::scan::Pass;
+    for seed in 0..12 {
+        let f = hostile_elf(seed);
+        let elf = Elf::parse(&f).expect("an ELF file");
+        let refs = references(&elf, &f);
+        for pass in [
+            Pass::Code,
+            Pass::Relocations,
+            Pass::Symbols,
+            Pass::GoFunctions,
+        ] {
+            assert!(refs.iter().any(|r| r.pass == pass), "{pass:?}, seed {seed}");
+        }
+        if seed & 1 == 1 {
+            assert!(refs.iter().any(|r| r.pass == Pass::Data), "seed {seed}");
+        }
+        let mut rng = Rng(seed + 7);
+        let mut runs = Vec::new();
+        let mut start = 0x40_0000 + rng.below(0x100);
+        for _ in 0..300 {
+            runs.push((start, rng.below(0x4000) as i64 - 0x2000));
+            start += 1 + rng.below(0x1000);
+        }
+        let map = AddressMap::from_runs(&runs).unwrap();
+        let whole = rewrite_file(&f, &map).unwrap();
+        assert_ne!(whole, f);
+        let rw = BlockRewriter::new(&f, &map).unwrap();
+        // Ranges first, with no resume point known, then blocks, then ranges again.
+        let check_ranges = |rng: &mut Rng| {
+            for _ in 0..200 {
+                let s = rng.below(f.len() as u64);
+                let n = 1 + rng.below((f.len() as u64 - s).min(70_000));
+                let mut out = vec![0u8; n as usize];
+                rw.rewrite_range(s, &mut out);
+                assert!(
+                    out == whole[s as usize..(s + n) as usize],
+                    "range {s}+{n}, seed {seed}"
+                );
+            }
+        };
+        check_ranges(&mut rng);
+        let mut blocks = vec![0u8; f.len()];
+        rewrite_blocks(&rw, &mut blocks);
+        assert!(blocks == whole, "block by block, seed {seed}");
+        check_ranges(&mut rng);
+    }
+}
