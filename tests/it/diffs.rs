@@ -454,3 +454,52 @@ fn an_x86_64_elf_binary_updates_through_a_reference_aware_diff() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "release 2\n");
 }
+
+/// An installed ELF base that no longer scans as the publisher's did (its `e_machine`
+/// edited in place, same size: the agent reads it as a plain file and does not rewrite
+/// it) makes the reference-aware diff produce chunks that fail their ids: the agent
+/// says so and takes the archive, and release 2 runs.
+#[test]
+fn an_elf_base_edited_in_place_fails_the_reference_aware_diff_which_falls_back_to_the_archive() {
+    use std::os::unix::fs::FileExt;
+    let sources = tempfile::tempdir().unwrap();
+    let (one, two) = (sources.path().join("1"), sources.path().join("2"));
+    compile_c(
+        &elf_program_source(3000, 0, "release 1"),
+        &one.join("bin/app"),
+    );
+    compile_c(
+        &elf_program_source(3000, 40, "release 2"),
+        &two.join("bin/app"),
+    );
+    let p = ferry_tests::Publisher::new("stable");
+    p.publish(&v(1), &one);
+    let srv = p.serve();
+    let agent = Agent::init(&srv.url, "stable", &p.public_key(), &[]);
+    agent.update();
+    let second = p.publish(&v(2), &two);
+    let app = agent.root().join("versions/1.0.0/bin/app");
+    let f = std::fs::OpenOptions::new().write(true).open(&app).unwrap();
+    f.write_all_at(&3u16.to_le_bytes(), 18).unwrap(); // EM_386
+    drop(f);
+    let before = srv.requests().len();
+    let out = agent.ferry("update", &["--json"]);
+    ferry_tests::assert_ok(&out, "update");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("manifest diff from 1.0.0 unusable")
+            || err.contains("diff from 1.0.0 not used, falling back"),
+        "the failed diff is named: {err}"
+    );
+    tree_eq(&agent.current(), &two);
+    let archive = super::pipeline::object_url_path(second["archive"].as_str().unwrap());
+    let reqs = srv.requests()[before..].to_vec();
+    assert!(
+        reqs.iter().any(|r| r.path == archive && r.status == 206),
+        "{reqs:?}"
+    );
+    let out = std::process::Command::new(agent.current().join("bin/app"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "release 2\n");
+}

@@ -2,19 +2,21 @@
 //! files, with each x86-64 ELF file the diff's address maps name seen through its
 //! references moved into the new release's address space.
 //!
-//! Nothing is written to disk and the rewritten file is never whole in memory: the
-//! apply reads the base through [`RewrittenBase`], which rewrites each 64 KiB block of
-//! a mapped file when it is first read (the scan restarts at every block, so a block
-//! depends on its own bytes and a small index of the few fields written from
-//! elsewhere, [`BlockRewriter`]) and keeps the last [`CACHE_BLOCKS`] blocks. The diff
-//! reads its base mostly forwards, so a second thread ([`RewrittenBase::work_ahead`])
-//! rewrites the blocks after the last one read while the apply copies: the rewrite
-//! runs on the second core. A block the apply needs before that thread has it, it
-//! rewrites itself: the apply never waits.
+//! Nothing is written to disk and the rewritten file is never whole in memory. The
+//! scan restarts at every 64 KiB of a file, so any block, or any range, can be
+//! rewritten from the installed file's bytes, the map and a small index
+//! ([`BlockRewriter`]). The diff reads its base mostly forwards in long reads, with
+//! many short reads here and there: a worker thread ([`RewrittenBase::work_ahead`])
+//! rewrites the blocks after the last long read while the apply copies, so the
+//! rewrite runs on the second core; the apply takes the blocks it made, rewrites a long
+//! read's block itself when the worker has not got there (and keeps it), and rewrites
+//! just the bytes of a short read elsewhere (from the scan's resume point at most 256
+//! bytes before it). The apply never waits, except for a block the worker is finishing.
 //!
 //! Memory: the maps (at most 2^20 runs, 16 bytes each, and a page table of at most
 //! 256 KiB per file), the index (8 bytes per relocation and Go function record that
-//! writes elsewhere), and [`CACHE_BLOCKS`] × 64 KiB of blocks.
+//! writes elsewhere), the resume points (4 bytes per 256 bytes of a mapped file) and
+//! [`CACHE_BLOCKS`] × 64 KiB of blocks.
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -26,7 +28,7 @@ use ferry_format::delta::x86::FileMaps;
 use ferry_format::delta::x86::rewrite::{BLOCK, BlockRewriter};
 
 /// Rewritten blocks kept (64 KiB each): those the worker made ahead of the apply and
-/// those the apply read last (a diff often reads back a little).
+/// the last ones read (a diff often reads back a little).
 pub const CACHE_BLOCKS: usize = 48;
 /// Blocks the worker rewrites ahead of the last long read's.
 const AHEAD: u64 = 16;
@@ -119,6 +121,7 @@ impl<'a> RewrittenBase<'a> {
             at += p.len() as u64;
         }
         starts.push(at);
+        let want0 = (!rewriters.is_empty()).then_some((0, 0));
         RewrittenBase {
             parts,
             starts,
@@ -128,7 +131,9 @@ impl<'a> RewrittenBase<'a> {
                 blocks: HashMap::new(),
                 pending: None,
                 clock: 0,
-                want: None,
+                // A diff starts near the start of its base: the worker can begin
+                // while the apply waits for its streams' first bytes.
+                want: want0,
                 stop: false,
                 spare: Vec::new(),
             }),
@@ -174,7 +179,6 @@ impl<'a> RewrittenBase<'a> {
             c.pending = Some(key);
             drop(c);
             self.rewriters[key.0].block(key.1, &mut buf);
-            W.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             c = self.lock();
             c.pending = None;
             c.insert(key, Arc::new(buf));
@@ -185,14 +189,6 @@ impl<'a> RewrittenBase<'a> {
 
     /// Ends [`RewrittenBase::work_ahead`].
     pub fn stop(&self) {
-        if std::env::var_os("FERRY_DEBUG_REWRITE").is_some() {
-            eprintln!(
-                "rewrite: worker {} apply {} reads {}",
-                W.load(std::sync::atomic::Ordering::Relaxed),
-                A.load(std::sync::atomic::Ordering::Relaxed),
-                R.load(std::sync::atomic::Ordering::Relaxed)
-            );
-        }
         self.lock().stop = true;
         self.wake.notify_all();
     }
@@ -229,15 +225,12 @@ impl<'a> RewrittenBase<'a> {
                 let mut buf = c.buffer();
                 drop(c);
                 self.rewriters[r].block(k, &mut buf);
-                A.fetch_add(BLOCK, std::sync::atomic::Ordering::Relaxed);
                 out[done..done + m].copy_from_slice(&buf[inner..inner + m]);
                 c = self.lock();
                 c.insert((r, k), Arc::new(buf));
             } else {
                 drop(c);
                 self.rewriters[r].rewrite_range(pos, &mut out[done..done + m]);
-                A.fetch_add(m as u64, std::sync::atomic::Ordering::Relaxed);
-                R.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 c = self.lock();
             }
             done += m;
@@ -327,7 +320,3 @@ mod tests {
         }
     }
 }
-
-static W: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-static A: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-static R: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);

@@ -95,6 +95,17 @@ impl FastMap {
     fn rel32(&self, target: u64, anchor: u64) -> [u8; 4] {
         (self.map(target).wrapping_sub(self.map(anchor)) as u32).to_le_bytes()
     }
+
+    /// The run holding `a`: `[lo, hi)` and its shift.
+    #[inline]
+    fn run(&self, a: u64) -> (u64, u64, i64) {
+        let i = self.runs_to(a);
+        let hi = self.starts.get(i).copied().unwrap_or(u64::MAX);
+        match i {
+            0 => (0, hi, 0),
+            i => (self.starts[i - 1], hi, self.shifts[i - 1]),
+        }
+    }
 }
 
 /// A Go function table (pass 5) of one data range.
@@ -124,7 +135,7 @@ pub struct BlockRewriter<'a> {
     go: Vec<Option<GoTable>>,
     /// For each multiple of [`scan::SYNC`] of the file inside a code piece, the
     /// position the code scan resumes from ([`scan::scan_piece`]) once a scan passed
-    /// it, else `u32::MAX`: a range is rewritten from at most 1 KiB before it.
+    /// it, else `u32::MAX`: a range is rewritten from at most 256 bytes before it.
     sync: Vec<AtomicU32>,
 }
 
@@ -151,7 +162,7 @@ impl<'a> BlockRewriter<'a> {
     /// is 4 GiB or more (a base is below 2 GiB).
     pub fn new(original: &'a [u8], map: &AddressMap) -> Option<BlockRewriter<'a>> {
         let elf = Elf::parse(original)?;
-        Some(Self::with_elf(original, elf, map)?)
+        Self::with_elf(original, elf, map)
     }
 
     /// As [`BlockRewriter::new`], for a file already parsed as `elf`.
@@ -271,6 +282,7 @@ impl<'a> BlockRewriter<'a> {
         };
         // 1. Code: the pieces overlapping the range, each scanned from where it may
         // resume before `s` until past `e`.
+        let mut run = (1, 0, 0);
         let first = self.elf.code.partition_point(|r| r.offset + r.size <= s);
         for r in self.elf.code[first..].iter().take_while(|r| r.offset < e) {
             let end = r.offset + r.size;
@@ -284,7 +296,16 @@ impl<'a> BlockRewriter<'a> {
                     &orig[ps as usize..pe as usize],
                     va,
                     (from as usize, (e.min(pe) - ps) as usize, ps as usize),
-                    &mut |f, anchor, target| put(ps + f as u64, &map.rel32(target, anchor)),
+                    &mut |f, anchor, target| {
+                        // Anchors ascend through a piece: their run is mostly the last one.
+                        if anchor < run.0 || anchor >= run.1 {
+                            run = map.run(anchor);
+                        }
+                        let v = map
+                            .map(target)
+                            .wrapping_sub(anchor.wrapping_add_signed(run.2));
+                        put(ps + f as u64, &(v as u32).to_le_bytes())
+                    },
                     &mut |b, i| {
                         self.sync[(ps as usize + b) / scan::SYNC]
                             .store((ps as usize + i) as u32, Ordering::Relaxed)

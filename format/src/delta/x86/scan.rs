@@ -189,7 +189,7 @@ const CLASS: [u8; 256] = classes();
 
 /// Where a scan of a piece may resume: every multiple of this offset in a piece gets
 /// the last position at or before it the scan visited ([`scan_piece`]'s `sync`).
-pub const SYNC: usize = 1024;
+pub const SYNC: usize = 256;
 
 /// A reference a rule found at a position: (field offset, anchor, target, next position).
 type Hit = Option<(usize, u64, u64, usize)>;
