@@ -304,9 +304,9 @@ fn apply_inner(
             if base.wants_worker() {
                 s.spawn(|| base.work_ahead());
             }
-            let applied = apply(&header, base, streams, &mut sink);
-            base.stop();
-            applied
+            // Stops the worker however the apply ends, a panic included.
+            let _stop = base.stopper();
+            apply(&header, base, streams, &mut sink)
         }),
     };
     if let Some(e) = failure {

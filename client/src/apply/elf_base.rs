@@ -193,6 +193,17 @@ impl<'a> RewrittenBase<'a> {
         self.wake.notify_all();
     }
 
+    /// A value that ends [`RewrittenBase::work_ahead`] when dropped.
+    pub fn stopper(&self) -> impl Drop + '_ {
+        struct Stopper<'s, 'a>(&'s RewrittenBase<'a>);
+        impl Drop for Stopper<'_, '_> {
+            fn drop(&mut self) {
+                self.0.stop();
+            }
+        }
+        Stopper(self)
+    }
+
     /// Fills `out` with the rewritten bytes of file `r` from `at`, from blocks the
     /// worker made or, for those it has not, rewritten here.
     fn read_rewritten(&self, r: usize, at: u64, out: &mut [u8]) {
