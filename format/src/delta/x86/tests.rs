@@ -562,7 +562,11 @@ fn hostile_elf(seed: u64) -> Vec<u8> {
     let off_of = |va: u64| if va < VA + half { va - VA } else { va - VA - 3 };
     let loaded = |rng: &mut Rng| va_of(rng.below(len));
     put(&mut f, 0, &[0x7f, b'E', b'L', b'F', 2, 1, 1, 0]);
-    put(&mut f, 16, &(if seed & 1 == 1 { 2u16 } else { 3 }).to_le_bytes());
+    put(
+        &mut f,
+        16,
+        &(if seed & 1 == 1 { 2u16 } else { 3 }).to_le_bytes(),
+    );
     put(&mut f, 18, &62u16.to_le_bytes());
     put(&mut f, 32, &64u64.to_le_bytes());
     put(&mut f, 40, &0x200u64.to_le_bytes());
