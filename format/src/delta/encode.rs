@@ -72,12 +72,6 @@ fn search(sa: &[i32], base: &[u8], target: &[u8], mut lo: usize, mut hi: usize) 
     if la >= lb { (la, a) } else { (lb, b) }
 }
 
-/// Longest match of `target` anywhere in `base` (sorted into `sa`): (length, base
-/// position); `base` must not be empty.
-pub(crate) fn longest_match(sa: &[i32], base: &[u8], target: &[u8]) -> (usize, usize) {
-    search(sa, base, target, 0, base.len() - 1)
-}
-
 /// Encodes `target` against `base` into the three raw streams of `sinks`.
 pub fn encode<C: Write, D: Write, E: Write>(
     base: &[u8],
