@@ -208,6 +208,9 @@ pub fn build_map_owned(
     (map, stats)
 }
 
+/// A base address, the shift most of its votes give, and how many do.
+type Point = (u64, i64, u32);
+
 /// The runs of constant shift the votes give.
 ///
 /// Every large buffer of the alignment is reserved at about its final size, and no
@@ -236,14 +239,14 @@ fn runs(mut votes: Vec<(u64, u64)>) -> Vec<(u64, i64)> {
     });
     let mut runs: Vec<(u64, i64)> = Vec::new();
     let mut current = 0i64;
-    let mut keep = |p: (u64, i64, u32)| {
+    let mut keep = |p: Point| {
         if p.1 != current {
             runs.push((p.0, p.1));
             current = p.1;
         }
     };
     // A lone single-vote point between two neighbours of one shift is dropped.
-    let (mut prev, mut cur): (Option<(u64, i64, u32)>, Option<(u64, i64, u32)>) = (None, None);
+    let (mut prev, mut cur): (Option<Point>, Option<Point>) = (None, None);
     for next in points {
         if let Some(c) = cur {
             let lone = prev.is_some_and(|p| p.1 == next.1 && c.2 < 2 && c.1 != p.1);
