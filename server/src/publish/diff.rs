@@ -474,6 +474,10 @@ pub(super) fn append_chunk(
     Ok(())
 }
 
+/// Write buffer of a raw stream's spool: small, as the spools fill while the encoder
+/// holds its suffix array (the publisher's peak).
+const SPOOL_BUFFER: usize = 64 << 10;
+
 /// A raw stream spooled to a temp file next to the objects.
 struct Spool {
     out: BufWriter<NamedTempFile>,
@@ -483,7 +487,7 @@ struct Spool {
 impl Spool {
     fn new(repo: &Repo) -> Result<Spool> {
         Ok(Spool {
-            out: BufWriter::with_capacity(1 << 20, repo.object_temp()?),
+            out: BufWriter::with_capacity(SPOOL_BUFFER, repo.object_temp()?),
             len: 0,
         })
     }
