@@ -6,7 +6,7 @@
 //! with a build hash in their name, as in Python wheels); a pair of x86-64 ELF files
 //! gets a map ([`align::build_map_owned`]) when the new file is rebuilt from its
 //! archive. Memory, per pair: the new file, a masked copy of the base file, the map's
-//! index (about half a byte a base byte) and the references found (see [`align`]);
+//! index (0.8 bytes a base byte) and the references found (see [`align`]);
 //! then, once every map is made, one copy of a base file while it is rewritten.
 
 use std::fs::File;
