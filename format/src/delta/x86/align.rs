@@ -4,8 +4,8 @@
 //! 1. Scan both files ([`super::scan`]) and mask them: every reference field zeroed,
 //!    so that code that only moved is byte-identical.
 //! 2. Match the masked new file against the masked base greedily: at each position
-//!    the longest match found through a hash index of the base's [`GRAM`]-byte
-//!    strings (see [`Index`]), extended backwards; matches of at least [`MIN_MATCH`]
+//!    the longest match found through a hash index of the base's 24-byte
+//!    strings (`Index`), extended backwards; matches of at least [`MIN_MATCH`]
 //!    bytes are kept and skipped over.
 //! 3. Inside each match, a base reference and a new reference at the same relative
 //!    position, found by the same pass, vote: base target → new target, and for code
@@ -16,7 +16,7 @@
 //!    from equal neighbours (noise that would cost two runs).
 //!
 //! Memory: a masked copy of the base file, the new file masked in place
-//! ([`build_map_owned`]), the index (4 bytes a sample, one every [`SAMPLE`] base
+//! ([`build_map_owned`]), the index (4 bytes a sample, one every 8 base
 //! bytes, and 2 a bucket: 0.8 bytes a base byte), 17 bytes a reference (of the base
 //! only those that vote) and 16 bytes a vote; all but the votes are freed before the
 //! votes are counted. On polars 1.17.0→1.17.1 (111 MB, 3.2 million references a
