@@ -12,6 +12,9 @@ use std::io::Write;
 use super::streams::{self, put_varint, zigzag};
 use crate::error::{FormatError, Result};
 
+/// Bytes of the difference stream computed at a time.
+const DIFF_PIECE: usize = 64 << 10;
+
 /// What an encode wrote, before compression.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct EncodeStats {
@@ -70,12 +73,6 @@ fn search(sa: &[i32], base: &[u8], target: &[u8], mut lo: usize, mut hi: usize) 
     let la = match_len(&base[a..], target);
     let lb = match_len(&base[b..], target);
     if la >= lb { (la, a) } else { (lb, b) }
-}
-
-/// Longest match of `target` anywhere in `base` (sorted into `sa`): (length, base
-/// position); `base` must not be empty.
-pub(crate) fn longest_match(sa: &[i32], base: &[u8], target: &[u8]) -> (usize, usize) {
-    search(sa, base, target, 0, base.len() - 1)
 }
 
 /// Encodes `target` against `base` into the three raw streams of `sinks`.
@@ -188,9 +185,17 @@ pub fn encode<C: Write, D: Write, E: Write>(
                 lenf = lenf + lens - overlap;
                 lenb -= lens;
             }
-            dbuf.clear();
-            dbuf.extend((0..lenf).map(|i| target[lastscan + i].wrapping_sub(base[lastpos + i])));
-            put(&mut diff, &dbuf, "diff")?;
+            // In pieces: an add run can be megabytes long (most of a large library
+            // whose base was rewritten), and a buffer that long would add to the
+            // suffix array at the encoder's peak.
+            for at in (0..lenf).step_by(DIFF_PIECE) {
+                let end = lenf.min(at + DIFF_PIECE);
+                dbuf.clear();
+                dbuf.extend(
+                    (at..end).map(|i| target[lastscan + i].wrapping_sub(base[lastpos + i])),
+                );
+                put(&mut diff, &dbuf, "diff")?;
+            }
             let copy_from = lastscan + lenf;
             let copy_to = scan - lenb;
             put(&mut extra, &target[copy_from..copy_to], "extra")?;

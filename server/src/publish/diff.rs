@@ -15,9 +15,11 @@
 //!    its suffix array (4 bytes per byte) and one target while encoding, then a few
 //!    compressor states while packing.
 //! 4. **Reference-aware** (algorithm 3, FORMAT.md §3.6.1): when base and new release
-//!    have x86-64 ELF files in common, [`super::x86::rewrite_base`] builds their address
-//!    maps and rewrites the base in place; the target is encoded again against it and
-//!    the object carries the maps as one more stream. Below [`COMPARE_BELOW`] bytes of
+//!    have x86-64 ELF files in common, [`super::x86::build_maps`] builds their address
+//!    maps before the target is read (the maps' structures, well below the encoder's
+//!    suffix array, are freed by then) and [`super::x86::rewrite_base`] rewrites the
+//!    base in place; the target is encoded again against it and the object carries the
+//!    maps as one more stream. Below [`COMPARE_BELOW`] bytes of
 //!    base both objects are made and the smaller is kept; above, making both would
 //!    double the publisher's time on the largest releases, so the reference-aware one
 //!    is kept (it was the smaller on every measured pair, benches/X86-EVAL.md).
@@ -38,6 +40,7 @@ use ferry_format::chunking::decompress_chunk;
 use ferry_format::delta::encode::{Sinks, encode};
 use ferry_format::delta::manifest_diff::{Skeleton, encode_manifest_diff};
 use ferry_format::delta::pack::{RawSource, pack, pack_map};
+use ferry_format::delta::x86::FileMaps;
 use ferry_format::delta::{
     self, BSDIFF_V2, BSDIFF_X86, DiffHeader, DiffRef, MAX_DIFF_INPUT, ManifestDiffRef, StreamHeader,
 };
@@ -311,8 +314,6 @@ fn encode_streams(
 ) -> Result<Vec<Encoded>> {
     let base_size = base.manifest.total_file_bytes();
     let mut base_data = read_base(repo, &base.manifest, base_size)?;
-    // The target is read once it is needed: after the address maps when the plain
-    // diff is not made, so the maps' memory never adds to the target's.
     let read_target = || -> Result<Vec<u8>> {
         let target_size: u64 = missing.iter().map(|&i| u64::from(new.chunks[i].size)).sum();
         let mut target = Vec::with_capacity(target_size as usize);
@@ -339,26 +340,27 @@ fn encode_streams(
         );
         Ok([c.finish()?, d.finish()?, e.finish()?])
     };
+    // The address maps first, before the target is read: their memory never adds to
+    // the target's or the encoder's.
+    let maps = if super::x86::has_elf(&base.manifest, &base_data) {
+        super::x86::build_maps(new, new_archive, &base.manifest, &base_data)?
+    } else {
+        FileMaps::default()
+    };
     let mut out = Vec::new();
     let mut target = None;
     // The plain diff first: the rewrite happens in place.
-    let maps_possible = super::x86::has_elf(&base.manifest, &base_data);
-    if !maps_possible || base_size < COMPARE_BELOW {
+    if maps.files.is_empty() || base_size < COMPARE_BELOW {
         let t = target.insert(read_target()?);
         out.push((encode_one(&base_data, t)?, None));
     }
-    if maps_possible {
-        let maps = super::x86::rewrite_base(new, new_archive, &base.manifest, &mut base_data)?;
+    if !maps.files.is_empty() {
+        super::x86::rewrite_base(&base.manifest, &mut base_data, &maps);
         let t = match target.take() {
             Some(t) => t,
             None => read_target()?,
         };
-        if !maps.files.is_empty() {
-            out.push((encode_one(&base_data, &t)?, Some(maps.encode())));
-        } else if out.is_empty() {
-            // Nothing was rewritten: the base is as it was.
-            out.push((encode_one(&base_data, &t)?, None));
-        }
+        out.push((encode_one(&base_data, &t)?, Some(maps.encode())));
     }
     Ok(out)
 }
@@ -472,6 +474,10 @@ pub(super) fn append_chunk(
     Ok(())
 }
 
+/// Write buffer of a raw stream's spool: small, as the spools fill while the encoder
+/// holds its suffix array (the publisher's peak).
+const SPOOL_BUFFER: usize = 64 << 10;
+
 /// A raw stream spooled to a temp file next to the objects.
 struct Spool {
     out: BufWriter<NamedTempFile>,
@@ -481,7 +487,7 @@ struct Spool {
 impl Spool {
     fn new(repo: &Repo) -> Result<Spool> {
         Ok(Spool {
-            out: BufWriter::with_capacity(1 << 20, repo.object_temp()?),
+            out: BufWriter::with_capacity(SPOOL_BUFFER, repo.object_temp()?),
             len: 0,
         })
     }

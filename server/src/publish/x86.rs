@@ -4,10 +4,10 @@
 //! Each new file is paired with the base file of the same path, or else of the same
 //! name once runs of six or more hex digits are removed (shared libraries bundled
 //! with a build hash in their name, as in Python wheels); a pair of x86-64 ELF files
-//! gets a map ([`align::build_map`]) when the new file is rebuilt from its archive.
-//! Memory, per pair: the new file, masked copies of both files, a suffix array of the
-//! base file (4 bytes a byte) and the references found; then one copy of the base file
-//! while it is rewritten.
+//! gets a map ([`align::build_map_owned`]) when the new file is rebuilt from its
+//! archive. Memory, per pair: the new file, a masked copy of the base file, the map's
+//! index (0.8 bytes a base byte) and the references found (see [`align`]);
+//! then, once every map is made, one copy of a base file while it is rewritten.
 
 use std::fs::File;
 use std::path::PathBuf;
@@ -53,22 +53,17 @@ pub fn has_elf(base: &Manifest, data: &[u8]) -> bool {
 }
 
 /// Builds the address maps of the base's x86-64 ELF files towards their counterparts
-/// in `new` (rebuilt from `new_archive`) and rewrites `data` (the base: `base`'s
-/// regular files concatenated in manifest order) through them. Returns the maps, by
-/// base file index; none when no pair of x86-64 ELF files is found.
-pub fn rewrite_base(
+/// in `new` (rebuilt from `new_archive`); `data` is the base: `base`'s regular files
+/// concatenated in manifest order. Returns the maps by base file index; none when no
+/// pair of x86-64 ELF files is found. One pair's structures at a time, all freed on
+/// return.
+pub fn build_maps(
     new: &Manifest,
     new_archive: &(File, PathBuf),
     base: &Manifest,
-    data: &mut [u8],
+    data: &[u8],
 ) -> Result<FileMaps> {
-    // (index, path, offset, size) of every base file.
-    let mut files = Vec::new();
-    let mut at = 0usize;
-    for (i, (path, size)) in base_files(base).enumerate() {
-        files.push((i as u64, path, at, size as usize));
-        at += size as usize;
-    }
+    let files = file_ranges(base);
     let offsets = new.chunk_offsets();
     let mut stored = Vec::new();
     let mut maps = FileMaps::default();
@@ -114,15 +109,38 @@ pub fn rewrite_base(
             runs = stats.runs,
             "address map"
         );
-        if map.is_empty() {
-            continue;
+        if !map.is_empty() {
+            maps.files.push((index, map));
         }
-        let original = old.to_vec();
-        rewrite_copy(&old_elf, &original, &mut data[off..off + len], &map);
-        maps.files.push((index, map));
     }
     maps.files.sort_by_key(|(i, _)| *i);
     Ok(maps)
+}
+
+/// Rewrites `data` (as for [`build_maps`]) in place through `maps`: each mapped file
+/// through one copy of it.
+pub fn rewrite_base(base: &Manifest, data: &mut [u8], maps: &FileMaps) {
+    let files = file_ranges(base);
+    for (index, map) in &maps.files {
+        let Some(&(_, _, off, len)) = files.iter().find(|f| f.0 == *index) else {
+            continue;
+        };
+        let original = data[off..off + len].to_vec();
+        if let Some(elf) = Elf::parse(&original) {
+            rewrite_copy(&elf, &original, &mut data[off..off + len], map);
+        }
+    }
+}
+
+/// (index, path, offset, size) of every regular file of `base`, in manifest order.
+fn file_ranges(base: &Manifest) -> Vec<(u64, &str, usize, usize)> {
+    let mut files = Vec::new();
+    let mut at = 0usize;
+    for (i, (path, size)) in base_files(base).enumerate() {
+        files.push((i as u64, path, at, size as usize));
+        at += size as usize;
+    }
+    files
 }
 
 #[cfg(test)]

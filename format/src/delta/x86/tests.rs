@@ -315,6 +315,31 @@ fn moved_code_matches_exactly_once_the_base_is_rewritten() {
     );
 }
 
+/// Above 1 MiB the publisher's alignment indexes the base every few bytes only; the
+/// map must still bring every moved function back to the new bytes exactly.
+#[test]
+fn a_large_file_aligns_through_the_sampled_index() {
+    // Ids below 1000 (those of added functions start there).
+    let sizes: Vec<usize> = (0..900).map(|i| 500 + (i * 37) % 400).collect();
+    let old_p = program(&sizes);
+    let new_p = next(&next(&old_p, 10, 33, 24), 600, 61, 8);
+    let (old, new) = (old_p.build(), new_p.build());
+    assert!(old.len() > 1 << 20, "{} B", old.len());
+    let map = map_through_stream(&old, &new);
+    let rewritten = rewrite_file(&old, &map).unwrap();
+    let (old_starts, new_starts) = (old_p.layout(), new_p.layout());
+    let mut moved = 0;
+    for (k, &(id, n)) in old_p.funcs.iter().enumerate() {
+        let nk = new_p.funcs.iter().position(|f| f.0 == id).unwrap();
+        let len = 2 * n + 18;
+        let o = (TEXT_OFF + old_starts[k] - TEXT_VA) as usize;
+        let p = (TEXT_OFF + new_starts[nk] - TEXT_VA) as usize;
+        assert_eq!(rewritten[o..o + len], new[p..p + len], "function {k}");
+        moved += usize::from(old[o..o + len] != new[p..p + len]);
+    }
+    assert!(moved > 800, "{moved} functions changed bytes");
+}
+
 #[test]
 fn map_streams_round_trip_and_hostile_ones_are_refused() {
     let maps = FileMaps {
