@@ -65,6 +65,7 @@ fn replay(target: &str, data: &[u8]) {
             }
         }
         "diff_apply" => diff_apply(data),
+        "x86_rewrite" => x86_rewrite(data),
         other => panic!(
             "fuzz target {other} has no replay in format/tests/fuzz_regressions.rs: add one \
              (or list it in NOT_REPLAYED with the reason)"
@@ -300,6 +301,23 @@ fn diff_apply(data: &[u8]) {
     assert!(produced <= header.target_size);
     if let Ok(n) = result {
         assert_eq!(n, header.target_size);
+    }
+}
+
+/// The checks of `fuzz/fuzz_targets/x86_rewrite.rs`.
+fn x86_rewrite(data: &[u8]) {
+    use ferry_format::delta::x86::elf::Elf;
+    use ferry_format::delta::x86::scan::references;
+    use ferry_format::delta::x86::{AddressMap, FileMaps, rewrite_file};
+    if let Ok(maps) = FileMaps::decode(data, 8) {
+        assert_eq!(FileMaps::decode(&maps.encode(), 8).ok(), Some(maps));
+    }
+    if let Some(elf) = Elf::parse(data) {
+        for r in references(&elf, data) {
+            assert!(r.at + r.kind.width() <= data.len() as u64);
+        }
+        let map = AddressMap::from_runs(&[(0, 16), (0x40_0000, -4096)]).expect("increasing");
+        assert_eq!(rewrite_file(data, &map).map(|f| f.len()), Some(data.len()));
     }
 }
 

@@ -538,3 +538,192 @@ fn golden_signed_audit_report() {
         format!("00000000000000000007-{}", "33".repeat(32))
     );
 }
+
+/// A minimal x86-64 ELF executable: one executable `PT_LOAD` segment and one `.text`
+/// section holding `code` at 0x401000 (file offset 0x100), section headers after it.
+fn tiny_elf(code: &[u8]) -> Vec<u8> {
+    let (text_off, va) = (0x100u64, 0x40_1000u64);
+    let shoff = text_off + code.len() as u64;
+    let mut f = vec![0u8; (shoff + 128) as usize];
+    let mut put = |at: u64, v: &[u8]| f[at as usize..at as usize + v.len()].copy_from_slice(v);
+    put(0, &[0x7f, b'E', b'L', b'F', 2, 1, 1]);
+    put(16, &2u16.to_le_bytes()); // ET_EXEC
+    put(18, &62u16.to_le_bytes()); // x86-64
+    put(32, &64u64.to_le_bytes()); // e_phoff
+    put(40, &shoff.to_le_bytes());
+    put(54, &56u16.to_le_bytes());
+    put(56, &1u16.to_le_bytes());
+    put(58, &64u16.to_le_bytes());
+    put(60, &2u16.to_le_bytes());
+    // PT_LOAD, R+X, the code.
+    put(64, &1u32.to_le_bytes());
+    put(68, &5u32.to_le_bytes());
+    put(72, &text_off.to_le_bytes());
+    put(80, &va.to_le_bytes());
+    put(96, &(code.len() as u64).to_le_bytes());
+    put(104, &(code.len() as u64).to_le_bytes());
+    // Section 1: .text, PROGBITS, ALLOC + EXECINSTR (section 0 is null).
+    let s = shoff + 64;
+    put(s + 4, &1u32.to_le_bytes());
+    put(s + 8, &6u64.to_le_bytes());
+    put(s + 16, &va.to_le_bytes());
+    put(s + 24, &text_off.to_le_bytes());
+    put(s + 32, &(code.len() as u64).to_le_bytes());
+    put(text_off, code);
+    f
+}
+
+/// Code of `funcs` functions of 32 bytes at 0x401000 + `gap` after the first: each
+/// calls the next (`E8`), loads the following one's address (`lea rax, [rip+d]`),
+/// jumps back to the first when `eax` is zero (`0F 84`), and returns.
+fn tiny_code(funcs: u64, gap: usize) -> Vec<u8> {
+    let start = |k: u64| 0x40_1000 + 32 * k + if k > 0 { gap as u64 } else { 0 };
+    let mut code = Vec::new();
+    for k in 0..funcs {
+        if k == 1 {
+            code.extend(std::iter::repeat_n(0xCC, gap));
+        }
+        let at = |code: &Vec<u8>, len: u64| 0x40_1000 + code.len() as u64 + len;
+        let rel = |to: u64, end: u64| (to.wrapping_sub(end) as u32).to_le_bytes();
+        let end = at(&code, 5);
+        code.push(0xE8);
+        code.extend(rel(start((k + 1) % funcs), end));
+        let end = at(&code, 7);
+        code.extend([0x48, 0x8D, 0x05]);
+        code.extend(rel(start((k + 2) % funcs), end));
+        code.extend([0x85, 0xC0]);
+        let end = at(&code, 6);
+        code.extend([0x0F, 0x84]);
+        code.extend(rel(start(0), end));
+        code.extend([
+            0xB0, k as u8, 0xB0, 0x11, 0xB0, 0x22, 0xB0, 0x33, 0xB0, 0x44, 0x90, 0xC3,
+        ]);
+    }
+    code
+}
+
+/// Reference rewriting (FORMAT.md §3.6.1) is byte-exact on both sides or diffs fail:
+/// the scan and the rewrite of a fixed file through a fixed map are pinned here.
+#[test]
+fn golden_x86_rewrite() {
+    use ferry_format::delta::x86::scan::references;
+    use ferry_format::delta::x86::{AddressMap, elf::Elf, rewrite_file};
+    let file = tiny_elf(&tiny_code(8, 0));
+    let elf = Elf::parse(&file).unwrap();
+    assert_eq!(
+        references(&elf, &file).len(),
+        3 * 8,
+        "a call, a lea and a jz each"
+    );
+    let map = AddressMap::from_runs(&[(0x40_1020, 16), (0x40_1080, 48)]).unwrap();
+    let rewritten = rewrite_file(&file, &map).unwrap();
+    check("x86_rewrite_tiny_elf_8funcs.hex", &rewritten);
+}
+
+/// The code scan restarts at every multiple of 64 KiB of the file (FORMAT.md §3.6.1):
+/// a call whose field crosses one is not a reference, one ending before it and one
+/// starting on it are. The 96 bytes around the boundary, rewritten, are pinned.
+#[test]
+fn golden_x86_rewrite_piece_boundary() {
+    use ferry_format::delta::x86::scan::references;
+    use ferry_format::delta::x86::{AddressMap, elf::Elf, rewrite_file};
+    const B: usize = 0x1_0000;
+    let (text_off, va) = (0x100usize, 0x40_1000u64);
+    let mut code = vec![0x90u8; B + 0x100 - text_off];
+    // `call 0x401000` with its E8 at file offset `at`.
+    let mut call = |at: usize| {
+        let end = va + (at + 5 - text_off) as u64;
+        code[at - text_off] = 0xE8;
+        code[at - text_off + 1..at - text_off + 5]
+            .copy_from_slice(&(va.wrapping_sub(end) as u32).to_le_bytes());
+    };
+    call(B - 21); // field ends 16 bytes before the boundary
+    call(B - 3); // field crosses it
+    call(B); // the first byte of the next piece
+    let file = tiny_elf(&code);
+    let elf = Elf::parse(&file).unwrap();
+    let found: Vec<u64> = references(&elf, &file).iter().map(|r| r.at).collect();
+    assert_eq!(found, [B as u64 - 20, B as u64 + 1]);
+    let map = AddressMap::from_runs(&[(0x40_1000, 0x40), (0x40_2000, 0x1000)]).unwrap();
+    let rewritten = rewrite_file(&file, &map).unwrap();
+    check(
+        "x86_rewrite_piece_boundary_96.hex",
+        &rewritten[B - 48..B + 48],
+    );
+}
+
+/// An algorithm-3 diff object: header pinned byte for byte, and the stored object
+/// keeps producing its target over the base rewritten through its own map stream.
+#[test]
+fn golden_diff_object_x86() {
+    use ferry_format::delta::BSDIFF_X86;
+    use ferry_format::delta::pack::pack_map;
+    use ferry_format::delta::x86::{FileMaps, align, elf::Elf, read_maps, rewrite_file};
+    let base = tiny_elf(&tiny_code(40, 0));
+    let target = tiny_elf(&tiny_code(40, 24));
+    let (map, _) = align::build_map(
+        &base,
+        &Elf::parse(&base).unwrap(),
+        &target,
+        &Elf::parse(&target).unwrap(),
+    );
+    assert!(!map.is_empty());
+    let rewritten = rewrite_file(&base, &map).unwrap();
+    let raw_map = FileMaps {
+        files: vec![(0, map)],
+    }
+    .encode();
+    let (c, d, e, _) = encode(
+        &rewritten,
+        &target,
+        Sinks {
+            control: Vec::new(),
+            diff: Vec::new(),
+            extra: Vec::new(),
+        },
+    )
+    .unwrap();
+    let packed = pack_in_memory(&c, &d, &e).unwrap();
+    let map_stream = pack_map(&raw_map.as_slice(), &|| Ok(Vec::new())).unwrap();
+    let mut streams: Vec<_> = packed.streams.iter().map(|(h, _)| *h).collect();
+    streams.push(map_stream.0);
+    let header = DiffHeader {
+        algorithm: BSDIFF_X86,
+        base_manifest: Digest([0x22; 32]),
+        base_size: base.len() as u64,
+        target_size: target.len() as u64,
+        target_chunks: 1,
+        layout: packed.layout,
+        streams,
+    };
+    let mut fresh = object_in_memory(&header, &packed);
+    fresh.extend_from_slice(&map_stream.1);
+    let object = from_hex_lines(&stored("diff_object_x86_tiny_elf_40funcs.hex", &fresh));
+
+    let (h, start) = DiffHeader::decode_prefix(&object, object.len() as u64).unwrap();
+    assert_eq!(h.algorithm, BSDIFF_X86);
+    assert_eq!(&object[..h.encode_prefix().len()], &h.encode_prefix()[..]);
+    let ranges = h.stream_ranges(start);
+    let (mo, ml) = *ranges.last().unwrap();
+    let maps = read_maps(
+        h.map_stream().unwrap(),
+        &object[mo as usize..(mo + ml) as usize],
+        1,
+    )
+    .unwrap();
+    let agent_base = rewrite_file(&base, &maps.files[0].1).unwrap();
+    let streams: Vec<&[u8]> = ranges[..h.data_streams().len()]
+        .iter()
+        .map(|&(o, l)| &object[o as usize..(o + l) as usize])
+        .collect();
+    let mut out = Vec::new();
+    apply(&h, &ConcatBase::new(vec![&agent_base]), streams, &mut |b| {
+        out.extend_from_slice(b);
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(
+        out, target,
+        "the stored algorithm-3 object no longer builds its target"
+    );
+}

@@ -419,4 +419,21 @@ fn main() {
     )
     .unwrap();
     write(&out, "diff_apply", "manifest_skeleton", &skeleton);
+
+    // x86_rewrite: the rewritten ELF file of the golden vector (an x86-64 ELF file with
+    // calls, lea and jz), and an address-map stream of two runs.
+    let hex: String = fs::read_to_string("../testdata/vectors/x86_rewrite_tiny_elf_8funcs.hex")
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    let elf: Vec<u8> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+        .collect();
+    write(&out, "x86_rewrite", "tiny_elf", &elf);
+    let map = ferry_format::delta::x86::AddressMap::from_runs(&[(0x40_1020, 16), (0x40_1080, 48)]).unwrap();
+    let maps = ferry_format::delta::x86::FileMaps {
+        files: vec![(0, map)],
+    };
+    write(&out, "x86_rewrite", "map_stream", &maps.encode());
 }

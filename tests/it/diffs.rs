@@ -351,3 +351,158 @@ fn a_skeleton_is_priced_against_local_copies_and_the_archive_before_its_diff_is_
         "an archive range: {reqs:?}"
     );
 }
+
+/// The C source of a program of `n` functions that call each other, read a table of
+/// pointers to all of them, and print a banner; `extra` inserts more functions after
+/// the tenth, so that every function, call target and pointer after it moves.
+fn elf_program_source(n: usize, extra: usize, banner: &str) -> String {
+    use std::fmt::Write;
+    let mut s = String::from("#include <stdio.h>\nvolatile int sink;\n");
+    for i in 0..n {
+        writeln!(s, "int f{i}(int x);").unwrap();
+    }
+    let mut defs = Vec::new();
+    for i in 0..n {
+        defs.push(format!(
+            "__attribute__((noinline)) int f{i}(int x) {{ if (x > {i}) return f{}(x - 1) + f{}(x - 2) + {i}; sink += x * {}; return x ^ {i}; }}",
+            (i + 1) % n,
+            (i * 7 + 3) % n,
+            i % 13 + 1
+        ));
+        if i == 9 {
+            for k in 0..extra {
+                defs.push(format!(
+                    "__attribute__((noinline)) int g{k}(int x) {{ sink += x + {k}; return x * 3 + {k}; }}"
+                ));
+            }
+        }
+    }
+    for d in defs {
+        s.push_str(&d);
+        s.push('\n');
+    }
+    let table: Vec<String> = (0..n).map(|i| format!("f{i}")).collect();
+    writeln!(s, "int (*const table[])(int) = {{ {} }};", table.join(", ")).unwrap();
+    writeln!(
+        s,
+        "int main(int argc, char **argv) {{ (void)argv; puts(\"{banner}\"); return table[argc % {n}](argc) & 1; }}"
+    )
+    .unwrap();
+    s
+}
+
+/// Compiles `source` into `out` with the system C compiler (Debian's gcc: PIE, so the
+/// table is relocated through `.rela.dyn`).
+fn compile_c(source: &str, out: &std::path::Path) {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("app.c");
+    std::fs::write(&src, source).unwrap();
+    std::fs::create_dir_all(out.parent().unwrap()).unwrap();
+    let status = std::process::Command::new("cc")
+        .args(["-O1", "-fno-inline", "-o"])
+        .arg(out)
+        .arg(&src)
+        .status()
+        .expect("a C compiler (cc): .ci/build-deps.sh installs gcc");
+    assert!(status.success(), "cc failed");
+}
+
+#[test]
+fn an_x86_64_elf_binary_updates_through_a_reference_aware_diff() {
+    use ferry_format::delta::{BSDIFF_X86, DiffHeader};
+    let sources = tempfile::tempdir().unwrap();
+    let (one, two) = (sources.path().join("1"), sources.path().join("2"));
+    compile_c(
+        &elf_program_source(3000, 0, "release 1"),
+        &one.join("bin/app"),
+    );
+    compile_c(
+        &elf_program_source(3000, 40, "release 2"),
+        &two.join("bin/app"),
+    );
+    put(&one, "share/README", b"an ELF program\n", 0o644);
+    put(&two, "share/README", b"an ELF program\n", 0o644);
+
+    let p = ferry_tests::Publisher::new("stable");
+    p.publish(&v(1), &one);
+    let srv = p.serve();
+    let agent = Agent::init(&srv.url, "stable", &p.public_key(), &[]);
+    agent.update();
+    let second = p.publish(&v(2), &two);
+
+    // The publisher kept the reference-aware diff: it is smaller than the plain one.
+    let diff_size = second["diffs"][0]["size"].as_u64().unwrap();
+    let headers: Vec<DiffHeader> = walk_objects(&p.repo())
+        .into_iter()
+        .filter_map(|path| {
+            let bytes = std::fs::read(&path).unwrap();
+            DiffHeader::decode_prefix(&bytes, bytes.len() as u64)
+                .ok()
+                .map(|(h, _)| h)
+        })
+        .collect();
+    assert_eq!(headers.len(), 1, "one diff object");
+    assert_eq!(headers[0].algorithm, BSDIFF_X86, "{headers:?}");
+
+    let before = srv.requests().len();
+    let r = agent.update();
+    assert_eq!(r["to"], v(2));
+    tree_eq(&agent.current(), &two);
+    let reqs = srv.requests()[before..].to_vec();
+    assert_diff_update(&reqs, "/channels/stable/head", &second);
+    assert_eq!(reqs[2].bytes, diff_size);
+    // The updated program runs.
+    let out = std::process::Command::new(agent.current().join("bin/app"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "release 2\n");
+}
+
+/// An installed ELF base that no longer scans as the publisher's did (its `e_machine`
+/// edited in place, same size: the agent reads it as a plain file and does not rewrite
+/// it) makes the reference-aware diff produce chunks that fail their ids: the agent
+/// says so and takes the archive, and release 2 runs.
+#[test]
+fn an_elf_base_edited_in_place_fails_the_reference_aware_diff_which_falls_back_to_the_archive() {
+    use std::os::unix::fs::FileExt;
+    let sources = tempfile::tempdir().unwrap();
+    let (one, two) = (sources.path().join("1"), sources.path().join("2"));
+    compile_c(
+        &elf_program_source(3000, 0, "release 1"),
+        &one.join("bin/app"),
+    );
+    compile_c(
+        &elf_program_source(3000, 40, "release 2"),
+        &two.join("bin/app"),
+    );
+    let p = ferry_tests::Publisher::new("stable");
+    p.publish(&v(1), &one);
+    let srv = p.serve();
+    let agent = Agent::init(&srv.url, "stable", &p.public_key(), &[]);
+    agent.update();
+    let second = p.publish(&v(2), &two);
+    let app = agent.root().join("versions/1.0.0/bin/app");
+    let f = std::fs::OpenOptions::new().write(true).open(&app).unwrap();
+    f.write_all_at(&3u16.to_le_bytes(), 18).unwrap(); // EM_386
+    drop(f);
+    let before = srv.requests().len();
+    let out = agent.ferry("update", &["--json"]);
+    ferry_tests::assert_ok(&out, "update");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("manifest diff from 1.0.0 unusable")
+            || err.contains("diff from 1.0.0 not used, falling back"),
+        "the failed diff is named: {err}"
+    );
+    tree_eq(&agent.current(), &two);
+    let archive = super::pipeline::object_url_path(second["archive"].as_str().unwrap());
+    let reqs = srv.requests()[before..].to_vec();
+    assert!(
+        reqs.iter().any(|r| r.path == archive && r.status == 206),
+        "{reqs:?}"
+    );
+    let out = std::process::Command::new(agent.current().join("bin/app"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "release 2\n");
+}

@@ -8,6 +8,11 @@
 //! id, so a bad diff (or a base file edited during the update) is refused naming the
 //! chunk; [`DiffSpool::chunk`] hashes it again when the tree builder copies it out.
 //! When the manifest is a skeleton (FORMAT.md §3.7) the hashes become the ids.
+//!
+//! An algorithm-3 diff (FORMAT.md §3.6.1) applies to the base with its x86-64 ELF
+//! files rewritten through the diff's address maps: the apply reads the base through
+//! [`super::elf_base::RewrittenBase`], which rewrites those files block by block as
+//! they are read (on a second thread ahead of the apply), writing nothing to disk.
 
 use std::collections::HashMap;
 use std::fs::{self, File};
@@ -24,6 +29,7 @@ use ferry_format::manifest::Manifest;
 
 use super::ApplyError;
 use super::check::hash_file;
+use super::elf_base::{RewrittenBase, read_maps};
 use super::source::{LocalRelease, map_file};
 use crate::fsutil::{self, FsError, ctx};
 
@@ -210,7 +216,6 @@ fn apply_inner(
         }
     }
     let parts: Vec<&[u8]> = maps.iter().map(|m| m.as_deref().unwrap_or(&[])).collect();
-    let concat = ConcatBase::new(parts);
 
     // Streams: byte ranges of the object, each through its own handle.
     let stream = |offset: u64, len: u64| -> Result<std::io::Take<File>, ApplyError> {
@@ -218,9 +223,21 @@ fn apply_inner(
         ctx("seeking", object, f.seek(SeekFrom::Start(offset)))?;
         Ok(f.take(len))
     };
-    let streams = header
-        .stream_ranges(start)
+    let ranges = header.stream_ranges(start);
+
+    // Algorithm 3: the address maps (the last stream) first; the apply then reads the
+    // mapped ELF files rewritten block by block as it goes.
+    let rewritten = match (header.map_stream(), ranges.last()) {
+        (Some(h), Some(&(offset, len))) => {
+            let file_maps = read_maps(h, stream(offset, len)?, parts.len() as u64).map_err(bad)?;
+            Some(RewrittenBase::new(parts.clone(), &file_maps))
+        }
+        _ => None,
+    };
+    let concat = ConcatBase::new(parts);
+    let streams = ranges
         .into_iter()
+        .take(header.data_streams().len())
         .map(|(offset, len)| stream(offset, len))
         .collect::<Result<Vec<_>, _>>()?;
 
@@ -281,7 +298,17 @@ fn apply_inner(
         }
         Ok(())
     };
-    let applied = apply(&header, &concat, streams, &mut sink);
+    let applied = match &rewritten {
+        None => apply(&header, &concat, streams, &mut sink),
+        Some(base) => std::thread::scope(|s| {
+            if base.wants_worker() {
+                s.spawn(|| base.work_ahead());
+            }
+            // Stops the worker however the apply ends, a panic included.
+            let _stop = base.stopper();
+            apply(&header, base, streams, &mut sink)
+        }),
+    };
     if let Some(e) = failure {
         return Err(e);
     }

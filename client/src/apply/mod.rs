@@ -13,6 +13,7 @@ pub mod build;
 pub mod carry;
 pub mod check;
 pub mod diff;
+pub mod elf_base;
 pub mod pattern;
 pub mod share;
 pub mod source;

@@ -302,7 +302,8 @@ impl Differences<'_> {
 }
 
 /// Applies a diff to `base`, handing every produced byte, in order, to `out`.
-/// `streams` are readers of the object's streams in object order
+/// For algorithm 3, `base` is the rewritten base ([`super::x86`]).
+/// `streams` are readers of the object's data streams ([`DiffHeader::data_streams`]) in object order
 /// ([`DiffHeader::stream_ranges`]); each is decoded on its own thread (the agent's
 /// second core) while this one copies from the base, so the output runs at memory
 /// speed where the release only moved. Fails on any stream that would read outside
@@ -323,12 +324,13 @@ pub fn apply<B: Base + ?Sized, R: Read + Send>(
         )));
     }
     let names = header.layout.stream_names();
-    if streams.len() != header.streams.len() || streams.len() != names.len() {
+    let data = header.data_streams();
+    if streams.len() != data.len() || streams.len() != names.len() {
         return Err(corrupt(format!(
-            "{} stream readers for a {:?} diff of {} streams",
+            "{} stream readers for a {:?} diff of {} data streams",
             streams.len(),
             header.layout,
-            header.streams.len()
+            data.len()
         )));
     }
     let dense = header
@@ -337,7 +339,7 @@ pub fn apply<B: Base + ?Sized, R: Read + Send>(
     let threads = header.target_size >= THREADS_FROM;
     std::thread::scope(|s| {
         let mut incoming = Vec::with_capacity(names.len());
-        for ((r, h), &name) in streams.into_iter().zip(&header.streams).zip(names) {
+        for ((r, h), &name) in streams.into_iter().zip(data).zip(names) {
             let src = if threads {
                 let (tx, rx) = mpsc::sync_channel(DEPTH);
                 s.spawn(move || {

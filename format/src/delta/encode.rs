@@ -12,6 +12,9 @@ use std::io::Write;
 use super::streams::{self, put_varint, zigzag};
 use crate::error::{FormatError, Result};
 
+/// Bytes of the difference stream computed at a time.
+const DIFF_PIECE: usize = 64 << 10;
+
 /// What an encode wrote, before compression.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct EncodeStats {
@@ -182,9 +185,17 @@ pub fn encode<C: Write, D: Write, E: Write>(
                 lenf = lenf + lens - overlap;
                 lenb -= lens;
             }
-            dbuf.clear();
-            dbuf.extend((0..lenf).map(|i| target[lastscan + i].wrapping_sub(base[lastpos + i])));
-            put(&mut diff, &dbuf, "diff")?;
+            // In pieces: an add run can be megabytes long (most of a large library
+            // whose base was rewritten), and a buffer that long would add to the
+            // suffix array at the encoder's peak.
+            for at in (0..lenf).step_by(DIFF_PIECE) {
+                let end = lenf.min(at + DIFF_PIECE);
+                dbuf.clear();
+                dbuf.extend(
+                    (at..end).map(|i| target[lastscan + i].wrapping_sub(base[lastpos + i])),
+                );
+                put(&mut diff, &dbuf, "diff")?;
+            }
             let copy_from = lastscan + lenf;
             let copy_to = scan - lenb;
             put(&mut extra, &target[copy_from..copy_to], "extra")?;

@@ -23,12 +23,15 @@
 //! - [`streams`]: the stream codecs and varints shared by both sides.
 //! - [`manifest_diff`]: the new manifest as a zstd frame against the old one, or its
 //!   skeleton without the ids the data diff yields (§3.7).
+//! - [`x86`]: reference rewriting of x86-64 ELF base files (§3.6.1, algorithm 3): the
+//!   base moved into the new release's address space before matching.
 
 pub mod apply;
 pub mod encode;
 pub mod manifest_diff;
 pub mod pack;
 pub mod streams;
+pub mod x86;
 
 use serde::{Deserialize, Serialize};
 
@@ -43,6 +46,12 @@ pub const DIFF_MAGIC: [u8; 4] = *b"FRYD";
 /// sparse difference layout, each stream LZMA2, bzip3 or stored (FORMAT.md §3.6).
 /// Algorithm 1 (three .xz streams, fixed-width control triples) is no longer read.
 pub const BSDIFF_V2: u8 = 2;
+/// Algorithm number of [`BSDIFF_V2`] over a base whose x86-64 ELF files are first
+/// rewritten through address maps carried in one more stream after the extra stream
+/// (FORMAT.md §3.6.1).
+pub const BSDIFF_X86: u8 = 3;
+/// Largest raw address-map stream (FORMAT.md §3.6.1).
+pub const MAX_MAP_RAW: u64 = 8 << 20;
 /// Largest base or output a diff may describe: suffix arrays index with i32.
 pub const MAX_DIFF_INPUT: u64 = (i32::MAX as u64) - 1;
 
@@ -185,24 +194,35 @@ impl DiffHeader {
         let header: DiffHeader = codec::decode(kind, r.take(len, "header")?)?;
         let start = 10 + len as u64;
         let malformed = |reason: String| FormatError::Malformed { kind, reason };
-        if header.algorithm != BSDIFF_V2 {
+        if header.algorithm != BSDIFF_V2 && header.algorithm != BSDIFF_X86 {
             return Err(FormatError::UnknownAlgorithm {
                 kind,
                 found: header.algorithm,
-                supported: BSDIFF_V2,
+                supported: BSDIFF_X86,
             });
         }
         if header.base_size > MAX_DIFF_INPUT || header.target_size > MAX_DIFF_INPUT {
             return Err(malformed("base or target beyond 2 GiB".into()));
         }
-        let names = header.layout.stream_names();
+        let names = header.stream_names();
         if header.streams.len() != names.len() {
             return Err(malformed(format!(
-                "{:?} layout has {} streams, the header lists {}",
+                "algorithm {} with the {:?} layout has {} streams, the header lists {}",
+                header.algorithm,
                 header.layout,
                 names.len(),
                 header.streams.len()
             )));
+        }
+        if let Some(m) = header.map_stream()
+            && m.raw_len > MAX_MAP_RAW
+        {
+            return Err(FormatError::TooLarge {
+                kind,
+                what: "address-map stream",
+                found: m.raw_len,
+                limit: MAX_MAP_RAW,
+            });
         }
         let mut memory = 0u64;
         for (s, name) in header.streams.iter().zip(names) {
@@ -245,17 +265,41 @@ impl DiffHeader {
             .collect()
     }
 
+    /// The streams' names, in object order, for messages.
+    pub fn stream_names(&self) -> Vec<&'static str> {
+        let mut names = self.layout.stream_names().to_vec();
+        if self.algorithm == BSDIFF_X86 {
+            names.push("address map");
+        }
+        names
+    }
+
+    /// The streams [`apply::apply`] reads (control, differences, extra): all but the
+    /// address map of algorithm 3.
+    pub fn data_streams(&self) -> &[StreamHeader] {
+        &self.streams[..self.layout.stream_count().min(self.streams.len())]
+    }
+
+    /// The address-map stream of an algorithm-3 diff (the last stream).
+    pub fn map_stream(&self) -> Option<&StreamHeader> {
+        if self.algorithm == BSDIFF_X86 {
+            self.streams.last()
+        } else {
+            None
+        }
+    }
+
     /// Bytes of the dense difference stream: every output byte comes from an add run
     /// (one difference byte each) or from the extra stream.
     pub(crate) fn dense_len(&self) -> Option<u64> {
-        let extra = self.streams.last()?.raw_len;
+        let extra = self.data_streams().last()?.raw_len;
         self.target_size.checked_sub(extra)
     }
 
     /// Cheap consistency of the raw lengths with the target size, so that no stream
     /// can make a decoder produce (or a reader wait for) more than the target implies.
     fn check_raw_lengths(&self) -> std::result::Result<(), String> {
-        let raw: Vec<u64> = self.streams.iter().map(|s| s.raw_len).collect();
+        let raw: Vec<u64> = self.data_streams().iter().map(|s| s.raw_len).collect();
         let dense = self
             .dense_len()
             .ok_or_else(|| "extra stream longer than the target".to_string())?;

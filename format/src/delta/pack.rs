@@ -344,6 +344,23 @@ pub fn pack<W: Write + Send>(
     })
 }
 
+/// Dictionary cap of the address-map stream: with every other stream at its cap the
+/// decoders still fit [`streams::DECODER_MEMORY_LIMIT`] (maps are tens of KiB).
+const MAP_DICT: u32 = 1 << 20;
+
+/// Compresses an address-map stream (FORMAT.md §3.6.1) with the smaller of two LZMA2
+/// settings (varints of run gaps and shift changes), or stores it.
+pub fn pack_map<W: Write>(
+    map: &dyn RawSource,
+    sink: &(dyn Fn() -> io::Result<W> + Sync),
+) -> Result<(StreamHeader, W)> {
+    let candidates = [
+        lzma2(map.len(), MAP_DICT, 0, 0, 0),
+        lzma2(map.len(), MAP_DICT, 1, 0, 0),
+    ];
+    smallest(map, &candidates, sink, "address map")
+}
+
 /// The whole object for `header` fields and packed streams in memory.
 pub fn object_in_memory(header: &super::DiffHeader, packed: &Packed<Vec<u8>>) -> Vec<u8> {
     let mut out = header.encode_prefix();

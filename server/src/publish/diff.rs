@@ -15,6 +15,15 @@
 //!    prefix + the chosen streams, hashed as it is written. Peak memory is one base,
 //!    its suffix array (4 bytes per byte) and one target while encoding, then a few
 //!    compressor states while packing.
+//! 4. **Reference-aware** (algorithm 3, FORMAT.md §3.6.1): when base and new release
+//!    have x86-64 ELF files in common, [`super::x86::build_maps`] builds their address
+//!    maps before the target is read (the maps' structures, well below the encoder's
+//!    suffix array, are freed by then) and [`super::x86::rewrite_base`] rewrites the
+//!    base in place; the target is encoded again against it and the object carries the
+//!    maps as one more stream. Below [`COMPARE_BELOW`] bytes of
+//!    base both objects are made and the smaller is kept; above, making both would
+//!    double the publisher's time on the largest releases, so the reference-aware one
+//!    is kept (it was the smaller on every measured pair, benches/X86-EVAL.md).
 //!
 //! A diff is published only when it pays: smaller than the archive ranges the agent on
 //! B would download without it. A base with nothing missing gets no diff.
@@ -31,8 +40,11 @@ use std::time::Instant;
 use ferry_format::chunking::decompress_chunk;
 use ferry_format::delta::encode::{Sinks, encode};
 use ferry_format::delta::manifest_diff::{Skeleton, encode_manifest_diff};
-use ferry_format::delta::pack::{RawSource, pack};
-use ferry_format::delta::{self, BSDIFF_V2, DiffHeader, DiffRef, MAX_DIFF_INPUT, ManifestDiffRef};
+use ferry_format::delta::pack::{RawSource, pack, pack_map};
+use ferry_format::delta::x86::FileMaps;
+use ferry_format::delta::{
+    self, BSDIFF_V2, BSDIFF_X86, DiffHeader, DiffRef, MAX_DIFF_INPUT, ManifestDiffRef, StreamHeader,
+};
 use ferry_format::head::ChannelHead;
 use ferry_format::id::{ChunkId, Digest, ObjectRef};
 use ferry_format::manifest::{EntryKind, Manifest};
@@ -50,6 +62,9 @@ use crate::repo::Repo;
 
 /// zstd level of manifest diffs: they are small, so the strongest level costs little.
 pub const MANIFEST_DIFF_LEVEL: i32 = 19;
+/// Bases below this size get both a plain and a reference-aware diff, and keep the
+/// smaller; larger ones with x86-64 ELF files only the reference-aware one.
+pub const COMPARE_BELOW: u64 = 64 << 20;
 
 /// A release a diff is made against.
 pub struct BaseRelease {
@@ -207,37 +222,42 @@ pub(crate) fn diff_one(
     // Raw streams are spooled while the base and target are in memory; packing runs
     // after they are freed, so its compressors' memory never adds to the encoder's.
     let started = Instant::now();
-    let (control, diff, extra, encode_secs) =
-        encode_streams(repo, new, new_archive, base, &missing)?;
-    let sink = || -> io::Result<BufWriter<NamedTempFile>> {
-        let tmp = repo.object_temp().map_err(io::Error::other)?;
-        Ok(BufWriter::with_capacity(1 << 20, tmp))
-    };
-    let packed = pack(&control, &diff, &extra, &sink).map_err(|source| Error::FormatContext {
-        context: format!("compressing the diff from {v}"),
-        source,
-    })?;
-    drop((control, diff, extra));
-    tracing::debug!(
-        base = v,
-        encode_secs,
-        total_secs = started.elapsed().as_secs_f64(),
-        layout = ?packed.layout,
-        streams = ?packed.streams.iter().map(|(h, _)| (h.codec, h.raw_len, h.stored_len)).collect::<Vec<_>>(),
-        "diff streams ready"
-    );
-
-    let header = DiffHeader {
-        algorithm: BSDIFF_V2,
-        base_manifest: base.manifest_hash,
-        base_size,
-        target_size,
-        target_chunks: missing.len() as u64,
-        layout: packed.layout,
-        streams: packed.streams.iter().map(|(h, _)| *h).collect(),
+    let encoded = encode_streams(repo, new, new_archive, base, &missing)?;
+    let encode_secs = started.elapsed().as_secs_f64();
+    let mut best: Option<Candidate> = None;
+    for (streams, maps) in encoded {
+        let c = pack_candidate(
+            repo,
+            base,
+            target_size,
+            missing.len() as u64,
+            streams,
+            maps.as_deref(),
+        )?;
+        tracing::debug!(
+            base = v,
+            encode_secs,
+            total_secs = started.elapsed().as_secs_f64(),
+            algorithm = c.header.algorithm,
+            size = c.size,
+            layout = ?c.header.layout,
+            streams = ?c.header.streams.iter().map(|h| (h.codec, h.raw_len, h.stored_len)).collect::<Vec<_>>(),
+            "diff candidate"
+        );
+        if best.as_ref().is_none_or(|b| c.size < b.size) {
+            best = Some(c);
+        }
+    }
+    let Some(Candidate {
+        header,
+        streams,
+        size: _,
+    }) = best
+    else {
+        return Ok(None);
     };
     let prefix = header.encode_prefix();
-    let size = prefix.len() as u64 + packed.stored_len();
+    let size = prefix.len() as u64 + header.streams.iter().map(|h| h.stored_len).sum::<u64>();
     if size >= without {
         tracing::info!(
             base = v,
@@ -252,7 +272,7 @@ pub(crate) fn diff_one(
     let tmp_path = tmp.path().to_path_buf();
     let mut out = Hashing::new(BufWriter::with_capacity(1 << 20, tmp));
     out.write_all(&prefix).map_err(io_err("write", &tmp_path))?;
-    for (_, stream) in packed.streams {
+    for (_, stream) in streams {
         let path = stream.get_ref().path().to_path_buf();
         let mut stream = stream
             .into_inner()
@@ -278,44 +298,126 @@ pub(crate) fn diff_one(
     Ok(Some(r))
 }
 
+/// A diff's raw streams (control, diff, extra) and, for algorithm 3, its raw map stream.
+type Encoded = ([Spooled; 3], Option<Vec<u8>>);
+
 /// Rebuilds the base and the target of `base` and encodes them into spools of the
-/// control, diff and extra streams. Returns the spools and the time spent. The base
-/// and target buffers are freed on return.
+/// control, diff and extra streams: against the base as it is, and (see the module
+/// notes) against the base rewritten through the address maps of its x86-64 ELF files
+/// when there are any. The base and target buffers are freed on return.
 fn encode_streams(
     repo: &Repo,
     new: &Manifest,
     new_archive: &(File, PathBuf),
     base: &BaseRelease,
     missing: &[usize],
-) -> Result<(Spooled, Spooled, Spooled, f64)> {
-    let started = Instant::now();
-    let base_data = read_base(repo, &base.manifest, base.manifest.total_file_bytes())?;
-    let target_size: u64 = missing.iter().map(|&i| u64::from(new.chunks[i].size)).sum();
-    let mut target = Vec::with_capacity(target_size as usize);
-    let offsets = new.chunk_offsets();
-    let mut stored = Vec::new();
-    for &i in missing {
-        append_chunk(new_archive, new, &offsets, i, &mut stored, &mut target)?;
-    }
-    let sinks = Sinks {
-        control: Spool::new(repo)?,
-        diff: Spool::new(repo)?,
-        extra: Spool::new(repo)?,
+) -> Result<Vec<Encoded>> {
+    let base_size = base.manifest.total_file_bytes();
+    let mut base_data = read_base(repo, &base.manifest, base_size)?;
+    let read_target = || -> Result<Vec<u8>> {
+        let target_size: u64 = missing.iter().map(|&i| u64::from(new.chunks[i].size)).sum();
+        let mut target = Vec::with_capacity(target_size as usize);
+        let offsets = new.chunk_offsets();
+        let mut stored = Vec::new();
+        for &i in missing {
+            append_chunk(new_archive, new, &offsets, i, &mut stored, &mut target)?;
+        }
+        Ok(target)
     };
-    let (c, d, e, stats) = encode(&base_data, &target, sinks)?;
-    tracing::debug!(
-        base = base.version,
-        controls = stats.controls,
-        added = stats.added,
-        copied = stats.copied,
-        "encoded"
-    );
-    Ok((
-        c.finish()?,
-        d.finish()?,
-        e.finish()?,
-        started.elapsed().as_secs_f64(),
-    ))
+    let encode_one = |base_data: &[u8], target: &[u8]| -> Result<[Spooled; 3]> {
+        let sinks = Sinks {
+            control: Spool::new(repo)?,
+            diff: Spool::new(repo)?,
+            extra: Spool::new(repo)?,
+        };
+        let (c, d, e, stats) = encode(base_data, target, sinks)?;
+        tracing::debug!(
+            base = base.version,
+            controls = stats.controls,
+            added = stats.added,
+            copied = stats.copied,
+            "encoded"
+        );
+        Ok([c.finish()?, d.finish()?, e.finish()?])
+    };
+    // The address maps first, before the target is read: their memory never adds to
+    // the target's or the encoder's.
+    let maps = if super::x86::has_elf(&base.manifest, &base_data) {
+        super::x86::build_maps(new, new_archive, &base.manifest, &base_data)?
+    } else {
+        FileMaps::default()
+    };
+    let mut out = Vec::new();
+    let mut target = None;
+    // The plain diff first: the rewrite happens in place.
+    if maps.files.is_empty() || base_size < COMPARE_BELOW {
+        let t = target.insert(read_target()?);
+        out.push((encode_one(&base_data, t)?, None));
+    }
+    if !maps.files.is_empty() {
+        super::x86::rewrite_base(&base.manifest, &mut base_data, &maps);
+        let t = match target.take() {
+            Some(t) => t,
+            None => read_target()?,
+        };
+        out.push((encode_one(&base_data, &t)?, Some(maps.encode())));
+    }
+    Ok(out)
+}
+
+/// One packed diff object, ready to write.
+struct Candidate {
+    header: DiffHeader,
+    streams: Vec<(StreamHeader, BufWriter<NamedTempFile>)>,
+    size: u64,
+}
+
+/// Packs raw streams (and a raw map stream for algorithm 3) into a candidate object.
+fn pack_candidate(
+    repo: &Repo,
+    base: &BaseRelease,
+    target_size: u64,
+    target_chunks: u64,
+    [control, diff, extra]: [Spooled; 3],
+    maps: Option<&[u8]>,
+) -> Result<Candidate> {
+    let v = &base.version;
+    let sink = || -> io::Result<BufWriter<NamedTempFile>> {
+        let tmp = repo.object_temp().map_err(io::Error::other)?;
+        Ok(BufWriter::with_capacity(1 << 20, tmp))
+    };
+    let context = |source| Error::FormatContext {
+        context: format!("compressing the diff from {v}"),
+        source,
+    };
+    let packed = pack(&control, &diff, &extra, &sink).map_err(context)?;
+    drop((control, diff, extra));
+    let mut streams = packed.streams;
+    let algorithm = match maps {
+        Some(raw) => {
+            streams.push(pack_map(&raw, &sink).map_err(context)?);
+            BSDIFF_X86
+        }
+        None => BSDIFF_V2,
+    };
+    let header = DiffHeader {
+        algorithm,
+        base_manifest: base.manifest_hash,
+        base_size: base.manifest.total_file_bytes(),
+        target_size,
+        target_chunks,
+        layout: packed.layout,
+        streams: streams.iter().map(|(h, _)| *h).collect(),
+    };
+    let size = header.encode_prefix().len() as u64
+        + streams.iter().map(|(h, _)| h.stored_len).sum::<u64>();
+    // What an agent will check first; a candidate it would refuse is not one.
+    DiffHeader::decode_prefix(&header.encode_prefix(), size).map_err(context)?;
+    Ok(Candidate {
+        header,
+        streams,
+        size,
+    })
 }
 
 /// Opens the archive of `m`, checking its size.
@@ -352,7 +454,7 @@ fn read_base(repo: &Repo, m: &Manifest, size: u64) -> Result<Vec<u8>> {
 }
 
 /// Reads chunk `ix` of `m` from its archive, verifies it, and appends its bytes to `out`.
-fn append_chunk(
+pub(super) fn append_chunk(
     (file, path): &(File, PathBuf),
     m: &Manifest,
     offsets: &[u64],
@@ -372,6 +474,10 @@ fn append_chunk(
     Ok(())
 }
 
+/// Write buffer of a raw stream's spool: small, as the spools fill while the encoder
+/// holds its suffix array (the publisher's peak).
+const SPOOL_BUFFER: usize = 64 << 10;
+
 /// A raw stream spooled to a temp file next to the objects.
 struct Spool {
     out: BufWriter<NamedTempFile>,
@@ -381,7 +487,7 @@ struct Spool {
 impl Spool {
     fn new(repo: &Repo) -> Result<Spool> {
         Ok(Spool {
-            out: BufWriter::with_capacity(1 << 20, repo.object_temp()?),
+            out: BufWriter::with_capacity(SPOOL_BUFFER, repo.object_temp()?),
             len: 0,
         })
     }

@@ -28,6 +28,7 @@ pub mod progress;
 pub mod remote;
 pub mod table;
 pub mod walk;
+pub mod x86;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
