@@ -188,7 +188,7 @@ const fn classes() -> [u8; 256] {
 const CLASS: [u8; 256] = classes();
 
 /// Where a scan of a piece may resume: every multiple of this offset in a piece gets
-/// the last position at or before it the scan visited ([`scan_piece`]'s `sync`).
+/// the last position at or before it the scan visited (the `sync` list of the private piece scan).
 pub const SYNC: usize = 256;
 
 /// A reference a rule found at a position: (field offset, anchor, target, next position).
