@@ -307,6 +307,7 @@ fn diff_apply(data: &[u8]) {
 /// The checks of `fuzz/fuzz_targets/x86_rewrite.rs`.
 fn x86_rewrite(data: &[u8]) {
     use ferry_format::delta::x86::elf::Elf;
+    use ferry_format::delta::x86::rewrite::{BlockRewriter, rewrite_blocks};
     use ferry_format::delta::x86::scan::references;
     use ferry_format::delta::x86::{AddressMap, FileMaps, rewrite_file};
     if let Ok(maps) = FileMaps::decode(data, 8) {
@@ -317,7 +318,16 @@ fn x86_rewrite(data: &[u8]) {
             assert!(r.at + r.kind.width() <= data.len() as u64);
         }
         let map = AddressMap::from_runs(&[(0, 16), (0x40_0000, -4096)]).expect("increasing");
-        assert_eq!(rewrite_file(data, &map).map(|f| f.len()), Some(data.len()));
+        let whole = rewrite_file(data, &map).expect("an ELF file");
+        assert_eq!(whole.len(), data.len());
+        let rw = BlockRewriter::new(data, &map).expect("an ELF file");
+        let mut blocks = vec![0u8; data.len()];
+        rewrite_blocks(&rw, &mut blocks);
+        assert!(blocks == whole, "block by block");
+        let (s, e) = (data.len() / 3, data.len() / 3 * 2);
+        let mut part = vec![0u8; e - s];
+        rw.rewrite_range(s as u64, &mut part);
+        assert!(part == whole[s..e], "a range");
     }
 }
 

@@ -56,7 +56,10 @@ impl FastMap {
         let pages = (span >> bits) + 1;
         let table = (0..=pages)
             .map(|p| {
-                let page = lo.saturating_add(p << bits);
+                // In u128: with wide pages `p << bits` passes 2^64, and a wrapped page
+                // start would make the table decrease (a range whose start is past its end).
+                let page =
+                    (u128::from(lo) + (u128::from(p) << bits)).min(u128::from(u64::MAX)) as u64;
                 starts.partition_point(|&s| s <= page) as u32
             })
             .collect();
