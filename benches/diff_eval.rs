@@ -92,12 +92,32 @@ fn apply_object(
 ) -> f64 {
     let t = Instant::now();
     let (header, start) = DiffHeader::decode_prefix(object, object.len() as u64).expect("parse");
-    let streams: Vec<&[u8]> = header
+    let mut streams: Vec<&[u8]> = header
         .stream_ranges(start)
         .into_iter()
         .map(|(o, l)| &object[o as usize..(o + l) as usize])
         .collect();
-    apply(&header, &ConcatBase::new(vec![old]), streams, out).expect("apply");
+    // Algorithm 3 (FORMAT.md §3.6.1): the address maps are the last stream, and the
+    // streams before it apply to the base rewritten through them — here the whole file
+    // at once, in memory (the agent rewrites block by block as it reads).
+    let rewritten = header.map_stream().map(|h| {
+        let maps = ferry_format::delta::x86::read_maps(h, streams[streams.len() - 1], 1)
+            .expect("address maps");
+        let t = Instant::now();
+        let base = maps
+            .files
+            .iter()
+            .find(|(i, _)| *i == 0)
+            .and_then(|(_, map)| ferry_format::delta::x86::rewrite_file(old, map));
+        eprintln!("rewrote the base in {:.3} s", t.elapsed().as_secs_f64());
+        base
+    });
+    streams.truncate(header.data_streams().len());
+    let base = match &rewritten {
+        Some(Some(b)) => b.as_slice(),
+        _ => old,
+    };
+    apply(&header, &ConcatBase::new(vec![base]), streams, out).expect("apply");
     t.elapsed().as_secs_f64()
 }
 
