@@ -92,7 +92,7 @@ impl Remote {
         {
             Ok(m) => m,
             Err(e) => {
-                warn_fallback(out, &via, &format!("its manifest is unusable: {e:#}"));
+                warn_fallback(&via, &format!("its manifest is unusable: {e:#}"));
                 return Ok((planned, None));
             }
         };
@@ -135,7 +135,7 @@ impl Remote {
             Err(e) => {
                 discard_downloads(&root.layout);
                 let _ = fsutil::remove_tree(&root.layout.staging_tree(&via));
-                warn_fallback(out, &via, &format!("the first hop failed: {e:#}"));
+                warn_fallback(&via, &format!("the first hop failed: {e:#}"));
                 return Ok((planned, None));
             }
         };
@@ -160,8 +160,8 @@ impl Remote {
 }
 
 /// `plan: 1.0.0 -> 1.7.0: two hops through 1.5.0: its manifest (20.1 KB), diff from 1.0.0
-/// (1.1 MB), diff from 1.5.0 (400.2 KB): 1.5 MB in 5 request(s) with the head and the
-/// manifest; the archive ranges: 3.2 MB in 1 request(s)`
+/// (1.1 MB), diff from 1.5.0 (400.2 KB): 1.5 MB in 3 request(s) after the target's
+/// manifest; the archive ranges would download 3.2 MB in 1 request(s)`
 fn line(direct: &ferry_format::plan::UpdatePlan, hop: &HopPlan, from: Option<&str>) -> String {
     let first = hop.first.chosen();
     let second = hop.second.chosen();
@@ -190,12 +190,10 @@ fn line(direct: &ferry_format::plan::UpdatePlan, hop: &HopPlan, from: Option<&st
     )
 }
 
-fn warn_fallback(out: Out, via: &str, why: &str) {
-    let msg = format!(
+fn warn_fallback(via: &str, why: &str) {
+    tracing::warn!(
         "not going through {via} (two hops): {why}; the active release is untouched, taking the direct plan"
     );
-    let _ = out;
-    tracing::warn!("{msg}");
 }
 
 /// The error a plan whose routes all failed ends with (the first hop's plan has one),
