@@ -5,20 +5,22 @@
 //! Nothing is written to disk and the rewritten file is never whole in memory. The
 //! scan restarts at every 64 KiB of a file, so any block, or any range, can be
 //! rewritten from the installed file's bytes, the map and a small index
-//! ([`BlockRewriter`]). The diff reads its base mostly forwards in long reads, with
-//! many short reads here and there: a worker thread ([`RewrittenBase::work_ahead`])
-//! rewrites the blocks after the last long read while the apply copies, so the
-//! rewrite runs on the second core; the apply takes the blocks it made, rewrites a long
-//! read's block itself when the worker has not got there (and keeps it), and rewrites
-//! just the bytes of a short read elsewhere (from the scan's resume point at most 256
-//! bytes before it). The apply never waits, except for a block the worker is finishing.
+//! ([`BlockRewriter`]). The apply decodes its control stream ahead and announces the
+//! base reads to come ([`Base::will_read`]): a worker thread
+//! ([`RewrittenBase::work_ahead`]) rewrites the blocks of the long reads among them, in
+//! the order they will be read and at most 32 blocks ahead, so the rewrite
+//! runs on the second core and no block is made that the apply will not read. The
+//! apply takes the blocks the worker made, rewrites a long read's block itself when
+//! the worker is behind (and keeps it), and rewrites just the bytes of a short read
+//! (from the scan's resume point at most 256 bytes before it). The apply never waits,
+//! except for a block the worker is finishing.
 //!
 //! Memory: the maps (at most 2^20 runs, 16 bytes each, and a page table of at most
 //! 256 KiB per file), the index (8 bytes per relocation and Go function record that
 //! writes elsewhere), the resume points (4 bytes per 256 bytes of a mapped file) and
 //! [`CACHE_BLOCKS`] × 64 KiB of blocks.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::Read;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
@@ -30,9 +32,14 @@ use ferry_format::delta::x86::rewrite::{BLOCK, BlockRewriter};
 /// Rewritten blocks kept (64 KiB each): those the worker made ahead of the apply and
 /// the last ones read (a diff often reads back a little).
 pub const CACHE_BLOCKS: usize = 48;
-/// Blocks the worker rewrites ahead of the last long read's.
-const AHEAD: u64 = 16;
-/// Reads of at least this many bytes move the worker ([`RewrittenBase::work_ahead`]).
+/// Announced blocks the worker may rewrite ahead of the apply: fewer than the cache
+/// holds, so that none is evicted before it is read.
+const WINDOW: usize = 32;
+/// Announced blocks remembered at most; later announcements are dropped (the apply
+/// then rewrites those blocks itself).
+const MAX_PLANNED: usize = 4096;
+/// A read of at least this many bytes of one block takes the whole block rewritten
+/// (and kept); a shorter one rewrites just its bytes.
 const MAIN_READ: usize = 4096;
 /// Files with fewer blocks than this are rewritten by the apply alone: a thread
 /// costs more than it saves.
@@ -53,23 +60,34 @@ type Key = (usize, u64);
 
 struct Cache {
     blocks: HashMap<Key, (Arc<Vec<u8>>, u64)>,
+    /// The blocks the apply announced it will read whole ([`Base::will_read`]), in
+    /// the order it will read them; the first [`WINDOW`] are the worker's to make.
+    planned: VecDeque<Key>,
     /// The block the worker is rewriting now.
     pending: Option<Key>,
+    /// The block the apply is rewriting now (the worker leaves it alone).
+    busy: Option<Key>,
     clock: u64,
-    /// The last block the apply read.
-    want: Option<Key>,
     stop: bool,
     /// Buffers of evicted blocks, for reuse.
     spare: Vec<Vec<u8>>,
 }
 
 impl Cache {
-    /// Keeps `b` as block `key`, evicting the least recently used beyond the limit.
+    /// Keeps `b` as block `key`, evicting the least recently used beyond the limit
+    /// (never a block of the worker's window: the apply is about to read it).
     fn insert(&mut self, key: Key, b: Arc<Vec<u8>>) {
         self.clock += 1;
         self.blocks.insert(key, (b, self.clock));
         while self.blocks.len() > CACHE_BLOCKS {
-            let Some(old) = self.blocks.iter().min_by_key(|e| e.1.1).map(|e| *e.0) else {
+            let window: Vec<Key> = self.planned.iter().take(WINDOW).copied().collect();
+            let Some(old) = self
+                .blocks
+                .iter()
+                .filter(|e| *e.0 != key && !window.contains(e.0))
+                .min_by_key(|e| e.1.1)
+                .map(|e| *e.0)
+            else {
                 break;
             };
             if let Some((b, _)) = self.blocks.remove(&old)
@@ -84,6 +102,23 @@ impl Cache {
         self.spare
             .pop()
             .unwrap_or_else(|| Vec::with_capacity(BLOCK as usize))
+    }
+
+    /// The apply reads block `key` whole: it leaves the plan, with the announced
+    /// blocks before it (the apply read those in shorter pieces, or not at all).
+    fn reached(&mut self, key: Key) {
+        if let Some(i) = self.planned.iter().take(WINDOW).position(|&k| k == key) {
+            self.planned.drain(..=i);
+        }
+    }
+
+    /// The first block of the window neither made nor being made.
+    fn next_for_worker(&self) -> Option<Key> {
+        self.planned
+            .iter()
+            .take(WINDOW)
+            .find(|k| !self.blocks.contains_key(k) && self.busy != Some(**k))
+            .copied()
     }
 }
 
@@ -121,7 +156,6 @@ impl<'a> RewrittenBase<'a> {
             at += p.len() as u64;
         }
         starts.push(at);
-        let want0 = (!rewriters.is_empty()).then_some((0, 0));
         RewrittenBase {
             parts,
             starts,
@@ -129,11 +163,10 @@ impl<'a> RewrittenBase<'a> {
             rewriters,
             cache: Mutex::new(Cache {
                 blocks: HashMap::new(),
+                planned: VecDeque::new(),
                 pending: None,
+                busy: None,
                 clock: 0,
-                // A diff starts near the start of its base: the worker can begin
-                // while the apply waits for its streams' first bytes.
-                want: want0,
                 stop: false,
                 spare: Vec::new(),
             }),
@@ -157,21 +190,15 @@ impl<'a> RewrittenBase<'a> {
         self.cache.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Rewrites blocks ahead of the apply until [`RewrittenBase::stop`]; run on its own
-    /// thread.
+    /// Rewrites the blocks the apply announced, in order and at most [`WINDOW`] ahead
+    /// of it, until [`RewrittenBase::stop`]; run on its own thread.
     pub fn work_ahead(&self) {
         let mut c = self.lock();
         loop {
             if c.stop {
                 return;
             }
-            let next = c.want.and_then(|(r, k)| {
-                let last = self.rewriters[r].blocks();
-                (k..(k + 1 + AHEAD).min(last))
-                    .map(|b| (r, b))
-                    .find(|key| !c.blocks.contains_key(key))
-            });
-            let Some(key) = next else {
+            let Some(key) = c.next_for_worker() else {
                 c = self.wake.wait(c).unwrap_or_else(|e| e.into_inner());
                 continue;
             };
@@ -204,22 +231,34 @@ impl<'a> RewrittenBase<'a> {
         Stopper(self)
     }
 
+    /// Calls `f(part, offset in part, length)` for each part `[pos, pos + len)` covers.
+    fn split(&self, mut pos: u64, mut len: u64, mut f: impl FnMut(usize, u64, u64)) {
+        // The last part containing `pos`: starts are sorted, empty parts share a start.
+        let mut i = self.starts.partition_point(|&s| s <= pos).saturating_sub(1);
+        while len > 0 && i < self.parts.len() {
+            let off = pos - self.starts[i];
+            let n = (self.parts[i].len() as u64).saturating_sub(off).min(len);
+            f(i, off, n);
+            pos += n;
+            len -= n;
+            i += 1;
+        }
+    }
+
     /// Fills `out` with the rewritten bytes of file `r` from `at`, from blocks the
     /// worker made or, for those it has not, rewritten here.
     fn read_rewritten(&self, r: usize, at: u64, out: &mut [u8]) {
-        let key = (r, at / BLOCK);
-        // Only a long read moves the worker: the diff's short reads hop around the
-        // file, its long ones follow the part being rebuilt.
         let mut c = self.lock();
-        if (out.len() >= MAIN_READ || c.want.is_none()) && c.want != Some(key) {
-            c.want = Some(key);
-            self.wake.notify_all();
-        }
         let mut done = 0;
         while done < out.len() {
             let pos = at + done as u64;
             let (k, inner) = (pos / BLOCK, (pos % BLOCK) as usize);
             let m = (BLOCK as usize - inner).min(out.len() - done);
+            if m >= MAIN_READ {
+                c.reached((r, k));
+                // The worker may now take one more block.
+                self.wake.notify_all();
+            }
             while c.pending == Some((r, k)) {
                 // The worker is nearly done with it: waiting costs less than doing it
                 // again.
@@ -231,13 +270,15 @@ impl<'a> RewrittenBase<'a> {
                 e.1 = clock;
                 out[done..done + m].copy_from_slice(&e.0[inner..inner + m]);
             } else if m >= MAIN_READ {
-                // A long read: the whole block, kept, so that the worker moves on to
-                // the next ones.
+                // The worker is behind: the whole block here, kept (a diff often
+                // reads a block again).
                 let mut buf = c.buffer();
+                c.busy = Some((r, k));
                 drop(c);
                 self.rewriters[r].block(k, &mut buf);
                 out[done..done + m].copy_from_slice(&buf[inner..inner + m]);
                 c = self.lock();
+                c.busy = None;
                 c.insert((r, k), Arc::new(buf));
             } else {
                 drop(c);
@@ -254,27 +295,52 @@ impl Base for RewrittenBase<'_> {
         *self.starts.last().unwrap_or(&0)
     }
 
-    fn read_at(&self, mut pos: u64, mut buf: &mut [u8]) -> ferry_format::Result<()> {
-        // The last part containing `pos`: starts are sorted, empty parts share a start.
-        let mut i = self.starts.partition_point(|&s| s <= pos).saturating_sub(1);
-        while !buf.is_empty() {
-            let part = self.parts.get(i).ok_or_else(|| FormatError::Malformed {
+    fn will_read(&self, pos: u64, len: u64) {
+        let mut blocks = Vec::new();
+        self.split(pos, len, |i, off, n| {
+            let Some(r) = self.rewriter_of[i] else { return };
+            let mut at = off;
+            while at < off + n {
+                let k = at / BLOCK;
+                let end = ((k + 1) * BLOCK).min(off + n);
+                if end - at >= MAIN_READ as u64 {
+                    blocks.push((r, k));
+                }
+                at = end;
+            }
+        });
+        if blocks.is_empty() {
+            return;
+        }
+        let mut c = self.lock();
+        for key in blocks {
+            if c.planned.len() < MAX_PLANNED && c.planned.back() != Some(&key) {
+                c.planned.push_back(key);
+            }
+        }
+        drop(c);
+        self.wake.notify_all();
+    }
+
+    fn read_at(&self, pos: u64, buf: &mut [u8]) -> ferry_format::Result<()> {
+        if pos.checked_add(buf.len() as u64).is_none_or(|e| e > self.len()) {
+            return Err(FormatError::Malformed {
                 kind: "diff",
                 reason: format!("base read at {pos} beyond its end"),
-            })?;
-            let off = pos - self.starts[i];
-            let n = ((part.len() as u64).saturating_sub(off) as usize).min(buf.len());
+            });
+        }
+        let mut done = 0usize;
+        self.split(pos, buf.len() as u64, |i, off, n| {
+            let out = &mut buf[done..done + n as usize];
             match self.rewriter_of[i] {
                 None => {
                     let off = off as usize;
-                    buf[..n].copy_from_slice(&part[off..off + n]);
+                    out.copy_from_slice(&self.parts[i][off..off + n as usize]);
                 }
-                Some(r) => self.read_rewritten(r, off, &mut buf[..n]),
+                Some(r) => self.read_rewritten(r, off, out),
             }
-            buf = &mut buf[n..];
-            pos += n as u64;
-            i += 1;
-        }
+            done += n as usize;
+        });
         Ok(())
     }
 }
@@ -312,12 +378,21 @@ mod tests {
                     s.spawn(|| base.work_ahead());
                 }
                 let mut got = vec![0u8; whole.len()];
-                // Forwards in odd steps, then a few reads back.
-                let mut pos = 0;
-                while pos < got.len() {
-                    let n = 77_777.min(got.len() - pos);
-                    base.read_at(pos as u64, &mut got[pos..pos + n]).unwrap();
-                    pos += n;
+                // Forwards in odd steps, each announced a few reads ahead as the apply
+                // does, then a few reads back, unannounced.
+                let steps: Vec<(usize, usize)> = (0..whole.len())
+                    .step_by(77_777)
+                    .map(|p| (p, 77_777.min(whole.len() - p)))
+                    .collect();
+                for (i, &(p, n)) in steps.iter().enumerate() {
+                    if i == 0 {
+                        for &(p, n) in steps.iter().take(3) {
+                            base.will_read(p as u64, n as u64);
+                        }
+                    } else if let Some(&(p, n)) = steps.get(i + 2) {
+                        base.will_read(p as u64, n as u64);
+                    }
+                    base.read_at(p as u64, &mut got[p..p + n]).unwrap();
                 }
                 for &(at, n) in &[(3usize, 200_000usize), (whole.len() - 70_000, 70_000)] {
                     let mut b = vec![0u8; n];

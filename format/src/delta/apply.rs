@@ -19,6 +19,11 @@ pub trait Base {
     }
     /// Fills `buf` from position `pos`; the caller guarantees `pos + buf.len() <= len()`.
     fn read_at(&self, pos: u64, buf: &mut [u8]) -> Result<()>;
+    /// Announces that `len` bytes from `pos` will be read, after the reads announced
+    /// before: [`apply`] decodes its control stream ahead, so a base that must prepare
+    /// its bytes (the rewritten base of an algorithm-3 diff) can prepare them on
+    /// another thread before they are wanted. Reading does not depend on it.
+    fn will_read(&self, _pos: u64, _len: u64) {}
 }
 
 /// A base made of byte slices laid end to end (a release's files in manifest order).
@@ -382,6 +387,81 @@ pub fn apply<B: Base + ?Sized, R: Read + Send>(
     })
 }
 
+/// A control record, checked: `add` bytes from base position `pos` (plus
+/// differences), then `copy` bytes of the extra stream.
+struct Record {
+    pos: u64,
+    add: u64,
+    copy: u64,
+}
+
+/// How far [`run`] decodes the control stream ahead of the output, so the base learns
+/// of its reads early ([`Base::will_read`]): records, and base bytes they read.
+const AHEAD_RECORDS: usize = 4096;
+const AHEAD_BYTES: u64 = 2 << 20;
+
+/// The control stream decoded ahead of the apply, each record checked against the
+/// target and base sizes as it is decoded.
+struct Controls<'s, 'a> {
+    control: &'s mut Incoming<'a>,
+    queue: std::collections::VecDeque<Record>,
+    /// Bytes the decoded records produce, and the base position after them.
+    produced: u64,
+    pos: u64,
+    /// Base bytes the queued records read.
+    queued_bytes: u64,
+}
+
+impl Controls<'_, '_> {
+    fn decode<B: Base + ?Sized>(&mut self, header: &DiffHeader, base: &B) -> Result<()> {
+        let seek = unzigzag(self.control.varint()?);
+        let add = self.control.varint()?;
+        let copy = self.control.varint()?;
+        let end = self
+            .produced
+            .checked_add(add)
+            .and_then(|n| n.checked_add(copy))
+            .filter(|&n| n <= header.target_size)
+            .ok_or_else(|| corrupt("control runs past the target size".into()))?;
+        if end == self.produced {
+            return Err(corrupt("control record produces nothing".into()));
+        }
+        let pos = self
+            .pos
+            .checked_add_signed(seek)
+            .filter(|&p| p <= header.base_size)
+            .ok_or_else(|| corrupt(format!("seek {seek} from {} leaves the base", self.pos)))?;
+        if pos.checked_add(add).is_none_or(|n| n > header.base_size) {
+            return Err(corrupt(format!(
+                "add run of {add} at base {pos} leaves the base"
+            )));
+        }
+        if add > 0 {
+            base.will_read(pos, add);
+        }
+        self.produced = end;
+        self.pos = pos + add;
+        self.queued_bytes += add;
+        self.queue.push_back(Record { pos, add, copy });
+        Ok(())
+    }
+
+    /// The next record, after decoding ahead as far as the bounds allow.
+    fn next<B: Base + ?Sized>(&mut self, header: &DiffHeader, base: &B) -> Result<Option<Record>> {
+        while self.produced < header.target_size
+            && (self.queue.is_empty()
+                || (self.queue.len() < AHEAD_RECORDS && self.queued_bytes < AHEAD_BYTES))
+        {
+            self.decode(header, base)?;
+        }
+        let r = self.queue.pop_front();
+        if let Some(r) = &r {
+            self.queued_bytes -= r.add;
+        }
+        Ok(r)
+    }
+}
+
 fn run<B: Base + ?Sized>(
     header: &DiffHeader,
     base: &B,
@@ -391,29 +471,15 @@ fn run<B: Base + ?Sized>(
     out: &mut dyn FnMut(&[u8]) -> Result<()>,
 ) -> Result<u64> {
     let mut produced = 0u64;
-    let mut pos = 0u64;
     let mut buf = vec![0u8; BUF];
-    while produced < header.target_size {
-        let seek = unzigzag(control.varint()?);
-        let add = control.varint()?;
-        let copy = control.varint()?;
-        let end = produced
-            .checked_add(add)
-            .and_then(|n| n.checked_add(copy))
-            .filter(|&n| n <= header.target_size)
-            .ok_or_else(|| corrupt("control runs past the target size".into()))?;
-        if end == produced {
-            return Err(corrupt("control record produces nothing".into()));
-        }
-        pos = pos
-            .checked_add_signed(seek)
-            .filter(|&p| p <= header.base_size)
-            .ok_or_else(|| corrupt(format!("seek {seek} from {pos} leaves the base")))?;
-        if pos.checked_add(add).is_none_or(|n| n > header.base_size) {
-            return Err(corrupt(format!(
-                "add run of {add} at base {pos} leaves the base"
-            )));
-        }
+    let mut controls = Controls {
+        control: &mut control,
+        queue: std::collections::VecDeque::new(),
+        produced: 0,
+        pos: 0,
+        queued_bytes: 0,
+    };
+    while let Some(Record { mut pos, add, copy }) = controls.next(header, base)? {
         let mut left = add;
         while left > 0 {
             let n = left.min(BUF as u64) as usize;
@@ -429,7 +495,7 @@ fn run<B: Base + ?Sized>(
             left -= piece.len() as u64;
             out(piece)?;
         }
-        produced = end;
+        produced += add + copy;
     }
     control.finish()?;
     diff.finish()?;
