@@ -40,7 +40,7 @@ use crate::cli::report::Out;
 use crate::cli::{LockArgs, dry_run, rollback, status, update};
 use crate::install::layout::Layout;
 
-pub use ferry_format::plan::{Region, Route, Source, UpdatePlan, Via};
+pub use ferry_format::plan::{HopPlan, Region, Route, Source, UpdatePlan, Via};
 
 /// What an application's root follows: [`Updater::new`] initialises the root with it
 /// the first time (as `ferry init` does) and opens it afterwards.
@@ -181,9 +181,33 @@ pub struct Plan {
     pub to: String,
     /// Where every byte comes from, the chosen route first, then its fallbacks.
     pub update: UpdatePlan,
-    /// The chosen route as `ferry update` prints it.
+    /// The chosen route as `ferry update` prints it (the two hops' line when `hops`
+    /// is set).
     pub line: String,
+    /// Two hops through an intermediate release (FORMAT.md §8), when they cost fewer
+    /// bytes than `update`'s chosen route: what the update executes then, with
+    /// `update` as its fallback.
+    pub hops: Option<Box<Hops>>,
     manifest: Vec<u8>,
+}
+
+/// Two hops a [`Plan`] goes through: the diff from a held release to `plan.via`, then
+/// the diff from there to the target, both priced on this machine.
+#[derive(Clone, Debug)]
+pub struct Hops {
+    pub plan: HopPlan,
+    /// The intermediate release's manifest, as fetched and verified for the plan.
+    manifest: Vec<u8>,
+}
+
+impl Hops {
+    pub(crate) fn new(plan: HopPlan, manifest: Vec<u8>) -> Hops {
+        Hops { plan, manifest }
+    }
+
+    pub(crate) fn manifest_bytes(&self) -> &[u8] {
+        &self.manifest
+    }
 }
 
 impl Plan {
@@ -193,8 +217,15 @@ impl Plan {
             to: update.to.clone(),
             update,
             line,
+            hops: None,
             manifest,
         }
+    }
+
+    pub(crate) fn through(mut self, hops: Hops, line: String) -> Plan {
+        self.hops = Some(Box::new(hops));
+        self.line = line;
+        self
     }
 
     /// How the chosen route gets the missing bytes.
@@ -209,7 +240,11 @@ impl Plan {
     /// # }
     /// ```
     pub fn via(&self) -> &Via {
-        &self.update.chosen().via
+        match &self.hops {
+            // The second hop's route builds the target, as `Applied::via` says.
+            Some(h) => &h.plan.second.chosen().via,
+            None => &self.update.chosen().via,
+        }
     }
 
     /// Bytes of release data the chosen route downloads (beyond the head and manifest).
@@ -227,7 +262,11 @@ impl Plan {
     /// # }
     /// ```
     pub fn download_bytes(&self) -> u64 {
-        self.update.chosen().download_bytes
+        match &self.hops {
+            // The intermediate manifest and both diffs.
+            Some(h) => h.plan.download_bytes,
+            None => self.update.chosen().download_bytes,
+        }
     }
 
     /// Requests the chosen route makes for them.
@@ -242,7 +281,10 @@ impl Plan {
     /// # }
     /// ```
     pub fn download_requests(&self) -> u64 {
-        self.update.chosen().requests
+        match &self.hops {
+            Some(h) => h.plan.requests,
+            None => self.update.chosen().requests,
+        }
     }
 
     /// Uncompressed bytes copied from local releases instead of downloaded (all of
@@ -546,7 +588,7 @@ impl Updater {
     }
 
     /// What an update would do and download, from the head and the manifest alone
-    /// (at most 2 requests); nothing is written. Over the data budget or the free
+    /// (at most 3 requests: two hops, FORMAT.md §8, add the intermediate manifest); nothing is written. Over the data budget or the free
     /// space it fails as the update would.
     ///
     /// ```no_run

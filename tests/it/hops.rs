@@ -339,3 +339,99 @@ fn a_kill_at_any_step_of_two_hops_leaves_the_active_release_and_the_next_update_
         assert!(!root.join(".ferry/staging").exists(), "{point}");
     }
 }
+
+/// Every update is priced before it is fetched, two hops included: `update --dry-run`
+/// announces the hops (3 requests of its own: head, manifest, the intermediate
+/// manifest) with the bytes and requests the update then spends after its head and
+/// manifest, and the library's plan carries them too: `apply` executes those hops
+/// without fetching either manifest again.
+#[test]
+fn the_dry_run_and_the_librarys_plan_price_two_hops_as_the_update_spends_them() {
+    let mut chain = Chain::new();
+    chain.publish_to(4);
+    let nginx = Nginx::start(&chain.p.repo());
+    let cli = chain.agent_on(&nginx, 4);
+    let lib = chain.agent_on(&nginx, 4);
+    chain.publish_to(11);
+
+    let before = nginx.requests().len();
+    let out = cli.ferry("update", &["--dry-run", "--json"]);
+    ferry_tests::assert_ok(&out, "update --dry-run");
+    let dry: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let reqs = nginx.requests()[before..].to_vec();
+    assert_eq!(
+        reqs.len(),
+        3,
+        "head, manifest, intermediate manifest: {reqs:#?}"
+    );
+    assert_eq!(
+        (&dry["via"], &dry["requests"]),
+        (&Value::from("hops"), &Value::from(3)),
+        "{dry}"
+    );
+    let through = dry["through"]
+        .as_str()
+        .expect("the intermediate release")
+        .to_string();
+    assert_eq!(
+        std::fs::read_link(cli.root().join("current")).unwrap(),
+        std::fs::read_link(lib.root().join("current")).unwrap(),
+        "the dry run switched nothing"
+    );
+
+    let before = nginx.requests().len();
+    let out = cli.ferry("update", &["--json"]);
+    ferry_tests::assert_ok(&out, "update");
+    let real: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let data = nginx.requests()[before + 2..].to_vec();
+    assert_eq!(real["through"], through.as_str(), "{real}");
+    assert_eq!(
+        dry["download_bytes"],
+        data.iter().map(|q| q.bytes).sum::<u64>(),
+        "{dry} vs {data:#?}"
+    );
+    assert_eq!(
+        dry["download_requests"],
+        data.len() as u64,
+        "{dry} vs {data:#?}"
+    );
+
+    let updater = ferry_client::updater::Updater::open(lib.root()).unwrap();
+    let plan = updater.plan().unwrap().expect("release 11 to install");
+    let hops = plan.hops.as_ref().expect("two hops in the library's plan");
+    assert_eq!(hops.plan.via, through);
+    assert_eq!(
+        plan.download_bytes(),
+        dry["download_bytes"].as_u64().unwrap()
+    );
+    assert_eq!(
+        plan.download_requests(),
+        dry["download_requests"].as_u64().unwrap()
+    );
+    assert!(plan.line.contains("two hops through"), "{}", plan.line);
+    let before = nginx.requests().len();
+    let applied = updater.apply(&plan, &|_| {}).unwrap();
+    let reqs = nginx.requests()[before..].to_vec();
+    assert_eq!(applied.through.as_deref(), Some(through.as_str()));
+    assert_eq!(applied.to.as_deref(), Some(v(11).as_str()));
+    let manifests = [
+        object_url_path(chain.report(11)["manifest"].as_str().unwrap()),
+        object_url_path(
+            chain
+                .reports
+                .iter()
+                .find(|r| r["version"] == through.as_str())
+                .unwrap()["manifest"]
+                .as_str()
+                .unwrap(),
+        ),
+    ];
+    assert!(
+        reqs.iter().all(|q| !manifests.contains(&q.path)),
+        "{reqs:#?}"
+    );
+    // The head, then one diff per hop.
+    assert_eq!(reqs.len(), 3, "{reqs:#?}");
+    tree_eq(&lib.current(), &chain.source(11));
+    assert_not_installed(&lib, &through);
+}

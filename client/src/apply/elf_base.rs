@@ -323,7 +323,10 @@ impl Base for RewrittenBase<'_> {
     }
 
     fn read_at(&self, pos: u64, buf: &mut [u8]) -> ferry_format::Result<()> {
-        if pos.checked_add(buf.len() as u64).is_none_or(|e| e > self.len()) {
+        if pos
+            .checked_add(buf.len() as u64)
+            .is_none_or(|e| e > self.len())
+        {
             return Err(FormatError::Malformed {
                 kind: "diff",
                 reason: format!("base read at {pos} beyond its end"),

@@ -1,5 +1,6 @@
 //! `ferry update --dry-run`: what the update would do and cost, from the head and the
-//! release's manifest (at most 2 requests), changing nothing — no state, history, key
+//! release's manifest (at most 3 requests: two hops, FORMAT.md §8, also need the
+//! intermediate release's manifest), changing nothing — no state, history, key
 //! list, kept head, download or folder is written.
 //!
 //! The head passes every check a real update makes (signatures, expiry, sequence,
@@ -20,7 +21,7 @@ use super::root::Root;
 use super::update::{self, Mode};
 use crate::install::lock::LockMode;
 use crate::install::retain::UpdateDecision;
-use crate::updater::{Check, Plan, Updater};
+use crate::updater::{Check, Hops, Plan, Updater};
 
 pub fn run(args: &UpdateArgs) -> Result<()> {
     let updater = Updater::open(&args.root)?
@@ -42,10 +43,11 @@ pub fn run(args: &UpdateArgs) -> Result<()> {
             "to": to,
             "result": result,
             "plan": plan.map(|p| p.line.clone()),
-            "via": plan.map(|p| p.via().name()),
+            "via": plan.map(|p| if p.hops.is_some() { "hops" } else { p.via().name() }),
             "download_bytes": plan.map_or(0, Plan::download_bytes),
             "download_requests": plan.map_or(0, Plan::download_requests),
             "reuse_bytes": plan.map_or(0, Plan::reuse_bytes),
+            "through": plan.and_then(|p| p.hops.as_ref()).map(|h| h.plan.via.clone()),
             "fallbacks": plan.map(|p| p.update.fallbacks().iter().map(|r| json!({
                 "via": r.via.name(),
                 "download_bytes": r.download_bytes,
@@ -66,9 +68,13 @@ pub fn run(args: &UpdateArgs) -> Result<()> {
     );
     match plan {
         Some(p) => println!(
-            "dry run: updating {} -> {} would download {} in {} request(s) and reuse {}; {spent}",
+            "dry run: updating {} -> {}{} would download {} in {} request(s) and reuse {}; {spent}",
             p.from.as_deref().unwrap_or("none"),
             p.to,
+            p.hops.as_ref().map_or(String::new(), |h| format!(
+                " through {} (two hops)",
+                h.plan.via
+            )),
             report::bytes(p.download_bytes()),
             p.download_requests(),
             report::bytes(p.reuse_bytes()),
@@ -143,9 +149,18 @@ fn plan(root: &mut Root, remote: &Remote, force: bool, out: Out) -> Result<Check
         &[],
         remote.makes_diffs(),
     )?;
-    let plan = observed.plan;
-    let line = super::plan::line(&root.layout, &plan, plan.chosen());
+    let line = super::plan::line(&root.layout, &observed.plan, observed.plan.chosen());
     out.info(&line);
-    deliver::check_plan(root, &manifest, &plan)?;
-    Ok(Check::Available(Plan::new(plan, line, bytes)))
+    deliver::check_plan(root, &manifest, &observed.plan)?;
+    // Two hops, priced as the update prices them (one more request, counted above).
+    let hops = remote.price_hops(root, &head, &trusted, &manifest, &observed, out)?;
+    let plan = Plan::new(observed.plan, line, bytes);
+    Ok(Check::Available(match hops {
+        None => plan,
+        Some(priced) => {
+            deliver::check_budget(root, priced.hop.download_bytes, Some(&priced.line), out)?;
+            out.info(&priced.line);
+            plan.through(Hops::new(priced.hop, priced.via_bytes), priced.line)
+        }
+    }))
 }

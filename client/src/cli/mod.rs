@@ -192,7 +192,7 @@ pub struct UpdateArgs {
     #[arg(long, value_name = "SIZE", value_parser = size::parse_size)]
     pub max_download: Option<u64>,
     /// Print the plan and what it would download, from the head and the manifest
-    /// alone (at most 2 requests); change nothing.
+    /// alone (at most 3 requests, with two hops); change nothing.
     #[arg(long)]
     pub dry_run: bool,
     /// Print nothing but errors (no plan, progress bar or summary).

@@ -605,9 +605,13 @@ fn build(
         )?;
         (bytes, manifest, deliver::Planned::new(observed))
     };
-    // A plan given to `apply` is executed as it was made.
-    let (planned, hops) = match given {
-        Some(_) => (planned, None),
+    // A plan given to `apply` is executed as it was made, its two hops included.
+    let (planned, hops) = match given.map(|p| (p, &p.hops)) {
+        Some((_, None)) => (planned, None),
+        Some((p, Some(h))) => {
+            let priced = given_hops(root, head, trusted, &manifest, &planned.observed, p, h)?;
+            remote.take_hops(root, &manifest, planned, priced, out)?
+        }
         None => remote.try_hops(root, head, trusted, &manifest, planned, out)?,
     };
     let stats = deliver::install_release(
@@ -627,6 +631,56 @@ fn build(
         stats.route,
         hops,
     ))
+}
+
+/// The two hops of a plan given to `apply`, checked to hold still: the intermediate
+/// manifest the plan fetched, verified again against this head (no request), and both
+/// hops priced again from the disk as it is now.
+fn given_hops(
+    root: &Root,
+    head: &Verified<ChannelHead>,
+    trusted: &ferry_format::envelope::TrustedKeys,
+    target: &Verified<Manifest>,
+    direct: &plan::Observed,
+    p: &Plan,
+    h: &crate::updater::Hops,
+) -> Result<deliver::PricedHops> {
+    let via = &h.plan.via;
+    let release = head
+        .releases()
+        .iter()
+        .find(|r| r.version == *via)
+        .cloned()
+        .ok_or_else(|| {
+            stale(format!(
+                "the plan goes through {via}, which the head no longer lists"
+            ))
+        })?;
+    let via_manifest = verify_manifest(h.manifest_bytes(), &release, &root.config.channel, trusted)
+        .map_err(|e| {
+            stale(format!(
+                "the plan's manifest of {via} is not {via}'s now: {e:#}"
+            ))
+        })?;
+    let (first, hop) = deliver::hops_through(
+        root,
+        target,
+        direct,
+        &via_manifest,
+        h.manifest_bytes().len(),
+    )?;
+    if hop.as_ref() != Some(&h.plan) {
+        return Err(stale(format!(
+            "what is on disk changed since the plan through {via} was made"
+        )));
+    }
+    Ok(deliver::PricedHops {
+        via_bytes: h.manifest_bytes().to_vec(),
+        via_manifest,
+        first,
+        hop: h.plan.clone(),
+        line: p.line.clone(),
+    })
 }
 
 /// What [`build`] made: the manifest, its size, the folder, the bytes reused, the

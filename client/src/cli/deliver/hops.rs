@@ -26,7 +26,7 @@ use ferry_format::verified::Verified;
 
 use super::{Planned, Remote, Staged, build_staged, check_budget, discard_downloads};
 use crate::apply::source::LocalRelease;
-use crate::cli::plan::{self, base_intact};
+use crate::cli::plan::{self, Observed, base_intact};
 use crate::cli::report::{self, Out};
 use crate::cli::root::Root;
 use crate::fsutil;
@@ -39,6 +39,18 @@ pub struct HopSummary {
     /// Its manifest and both diffs.
     pub download_bytes: u64,
     pub requests: u64,
+}
+
+/// Two hops priced on this machine: the intermediate release's verified manifest (and
+/// its bytes), the plan of the first hop and both hops' cost, which beats the direct
+/// plan. [`Remote::take_hops`] executes it.
+pub struct PricedHops {
+    pub via_bytes: Vec<u8>,
+    pub via_manifest: Verified<Manifest>,
+    pub first: Observed,
+    pub hop: HopPlan,
+    /// The plan line `ferry update` prints for it.
+    pub line: String,
 }
 
 impl Remote {
@@ -57,18 +69,36 @@ impl Remote {
         planned: Planned,
         out: Out,
     ) -> Result<(Planned, Option<HopSummary>)> {
-        let from = root.state.active.as_deref();
         // A plan already under way (a skeleton's diff applied) is the direct one.
         if planned.next != 0 || planned.prepared.is_some() {
             return Ok((planned, None));
         }
-        let direct = &planned.observed.plan;
-        let chosen = direct.chosen();
-        if !matches!(chosen.via, Via::Archive | Via::Diff { .. }) || chosen.download_bytes == 0 {
-            return Ok((planned, None));
+        match self.price_hops(root, head, trusted, target, &planned.observed, out)? {
+            Some(priced) => self.take_hops(root, target, planned, priced, out),
+            None => Ok((planned, None)),
         }
-        let held: Vec<&str> = planned
-            .observed
+    }
+
+    /// Two hops through the most promising release the head lists between a release
+    /// this root holds intact and `target`, priced exactly (one more request: the
+    /// intermediate release's manifest), when they cost fewer bytes than the plan
+    /// `direct` observed. `None` when no path pays or its manifest is unusable (with a
+    /// warning); what `ferry update` would do, so `--dry-run` and the library's plan
+    /// show what it spends.
+    pub fn price_hops(
+        &self,
+        root: &Root,
+        head: &ChannelHead,
+        trusted: &TrustedKeys,
+        target: &Verified<Manifest>,
+        direct: &Observed,
+        out: Out,
+    ) -> Result<Option<PricedHops>> {
+        let chosen = direct.plan.chosen();
+        if !matches!(chosen.via, Via::Archive | Via::Diff { .. }) || chosen.download_bytes == 0 {
+            return Ok(None);
+        }
+        let held: Vec<&str> = direct
             .releases
             .iter()
             .filter(|r| base_intact(r))
@@ -84,7 +114,7 @@ impl Remote {
             .next()
             .filter(|c| c.via.manifest.size.saturating_add(c.second.size) < chosen.download_bytes)
         else {
-            return Ok((planned, None));
+            return Ok(None);
         };
         let via = candidate.via.version.clone();
         let channel = &root.config.channel;
@@ -93,30 +123,49 @@ impl Remote {
             Ok(m) => m,
             Err(e) => {
                 warn_fallback(&via, &format!("its manifest is unusable: {e:#}"));
-                return Ok((planned, None));
+                return Ok(None);
             }
         };
-        let first = plan::observe(root, &via_manifest, from, &[], false)?;
-        let local = &planned.observed.local;
-        let have = |id: &_| local.has(id);
-        let hop = plan_hops(
-            target,
-            &via_manifest,
-            via_manifest.object_hash(),
-            via_bytes.len() as u64,
-            first.plan.clone(),
-            &have,
-            DEFAULT_MAX_GAP,
-        );
-        let Some(hop) = hop.filter(|h| h.beats(direct)) else {
+        let (first, hop) = hops_through(root, target, direct, &via_manifest, via_bytes.len())?;
+        let Some(hop) = hop.filter(|h| h.beats(&direct.plan)) else {
             out.info(&format!(
                 "not going through {via}: two hops would not cost less than {} ({})",
                 chosen.via.name(),
                 report::bytes(chosen.download_bytes)
             ));
-            return Ok((planned, None));
+            return Ok(None);
         };
-        let line = line(direct, &hop, from);
+        let line = line(&direct.plan, &hop, root.state.active.as_deref());
+        Ok(Some(PricedHops {
+            via_bytes,
+            via_manifest,
+            first,
+            hop,
+            line,
+        }))
+    }
+
+    /// Executes `priced`: builds the intermediate release in staging through the first
+    /// hop and returns the plan of the target from it, with what the hops cost. Errors
+    /// only when the data budget refuses the hops; a failed first hop falls back to
+    /// `planned` (the direct plan) with a warning.
+    pub fn take_hops(
+        &self,
+        root: &Root,
+        target: &Verified<Manifest>,
+        planned: Planned,
+        priced: PricedHops,
+        out: Out,
+    ) -> Result<(Planned, Option<HopSummary>)> {
+        let PricedHops {
+            via_manifest,
+            first,
+            hop,
+            line,
+            ..
+        } = priced;
+        let from = root.state.active.as_deref();
+        let via = hop.via.clone();
         check_budget(root, hop.download_bytes, Some(&line), out)?;
         out.info(&line);
 
@@ -157,6 +206,31 @@ impl Remote {
         )?;
         Ok((Planned::new(observed), Some(summary)))
     }
+}
+
+/// The first hop's plan on this machine (to `via_manifest`'s release, `via_size`
+/// bytes of manifest) and both hops priced from it ([`plan_hops`]), given the direct
+/// plan's observation of `target`.
+pub fn hops_through(
+    root: &Root,
+    target: &Verified<Manifest>,
+    direct: &Observed,
+    via_manifest: &Verified<Manifest>,
+    via_size: usize,
+) -> Result<(Observed, Option<HopPlan>)> {
+    let from = root.state.active.as_deref();
+    let first = plan::observe(root, via_manifest, from, &[], false)?;
+    let have = |id: &_| direct.local.has(id);
+    let hop = plan_hops(
+        target,
+        via_manifest,
+        via_manifest.object_hash(),
+        via_size as u64,
+        first.plan.clone(),
+        &have,
+        DEFAULT_MAX_GAP,
+    );
+    Ok((first, hop))
 }
 
 /// `plan: 1.0.0 -> 1.7.0: two hops through 1.5.0: its manifest (20.1 KB), diff from 1.0.0

@@ -47,7 +47,7 @@ mod hops;
 mod manifest;
 mod remote;
 
-pub use hops::HopSummary;
+pub use hops::{HopSummary, PricedHops, hops_through};
 pub use manifest::PreparedDiff;
 pub use remote::Remote;
 // `ferry doctor` follows key lists within the same bound.
