@@ -14,11 +14,13 @@
 //! [`super::elf_base::RewrittenBase`], which rewrites those files block by block as
 //! they are read (on a second thread ahead of the apply), writing nothing to disk.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use ferry_format::FormatError;
 use ferry_format::delta::apply::{ConcatBase, apply};
@@ -62,41 +64,149 @@ impl Want {
     }
 }
 
-/// Chunks a diff produced, verified, laid end to end in one staging file.
+/// Chunks a diff produced, verified, laid end to end in one staging file: complete
+/// ([`apply_to_spool`]), or still being written by [`apply_into`] on another thread
+/// while the tree is built from it ([`DiffSpool::create`]): a reader asking for a
+/// chunk the diff will produce waits until it is written.
 pub struct DiffSpool {
     path: PathBuf,
     file: File,
+    /// The ids the diff produces (a skeleton's holes aside): a chunk outside them is
+    /// never waited for.
+    named: HashSet<ChunkId>,
+    shared: Arc<Shared>,
+}
+
+/// What the apply has written so far, shared with the spool's readers.
+#[derive(Default)]
+struct Progress {
     /// Chunk id -> offset in the spool (sizes come from the chunk table).
     offsets: HashMap<ChunkId, u64>,
     /// Ids of the produced chunks, in output order.
     produced: Vec<ChunkId>,
+    /// `Some(true)` once the apply completed, `Some(false)` once it failed or stopped.
+    ended: Option<bool>,
+}
+
+#[derive(Default)]
+struct Shared {
+    progress: Mutex<Progress>,
+    grew: Condvar,
+    /// Set by the reading side when the tree it builds failed: the apply stops.
+    stop: AtomicBool,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Progress> {
+        self.progress.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The writing side of a [`DiffSpool`], handed to [`apply_into`]. Dropped without
+/// [`apply_into`] completing, it marks the spool failed, so no reader waits forever.
+pub struct SpoolWriter {
+    path: PathBuf,
+    file: File,
+    shared: Arc<Shared>,
+}
+
+impl SpoolWriter {
+    fn publish(&self, id: ChunkId, offset: u64) {
+        let mut p = self.shared.lock();
+        p.offsets.insert(id, offset);
+        p.produced.push(id);
+        drop(p);
+        self.shared.grew.notify_all();
+    }
+
+    fn end(&self, complete: bool) {
+        self.shared.lock().ended.get_or_insert(complete);
+        self.shared.grew.notify_all();
+    }
+}
+
+/// Stops the apply writing a spool ([`SpoolWriter::stopper`]).
+pub struct SpoolStop(Arc<Shared>);
+
+impl SpoolStop {
+    /// The apply stops at its next chunk (the tree built from the spool failed).
+    pub fn stop(&self) {
+        self.0.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+impl SpoolWriter {
+    pub fn stopper(&self) -> SpoolStop {
+        SpoolStop(self.shared.clone())
+    }
+}
+
+impl Drop for SpoolWriter {
+    fn drop(&mut self) {
+        self.end(false);
+    }
 }
 
 impl DiffSpool {
+    /// A new, empty spool at `path` for the chunks `want` lists, and its writer.
+    pub fn create(path: &Path, want: &[Want]) -> Result<(DiffSpool, SpoolWriter), ApplyError> {
+        let file = fsutil::create_new_file(path)?;
+        let shared = Arc::new(Shared::default());
+        let spool = DiffSpool {
+            path: path.to_path_buf(),
+            file: ctx("opening", path, fsutil::open_nofollow(path))?,
+            named: want.iter().filter_map(|w| w.id).collect(),
+            shared: shared.clone(),
+        };
+        let writer = SpoolWriter {
+            path: path.to_path_buf(),
+            file,
+            shared,
+        };
+        Ok((spool, writer))
+    }
+
     /// Ids of the produced chunks in output order (what fills a skeleton's holes).
-    pub fn produced(&self) -> &[ChunkId] {
-        &self.produced
+    pub fn produced(&self) -> Vec<ChunkId> {
+        self.shared.lock().produced.clone()
     }
 
-    /// Whether the spool holds `id`.
+    /// Whether the spool holds `id` now.
     pub fn has(&self, id: &ChunkId) -> bool {
-        self.offsets.contains_key(id)
+        self.shared.lock().offsets.contains_key(id)
     }
 
-    /// Number of chunks in the spool.
+    /// Number of chunks in the spool now.
     pub fn len(&self) -> usize {
-        self.offsets.len()
+        self.shared.lock().offsets.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.offsets.is_empty()
+        self.len() == 0
     }
 
     /// Reads chunk `id` of `size` bytes back and checks it against its id once more
-    /// (the spool is a file on disk between apply and build). `None` if not spooled.
+    /// (the spool is a file on disk between apply and build). `None` if the diff does
+    /// not produce it; while the apply runs, waits for a chunk it will produce.
     pub fn chunk(&self, id: &ChunkId, size: u32) -> Result<Option<Vec<u8>>, ApplyError> {
-        let Some(&offset) = self.offsets.get(id) else {
-            return Ok(None);
+        let offset = {
+            let mut p = self.shared.lock();
+            loop {
+                if let Some(&offset) = p.offsets.get(id) {
+                    break offset;
+                }
+                match p.ended {
+                    Some(true) => return Ok(None),
+                    Some(false) => {
+                        return Err(ApplyError::SpoolEnded {
+                            id: id.to_hex(),
+                            file: self.path.clone(),
+                        });
+                    }
+                    None if !self.named.contains(id) => return Ok(None),
+                    None => p = self.shared.grew.wait(p).unwrap_or_else(|e| e.into_inner()),
+                }
+            }
         };
         let mut bytes = vec![0u8; size as usize];
         ctx(
@@ -154,11 +264,31 @@ pub fn apply_to_spool(
     want: &[Want],
     spool: &Path,
 ) -> Result<DiffSpool, ApplyError> {
-    let result = apply_inner(object, object_size, base, want, spool);
-    if result.is_err() {
-        let _ = fs::remove_file(spool);
+    let (reader, writer) = DiffSpool::create(spool, want)?;
+    match apply_into(object, object_size, base, want, writer) {
+        Ok(()) => Ok(reader),
+        Err(e) => {
+            let _ = fs::remove_file(spool);
+            Err(e)
+        }
     }
-    result
+}
+
+/// Applies the verified diff object at `object` (of `object_size` bytes) to the
+/// installed tree of `base` into the spool `writer` writes, each chunk `want` lists
+/// (in that order) readable from the spool as soon as it is written and verified, so
+/// a tree can be built from it on another thread meanwhile. Stops early when the
+/// spool's reader says so ([`SpoolWriter::stopper`]). The caller deletes the spool.
+pub fn apply_into(
+    object: &Path,
+    object_size: u64,
+    base: &LocalRelease,
+    want: &[Want],
+    writer: SpoolWriter,
+) -> Result<(), ApplyError> {
+    let applied = apply_inner(object, object_size, base, want, &writer);
+    writer.end(applied.is_ok());
+    applied
 }
 
 fn apply_inner(
@@ -166,8 +296,9 @@ fn apply_inner(
     object_size: u64,
     base: &LocalRelease,
     want: &[Want],
-    spool: &Path,
-) -> Result<DiffSpool, ApplyError> {
+    writer: &SpoolWriter,
+) -> Result<(), ApplyError> {
+    let spool = writer.path.as_path();
     let bad = |source: FormatError| ApplyError::BadDiff {
         base: base.version.clone(),
         source,
@@ -242,10 +373,7 @@ fn apply_inner(
         .collect::<Result<Vec<_>, _>>()?;
 
     // Output: split into the expected chunks, each verified as it completes.
-    let file = fsutil::create_new_file(spool)?;
-    let mut w = BufWriter::with_capacity(1 << 20, &file);
-    let mut offsets = HashMap::with_capacity(want.len());
-    let mut produced_ids = Vec::with_capacity(want.len());
+    let mut w = BufWriter::with_capacity(1 << 20, &writer.file);
     let mut next = 0usize;
     let mut filled = 0u64;
     let mut written = 0u64;
@@ -288,8 +416,20 @@ fn apply_inner(
                     });
                     return Err(stop());
                 }
-                offsets.insert(got, written);
-                produced_ids.push(got);
+                // Written through before a reader may look for it.
+                if let Err(e) = w.flush() {
+                    failure = Some(ApplyError::Fs(FsError {
+                        op: "writing",
+                        path: spool.to_path_buf(),
+                        source: e,
+                    }));
+                    return Err(stop());
+                }
+                writer.publish(got, written);
+                if writer.shared.stop.load(Ordering::Relaxed) {
+                    failure = Some(ApplyError::Stopped);
+                    return Err(stop());
+                }
                 written += filled;
                 hasher.reset();
                 filled = 0;
@@ -320,12 +460,58 @@ fn apply_inner(
     }
     ctx("writing", spool, w.flush())?;
     crash_point!("client::spool::written");
-    drop(w);
-    drop(file);
-    Ok(DiffSpool {
-        path: spool.to_path_buf(),
-        file: ctx("opening", spool, fsutil::open_nofollow(spool))?,
-        offsets,
-        produced: produced_ids,
-    })
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::FileExt;
+    use std::time::Duration;
+
+    use super::*;
+
+    fn want(bytes: &[u8]) -> Want {
+        Want {
+            size: bytes.len() as u32,
+            id: Some(ChunkId::of(bytes)),
+        }
+    }
+
+    /// A build reading a spool the apply is still writing waits for each chunk the
+    /// diff will produce, gets it as soon as it is written, is never held up by a
+    /// chunk the diff does not produce, and is told, rather than left waiting, when
+    /// the apply ends without a chunk it needs.
+    #[test]
+    fn a_live_spool_hands_over_chunks_as_they_are_written_and_says_when_the_apply_died() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (vec![1u8; 5000], vec![2u8; 7000]);
+        let (spool, writer) =
+            DiffSpool::create(&dir.path().join("s.spool"), &[want(&a), want(&b)]).unwrap();
+        let other = ChunkId::of(b"not from the diff");
+        assert!(spool.chunk(&other, 17).unwrap().is_none(), "not waited for");
+        let got = std::thread::scope(|s| {
+            let reader = s.spawn(|| spool.chunk(&ChunkId::of(&a), 5000));
+            std::thread::sleep(Duration::from_millis(50));
+            assert!(!reader.is_finished(), "waits for a chunk the diff produces");
+            writer.file.write_all_at(&a, 0).unwrap();
+            writer.publish(ChunkId::of(&a), 0);
+            reader.join().unwrap()
+        });
+        assert_eq!(got.unwrap().as_deref(), Some(&a[..]));
+        assert!(spool.has(&ChunkId::of(&a)) && !spool.has(&ChunkId::of(&b)));
+        let stop = writer.stopper();
+        let reader = std::thread::scope(|s| {
+            let reader = s.spawn(|| spool.chunk(&ChunkId::of(&b), 7000));
+            std::thread::sleep(Duration::from_millis(20));
+            // The apply fails (its writer dropped unfinished).
+            drop(writer);
+            reader.join().unwrap()
+        });
+        assert!(
+            matches!(reader, Err(ApplyError::SpoolEnded { .. })),
+            "{reader:?}"
+        );
+        stop.stop();
+        assert!(spool.shared.stop.load(Ordering::Relaxed));
+    }
 }

@@ -79,6 +79,12 @@ pub enum ApplyError {
     /// A chunk verified when the diff produced it no longer does in the spool.
     #[error("spooled chunk {id} in {file} changed during the update; run it again")]
     SpoolChanged { id: String, file: PathBuf },
+    /// The diff writing the spool failed before producing a chunk the tree needs.
+    #[error("the diff writing {file} stopped before producing chunk {id}")]
+    SpoolEnded { id: String, file: PathBuf },
+    /// The apply stopped because the tree built from its spool failed.
+    #[error("stopped: the tree built from the diff's output failed")]
+    Stopped,
     /// A chunk is neither local nor in a downloaded range (a planning bug).
     #[error("chunk {id} is neither on disk nor downloaded")]
     MissingChunk { id: String },

@@ -293,7 +293,7 @@ impl Remote {
                 .iter()
                 .zip(spool.produced())
                 .filter(|(w, _)| w.id.is_none())
-                .map(|(_, id)| *id)
+                .map(|(_, id)| id)
                 .collect();
             let filled = skeleton.clone().fill(&holes)?;
             Ok((filled, spool))

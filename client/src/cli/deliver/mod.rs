@@ -21,7 +21,7 @@ use anyhow::{Context, Result};
 use ferry_format::delta::DiffRef;
 use ferry_format::id::ObjectRef;
 use ferry_format::manifest::Manifest;
-use ferry_format::plan::{Route, UpdatePlan, Via};
+use ferry_format::plan::{FetchRange, Route, UpdatePlan, Via};
 use ferry_format::verified::Verified;
 use ferry_format::version::Version;
 
@@ -31,9 +31,10 @@ use super::progress::Download;
 use super::report::{self, Out};
 use super::root::Root;
 use crate::apply::ApplyError;
-use crate::apply::build::{Downloaded, Live, build_tree};
+use crate::apply::build::{Built, Downloaded, Live, build_tree};
 use crate::apply::check::{Depth, check_tree};
-use crate::apply::diff::{DiffSpool, Want, apply_to_spool, verify_object};
+use crate::apply::diff::{DiffSpool, SpoolWriter, Want, apply_into, apply_to_spool, verify_object};
+use crate::apply::source::LocalChunks;
 use crate::apply::source::LocalRelease;
 use crate::apply::{carry, pattern};
 use crate::fsutil;
@@ -201,152 +202,141 @@ pub(super) fn build_staged(
     let mut bar = None;
     // Why the last route failed, for a plan with no route left after it.
     let mut failure = String::new();
-    while ranges.is_none() {
-        // Off the screen before the next route's line is printed.
-        drop(bar.take());
-        taken = k;
-        // The plan of a first hop has its diff alone (hops.rs).
-        let route = plan
-            .routes
-            .get(k)
-            .ok_or_else(|| hops::no_route_left(&version, &failure))?;
-        if let Via::OnDisk { folder } = &route.via {
-            // Retained, or left by a run interrupted after the rename: use it as it is.
-            out.info(&plan::line(layout, &plan, route));
-            return Ok(Staged::OnDisk(BuildStats {
-                bytes_reused: manifest.total_file_bytes(),
-                folder: folder.clone(),
-                route: Some(route.clone()),
-            }));
-        }
-        if k == planned.next && route.via == Via::Archive {
-            for n in plan::notes(&plan) {
-                out.info(&format!("not using a diff: {n}"));
-            }
-        }
-        let line = plan::line(layout, &plan, route);
-        let spent = spent_before + (remote.counts().1 - data_start);
-        check_budget(root, spent + route.download_bytes, Some(&line), out)?;
-        out.info(&line);
-        if k == planned.next {
-            space::check_room(layout, &needs(manifest, &plan, route))?;
-        }
-        bar = Download::start(&remote.counters, route.download_bytes, out);
-        match &route.via {
-            Via::Diff { base, object, .. } => {
-                let base = releases
-                    .iter()
-                    .find(|r| r.version == *base)
-                    .context("the plan's diff base is not retained")?;
-                let diff = DiffRef {
-                    base_version: base.version.clone(),
-                    base_manifest: base.manifest.object_hash(),
-                    object: *object,
-                };
-                let applied = match remote.download_diff(&diff, &downloads)? {
-                    Some(file) => apply_diff(root, manifest, base, object, &file),
-                    None => Err(anyhow::anyhow!("no server has a good copy of it")),
-                };
-                match applied {
-                    Ok(s) => {
-                        spool = Some(s);
-                        ranges = Some(route.archive.ranges.clone());
-                    }
-                    Err(e) => {
-                        tracing::warn!(
-                            "diff from {} not used, falling back to the next way the plan lists: {e:#}",
-                            base.version
-                        );
-                        failure = format!("the diff from {}: {e:#}", base.version);
-                    }
-                }
-            }
-            Via::Produced {
-                base,
-                base_manifest,
-                cap,
-                ..
-            } => {
-                let base = releases
-                    .iter()
-                    .find(|r| r.version == *base)
-                    .context("the plan's diff base is retained")?;
-                let wait = root.config.diff_wait();
-                let applied = remote
-                    .download_made(
-                        base_manifest,
-                        &manifest.object_hash(),
-                        *cap,
-                        wait,
-                        &downloads,
-                    )
-                    .and_then(|(file, size)| {
-                        let spool = apply_made(root, manifest, base, &file, size);
-                        let _ = std::fs::remove_file(&file);
-                        spool
-                    });
-                match applied {
-                    Ok(s) => {
-                        spool = Some(s);
-                        ranges = Some(route.archive.ranges.clone());
-                    }
-                    Err(e) => {
-                        tracing::warn!(
-                            "no diff from {} made by the server, falling back to the next way the plan lists: {e:#}",
-                            base.version
-                        );
-                        failure = format!("the diff from {} the server made: {e:#}", base.version);
-                    }
-                }
-            }
-            _ => ranges = Some(route.archive.ranges.clone()),
-        }
-        k += 1;
-    }
-    // The loop ends with ranges set: the plan's last route is the archive alone.
-    let ranges = ranges.unwrap_or_default();
     let staging = layout.staging_tree(&version);
-    fsutil::remove_tree(&staging)?;
-    // With one server the tree is built while its ranges arrive: download, decoding
-    // and writes overlap. With mirrors a range failing its check is fetched again
-    // from the next server after the download, so the build waits for it.
-    let overlap = !ranges.is_empty() && remote.ranges_final_as_they_arrive();
-    if !ranges.is_empty() && !overlap {
-        remote.download(manifest, &ranges, &downloads)?;
-    }
-    // Each downloaded chunk is decompressed and checked against its id as the tree
-    // is built, once: a corrupt one stops the build, its range file deleted, before
-    // anything is renamed into place.
-    let downloaded = Downloaded::new(&downloads, manifest, &ranges).with_spool(spool);
-    let mut build = |downloaded| {
-        build_tree(manifest, &staging, &mut local, downloaded)
-            .with_context(|| format!("building {version} in {}", staging.display()))
-    };
-    let built = if overlap {
-        let live = Arc::new(Live::default());
-        let downloaded = downloaded.while_downloading(live.clone());
-        let (fetched, built) = std::thread::scope(|scope| {
-            let builder = scope.spawn(move || build(downloaded));
-            let fetched = remote.download(manifest, &ranges, &downloads);
-            live.end();
-            (fetched, builder.join())
-        });
-        drop(bar);
-        let built = built
-            .unwrap_or_else(|_| Err(anyhow::anyhow!("building {version}: the builder panicked")));
-        // A corrupt chunk is the cause even when the download then failed too (its
-        // range file may have been refused under it); otherwise a failed download
-        // explains a build that ran out of bytes, and comes first.
-        match built {
-            Err(e) if corrupt_download(&e) => return Err(e),
-            built => {
-                fetched?;
-                built?
+    let built = loop {
+        // A diff applied while the tree is built from its spool (the plan's diff
+        // route): its apply runs beside the build.
+        let mut live_diff: Option<LiveDiff> = None;
+        while ranges.is_none() {
+            // Off the screen before the next route's line is printed.
+            drop(bar.take());
+            taken = k;
+            // The plan of a first hop has its diff alone (hops.rs).
+            let route = plan
+                .routes
+                .get(k)
+                .ok_or_else(|| hops::no_route_left(&version, &failure))?;
+            if let Via::OnDisk { folder } = &route.via {
+                // Retained, or left by a run interrupted after the rename: use it as it is.
+                out.info(&plan::line(layout, &plan, route));
+                return Ok(Staged::OnDisk(BuildStats {
+                    bytes_reused: manifest.total_file_bytes(),
+                    folder: folder.clone(),
+                    route: Some(route.clone()),
+                }));
             }
+            if k == planned.next && route.via == Via::Archive {
+                for n in plan::notes(&plan) {
+                    out.info(&format!("not using a diff: {n}"));
+                }
+            }
+            let line = plan::line(layout, &plan, route);
+            let spent = spent_before + (remote.counts().1 - data_start);
+            check_budget(root, spent + route.download_bytes, Some(&line), out)?;
+            out.info(&line);
+            if k == planned.next {
+                space::check_room(layout, &needs(manifest, &plan, route))?;
+            }
+            bar = Download::start(&remote.counters, route.download_bytes, out);
+            match &route.via {
+                Via::Diff { base, object, .. } => {
+                    let base = releases
+                        .iter()
+                        .find(|r| r.version == *base)
+                        .context("the plan's diff base is not retained")?;
+                    let diff = DiffRef {
+                        base_version: base.version.clone(),
+                        base_manifest: base.manifest.object_hash(),
+                        object: *object,
+                    };
+                    let started = match remote.download_diff(&diff, &downloads)? {
+                        Some(file) => start_diff(root, manifest, base, object, file),
+                        None => Err(anyhow::anyhow!("no server has a good copy of it")),
+                    };
+                    match started {
+                        Ok((s, live)) => {
+                            spool = Some(s);
+                            live_diff = Some(live);
+                            ranges = Some(route.archive.ranges.clone());
+                        }
+                        Err(e) => {
+                            tracing::warn!(
+                                "diff from {} not used, falling back to the next way the plan lists: {e:#}",
+                                base.version
+                            );
+                            failure = format!("the diff from {}: {e:#}", base.version);
+                        }
+                    }
+                }
+                Via::Produced {
+                    base,
+                    base_manifest,
+                    cap,
+                    ..
+                } => {
+                    let base = releases
+                        .iter()
+                        .find(|r| r.version == *base)
+                        .context("the plan's diff base is retained")?;
+                    let wait = root.config.diff_wait();
+                    let applied = remote
+                        .download_made(
+                            base_manifest,
+                            &manifest.object_hash(),
+                            *cap,
+                            wait,
+                            &downloads,
+                        )
+                        .and_then(|(file, size)| {
+                            let spool = apply_made(root, manifest, base, &file, size);
+                            let _ = std::fs::remove_file(&file);
+                            spool
+                        });
+                    match applied {
+                        Ok(s) => {
+                            spool = Some(s);
+                            ranges = Some(route.archive.ranges.clone());
+                        }
+                        Err(e) => {
+                            tracing::warn!(
+                                "no diff from {} made by the server, falling back to the next way the plan lists: {e:#}",
+                                base.version
+                            );
+                            failure =
+                                format!("the diff from {} the server made: {e:#}", base.version);
+                        }
+                    }
+                }
+                _ => ranges = Some(route.archive.ranges.clone()),
+            }
+            k += 1;
         }
-    } else {
-        drop(bar);
-        build(downloaded)?
+        // The loop ends with ranges set: the plan's last route is the archive alone.
+        let route_ranges = ranges.take().unwrap_or_default();
+        fsutil::remove_tree(&staging)?;
+        let downloaded =
+            Downloaded::new(&downloads, manifest, &route_ranges).with_spool(spool.take());
+        let built = build_from(
+            remote,
+            manifest,
+            &staging,
+            &mut local,
+            downloaded,
+            (&route_ranges, &downloads),
+            live_diff,
+            bar.take(),
+        );
+        match built {
+            Ok(built) => break built,
+            Err(BuildFailure::Diff { base, error }) => {
+                tracing::warn!(
+                    "diff from {base} not used, falling back to the next way the plan lists: {error:#}"
+                );
+                failure = format!("the diff from {base}: {error:#}");
+                fsutil::remove_tree(&staging)?;
+            }
+            Err(BuildFailure::Other(e)) => return Err(e),
+        }
     };
     if built.shared_files > 0 {
         tracing::info!(
@@ -467,28 +457,149 @@ fn carry_app_files(
     Ok(())
 }
 
-/// Checks the downloaded diff object against its signed reference, then applies it
-/// to its base into a spool in staging. On failure the diff file and the spool are
-/// gone, so neither this run's fallback nor a later run trusts them.
-fn apply_diff(
+/// A diff object checked against its signed reference, with the spool it is to be
+/// applied into while the tree is built from that spool ([`build_from`]).
+struct LiveDiff<'a> {
+    object: PathBuf,
+    size: u64,
+    base: &'a LocalRelease,
+    want: Vec<Want>,
+    spool: PathBuf,
+    writer: SpoolWriter,
+}
+
+/// Checks the downloaded diff object against its signed reference and creates the
+/// spool it is applied into. On failure the diff file is gone, so neither this
+/// run's fallback nor a later run trusts it.
+fn start_diff<'a>(
     root: &Root,
     manifest: &Manifest,
-    base: &LocalRelease,
+    base: &'a LocalRelease,
     object: &ObjectRef,
-    file: &Path,
-) -> Result<DiffSpool> {
-    verify_object(file, object).context("checking the diff object")?;
+    file: PathBuf,
+) -> Result<(DiffSpool, LiveDiff<'a>)> {
+    verify_object(&file, object).context("checking the diff object")?;
     let spool = root
         .layout
         .staging()
         .join(format!("diff-{}.spool", object.hash.to_hex()));
     fsutil::remove_tree(&spool)?;
     let want = Want::missing(manifest, &base.manifest);
-    apply_to_spool(file, object.size, base, &want, &spool)
-        .inspect_err(|_| {
-            let _ = std::fs::remove_file(file);
-        })
-        .with_context(|| format!("applying the diff from {}", base.version))
+    let (reader, writer) = DiffSpool::create(&spool, &want)?;
+    Ok((
+        reader,
+        LiveDiff {
+            object: file,
+            size: object.size,
+            base,
+            want,
+            spool,
+            writer,
+        },
+    ))
+}
+
+/// Why [`build_from`] failed.
+enum BuildFailure {
+    /// The diff applied beside the build failed (the plan falls back to its next
+    /// route); its object and spool are gone.
+    Diff {
+        base: String,
+        error: anyhow::Error,
+    },
+    Other(anyhow::Error),
+}
+
+/// Builds the tree at `staging` from the local chunks, `downloaded` (its spool and
+/// `ranges`) and, with `live`, a diff applied on its own thread meanwhile: every
+/// chunk the build needs from the diff is read as soon as the apply has written and
+/// verified it, so applying, building and the ranges' download overlap.
+#[allow(clippy::too_many_arguments)]
+fn build_from(
+    remote: &Remote,
+    manifest: &Verified<Manifest>,
+    staging: &Path,
+    local: &mut LocalChunks,
+    downloaded: Downloaded,
+    (ranges, downloads): (&[FetchRange], &Path),
+    live: Option<LiveDiff<'_>>,
+    bar: Option<Download>,
+) -> Result<Built, BuildFailure> {
+    let version = &manifest.version;
+    let build = |local: &mut LocalChunks, downloaded| {
+        build_tree(manifest, staging, local, downloaded)
+            .with_context(|| format!("building {version} in {}", staging.display()))
+    };
+    // With one server the tree is built while its ranges arrive: download, decoding
+    // and writes overlap. With mirrors a range failing its check is fetched again
+    // from the next server after the download, so the build waits for it.
+    let overlap = !ranges.is_empty() && remote.ranges_final_as_they_arrive();
+    std::thread::scope(|scope| {
+        let stopper = live.as_ref().map(|l| l.writer.stopper());
+        let base = live.as_ref().map(|l| l.base.version.clone());
+        let paths = live.as_ref().map(|l| (l.object.clone(), l.spool.clone()));
+        let applier = live
+            .map(|l| scope.spawn(move || apply_into(&l.object, l.size, l.base, &l.want, l.writer)));
+        let built = (|| -> Result<Built> {
+            if !ranges.is_empty() && !overlap {
+                remote.download(manifest, ranges, downloads)?;
+            }
+            if !overlap {
+                drop(bar);
+                return build(local, downloaded);
+            }
+            let live = Arc::new(Live::default());
+            let downloaded = downloaded.while_downloading(live.clone());
+            let (fetched, built) = std::thread::scope(|inner| {
+                let builder = inner.spawn(|| build(local, downloaded));
+                let fetched = remote.download(manifest, ranges, downloads);
+                live.end();
+                (fetched, builder.join())
+            });
+            drop(bar);
+            let built = built.unwrap_or_else(|_| {
+                Err(anyhow::anyhow!("building {version}: the builder panicked"))
+            });
+            // A corrupt chunk is the cause even when the download then failed too (its
+            // range file may have been refused under it); otherwise a failed download
+            // explains a build that ran out of bytes, and comes first.
+            match built {
+                Err(e) if corrupt_download(&e) => Err(e),
+                built => {
+                    fetched?;
+                    built
+                }
+            }
+        })();
+        if built.is_err()
+            && let Some(s) = &stopper
+        {
+            s.stop();
+        }
+        let applied = applier.map(|h| {
+            h.join().unwrap_or_else(|_| {
+                Err(ApplyError::SpoolEnded {
+                    id: "(the apply panicked)".into(),
+                    file: PathBuf::new(),
+                })
+            })
+        });
+        match (built, applied) {
+            (built, None | Some(Ok(()))) => built.map_err(BuildFailure::Other),
+            (Err(e), Some(Err(ApplyError::Stopped))) => Err(BuildFailure::Other(e)),
+            (_, Some(Err(e))) => {
+                let base = base.unwrap_or_default();
+                if let Some((object, spool)) = paths {
+                    let _ = std::fs::remove_file(object);
+                    let _ = std::fs::remove_file(spool);
+                }
+                Err(BuildFailure::Diff {
+                    error: anyhow::Error::new(e).context(format!("applying the diff from {base}")),
+                    base,
+                })
+            }
+        }
+    })
 }
 
 /// Applies a diff the server made on request (unsigned: it is only as good as the
