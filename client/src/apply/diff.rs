@@ -7,7 +7,11 @@
 //! size. Every produced chunk is hashed as its last byte arrives and compared with its
 //! id, so a bad diff (or a base file edited during the update) is refused naming the
 //! chunk; [`DiffSpool::chunk`] hashes it again when the tree builder copies it out.
-//! When the manifest is a skeleton (FORMAT.md §3.7) the hashes become the ids.
+//! When the manifest is a skeleton (FORMAT.md §3.7) the hashes become the ids, so the
+//! whole diff is applied before the manifest can be verified and a tree built from it
+//! ([`apply_to_spool`]); with a verified manifest the tree is built while the diff is
+//! applied ([`apply_into`] on another thread, the builder reading each chunk from the
+//! spool as soon as it is written and verified).
 //!
 //! An algorithm-3 diff (FORMAT.md §3.6.1) applies to the base with its x86-64 ELF
 //! files rewritten through the diff's address maps: the apply reads the base through

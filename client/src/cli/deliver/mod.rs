@@ -168,6 +168,9 @@ pub(super) enum Staged {
 /// `staging/tree-<version>`), which nothing else reads; the caller moves it into
 /// `versions/` (or, for the intermediate release of two hops, builds the target from
 /// it and lets cleanup remove it). Downloads are left for the caller to discard.
+/// A diff route's tree is built while its diff is applied; a diff failing then
+/// (a chunk that does not match its id) discards the tree and the plan goes on with
+/// its next route, as when it fails before.
 pub(super) fn build_staged(
     root: &Root,
     remote: &Remote,
