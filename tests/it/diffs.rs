@@ -462,6 +462,69 @@ fn an_x86_64_elf_binary_updates_through_a_reference_aware_diff() {
 /// edited in place, same size: the agent reads it as a plain file and does not rewrite
 /// it) makes the reference-aware diff produce chunks that fail their ids: the agent
 /// says so and takes the archive, and release 2 runs.
+/// With the whole manifest (here its manifest diff is gone from the repository), the
+/// tree is built while the diff is applied; a base edited in place without changing
+/// its size makes a produced chunk fail its id halfway through that build, which is
+/// discarded, and the plan's next route (the archive) builds the release, the active
+/// one untouched meanwhile.
+#[test]
+fn a_diff_failing_while_the_tree_is_built_from_it_falls_back_to_the_archive() {
+    use std::os::unix::fs::FileExt;
+    let Scene {
+        p,
+        sources,
+        srv,
+        agent,
+    } = Scene::installed(Sources::app(2), &[]);
+    let second = p.publish(&v(2), &sources.release(2));
+    // Manifest diffs are zstd frames; archives are too, but far larger.
+    let mut gone = 0;
+    for shard in std::fs::read_dir(p.repo().join("objects"))
+        .unwrap()
+        .flatten()
+    {
+        for f in std::fs::read_dir(shard.path()).unwrap().flatten() {
+            let bytes = std::fs::read(f.path()).unwrap();
+            if bytes.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) && bytes.len() < 100_000 {
+                std::fs::remove_file(f.path()).unwrap();
+                gone += 1;
+            }
+        }
+    }
+    assert_eq!(gone, 1, "release 2's one manifest diff");
+    let app = agent.root().join("versions/1.0.0/bin/app");
+    let f = std::fs::OpenOptions::new().write(true).open(&app).unwrap();
+    f.write_all_at(b"edited in place", 599_000).unwrap();
+    drop(f);
+    let before = srv.requests().len();
+    let out = agent.ferry("update", &["--json"]);
+    ferry_tests::assert_ok(&out, "update");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("diff from 1.0.0 not used, falling back") && err.contains("hashes to"),
+        "the failed diff and its chunk are named: {err}"
+    );
+    tree_eq(&agent.current(), &sources.release(2));
+    let reqs = srv.requests()[before..].to_vec();
+    let archive = super::pipeline::object_url_path(second["archive"].as_str().unwrap());
+    let manifest = super::pipeline::object_url_path(second["manifest"].as_str().unwrap());
+    assert!(
+        reqs.iter().any(|r| r.path == manifest && r.status == 200),
+        "{reqs:?}"
+    );
+    assert!(
+        reqs.iter().any(|r| r.path == archive && r.status == 206),
+        "{reqs:?}"
+    );
+    assert!(
+        !agent.root().join(".ferry/staging").exists()
+            || std::fs::read_dir(agent.root().join(".ferry/staging"))
+                .unwrap()
+                .flatten()
+                .all(|e| !e.file_name().to_string_lossy().ends_with(".spool"))
+    );
+}
+
 #[test]
 fn an_elf_base_edited_in_place_fails_the_reference_aware_diff_which_falls_back_to_the_archive() {
     use std::os::unix::fs::FileExt;
