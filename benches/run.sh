@@ -4,7 +4,10 @@
 #   benches/run.sh [--quick] [--only SECTION[,SECTION]] [--skip-install] [--data DIR]
 #
 #   --quick         small sizes and the esbuild pair only (a smoke run of ~3-5 minutes)
-#   --only S        run some sections: sizes, real, bytes, diffs, tree1g, trees, server
+#   --only S        run some sections: sizes, real, bytes, tree1g, trees, server (the
+#                   default: issue 12's suite) and diffs (issue 14's wide jumps: 15
+#                   chained publishes with six diffs each, about 17 minutes on its own;
+#                   `--only diffs` runs it, `--only all` runs everything)
 #   --skip-install  do not apt-get missing tools (sections needing them note the gap)
 #   --data DIR      real releases (default /tmp/ferry-bench-data; fetched with
 #                   bash ../shared/bench/fetch-data.sh --chain DIR when missing)
@@ -27,12 +30,13 @@ while [ $# -gt 0 ]; do
     --only) ONLY=$2; shift 2 ;;
     --skip-install) INSTALL=0; shift ;;
     --data) DATA=$2; shift 2 ;;
-    -h|--help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "run.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
-SECTIONS="sizes real bytes diffs tree1g trees server"
+SECTIONS="sizes real bytes tree1g trees server"
 [ -n "$ONLY" ] && SECTIONS=${ONLY//,/ }
+[ "$SECTIONS" = all ] && SECTIONS="sizes real bytes diffs tree1g trees server"
 START=$(date +%s)
 
 # ---- tools ----
@@ -52,7 +56,7 @@ if [ ${#need[@]} -gt 0 ]; then
     echo "run.sh: missing ${need[*]} (not installed: --skip-install or no apt-get)" >&2
   fi
 fi
-if [ ! -f "$DATA/MANIFEST.txt" ] && [[ " $SECTIONS " =~ \ (real|bytes)\  ]]; then
+if [ ! -f "$DATA/MANIFEST.txt" ] && [[ " $SECTIONS " =~ \ (real|bytes|diffs)\  ]]; then
   echo "== fetching the real releases into $DATA" >&2
   bash "$ROOT/../shared/bench/fetch-data.sh" --chain "$DATA"
 fi
@@ -86,6 +90,25 @@ done
 
 # ---- report ----
 mkdir -p "$BENCHES/results"
+# Sections this run left out keep their rows from the previous results, said in a note,
+# so that issue 12's suite and issue 14's diffs section can run apart.
+if [ -f "$BENCHES/results/records.jsonl" ] && [ "$QUICK" = 0 ]; then
+  python3 - "$BENCHES/results/records.jsonl" "$OUT/records.jsonl" $SECTIONS <<'PY'
+import json, sys
+old, new, ran = sys.argv[1], sys.argv[2], set(sys.argv[3:])
+kept = [json.loads(l) for l in open(old) if l.strip()]
+before = [r["text"] for r in kept if r.get("section") == "all" and r.get("kind") == "note"]
+kept = [r for r in kept if r.get("section") not in ran | {"all"}]
+secs = sorted({r["section"] for r in kept if r.get("section")})
+with open(new, "a") as out:
+    for r in kept:
+        out.write(json.dumps(r) + "\n")
+    if secs:
+        out.write(json.dumps({"kind": "note", "section": "all", "text":
+            "rows of " + ", ".join(secs) + " are from the previous results, not this run"
+            + "".join(" (which said: " + t + ")" for t in before)}) + "\n")
+PY
+fi
 cp "$OUT/records.jsonl" "$BENCHES/results/records.jsonl"
 python3 "$BENCHES/suite/report.py" --records "$OUT/records.jsonl" --out "$BENCHES/results" \
   --command "benches/run.sh $ARGS" --quick "$QUICK" --wall "$(( $(date +%s) - START ))" --bin "$BIN"
