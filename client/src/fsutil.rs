@@ -94,6 +94,24 @@ pub fn fsync_dir(dir: &Path) -> Result<(), FsError> {
     ctx("syncing directory", dir, f.sync_all())
 }
 
+/// Starts writing `len` bytes of `file` from `offset` out to the disk without waiting
+/// (`sync_file_range` with `SYNC_FILE_RANGE_WRITE`), so that the disk works while the
+/// tree is still being built and the one [`sync_filesystem`] at the end has less left
+/// to wait for. Only a hint: durability still comes from that sync, so a failure here
+/// is ignored.
+pub fn start_writeback(file: &File, offset: u64, len: u64) {
+    // SAFETY: sync_file_range only reads the descriptor, which `file` keeps open.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::sync_file_range(
+            std::os::fd::AsRawFd::as_raw_fd(file),
+            offset as libc::off64_t,
+            len as libc::off64_t,
+            libc::SYNC_FILE_RANGE_WRITE,
+        );
+    }
+}
+
 /// Makes everything written to the filesystem holding `dir` durable: one call for a
 /// whole new tree instead of an fsync per file and directory. Writeback errors of
 /// files already closed are reported (Linux ≥ 5.8), so a tree is only renamed into

@@ -367,6 +367,10 @@ pub struct Built {
     pub shared_bytes: u64,
 }
 
+/// Bytes of a file written between two starts of their writeback
+/// ([`fsutil::start_writeback`]): the disk writes the tree out while it is built.
+const WRITEBACK_EVERY: u64 = 8 << 20;
+
 /// Downloaded chunks decoded ahead of the writer, across all decoders: enough to keep
 /// every core busy, few enough to keep memory at a few MiB.
 const DECODE_AHEAD: usize = 32;
@@ -526,6 +530,7 @@ fn write_tree(
                 }
                 let mut f = fsutil::create_new_file(&path)?;
                 let mut hasher = blake3::Hasher::new();
+                let (mut at, mut flushed) = (0u64, 0u64);
                 for &ix in chunks {
                     let ix = ix as usize;
                     let id = manifest.chunks[ix].id;
@@ -540,6 +545,11 @@ fn write_tree(
                         f.write_all(&b)
                     };
                     ctx("writing", &path, written)?;
+                    at += u64::from(manifest.chunks[ix].size);
+                    if at - flushed >= WRITEBACK_EVERY {
+                        fsutil::start_writeback(&f, flushed, at - flushed);
+                        flushed = at;
+                    }
                 }
                 let actual = Digest::from(hasher.finalize());
                 if actual != *hash {
