@@ -248,6 +248,9 @@ impl Plan {
     }
 
     /// Bytes of release data the chosen route downloads (beyond the head and manifest).
+    /// With two hops: the intermediate manifest and both diffs, as `ferry update` spends
+    /// them; [`Updater::apply`] spends this less the intermediate manifest, which the
+    /// check that made the plan has fetched already.
     ///
     /// ```no_run
     /// # use ferry_client::updater::Updater;
@@ -263,13 +266,13 @@ impl Plan {
     /// ```
     pub fn download_bytes(&self) -> u64 {
         match &self.hops {
-            // The intermediate manifest and both diffs.
             Some(h) => h.plan.download_bytes,
             None => self.update.chosen().download_bytes,
         }
     }
 
-    /// Requests the chosen route makes for them.
+    /// Requests the chosen route makes for them (with two hops: the intermediate
+    /// manifest, which [`Updater::apply`] does not fetch again, and one per diff).
     ///
     /// ```no_run
     /// # use ferry_client::updater::Updater;

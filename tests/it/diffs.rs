@@ -95,9 +95,19 @@ fn a_locally_modified_base_falls_back_to_the_archive() {
     );
 }
 
+/// Edits release 1's installed `bin/app` in place, same size, next to what release 2
+/// changed (bytes 600,000..604,000), so inside a chunk the diff produces from the base's
+/// bytes: the plan's check of the base (file sizes) does not see it, the produced
+/// chunk's id does.
+fn edit_base_in_place(agent: &Agent) {
+    use std::os::unix::fs::FileExt;
+    let app = agent.root().join("versions/1.0.0/bin/app");
+    let f = std::fs::OpenOptions::new().write(true).open(&app).unwrap();
+    f.write_all_at(b"edited in place", 599_000).unwrap();
+}
+
 #[test]
 fn a_base_edited_without_changing_its_size_fails_its_diff_which_falls_back_to_the_archive() {
-    use std::os::unix::fs::FileExt;
     let Scene {
         p,
         sources,
@@ -105,13 +115,7 @@ fn a_base_edited_without_changing_its_size_fails_its_diff_which_falls_back_to_th
         agent,
     } = Scene::installed(Sources::app(2), &[]);
     let second = p.publish(&v(2), &sources.release(2));
-    // Same size, next to what release 2 changed (bytes 600,000..604,000 of bin/app),
-    // so inside a chunk the diff produces from the base's bytes: the plan's check of
-    // the base (file sizes) does not see it, the produced chunk's id does.
-    let app = agent.root().join("versions/1.0.0/bin/app");
-    let f = std::fs::OpenOptions::new().write(true).open(&app).unwrap();
-    f.write_all_at(b"edited in place", 599_000).unwrap();
-    drop(f);
+    edit_base_in_place(&agent);
     let before = srv.requests().len();
     let out = agent.ferry("update", &["--json"]);
     ferry_tests::assert_ok(&out, "update");
@@ -458,10 +462,6 @@ fn an_x86_64_elf_binary_updates_through_a_reference_aware_diff() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "release 2\n");
 }
 
-/// An installed ELF base that no longer scans as the publisher's did (its `e_machine`
-/// edited in place, same size: the agent reads it as a plain file and does not rewrite
-/// it) makes the reference-aware diff produce chunks that fail their ids: the agent
-/// says so and takes the archive, and release 2 runs.
 /// With the whole manifest (here its manifest diff is gone from the repository), the
 /// tree is built while the diff is applied; a base edited in place without changing
 /// its size makes a produced chunk fail its id halfway through that build, which is
@@ -469,7 +469,6 @@ fn an_x86_64_elf_binary_updates_through_a_reference_aware_diff() {
 /// one untouched meanwhile.
 #[test]
 fn a_diff_failing_while_the_tree_is_built_from_it_falls_back_to_the_archive() {
-    use std::os::unix::fs::FileExt;
     let Scene {
         p,
         sources,
@@ -492,10 +491,7 @@ fn a_diff_failing_while_the_tree_is_built_from_it_falls_back_to_the_archive() {
         }
     }
     assert_eq!(gone, 1, "release 2's one manifest diff");
-    let app = agent.root().join("versions/1.0.0/bin/app");
-    let f = std::fs::OpenOptions::new().write(true).open(&app).unwrap();
-    f.write_all_at(b"edited in place", 599_000).unwrap();
-    drop(f);
+    edit_base_in_place(&agent);
     let before = srv.requests().len();
     let out = agent.ferry("update", &["--json"]);
     ferry_tests::assert_ok(&out, "update");
@@ -525,6 +521,10 @@ fn a_diff_failing_while_the_tree_is_built_from_it_falls_back_to_the_archive() {
     );
 }
 
+/// An installed ELF base that no longer scans as the publisher's did (its `e_machine`
+/// edited in place, same size: the agent reads it as a plain file and does not rewrite
+/// it) makes the reference-aware diff produce chunks that fail their ids: the agent
+/// says so and takes the archive, and release 2 runs.
 #[test]
 fn an_elf_base_edited_in_place_fails_the_reference_aware_diff_which_falls_back_to_the_archive() {
     use std::os::unix::fs::FileExt;

@@ -127,6 +127,11 @@ impl SpoolWriter {
         self.shared.lock().ended.get_or_insert(complete);
         self.shared.grew.notify_all();
     }
+
+    /// What the reading side uses to stop the apply.
+    pub fn stopper(&self) -> SpoolStop {
+        SpoolStop(self.shared.clone())
+    }
 }
 
 /// Stops the apply writing a spool ([`SpoolWriter::stopper`]).
@@ -136,12 +141,6 @@ impl SpoolStop {
     /// The apply stops at its next chunk (the tree built from the spool failed).
     pub fn stop(&self) {
         self.0.stop.store(true, Ordering::Relaxed);
-    }
-}
-
-impl SpoolWriter {
-    pub fn stopper(&self) -> SpoolStop {
-        SpoolStop(self.shared.clone())
     }
 }
 
@@ -503,7 +502,6 @@ mod tests {
         });
         assert_eq!(got.unwrap().as_deref(), Some(&a[..]));
         assert!(spool.has(&ChunkId::of(&a)) && !spool.has(&ChunkId::of(&b)));
-        let stop = writer.stopper();
         let reader = std::thread::scope(|s| {
             let reader = s.spawn(|| spool.chunk(&ChunkId::of(&b), 7000));
             std::thread::sleep(Duration::from_millis(20));
@@ -515,7 +513,5 @@ mod tests {
             matches!(reader, Err(ApplyError::SpoolEnded { .. })),
             "{reader:?}"
         );
-        stop.stop();
-        assert!(spool.shared.stop.load(Ordering::Relaxed));
     }
 }

@@ -606,12 +606,14 @@ fn build(
         (bytes, manifest, deliver::Planned::new(observed))
     };
     // A plan given to `apply` is executed as it was made, its two hops included.
-    let (planned, hops) = match given.map(|p| (p, &p.hops)) {
-        Some((_, None)) => (planned, None),
-        Some((p, Some(h))) => {
-            let priced = given_hops(root, head, trusted, &manifest, &planned.observed, p, h)?;
-            remote.take_hops(root, &manifest, planned, priced, out)?
-        }
+    let (planned, hops) = match given {
+        Some(p) => match &p.hops {
+            None => (planned, None),
+            Some(h) => {
+                let priced = given_hops(root, head, trusted, &manifest, &planned.observed, p, h)?;
+                remote.take_hops(root, &manifest, planned, priced, out)?
+            }
+        },
         None => remote.try_hops(root, head, trusted, &manifest, planned, out)?,
     };
     let stats = deliver::install_release(

@@ -168,9 +168,10 @@ pub(super) enum Staged {
 /// `staging/tree-<version>`), which nothing else reads; the caller moves it into
 /// `versions/` (or, for the intermediate release of two hops, builds the target from
 /// it and lets cleanup remove it). Downloads are left for the caller to discard.
-/// A diff route's tree is built while its diff is applied; a diff failing then
-/// (a chunk that does not match its id) discards the tree and the plan goes on with
-/// its next route, as when it fails before.
+/// With a diff the manifest lists, the tree is built while the diff is applied; the
+/// diff failing then (a chunk that does not match its id) discards the tree and the
+/// plan goes on with its next route, as when it fails before. A skeleton's diff and a
+/// diff made on request are applied whole first.
 pub(super) fn build_staged(
     root: &Root,
     remote: &Remote,
@@ -262,13 +263,7 @@ pub(super) fn build_staged(
                             live_diff = Some(live);
                             ranges = Some(route.archive.ranges.clone());
                         }
-                        Err(e) => {
-                            tracing::warn!(
-                                "diff from {} not used, falling back to the next way the plan lists: {e:#}",
-                                base.version
-                            );
-                            failure = format!("the diff from {}: {e:#}", base.version);
-                        }
+                        Err(e) => failure = diff_failed(&base.version, &e),
                     }
                 }
                 Via::Produced {
@@ -332,10 +327,7 @@ pub(super) fn build_staged(
         match built {
             Ok(built) => break built,
             Err(BuildFailure::Diff { base, error }) => {
-                tracing::warn!(
-                    "diff from {base} not used, falling back to the next way the plan lists: {error:#}"
-                );
-                failure = format!("the diff from {base}: {error:#}");
+                failure = diff_failed(&base, &error);
                 fsutil::remove_tree(&staging)?;
             }
             Err(BuildFailure::Other(e)) => return Err(e),
@@ -500,6 +492,13 @@ fn start_diff<'a>(
             writer,
         },
     ))
+}
+
+/// Warns that the diff from `base` failed with `e` and the plan moves on; returns the
+/// failure to name if no route is left.
+fn diff_failed(base: &str, e: &anyhow::Error) -> String {
+    tracing::warn!("diff from {base} not used, falling back to the next way the plan lists: {e:#}");
+    format!("the diff from {base}: {e:#}")
 }
 
 /// Why [`build_from`] failed.
