@@ -23,6 +23,7 @@ use ferry_format::verified::Verified;
 
 use super::ApplyError;
 use super::diff::DiffSpool;
+use super::file_hash::{self, BesideHasher};
 use super::share::{Sharer, installed_mode};
 use super::source::LocalChunks;
 use crate::fetch::ranges::range_file;
@@ -485,11 +486,32 @@ fn build_with(
 }
 
 /// The writer's half of [`build_tree`]: `next` yields the downloaded chunks in order.
+/// Large files are hashed whole beside it ([`BesideHasher`]); a mismatch fails the
+/// build once the writer is done.
 fn write_tree(
     manifest: &Manifest,
     dest: &Path,
     local: &mut LocalChunks,
     next: &mut dyn FnMut() -> Result<Vec<u8>, ApplyError>,
+) -> Result<Built, ApplyError> {
+    let large = manifest
+        .entries
+        .iter()
+        .any(|e| matches!(e.kind, EntryKind::File { size, .. } if size >= file_hash::BESIDE_FROM));
+    std::thread::scope(|s| {
+        let beside = large.then(|| BesideHasher::start(s));
+        let built = write_entries(manifest, dest, local, next, beside.as_ref())?;
+        beside.map_or(Ok(()), BesideHasher::finish)?;
+        Ok(built)
+    })
+}
+
+fn write_entries(
+    manifest: &Manifest,
+    dest: &Path,
+    local: &mut LocalChunks,
+    next: &mut dyn FnMut() -> Result<Vec<u8>, ApplyError>,
+    beside: Option<&BesideHasher<'_>>,
 ) -> Result<Built, ApplyError> {
     let mut dirs = vec![(dest.to_path_buf(), 0o755)];
     let mut sharer = Sharer::default();
@@ -529,20 +551,34 @@ fn write_tree(
                     continue;
                 }
                 let mut f = fsutil::create_new_file(&path)?;
+                let beside = beside.filter(|_| *size >= file_hash::BESIDE_FROM);
                 let mut hasher = blake3::Hasher::new();
                 let (mut at, mut flushed) = (0u64, 0u64);
                 for &ix in chunks {
                     let ix = ix as usize;
                     let id = manifest.chunks[ix].id;
                     let written = if local.has(&id) {
-                        local.with_chunk(&id, |b| {
-                            hasher.update(b);
-                            f.write_all(b)
-                        })?
+                        let (written, copy) = local.with_chunk(&id, |b| {
+                            let copy = beside.map(|_| b.to_vec());
+                            if copy.is_none() {
+                                hasher.update(b);
+                            }
+                            (f.write_all(b), copy)
+                        })?;
+                        if let (Some(h), Some(copy)) = (beside, copy) {
+                            h.bytes(copy)?;
+                        }
+                        written
                     } else {
                         let b = next()?;
-                        hasher.update(&b);
-                        f.write_all(&b)
+                        let written = f.write_all(&b);
+                        match beside {
+                            Some(h) => h.bytes(b)?,
+                            None => {
+                                hasher.update(&b);
+                            }
+                        }
+                        written
                     };
                     ctx("writing", &path, written)?;
                     at += u64::from(manifest.chunks[ix].size);
@@ -551,13 +587,18 @@ fn write_tree(
                         flushed = at;
                     }
                 }
-                let actual = Digest::from(hasher.finalize());
-                if actual != *hash {
-                    return Err(ApplyError::FileMismatch {
-                        path: e.path.clone(),
-                        expected: hash.to_hex(),
-                        actual: actual.to_hex(),
-                    });
+                match beside {
+                    Some(h) => h.end_file(&e.path, *hash)?,
+                    None => {
+                        let actual = Digest::from(hasher.finalize());
+                        if actual != *hash {
+                            return Err(ApplyError::FileMismatch {
+                                path: e.path.clone(),
+                                expected: hash.to_hex(),
+                                actual: actual.to_hex(),
+                            });
+                        }
+                    }
                 }
                 fsutil::set_mode(&path, installed_mode(*mode))?;
                 crash_point!("client::staging::file_written");
@@ -714,6 +755,69 @@ mod tests {
         });
         assert!(matches!(err, ApplyError::CorruptDownload { .. }), "{err}");
         assert!(!Path::new(&part).exists());
+    }
+
+    #[test]
+    fn a_file_whose_content_misses_its_manifest_hash_fails_the_build_large_or_small() {
+        // 64 chunks of 70,000 bytes: a file of 4.5 MB, hashed beside the writer, and
+        // a small one of two chunks, hashed inline; each file's manifest hash is wrong
+        // in turn (the one of the file with its last chunk left out).
+        let data: Vec<Vec<u8>> = (0..64u8).map(|k| vec![k; 70_000]).collect();
+        let (m0, archive) = chunked(&data);
+        let t = tempfile::tempdir().unwrap();
+        let range = FetchRange {
+            start: 0,
+            end: archive.len() as u64,
+            first_chunk: 0,
+            last_chunk: 64,
+        };
+        fs::write(range_file(t.path(), &m0.archive.hash, &range), &archive).unwrap();
+        let file = |path: &str, chunks: Vec<u32>, wrong: bool| {
+            let content: Vec<u8> = chunks
+                .iter()
+                .flat_map(|&c| data[c as usize].clone())
+                .collect();
+            let hashed = if wrong {
+                &content[..content.len() - 70_000]
+            } else {
+                &content[..]
+            };
+            Entry {
+                path: path.into(),
+                kind: EntryKind::File {
+                    mode: 0o644,
+                    size: content.len() as u64,
+                    hash: Digest::of(hashed),
+                    chunks,
+                },
+            }
+        };
+        let large: Vec<u32> = (0..64).collect();
+        assert!(64 * 70_000 >= file_hash::BESIDE_FROM);
+        for (k, (large_wrong, small_wrong)) in [(false, false), (true, false), (false, true)]
+            .into_iter()
+            .enumerate()
+        {
+            let mut m = m0.clone();
+            m.entries = vec![
+                file("big", large.clone(), large_wrong),
+                file("small", vec![3, 4], small_wrong),
+            ];
+            let d = Downloaded::new(t.path(), &m, std::slice::from_ref(&range));
+            let mut local = LocalChunks::index(&[]);
+            let tree = t.path().join(format!("tree{k}"));
+            let built = build_with(&m, &tree, &mut local, d, 2);
+            match (large_wrong, small_wrong, built) {
+                (false, false, Ok(_)) => {
+                    assert_eq!(fs::read(tree.join("big")).unwrap().len(), 64 * 70_000)
+                }
+                (true, _, Err(ApplyError::FileMismatch { path, .. })) => assert_eq!(path, "big"),
+                (_, true, Err(ApplyError::FileMismatch { path, .. })) => {
+                    assert_eq!(path, "small")
+                }
+                (l, s, other) => panic!("large wrong {l}, small wrong {s}: {other:?}"),
+            }
+        }
     }
 
     #[test]

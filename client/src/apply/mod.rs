@@ -2,8 +2,9 @@
 //! on disk in retained releases, [`diff`] applies a diff object to a retained release
 //! into a spool of new chunks, [`build`] writes a new tree from local, spooled and
 //! downloaded chunks, [`check`] compares a tree on disk with its manifest, [`carry`]
-//! copies the application's own files (chosen by [`pattern`]) into a new tree, and
-//! [`share`] puts files a retained release already holds into it without writing them.
+//! copies the application's own files (chosen by [`pattern`]) into a new tree,
+//! [`share`] puts files a retained release already holds into it without writing them,
+//! and [`file_hash`] checks a large file's whole hash on a thread beside the writer.
 //!
 //! Only `Verified<Manifest>` values enter here; every chunk's bytes are hashed against
 //! its id immediately before they are written, whether they come from a local release
@@ -14,6 +15,7 @@ pub mod carry;
 pub mod check;
 pub mod diff;
 pub mod elf_base;
+pub mod file_hash;
 pub mod pattern;
 pub mod share;
 pub mod source;
@@ -85,6 +87,9 @@ pub enum ApplyError {
     /// The apply stopped because the tree built from its spool failed.
     #[error("stopped: the tree built from the diff's output failed")]
     Stopped,
+    /// The thread checking large files' hashes beside the writer stopped (a panic).
+    #[error("the thread checking the files' hashes stopped")]
+    HasherStopped,
     /// A chunk is neither local nor in a downloaded range (a planning bug).
     #[error("chunk {id} is neither on disk nor downloaded")]
     MissingChunk { id: String },

@@ -137,15 +137,46 @@ pub const PIECE: u64 = 1 << 16;
 pub(crate) struct Targets {
     loaded: Vec<(u64, u64)>,
     exec: Vec<(u64, u64)>,
+    /// The most significant byte `h` of any displacement the code pass can emit
+    /// satisfies `h + near <= 2 × near − 1` (as bytes): see [`Targets::near`].
+    near: u8,
 }
 
 impl Targets {
     pub(crate) fn of(elf: &Elf) -> Targets {
         let img = |s: &super::elf::Segment| (s.vaddr, s.memsz);
-        Targets {
-            loaded: elf.segments.iter().map(img).collect(),
-            exec: elf.segments.iter().filter(|s| s.exec).map(img).collect(),
+        let code: Vec<(u64, u64)> = elf.code.iter().map(|r| (r.vaddr, r.size)).collect();
+        Targets::new(
+            elf.segments.iter().map(img).collect(),
+            elf.segments.iter().filter(|s| s.exec).map(img).collect(),
+            &code,
+        )
+    }
+
+    /// Targets in `loaded` (and `exec`) images `(vaddr, size)`, for a scan of code at
+    /// the addresses of `code`.
+    fn new(loaded: Vec<(u64, u64)>, exec: Vec<(u64, u64)>, code: &[(u64, u64)]) -> Targets {
+        let near = Self::near(loaded.iter().chain(code).copied());
+        Targets { loaded, exec, near }
+    }
+
+    /// A field of the code pass names a loaded target from an anchor in a code range,
+    /// so its displacement `d` is the distance between two addresses of
+    /// `[lo, hi)`, the hull of the loaded segments and the code ranges (plus the
+    /// 4 bytes an anchor may pass a range's end). With `hi − lo < 2^(24+s)`,
+    /// `d >> 24` lies in `[−2^s, 2^s)`: its top byte plus `2^s` is below `2^(s+1)`.
+    /// Returns `2^s` (128 when the hull is 2^31 or wider: every byte passes). A
+    /// filter of candidates only, so the scan's result does not depend on it.
+    fn near(spans: impl Iterator<Item = (u64, u64)>) -> u8 {
+        let (mut lo, mut hi) = (u128::MAX, 0u128);
+        for (v, n) in spans {
+            lo = lo.min(u128::from(v));
+            hi = hi.max(u128::from(v) + u128::from(n) + 4);
         }
+        let width = hi.saturating_sub(lo);
+        (0..7u32)
+            .find(|&s| width < 1u128 << (24 + s))
+            .map_or(128, |s| 1u8 << s)
     }
 
     #[inline]
@@ -252,37 +283,6 @@ pub(crate) fn scan_piece(
             }
         }
     };
-    // The last bytes, each rule checking that what it reads lies in the piece.
-    let slow = |i: usize| -> Hit {
-        let b = code[i];
-        let branch = match b {
-            0xE8 | 0xE9 => Some(i + 1),
-            0x0F if i + 1 < n && code[i + 1] & 0xF0 == 0x80 => Some(i + 2),
-            _ => None,
-        };
-        if let Some(f) = branch.filter(|&f| f + 4 <= n) {
-            let (anchor, target) = field(code, f, f);
-            if t.executable(target) {
-                return Some((f, anchor, target, f + 4));
-            }
-        }
-        // The offset of the ModRM byte for a RIP-relative candidate at i.
-        let modrm = match b {
-            0x0F if i + 1 < n && TWO[usize::from(code[i + 1])] => Some(i + 2),
-            0xC5 => Some(i + 3),
-            0xC4 => Some(i + 4),
-            0x62 => Some(i + 5),
-            _ if ONE[usize::from(b)] => Some(i + 1),
-            _ => None,
-        };
-        if let Some(m) = modrm.filter(|&m| m + 5 <= n && code[m] & 0xC7 == 0x05) {
-            let (anchor, target) = field(code, m + 1, m + 1);
-            if t.loaded(target) {
-                return Some((m + 1, anchor, target, m + 5));
-            }
-        }
-        None
-    };
     let to = to.min(n);
     let (mut i, mut prev) = (from, from);
     let phase = phase % SYNC;
@@ -298,7 +298,12 @@ pub(crate) fn scan_piece(
         if i + LANES + 16 <= n {
             if i < chunk || i - chunk >= LANES {
                 chunk = i;
-                mask = candidates(code[i..i + LANES + 8].try_into().expect("72 bytes"));
+                mask = candidates(
+                    code[i..i + LANES + CANDIDATE_TAIL]
+                        .try_into()
+                        .expect("74 bytes"),
+                    t.near,
+                );
             }
             let m = mask >> (i - chunk);
             let next = if m == 0 {
@@ -318,7 +323,11 @@ pub(crate) fn scan_piece(
             }
         }
         prev = i;
-        let hit = if i + 16 <= n { fast(i) } else { slow(i) };
+        let hit = if i + 16 <= n {
+            fast(i)
+        } else {
+            rule_at(t, code, va, i)
+        };
         match hit {
             Some((f, anchor, target, next)) => {
                 emit(f, anchor, target);
@@ -329,23 +338,77 @@ pub(crate) fn scan_piece(
     }
 }
 
+/// The rules of the code pass at position `i` of `code` (whose first byte is at
+/// `va`), each checking that what it reads lies in `code`: the scan's last bytes,
+/// and the reference the vectorised scan must agree with.
+fn rule_at(t: &Targets, code: &[u8], va: u64, i: usize) -> Hit {
+    let n = code.len();
+    let field = |f: usize| -> (u64, u64) {
+        let anchor = va.wrapping_add(f as u64).wrapping_add(4);
+        let d = i32::from_le_bytes([code[f], code[f + 1], code[f + 2], code[f + 3]]);
+        (anchor, anchor.wrapping_add_signed(i64::from(d)))
+    };
+    let b = code[i];
+    let branch = match b {
+        0xE8 | 0xE9 => Some(i + 1),
+        0x0F if i + 1 < n && code[i + 1] & 0xF0 == 0x80 => Some(i + 2),
+        _ => None,
+    };
+    if let Some(f) = branch.filter(|&f| f + 4 <= n) {
+        let (anchor, target) = field(f);
+        if t.executable(target) {
+            return Some((f, anchor, target, f + 4));
+        }
+    }
+    // The offset of the ModRM byte for a RIP-relative candidate at i.
+    let modrm = match b {
+        0x0F if i + 1 < n && TWO[usize::from(code[i + 1])] => Some(i + 2),
+        0xC5 => Some(i + 3),
+        0xC4 => Some(i + 4),
+        0x62 => Some(i + 5),
+        _ if ONE[usize::from(b)] => Some(i + 1),
+        _ => None,
+    };
+    if let Some(m) = modrm.filter(|&m| m + 5 <= n && code[m] & 0xC7 == 0x05) {
+        let (anchor, target) = field(m + 1);
+        if t.loaded(target) {
+            return Some((m + 1, anchor, target, m + 5));
+        }
+    }
+    None
+}
+
 /// Positions a candidate bit set covers.
 const LANES: usize = 64;
 
+/// Bytes of code [`candidates`] reads beyond its lanes.
+const CANDIDATE_TAIL: usize = 10;
+
 /// Bit `j` set when a rule of the code scan may match at position `j` of `w` (a
-/// superset: `E8`, `E9` or `0F` there, or a byte that could be a RIP-relative ModRM
-/// (`& C7 = 05`) 1 byte on, or 3, 4, 5 bytes after `C5`, `C4`, `62`). Written as
-/// plain loops over arrays, which the compiler turns into vector instructions.
+/// superset: `E8`/`E9`, or `0F` followed by `8x`, each with a 4-byte field after it;
+/// a byte that could be a RIP-relative ModRM (`& C7 = 05`) 1 byte on (2 after `0F`),
+/// or 3, 4, 5 bytes after `C5`, `C4`, `62`, each followed by its 4-byte field; every
+/// field's top byte passing [`Targets::near`], `near`). Written as plain loops over
+/// arrays, which the compiler turns into vector instructions.
 #[inline]
-fn candidates(w: &[u8; LANES + 8]) -> u64 {
-    let mut rip = [0u8; LANES + 8];
-    for (r, &b) in rip.iter_mut().zip(w.iter()) {
-        *r = u8::from(b & 0xC7 == 0x05);
+fn candidates(w: &[u8; LANES + CANDIDATE_TAIL], near: u8) -> u64 {
+    let max = near.wrapping_mul(2).wrapping_sub(1);
+    // rip[k]: a RIP-relative ModRM at k whose field (k + 1 ..= k + 4) may be near.
+    let mut rip = [0u8; LANES + CANDIDATE_TAIL];
+    // ok[k]: a field ending at k (its top byte) may be near.
+    let mut ok = [0u8; LANES + CANDIDATE_TAIL];
+    for (o, &b) in ok.iter_mut().zip(w.iter()) {
+        *o = u8::from(b.wrapping_add(near) <= max);
+    }
+    for k in 0..LANES + CANDIDATE_TAIL - 4 {
+        rip[k] = u8::from(w[k] & 0xC7 == 0x05) & ok[k + 4];
     }
     let mut cand = [0u8; LANES];
     for j in 0..LANES {
         let b = w[j];
-        cand[j] = u8::from(b == 0xE8 || b == 0xE9 || b == 0x0F)
+        let jcc = u8::from(w[j + 1] & 0xF0 == 0x80) & ok[j + 5];
+        cand[j] = (u8::from(b == 0xE8 || b == 0xE9) & ok[j + 4])
+            | (u8::from(b == 0x0F) & (jcc | rip[j + 2]))
             | rip[j + 1]
             | (u8::from(b == 0xC5) & rip[j + 3])
             | (u8::from(b == 0xC4) & rip[j + 4])
@@ -544,4 +607,77 @@ pub fn references(elf: &Elf, bytes: &[u8]) -> Vec<Ref> {
     let mut out = Vec::new();
     scan(elf, bytes, |r| out.push(r));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// The code pass as its rules read, position after position.
+    fn plain(t: &Targets, code: &[u8], va: u64) -> Vec<(usize, u64, u64)> {
+        let (mut i, mut out) = (0, Vec::new());
+        while i < code.len() {
+            match rule_at(t, code, va, i) {
+                Some((f, anchor, target, next)) => {
+                    out.push((f, anchor, target));
+                    i = next;
+                }
+                None => i += 1,
+            }
+        }
+        out
+    }
+
+    /// Bytes the rules look at, and others.
+    const ALPHABET: [u8; 16] = [
+        0xE8, 0xE9, 0x0F, 0x84, 0x05, 0x0D, 0x15, 0xC5, 0xC4, 0x62, 0x8B, 0x10, 0x00, 0xFF, 0x01,
+        0xF8,
+    ];
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(400))]
+        /// The vectorised scan skips only positions where no rule can match, whatever
+        /// the address space's width (the candidate filter on the fields' top bytes
+        /// depends on it).
+        #[test]
+        fn the_vectorised_scan_finds_what_the_rules_find(
+            picks in proptest::collection::vec((0usize..20, any::<u8>()), 0..900),
+            width_bits in 8u32..40,
+            code_at in 0u64..4096,
+        ) {
+            let code: Vec<u8> = picks
+                .iter()
+                .map(|&(k, b)| if k < ALPHABET.len() { ALPHABET[k] } else { b })
+                .collect();
+            let lo = 0x40_0000u64;
+            let width = (1u64 << width_bits).max(code_at + code.len() as u64 + 1);
+            let va = lo + code_at;
+            let t = Targets::new(
+                vec![(lo, width)],
+                vec![(lo, width / 2 + 1)],
+                &[(va, code.len() as u64)],
+            );
+            let mut found = Vec::new();
+            scan_piece(
+                &t,
+                &code,
+                va,
+                (0, code.len(), 0),
+                &mut |f, anchor, target| found.push((f, anchor, target)),
+                &mut |_, _| {},
+            );
+            prop_assert_eq!(found, plain(&t, &code, va));
+        }
+    }
+
+    #[test]
+    fn the_candidate_filter_narrows_with_the_address_space() {
+        let near = |width: u64| Targets::new(vec![(0x1000, width)], vec![], &[]).near;
+        assert_eq!(near(1 << 20), 1);
+        assert_eq!(near((1 << 24) - 8), 1);
+        assert_eq!(near(1 << 24), 2);
+        assert_eq!(near(100 << 20), 8);
+        assert_eq!(near(1 << 31), 128);
+    }
 }
