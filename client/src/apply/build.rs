@@ -793,7 +793,7 @@ mod tests {
             }
         };
         let large: Vec<u32> = (0..64).collect();
-        assert!(64 * 70_000 >= file_hash::BESIDE_FROM);
+        const { assert!(64 * 70_000 >= file_hash::BESIDE_FROM) };
         for (k, (large_wrong, small_wrong)) in [(false, false), (true, false), (false, true)]
             .into_iter()
             .enumerate()
