@@ -820,6 +820,50 @@ mod tests {
         }
     }
 
+    /// A spooled chunk was checked when the diff produced it; the spool is a file, and
+    /// bytes changed in it afterwards are caught by the hash of the file they go into,
+    /// whether it is hashed inline (small) or beside the writer (large).
+    #[test]
+    fn a_spool_edited_after_the_diff_fails_the_build_through_the_file_hash() {
+        let data: Vec<Vec<u8>> = (0..70u8).map(|k| vec![k; 70_000]).collect();
+        let (m0, _) = chunked(&data);
+        for (k, chunks) in [(0..2u32).collect::<Vec<_>>(), (0..70).collect()]
+            .into_iter()
+            .enumerate()
+        {
+            let t = tempfile::tempdir().unwrap();
+            let path = t.path().join("s.spool");
+            let spool = DiffSpool::filled(&path, &data);
+            let content: Vec<u8> = chunks
+                .iter()
+                .flat_map(|&c| data[c as usize].clone())
+                .collect();
+            let mut m = m0.clone();
+            m.entries = vec![Entry {
+                path: "f".into(),
+                kind: EntryKind::File {
+                    mode: 0o644,
+                    size: content.len() as u64,
+                    hash: Digest::of(&content),
+                    chunks,
+                },
+            }];
+            fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .unwrap()
+                .write_all_at(b"edited", 70_000 + 100)
+                .unwrap();
+            let d = Downloaded::new(t.path(), &m, &[]).with_spool(Some(spool));
+            let mut local = LocalChunks::index(&[]);
+            let built = build_with(&m, &t.path().join("tree"), &mut local, d, 2);
+            assert!(
+                matches!(&built, Err(ApplyError::FileMismatch { path, .. }) if path == "f"),
+                "case {k}: {built:?}"
+            );
+        }
+    }
+
     #[test]
     fn a_consumed_download_is_given_back_before_the_tree_is_synced() {
         // Three 4 MiB chunks of noise in one range, a file of chunks 0, 1, 2, 0: the

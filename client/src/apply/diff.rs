@@ -6,7 +6,8 @@
 //! output is written sequentially: memory stays at a few buffers whatever the release
 //! size. Every produced chunk is hashed as its last byte arrives and compared with its
 //! id, so a bad diff (or a base file edited during the update) is refused naming the
-//! chunk; [`DiffSpool::chunk`] hashes it again when the tree builder copies it out.
+//! chunk; the file the tree builder copies it into is then hashed whole against the
+//! manifest, which checks the spool's bytes again (the spool is a file on disk).
 //! When the manifest is a skeleton (FORMAT.md §3.7) the hashes become the ids, so the
 //! whole diff is applied before the manifest can be verified and a tree built from it
 //! ([`apply_to_spool`]); with a verified manifest the tree is built while the diff is
@@ -20,7 +21,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
-use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -169,6 +170,27 @@ impl DiffSpool {
         Ok((spool, writer))
     }
 
+    /// A complete spool at `path` holding `chunks` in order, as an apply leaves it.
+    #[cfg(test)]
+    pub(super) fn filled(path: &Path, chunks: &[Vec<u8>]) -> DiffSpool {
+        let want: Vec<Want> = chunks
+            .iter()
+            .map(|c| Want {
+                size: c.len() as u32,
+                id: Some(ChunkId::of(c)),
+            })
+            .collect();
+        let (spool, writer) = DiffSpool::create(path, &want).unwrap();
+        let mut at = 0;
+        for c in chunks {
+            writer.file.write_all_at(c, at).unwrap();
+            writer.publish(ChunkId::of(c), at);
+            at += c.len() as u64;
+        }
+        writer.end(true);
+        spool
+    }
+
     /// Ids of the produced chunks in output order (what fills a skeleton's holes).
     pub fn produced(&self) -> Vec<ChunkId> {
         self.shared.lock().produced.clone()
@@ -188,9 +210,10 @@ impl DiffSpool {
         self.len() == 0
     }
 
-    /// Reads chunk `id` of `size` bytes back and checks it against its id once more
-    /// (the spool is a file on disk between apply and build). `None` if the diff does
-    /// not produce it; while the apply runs, waits for a chunk it will produce.
+    /// Reads chunk `id` of `size` bytes back (checked against its id when the diff
+    /// produced it; the tree builder's whole-file hash checks it again). `None` if the
+    /// diff does not produce it; while the apply runs, waits for a chunk it will
+    /// produce.
     pub fn chunk(&self, id: &ChunkId, size: u32) -> Result<Option<Vec<u8>>, ApplyError> {
         let offset = {
             let mut p = self.shared.lock();
@@ -217,12 +240,6 @@ impl DiffSpool {
             &self.path,
             self.file.read_exact_at(&mut bytes, offset),
         )?;
-        if ChunkId::of(&bytes) != *id {
-            return Err(ApplyError::SpoolChanged {
-                id: id.to_hex(),
-                file: self.path.clone(),
-            });
-        }
         Ok(Some(bytes))
     }
 }
@@ -376,11 +393,12 @@ fn apply_inner(
         .collect::<Result<Vec<_>, _>>()?;
 
     // Output: split into the expected chunks, each verified as it completes.
-    let mut w = BufWriter::with_capacity(1 << 20, &writer.file);
+    // The chunk being produced, hashed and written whole once complete (the apply
+    // hands over short pieces, which blake3 hashes several times slower one by one).
+    let mut pending: Vec<u8> = Vec::new();
     let mut next = 0usize;
     let mut filled = 0u64;
     let mut written = 0u64;
-    let mut hasher = blake3::Hasher::new();
     // The sink's errors cannot travel through the format crate's error type; keep
     // ours here and hand apply a marker that stops it.
     let mut failure: Option<ApplyError> = None;
@@ -396,19 +414,11 @@ fn apply_inner(
                 return Err(stop());
             };
             let n = (u64::from(rec.size) - filled).min(bytes.len() as u64) as usize;
-            hasher.update(&bytes[..n]);
-            if let Err(e) = w.write_all(&bytes[..n]) {
-                failure = Some(ApplyError::Fs(FsError {
-                    op: "writing",
-                    path: spool.to_path_buf(),
-                    source: e,
-                }));
-                return Err(stop());
-            }
+            pending.extend_from_slice(&bytes[..n]);
             bytes = &bytes[n..];
             filled += n as u64;
             if filled == u64::from(rec.size) {
-                let got = Digest::from(hasher.finalize());
+                let got = Digest::of(&pending);
                 if let Some(id) = rec.id
                     && got != id
                 {
@@ -420,7 +430,7 @@ fn apply_inner(
                     return Err(stop());
                 }
                 // Written through before a reader may look for it.
-                if let Err(e) = w.flush() {
+                if let Err(e) = (&writer.file).write_all(&pending) {
                     failure = Some(ApplyError::Fs(FsError {
                         op: "writing",
                         path: spool.to_path_buf(),
@@ -434,7 +444,7 @@ fn apply_inner(
                     return Err(stop());
                 }
                 written += filled;
-                hasher.reset();
+                pending.clear();
                 filled = 0;
                 next += 1;
             }
@@ -461,7 +471,6 @@ fn apply_inner(
             "produced {produced} of {expected_size} bytes"
         )));
     }
-    ctx("writing", spool, w.flush())?;
     crash_point!("client::spool::written");
     Ok(())
 }

@@ -7,8 +7,10 @@
 //! and [`file_hash`] checks a large file's whole hash on a thread beside the writer.
 //!
 //! Only `Verified<Manifest>` values enter here; every chunk's bytes are hashed against
-//! its id immediately before they are written, whether they come from a local release
-//! (re-hashed from the mapped file) or from a download (`decompress_chunk`).
+//! its id immediately before they are written when they come from a local release
+//! (re-hashed from the mapped file) or from a download (`decompress_chunk`), and as the
+//! diff produces them when they come from a diff's spool; every file is hashed whole
+//! against the manifest before the tree is synced.
 
 pub mod build;
 pub mod carry;
@@ -78,9 +80,6 @@ pub enum ApplyError {
     /// A file of the diff's base release is missing or no longer has its size.
     #[error("base file {file} is missing or changed")]
     BaseChanged { file: PathBuf },
-    /// A chunk verified when the diff produced it no longer does in the spool.
-    #[error("spooled chunk {id} in {file} changed during the update; run it again")]
-    SpoolChanged { id: String, file: PathBuf },
     /// The diff writing the spool failed before producing a chunk the tree needs.
     #[error("the diff writing {file} stopped before producing chunk {id}")]
     SpoolEnded { id: String, file: PathBuf },
