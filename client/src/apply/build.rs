@@ -24,6 +24,7 @@ use ferry_format::verified::Verified;
 use super::ApplyError;
 use super::diff::DiffSpool;
 use super::file_hash::{self, BesideHasher};
+use super::image;
 use super::share::{Sharer, installed_mode};
 use super::source::LocalChunks;
 use crate::fetch::ranges::range_file;
@@ -410,9 +411,13 @@ fn build_with(
 ) -> Result<Built, ApplyError> {
     // Every chunk the writer will ask of the download, in its order: the decoders
     // together produce exactly this sequence.
+    // A spool laid out as one file completes that file in place (image.rs): the
+    // writer asks nothing of the decoders for it.
+    let image = downloaded.spool.as_ref().filter(|s| s.image().is_some());
     let needed: Vec<usize> = manifest
         .entries
         .iter()
+        .filter(|e| image.is_none_or(|s| s.image() != Some(e.path.as_str())))
         .filter_map(|e| match &e.kind {
             EntryKind::File { chunks, .. } => Some(chunks),
             _ => None,
@@ -470,7 +475,7 @@ fn build_with(
             }
             chunk
         };
-        let built = write_tree(manifest, dest, local, &mut next);
+        let built = write_tree(manifest, dest, local, &mut next, image);
         // Decoders blocked on a full queue see it closed and stop.
         drop(queues);
         built
@@ -493,6 +498,7 @@ fn write_tree(
     dest: &Path,
     local: &mut LocalChunks,
     next: &mut dyn FnMut() -> Result<Vec<u8>, ApplyError>,
+    image: Option<&DiffSpool>,
 ) -> Result<Built, ApplyError> {
     let large = manifest
         .entries
@@ -500,7 +506,7 @@ fn write_tree(
         .any(|e| matches!(e.kind, EntryKind::File { size, .. } if size >= file_hash::BESIDE_FROM));
     std::thread::scope(|s| {
         let beside = large.then(|| BesideHasher::start(s));
-        let built = write_entries(manifest, dest, local, next, beside.as_ref())?;
+        let built = write_entries(manifest, dest, local, next, beside.as_ref(), image)?;
         beside.map_or(Ok(()), BesideHasher::finish)?;
         Ok(built)
     })
@@ -512,6 +518,7 @@ fn write_entries(
     local: &mut LocalChunks,
     next: &mut dyn FnMut() -> Result<Vec<u8>, ApplyError>,
     beside: Option<&BesideHasher<'_>>,
+    image: Option<&DiffSpool>,
 ) -> Result<Built, ApplyError> {
     let mut dirs = vec![(dest.to_path_buf(), 0o755)];
     let mut sharer = Sharer::default();
@@ -538,6 +545,12 @@ fn write_entries(
                 hash,
                 chunks,
             } => {
+                if let Some(spool) = image.filter(|s| s.image() == Some(e.path.as_str())) {
+                    let entry = (*size, hash, *mode);
+                    image::place(manifest, chunks, entry, &e.path, spool, local, &path)?;
+                    crash_point!("client::staging::file_written");
+                    continue;
+                }
                 let copies = local.file_copies(hash, *size);
                 if !copies.is_empty() && sharer.share(&copies, *size, hash, *mode, &path)?.is_some()
                 {
@@ -833,7 +846,7 @@ mod tests {
         {
             let t = tempfile::tempdir().unwrap();
             let path = t.path().join("s.spool");
-            let spool = DiffSpool::filled(&path, &data);
+            let spool = DiffSpool::filled(&path, &data, None);
             let content: Vec<u8> = chunks
                 .iter()
                 .flat_map(|&c| data[c as usize].clone())
@@ -861,6 +874,67 @@ mod tests {
                 matches!(&built, Err(ApplyError::FileMismatch { path, .. }) if path == "f"),
                 "case {k}: {built:?}"
             );
+        }
+    }
+
+    /// A spool laid out as the one file holding every chunk the diff produced becomes
+    /// that file: the repeats of its chunks are copied in, its hash is checked and it
+    /// is renamed into the tree, while other files come from the download as before;
+    /// an image edited after the diff fails the build.
+    #[test]
+    fn a_spool_laid_out_as_a_file_becomes_that_file_once_completed_and_checked() {
+        let data: Vec<Vec<u8>> = (0..3u8).map(|k| vec![k + 1; 70_000]).collect();
+        let (mut m, archive) = chunked(&data);
+        let f = [&data[1][..], &data[2], &data[1]].concat();
+        let file = |path: &str, chunks: Vec<u32>, content: &[u8]| Entry {
+            path: path.into(),
+            kind: EntryKind::File {
+                mode: 0o755,
+                size: content.len() as u64,
+                hash: Digest::of(content),
+                chunks,
+            },
+        };
+        m.entries = vec![file("f", vec![1, 2, 1], &f), file("g", vec![0], &data[0])];
+        let img = image::layout(&m, &[1, 2]).expect("f holds every produced chunk");
+        assert_eq!((img.path.as_str(), img.at.clone()), ("f", vec![0, 70_000]));
+        let range = FetchRange {
+            start: 0,
+            end: archive.len() as u64,
+            first_chunk: 0,
+            last_chunk: 3,
+        };
+        for edited in [false, true] {
+            let t = tempfile::tempdir().unwrap();
+            fs::write(range_file(t.path(), &m.archive.hash, &range), &archive).unwrap();
+            let path = t.path().join("s.spool");
+            let spool = DiffSpool::filled(&path, &data[1..], Some(&img));
+            if edited {
+                fs::OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .unwrap()
+                    .write_all_at(b"edited", 100)
+                    .unwrap();
+            }
+            let d =
+                Downloaded::new(t.path(), &m, std::slice::from_ref(&range)).with_spool(Some(spool));
+            let mut local = LocalChunks::index(&[]);
+            let tree = t.path().join("tree");
+            let built = build_with(&m, &tree, &mut local, d, 2);
+            if edited {
+                assert!(
+                    matches!(&built, Err(ApplyError::FileMismatch { path, .. }) if path == "f"),
+                    "{built:?}"
+                );
+                continue;
+            }
+            built.unwrap();
+            assert_eq!(fs::read(tree.join("f")).unwrap(), f);
+            assert_eq!(fs::read(tree.join("g")).unwrap(), data[0]);
+            assert!(!path.exists(), "the spool became the file");
+            let mode = fs::metadata(tree.join("f")).unwrap().mode();
+            assert_eq!(mode & 0o777, installed_mode(0o755));
         }
     }
 

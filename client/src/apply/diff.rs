@@ -21,7 +21,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -37,8 +37,12 @@ use ferry_format::manifest::Manifest;
 use super::ApplyError;
 use super::check::hash_file;
 use super::elf_base::{RewrittenBase, read_maps};
+use super::image::Image;
 use super::source::{LocalRelease, map_file};
 use crate::fsutil::{self, FsError, ctx};
+
+/// Bytes of an image spool written between two starts of their writeback.
+const WRITEBACK_EVERY: u64 = 8 << 20;
 
 /// Bytes before the streams at most: magic, format, header length, a ≤ 4 KiB header.
 const PREFIX_MAX: u64 = 10 + 4096;
@@ -76,6 +80,8 @@ impl Want {
 pub struct DiffSpool {
     path: PathBuf,
     file: File,
+    /// The manifest path of the file the spool is the image of ([`super::image`]).
+    image: Option<String>,
     /// The ids the diff produces (a skeleton's holes aside): a chunk outside them is
     /// never waited for.
     named: HashSet<ChunkId>,
@@ -112,6 +118,8 @@ impl Shared {
 pub struct SpoolWriter {
     path: PathBuf,
     file: File,
+    /// Where each produced chunk goes: end to end, or an image's offsets.
+    at: Option<Vec<u64>>,
     shared: Arc<Shared>,
 }
 
@@ -154,25 +162,54 @@ impl Drop for SpoolWriter {
 impl DiffSpool {
     /// A new, empty spool at `path` for the chunks `want` lists, and its writer.
     pub fn create(path: &Path, want: &[Want]) -> Result<(DiffSpool, SpoolWriter), ApplyError> {
+        Self::create_as(path, want, None)
+    }
+
+    /// [`DiffSpool::create`], the chunks laid out as `image` says when given (one
+    /// offset per chunk of `want`).
+    pub fn create_as(
+        path: &Path,
+        want: &[Want],
+        image: Option<&Image>,
+    ) -> Result<(DiffSpool, SpoolWriter), ApplyError> {
+        let image = image.filter(|i| i.at.len() == want.len());
         let file = fsutil::create_new_file(path)?;
         let shared = Arc::new(Shared::default());
         let spool = DiffSpool {
             path: path.to_path_buf(),
             file: ctx("opening", path, fsutil::open_nofollow(path))?,
+            image: image.map(|i| i.path.clone()),
             named: want.iter().filter_map(|w| w.id).collect(),
             shared: shared.clone(),
         };
         let writer = SpoolWriter {
             path: path.to_path_buf(),
             file,
+            at: image.map(|i| i.at.clone()),
             shared,
         };
         Ok((spool, writer))
     }
 
-    /// A complete spool at `path` holding `chunks` in order, as an apply leaves it.
+    /// The spool's file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The manifest path of the file this spool is the image of, if it is one.
+    pub fn image(&self) -> Option<&str> {
+        self.image.as_deref()
+    }
+
+    /// Where chunk `id` is in the spool, once written.
+    pub fn offset_of(&self, id: &ChunkId) -> Option<u64> {
+        self.shared.lock().offsets.get(id).copied()
+    }
+
+    /// A complete spool at `path` holding `chunks` in order, as an apply leaves it
+    /// (laid out as `image` when given).
     #[cfg(test)]
-    pub(super) fn filled(path: &Path, chunks: &[Vec<u8>]) -> DiffSpool {
+    pub(super) fn filled(path: &Path, chunks: &[Vec<u8>], image: Option<&Image>) -> DiffSpool {
         let want: Vec<Want> = chunks
             .iter()
             .map(|c| Want {
@@ -180,12 +217,13 @@ impl DiffSpool {
                 id: Some(ChunkId::of(c)),
             })
             .collect();
-        let (spool, writer) = DiffSpool::create(path, &want).unwrap();
-        let mut at = 0;
-        for c in chunks {
+        let (spool, writer) = DiffSpool::create_as(path, &want, image).unwrap();
+        let mut end = 0;
+        for (k, c) in chunks.iter().enumerate() {
+            let at = image.map_or(end, |i| i.at[k]);
             writer.file.write_all_at(c, at).unwrap();
             writer.publish(ChunkId::of(c), at);
-            at += c.len() as u64;
+            end += c.len() as u64;
         }
         writer.end(true);
         spool
@@ -276,15 +314,16 @@ pub fn verify_object(path: &Path, expected: &ObjectRef) -> Result<(), ApplyError
 
 /// Applies the verified diff object at `object` (of `object_size` bytes) to the
 /// installed tree of `base`, writing the chunks `want` lists (in that order) to a new
-/// file `spool`. On any error the spool is deleted.
+/// file `spool`: end to end, or where `image` puts them. On any error the spool is
+/// deleted.
 pub fn apply_to_spool(
     object: &Path,
     object_size: u64,
     base: &LocalRelease,
-    want: &[Want],
+    (want, image): (&[Want], Option<&Image>),
     spool: &Path,
 ) -> Result<DiffSpool, ApplyError> {
-    let (reader, writer) = DiffSpool::create(spool, want)?;
+    let (reader, writer) = DiffSpool::create_as(spool, want, image)?;
     match apply_into(object, object_size, base, want, writer) {
         Ok(()) => Ok(reader),
         Err(e) => {
@@ -396,6 +435,10 @@ fn apply_inner(
     // The chunk being produced, hashed and written whole once complete (the apply
     // hands over short pieces, which blake3 hashes several times slower one by one).
     let mut pending: Vec<u8> = Vec::new();
+    // An image is the tree's file (image.rs): its writeback starts as it is written,
+    // over the span written since the last start, so the tree's one sync has less to
+    // wait for. An end-to-end spool is deleted before the sync and never written out.
+    let mut unflushed: Option<(u64, u64)> = None;
     let mut next = 0usize;
     let mut filled = 0u64;
     let mut written = 0u64;
@@ -430,7 +473,8 @@ fn apply_inner(
                     return Err(stop());
                 }
                 // Written through before a reader may look for it.
-                if let Err(e) = (&writer.file).write_all(&pending) {
+                let at = writer.at.as_ref().map_or(written, |a| a[next]);
+                if let Err(e) = writer.file.write_all_at(&pending, at) {
                     failure = Some(ApplyError::Fs(FsError {
                         op: "writing",
                         path: spool.to_path_buf(),
@@ -438,7 +482,17 @@ fn apply_inner(
                     }));
                     return Err(stop());
                 }
-                writer.publish(got, written);
+                writer.publish(got, at);
+                if writer.at.is_some() {
+                    let end = at + pending.len() as u64;
+                    let (lo, hi) = unflushed.map_or((at, end), |(l, h)| (l.min(at), h.max(end)));
+                    if hi - lo >= WRITEBACK_EVERY {
+                        fsutil::start_writeback(&writer.file, lo, hi - lo);
+                        unflushed = None;
+                    } else {
+                        unflushed = Some((lo, hi));
+                    }
+                }
                 if writer.shared.stop.load(Ordering::Relaxed) {
                     failure = Some(ApplyError::Stopped);
                     return Err(stop());

@@ -18,6 +18,7 @@ pub mod check;
 pub mod diff;
 pub mod elf_base;
 pub mod file_hash;
+pub mod image;
 pub mod pattern;
 pub mod share;
 pub mod source;

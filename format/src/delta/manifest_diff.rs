@@ -192,6 +192,11 @@ impl Skeleton {
         })
     }
 
+    /// Table indexes of the chunks [`Skeleton::outside_base`] lists, in its order.
+    pub fn outside_indexes(&self) -> &[usize] {
+        &self.outside
+    }
+
     /// Number of holes (chunks whose ids [`Skeleton::fill`] must be given).
     pub fn holes(&self) -> usize {
         self.manifest

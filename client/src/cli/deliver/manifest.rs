@@ -18,6 +18,7 @@ use ferry_format::version::Version;
 
 use super::{Planned, Remote};
 use crate::apply::diff::{DiffSpool, Want, apply_to_spool, verify_object};
+use crate::apply::image;
 use crate::cli::plan;
 use crate::cli::report::{self, Out};
 use crate::cli::root::Root;
@@ -287,7 +288,8 @@ impl Remote {
                 .staging()
                 .join(format!("diff-{}.spool", object.hash.to_hex()));
             fsutil::remove_tree(&spool)?;
-            let spool = apply_to_spool(&file, object.size, base, &want, &spool)
+            let image = image::layout(skeleton.manifest(), skeleton.outside_indexes());
+            let spool = apply_to_spool(&file, object.size, base, (&want, image.as_ref()), &spool)
                 .with_context(|| format!("applying the diff from {}", c.base_version))?;
             let holes: Vec<_> = want
                 .iter()

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use ferry_format::delta::DiffRef;
+use ferry_format::delta::{DiffRef, missing_chunks};
 use ferry_format::id::ObjectRef;
 use ferry_format::manifest::Manifest;
 use ferry_format::plan::{FetchRange, Route, UpdatePlan, Via};
@@ -36,7 +36,7 @@ use crate::apply::check::{Depth, check_tree};
 use crate::apply::diff::{DiffSpool, SpoolWriter, Want, apply_into, apply_to_spool, verify_object};
 use crate::apply::source::LocalChunks;
 use crate::apply::source::LocalRelease;
-use crate::apply::{carry, pattern};
+use crate::apply::{carry, image, pattern};
 use crate::fsutil;
 use crate::install::activate::{current_folder, current_version, switch_current};
 use crate::install::layout::Layout;
@@ -620,7 +620,8 @@ fn apply_made(
     ));
     fsutil::remove_tree(&spool)?;
     let want = Want::missing(manifest, &base.manifest);
-    apply_to_spool(file, size, base, &want, &spool)
+    let image = image::layout(manifest, &missing_chunks(manifest, &base.manifest));
+    apply_to_spool(file, size, base, (&want, image.as_ref()), &spool)
         .with_context(|| format!("applying the diff from {} the server made", base.version))
 }
 
