@@ -278,8 +278,9 @@ pub(crate) fn map_file(path: &Path) -> Option<Mmap> {
         return None;
     }
     // SAFETY: the mapped files belong to retained releases under ROOT/versions/, which
-    // ferry never writes after renaming them into place, and the root lock keeps other
-    // ferry commands out. A modification by someone else cannot make us trust wrong
+    // ferry never writes after renaming them into place, or are a diff's spool in
+    // staging once this update finished writing it (image.rs); the root lock keeps
+    // other ferry commands out. A modification by someone else cannot make us trust wrong
     // bytes, because every slice is hashed against its chunk id before use; the
     // remaining hazard (truncation while mapped, SIGBUS) needs an outside actor
     // truncating installed release files during an update.
