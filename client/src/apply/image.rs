@@ -21,7 +21,7 @@ use super::ApplyError;
 use super::diff::DiffSpool;
 use super::share::installed_mode;
 use super::source::{LocalChunks, map_file};
-use crate::fsutil::{self, ctx};
+use crate::fsutil::{self, FsError, ctx};
 
 /// Where a spool laid out as one file puts each chunk the diff produces.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -118,13 +118,17 @@ pub fn place(
     }
     ctx("writing", at_path, file.set_len(size))?;
     drop(file);
-    let actual = match map_file(at_path) {
-        Some(map) => {
-            let mut hasher = blake3::Hasher::new();
-            hasher.update_rayon(&map);
-            Digest::from(hasher.finalize())
-        }
-        None => Digest::of(&[]),
+    let actual = if size == 0 {
+        Digest::of(&[])
+    } else {
+        let map = map_file(at_path).ok_or_else(|| FsError {
+            op: "mapping",
+            path: at_path.to_path_buf(),
+            source: std::io::Error::other("not a regular file of its size"),
+        })?;
+        let mut hasher = blake3::Hasher::new();
+        hasher.update_rayon(&map);
+        Digest::from(hasher.finalize())
     };
     if actual != *hash {
         return Err(ApplyError::FileMismatch {
