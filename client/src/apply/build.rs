@@ -833,6 +833,16 @@ mod tests {
         }
     }
 
+    /// Overwrites 6 bytes of the file at `path` from `at`, as someone editing it would.
+    fn edit(path: &Path, at: u64) {
+        fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .write_all_at(b"edited", at)
+            .unwrap();
+    }
+
     /// A spooled chunk was checked when the diff produced it; the spool is a file, and
     /// bytes changed in it afterwards are caught by the hash of the file they go into,
     /// whether it is hashed inline (small) or beside the writer (large).
@@ -861,12 +871,7 @@ mod tests {
                     chunks,
                 },
             }];
-            fs::OpenOptions::new()
-                .write(true)
-                .open(&path)
-                .unwrap()
-                .write_all_at(b"edited", 70_000 + 100)
-                .unwrap();
+            edit(&path, 70_000 + 100);
             let d = Downloaded::new(t.path(), &m, &[]).with_spool(Some(spool));
             let mut local = LocalChunks::index(&[]);
             let built = build_with(&m, &t.path().join("tree"), &mut local, d, 2);
@@ -910,12 +915,7 @@ mod tests {
             let path = t.path().join("s.spool");
             let spool = DiffSpool::filled(&path, &data[1..], Some(&img));
             if edited {
-                fs::OpenOptions::new()
-                    .write(true)
-                    .open(&path)
-                    .unwrap()
-                    .write_all_at(b"edited", 100)
-                    .unwrap();
+                edit(&path, 100);
             }
             let d =
                 Downloaded::new(t.path(), &m, std::slice::from_ref(&range)).with_spool(Some(spool));

@@ -1,12 +1,14 @@
 //! Checking a large file's whole-content hash on a thread beside the tree's writer.
 //!
-//! A file's chunks are checked against their ids as they are handed to the writer; the
-//! whole-file hash of the signed manifest is checked too, and for a large file it is
-//! the writer's biggest cost after the write itself (blake3 of 111 MB: 20-30 ms of a
-//! 100 ms build on the polars update). The writer hands each chunk it wrote to a
-//! [`BesideHasher`] and goes on; a mismatch is the build's error once the writer is
-//! done, before anything is synced or renamed. Small files are hashed inline: a
-//! hand-over per chunk costs more than it saves there.
+//! A file's chunks are checked against their ids as they come (a download's and a
+//! local release's as they are handed to the writer, a diff's as the diff produces
+//! them); the whole-file hash of the signed manifest is checked too, and for a large
+//! file it is the writer's biggest cost after the write itself (the polars update,
+//! before [`super::image`]: blake3 of its 111 MB file took 20-30 ms of a 100 ms build).
+//! The writer hands each chunk it wrote to a [`BesideHasher`] and goes on; a mismatch
+//! is the build's error once the writer is done, before anything is synced or renamed.
+//! Files below [`BESIDE_FROM`] stay hashed inline: in a tree of many small files a
+//! hand-over per chunk would move little hashing for a thread wake-up each.
 
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread::{Scope, ScopedJoinHandle};

@@ -6,8 +6,8 @@
 //! then fills in the chunks the diff did not produce (local ones, and repeats of
 //! produced ones), hashes the file whole and renames the spool into the tree
 //! ([`place`]): the release's largest file is written once, by the apply, instead of
-//! being written to the spool, read back and written again (a third of the polars
-//! update's time went to that second copy).
+//! being written to the spool, read back and written again (the polars update spent
+//! 0.08-0.1 s of its 0.36 s on that after the apply, in `perf record` per thread).
 
 use std::collections::{HashMap, HashSet};
 use std::fs::OpenOptions;

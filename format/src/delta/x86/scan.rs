@@ -165,7 +165,7 @@ impl Targets {
     /// `[lo, hi)`, the hull of the loaded segments and the code ranges (plus the
     /// 4 bytes an anchor may pass a range's end). With `hi − lo < 2^(24+s)`,
     /// `d >> 24` lies in `[−2^s, 2^s)`: its top byte plus `2^s` is below `2^(s+1)`.
-    /// Returns `2^s` (128 when the hull is 2^31 or wider: every byte passes). A
+    /// Returns `2^s` (128 when the hull is 2^30 or wider: every byte passes). A
     /// filter of candidates only, so the scan's result does not depend on it.
     fn near(spans: impl Iterator<Item = (u64, u64)>) -> u8 {
         let (mut lo, mut hi) = (u128::MAX, 0u128);
