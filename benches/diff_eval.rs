@@ -134,6 +134,7 @@ fn codec_name(c: &StreamCodec) -> String {
         StreamCodec::Stored => "stored".into(),
         StreamCodec::Lzma2 { lc, lp, pb, .. } => format!("lzma2 lc{lc}lp{lp}pb{pb}"),
         StreamCodec::Bzip3 { block_size } => format!("bzip3 {}K", block_size >> 10),
+        StreamCodec::Zstd { window_log } => format!("zstd w{window_log}"),
     }
 }
 

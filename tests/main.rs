@@ -18,6 +18,7 @@ mod it {
     pub mod fleet_page;
     pub mod fleet_pg;
     pub mod fleet_run;
+    pub mod fresh;
     pub mod gc;
     pub mod head_check;
     pub mod hops;

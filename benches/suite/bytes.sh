@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Bytes of a fresh install, on every release of the data set (--quick: esbuild
 # 0.24.0-0.24.2): each product's releases are published in order into one repository
-# (default level 19, --diff-depth 0: a fresh install uses no diff) and installed fresh
-# from a loopback nginx after each publish; ferry's bytes_downloaded vs the size of
+# (the defaults: archive at level 19 and the diff from nothing at level 21, FORMAT.md
+# §3.9, which a fresh install takes; --diff-depth 0, as no agent holds a release) and
+# installed fresh from a loopback nginx after each publish; ferry's bytes_downloaded
+# (head, manifest diff, diff object) vs the size of
 # `zstd -19 --long=31` of the release (a tree as a deterministic tar), cached in
 # benches/.cache/zstd19long.json by content hash.
 source "$(dirname "$0")/lib.sh"

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The largest real release and the polars pair (--quick: esbuild 0.24.0 -> 0.24.1),
 # publish at its default zstd level (19), served by a loopback nginx:
-# - publish FROM (no diffs: the channel is empty) vs `zstd -19 -T$(nproc)` of the same file;
+# - publish FROM without diffs (--no-fresh; the channel is empty) vs `zstd -19 -T$(nproc)` of
+#   the same file, then again with the defaults (the diff from nothing included), reported;
 #   the chunk+hash stage (suite-tool chunk-stage: the FileChunker publish runs, one thread) vs FastCDC + blake3 alone
-# - fresh install of FROM vs curl | zstd -d of that zstd file, both + sync
+# - fresh install of FROM (through the diff from nothing) vs curl | zstd -d of that zstd
+#   file, both + sync
 # - publish TO (with its diff), then the whole `ferry update` FROM -> TO vs `bspatch` +
 #   sync of its output, medians of 5 alternating runs each (the bsdiff patch is made
 #   once and cached in benches/.cache);
@@ -22,12 +24,21 @@ nginx_start real "$WORK/www" "$PORT" 1
 cat "$OLD" "$NEW" > /dev/null
 
 say "publish $PROD $FROM"
-publish_m pub "$WORK/www/repo" "$FROM" "$DATA/releases/$PROD/$FROM"
+# Without diffs (--no-fresh: no diff from nothing either) into a scratch repository:
+# the publish target. Then with the defaults into the served one, the diff from
+# nothing included (FORMAT.md §3.9), which the fresh install below takes.
+publish_m pub "$WORK/scratch" "$FROM" "$DATA/releases/$PROD/$FROM" --no-fresh
+rm -rf "$WORK/scratch"
+publish_m pubf "$WORK/www/repo" "$FROM" "$DATA/releases/$PROD/$FROM"
+fr_size=$(python3 -c 'import json,sys; f=json.load(open(sys.argv[1])).get("fresh"); print(f["size"] + f["manifest_diff_size"] if f else 0)' "$WORK/pubf.pub.json")
+fr_secs=$(python3 -c 'import json,sys; f=json.load(open(sys.argv[1])).get("fresh"); print(round(f["seconds"], 1) if f else 0)' "$WORK/pubf.pub.json")
+rec kind=info what="publish with the defaults (diff from nothing at level 21 included), $PROD $FROM: whole command; the diff from nothing and its manifest diff" \
+  ferry="$(F pubf wall_s)" unit=s ref="$fr_size" ref_label="bytes of the diff from nothing + its manifest diff, made in $fr_secs s (archive $(J "$WORK/pubf.pub.json" archive_size) B)"
 M zstd zstd -q -f -19 -T"$NP" "$OLD" -o "$WORK/www/old.zst"
 stage=$("$BIN/suite-tool" chunk-stage "$OLD")
 st_f=$(echo "$stage" | python3 -c 'import json,sys; print(json.load(sys.stdin)["ferry_stage_s"])')
 st_r=$(echo "$stage" | python3 -c 'import json,sys; print(json.load(sys.stdin)["fastcdc_blake3_s"])')
-rec what="publish without diffs, $PROD $FROM ($(mib "$SZ") MiB, default level 19): whole command vs zstd -19 -T$NP" compare=speed \
+rec what="publish without diffs (--no-fresh), $PROD $FROM ($(mib "$SZ") MiB, default level 19): whole command vs zstd -19 -T$NP" compare=speed \
   ferry="$(F pub wall_s)" ref="$(F zstd wall_s)" unit=s ref_label="zstd -19 -T$NP" op=">=" target=0.8 \
   detail="CPU $(F pub cpu_pct)% (zstd $(F zstd cpu_pct)%), peak RSS $(( $(F pub maxrss_kib) / 1024 )) MiB; archive $(mib "$(J "$WORK/pub.pub.json" archive_size)") MiB, zstd $(mib "$(stat -c %s "$WORK/www/old.zst")") MiB"
 rec what="publish chunk+hash stage, $PROD $FROM: ferry's path vs FastCDC+blake3 alone" compare=speed \
@@ -48,7 +59,8 @@ rec what="fresh install over loopback nginx, $PROD $FROM: ferry update + sync vs
   detail="downloaded $(mib "$(J "$WORK/inst.upd.json" bytes_downloaded)") MiB, RssAnon peak $(( $(F inst rss_anon_peak_kib) / 1024 )) MiB"
 
 say "publish $TO (with its diff)"
-publish_m pub2 "$WORK/www/repo" "$TO" "$DATA/releases/$PROD/$TO"
+# --no-fresh: the agent holds FROM, so a diff from nothing would never be taken.
+publish_m pub2 "$WORK/www/repo" "$TO" "$DATA/releases/$PROD/$TO" --no-fresh
 # One update is a fraction of a second on a shared machine: each side is timed
 # ROUNDS times, alternating, and the medians compared (ferry from a fresh copy of
 # the root on FROM each round).

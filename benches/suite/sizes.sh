@@ -3,8 +3,10 @@
 # 100 MB), published at zstd level 3 (generated data; real releases use the default 19):
 # - publish (a ratio at every size): whole command vs `zstd -3 -T$(nproc)` over the same file; the chunk+hash stage
 #   (suite-tool chunk-stage: the FileChunker publish runs, one thread) vs FastCDC + blake3 alone; CPU use; peak RSS
-# - fresh install over a loopback nginx vs `curl URL | zstd -d -o FILE` of the same file
-#   compressed by zstd -3, both followed by one `sync`; the agent's peak RssAnon
+# - publish without diffs (--no-fresh) for these rows; fresh install over a loopback nginx
+#   vs `curl URL | zstd -d -o FILE` of the same file compressed by zstd -3, both followed
+#   by one `sync`; the agent's peak RssAnon; below 2 GiB again through the diff from
+#   nothing (published into a second repository with --fresh-level 3)
 # - fresh install from `ferry-server serve`: the server's peak RSS (VmHWM)
 # Every size is also a point of the cost curves.
 source "$(dirname "$0")/lib.sh"
@@ -24,7 +26,7 @@ for S in $SIZES; do
   cat "$f" > /dev/null   # in the page cache for both sides
 
   # publish vs zstd
-  publish_m pub "$WORK/www/repo" 1.0.0 "$WORK/src" --zstd-level 3
+  publish_m pub "$WORK/www/repo" 1.0.0 "$WORK/src" --zstd-level 3 --no-fresh
   M zstd zstd -q -f -3 -T"$NP" "$f" -o "$WORK/www/blob.zst"
   stage=$("$BIN/suite-tool" chunk-stage "$f")
   p_s=$(F pub wall_s); z_s=$(F zstd wall_s); p_cpu=$(F pub cpu_pct); p_rss=$(F pub maxrss_kib)
@@ -60,6 +62,28 @@ for S in $SIZES; do
   rec what="fresh install over loopback nginx, generated $L: ferry update + sync vs curl | zstd -d + sync" compare=speed \
     ferry="$i_s" ref="$(F ref wall_s)" unit=s ref_label="curl | zstd -d -o FILE; sync" op=">=" target=0.8 \
     detail="downloaded $(mib "$(J "$WORK/inst.upd.json" bytes_downloaded)") MiB in $(J "$WORK/inst.upd.json" requests) requests"
+
+  # fresh install through the diff from nothing (FORMAT.md §3.9; level 3 here too),
+  # below the 2 GiB diff bound
+  if [ "$S" -lt 2147483648 ]; then
+    rm -rf "$WORK/www/repo-f" "$WORK/root"
+    publish_m pubf "$WORK/www/repo-f" 1.0.0 "$WORK/src" --zstd-level 3 --fresh-level 3
+    ferry_init "$WORK/root" "http://127.0.0.1:$PORT/repo-f"
+    sync
+    update_m instf "$WORK/root"
+    t0=$(now); sync; t1=$(now)
+    f_s=$(python3 -c "print(round($(F instf wall_s) + $(delta "$t0" "$t1"), 4))")
+    cmp -s "$WORK/root/current/blob.bin" "$f" || note "install $L from nothing: installed file differs"
+    M ref bash -c "curl -sf http://127.0.0.1:$PORT/blob.zst | zstd -q -d -o '$WORK/out' && sync"
+    rm -f "$WORK/out"
+    rec what="client RssAnon peak, fresh install of $L through the diff from nothing (limit 64 MiB + manifest $(mib "$man") MiB)" compare=size \
+      ferry="$(F instf rss_anon_peak_kib)" ref="$lim" unit=KiB ref_label="64 MiB + manifest" op="<=" target=1.0
+    rec what="fresh install over loopback nginx through the diff from nothing, generated $L: ferry update + sync vs curl | zstd -d + sync" compare=speed \
+      ferry="$f_s" ref="$(F ref wall_s)" unit=s ref_label="curl | zstd -d -o FILE; sync" op=">=" target=0.8 \
+      detail="downloaded $(mib "$(J "$WORK/instf.upd.json" bytes_downloaded)") MiB in $(J "$WORK/instf.upd.json" requests) requests; publish $(F pubf wall_s) s with it"
+    rm -rf "$WORK/www/repo-f"
+    ferry_init "$WORK/root" "http://127.0.0.1:$PORT/repo"
+  fi
 
   # fresh install from ferry-server serve: the server's peak memory
   SP=$(free_port)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # A generated 1 GiB tree of 1,000 files (--quick: 100 MB), published at zstd level 3
-# with --diff-depth 0, served by a loopback nginx:
+# with --diff-depth 0 and --no-fresh (nothing here installs fresh but M's first
+# install, which is not measured), served by a loopback nginx:
 # - unchanged files cost nothing: update A -> B where 1% of the files changed; the bytes
 #   the agent writes (/proc/PID/io write_bytes at exit, via wait4) minus what it downloads
 #   (the range files it spools) vs the changed files' bytes; `du` of the root holding
@@ -24,11 +25,11 @@ changed=$(cat "$WORK/changed.bytes"); nchanged=$(wc -l < "$WORK/changed.txt")
 cp -al "$WORK/A" "$WORK/M"
 head -n $(( nchanged / 2 )) "$WORK/changed.txt" | while read -r p; do rm "$WORK/M/$p"; cp "$WORK/B/$p" "$WORK/M/$p"; done
 
-publish_m pubM "$WORK/www/repo" 1.0.0 "$WORK/M" --zstd-level 3 --diff-depth 0
-publish_m pubA "$WORK/www/repo" 1.1.0 "$WORK/A" --zstd-level 3 --diff-depth 0
+publish_m pubM "$WORK/www/repo" 1.0.0 "$WORK/M" --zstd-level 3 --diff-depth 0 --no-fresh
+publish_m pubA "$WORK/www/repo" 1.1.0 "$WORK/A" --zstd-level 3 --diff-depth 0 --no-fresh
 ferry_init "$WORK/root" "$URL"
 update_m instA "$WORK/root"
-publish_m pubB "$WORK/www/repo" 1.2.0 "$WORK/B" --zstd-level 3 --diff-depth 0
+publish_m pubB "$WORK/www/repo" 1.2.0 "$WORK/B" --zstd-level 3 --diff-depth 0 --no-fresh
 sync
 update_m updB "$WORK/root"
 diff -r "$WORK/root/current" "$WORK/B" >/dev/null || note "update to B: installed tree differs from B"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Generated trees of small files (1k, 10k, 100k files of ~2 KiB; --quick: 1k, 10k),
-# zstd level 3: publish, fresh install over a loopback nginx and fresh install from
+# zstd level 3 (the diff from nothing too, --fresh-level 3): publish, fresh install
+# (through that diff) over a loopback nginx and fresh install from
 # `ferry-server serve` (cost curves); on the largest tree, publish and install each vs
 # `tar c | tar x` of the same tree, all ending with one `sync`.
 source "$(dirname "$0")/lib.sh"
@@ -14,7 +15,7 @@ for N in $COUNTS; do
   rm -rf "$WORK/src" "$WORK/www/repo" "$WORK/root" "$WORK/tarcopy"
   "$BIN/suite-tool" gen --out "$WORK/src" --bytes $(( N * 2048 )) --files "$N" --seed 21
   sync
-  t0=$(now); publish_m pub "$WORK/www/repo" 1.0.0 "$WORK/src" --zstd-level 3; sync; t1=$(now); p_s=$(delta "$t0" "$t1")
+  t0=$(now); publish_m pub "$WORK/www/repo" 1.0.0 "$WORK/src" --zstd-level 3 --fresh-level 3; sync; t1=$(now); p_s=$(delta "$t0" "$t1")
   rec kind=curve op=publish axis=files x="$N" seconds="$p_s" peak_kib="$(F pub maxrss_kib)"
   ferry_init "$WORK/root" "http://127.0.0.1:$PORT/repo"
   t0=$(now); update_m inst "$WORK/root"; sync; t1=$(now); i_s=$(delta "$t0" "$t1")

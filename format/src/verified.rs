@@ -316,6 +316,18 @@ pub fn verify_manifest(
     })
 }
 
+/// The empty release (FORMAT.md §3.9): no chunk, no entry, what every agent holds, so
+/// nothing needs checking. Its object hash is `NOTHING`, which no manifest object has:
+/// the base of a diff from nothing, and of nothing else.
+pub fn empty_release(channel: &str) -> Verified<Manifest> {
+    Verified {
+        value: crate::delta::nothing::empty_release(channel),
+        signed_by: vec![],
+        object_hash: crate::delta::nothing::NOTHING,
+        head: None,
+    }
+}
+
 /// Decodes a manifest the publisher itself wrote, checking its signature with the
 /// publisher's key: used by the build side to chain generations.
 pub fn verify_own_manifest(bytes: &[u8], trusted: &TrustedKeys) -> Result<Verified<Manifest>> {

@@ -727,3 +727,70 @@ fn golden_diff_object_x86() {
         "the stored algorithm-3 object no longer builds its target"
     );
 }
+
+/// A fresh install's pair (FORMAT.md §3.9): the manifest diff from nothing (a zstd
+/// frame of manifest 1.2.0's skeleton with every chunk id a hole) and the diff object
+/// from nothing (header pinned byte for byte; its zstd stream's bytes belong to zstd,
+/// so what is pinned is that the stored object keeps producing the chunks, and the
+/// stored manifest diff keeps filling back to the signed manifest).
+#[test]
+fn golden_fresh_install_from_nothing() {
+    use ferry_format::delta::manifest_diff::Skeleton;
+    use ferry_format::delta::nothing::{self, NOTHING};
+    use ferry_format::delta::streams::Encoder;
+    use ferry_format::delta::{StreamCodec, StreamHeader};
+    use std::io::Write;
+
+    let k = SecretKey::from_seed([1; 32]);
+    let manifest = manifest_1_2_0();
+    let signed = manifest.sign(&[&k]).unwrap();
+    let empty = nothing::empty_release("stable");
+    let skeleton = Skeleton::make(&signed, &empty, &|_| false).unwrap();
+    let fresh = encode_manifest_diff(&[], &skeleton, 19).unwrap();
+    let diff = from_hex_lines(&stored(
+        "manifest_diff_from_nothing_1.2.0_seed01.hex",
+        &fresh,
+    ));
+    let back = apply_manifest_diff(&[], &diff, signed.len() as u64).unwrap();
+    let skeleton = Skeleton::decode(&back, &empty).unwrap();
+    assert_eq!(skeleton.holes(), manifest.chunks.len());
+    let ids: Vec<ChunkId> = manifest.chunks.iter().map(|c| c.id).collect();
+    assert_eq!(
+        skeleton.fill(&ids).unwrap(),
+        signed,
+        "the stored manifest diff from nothing no longer fills back to 1.2.0"
+    );
+
+    let target = text(3, 400);
+    let codec = StreamCodec::Zstd {
+        window_log: nothing::WINDOW_LOG,
+    };
+    let mut enc = Encoder::with_level(&codec, 19, Vec::new()).unwrap();
+    enc.write_all(&target).unwrap();
+    let (raw_len, stored_len, extra) = enc.finish().unwrap();
+    let mut fresh = nothing::prefix(
+        target.len() as u64,
+        2,
+        StreamHeader {
+            codec,
+            raw_len,
+            stored_len,
+        },
+    );
+    fresh.extend_from_slice(&extra);
+    let object = from_hex_lines(&stored("diff_object_from_nothing_text.hex", &fresh));
+    let (header, out) = apply_object(&[], &object);
+    assert_eq!(
+        out, target,
+        "the stored diff from nothing no longer builds its target"
+    );
+    assert_eq!(header.base_manifest, NOTHING);
+    assert_eq!(header.streams[2].codec, codec);
+    let prefix = header.encode_prefix();
+    assert_eq!(
+        &object[..prefix.len()],
+        &prefix[..],
+        "the diff header encoding changed"
+    );
+    assert_eq!(apply_object(&[], &fresh).1, target);
+}

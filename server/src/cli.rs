@@ -223,6 +223,15 @@ pub enum Command {
         #[arg(long, value_name = "K",
               value_parser = clap::value_parser!(u8).range(0..=16).map(usize::from))]
         diff_depth: Option<usize>,
+        /// zstd level (1-22) of the diff from nothing: the whole release as one
+        /// long-window stream, which agents holding no release install from instead of
+        /// the per-chunk archive (FORMAT.md §3.9).
+        #[arg(long, value_name = "LEVEL", default_value_t = crate::publish::fresh::DEFAULT_FRESH_LEVEL,
+              value_parser = clap::value_parser!(i32).range(1..=22))]
+        fresh_level: i32,
+        /// Write no diff from nothing: fresh installs fetch the archive.
+        #[arg(long)]
+        no_fresh: bool,
         /// Print one JSON object instead of the human summary.
         #[arg(long)]
         json: bool,

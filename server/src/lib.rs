@@ -45,6 +45,7 @@
 //!     zstd_level: 19,
 //!     source: "build/out".into(),
 //!     diff_bases: Default::default(),
+//!     fresh_level: Some(ferry_server::publish::fresh::DEFAULT_FRESH_LEVEL),
 //!     progress: Default::default(),
 //! })?;
 //! println!("{}", report.summary());
@@ -190,6 +191,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             zstd_level,
             diff_bases,
             diff_depth,
+            fresh_level,
+            no_fresh,
             json,
             path,
         } => {
@@ -222,6 +225,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 zstd_level,
                 source: path,
                 diff_bases,
+                fresh_level: (!no_fresh).then_some(fresh_level),
                 progress: Default::default(),
             };
             // Drawn on stderr while the publish runs, cleared before the summary (or

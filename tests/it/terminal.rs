@@ -219,6 +219,10 @@ fn publish_args(p: &Publisher, version: &str, source: &Path) -> Vec<String> {
         version,
         "--zstd-level",
         "19",
+        // Level 19 keeps the chunking slow enough to watch; the diff from nothing
+        // need not be.
+        "--fresh-level",
+        "3",
     ] {
         args.push(a.into());
     }
@@ -288,6 +292,9 @@ fn publish_in_a_terminal_shows_files_bytes_and_throughput_then_the_diff_and_the_
     );
     assert!(after.contains("files:    20, 10000000 bytes"), "{after}");
     assert!(after.contains("diffs:    from 1.0.0 ("), "{after}");
+    // At level 3 the whole-release stream is larger than this level-19 archive, so
+    // fresh installs keep the archive, and the summary says so.
+    assert!(after.contains("fresh installs: the archive"), "{after}");
     // The info line stands on its own line: written above the progress line, not
     // glued to its text.
     let logged = after
@@ -301,7 +308,13 @@ fn publish_in_a_terminal_shows_files_bytes_and_throughput_then_the_diff_and_the_
         "{logged}"
     );
     // The progress line is gone, and left nothing behind.
-    for gone in ["chunking [", "diffs: making", "writing the archive", "] "] {
+    for gone in [
+        "chunking [",
+        "diffs: making",
+        "writing the archive",
+        "compressing the release whole",
+        "] ",
+    ] {
         assert!(
             !after.contains(gone),
             "{gone:?} left on the screen:\n{after}"
@@ -309,10 +322,10 @@ fn publish_in_a_terminal_shows_files_bytes_and_throughput_then_the_diff_and_the_
     }
     let published = after.find("published stable").unwrap();
     assert!(
-        after[..published]
-            .lines()
-            .all(|l| l.trim().is_empty() || l.contains(" INFO ferry_server::publish::diff: ")),
-        "only the diff's log lines before the summary:\n{after}"
+        after[..published].lines().all(|l| l.trim().is_empty()
+            || l.contains(" INFO ferry_server::publish::diff: ")
+            || l.contains(" INFO ferry_server::publish::fresh: ")),
+        "only the diffs' log lines before the summary:\n{after}"
     );
 
     let escapes = tmux.screen(true);

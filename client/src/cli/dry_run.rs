@@ -9,7 +9,8 @@
 //! requests printed are the data the update would fetch after its own head and
 //! manifest; `--json` lists the plan's fallbacks too. The whole manifest is
 //! fetched even where the update would rebuild it from a manifest diff: a skeleton
-//! manifest diff needs its data diff applied to be complete.
+//! manifest diff needs its data diff applied to be complete. An agent holding no
+//! release is shown the head's diff from nothing (FORMAT.md §3.9) as its route.
 
 use anyhow::{Context, Result};
 use serde_json::json;
@@ -142,11 +143,11 @@ fn plan(root: &mut Root, remote: &Remote, force: bool, out: Out) -> Result<Check
         .context("chosen release missing from the head")?;
     let channel = root.config.channel.clone();
     let (bytes, manifest) = remote.fetch_manifest(&release, &channel, &trusted)?;
-    let observed = super::plan::observe(
+    let observed = super::plan::observe_head(
         root,
+        &head,
         &manifest,
         active.as_deref(),
-        &[],
         remote.makes_diffs(),
     )?;
     let line = super::plan::line(&root.layout, &observed.plan, observed.plan.chosen());

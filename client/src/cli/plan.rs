@@ -11,10 +11,14 @@
 //! the archive tail, never a full download unless nothing is local.
 
 use anyhow::Result;
+use ferry_format::delta::nothing::NOTHING;
+use ferry_format::delta::{DiffRef, ManifestDiffRef};
+use ferry_format::head::ChannelHead;
 use ferry_format::id::Digest;
 use ferry_format::manifest::{EntryKind, Manifest};
 use ferry_format::plan::{Base, DEFAULT_MAX_GAP, Disk, Route, SkipReason, UpdatePlan, Via};
 use ferry_format::plan::{plan_archive, plan_update};
+use ferry_format::verified;
 
 use super::report;
 use super::root::Root;
@@ -45,6 +49,59 @@ pub fn observe(
     on_demand: bool,
 ) -> Result<Observed> {
     observe_with(root, manifest, from, failed, on_demand, Vec::new())
+}
+
+/// What the plan calls the empty release, the base of a diff from nothing (FORMAT.md
+/// §3.9): "download diff from nothing". No version is spelled so (they start with a
+/// digit).
+pub const NOTHING_VERSION: &str = "nothing";
+
+/// The empty release as a diff base: no file, so its tree is never read.
+pub fn empty_release(root: &Root) -> LocalRelease {
+    LocalRelease {
+        version: NOTHING_VERSION.to_string(),
+        tree: root.layout.staging().join(NOTHING_VERSION),
+        manifest: verified::empty_release(&root.config.channel),
+    }
+}
+
+/// The head's diff from nothing (FORMAT.md §3.9) for an agent that holds no release.
+/// An agent holding any release does not take it: every id of its skeleton is a hole,
+/// so a plan made from it could not see the chunks the agent holds, and the archive
+/// tail or its own diffs serve it better anyway.
+pub fn offered_from_nothing<'h>(root: &Root, head: &'h ChannelHead) -> Option<&'h ManifestDiffRef> {
+    if !root.state.releases.is_empty() {
+        return None;
+    }
+    head.content
+        .manifest_diffs
+        .iter()
+        .find(|d| d.base_manifest == NOTHING && d.chunk_diff.is_some())
+}
+
+/// [`observe`] for a release of `head`: with the head's diff from nothing among the
+/// routes when it is offered to this agent ([`offered_from_nothing`]) and `manifest` is
+/// the head's current release, the one it is made for.
+pub fn observe_head(
+    root: &Root,
+    head: &ChannelHead,
+    manifest: &Manifest,
+    from: Option<&str>,
+    on_demand: bool,
+) -> Result<Observed> {
+    let offered = offered_from_nothing(root, head)
+        .filter(|_| head.current().version == manifest.version)
+        .and_then(|d| d.chunk_diff);
+    let Some(object) = offered else {
+        return observe(root, manifest, from, &[], on_demand);
+    };
+    let mut with = manifest.clone();
+    with.diffs.push(DiffRef {
+        base_version: NOTHING_VERSION.to_string(),
+        base_manifest: NOTHING,
+        object,
+    });
+    observe_with(root, &with, from, &[], on_demand, vec![empty_release(root)])
 }
 
 /// [`observe`] with `extra` releases beside the retained ones: the intermediate release

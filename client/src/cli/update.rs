@@ -564,11 +564,11 @@ fn build(
         // request, and the plan's bytes stay the bytes spent.
         let manifest = verify_manifest(p.manifest_bytes(), &release, &channel, trusted)
             .map_err(|e| stale(format!("the plan's manifest is not {version}'s now: {e:#}")))?;
-        let observed = plan::observe(
+        let observed = plan::observe_head(
             root,
+            head,
             &manifest,
             active.as_deref(),
-            &[],
             remote.makes_diffs(),
         )?;
         if observed.plan != p.update {
@@ -585,11 +585,11 @@ fn build(
         let f = remote.fetch_current_manifest(root, head, trusted, active.as_deref(), out)?;
         let planned = match f.planned {
             Some(p) => p,
-            None => deliver::Planned::new(plan::observe(
+            None => deliver::Planned::new(plan::observe_head(
                 root,
+                head,
                 &f.manifest,
                 active.as_deref(),
-                &[],
                 remote.makes_diffs(),
             )?),
         };

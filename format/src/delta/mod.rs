@@ -23,12 +23,15 @@
 //! - [`streams`]: the stream codecs and varints shared by both sides.
 //! - [`manifest_diff`]: the new manifest as a zstd frame against the old one, or its
 //!   skeleton without the ids the data diff yields (§3.7).
+//! - [`nothing`]: diffs from the empty release, what a fresh install downloads: the
+//!   whole release as one long-window zstd stream (§3.9).
 //! - [`x86`]: reference rewriting of x86-64 ELF base files (§3.6.1, algorithm 3): the
 //!   base moved into the new release's address space before matching.
 
 pub mod apply;
 pub mod encode;
 pub mod manifest_diff;
+pub mod nothing;
 pub mod pack;
 pub mod streams;
 pub mod x86;
@@ -147,6 +150,10 @@ pub enum StreamCodec {
     },
     /// A bzip3 stream ("BZ3v1" file format) with this block size.
     Bzip3 { block_size: u32 },
+    /// One zstd frame (RFC 8878) whose window is at most `2^window_log` bytes: the
+    /// extra stream of a diff from nothing (FORMAT.md §3.9), where the whole release
+    /// is one long-window stream.
+    Zstd { window_log: u8 },
 }
 
 impl DiffHeader {

@@ -15,6 +15,10 @@ use crate::error::{FormatError, Result};
 pub const MAX_DICT: u32 = 16 << 20;
 /// Largest bzip3 block a stream may use: a decoder needs about 6 times the block.
 pub const MAX_BZIP3_BLOCK: u32 = 4 << 20;
+/// Largest zstd window a stream may use (32 MiB): what the decoder keeps.
+pub const MAX_ZSTD_WINDOW_LOG: u8 = 25;
+/// Smallest zstd window the format knows (RFC 8878's minimum, 1 KiB).
+pub const MIN_ZSTD_WINDOW_LOG: u8 = 10;
 /// Smallest bzip3 block the library accepts.
 pub const MIN_BZIP3_BLOCK: u32 = bzip3::BLOCK_SIZE_MIN;
 /// Memory all the decoders of one object may need together ([`decoder_memory`]): what
@@ -59,17 +63,27 @@ pub fn check_codec(codec: &StreamCodec, raw_len: u64, stored_len: u64) -> Result
                 Ok(())
             }
         }
+        StreamCodec::Zstd { window_log } => {
+            if !(MIN_ZSTD_WINDOW_LOG..=MAX_ZSTD_WINDOW_LOG).contains(&window_log) {
+                Err(format!(
+                    "zstd window of 2^{window_log} bytes, outside 2^{MIN_ZSTD_WINDOW_LOG}..=2^{MAX_ZSTD_WINDOW_LOG}"
+                ))
+            } else {
+                Ok(())
+            }
+        }
     }
 }
 
 /// Memory a decoder of `codec` may allocate, counted generously: LZMA2 needs its
 /// dictionary plus probability tables; bzip3 a suffix array (4 bytes per block byte),
-/// two block buffers and its model.
+/// two block buffers and its model; zstd its window plus a block and its tables.
 pub fn decoder_memory(codec: &StreamCodec) -> u64 {
     match *codec {
         StreamCodec::Stored => 0,
         StreamCodec::Lzma2 { dict_size, .. } => u64::from(dict_size) + (1 << 20),
         StreamCodec::Bzip3 { block_size } => 6 * u64::from(block_size) + (2 << 20),
+        StreamCodec::Zstd { window_log } => (1u64 << window_log) + (1 << 20),
     }
 }
 
@@ -128,6 +142,7 @@ enum EncoderKind<W: Write> {
     Stored(Counting<W>),
     Lzma2(liblzma::write::XzEncoder<Counting<W>>),
     Bzip3(Bzip3Writer<Counting<W>>),
+    Zstd(zstd::stream::write::Encoder<'static, Counting<W>>),
 }
 
 /// Compresses one raw stream with a given codec into `W`.
@@ -136,8 +151,23 @@ pub struct Encoder<W: Write> {
     raw: u64,
 }
 
+/// The zstd level of [`Encoder::new`]; [`Encoder::with_level`] picks another.
+pub const DEFAULT_ZSTD_LEVEL: i32 = 19;
+
 impl<W: Write> Encoder<W> {
     pub fn new(codec: &StreamCodec, out: W) -> Result<Self> {
+        Self::with_level(codec, DEFAULT_ZSTD_LEVEL, out)
+    }
+
+    /// [`Encoder::new`] with the zstd level for a [`StreamCodec::Zstd`] stream (the
+    /// other codecs have none). A zstd stream matches over its whole window
+    /// (long-distance matching) and carries no checksum: chunk ids check it.
+    pub fn with_level(codec: &StreamCodec, level: i32, out: W) -> Result<Self> {
+        Self::with_options(codec, level, 0, out)
+    }
+
+    /// [`Encoder::with_level`] with `threads` zstd worker threads (0: in line).
+    pub fn with_options(codec: &StreamCodec, level: i32, threads: u32, out: W) -> Result<Self> {
         let out = Counting { inner: out, n: 0 };
         let kind = match *codec {
             StreamCodec::Stored => EncoderKind::Stored(out),
@@ -154,6 +184,16 @@ impl<W: Write> Encoder<W> {
             StreamCodec::Bzip3 { block_size } => {
                 EncoderKind::Bzip3(Bzip3Writer::new(out, block_size)?)
             }
+            StreamCodec::Zstd { window_log } => {
+                let mut e = zstd::stream::write::Encoder::new(out, level).map_err(compression)?;
+                e.window_log(window_log.into()).map_err(compression)?;
+                e.long_distance_matching(true).map_err(compression)?;
+                e.include_checksum(false).map_err(compression)?;
+                if threads > 0 {
+                    e.multithread(threads).map_err(compression)?;
+                }
+                EncoderKind::Zstd(e)
+            }
         };
         Ok(Encoder { kind, raw: 0 })
     }
@@ -164,6 +204,7 @@ impl<W: Write> Encoder<W> {
             EncoderKind::Stored(w) => w,
             EncoderKind::Lzma2(e) => e.finish().map_err(compression)?,
             EncoderKind::Bzip3(e) => e.finish()?,
+            EncoderKind::Zstd(e) => e.finish().map_err(compression)?,
         };
         Ok((self.raw, out.n, out.inner))
     }
@@ -175,6 +216,7 @@ impl<W: Write> Write for Encoder<W> {
             EncoderKind::Stored(w) => w.write(b)?,
             EncoderKind::Lzma2(w) => w.write(b)?,
             EncoderKind::Bzip3(w) => w.write(b)?,
+            EncoderKind::Zstd(w) => w.write(b)?,
         };
         self.raw += n as u64;
         Ok(n)
@@ -184,6 +226,7 @@ impl<W: Write> Write for Encoder<W> {
             EncoderKind::Stored(w) => w.flush(),
             EncoderKind::Lzma2(w) => w.flush(),
             EncoderKind::Bzip3(w) => w.flush(),
+            EncoderKind::Zstd(w) => w.flush(),
         }
     }
 }
@@ -366,6 +409,7 @@ enum DecoderKind<R: Read> {
     Stored(CountingReader<R>),
     Lzma2(liblzma::bufread::XzDecoder<BufReader<R>>),
     Bzip3(Box<Bzip3Reader<R>>),
+    Zstd(zstd::stream::read::Decoder<'static, BufReader<CountingReader<R>>>),
 }
 
 /// Decompresses one stream, checking it ends where its header says.
@@ -402,6 +446,22 @@ impl<R: Read> Decoder<R> {
                 Bzip3Reader::new(stored, block_size)
                     .map_err(|e| corrupt(format!("{name} stream: {e}")))?,
             )),
+            StreamCodec::Zstd { window_log } => {
+                let counted = CountingReader {
+                    inner: stored,
+                    n: 0,
+                };
+                let bad = |e: io::Error| corrupt(format!("{name} stream: {e}"));
+                let mut d = zstd::stream::read::Decoder::with_buffer(BufReader::with_capacity(
+                    64 << 10,
+                    counted,
+                ))
+                .map_err(bad)?;
+                // A frame asking for a larger window than the header declared is
+                // refused, so the decoder never allocates past what was checked.
+                d.window_log_max(window_log.into()).map_err(bad)?;
+                DecoderKind::Zstd(d.single_frame())
+            }
         };
         Ok(Decoder { kind, name })
     }
@@ -429,6 +489,8 @@ impl<R: Read> Decoder<R> {
             DecoderKind::Stored(r) => r.n,
             DecoderKind::Lzma2(d) => d.total_in(),
             DecoderKind::Bzip3(d) => d.inner.n,
+            // What the buffer read ahead of the frame's end was not used.
+            DecoderKind::Zstd(d) => d.get_ref().get_ref().n - d.get_ref().buffer().len() as u64,
         };
         if used != stored_len {
             return Err(corrupt(format!(
@@ -446,6 +508,7 @@ impl<R: Read> Read for Decoder<R> {
             DecoderKind::Stored(r) => r.read(buf),
             DecoderKind::Lzma2(r) => r.read(buf),
             DecoderKind::Bzip3(r) => r.read(buf),
+            DecoderKind::Zstd(r) => r.read(buf),
         }
     }
 }

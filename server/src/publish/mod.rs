@@ -11,7 +11,8 @@
 //! 3. Write the archive ([`archive`]), then a diff object from each of the releases
 //!    `--diff-bases` names by distance ([`bases`], [`diff`]), then the signed manifest
 //!    listing those diffs,
-//!    then a manifest diff from each of the same releases, as immutable objects.
+//!    then a manifest diff from each of the same releases, and the diff from nothing
+//!    that fresh installs take ([`fresh`]), as immutable objects.
 //! 4. Sign and atomically replace the channel head, last: a reader can never see a
 //!    head that names an object not yet written.
 //!
@@ -24,6 +25,7 @@
 pub mod archive;
 pub mod bases;
 pub mod diff;
+pub mod fresh;
 pub mod progress;
 pub mod remote;
 pub mod table;
@@ -65,6 +67,8 @@ pub const DEFAULT_RETAIN: usize = 11;
 /// Releases before a diff's base whose chunks an agent on that base may still hold
 /// (`ferry init --keep` defaults to 3 installed releases).
 pub(crate) const HELD_RELEASES: usize = 3;
+/// Manifest diffs a head may list (FORMAT.md §5).
+const MAX_MANIFEST_DIFFS: usize = 16;
 /// Default zstd level: publishing happens once, downloads many times.
 pub const DEFAULT_ZSTD_LEVEL: i32 = 19;
 
@@ -93,6 +97,10 @@ pub struct PublishOptions<'a> {
     /// Which earlier releases, by distance, get a diff object to the new one
     /// ([`bases::DiffBases`]; default `1,2,3,5,8,10`).
     pub diff_bases: bases::DiffBases,
+    /// zstd level of the diff from nothing fresh installs take (FORMAT.md §3.9;
+    /// [`fresh::DEFAULT_FRESH_LEVEL`]), or `None` for none: fresh installs then fetch
+    /// the archive.
+    pub fresh_level: Option<i32>,
     /// Where the steps report how far they are ([`progress::Progress::default`]:
     /// nowhere).
     pub progress: progress::Progress,
@@ -113,8 +121,10 @@ pub struct PublishReport {
     pub bytes_total: u64,
     /// Diff objects written, newest base first.
     pub diffs: Vec<diff::DiffSummary>,
-    /// Manifest diffs the head lists.
+    /// Manifest diffs the head lists (the one from nothing included).
     pub manifest_diffs: usize,
+    /// The diff from nothing, when one was written.
+    pub fresh: Option<fresh::FreshSummary>,
     /// The new release's requirements as `key=value` (FORMAT.md §5.2).
     pub requires: Vec<String>,
     /// The labels the new release is offered to as `key=value` (FORMAT.md §5.4).
@@ -338,6 +348,20 @@ pub fn publish(opts: &PublishOptions<'_>) -> Result<PublishReport> {
         diff::write_manifest_diffs(&repo, &manifest_bytes, &bases, &earlier, &manifest.diffs)?;
     drop(bases);
     drop(earlier);
+    let mut manifest_diffs = manifest_diffs;
+    let fresh = match opts.fresh_level {
+        // The head lists at most 16 manifest diffs; the bases' come first.
+        Some(level) if manifest_diffs.len() < MAX_MANIFEST_DIFFS => {
+            progress.fresh();
+            let threads = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+            fresh::write_from_nothing(&repo, &manifest, &manifest_bytes, level, threads)?
+        }
+        _ => None,
+    };
+    if let Some(f) = &fresh {
+        // NOTHING is all zeros: first in the list's order by base manifest.
+        manifest_diffs.insert(0, f.entry.clone());
+    }
     let manifest_diff_objects: Vec<_> = manifest_diffs.iter().map(|d| d.object).collect();
 
     // Step 4: the head, last.
@@ -422,6 +446,7 @@ pub fn publish(opts: &PublishOptions<'_>) -> Result<PublishReport> {
         bytes_total: manifest.total_file_bytes(),
         diffs,
         manifest_diffs: manifest_diff_objects.len(),
+        fresh,
         requires: opts.requires.iter().map(|r| r.to_string()).collect(),
         rollout_labels: opts.rollout_labels.iter().map(|r| r.to_string()).collect(),
         manifest_diff_objects,
@@ -535,6 +560,7 @@ impl PublishReport {
              manifest: {manifest} ({manifest_size} bytes)\n\
              diffs:    {diffs}\n\
              manifest diffs: {manifest_diffs}\n\
+             fresh installs: {fresh}\n\
              {requires}\
              time:     {secs:.2}s\n",
             requires = if self.requires.is_empty() {
@@ -555,6 +581,13 @@ impl PublishReport {
             manifest = self.manifest,
             manifest_size = self.manifest_size,
             manifest_diffs = self.manifest_diffs,
+            fresh = match &self.fresh {
+                Some(f) => format!(
+                    "diff from nothing ({} bytes + manifest diff {} bytes, {:.2}s)",
+                    f.size, f.manifest_diff_size, f.seconds
+                ),
+                None => "the archive".to_string(),
+            },
             secs = self.elapsed.as_secs_f64(),
         )
     }

@@ -49,6 +49,8 @@ enum Stage {
     Archive = 3,
     Diffs = 4,
     Uploading = 5,
+    /// Compressing the diff from nothing (FORMAT.md §3.9).
+    Fresh = 6,
 }
 
 impl Stage {
@@ -59,6 +61,7 @@ impl Stage {
             3 => Stage::Archive,
             4 => Stage::Diffs,
             5 => Stage::Uploading,
+            6 => Stage::Fresh,
             _ => Stage::Idle,
         }
     }
@@ -175,6 +178,11 @@ impl Progress {
     /// The archive is being written.
     pub fn archive(&self) {
         self.begin(Stage::Archive);
+    }
+
+    /// The diff from nothing is being made (FORMAT.md §3.9).
+    pub fn fresh(&self) {
+        self.begin(Stage::Fresh);
     }
 
     /// Diffs are made from `bases` releases.
@@ -382,6 +390,7 @@ fn draw(bar: &ProgressBar, c: &Counters, stop: &AtomicBool) {
                 )
             }
             Stage::Archive => "writing the archive".to_string(),
+            Stage::Fresh => "compressing the release whole for fresh installs".to_string(),
             Stage::Diffs => diff_line(&lock(&c.diffs), now),
             Stage::Uploading => {
                 let total = get(&c.upload_total);

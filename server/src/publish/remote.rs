@@ -180,6 +180,7 @@ pub fn publish_to(remote: &RemoteOptions, opts: &PublishOptions<'_>) -> Result<P
         zstd_level: opts.zstd_level,
         source: opts.source.clone(),
         diff_bases: opts.diff_bases.clone(),
+        fresh_level: opts.fresh_level,
         progress: opts.progress.clone(),
     })?;
     let archive = ObjectRef {
@@ -193,6 +194,7 @@ pub fn publish_to(remote: &RemoteOptions, opts: &PublishOptions<'_>) -> Result<P
     let objects = [manifest, archive]
         .into_iter()
         .chain(report.diffs.iter().map(|d| d.object))
+        .chain(report.fresh.iter().filter_map(|f| f.entry.chunk_diff))
         .chain(report.manifest_diff_objects.iter().copied());
     opts.progress.uploading(objects.map(|r| r.size).sum());
     rt.block_on(async {
@@ -202,6 +204,9 @@ pub fn publish_to(remote: &RemoteOptions, opts: &PublishOptions<'_>) -> Result<P
         server.put_object(&staging, &archive, "archive").await?;
         for d in &report.diffs {
             server.put_object(&staging, &d.object, "diff").await?;
+        }
+        for d in report.fresh.iter().filter_map(|f| f.entry.chunk_diff) {
+            server.put_object(&staging, &d, "diff from nothing").await?;
         }
         for r in &report.manifest_diff_objects {
             server.put_object(&staging, r, "manifest diff").await?;

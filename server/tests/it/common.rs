@@ -74,6 +74,24 @@ pub fn try_publish_depth(
     retain: usize,
     diff_depth: usize,
 ) -> ferry_server::error::Result<PublishReport> {
+    try_publish_fresh(
+        repo, source, channel, version, key, retain, diff_depth, None,
+    )
+}
+
+/// [`try_publish_depth`] with the diff from nothing at `fresh_level` (FORMAT.md §3.9;
+/// `None`: none, as the other server tests publish).
+#[allow(clippy::too_many_arguments)]
+pub fn try_publish_fresh(
+    repo: &Path,
+    source: &Path,
+    channel: &str,
+    version: &str,
+    key: &SecretKey,
+    retain: usize,
+    diff_depth: usize,
+    fresh_level: Option<i32>,
+) -> ferry_server::error::Result<PublishReport> {
     publish(&PublishOptions {
         repo: repo.to_path_buf(),
         key,
@@ -89,6 +107,7 @@ pub fn try_publish_depth(
         zstd_level: 3,
         source: source.to_path_buf(),
         diff_bases: ferry_server::publish::bases::DiffBases::depth(diff_depth).unwrap(),
+        fresh_level,
         progress: Default::default(),
     })
 }

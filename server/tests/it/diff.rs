@@ -270,3 +270,97 @@ fn identical_release_gets_no_diff_object() {
         "one archive (identical, stored once), two manifests, a manifest diff: {objects:?}"
     );
 }
+
+/// A tree whose files repeat each other's text across chunk boundaries: what a
+/// whole-release stream compresses far better than chunks one by one.
+fn repetitive_tree(root: &Path) {
+    make_tree(root);
+    let text: Vec<u8> = (0..40_000)
+        .flat_map(|i| format!("fn item_{}() -> u32 {{ {} }}\n", i % 3_000, i % 7).into_bytes())
+        .collect();
+    fs::write(root.join("share/doc/source.rs"), &text).unwrap();
+    fs::write(root.join("share/doc/copy.rs"), &text[1_000..]).unwrap();
+}
+
+#[test]
+fn the_diff_from_nothing_rebuilds_every_chunk_and_fills_the_skeleton_to_the_manifest() {
+    use ferry_format::delta::nothing::{self, NOTHING, is_from_nothing};
+    use ferry_format::delta::{StreamCodec, streams::MAX_ZSTD_WINDOW_LOG};
+
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("repo");
+    let src = tmp.path().join("src");
+    repetitive_tree(&src);
+    let r = try_publish_fresh(&repo, &src, "stable", "1.0.0", &key(), 10, 3, Some(19)).unwrap();
+    let fresh = r.fresh.as_ref().expect("a diff from nothing");
+    let m = read_manifest(&repo, "stable", "1.0.0");
+    let head = read_head(&repo, "stable");
+
+    // The head lists it first (NOTHING sorts first), pinning both objects.
+    let entry = &head.content.manifest_diffs[0];
+    assert_eq!(entry.base_manifest, NOTHING);
+    assert_eq!(r.manifest_diffs, head.content.manifest_diffs.len());
+    let diff_ref = entry.chunk_diff.expect("the diff object is pinned");
+    assert_eq!(diff_ref.size, fresh.size);
+    // It pays: the two objects together beat the per-chunk archive (the noise file
+    // compresses no better either way; the text, split in chunks, does).
+    assert!(
+        fresh.size + fresh.manifest_diff_size + 20_000 < m.archive.size,
+        "{} + {} vs archive {}",
+        fresh.size,
+        fresh.manifest_diff_size,
+        m.archive.size
+    );
+
+    // The diff produces every chunk of the table, in order, from one zstd stream.
+    let bytes = object(&repo, &diff_ref.hash);
+    let (header, start) = DiffHeader::decode_prefix(&bytes, diff_ref.size).unwrap();
+    assert!(is_from_nothing(&header));
+    assert_eq!(
+        header.streams[2].codec,
+        StreamCodec::Zstd {
+            window_log: MAX_ZSTD_WINDOW_LOG
+        }
+    );
+    assert_eq!(header.target_chunks, m.chunks.len() as u64);
+    let streams: Vec<&[u8]> = header
+        .stream_ranges(start)
+        .into_iter()
+        .map(|(o, l)| &bytes[o as usize..(o + l) as usize])
+        .collect();
+    let mut out = Vec::new();
+    apply(&header, &ConcatBase::new(vec![]), streams, &mut |b| {
+        out.extend_from_slice(b);
+        Ok(())
+    })
+    .unwrap();
+    let mut at = 0;
+    let mut ids = Vec::new();
+    for c in &m.chunks {
+        let id = ChunkId::of(&out[at..at + c.size as usize]);
+        assert_eq!(id, c.id);
+        ids.push(id);
+        at += c.size as usize;
+    }
+    assert_eq!(at, out.len());
+
+    // The manifest diff, from empty bytes, is the skeleton with every id a hole; the
+    // produced chunks' hashes fill it back to exactly the signed manifest.
+    let manifest_bytes = object(&repo, &head.current().manifest.hash);
+    let md = object(&repo, &entry.object.hash);
+    let skeleton = apply_manifest_diff(&[], &md, head.current().manifest.size).unwrap();
+    let skeleton = Skeleton::decode(&skeleton, &nothing::empty_release("stable")).unwrap();
+    assert_eq!(skeleton.holes(), m.chunks.len());
+    assert_eq!(skeleton.fill(&ids).unwrap(), manifest_bytes);
+
+    // --no-fresh: none, and the head lists no entry from nothing.
+    let r2 = try_publish_fresh(&repo, &src, "stable", "1.1.0", &key(), 10, 3, None).unwrap();
+    assert!(r2.fresh.is_none());
+    let head = read_head(&repo, "stable");
+    assert!(
+        head.content
+            .manifest_diffs
+            .iter()
+            .all(|d| d.base_manifest != NOTHING)
+    );
+}

@@ -19,7 +19,7 @@ use ferry_format::version::Version;
 use super::{Planned, Remote};
 use crate::apply::diff::{DiffSpool, Want, apply_to_spool, verify_object};
 use crate::apply::image;
-use crate::cli::plan;
+use crate::cli::plan::{self, NOTHING_VERSION, empty_release};
 use crate::cli::report::{self, Out};
 use crate::cli::root::Root;
 use crate::fsutil;
@@ -77,7 +77,8 @@ impl Remote {
         let release = head.current();
         let channel = &root.config.channel;
         let mut kept: Option<SkeletonPlan> = None;
-        if let Some((base_version, base_bytes, diff)) = manifest_diff_base(root, head) {
+        let base = manifest_diff_base(root, head).or_else(|| from_nothing(root, head));
+        if let Some((base_version, base_bytes, diff)) = base {
             let ctx = ManifestDiffCtx {
                 diff,
                 base_version: &base_version,
@@ -197,7 +198,12 @@ impl Remote {
         out: Out,
     ) -> Result<Rebuilt<(Vec<u8>, SkeletonPlan)>> {
         let releases = root.local_releases();
-        let Some(base) = releases.iter().find(|r| r.version == c.base_version) else {
+        let nothing = c.base_version == NOTHING_VERSION;
+        let empty = nothing.then(|| empty_release(root));
+        let found = empty
+            .as_ref()
+            .or_else(|| releases.iter().find(|r| r.version == c.base_version));
+        let Some(base) = found else {
             return Ok(Err((
                 anyhow::anyhow!("{} is not installed", c.base_version),
                 None,
@@ -221,7 +227,9 @@ impl Remote {
             base_manifest: c.diff.base_manifest,
             object,
         });
-        let observed = plan::observe(root, &sk, from, &[], self.makes_diffs())?;
+        // The empty release is a diff base only for this plan.
+        let extra = nothing.then(|| empty_release(root)).into_iter().collect();
+        let observed = plan::observe_with(root, &sk, from, &[], self.makes_diffs(), extra)?;
         // An intact copy on disk is the plan, but it needs the manifest too: the diff
         // that fills the skeleton is then taken (a rerun finds it stored) only for that.
         let d = usize::from(matches!(observed.plan.chosen().via, Via::OnDisk { .. }));
@@ -314,6 +322,16 @@ impl Remote {
             Err(e) => failed(e, planned),
         }
     }
+}
+
+/// The head's diff from nothing, as [`manifest_diff_base`] gives a base: the empty
+/// release's name, its (empty) manifest bytes and the diff.
+fn from_nothing<'h>(
+    root: &Root,
+    head: &'h ChannelHead,
+) -> Option<(String, Vec<u8>, &'h ManifestDiffRef)> {
+    let diff = plan::offered_from_nothing(root, head)?;
+    Some((NOTHING_VERSION.to_string(), Vec::new(), diff))
 }
 
 /// Whether `manifest` has the chunk table `skeleton` was planned with: the same
