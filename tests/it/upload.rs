@@ -184,12 +184,29 @@ fn publish_to_a_server_then_agents_install_and_update() {
     // The token files carry surrounding whitespace and newlines on both sides.
     let remote = Remote::start("stable");
     let sources = Sources::app(2);
+    // Text the whole-release stream compresses better than chunks one by one, so the
+    // publish has a diff from nothing to upload.
+    let manual: String = (0..20_000)
+        .map(|i| format!("step {} of the manual, section {}\n", i % 1_500, i % 9))
+        .collect();
+    for k in 1..=2 {
+        ferry_tests::tree::put(
+            &sources.release(k),
+            "share/manual.txt",
+            manual.as_bytes(),
+            0o644,
+        );
+    }
     let first = remote.published(&v(1), &sources.release(1), &[]);
     assert_eq!(first["sequence"], 1);
     assert_eq!(first["version"], v(1));
     let agent = remote.agent();
-    assert_eq!(agent.update()["to"], v(1));
+    let installed = agent.update();
+    assert_eq!(installed["to"], v(1));
     tree_eq(&agent.current(), &sources.release(1));
+    // The diff from nothing was uploaded with the rest: the fresh install took it.
+    assert!(first["fresh"].is_object(), "{first}");
+    assert_eq!(installed["via"], "diff", "{installed}");
 
     let before = remote.server.requests().len();
     let second = remote.published(&v(2), &sources.release(2), &[]);
@@ -207,10 +224,11 @@ fn publish_to_a_server_then_agents_install_and_update() {
         .collect();
     assert_eq!(
         puts.len(),
-        5,
-        "manifest, archive, diff from 1.0.0, manifest diff, head: {puts:?}"
+        7,
+        "manifest, archive, diff from 1.0.0, diff from nothing, the two manifest diffs, \
+         head: {puts:?}"
     );
-    assert_eq!(puts[4], ("/channels/stable/head".to_string(), 201));
+    assert_eq!(puts[6], ("/channels/stable/head".to_string(), 201));
     assert!(puts.iter().all(|(_, s)| *s == 201), "{puts:?}");
 
     let r = agent.update();
