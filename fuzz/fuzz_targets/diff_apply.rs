@@ -1,4 +1,5 @@
-//! Diff objects and manifest diffs (FORMAT.md §3.6, §3.7): whatever the bytes, parsing
+//! Diff objects and manifest diffs (FORMAT.md §3.6, §3.7, §3.9 from nothing, seeded with
+//! its zstd stream): whatever the bytes, parsing
 //! the prefix and applying the streams over a fixed base never panics, never reads
 //! outside the base and never produces more than the header's target size; a manifest
 //! diff never yields more than the size bound it is given; a manifest skeleton is
