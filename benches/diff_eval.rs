@@ -135,6 +135,7 @@ fn codec_name(c: &StreamCodec) -> String {
         StreamCodec::Lzma2 { lc, lp, pb, .. } => format!("lzma2 lc{lc}lp{lp}pb{pb}"),
         StreamCodec::Bzip3 { block_size } => format!("bzip3 {}K", block_size >> 10),
         StreamCodec::Zstd { window_log } => format!("zstd w{window_log}"),
+        StreamCodec::ZstdX86 { window_log } => format!("zstd+x86 w{window_log}"),
     }
 }
 

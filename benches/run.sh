@@ -56,6 +56,10 @@ if [ ${#need[@]} -gt 0 ]; then
     echo "run.sh: missing ${need[*]} (not installed: --skip-install or no apt-get)" >&2
   fi
 fi
+# libclang (bindgen, for the bundled bzip3 the format crate builds)
+if [ "$INSTALL" = 1 ]; then
+  bash "$ROOT/.ci/build-deps.sh" || echo "run.sh: .ci/build-deps.sh failed; the build below may too" >&2
+fi
 if [ ! -f "$DATA/MANIFEST.txt" ] && [[ " $SECTIONS " =~ \ (real|bytes|diffs)\  ]]; then
   echo "== fetching the real releases into $DATA" >&2
   bash "$ROOT/../shared/bench/fetch-data.sh" --chain "$DATA"

@@ -101,11 +101,15 @@ else
   note "bsdiff/bspatch missing: the diff target is not measured"
 fi
 # the kernel alone: the diff object publish wrote, applied in process by diff-eval
-obj=$(python3 - "$WORK/www/repo/objects" <<'PY'
-import os, sys
+# (not the diff from nothing FROM's publish wrote, whose base is the empty release)
+obj=$(python3 - "$WORK/www/repo/objects" "$WORK/pubf.pub.json" <<'PY'
+import json, os, sys
+fresh = (json.load(open(sys.argv[2])).get("fresh") or {}).get("object", "")
 for d, _, fs in os.walk(sys.argv[1]):
     for f in fs:
         p = os.path.join(d, f)
+        if fresh and fresh in f:
+            continue
         with open(p, "rb") as h:
             if h.read(4) == b"FRYD":
                 print(p); sys.exit(0)

@@ -793,4 +793,39 @@ fn golden_fresh_install_from_nothing() {
         "the diff header encoding changed"
     );
     assert_eq!(apply_object(&[], &fresh).1, target);
+
+    // Through the x86 branch filter (codec 4): calls to a few targets, made absolute.
+    let mut code = Vec::new();
+    for i in 0..3_000u32 {
+        let at = code.len() as i64 + 5;
+        let to = [256i64, 9_000, 20_000][(i % 3) as usize];
+        code.push(0xE8);
+        code.extend_from_slice(&((to - at) as i32).to_le_bytes());
+        code.extend_from_slice(&[0x48, 0x89, 0xc7, (i % 5) as u8]);
+    }
+    let codec = StreamCodec::ZstdX86 {
+        window_log: nothing::WINDOW_LOG,
+    };
+    let mut enc = Encoder::with_level(&codec, 19, Vec::new()).unwrap();
+    enc.write_all(&code).unwrap();
+    let (raw_len, stored_len, extra) = enc.finish().unwrap();
+    let mut fresh = nothing::prefix(
+        code.len() as u64,
+        1,
+        StreamHeader {
+            codec,
+            raw_len,
+            stored_len,
+        },
+    );
+    fresh.extend_from_slice(&extra);
+    let object = from_hex_lines(&stored("diff_object_from_nothing_x86.hex", &fresh));
+    let (header, out) = apply_object(&[], &object);
+    assert_eq!(
+        out, code,
+        "the stored filtered diff from nothing no longer builds its target"
+    );
+    assert_eq!(header.streams[2].codec, codec);
+    let prefix = header.encode_prefix();
+    assert_eq!(&object[..prefix.len()], &prefix[..]);
 }

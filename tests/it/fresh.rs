@@ -188,3 +188,62 @@ fn a_release_published_with_no_fresh_installs_from_the_manifest_and_the_archive(
     tree_eq(&agent.current(), src.path());
     super::pipeline::assert_three_requests(&srv.requests()[before..], "/channels/stable/head");
 }
+
+#[test]
+fn real_programs_install_from_nothing_through_the_x86_filter_in_file_order() {
+    // x86-64 programs of this machine, in a release whose successor carries most of
+    // their chunks (which its table lists first) and changes one.
+    let programs = [
+        "/usr/bin/bash",
+        "/usr/bin/tar",
+        "/usr/bin/ls",
+        "/usr/bin/cp",
+    ];
+    let release = |root: &Path, changed: bool| {
+        for p in programs {
+            let mut bytes = std::fs::read(p).unwrap();
+            if changed && p.ends_with("tar") {
+                let n = bytes.len();
+                bytes[n / 3..n / 3 + 4096].fill(0x90);
+            }
+            put(root, &format!("bin/{}", &p[9..]), &bytes, 0o755);
+        }
+        put(root, "README", b"four programs\n", 0o644);
+    };
+    let (one, two) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    release(one.path(), false);
+    release(two.path(), true);
+    let p = Publisher::new("stable");
+    p.publish(&v(1), one.path());
+    let published = p.publish(&v(2), two.path());
+    assert!(
+        published["chunks_carried"].as_u64().unwrap() > 0,
+        "{published}"
+    );
+    let fresh = &published["fresh"];
+    let object = std::fs::read(p.object_file(fresh["object"].as_str().unwrap())).unwrap();
+    let (header, _) =
+        ferry_format::delta::DiffHeader::decode_prefix(&object, object.len() as u64).unwrap();
+    assert!(
+        matches!(
+            header.streams[2].codec,
+            ferry_format::delta::StreamCodec::ZstdX86 { .. }
+        ),
+        "{:?}",
+        header.streams[2]
+    );
+
+    let srv = p.serve();
+    let agent = Agent::init(&srv.url, "stable", &p.public_key(), &[]);
+    let r = agent.update();
+    assert_eq!(
+        (r["to"].as_str(), r["via"].as_str()),
+        (Some(v(2).as_str()), Some("diff"))
+    );
+    tree_eq(&agent.current(), two.path());
+    let data_way = fresh["size"].as_u64().unwrap() + fresh["manifest_diff_size"].as_u64().unwrap();
+    let archive_way =
+        published["archive_size"].as_u64().unwrap() + published["manifest_size"].as_u64().unwrap();
+    assert!(data_way < archive_way, "{data_way} vs {archive_way}");
+    ferry_tests::assert_ok(&agent.ferry("verify", &[]), "verify");
+}

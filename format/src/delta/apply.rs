@@ -7,8 +7,9 @@
 use std::io::Read;
 use std::sync::mpsc;
 
+use super::bcj::X86;
 use super::streams::{Decoder, MAX_VARINT_LEN, unzigzag};
-use super::{DiffHeader, DiffLayout, StreamHeader};
+use super::{DiffHeader, DiffLayout, StreamCodec, StreamHeader};
 use crate::error::{FormatError, Result};
 
 /// Random access to the base a diff was made against.
@@ -86,21 +87,26 @@ const BUF: usize = 256 << 10;
 
 type Piece = Result<Vec<u8>>;
 
-/// Decodes one stream on its own thread, sending exactly `raw_len` bytes in pieces,
-/// then an error if the stream does not end there or did not use all its stored bytes.
-/// Stops quietly when the applying side hangs up.
+/// Room left at the front of each piece of a filtered stream for the bytes the x86
+/// filter held back from the previous one.
+const HEADROOM: usize = 4;
+
+/// Decodes one stream on its own thread with `codec`, sending exactly `raw_len` bytes
+/// in pieces (each after `headroom` spare bytes), then an error if the stream does
+/// not end there or did not use all its stored bytes. Stops quietly when the applying
+/// side hangs up.
 fn pump(
     name: &'static str,
-    h: &StreamHeader,
+    (h, codec, headroom): (&StreamHeader, StreamCodec, usize),
     stored: impl Read,
     tx: &mpsc::SyncSender<Piece>,
 ) -> Result<()> {
-    let mut dec = Decoder::new(&h.codec, stored, name)?;
+    let mut dec = Decoder::new(&codec, stored, name)?;
     let mut left = h.raw_len;
     while left > 0 {
-        let mut piece = vec![0u8; left.min(PIECE as u64) as usize];
-        dec.fill(&mut piece)?;
-        left -= piece.len() as u64;
+        let mut piece = vec![0u8; headroom + left.min(PIECE as u64) as usize];
+        dec.fill(&mut piece[headroom..])?;
+        left -= (piece.len() - headroom) as u64;
         if tx.send(Ok(piece)).is_err() {
             return Ok(());
         }
@@ -123,8 +129,14 @@ enum Source<'a> {
 /// The applying side of one stream: raw bytes in order, never past `raw_len`.
 struct Incoming<'a> {
     src: Source<'a>,
+    /// `cur[pos..end]` is ready; `cur[end..]`, the bytes the x86 filter holds back
+    /// until more follow, is not.
     cur: Vec<u8>,
     pos: usize,
+    end: usize,
+    /// The x86 filter a `ZstdX86` stream's decoder thread left to this side, so the
+    /// thread that is the fresh install's critical path only runs zstd.
+    filter: Option<X86>,
     /// Raw bytes not yet received.
     left: u64,
     name: &'static str,
@@ -133,25 +145,42 @@ struct Incoming<'a> {
 impl Incoming<'_> {
     /// Up to `max` (≥ 1) next bytes; fails if the stream has none left.
     fn take(&mut self, max: usize) -> Result<&[u8]> {
-        if self.pos == self.cur.len() {
+        // A loop, as a piece may leave nothing ready when the filter holds it all.
+        while self.pos == self.end {
             if self.left == 0 {
                 return Err(corrupt(format!("{} stream ends early", self.name)));
             }
-            self.cur = match &mut self.src {
+            let (mut piece, headroom) = match &mut self.src {
                 Source::Thread(rx) => match rx.recv() {
-                    Ok(piece) => piece?,
+                    Ok(piece) => (piece?, if self.filter.is_some() { HEADROOM } else { 0 }),
                     Err(_) => return Err(corrupt(format!("{} stream ends early", self.name))),
                 },
                 Source::Inline(dec, _) => {
                     let mut piece = vec![0u8; self.left.min(PIECE as u64) as usize];
                     dec.fill(&mut piece)?;
-                    piece
+                    (piece, 0)
                 }
             };
-            self.pos = 0;
-            self.left = self.left.saturating_sub(self.cur.len() as u64);
+            self.left = self.left.saturating_sub((piece.len() - headroom) as u64);
+            let held = &self.cur[self.end..];
+            // A piece carries exactly its headroom, so the held bytes (at most 4) fit.
+            let start = headroom
+                .checked_sub(held.len())
+                .ok_or_else(|| corrupt(format!("{} stream: filter state lost", self.name)))?;
+            piece[start..headroom].copy_from_slice(held);
+            self.cur = piece;
+            self.pos = start;
+            self.end = match &mut self.filter {
+                Some(f) if self.left > 0 => start + f.code(&mut self.cur[start..]),
+                Some(f) => {
+                    // The stream's last bytes are never converted.
+                    f.code(&mut self.cur[start..]);
+                    self.cur.len()
+                }
+                None => self.cur.len(),
+            };
         }
-        let n = max.min(self.cur.len() - self.pos);
+        let n = max.min(self.end - self.pos);
         let out = &self.cur[self.pos..self.pos + n];
         self.pos += n;
         Ok(out)
@@ -201,9 +230,9 @@ impl Incoming<'_> {
 enum Differences<'a> {
     Dense(Incoming<'a>),
     Sparse {
-        zeros: Incoming<'a>,
-        runs: Incoming<'a>,
-        literals: Incoming<'a>,
+        zeros: Box<Incoming<'a>>,
+        runs: Box<Incoming<'a>>,
+        literals: Box<Incoming<'a>>,
         zero_left: u64,
         lit_left: u64,
         /// Whether the next run to read is a zero run.
@@ -345,10 +374,18 @@ pub fn apply<B: Base + ?Sized, R: Read + Send>(
     std::thread::scope(|s| {
         let mut incoming = Vec::with_capacity(names.len());
         for ((r, h), &name) in streams.into_iter().zip(data).zip(names) {
+            let mut filter = None;
             let src = if threads {
                 let (tx, rx) = mpsc::sync_channel(DEPTH);
+                let (codec, headroom) = match h.codec {
+                    StreamCodec::ZstdX86 { window_log } => {
+                        filter = Some(X86::new(false));
+                        (StreamCodec::Zstd { window_log }, HEADROOM)
+                    }
+                    c => (c, 0),
+                };
                 s.spawn(move || {
-                    if let Err(e) = pump(name, h, r.take(h.stored_len), &tx) {
+                    if let Err(e) = pump(name, (h, codec, headroom), r.take(h.stored_len), &tx) {
                         let _ = tx.send(Err(e));
                     }
                 });
@@ -362,6 +399,8 @@ pub fn apply<B: Base + ?Sized, R: Read + Send>(
                 src,
                 cur: Vec::new(),
                 pos: 0,
+                end: 0,
+                filter,
                 left: h.raw_len,
                 name,
             });
@@ -373,9 +412,9 @@ pub fn apply<B: Base + ?Sized, R: Read + Send>(
         let diff = match header.layout {
             DiffLayout::Dense => Differences::Dense(next()),
             DiffLayout::Sparse => Differences::Sparse {
-                zeros: next(),
-                runs: next(),
-                literals: next(),
+                zeros: Box::new(next()),
+                runs: Box::new(next()),
+                literals: Box::new(next()),
                 zero_left: 0,
                 lit_left: 0,
                 zero_next: true,

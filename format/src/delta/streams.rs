@@ -9,6 +9,7 @@ use bzip3::{BlockSize, Bz3State};
 use liblzma::stream::{Filters, LzmaOptions, PRESET_EXTREME, Stream};
 
 use super::StreamCodec;
+use super::bcj::{X86Reader, X86Writer};
 use crate::error::{FormatError, Result};
 
 /// Largest LZMA2 dictionary a stream may use.
@@ -63,7 +64,7 @@ pub fn check_codec(codec: &StreamCodec, raw_len: u64, stored_len: u64) -> Result
                 Ok(())
             }
         }
-        StreamCodec::Zstd { window_log } => {
+        StreamCodec::Zstd { window_log } | StreamCodec::ZstdX86 { window_log } => {
             if !(MIN_ZSTD_WINDOW_LOG..=MAX_ZSTD_WINDOW_LOG).contains(&window_log) {
                 Err(format!(
                     "zstd window of 2^{window_log} bytes, outside 2^{MIN_ZSTD_WINDOW_LOG}..=2^{MAX_ZSTD_WINDOW_LOG}"
@@ -84,6 +85,8 @@ pub fn decoder_memory(codec: &StreamCodec) -> u64 {
         StreamCodec::Lzma2 { dict_size, .. } => u64::from(dict_size) + (1 << 20),
         StreamCodec::Bzip3 { block_size } => 6 * u64::from(block_size) + (2 << 20),
         StreamCodec::Zstd { window_log } => (1u64 << window_log) + (1 << 20),
+        // The filter holds one 256 KiB buffer.
+        StreamCodec::ZstdX86 { window_log } => (1u64 << window_log) + (1 << 20) + (256 << 10),
     }
 }
 
@@ -143,6 +146,7 @@ enum EncoderKind<W: Write> {
     Lzma2(liblzma::write::XzEncoder<Counting<W>>),
     Bzip3(Bzip3Writer<Counting<W>>),
     Zstd(zstd::stream::write::Encoder<'static, Counting<W>>),
+    ZstdX86(X86Writer<zstd::stream::write::Encoder<'static, Counting<W>>>),
 }
 
 /// Compresses one raw stream with a given codec into `W`.
@@ -185,15 +189,11 @@ impl<W: Write> Encoder<W> {
                 EncoderKind::Bzip3(Bzip3Writer::new(out, block_size)?)
             }
             StreamCodec::Zstd { window_log } => {
-                let mut e = zstd::stream::write::Encoder::new(out, level).map_err(compression)?;
-                e.window_log(window_log.into()).map_err(compression)?;
-                e.long_distance_matching(true).map_err(compression)?;
-                e.include_checksum(false).map_err(compression)?;
-                if threads > 0 {
-                    e.multithread(threads).map_err(compression)?;
-                }
-                EncoderKind::Zstd(e)
+                EncoderKind::Zstd(zstd_encoder(out, level, window_log, threads)?)
             }
+            StreamCodec::ZstdX86 { window_log } => EncoderKind::ZstdX86(X86Writer::new(
+                zstd_encoder(out, level, window_log, threads)?,
+            )),
         };
         Ok(Encoder { kind, raw: 0 })
     }
@@ -205,6 +205,11 @@ impl<W: Write> Encoder<W> {
             EncoderKind::Lzma2(e) => e.finish().map_err(compression)?,
             EncoderKind::Bzip3(e) => e.finish()?,
             EncoderKind::Zstd(e) => e.finish().map_err(compression)?,
+            EncoderKind::ZstdX86(e) => e
+                .finish()
+                .map_err(compression)?
+                .finish()
+                .map_err(compression)?,
         };
         Ok((self.raw, out.n, out.inner))
     }
@@ -217,6 +222,7 @@ impl<W: Write> Write for Encoder<W> {
             EncoderKind::Lzma2(w) => w.write(b)?,
             EncoderKind::Bzip3(w) => w.write(b)?,
             EncoderKind::Zstd(w) => w.write(b)?,
+            EncoderKind::ZstdX86(w) => w.write(b)?,
         };
         self.raw += n as u64;
         Ok(n)
@@ -227,6 +233,7 @@ impl<W: Write> Write for Encoder<W> {
             EncoderKind::Lzma2(w) => w.flush(),
             EncoderKind::Bzip3(w) => w.flush(),
             EncoderKind::Zstd(w) => w.flush(),
+            EncoderKind::ZstdX86(w) => w.flush(),
         }
     }
 }
@@ -398,6 +405,45 @@ impl<R: Read> Read for Bzip3Reader<R> {
     }
 }
 
+/// A zstd frame matching over its whole window (long-distance matching) with no
+/// checksum: chunk ids check what it decodes to.
+fn zstd_encoder<W: Write>(
+    out: W,
+    level: i32,
+    window_log: u8,
+    threads: u32,
+) -> Result<zstd::stream::write::Encoder<'static, W>> {
+    let mut e = zstd::stream::write::Encoder::new(out, level).map_err(compression)?;
+    e.window_log(window_log.into()).map_err(compression)?;
+    e.long_distance_matching(true).map_err(compression)?;
+    e.include_checksum(false).map_err(compression)?;
+    if threads > 0 {
+        e.multithread(threads).map_err(compression)?;
+    }
+    Ok(e)
+}
+
+fn zstd_decoder<R: Read>(stored: R, window_log: u8, name: &'static str) -> Result<ZstdReader<R>> {
+    let counted = CountingReader {
+        inner: stored,
+        n: 0,
+    };
+    let bad = |e: io::Error| corrupt(format!("{name} stream: {e}"));
+    let mut d =
+        zstd::stream::read::Decoder::with_buffer(BufReader::with_capacity(64 << 10, counted))
+            .map_err(bad)?;
+    // A frame asking for a larger window than the header declared is refused, so the
+    // decoder never allocates past what was checked.
+    d.window_log_max(window_log.into()).map_err(bad)?;
+    Ok(d.single_frame())
+}
+
+/// Stored bytes a zstd decoder has used: what its buffer read ahead of the frame's
+/// end was not.
+fn zstd_used<R: Read>(d: &ZstdReader<R>) -> u64 {
+    d.get_ref().get_ref().n - d.get_ref().buffer().len() as u64
+}
+
 fn corrupt(reason: String) -> FormatError {
     FormatError::Malformed {
         kind: "diff stream",
@@ -409,8 +455,11 @@ enum DecoderKind<R: Read> {
     Stored(CountingReader<R>),
     Lzma2(liblzma::bufread::XzDecoder<BufReader<R>>),
     Bzip3(Box<Bzip3Reader<R>>),
-    Zstd(zstd::stream::read::Decoder<'static, BufReader<CountingReader<R>>>),
+    Zstd(ZstdReader<R>),
+    ZstdX86(X86Reader<ZstdReader<R>>),
 }
+
+type ZstdReader<R> = zstd::stream::read::Decoder<'static, BufReader<CountingReader<R>>>;
 
 /// Decompresses one stream, checking it ends where its header says.
 pub struct Decoder<R: Read> {
@@ -447,20 +496,10 @@ impl<R: Read> Decoder<R> {
                     .map_err(|e| corrupt(format!("{name} stream: {e}")))?,
             )),
             StreamCodec::Zstd { window_log } => {
-                let counted = CountingReader {
-                    inner: stored,
-                    n: 0,
-                };
-                let bad = |e: io::Error| corrupt(format!("{name} stream: {e}"));
-                let mut d = zstd::stream::read::Decoder::with_buffer(BufReader::with_capacity(
-                    64 << 10,
-                    counted,
-                ))
-                .map_err(bad)?;
-                // A frame asking for a larger window than the header declared is
-                // refused, so the decoder never allocates past what was checked.
-                d.window_log_max(window_log.into()).map_err(bad)?;
-                DecoderKind::Zstd(d.single_frame())
+                DecoderKind::Zstd(zstd_decoder(stored, window_log, name)?)
+            }
+            StreamCodec::ZstdX86 { window_log } => {
+                DecoderKind::ZstdX86(X86Reader::new(zstd_decoder(stored, window_log, name)?))
             }
         };
         Ok(Decoder { kind, name })
@@ -490,7 +529,8 @@ impl<R: Read> Decoder<R> {
             DecoderKind::Lzma2(d) => d.total_in(),
             DecoderKind::Bzip3(d) => d.inner.n,
             // What the buffer read ahead of the frame's end was not used.
-            DecoderKind::Zstd(d) => d.get_ref().get_ref().n - d.get_ref().buffer().len() as u64,
+            DecoderKind::Zstd(d) => zstd_used(d),
+            DecoderKind::ZstdX86(d) => zstd_used(d.get_ref()),
         };
         if used != stored_len {
             return Err(corrupt(format!(
@@ -509,6 +549,7 @@ impl<R: Read> Read for Decoder<R> {
             DecoderKind::Lzma2(r) => r.read(buf),
             DecoderKind::Bzip3(r) => r.read(buf),
             DecoderKind::Zstd(r) => r.read(buf),
+            DecoderKind::ZstdX86(r) => r.read(buf),
         }
     }
 }

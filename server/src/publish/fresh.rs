@@ -1,6 +1,7 @@
 //! The diff from nothing (FORMAT.md §3.9): what an agent holding no release installs
-//! from. Every chunk of the new release, in table order, read back from the archive
-//! just written and compressed as one long-window zstd stream into a temp file; then
+//! from. Every chunk of the new release, in first-use order, read back from the
+//! archive just written and compressed as one long-window zstd stream (through the x86
+//! branch filter when x86-64 programs make up most of the release) into a temp file; then
 //! the object (prefix + that stream) and the manifest diff from nothing (a skeleton with
 //! every id a hole). Offered only when the two together are smaller than the archive.
 //! Memory: the zstd encoder's window and tables, whatever the release size.
@@ -12,7 +13,7 @@ use ferry_format::delta::manifest_diff::{Skeleton, encode_manifest_diff};
 use ferry_format::delta::nothing::{self, NOTHING};
 use ferry_format::delta::streams::Encoder;
 use ferry_format::delta::{MAX_DIFF_INPUT, ManifestDiffRef, StreamCodec, StreamHeader};
-use ferry_format::manifest::Manifest;
+use ferry_format::manifest::{EntryKind, Manifest};
 use serde::Serialize;
 
 use super::archive::Hashing;
@@ -70,8 +71,17 @@ pub fn write_from_nothing(
     let manifest_diff = encode_manifest_diff(&[], &skeleton, MANIFEST_DIFF_LEVEL)?;
 
     let archive = open_archive(repo, manifest)?;
-    let codec = StreamCodec::Zstd {
-        window_log: nothing::WINDOW_LOG,
+    let offsets = manifest.chunk_offsets();
+    let (mut stored, mut batch) = (Vec::new(), Vec::with_capacity(BATCH + (1 << 20)));
+    let code = x86_64_bytes(&archive, manifest, &offsets, &mut stored)?;
+    let codec = if code * 2 >= target_size {
+        StreamCodec::ZstdX86 {
+            window_log: nothing::WINDOW_LOG,
+        }
+    } else {
+        StreamCodec::Zstd {
+            window_log: nothing::WINDOW_LOG,
+        }
     };
     let spool = repo.object_temp()?;
     let spool_path = spool.path().to_path_buf();
@@ -86,9 +96,7 @@ pub fn write_from_nothing(
         BufWriter::with_capacity(1 << 20, spool),
     )
     .map_err(context)?;
-    let offsets = manifest.chunk_offsets();
-    let (mut stored, mut batch) = (Vec::new(), Vec::with_capacity(BATCH + (1 << 20)));
-    for i in 0..manifest.chunks.len() {
+    for i in nothing::order(manifest) {
         append_chunk(&archive, manifest, &offsets, i, &mut stored, &mut batch)?;
         if batch.len() >= BATCH {
             enc.write_all(&batch)
@@ -151,6 +159,7 @@ pub fn write_from_nothing(
     let seconds = started.elapsed().as_secs_f64();
     tracing::info!(
         size,
+        ?codec,
         manifest_diff = diff_ref.size,
         archive = manifest.archive.size,
         seconds = format!("{seconds:.2}"),
@@ -168,4 +177,39 @@ pub fn write_from_nothing(
             chunk_diff: Some(object),
         },
     }))
+}
+
+/// Files smaller than this are not looked at for machine code (they count as other
+/// bytes): reading their first chunk would cost more than they weigh.
+const CODE_FILE_MIN: u64 = 64 << 10;
+
+/// Bytes of `manifest`'s files that are x86-64 programs, told by their first chunk.
+fn x86_64_bytes(
+    archive: &(std::fs::File, std::path::PathBuf),
+    manifest: &Manifest,
+    offsets: &[u64],
+    stored: &mut Vec<u8>,
+) -> Result<u64> {
+    let mut code = 0;
+    let mut head = Vec::new();
+    for e in &manifest.entries {
+        if let EntryKind::File { size, chunks, .. } = &e.kind
+            && *size >= CODE_FILE_MIN
+            && let Some(&first) = chunks.first()
+        {
+            head.clear();
+            append_chunk(
+                archive,
+                manifest,
+                offsets,
+                first as usize,
+                stored,
+                &mut head,
+            )?;
+            if nothing::is_x86_64_code(&head) {
+                code += size;
+            }
+        }
+    }
+    Ok(code)
 }

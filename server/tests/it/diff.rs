@@ -284,7 +284,7 @@ fn repetitive_tree(root: &Path) {
 
 #[test]
 fn the_diff_from_nothing_rebuilds_every_chunk_and_fills_the_skeleton_to_the_manifest() {
-    use ferry_format::delta::nothing::{self, NOTHING, is_from_nothing};
+    use ferry_format::delta::nothing::{self, NOTHING};
     use ferry_format::delta::{StreamCodec, streams::MAX_ZSTD_WINDOW_LOG};
 
     let tmp = tempfile::tempdir().unwrap();
@@ -312,16 +312,83 @@ fn the_diff_from_nothing_rebuilds_every_chunk_and_fills_the_skeleton_to_the_mani
         m.archive.size
     );
 
-    // The diff produces every chunk of the table, in order, from one zstd stream.
-    let bytes = object(&repo, &diff_ref.hash);
-    let (header, start) = DiffHeader::decode_prefix(&bytes, diff_ref.size).unwrap();
-    assert!(is_from_nothing(&header));
+    // The diff produces every chunk of the table, in first-use order, from one zstd
+    // stream (no x86-64 program here: unfiltered).
+    let (codec, ids) = from_nothing_ids(&repo, &m, &diff_ref);
     assert_eq!(
-        header.streams[2].codec,
+        codec,
         StreamCodec::Zstd {
             window_log: MAX_ZSTD_WINDOW_LOG
         }
     );
+
+    // The manifest diff, from empty bytes, is the skeleton with every id a hole; the
+    // produced chunks' hashes fill it back to exactly the signed manifest.
+    let manifest_bytes = object(&repo, &head.current().manifest.hash);
+    let md = object(&repo, &entry.object.hash);
+    let skeleton = apply_manifest_diff(&[], &md, head.current().manifest.size).unwrap();
+    let skeleton = Skeleton::decode(&skeleton, &nothing::empty_release("stable")).unwrap();
+    assert_eq!(skeleton.holes(), m.chunks.len());
+    assert_eq!(skeleton.fill(&ids).unwrap(), manifest_bytes);
+
+    // The next release carries most chunks (first in its table); the diff from
+    // nothing still rebuilds each. An x86-64 program in it, most of its bytes, turns
+    // the branch filter on.
+    let mut elf = vec![0u8; 3 << 20];
+    elf[..6].copy_from_slice(&[0x7f, b'E', b'L', b'F', 2, 1]);
+    elf[18] = 62;
+    // Calls (E8 rel32) to a few functions from all over, as in machine code.
+    let mut x = 7u32;
+    for at in (64..elf.len() - 16).step_by(16) {
+        x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+        let target = [4096i64, 900_000, 2_000_000][(x >> 16) as usize % 3];
+        elf[at] = 0xE8;
+        elf[at + 1..at + 5].copy_from_slice(&((target - at as i64 - 5) as i32).to_le_bytes());
+        elf[at + 5..at + 9].copy_from_slice(&[0x48, 0x89, 0xc7, (x >> 24) as u8 & 3]);
+    }
+    std::fs::write(src.join("app"), &elf).unwrap();
+    let r = try_publish_fresh(&repo, &src, "stable", "1.0.1", &key(), 10, 3, Some(19)).unwrap();
+    assert!(r.chunks_carried > 0);
+    let m = read_manifest(&repo, "stable", "1.0.1");
+    let head = read_head(&repo, "stable");
+    let entry = head
+        .content
+        .manifest_diffs
+        .iter()
+        .find(|d| d.base_manifest == NOTHING)
+        .expect("the head lists the diff from nothing");
+    let (codec, _) = from_nothing_ids(&repo, &m, &entry.chunk_diff.unwrap());
+    assert_eq!(
+        codec,
+        StreamCodec::ZstdX86 {
+            window_log: MAX_ZSTD_WINDOW_LOG
+        }
+    );
+
+    // --no-fresh: none, and the head lists no entry from nothing.
+    let r2 = try_publish_fresh(&repo, &src, "stable", "1.1.0", &key(), 10, 3, None).unwrap();
+    assert!(r2.fresh.is_none());
+    let head = read_head(&repo, "stable");
+    assert!(
+        head.content
+            .manifest_diffs
+            .iter()
+            .all(|d| d.base_manifest != NOTHING)
+    );
+}
+
+/// Applies the diff from nothing `diff_ref` of `m`: its extra stream's codec, and the
+/// ids of what it produces in table order, having checked each produced chunk, in
+/// first-use order, against the table.
+fn from_nothing_ids(
+    repo: &Path,
+    m: &Manifest,
+    diff_ref: &ferry_format::id::ObjectRef,
+) -> (ferry_format::delta::StreamCodec, Vec<ChunkId>) {
+    use ferry_format::delta::nothing::{self, is_from_nothing};
+    let bytes = object(repo, &diff_ref.hash);
+    let (header, start) = DiffHeader::decode_prefix(&bytes, diff_ref.size).unwrap();
+    assert!(is_from_nothing(&header));
     assert_eq!(header.target_chunks, m.chunks.len() as u64);
     let streams: Vec<&[u8]> = header
         .stream_ranges(start)
@@ -335,32 +402,17 @@ fn the_diff_from_nothing_rebuilds_every_chunk_and_fills_the_skeleton_to_the_mani
     })
     .unwrap();
     let mut at = 0;
-    let mut ids = Vec::new();
-    for c in &m.chunks {
+    let mut ids = vec![None; m.chunks.len()];
+    for i in nothing::order(m) {
+        let c = &m.chunks[i];
         let id = ChunkId::of(&out[at..at + c.size as usize]);
-        assert_eq!(id, c.id);
-        ids.push(id);
+        assert_eq!(id, c.id, "chunk {i}");
+        ids[i] = Some(id);
         at += c.size as usize;
     }
     assert_eq!(at, out.len());
-
-    // The manifest diff, from empty bytes, is the skeleton with every id a hole; the
-    // produced chunks' hashes fill it back to exactly the signed manifest.
-    let manifest_bytes = object(&repo, &head.current().manifest.hash);
-    let md = object(&repo, &entry.object.hash);
-    let skeleton = apply_manifest_diff(&[], &md, head.current().manifest.size).unwrap();
-    let skeleton = Skeleton::decode(&skeleton, &nothing::empty_release("stable")).unwrap();
-    assert_eq!(skeleton.holes(), m.chunks.len());
-    assert_eq!(skeleton.fill(&ids).unwrap(), manifest_bytes);
-
-    // --no-fresh: none, and the head lists no entry from nothing.
-    let r2 = try_publish_fresh(&repo, &src, "stable", "1.1.0", &key(), 10, 3, None).unwrap();
-    assert!(r2.fresh.is_none());
-    let head = read_head(&repo, "stable");
-    assert!(
-        head.content
-            .manifest_diffs
-            .iter()
-            .all(|d| d.base_manifest != NOTHING)
-    );
+    (
+        header.streams[2].codec,
+        ids.into_iter().map(Option::unwrap).collect(),
+    )
 }

@@ -4,12 +4,15 @@
 //! from the skeleton, chooses it; the diff is then already applied for the build — or
 //! fetched whole. Verified the same way either way.
 
+use std::collections::HashMap;
+
 use anyhow::{Context, Result};
 use ferry_format::delta::manifest_diff::{Skeleton, apply_manifest_diff};
+use ferry_format::delta::nothing;
 use ferry_format::delta::{DiffRef, ManifestDiffRef};
 use ferry_format::envelope::TrustedKeys;
 use ferry_format::head::{ChannelHead, ReleaseRef};
-use ferry_format::id::{Digest, ObjectRef};
+use ferry_format::id::{ChunkId, Digest, ObjectRef};
 use ferry_format::layout::object_path;
 use ferry_format::manifest::Manifest;
 use ferry_format::plan::{SkipReason, Via};
@@ -279,9 +282,24 @@ impl Remote {
                 planned,
             );
         };
-        let want: Vec<Want> = skeleton
-            .outside_base()
-            .map(|(size, id)| Want { size, id })
+        // What the diff produces, in its order: a diff from nothing in first-use
+        // order (FORMAT.md §3.9), any other in table order.
+        let outside: Vec<(usize, (u32, Option<ChunkId>))> = skeleton
+            .outside_indexes()
+            .iter()
+            .copied()
+            .zip(skeleton.outside_base())
+            .collect();
+        let produced_order: Vec<usize> = if nothing {
+            nothing::order(skeleton.manifest())
+        } else {
+            skeleton.outside_indexes().to_vec()
+        };
+        let slot: HashMap<usize, (u32, Option<ChunkId>)> = outside.iter().copied().collect();
+        let want: Vec<Want> = produced_order
+            .iter()
+            .filter_map(|i| slot.get(i))
+            .map(|&(size, id)| Want { size, id })
             .collect();
         let base = planned
             .observed
@@ -296,14 +314,26 @@ impl Remote {
                 .staging()
                 .join(format!("diff-{}.spool", object.hash.to_hex()));
             fsutil::remove_tree(&spool)?;
-            let image = image::layout(skeleton.manifest(), skeleton.outside_indexes());
+            if want.len() != outside.len() {
+                anyhow::bail!(
+                    "the skeleton's files use {} of the {} chunks the diff produces",
+                    want.len(),
+                    outside.len()
+                );
+            }
+            let image = image::layout(skeleton.manifest(), &produced_order);
             let spool = apply_to_spool(&file, object.size, base, (&want, image.as_ref()), &spool)
                 .with_context(|| format!("applying the diff from {}", c.base_version))?;
-            let holes: Vec<_> = want
+            // The holes, in table order, take the hashes of what filled them.
+            let made: HashMap<usize, ChunkId> = produced_order
                 .iter()
+                .copied()
                 .zip(spool.produced())
-                .filter(|(w, _)| w.id.is_none())
-                .map(|(_, id)| id)
+                .collect();
+            let holes: Vec<ChunkId> = outside
+                .iter()
+                .filter(|(_, (_, id))| id.is_none())
+                .filter_map(|(i, _)| made.get(i).copied())
                 .collect();
             let filled = skeleton.clone().fill(&holes)?;
             Ok((filled, spool))
