@@ -32,8 +32,8 @@ rm -rf "$WORK/scratch"
 publish_m pubf "$WORK/www/repo" "$FROM" "$DATA/releases/$PROD/$FROM"
 fr_size=$(python3 -c 'import json,sys; f=json.load(open(sys.argv[1])).get("fresh"); print(f["size"] + f["manifest_diff_size"] if f else 0)' "$WORK/pubf.pub.json")
 fr_secs=$(python3 -c 'import json,sys; f=json.load(open(sys.argv[1])).get("fresh"); print(round(f["seconds"], 1) if f else 0)' "$WORK/pubf.pub.json")
-rec kind=info what="publish with the defaults (diff from nothing at level 21 included), $PROD $FROM: whole command; the diff from nothing and its manifest diff" \
-  ferry="$(F pubf wall_s)" unit=s ref="$fr_size" ref_label="bytes of the diff from nothing + its manifest diff, made in $fr_secs s (archive $(J "$WORK/pubf.pub.json" archive_size) B)"
+rec kind=info what="publish with the defaults (diff from nothing at level 21 included), $PROD $FROM: whole command; making the diff from nothing" \
+  ferry="$(F pubf wall_s)" unit=s ref="$fr_secs" ref_label="the diff from nothing and its manifest diff: $fr_size B (archive $(J "$WORK/pubf.pub.json" archive_size) B); publish peak RSS $(( $(F pubf maxrss_kib) / 1024 )) MiB (the level's match tables)"
 M zstd zstd -q -f -19 -T"$NP" "$OLD" -o "$WORK/www/old.zst"
 stage=$("$BIN/suite-tool" chunk-stage "$OLD")
 st_f=$(echo "$stage" | python3 -c 'import json,sys; print(json.load(sys.stdin)["ferry_stage_s"])')

@@ -20,7 +20,7 @@ use ferry_format::verified::{Verified, verify_manifest};
 use ferry_format::version::Version;
 
 use super::{Planned, Remote};
-use crate::apply::diff::{DiffSpool, Want, apply_to_spool, verify_object};
+use crate::apply::diff::{DiffSpool, Want, apply_to_spool};
 use crate::apply::image;
 use crate::cli::plan::{self, NOTHING_VERSION, empty_release};
 use crate::cli::report::{self, Out};
@@ -308,7 +308,7 @@ impl Remote {
             .find(|r| r.version == c.base_version)
             .context("the diff base is retained")?;
         let applied = (|| -> Result<_> {
-            verify_object(&file, &object).context("checking the diff object")?;
+            // download_diff checked the object against the head's reference.
             let spool = root
                 .layout
                 .staging()

@@ -33,7 +33,7 @@ use super::root::Root;
 use crate::apply::ApplyError;
 use crate::apply::build::{Built, Downloaded, Live, build_tree};
 use crate::apply::check::{Depth, check_tree};
-use crate::apply::diff::{DiffSpool, SpoolWriter, Want, apply_into, apply_to_spool, verify_object};
+use crate::apply::diff::{DiffSpool, SpoolWriter, Want, apply_into, apply_to_spool};
 use crate::apply::source::LocalChunks;
 use crate::apply::source::LocalRelease;
 use crate::apply::{carry, image, pattern};
@@ -463,9 +463,8 @@ struct LiveDiff<'a> {
     writer: SpoolWriter,
 }
 
-/// Checks the downloaded diff object against its signed reference and creates the
-/// spool it is applied into. On failure the diff file is gone, so neither this
-/// run's fallback nor a later run trusts it.
+/// Creates the spool the diff object `file` (as [`Remote::download_diff`] returns it:
+/// checked against its signed reference, which is not hashed again) is applied into.
 fn start_diff<'a>(
     root: &Root,
     manifest: &Manifest,
@@ -473,7 +472,6 @@ fn start_diff<'a>(
     object: &ObjectRef,
     file: PathBuf,
 ) -> Result<(DiffSpool, LiveDiff<'a>)> {
-    verify_object(&file, object).context("checking the diff object")?;
     let spool = root
         .layout
         .staging()
