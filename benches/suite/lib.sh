@@ -79,3 +79,29 @@ ferry_init() { # ROOT URL
 # update_m NAME ROOT [ARGS...]: a measured `ferry update --json`, its output in $WORK/NAME.upd.json
 update_m() { local n=$1 root=$2; shift 2; MO "$n" "$WORK/$n.upd.json" "$BIN/ferry" update --root "$root" --json --quiet "$@"; }
 mib() { python3 -c "import sys; print(round(int(sys.argv[1]) / 1048576, 1))" "$1"; }
+
+median() { printf '%s\n' "$@" | sort -g | awk '{v[NR]=$1} END {print (NR % 2) ? v[(NR+1)/2] : (v[NR/2] + v[NR/2+1]) / 2}'; }
+
+# fresh_rounds NAME ROOT URL REF_CMD ROUNDS: a fresh install (`ferry init`, `sync`, then
+# `ferry update` + `sync` timed) and the reference command (which writes $WORK/out),
+# alternating ROUNDS times: a fresh install is a fraction of a second, and one run of
+# either side on a shared machine drifts by a third. Sets FR_F and FR_R to the medians
+# (s) and FR_RUNS to every run; the last update's output stays in $WORK/NAME.upd.json.
+fresh_rounds() {
+  local n=$1 root=$2 url=$3 ref=$4 rounds=$5 fs=() rs=() r t0 t1
+  for r in $(seq "$rounds"); do
+    ferry_init "$root" "$url"
+    # Nothing dirty at the start: ferry's syncfs (and sync) would otherwise also write
+    # out what publish and the other side left in the page cache.
+    sync
+    update_m "$n" "$root"
+    t0=$(now); sync; t1=$(now)
+    fs+=("$(python3 -c "print(round($(F "$n" wall_s) + $(delta "$t0" "$t1"), 4))")")
+    sync
+    M "$n-ref" bash -c "$ref"
+    rs+=("$(F "$n-ref" wall_s)")
+    rm -f "$WORK/out"
+  done
+  FR_F=$(median "${fs[@]}"); FR_R=$(median "${rs[@]}")
+  FR_RUNS="medians of $rounds alternating runs (ferry ${fs[*]} s; reference ${rs[*]} s)"
+}

@@ -46,17 +46,11 @@ rec what="publish chunk+hash stage, $PROD $FROM: ferry's path vs FastCDC+blake3 
   detail="suite-tool chunk-stage runs the FileChunker publish runs: read into a 1 MiB buffer, two-lane FastCDC v2020 cut, blake3 of each chunk and of the whole file in one pass, one thread; each side the fastest of 3 or more alternating rounds (up to 3 s)"
 
 say "fresh install of $FROM"
-ferry_init "$WORK/root" "http://127.0.0.1:$PORT/repo"
-# Both sides start with nothing dirty: ferry's syncfs (and sync) would otherwise
-# also write out what publish and the references left in the page cache.
-sync
-update_m inst "$WORK/root"
-t0=$(now); sync; t1=$(now); i_s=$(python3 -c "print(round($(F inst wall_s) + $(delta "$t0" "$t1"), 4))")
-M ref bash -c "curl -sf http://127.0.0.1:$PORT/old.zst | zstd -q -d -o '$WORK/out' && sync"
-rm -f "$WORK/out"
+fresh_rounds inst "$WORK/root" "http://127.0.0.1:$PORT/repo" \
+  "curl -sf http://127.0.0.1:$PORT/old.zst | zstd -q -d -o '$WORK/out' && sync" 3
 rec what="fresh install over loopback nginx, $PROD $FROM: ferry update + sync vs curl | zstd -d (zstd -19 file) + sync" compare=speed \
-  ferry="$i_s" ref="$(F ref wall_s)" unit=s ref_label="curl | zstd -d -o FILE; sync" op=">=" target=0.8 \
-  detail="downloaded $(mib "$(J "$WORK/inst.upd.json" bytes_downloaded)") MiB, RssAnon peak $(( $(F inst rss_anon_peak_kib) / 1024 )) MiB"
+  ferry="$FR_F" ref="$FR_R" unit=s ref_label="curl | zstd -d -o FILE; sync" op=">=" target=0.8 \
+  detail="$FR_RUNS; downloaded $(mib "$(J "$WORK/inst.upd.json" bytes_downloaded)") MiB, RssAnon peak $(( $(F inst rss_anon_peak_kib) / 1024 )) MiB"
 
 say "publish $TO (with its diff)"
 # --no-fresh: the agent holds FROM, so a diff from nothing would never be taken.
@@ -70,7 +64,6 @@ sync
 update_m upd "$WORK/root"
 t0=$(now); sync; t1=$(now); u_runs=($(python3 -c "print(round($(F upd wall_s) + $(delta "$t0" "$t1"), 4))"))
 cmp -s "$WORK/root/current/$FILE" "$NEW" || note "update $FROM -> $TO: installed file differs"
-median() { printf '%s\n' "$@" | sort -g | awk '{v[NR]=$1} END {print (NR % 2) ? v[(NR+1)/2] : (v[NR/2] + v[NR/2+1]) / 2}'; }
 
 # bspatch reference: the patch is cached (bsdiff of polars takes minutes)
 key=$(printf '%s\n' "$(sha256sum "$OLD" | cut -c1-16)" "$(sha256sum "$NEW" | cut -c1-16)" | tr -d '\n')
