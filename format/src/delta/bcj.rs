@@ -5,7 +5,7 @@
 //!
 //! Written here rather than taken from a crate: lzma-rust2's reader runs it byte by
 //! byte through 4 KiB buffers, which added 0.08 s to a 111 MB fresh install (polars,
-//! 0.18 s to 0.26 s); this one finds candidates with memchr and filters large buffers
+//! 0.18 s to 0.26 s); this one tests 8 bytes a step for candidates and filters large buffers
 //! in place. The unit tests hold it to liblzma's output byte for byte.
 
 use std::io::{self, Read, Write};
@@ -55,8 +55,8 @@ impl X86 {
         let limit = buf.len() - 5;
         let mut i = 0;
         while i <= limit {
-            match memchr::memchr2(0xE8, 0xE9, &buf[i..=limit]) {
-                Some(k) => i += k,
+            match next_candidate(buf, i, limit) {
+                Some(k) => i = k,
                 None => {
                     i = limit + 1;
                     break;
@@ -112,6 +112,24 @@ impl X86 {
         self.pos = now.wrapping_add(i as u32);
         i
     }
+}
+
+/// The first position in `i..=limit` holding E8 or E9. In machine code one byte in 40
+/// to 60 is one, so this tests 8 bytes a step with exact per-byte masks instead of
+/// starting a vector search per hit (memchr2 per hit was 6% of a fresh install's CPU).
+fn next_candidate(buf: &[u8], mut i: usize, limit: usize) -> Option<usize> {
+    const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
+    while i + 8 <= limit + 1 {
+        let w = u64::from_le_bytes(buf[i..i + 8].try_into().expect("8 bytes"));
+        // Bytes E8 and E9 become zero; an exact zero-byte mask then marks them.
+        let x = (w | 0x0101_0101_0101_0101) ^ 0xe9e9_e9e9_e9e9_e9e9;
+        let zero = !(((x & LOW7) + LOW7) | x | LOW7);
+        if zero != 0 {
+            return Some(i + (zero.trailing_zeros() / 8) as usize);
+        }
+        i += 8;
+    }
+    (i..=limit).find(|&k| buf[k] & 0xfe == 0xe8)
 }
 
 /// Bytes filtered per pass: large enough that a pass costs little per byte.
