@@ -90,7 +90,7 @@ L.append(f"Machine: {machine['nproc']} cores ({machine['cpu']}), {machine['memor
          "(a shared machine: absolute times drift, ratios are from the same run).")
 L.append("Tools: " + "; ".join(f"{k} {v}" for k, v in tools.items() if v) + ".\n")
 L.append("Ratios: for times, reference time / ferry time (higher is better, 1.0 = as fast as the reference); "
-         "for sizes and memory, ferry / reference (lower is better). Every figure is one run.\n")
+         "for sizes and memory, ferry / reference (lower is better). Every figure is one run, except where a row gives the medians of alternating runs.\n")
 L.append("## Targets\n")
 L.append("| section | measurement | ferry | reference | ratio | target | status |")
 L.append("|---|---|---:|---:|---:|---:|---|")
